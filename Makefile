@@ -1,0 +1,32 @@
+# raypipe — the two commands: `make demo` and `make test` (both set up .venv first).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(STAMP)
+
+# torch first and alone, so that no other package's dependency pulls a CUDA build from the index.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/raypipe demo --out demo-out
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+bench: setup
+	$(BIN)/raypipe bench decode --out bench-out/decode.json
+
+clean:
+	rm -rf $(VENV) demo-out bench-out .pytest_cache

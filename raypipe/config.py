@@ -1,0 +1,198 @@
+"""Typed job configs: dataclasses loaded from YAML, overridden with `key=value`, saved with every output.
+
+    cfg = load_config(PairsJobConfig, "configs/pairs_tiny.yaml", ["data.sampling.fps=4", "out=/tmp/x"])
+    save_config(cfg, out_dir)          # writes out_dir/config.yaml
+
+Values in overrides are parsed as YAML scalars (`4` is an int, `[VQ,MQ]` a list, `null` None) and then
+checked against the field's declared type, so a typo or a wrong type fails at once, naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the job's config class."""
+
+
+@dataclasses.dataclass
+class SamplingConfig:
+    """What the reward model sees of a video (SPEC §2.3)."""
+
+    fps: float = 2.0  # frames sampled per second of video
+    min_frames: int = 4  # fewer sampled frames than this: the video is `too_short`
+    max_frames: int = 64
+    min_pixels: int = 56 * 56  # per frame, after resizing
+    max_pixels: int = 448 * 448
+    max_source_pixels: int = 4096 * 4096  # larger decoded frames are refused as `too_large`
+    max_source_frames: int = 1_000_000  # a header claiming more frames is refused as `too_large`
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """A preference manifest and how its videos are decoded."""
+
+    manifest: str | None = None  # path or URI (.parquet or .csv); None: a job may synthesise one
+    video_root: str | None = None  # relative video paths resolve against this (default: the manifest's folder)
+    dimensions: list[str] = dataclasses.field(default_factory=lambda: ["VQ", "MQ", "TA"])
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    rows_per_block: int = 4  # pairs per Ray Data block (the unit of parallel decoding)
+    decode_cpus: float = 1.0  # CPUs reserved per decode task
+
+
+@dataclasses.dataclass
+class SynthConfig:
+    """SynthPref generation (DESIGN.md). Defaults are the reference difficulty."""
+
+    pairs: int = 256
+    seed: int = 0
+    frames: int = 16
+    size: str = "56x56"  # HxW
+    fps: float = 8.0
+    label_noise: float = 0.0
+    tie_margin: float = 0.16
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting where it is lossless (int -> float)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: {value!r} does not fit {_type_name(tp)}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping for section {tp.__name__}, got {value!r}")
+        return _build(tp, value, key)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        _, val_tp = typing.get_args(tp) or (Any, Any)
+        return {k: _coerce(v, val_tp, f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported config type {_type_name(tp)}")
+
+
+def _build(cls: type[T], data: dict, prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = prefix or cls.__name__
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
+    return cls(**kwargs)
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """`["a.b=1", "c=x"]` -> `{"a": {"b": 1}, "c": "x"}` with YAML-typed values."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. data.sampling.fps=4)")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override {item!r} has an empty key")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier override of {part}")
+        node[parts[-1]] = value
+    return tree
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> T:
+    """Defaults of `cls`, updated by the YAML file at `path`, then by `overrides`."""
+    data = to_dict(cls())
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e}") from e
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config {path} is not valid YAML: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config {path} must be a mapping at the top level")
+        data = _merge(data, loaded)
+    if overrides:
+        data = _merge(data, parse_overrides(overrides))
+    return _build(cls, data)
+
+
+def save_config(cfg: Any, out_dir: str | os.PathLike, name: str = "config.yaml") -> Path:
+    """Write the resolved config next to an output, so every result says how it was made."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return path
