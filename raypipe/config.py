@@ -58,8 +58,9 @@ class SynthConfig:
     frames: int = 16
     size: str = "56x56"  # HxW
     fps: float = 8.0
-    label_noise: float = 0.0
-    tie_margin: float = 0.16
+    label_noise: float = 0.0  # probability that a label is replaced by one of the other two
+    tie_margin: float = 0.16  # VQ/MQ tie when |level_A - level_B| < tie_margin (~30% ties)
+    ta_tie_share: float | None = None  # TA tie probability; None: the natural ~30% of independent draws
 
 
 def _type_name(tp: Any) -> str:

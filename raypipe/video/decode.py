@@ -232,25 +232,24 @@ def _decode_pillow(src, uri: str, sampling: SamplingConfig, guess: str, native: 
         n = int(getattr(image, "n_frames", 1))
         if n <= 1:
             return VideoError("not_a_video", f"a still {image.format} image, not a video", uri)
-        duration_ms = float(image.info.get("duration") or 100.0)
-        info = VideoInfo(uri, 1000.0 / max(duration_ms, 1.0), n, image.height, image.width,
-                         (image.format or "image").lower())
-        planned = _plan(info, sampling, native)
-        if isinstance(planned, VideoError):
-            return planned
-        if not decode:
-            return VideoClip(planned, _NO_FRAMES, "pillow")
-        wanted = set(planned.indices)
-        picked = {}
+        if n > sampling.max_source_frames or image.width * image.height > sampling.max_source_pixels:
+            return _plan(VideoInfo(uri, 1.0, n, image.height, image.width, "image"), sampling, native)
+        # Frame durations vary per frame (GIF stores centiseconds): fps from their mean.
+        durations, rgb = [], []
         try:
-            for i, frame in enumerate(ImageSequence.Iterator(image)):
-                if i in wanted:
-                    picked[i] = np.asarray(frame.convert("RGB"))
+            for frame in ImageSequence.Iterator(image):
+                durations.append(float(frame.info.get("duration") or 100.0))
+                rgb.append(np.asarray(frame.convert("RGB")) if decode else None)
         except OSError as e:
             return VideoError("corrupt", f"decoding the animation failed: {e}", uri)
-    if len(picked) != len(wanted):
-        return VideoError("corrupt", "the animation ended early", uri)
-    frames = np.stack([picked[i] for i in planned.indices])
+        info = VideoInfo(uri, 1000.0 / max(float(np.mean(durations)), 1.0), len(durations), image.height,
+                         image.width, (image.format or "image").lower())
+    planned = _plan(info, sampling, native)
+    if isinstance(planned, VideoError):
+        return planned
+    if not decode:
+        return VideoClip(planned, _NO_FRAMES, "pillow")
+    frames = np.stack([rgb[i] for i in planned.indices])
     return VideoClip(planned, _resize(frames, planned.height, planned.width), "pillow")
 
 

@@ -1,0 +1,224 @@
+"""Preference and pointwise manifests (SPEC §2.1, §2.2): read, validate, normalise labels.
+
+Validation happens in the driver before any Ray work: a bad manifest fails with ManifestError naming the file,
+the column and (where it is about one row) the 0-based row. Every input column is kept; we add
+`row_id` (position in the manifest), resolved URIs and one normalised label column per dimension:
+`y_<DIM>` (int8: +1 = A preferred, -1 = B preferred, 0 = tie, null = unlabelled and masked out of losses).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from raypipe.video.source import is_local, join_uri, local_path, resolve_filesystem
+
+LABELS = {"a": 1, "b": -1, "same": 0, "tie": 0, "1": 1, "-1": -1, "0": 0}
+POINTWISE_WORDS = {"good": 3.0, "normal": 2.0, "bad": 1.0}
+PAIR_REQUIRED = ("path_A", "path_B", "prompt")
+POINTWISE_REQUIRED = ("path", "prompt")
+_NUMERIC_PREFIXES = ("fps_", "num_frames_", "MOS_")
+
+
+class ManifestError(ValueError):
+    def __init__(self, file: str, message: str, column: str | None = None, row: int | None = None):
+        where = [f"manifest {file}"]
+        if column is not None:
+            where.append(f"column {column!r}")
+        if row is not None:
+            where.append(f"row {row}")
+        super().__init__(", ".join(where) + ": " + message)
+        self.file, self.column, self.row = file, column, row
+
+
+@dataclass
+class Manifest:
+    """A validated manifest. `table` has the input columns plus row_id, uri columns and y_<DIM> labels."""
+
+    table: pa.Table
+    source: str
+    kind: str  # "pairs" | "pointwise"
+    dimensions: list[str]
+    masked: dict[str, int] = field(default_factory=dict)  # per dimension: rows whose label was not understood
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+
+def normalize_label(value) -> int | None:
+    """`A`/`B`/`same`/`tie` (any case) or 1/-1/0 -> +1/-1/0; anything else (incl. null) -> None (masked)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and (math.isnan(value) or value != int(value)):
+            return None
+        value = str(int(value))
+    return LABELS.get(str(value).strip().lower())
+
+
+def normalize_score(value) -> float | None:
+    """Pointwise score: a finite number, or Good/Normal/Bad -> 3/2/1; else None."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(value) else None
+    text = str(value).strip()
+    if text.lower() in POINTWISE_WORDS:
+        return POINTWISE_WORDS[text.lower()]
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _read_table(source: str) -> pa.Table:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    fs, path = (None, local_path(source)) if is_local(source) else resolve_filesystem(source)
+    lower = path.lower()
+    try:
+        if fs is None and not os.path.exists(path):
+            raise ManifestError(source, "file not found")
+        if lower.endswith((".csv", ".csv.gz", ".tsv")):
+            opener = open(path, "rb") if fs is None else fs.open_input_stream(path)
+            with opener as f:
+                # Everything as text first: types are checked per column below, with the row named.
+                parse = pacsv.ParseOptions(delimiter="\t" if lower.endswith(".tsv") else ",")
+                header = pacsv.open_csv(f, parse_options=parse).schema.names
+            opener = open(path, "rb") if fs is None else fs.open_input_stream(path)
+            with opener as f:
+                convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in header},
+                                               strings_can_be_null=True)
+                return pacsv.read_csv(f, parse_options=parse, convert_options=convert)
+        if lower.endswith((".parquet", ".pq")) or (fs is not None and fs.get_file_info(path).type == 3):
+            return pq.read_table(path, filesystem=fs)
+        raise ManifestError(source, "unknown manifest format: use .parquet or .csv")
+    except ManifestError:
+        raise
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError, UnicodeDecodeError) as e:
+        raise ManifestError(source, f"unreadable: {e}") from None
+
+
+def _check_string_column(table: pa.Table, column: str, source: str, allow_empty: bool = False) -> pa.Array:
+    col = table.column(column)
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        raise ManifestError(source, f"must hold strings, has type {col.type}", column)
+    values = col.to_pylist()
+    for i, v in enumerate(values):
+        if v is None:
+            raise ManifestError(source, "is null", column, i)
+        if not allow_empty and not v.strip():
+            raise ManifestError(source, "is an empty string", column, i)
+    return col
+
+
+def _cast_numeric(table: pa.Table, column: str, source: str) -> pa.Table:
+    col = table.column(column)
+    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
+        return table
+    values = col.to_pylist()
+    out = []
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, str) and not v.strip()):
+            out.append(None)
+            continue
+        try:
+            out.append(float(v))
+        except (TypeError, ValueError):
+            raise ManifestError(source, f"expected a number, got {v!r}", column, i) from None
+    idx = table.schema.get_field_index(column)
+    return table.set_column(idx, column, pa.array(out, pa.float64()))
+
+
+def _resolve_uris(table: pa.Table, columns: tuple[str, ...], root: str) -> pa.Table:
+    """`path_A` -> `uri_A`, `path` -> `uri`: relative paths joined to the video root."""
+    for col in columns:
+        uris = [join_uri(root, v) for v in table.column(col).to_pylist()]
+        table = table.append_column(col.replace("path", "uri", 1), pa.array(uris, pa.string()))
+    return table
+
+
+def _default_root(source: str) -> str:
+    if is_local(source):
+        return os.path.dirname(os.path.abspath(local_path(source)))
+    return source.rsplit("/", 1)[0]
+
+
+def load_manifest(source: str, dimensions: list[str] | tuple[str, ...] = ("VQ", "MQ", "TA"),
+                  video_root: str | None = None, require_labels: bool = True) -> Manifest:
+    """Read and validate a preference manifest (one row per pair) or, if it has a `path` column and no
+    `path_A`, a pointwise manifest. Raises ManifestError before any cluster work."""
+    source = os.fspath(source)
+    table = _read_table(source)
+    names = set(table.column_names)
+    if table.num_rows == 0:
+        raise ManifestError(source, "has no rows")
+    kind = "pointwise" if "path" in names and "path_A" not in names else "pairs"
+    required = POINTWISE_REQUIRED if kind == "pointwise" else PAIR_REQUIRED
+    for column in required:
+        if column not in names:
+            raise ManifestError(source, f"required column is missing (have {sorted(names)})", column)
+    for column in required:
+        _check_string_column(table, column, source, allow_empty=(column == "prompt"))
+    for column in table.column_names:
+        if column.startswith(_NUMERIC_PREFIXES):
+            table = _cast_numeric(table, column, source)
+    if "row_id" in names:
+        raise ManifestError(source, "is reserved (raypipe adds it)", "row_id")
+    table = table.append_column("row_id", pa.array(range(table.num_rows), pa.int64()))
+    masked: dict[str, int] = {}
+    label_dims = [d for d in dimensions if d in names]
+    if require_labels and not label_dims:
+        raise ManifestError(source, f"no label column for any configured dimension {list(dimensions)}")
+    for dim in label_dims:
+        raw = table.column(dim).to_pylist()
+        if kind == "pairs":
+            values = [normalize_label(v) for v in raw]
+            arr = pa.array(values, pa.int8())
+        else:
+            values = [normalize_score(v) for v in raw]
+            arr = pa.array(values, pa.float64())
+        n_bad = sum(v is None for v in values)
+        if n_bad == len(values):
+            example = next((v for v in raw if v is not None), None)
+            allowed = "A/B/same/tie or 1/-1/0" if kind == "pairs" else "numbers or Good/Normal/Bad"
+            raise ManifestError(source, f"no row has a label this reader understands "
+                                        f"(first value {example!r}; allowed: {allowed})", dim, 0)
+        masked[dim] = n_bad
+        table = table.append_column(f"y_{dim}", arr)
+    root = video_root or _default_root(source)
+    table = _resolve_uris(table, ("path_A", "path_B") if kind == "pairs" else ("path",), root)
+    return Manifest(table, source, kind, list(dimensions), masked)
+
+
+def label_counts(manifest: Manifest) -> dict[str, dict[str, int]]:
+    """Per dimension: how many rows prefer A, prefer B, are ties, are masked."""
+    out = {}
+    for dim in manifest.dimensions:
+        if f"y_{dim}" not in manifest.table.column_names or manifest.kind != "pairs":
+            continue
+        col = manifest.table.column(f"y_{dim}")
+        counts = pc.value_counts(col).to_pylist()
+        by = {c["values"]: c["counts"] for c in counts}
+        out[dim] = {"A": by.get(1, 0), "B": by.get(-1, 0), "tie": by.get(0, 0), "masked": col.null_count}
+    return out
+
+
+def label_shares(table: pa.Table, dimensions) -> dict[str, dict[str, float]]:
+    """Per dimension: the share of rows labelled A, B and tie (masked rows count in none)."""
+    out = {}
+    for dim in dimensions:
+        if dim not in table.column_names:
+            continue
+        values = [normalize_label(v) for v in table.column(dim).to_pylist()]
+        n = max(1, len(values))
+        out[dim] = {"A": round(values.count(1) / n, 3), "B": round(values.count(-1) / n, 3),
+                    "tie": round(values.count(0) / n, 3)}
+    return out

@@ -1,0 +1,47 @@
+"""Shared fixtures: one local Ray for the whole session, small video writers."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance (2 CPUs) shared by every test that needs a cluster."""
+    import ray
+
+    from raypipe.ray_utils import configure_data_context
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    configure_data_context(progress=False)
+    yield ray
+    ray.shutdown()
+
+
+def moving_square_frames(t: int = 16, h: int = 56, w: int = 56, seed: int = 0) -> np.ndarray:
+    """A bright square moving right over a dark, slightly noisy background: uint8 [T, H, W, 3]."""
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 20, (t, h, w, 3), dtype=np.uint8)
+    for i in range(t):
+        x = (2 * i) % max(1, w - 12)
+        frames[i, h // 3: h // 3 + 12, x: x + 12] = (230, 40, 40)
+    return frames
+
+
+@pytest.fixture
+def make_mp4(tmp_path):
+    """make_mp4(name, t=16, h=56, w=56, fps=8) -> path of a real H.264 file."""
+    from raypipe.video.encode import write_mp4
+
+    def _make(name: str = "clip.mp4", t: int = 16, h: int = 56, w: int = 56, fps: float = 8.0, seed: int = 0):
+        path = tmp_path / name
+        write_mp4(moving_square_frames(t, h, w, seed), path, fps)
+        return str(path)
+
+    return _make

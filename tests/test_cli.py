@@ -1,0 +1,62 @@
+"""The `raypipe` command: --help everywhere, probe's JSON contract, clean config errors."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from raypipe.cli import build_parser, main
+
+SUBCOMMANDS = ["probe", "synth", "oracle", "pairs", "demo", "bench"]
+
+
+def test_help_on_every_subcommand(capsys):
+    for cmd in [[]] + [[c] for c in SUBCOMMANDS] + [["bench", "decode"]]:
+        with pytest.raises(SystemExit) as e:
+            main(cmd + ["--help"])
+        assert e.value.code == 0
+        assert "usage: raypipe" in capsys.readouterr().out
+
+
+def test_console_script_installed():
+    out = subprocess.run([sys.executable, "-m", "raypipe.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("raypipe ")
+
+
+def test_probe_json(make_mp4, capsys):
+    assert main(["probe", make_mp4("p.mp4", t=16, fps=8), "--fps", "4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fps"] == 8.0 and out["total_frames"] == 16
+    assert out["indices"] == [0, 2, 4, 6, 9, 11, 13, 15]
+    assert (out["height"], out["width"]) == (56, 56)
+
+
+def test_probe_resized_size(make_mp4, capsys):
+    assert main(["probe", make_mp4("w.mp4", t=8, h=360, w=640, fps=4), "--max-pixels", str(448 * 448)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["height"], out["width"]) == (336, 588)
+
+
+def test_probe_error_json_and_exit_code(tmp_path, capsys):
+    assert main(["probe", str(tmp_path / "none.mp4")]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["error"] == "missing" and "none.mp4" in out["message"]
+
+
+def test_config_error_exits_2_with_message(tmp_path, capsys):
+    assert main(["pairs", "--manifest", str(tmp_path / "m.parquet"), "data.sampling.bogus=1"]) == 2
+    assert "unknown key" in capsys.readouterr().err
+
+
+def test_manifest_error_exits_2_before_ray(tmp_path, capsys):
+    (tmp_path / "m.csv").write_text("path_A,prompt,VQ\na.mp4,p,A\n")
+    assert main(["pairs", "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "column 'path_B'" in err and "m.csv" in err
+    assert not (tmp_path / "o").exists()  # failed before any work: no output folder, no Ray job
+
+
+def test_parser_lists_all_subcommands():
+    text = build_parser().format_help()
+    for cmd in SUBCOMMANDS:
+        assert cmd in text

@@ -1,0 +1,47 @@
+"""Typed configs: YAML + key=value overrides, type errors named, resolved config saved."""
+import pytest
+import yaml
+
+from raypipe.config import ConfigError, DataConfig, load_config, parse_overrides, save_config
+from raypipe.data.pairs_job import PairsJobConfig
+
+
+def test_defaults_yaml_and_overrides(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("data:\n  sampling:\n    fps: 4\n  dimensions: [VQ, TA]\nout: here\n")
+    cfg = load_config(PairsJobConfig, cfg_file, ["data.sampling.max_frames=16", "data.rows_per_block=8"])
+    assert cfg.data.sampling.fps == 4.0 and isinstance(cfg.data.sampling.fps, float)
+    assert cfg.data.sampling.max_frames == 16 and cfg.data.rows_per_block == 8
+    assert cfg.data.dimensions == ["VQ", "TA"] and cfg.out == "here"
+    assert cfg.data.sampling.max_pixels == 448 * 448  # untouched default
+
+
+def test_override_beats_file_and_null(tmp_path):
+    cfg = load_config(PairsJobConfig, None, ["data.manifest=/x/m.parquet", "data.video_root=null"])
+    assert cfg.data.manifest == "/x/m.parquet" and cfg.data.video_root is None
+
+
+def test_unknown_key_and_wrong_type_are_named():
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['fsp'\] in data.sampling"):
+        load_config(PairsJobConfig, None, ["data.sampling.fsp=4"])
+    with pytest.raises(ConfigError, match="data.sampling.max_frames: expected an integer"):
+        load_config(PairsJobConfig, None, ["data.sampling.max_frames=many"])
+    with pytest.raises(ConfigError, match="not key=value"):
+        parse_overrides(["data.sampling.fps"])
+    with pytest.raises(ConfigError, match="expected a list"):
+        load_config(DataConfig, None, ["dimensions=VQ"])
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(PairsJobConfig, None, ["data.sampling.fps=3.5", "out=o"])
+    path = save_config(cfg, tmp_path / "run")
+    assert yaml.safe_load(path.read_text())["data"]["sampling"]["fps"] == 3.5
+    assert load_config(PairsJobConfig, path) == cfg
+
+
+def test_shipped_configs_load():
+    from raypipe.demo import DEFAULT_CONFIG, DemoConfig
+
+    cfg = load_config(DemoConfig, DEFAULT_CONFIG)
+    assert cfg.data.sampling.fps == 4.0 and cfg.synth.size == "56x56"
+    load_config(PairsJobConfig, DEFAULT_CONFIG.parent / "pairs_tiny.yaml")
