@@ -31,3 +31,6 @@ def configure_data_context(progress: bool = True) -> None:
     ctx.enable_progress_bars = progress
     ctx.enable_operator_progress_bars = progress
     ctx.verbose_stats_logs = False
+    # With per-operator reservation on (the default), a 2-CPU node runs ONE decode task at a time (half the
+    # CPUs are held back for other operators); measured 8 one-second tasks: 7.0 s on, 4.1 s off.
+    ctx.op_resource_reservation_enabled = False

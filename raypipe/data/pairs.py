@@ -109,3 +109,12 @@ def split_errors(table: pa.Table) -> tuple[pa.Table, pa.Table]:
 
     is_error = pc.is_valid(table.column("error"))
     return table.filter(pc.invert(is_error)), table.filter(is_error)
+
+
+def frames_of(table: pa.Table, side: str) -> list[np.ndarray]:
+    """The `frames_<side>` column of a pyarrow batch as a list of uint8 [T, H, W, 3] arrays."""
+    out: list[np.ndarray] = []
+    for chunk in table.column(f"frames_{side}").chunks:
+        values = chunk.to_numpy(zero_copy_only=False)
+        out.extend(np.asarray(v) for v in values)
+    return out
