@@ -156,7 +156,7 @@ def sample_pair(cfg: SynthConfig, i: int) -> PairSpec:
     return PairSpec(make_prompt(*attrs), attrs, a, b, labels)
 
 
-def _shape_sdf(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
+def shape_sdf(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
     """Signed distance (px, > 0 outside) to a shape inscribed in the 2r x 2r box centred at the origin;
     exact for the circle, a max of edge distances (exact near the edges) for the polygons."""
     if shape == "circle":
@@ -215,7 +215,7 @@ def render_video(color: str, shape: str, direction: str, vq: float, mq: float, r
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     dx = xs[None] - centres[:, 0, None, None].astype(np.float32)
     dy = ys[None] - centres[:, 1, None, None].astype(np.float32)
-    coverage = np.clip(0.5 - _shape_sdf(shape, dx, dy, radius), 0.0, 1.0)  # 1-px soft edge = anti-aliasing
+    coverage = np.clip(0.5 - shape_sdf(shape, dx, dy, radius), 0.0, 1.0)  # 1-px soft edge = anti-aliasing
     bg = np.asarray(BACKGROUND_RGB, np.float32)
     img = bg + coverage[..., None] * (np.asarray(COLOR_RGB[color], np.float32) - bg)
     blur = (1.0 - vq) * MAX_BLUR * scale
@@ -240,9 +240,34 @@ def render_pair(cfg: SynthConfig, i: int, pair: PairSpec | None = None) -> tuple
     return out[0], out[1]
 
 
+# Manifest schema: SPEC §2.1 columns, then the ground truth (levels and the attributes actually rendered).
+_COLUMNS = {
+    "path_A": pa.string(), "path_B": pa.string(), "prompt": pa.string(),
+    "VQ": pa.string(), "MQ": pa.string(), "TA": pa.string(),
+    "fps_A": pa.float64(), "num_frames_A": pa.int64(), "fps_B": pa.float64(), "num_frames_B": pa.int64(),
+    **{f"gt_{k}_{s}": t for s in "AB" for k, t in (("vq", pa.float64()), ("mq", pa.float64()), ("ta", pa.int64()))},
+    **{f"gt_{k}_{s}": pa.string() for s in "AB" for k in ATTRIBUTES},
+}
+
+
+def check_config(cfg: SynthConfig) -> tuple[int, int]:
+    """Refuse settings that cannot be generated; (H, W)."""
+    h, w = parse_size(cfg.size)
+    if h % 2 or w % 2:
+        raise ValueError(f"size must have even H and W (H.264 4:2:0), got {cfg.size!r}")
+    if cfg.pairs < 0 or cfg.frames < 2 or cfg.fps <= 0:
+        raise ValueError(f"need pairs >= 0, frames >= 2, fps > 0; got {cfg.pairs}, {cfg.frames}, {cfg.fps}")
+    if not 0.0 <= cfg.label_noise <= 1.0 or not 0.0 <= cfg.tie_margin <= 1.0:
+        raise ValueError(f"label_noise and tie_margin must lie in [0, 1]; got {cfg.label_noise}, {cfg.tie_margin}")
+    if cfg.ta_tie_share is not None and not 0.0 <= cfg.ta_tie_share <= 1.0:
+        raise ValueError(f"ta_tie_share must lie in [0, 1] or be None; got {cfg.ta_tie_share}")
+    return h, w
+
+
 def make_synthpref(out_dir: str | os.PathLike, cfg: SynthConfig, progress: bool = False) -> pa.Table:
     """Render cfg.pairs pairs to `out_dir/videos/{i:06d}_{A,B}.mp4` and write `out_dir/manifest.parquet`
     (SPEC §2.1 columns with paths relative to out_dir, plus gt_* ground truth). Returns the manifest."""
+    check_config(cfg)
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     rows: dict[str, list] = {k: [] for k in _COLUMNS}
@@ -266,12 +291,3 @@ def make_synthpref(out_dir: str | os.PathLike, cfg: SynthConfig, progress: bool 
     table = pa.table({k: pa.array(v, type=_COLUMNS[k]) for k, v in rows.items()})
     pq.write_table(table, out / "manifest.parquet")
     return table
-
-
-_COLUMNS = {
-    "path_A": pa.string(), "path_B": pa.string(), "prompt": pa.string(),
-    "VQ": pa.string(), "MQ": pa.string(), "TA": pa.string(),
-    "fps_A": pa.float64(), "num_frames_A": pa.int64(), "fps_B": pa.float64(), "num_frames_B": pa.int64(),
-    **{f"gt_{k}_{s}": t for s in "AB" for k, t in (("vq", pa.float64()), ("mq", pa.float64()), ("ta", pa.int64()))},
-    **{f"gt_{k}_{s}": pa.string() for s in "AB" for k in ATTRIBUTES},
-}
