@@ -166,6 +166,7 @@ def _add_bench(sub):
     d.add_argument("--size", default="360x640", help="clip HxW (default 360x640)")
     d.add_argument("--fps", type=float, default=2.0, help="sampling fps (default 2)")
     d.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
+    d.add_argument("--rows-per-block", type=int, default=1, help="pairs per decode task in (b) (default 1)")
     d.add_argument("--data-dir", default=None, help="where to write the clips (default: OUT's folder)")
     d.set_defaults(func=_run_bench_decode)
 

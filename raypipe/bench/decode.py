@@ -72,7 +72,7 @@ def ray_pair_pipeline(manifest_path: str, sampling: SamplingConfig, rows_per_blo
     from raypipe.data.manifest import load_manifest
     from raypipe.data.pairs import pair_dataset
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     manifest = load_manifest(manifest_path, dimensions=("VQ",), require_labels=False)
     ds = pair_dataset(manifest, DataConfig(sampling=sampling, rows_per_block=rows_per_block))
     rows = frames = errors = 0
@@ -83,7 +83,7 @@ def ray_pair_pipeline(manifest_path: str, sampling: SamplingConfig, rows_per_blo
             frames += sum(len(ix or []) for ix in batch.column(f"indices_{side}").to_pylist())
     wall = time.perf_counter() - start
     return {"pairs": rows, "frames": frames, "errors": int(errors), "wall_s": round(wall, 3),
-            "pairs_per_s": rows / wall}
+            "pairs_per_s": rows / wall, "driver_cpu_s": round(time.process_time() - cpu_start, 3)}
 
 
 def ray_read_videos(pairs: list[tuple[str, str]], sampling: SamplingConfig) -> dict:
@@ -129,7 +129,7 @@ def run_decode_bench(args) -> dict:
     import ray
 
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    rows_per_block = 1
+    rows_per_block = args.rows_per_block
     # Warm-up (worker processes, imports), not timed: a few pairs through (b) and (c).
     ray_pair_pipeline(_write_manifest(data_dir / "warm.parquet", pairs[:cpus]), sampling, rows_per_block)
     ray_read_videos(pairs[:1], sampling)
@@ -151,6 +151,7 @@ def run_decode_bench(args) -> dict:
         "a_tight_decord_loop": a,
         "b_raypipe_pairs": b,
         "c_ray_read_videos": c,
+        "rows_per_block": rows_per_block,
         "ratio_b_over_a": round(ratio_ba, 3),
         "ratio_b_over_a_per_core": round(ratio_ba / cpus, 3),
         "ratio_b_over_c": round(b["pairs_per_s"] / c["pairs_per_s"], 3),
