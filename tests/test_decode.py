@@ -97,6 +97,14 @@ def test_garbage_after_mp4_header_is_corrupt(tmp_path):
     assert _kind(decode_video(str(p))) == "corrupt"
 
 
+def test_unknown_codec_is_unsupported(make_mp4, tmp_path):
+    data = open(make_mp4("h264.mp4"), "rb").read()
+    assert data.count(b"avc1") >= 1
+    p = tmp_path / "unknown_codec.mp4"
+    p.write_bytes(data.replace(b"avc1", b"zzz1"))  # the sample entry's codec fourcc: no decoder knows it
+    assert _kind(decode_video(str(p))) == "unsupported_codec"
+
+
 def test_too_short(make_mp4):
     assert _kind(decode_video(make_mp4("short.mp4", t=3), S4)) == "too_short"
 

@@ -11,7 +11,7 @@ go through PyAV, then Pillow. Nothing here raises for a bad video; programming e
 from __future__ import annotations
 
 import io
-import os
+import logging
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -77,6 +77,7 @@ class VideoClip:
 
 
 DecodeResult = Union[VideoClip, VideoError]
+logger = logging.getLogger(__name__)
 _NO_FRAMES = np.zeros((0, 0, 0, 3), np.uint8)
 
 
@@ -133,6 +134,9 @@ def _pyav_header(src, uri: str, guess: str) -> tuple[VideoInfo, object] | VideoE
             return VideoError(kind, "no video stream in the container", uri)
         stream = container.streams.video[0]
         ctx = stream.codec_context
+        if ctx is None:  # FFmpeg knows no codec for this stream's tag
+            tag = getattr(stream, "codec_tag", None) or "unknown"
+            return VideoError("unsupported_codec", f"no decoder for the video stream (codec tag {tag!r})", uri)
         if guess == "image" or (stream.frames == 1 and guess not in ("video", "gif", "webp")):
             return VideoError("not_a_video", f"a still image ({ctx.name}), not a video", uri)
         try:
@@ -273,6 +277,16 @@ def decode_video(uri: str, sampling: SamplingConfig | None = None, filesystem=No
     `decode=False` stops after planning (empty frames); `native=True` keeps the source frame size.
     """
     sampling = sampling or SamplingConfig()
+    try:
+        return _decode_video(uri, sampling, filesystem, decode, native)
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - a decoder library failing in a way we did not foresee
+        logger.warning("unexpected failure decoding %s", uri, exc_info=True)
+        return VideoError("corrupt", f"the decoder failed unexpectedly: {type(e).__name__}: {e}", uri)
+
+
+def _decode_video(uri: str, sampling: SamplingConfig, filesystem, decode: bool, native: bool) -> DecodeResult:
     opened = _open(uri, filesystem)
     if isinstance(opened, VideoError):
         return opened
