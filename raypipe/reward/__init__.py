@@ -1,0 +1,1 @@
+"""VideoReward: model, processor, losses, metrics."""
