@@ -1,0 +1,199 @@
+"""VideoReward (SPEC §3.1): Qwen2-VL + one special token per dimension + one shared linear head.
+
+    model = VideoReward.build(RewardModelConfig(name_or_path="/models/Qwen2-VL-2B-Instruct"))
+    batch = model.processor([frames_a, frames_b], [prompt, prompt])
+    rewards = model(batch)                          # [2, D], one column per configured dimension
+    model.save_pretrained("ckpt/final"); VideoReward.from_pretrained("ckpt/final")   # no Ray needed
+
+Trainable parts (paper defaults): LoRA on the language model's linear layers, the whole vision tower, the
+reward-token embedding rows (kept as a separate [D, hidden] parameter written into the input embeddings, so the
+rest of the embedding table stays frozen without gradient masks), and the head.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from raypipe.reward.backbone import TinyBackboneConfig, load_backbone, make_tiny_backbone
+from raypipe.reward.processor import RewardProcessor
+
+LM_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclasses.dataclass
+class LoraSettings:
+    enabled: bool = True
+    r: int = 64
+    alpha: int = 128
+    dropout: float = 0.0
+    target_modules: list[str] = dataclasses.field(default_factory=lambda: list(LM_LINEAR))
+
+
+@dataclasses.dataclass
+class RewardModelConfig:
+    name_or_path: str | None = None  # local Qwen2-VL folder; None: a tiny random backbone (tests, demo)
+    tiny: TinyBackboneConfig = dataclasses.field(default_factory=TinyBackboneConfig)
+    tiny_seed: int = 0
+    dimensions: list[str] = dataclasses.field(default_factory=lambda: ["VQ", "MQ", "TA"])
+    context_agnostic: list[str] = dataclasses.field(default_factory=lambda: ["VQ", "MQ"])
+    head: str = "special_tokens"  # or "last_token" (ablation: Linear(hidden, D) on the final token)
+    lora: LoraSettings = dataclasses.field(default_factory=LoraSettings)
+    train_vision: bool = True
+    dtype: str = "float32"  # bfloat16 on GPUs
+    instruction: str = ""  # text before the prompt, e.g. "Rate this video for the prompt:"
+
+
+class VideoReward(nn.Module):
+    def __init__(self, backbone: nn.Module, processor: RewardProcessor, cfg: RewardModelConfig):
+        super().__init__()
+        self.cfg, self.processor = cfg, processor
+        self.dimensions = list(cfg.dimensions)
+        embed = backbone.get_input_embeddings()
+        if len(processor.tokenizer) > embed.num_embeddings:
+            backbone.resize_token_embeddings(len(processor.tokenizer))
+            embed = backbone.get_input_embeddings()
+        hidden = embed.embedding_dim
+        dtype = embed.weight.dtype
+        self.backbone = backbone
+        if cfg.head == "special_tokens":
+            with torch.no_grad():  # start the new rows where ordinary tokens live
+                base = embed.weight.float().mean(0, keepdim=True).repeat(len(self.dimensions), 1)
+                base += torch.randn_like(base) * embed.weight.float().std() * 0.1
+            self.reward_embeds = nn.Parameter(base.to(dtype))
+            self.head = nn.Linear(hidden, 1, bias=False, dtype=dtype)
+        else:
+            self.reward_embeds = None
+            self.head = nn.Linear(hidden, len(self.dimensions), bias=False, dtype=dtype)
+        nn.init.normal_(self.head.weight, std=hidden ** -0.5)
+
+    # --- construction ------------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, cfg: RewardModelConfig, tiny_dir: str | os.PathLike | None = None) -> "VideoReward":
+        """A fresh reward model on a backbone loaded by path (a tiny one is written to `tiny_dir` first)."""
+        path = cfg.name_or_path
+        if path is None:
+            if tiny_dir is None:
+                raise ValueError("model.name_or_path is None: give tiny_dir to write the tiny backbone to")
+            path = make_tiny_backbone(tiny_dir, cfg.tiny, cfg.tiny_seed)
+        backbone, tokenizer = load_backbone(path, cfg.dtype)
+        processor = RewardProcessor(tokenizer, cfg.dimensions, cfg.context_agnostic, cfg.head, cfg.instruction)
+        model = cls(backbone, processor, cfg)
+        model.configure_trainable()
+        return model
+
+    def configure_trainable(self) -> None:
+        """LoRA on the language model; vision tower, reward rows and head trainable; all else frozen."""
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        if self.cfg.lora.enabled:
+            from peft import LoraConfig, get_peft_model
+
+            targets = "|".join(self.cfg.lora.target_modules)
+            lora = LoraConfig(r=self.cfg.lora.r, lora_alpha=self.cfg.lora.alpha, lora_dropout=self.cfg.lora.dropout,
+                              target_modules=rf".*language_model.*\.({targets})")
+            self.backbone = get_peft_model(self.backbone, lora)
+        if self.cfg.train_vision:
+            for p in self._vlm().visual.parameters():
+                p.requires_grad_(True)
+
+    def _base(self) -> nn.Module:
+        """The Qwen2VLForConditionalGeneration under any peft wrapper (LoRA layers are injected in place)."""
+        return self.backbone.get_base_model() if hasattr(self.backbone, "get_base_model") else self.backbone
+
+    def _vlm(self) -> nn.Module:
+        """The Qwen2VLModel (vision tower + language model, no LM head)."""
+        return self._base().model
+
+    # --- forward -----------------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Rewards [B, D] for a collated batch from `self.processor`."""
+        vlm = self._vlm()
+        input_ids = batch["input_ids"]
+        embeds = vlm.get_input_embeddings()(input_ids)
+        positions = batch["reward_positions"]  # [B, D]
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(positions)
+        if self.reward_embeds is not None:
+            embeds = embeds.index_put((rows, positions), self.reward_embeds.expand(len(input_ids), -1, -1)
+                                      .to(embeds.dtype))
+        out = vlm(
+            input_ids=input_ids, inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+            pixel_values_videos=batch["pixel_values_videos"].to(embeds.dtype),
+            video_grid_thw=batch["video_grid_thw"], mm_token_type_ids=batch["mm_token_type_ids"], use_cache=False,
+        )
+        hidden = out.last_hidden_state
+        if self.reward_embeds is not None:
+            return self.head(hidden[rows, positions]).squeeze(-1).float()  # [B, D, H] -> [B, D]
+        return self.head(hidden[rows[:, 0], positions[:, 0]]).float()
+
+    def score(self, frames_list, prompts) -> torch.Tensor:
+        """Raw rewards [N, D] for decoded videos, in eval mode without gradients."""
+        self.eval()
+        device = next(self.parameters()).device
+        with torch.no_grad():
+            batch = {k: v.to(device) for k, v in self.processor(frames_list, prompts).items()}
+            return self(batch).cpu()
+
+    # --- saving / loading --------------------------------------------------------------------------------
+    def save_pretrained(self, path: str | os.PathLike, norm_stats: dict | None = None,
+                        extra: dict | None = None) -> Path:
+        """A folder loadable without Ray: merged backbone + tokenizer, head weights, config, norm stats."""
+        from safetensors.torch import save_file
+
+        from raypipe.config import to_dict
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        full = self.backbone
+        if hasattr(full, "merge_and_unload"):
+            import copy
+
+            full = copy.deepcopy(full).merge_and_unload()
+        full.save_pretrained(path / "backbone")
+        self.processor.tokenizer.save_pretrained(path / "backbone")
+        tensors = {"head.weight": self.head.weight.detach().contiguous().cpu()}
+        if self.reward_embeds is not None:
+            tensors["reward_embeds"] = self.reward_embeds.detach().contiguous().cpu()
+        save_file(tensors, str(path / "reward_head.safetensors"))
+        cfg = to_dict(self.cfg)
+        (path / "reward_config.json").write_text(json.dumps(cfg, indent=2))
+        if norm_stats is not None:
+            (path / "norm_stats.json").write_text(json.dumps(norm_stats, indent=2))
+        for name, obj in (extra or {}).items():
+            (path / name).write_text(obj if isinstance(obj, str) else json.dumps(obj, indent=2))
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, dtype: str | None = None,
+                        device: str | torch.device = "cpu") -> "VideoReward":
+        """Load a folder written by `save_pretrained` (LoRA already merged; nothing from the hub)."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not (path / "reward_config.json").exists():
+            raise FileNotFoundError(f"{path} is not a VideoReward checkpoint (no reward_config.json)")
+        raw = json.loads((path / "reward_config.json").read_text())
+        cfg = _dataclass_from(RewardModelConfig, raw)
+        if dtype:
+            cfg.dtype = dtype
+        backbone, tokenizer = load_backbone(path / "backbone", cfg.dtype)
+        processor = RewardProcessor(tokenizer, cfg.dimensions, cfg.context_agnostic, cfg.head, cfg.instruction)
+        model = cls(backbone, processor, cfg)
+        state = load_file(str(path / "reward_head.safetensors"))
+        with torch.no_grad():
+            model.head.weight.copy_(state["head.weight"])
+            if model.reward_embeds is not None:
+                model.reward_embeds.copy_(state["reward_embeds"])
+        stats = path / "norm_stats.json"
+        model.norm_stats = json.loads(stats.read_text()) if stats.exists() else None
+        return model.to(device).eval()
+
+
+def _dataclass_from(cls, data: dict):
+    from raypipe.config import _build
+
+    return _build(cls, data)
