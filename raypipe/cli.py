@@ -151,6 +151,33 @@ def _run_demo(args) -> int:
     return run_demo_from_args(args.config, args.out, args.overrides)
 
 
+# --- train-reward / eval-reward -------------------------------------------------------------------------------
+def _add_train_reward(sub):
+    p = sub.add_parser("train-reward", help="train VideoReward on Ray Train + DeepSpeed (BT/BTT, LoRA)",
+                       description="Train the multi-dimensional video reward model. With no data.manifest the "
+                                   "tiny preset synthesises its own seeded SynthPref data. The loadable final "
+                                   "checkpoint lands in OUT/final.", epilog=EPILOG_OVERRIDES)
+    p.add_argument("--config", help="YAML (e.g. configs/reward_tiny.yaml, configs/reward_qwen2vl_2b.yaml)")
+    p.add_argument("--out", help="output folder (= out)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.zero_stage=3")
+    p.set_defaults(func=lambda a: __import__("raypipe.train.reward_job", fromlist=["x"]).train_reward_from_args(
+        a.config, a.out, a.overrides))
+
+
+def _add_eval_reward(sub):
+    p = sub.add_parser("eval-reward", help="evaluate a reward checkpoint on a preference manifest",
+                       description="Score every distinct video once, write scores.parquet (every row), "
+                                   "metrics.json (accuracy with/without ties per dimension) and an "
+                                   "accuracy-vs-epsilon plot.", epilog=EPILOG_OVERRIDES)
+    p.add_argument("--checkpoint", required=True, help="a VideoReward checkpoint folder (e.g. OUT/final)")
+    p.add_argument("--manifest", required=True, help="preference manifest (.parquet or .csv)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--config", help="YAML with EvalConfig fields")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.set_defaults(func=lambda a: __import__("raypipe.reward.eval_job", fromlist=["x"]).eval_from_args(
+        a.checkpoint, a.manifest, a.out, a.config, a.overrides))
+
+
 # --- bench -------------------------------------------------------------------------------------------------
 def _add_bench(sub):
     p = sub.add_parser("bench", help="benchmarks (JSON out, ratios against a baseline measured in the same run)")
@@ -185,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "Every subcommand has --help.")
     parser.add_argument("--version", action="version", version=f"raypipe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_probe, _add_synth, _add_oracle, _add_pairs, _add_demo, _add_bench):
+    for add in (_add_probe, _add_synth, _add_oracle, _add_pairs, _add_train_reward, _add_eval_reward, _add_demo,
+                _add_bench):
         add(sub)
     return parser
 

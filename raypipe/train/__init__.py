@@ -1,0 +1,1 @@
+"""Ray Train jobs: the worker loops (plain PyTorch + DeepSpeed) and their drivers."""

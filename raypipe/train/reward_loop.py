@@ -1,0 +1,252 @@
+"""The Ray Train worker loop for VideoReward: plain PyTorch + a DeepSpeed engine, read top to bottom.
+
+Per step: a batch of decoded pairs from this worker's Ray Data shard -> processor -> rewards of A and B in one
+forward -> BT/BTT loss (masked per dimension) -> engine.backward/step. Every `checkpoint_every` steps all ranks
+save their DeepSpeed state (model, optimizer, LR schedule) plus rank 0's progress (epoch, batch within the epoch,
+the learning curve) and report it; a restarted worker group loads it and skips the batches of the epoch it had
+already consumed (the shard order is deterministic: preserve_order + a seeded local shuffle).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def pairs_to_inputs(batch, processor, dimensions):
+    """(model inputs for [A..., B...], y [n, D], mask [n, D], number of error rows skipped)."""
+    import pyarrow.compute as pc
+
+    from raypipe.data.pairs import frames_of, split_errors
+
+    good, bad = split_errors(batch)
+    frames_a, frames_b = frames_of(good, "A"), frames_of(good, "B")
+    prompts = good.column("prompt").to_pylist()
+    y = torch.zeros((good.num_rows, len(dimensions)), dtype=torch.long)
+    mask = torch.zeros_like(y, dtype=torch.bool)
+    for j, dim in enumerate(dimensions):
+        col = good.column(f"y_{dim}")
+        valid = pc.is_valid(col).to_numpy(zero_copy_only=False)
+        vals = pc.fill_null(col, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        y[:, j] = torch.from_numpy(vals)
+        mask[:, j] = torch.from_numpy(valid)
+    inputs = processor(frames_a + frames_b, prompts + prompts) if good.num_rows else None
+    return inputs, y, mask, bad.num_rows
+
+
+def deepspeed_config(t, total_steps: int, bf16: bool) -> dict:
+    warmup = max(1, int(t.warmup_ratio * total_steps))
+    return {
+        "train_micro_batch_size_per_gpu": t.batch_pairs,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": t.grad_clip,
+        "zero_optimization": {"stage": t.zero_stage},
+        "bf16": {"enabled": bf16},
+        # torch_adam: a compiled FusedAdam is the default for "AdamW" and needs a CUDA toolchain.
+        "optimizer": {"type": "AdamW", "params": {"lr": t.lr, "betas": [0.9, 0.999], "eps": 1e-8,
+                                                  "weight_decay": t.weight_decay, "torch_adam": True}},
+        "scheduler": {"type": "WarmupCosineLR", "params": {"total_num_steps": max(total_steps, warmup + 1),
+                                                          "warmup_num_steps": warmup,
+                                                          "cos_min_ratio": t.min_lr_ratio}},
+        "steps_per_print": 10 ** 9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _loss(kind, rewards, y, mask, theta):
+    from raypipe.reward.losses import reward_loss
+
+    n = y.shape[0]
+    return reward_loss(kind, rewards[:n], rewards[n:], y, mask, theta)
+
+
+def _to(inputs, device):
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
+def evaluate(engine, model, val_batches, dimensions, device):
+    """Margins and labels on this rank's validation shard, gathered from all ranks; plus raw scores."""
+    import torch.distributed as dist
+
+    engine.eval()
+    margins, labels, masks, scores = [], [], [], []
+    with torch.no_grad():
+        for inputs, y, mask in val_batches:
+            r = engine(_to(inputs, device)).float().cpu()
+            n = y.shape[0]
+            margins.append(r[:n] - r[n:])
+            labels.append(y), masks.append(mask), scores.append(r)
+    engine.train()
+    local = [torch.cat(x).numpy() if x else np.zeros((0, len(dimensions))) for x in (margins, labels, masks, scores)]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, local)
+    return [np.concatenate([g[i] for g in gathered]) for i in range(4)]
+
+
+def validation_metrics(margins, labels, masks, dimensions) -> dict:
+    from raypipe.reward.metrics import pairwise_report
+
+    out = {}
+    for j, dim in enumerate(dimensions):
+        sel = masks[:, j].astype(bool)
+        out[dim] = pairwise_report(labels[sel, j], margins[sel, j])
+    return out
+
+
+def _all_ranks_true(flag: bool) -> bool:
+    import torch.distributed as dist
+
+    t = torch.tensor([0 if flag else 1])
+    dist.all_reduce(t)
+    return int(t.item()) == 0
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import deepspeed
+    import ray.train
+
+    from raypipe.config import _build
+    from raypipe.reward.model import VideoReward
+    from raypipe.reward.scoring import compute_norm_stats
+    from raypipe.train.reward_config import RewardTrainConfig
+
+    cfg = _build(RewardTrainConfig, config["cfg"])
+    t = cfg.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(t.seed)  # identical init on every rank (DeepSpeed also broadcasts rank 0's weights)
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    device = torch.device("cuda", torch.cuda.current_device()) if t.use_gpu else torch.device("cpu")
+    model = VideoReward.build(cfg.model)
+    dims = model.dimensions
+    deepspeed.init_distributed(dist_backend="nccl" if t.use_gpu else "gloo")
+    total_steps = config["total_steps"]
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=deepspeed_config(t, total_steps, bf16=t.use_gpu and cfg.model.dtype == "bfloat16"))
+
+    progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "curve": [], "resumes": []}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            engine.load_checkpoint(d, tag="ds")
+            progress = json.loads((Path(d) / "progress.json").read_text())
+        progress["resumes"].append({"at_step": progress["step"], "engine_global_steps": engine.global_steps})
+
+    val_batches = []
+    for batch in ray.train.get_dataset_shard("val").iter_batches(batch_size=t.batch_pairs, batch_format="pyarrow"):
+        inputs, y, mask, _ = pairs_to_inputs(batch, model.processor, dims)
+        if inputs is not None:
+            val_batches.append((inputs, y, mask))
+
+    shard = ray.train.get_dataset_shard("train")
+    step = progress["step"]
+    window = {"loss": 0.0, "n": 0, "pairs": 0, "errors": 0, "wait": 0.0, "t0": time.perf_counter()}
+    done = step >= total_steps
+    for epoch in range(progress["epoch"], t.epochs):
+        if done:
+            break
+        skip = progress["batch_in_epoch"] if epoch == progress["epoch"] else 0
+        batches = iter(shard.iter_batches(batch_size=t.batch_pairs, batch_format="pyarrow",
+                                          prefetch_batches=t.prefetch_batches,
+                                          local_shuffle_buffer_size=t.shuffle_buffer or None,
+                                          local_shuffle_seed=t.seed * 1000 + epoch))
+        index = -1
+        while True:
+            wait0 = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            index += 1
+            if index < skip:
+                continue  # consumed before the restart
+            window["wait"] += time.perf_counter() - wait0
+            inputs, y, mask, n_err = pairs_to_inputs(batch, model.processor, dims)
+            window["errors"] += n_err
+            if inputs is None:  # every row of this batch failed to decode: a zero step keeps ranks in lockstep
+                inputs = model.processor([np.zeros((4, 56, 56, 3), np.uint8)] * 2, ["", ""])
+                y, mask = torch.zeros((1, len(dims)), dtype=torch.long), torch.zeros((1, len(dims)), dtype=bool)
+            rewards = engine(_to(inputs, device))
+            loss, stats = _loss(t.loss, rewards, y.to(device), mask.to(device), t.theta)
+            if not _all_ranks_true(bool(torch.isfinite(loss))):
+                raise RuntimeError(f"non-finite loss at step {step + 1} (epoch {epoch}, batch {index}); "
+                                   f"no checkpoint is written. Lower train.lr or check the data.")
+            engine.backward(loss)
+            engine.step()
+            step += 1
+            window["loss"] += float(loss.detach())
+            window["n"] += 1
+            window["pairs"] += int(y.shape[0])
+            last = step >= total_steps
+            if step % t.eval_every == 0 or step % t.checkpoint_every == 0 or last:
+                elapsed = time.perf_counter() - window["t0"]
+                point = {"step": step, "epoch": epoch, "loss": window["loss"] / max(1, window["n"]),
+                         "pairs_per_s_per_worker": window["pairs"] / max(elapsed, 1e-9),
+                         "data_wait_share": window["wait"] / max(elapsed, 1e-9), "error_rows": window["errors"],
+                         "lr": engine.get_lr()[0]}
+                margins, labels, masks, scores = evaluate(engine, model, val_batches, dims, device)
+                point["val"] = validation_metrics(margins, labels, masks, dims)
+                progress["curve"].append(point)
+                window = {"loss": 0.0, "n": 0, "pairs": 0, "errors": 0, "wait": 0.0, "t0": time.perf_counter()}
+                progress.update(step=step, epoch=epoch, batch_in_epoch=index + 1)
+                _report(engine, model, progress, point, last, scores, dims, rank, compute_norm_stats)
+            if last:
+                done = True
+                break
+        else:
+            pass
+    if not done:  # data ran out before total_steps (short shards): final report so the job has a result
+        margins, labels, masks, scores = evaluate(engine, model, val_batches, dims, device)
+        point = {"step": step, "val": validation_metrics(margins, labels, masks, dims)}
+        progress["curve"].append(point)
+        _report(engine, model, progress, point, True, scores, dims, rank, compute_norm_stats)
+
+
+def _report(engine, model, progress, point, final, scores, dims, rank, compute_norm_stats):
+    """Save DeepSpeed state (all ranks) + progress (rank 0), and on the last step the loadable model."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as d:
+        engine.save_checkpoint(d, tag="ds")
+        if final:
+            _save_final(engine, model, Path(d) / "final", scores, dims, rank, compute_norm_stats)
+        if rank == 0:
+            (Path(d) / "progress.json").write_text(json.dumps(progress, default=_json_default))
+        metrics = {"step": point["step"], "final": final,
+                   **{f"val_{k}_acc": v["acc_without_ties"] for k, v in point.get("val", {}).items()}}
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def _save_final(engine, model, path, scores, dims, rank, compute_norm_stats):
+    """The user-facing checkpoint (merged LoRA, head, config, SPEC §3.3 norm stats on the validation split)."""
+    import deepspeed
+
+    stage3 = engine.zero_optimization_stage() == 3
+    params = list(model.parameters())
+    ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if stage3 else _null()
+    with ctx:
+        if rank == 0:
+            stats = compute_norm_stats(np.asarray(scores).reshape(-1, len(dims)), dims)
+            model.save_pretrained(path, norm_stats=stats)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    raise TypeError(type(o))
