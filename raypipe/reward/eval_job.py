@@ -1,0 +1,245 @@
+"""`raypipe eval-reward`: pairwise accuracy of a VideoReward checkpoint on a labelled preference manifest (SPEC §4).
+
+    raypipe eval-reward --checkpoint ckpt/final --manifest pairs.parquet --out eval-out [sampling.fps=4]
+
+Writes to OUT:
+- `scores.parquet`: every manifest row once, in row_id order: the manifest columns (incl. `row_id`, `uri_*`,
+  `y_<DIM>`), `score_A_<DIM>`, `score_B_<DIM>` (raw), `margin_<DIM>` = A − B, and when the checkpoint has norm
+  stats `overall_A`, `overall_B`, `margin_Overall` (sums of normalised scores); `error` (null, or the kind of the
+  first failing side) and `error_message` (every failing side).
+- `metrics.json`: `{DIM: pairwise_report, ..., "Overall": ... (manifest has `Overall` labels and checkpoint has
+  norm stats), "errors": {kind: rows}, "n_rows", "n_scored_videos"}` (+ `"notes"` when something was left out);
+  accuracy counts rows with a label for that dimension and no error. NaN is written as null.
+- `accuracy_vs_epsilon.png` (ties-included accuracy against ε, ε* marked) and the resolved `config.yaml`.
+
+Each distinct (uri, prompt) is decoded and scored once, however many pairs share it.
+Sampling: `sampling` in the config if set (the whole section; unset fields take SamplingConfig defaults, not the
+checkpoint's), else the checkpoint's `sampling.json`, else SamplingConfig() (fps 2) — see `resolve_sampling`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raypipe.config import ConfigError, SamplingConfig, load_config, save_config
+from raypipe.data.manifest import Manifest, load_manifest, normalize_label
+from raypipe.reward.metrics import accuracy_curve, pairwise_report
+from raypipe.reward.scoring import (checkpoint_dimensions, normalize, overall, read_norm_stats, resolve_sampling,
+                                    score_videos)
+
+SIDES = ("A", "B")
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    checkpoint: str = ""  # a folder written by VideoReward.save_pretrained
+    manifest: str = ""  # labelled preference manifest (.parquet or .csv)
+    out: str = "eval-out"
+    video_root: str | None = None  # relative video paths resolve against this (default: the manifest's folder)
+    sampling: SamplingConfig | None = None  # None: the checkpoint's sampling.json, else SamplingConfig()
+    concurrency: int = 1  # scoring actors (each holds one model)
+    batch_size: int = 8  # videos per forward pass
+    num_gpus: float = 0.0  # per actor
+    dtype: str | None = None  # None: the checkpoint's dtype
+    address: str | None = None  # Ray cluster address; None: RAY_ADDRESS or a local Ray
+    progress: bool = True
+
+
+def _prepare(cfg: EvalConfig) -> tuple[Manifest, list[str], dict | None]:
+    """Everything that can fail on bad input, in the driver, before any Ray work."""
+    if not cfg.checkpoint or not cfg.manifest:
+        raise ConfigError("checkpoint and manifest are required (--checkpoint DIR --manifest FILE)")
+    try:
+        dimensions = checkpoint_dimensions(cfg.checkpoint)
+        norm_stats = read_norm_stats(cfg.checkpoint, dimensions)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"checkpoint: {e}") from None
+    manifest = load_manifest(cfg.manifest, dimensions, cfg.video_root, require_labels=True)
+    if manifest.kind != "pairs":
+        raise ConfigError(f"eval-reward needs a preference manifest (path_A, path_B); {cfg.manifest} is pointwise")
+    return manifest, dimensions, norm_stats
+
+
+def distinct_videos(table: pa.Table) -> pa.Table:
+    """One row per distinct (uri, prompt) over both sides: `video_id`, `uri`, `prompt`."""
+    prompts = table.column("prompt").to_pylist()
+    ids: dict[tuple[str, str], int] = {}
+    for side in SIDES:
+        for uri, prompt in zip(table.column(f"uri_{side}").to_pylist(), prompts):
+            ids.setdefault((uri, prompt), len(ids))
+    return pa.table({"video_id": pa.array(list(ids.values()), pa.int64()),
+                     "uri": pa.array([k[0] for k in ids], pa.string()),
+                     "prompt": pa.array([k[1] for k in ids], pa.string())})
+
+
+def collect_scores(ds, dimensions) -> dict[int, tuple[list, str | None, str | None]]:
+    """video_id -> (raw scores or Nones, error, error_message), checking each video came back exactly once."""
+    out: dict[int, tuple[list, str | None, str | None]] = {}
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        cols = {c: batch.column(c).to_pylist() for c in ["video_id", "error", "error_message"]}
+        dims = [batch.column(f"score_{d}").to_pylist() for d in dimensions]
+        for i, vid in enumerate(cols["video_id"]):
+            if vid in out:
+                raise RuntimeError(f"video {vid} was scored twice")  # never expected; never silent
+            out[vid] = ([col[i] for col in dims], cols["error"][i], cols["error_message"][i])
+    return out
+
+
+def pair_scores(manifest: Manifest, videos: pa.Table, scored: dict, dimensions, norm_stats) -> pa.Table:
+    """The manifest with both sides' scores, margins and errors attached (row_id order kept)."""
+    table = manifest.table
+    key = {(u, p): v for v, u, p in zip(*(videos.column(c).to_pylist() for c in ("video_id", "uri", "prompt")))}
+    missing = sorted(set(key.values()) - set(scored))
+    if missing:
+        raise RuntimeError(f"{len(missing)} videos did not come back from scoring (e.g. video_id {missing[0]})")
+    prompts = table.column("prompt").to_pylist()
+    raw, errors, messages = {}, [None] * table.num_rows, [None] * table.num_rows
+    for side in SIDES:
+        rows = [scored[key[(u, p)]] for u, p in zip(table.column(f"uri_{side}").to_pylist(), prompts)]
+        raw[side] = np.array([[np.nan if v is None else v for v in r[0]] for r in rows], dtype=np.float64)
+        for i, (_, kind, message) in enumerate(rows):
+            if kind is not None:
+                errors[i] = errors[i] or kind
+                text = f"{side}: {message}"
+                messages[i] = text if messages[i] is None else messages[i] + " | " + text
+    cols: dict[str, np.ndarray] = {}
+    for side in SIDES:
+        for j, dim in enumerate(dimensions):
+            cols[f"score_{side}_{dim}"] = raw[side][:, j]
+    for j, dim in enumerate(dimensions):
+        cols[f"margin_{dim}"] = raw["A"][:, j] - raw["B"][:, j]
+    if norm_stats is not None:
+        for side in SIDES:
+            cols[f"overall_{side}"] = overall(normalize(raw[side], norm_stats, dimensions))
+        cols["margin_Overall"] = cols["overall_A"] - cols["overall_B"]
+    for name, values in cols.items():
+        table = table.append_column(name, pa.array(values, pa.float64(), mask=np.isnan(values)))
+    table = table.append_column("error", pa.array(errors, pa.string()))
+    return table.append_column("error_message", pa.array(messages, pa.string()))
+
+
+def _labels_and_margins(scores: pa.Table, label_column: str, margin_column: str,
+                        labels: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(h, m) over rows with a label and no error."""
+    h = labels if labels is not None else scores.column(label_column).to_pylist()
+    m = scores.column(margin_column).to_pylist()
+    err = scores.column("error").to_pylist()
+    keep = [i for i in range(len(h)) if h[i] is not None and err[i] is None and m[i] is not None]
+    return np.array([h[i] for i in keep], dtype=np.int64), np.array([m[i] for i in keep], dtype=np.float64)
+
+
+def compute_metrics(scores: pa.Table, dimensions, n_scored_videos: int) -> tuple[dict, dict]:
+    """(metrics.json content, {name: (h, m)} used) for a table written by `pair_scores`."""
+    metrics, used, notes = {}, {}, []
+    for dim in dimensions:
+        if f"y_{dim}" not in scores.column_names:
+            notes.append(f"{dim}: the manifest has no {dim} label column")
+            continue
+        used[dim] = _labels_and_margins(scores, f"y_{dim}", f"margin_{dim}")
+        metrics[dim] = pairwise_report(*used[dim])
+    if "Overall" in scores.column_names:
+        if "margin_Overall" in scores.column_names:
+            labels = [normalize_label(v) for v in scores.column("Overall").to_pylist()]
+            used["Overall"] = _labels_and_margins(scores, "Overall", "margin_Overall", labels)
+            metrics["Overall"] = pairwise_report(*used["Overall"])
+        else:
+            notes.append("Overall: omitted, the checkpoint has no norm_stats.json (Overall sums normalised scores)")
+    errors = Counter(e for e in scores.column("error").to_pylist() if e is not None)
+    metrics.update(errors=dict(sorted(errors.items())), n_rows=scores.num_rows, n_scored_videos=n_scored_videos)
+    if notes:
+        metrics["notes"] = notes
+    return _nan_to_none(metrics), used
+
+
+def _nan_to_none(obj):
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_to_none(v) for v in obj]
+    return None if isinstance(obj, float) and math.isnan(obj) else obj
+
+
+def plot_accuracy_vs_epsilon(used: dict, path: Path) -> Path:
+    """Ties-included accuracy against ε per dimension, ε* marked (the point tie calibration picks)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on cluster nodes
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (h, m) in used.items():
+        if len(h) == 0:
+            continue
+        eps, acc = accuracy_curve(h, m)
+        x = eps.copy()
+        x[0] = 0.0  # "no ties" (ε = -1) holds until the smallest |m|: draw it from 0
+        line, = ax.step(x, acc, where="post", label=name)
+        best = pairwise_report(h, m)
+        ax.plot([max(best["epsilon"], 0.0)], [best["acc_with_ties"]], "o", color=line.get_color())
+    ax.set_xlabel("ε (predict a tie when |r_A − r_B| ≤ ε)")
+    ax.set_ylabel("accuracy with ties")
+    ax.set_title("Tie calibration (● = ε*)")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _fmt(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def print_table(metrics: dict) -> None:
+    """A small human-readable summary on stdout."""
+    print(f"{'dim':<8} {'n':>6} {'ties':>6} {'acc w/o ties':>13} {'acc w/ ties':>12} {'eps*':>9}")
+    for name, r in metrics.items():
+        if isinstance(r, dict) and "acc_with_ties" in r:
+            print(f"{name:<8} {r['n']:>6} {r['n_ties']:>6} {_fmt(r['acc_without_ties'], '.3f'):>13} "
+                  f"{_fmt(r['acc_with_ties'], '.3f'):>12} {_fmt(r['epsilon'], '.4g'):>9}")
+    print(f"rows {metrics['n_rows']}, videos scored {metrics['n_scored_videos']}, errors {metrics['errors']}")
+    for note in metrics.get("notes", []):
+        print(f"note: {note}")
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    """Score every pair of the manifest with the checkpoint on Ray and write the outputs; returns metrics."""
+    from raypipe.ray_utils import configure_data_context, init_ray
+
+    manifest, dimensions, norm_stats = _prepare(cfg)  # before Ray: bad input fails fast
+    sampling, _ = resolve_sampling(cfg.checkpoint, cfg.sampling)
+    resolved = dataclasses.replace(cfg, sampling=sampling)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(resolved, out)
+    init_ray(cfg.address)
+    configure_data_context(cfg.progress)
+    videos = distinct_videos(manifest.table)
+    ds = score_videos(videos, cfg.checkpoint, sampling, cfg.concurrency, cfg.batch_size, cfg.num_gpus, cfg.dtype)
+    scored = collect_scores(ds, dimensions)
+    scores = pair_scores(manifest, videos, scored, dimensions, norm_stats)
+    pq.write_table(scores, out / "scores.parquet")
+    metrics, used = compute_metrics(scores, dimensions, n_scored_videos=len(scored))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_accuracy_vs_epsilon(used, out / "accuracy_vs_epsilon.png")
+    print_table(metrics)
+    return metrics
+
+
+def eval_from_args(checkpoint: str | None, manifest: str | None, out: str | None, config_path: str | None,
+                   overrides: list[str] | None) -> int:
+    """CLI glue: flags override the config file and `key=value` overrides; returns the exit code."""
+    extra = [f"{k}={json.dumps(v)}" for k, v in (("checkpoint", checkpoint), ("manifest", manifest), ("out", out))
+             if v is not None]
+    cfg = load_config(EvalConfig, config_path, list(overrides or []) + extra)
+    run_eval(cfg)
+    return 0
