@@ -121,7 +121,12 @@ def test_make_synthpref_manifest_and_videos(tmp_path):
     expected = ["path_A", "path_B", "prompt", "VQ", "MQ", "TA", "fps_A", "num_frames_A", "fps_B", "num_frames_B"]
     expected += [f"gt_{k}_{s}" for s in "AB" for k in ("vq", "mq", "ta")]
     expected += [f"gt_{k}_{s}" for s in "AB" for k in ("color", "shape", "direction")]
+    expected += [f"MOS_{s}_{d}" for s in "AB" for d in ("VQ", "MQ", "TA")]
     assert table.column_names == expected
+    for r in table.to_pylist():  # MOS (1-5) from the ground truth: 1 + 4 level; TA 5 - 4 wrong / 3
+        assert r["MOS_A_VQ"] == pytest.approx(1 + 4 * r["gt_vq_A"])
+        assert r["MOS_B_MQ"] == pytest.approx(1 + 4 * r["gt_mq_B"])
+        assert r["MOS_A_TA"] == pytest.approx(5 - 4 * r["gt_ta_A"] / 3)
     assert pq.read_table(tmp_path / "manifest.parquet").equals(table)
     rows = table.to_pylist()
     assert [r["path_A"] for r in rows] == [f"videos/{i:06d}_A.mp4" for i in range(3)]

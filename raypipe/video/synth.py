@@ -247,7 +247,33 @@ _COLUMNS = {
     "fps_A": pa.float64(), "num_frames_A": pa.int64(), "fps_B": pa.float64(), "num_frames_B": pa.int64(),
     **{f"gt_{k}_{s}": t for s in "AB" for k, t in (("vq", pa.float64()), ("mq", pa.float64()), ("ta", pa.int64()))},
     **{f"gt_{k}_{s}": pa.string() for s in "AB" for k in ATTRIBUTES},
+    # Pointwise 1-5 opinion scores derived from the ground truth (SPEC §2.1 MOS columns, for regression training).
+    **{f"MOS_{s}_{d}": pa.float64() for s in "AB" for d in DIMENSIONS},
 }
+
+
+def mos_from_levels(vq: float, mq: float, ta: int) -> dict[str, float]:
+    """1-5 scores: VQ = 1 + 4·vq, MQ = 1 + 4·mq, TA = 5 - 4·ta/3 (no wrong attribute = 5)."""
+    return {"VQ": 1.0 + 4.0 * vq, "MQ": 1.0 + 4.0 * mq, "TA": 5.0 - 4.0 * ta / 3.0}
+
+
+def _render_rows(out: str, cfg: SynthConfig, indices) -> list[dict]:
+    """Render and write pairs `indices`; their manifest rows (a worker's share of make_synthpref)."""
+    rows = []
+    for i in indices:
+        pair = sample_pair(cfg, i)
+        videos = render_pair(cfg, i, pair)
+        row: dict = {"prompt": pair.prompt, **pair.labels}
+        for side, spec, frames in (("A", pair.a, videos[0]), ("B", pair.b, videos[1])):
+            rel = f"videos/{i:06d}_{side}.mp4"
+            write_mp4(frames, Path(out) / rel, cfg.fps)
+            row.update({f"path_{side}": rel, f"fps_{side}": float(cfg.fps), f"num_frames_{side}": len(frames),
+                        f"gt_vq_{side}": spec.vq, f"gt_mq_{side}": spec.mq, f"gt_ta_{side}": spec.ta,
+                        f"gt_color_{side}": spec.color, f"gt_shape_{side}": spec.shape,
+                        f"gt_direction_{side}": spec.direction,
+                        **{f"MOS_{side}_{d}": v for d, v in mos_from_levels(spec.vq, spec.mq, spec.ta).items()}})
+        rows.append(row)
+    return rows
 
 
 def check_config(cfg: SynthConfig) -> tuple[int, int]:
@@ -264,30 +290,39 @@ def check_config(cfg: SynthConfig) -> tuple[int, int]:
     return h, w
 
 
-def make_synthpref(out_dir: str | os.PathLike, cfg: SynthConfig, progress: bool = False) -> pa.Table:
+def make_synthpref(out_dir: str | os.PathLike, cfg: SynthConfig, progress: bool = False,
+                   workers: int | None = None) -> pa.Table:
     """Render cfg.pairs pairs to `out_dir/videos/{i:06d}_{A,B}.mp4` and write `out_dir/manifest.parquet`
     (SPEC §2.1 columns with paths relative to out_dir, plus gt_* ground truth). Returns the manifest."""
     check_config(cfg)
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    rows: dict[str, list] = {k: [] for k in _COLUMNS}
-    indices = range(cfg.pairs)
+    # Each pair draws from its own seeded streams, so splitting the work over processes changes nothing.
+    workers = max(1, min(workers or os.cpu_count() or 1, 8, cfg.pairs // 64 or 1))
+    chunks = [range(start, min(cfg.pairs, start + 32)) for start in range(0, cfg.pairs, 32)]
+    bar = None
     if progress:
         from tqdm import tqdm
-        indices = tqdm(indices, desc="synthpref", unit="pair")
-    for i in indices:
-        pair = sample_pair(cfg, i)
-        videos = render_pair(cfg, i, pair)
-        row: dict = {"prompt": pair.prompt, **pair.labels}
-        for side, spec, frames in (("A", pair.a, videos[0]), ("B", pair.b, videos[1])):
-            rel = f"videos/{i:06d}_{side}.mp4"
-            write_mp4(frames, out / rel, cfg.fps)
-            row.update({f"path_{side}": rel, f"fps_{side}": float(cfg.fps), f"num_frames_{side}": len(frames),
-                        f"gt_vq_{side}": spec.vq, f"gt_mq_{side}": spec.mq, f"gt_ta_{side}": spec.ta,
-                        f"gt_color_{side}": spec.color, f"gt_shape_{side}": spec.shape,
-                        f"gt_direction_{side}": spec.direction})
-        for k in _COLUMNS:
-            rows[k].append(row[k])
+        bar = tqdm(total=cfg.pairs, desc="synthpref", unit="pair")
+    results: list[list[dict]] = []
+    if workers == 1:
+        for chunk in chunks:
+            results.append(_render_rows(str(out), cfg, chunk))
+            if bar:
+                bar.update(len(chunk))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            for chunk, part in zip(chunks, pool.map(_render_rows, [str(out)] * len(chunks), [cfg] * len(chunks),
+                                                    chunks)):
+                results.append(part)
+                if bar:
+                    bar.update(len(chunk))
+    if bar:
+        bar.close()
+    rows: dict[str, list] = {k: [r[k] for part in results for r in part] for k in _COLUMNS}
     table = pa.table({k: pa.array(v, type=_COLUMNS[k]) for k, v in rows.items()})
     pq.write_table(table, out / "manifest.parquet")
     return table
