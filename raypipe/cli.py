@@ -196,6 +196,21 @@ def _add_bench(sub):
     d.add_argument("--rows-per-block", type=int, default=1, help="pairs per decode task in (b) (default 1)")
     d.add_argument("--data-dir", default=None, help="where to write the clips (default: OUT's folder)")
     d.set_defaults(func=_run_bench_decode)
+    r = bsub.add_parser("reward-ablation", help="Table 6 in miniature: regression / BT / BTT / BTT last-token",
+                        description="Train each reward variant with the same data and budget on SynthPref (with "
+                                    "ties) and write ablation.json + ablation.md (accuracy with/without ties).",
+                        epilog=EPILOG_OVERRIDES)
+    r.add_argument("--out", required=True, help="output folder")
+    r.add_argument("--config", default="configs/reward_tiny.yaml", help="base config (default reward_tiny)")
+    r.add_argument("--pairs", type=int, default=2048, help="training pairs (default 2048)")
+    r.add_argument("--val-pairs", type=int, default=256, dest="val_pairs", help="held-out pairs (default 256)")
+    r.add_argument("--steps", type=int, default=150, help="optimizer steps per variant (default 150)")
+    r.add_argument("--epochs", type=int, default=2)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--variants", default=None, help="comma list (default: regression,bt,btt,btt_last_token)")
+    r.add_argument("overrides", nargs="*", help="key=value overrides applied to every variant")
+    r.set_defaults(func=lambda a: _print_json(
+        __import__("raypipe.bench.reward_ablation", fromlist=["x"]).run_reward_ablation(a)) or 0)
 
 
 def _run_bench_decode(args) -> int:

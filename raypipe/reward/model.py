@@ -44,6 +44,9 @@ class RewardModelConfig:
     head: str = "special_tokens"  # or "last_token" (ablation: Linear(hidden, D) on the final token)
     lora: LoraSettings = dataclasses.field(default_factory=LoraSettings)
     train_vision: bool = True
+    # Full training of the language model instead of LoRA: for tiny RANDOM backbones, where low-rank updates of
+    # random weights learn motion and text alignment far more slowly; real checkpoints use LoRA (paper).
+    train_language_model: bool = False
     dtype: str = "float32"  # bfloat16 on GPUs
     instruction: str = ""  # text before the prompt, e.g. "Rate this video for the prompt:"
 
@@ -90,7 +93,10 @@ class VideoReward(nn.Module):
         """LoRA on the language model; vision tower, reward rows and head trainable; all else frozen."""
         for p in self.backbone.parameters():
             p.requires_grad_(False)
-        if self.cfg.lora.enabled:
+        if self.cfg.train_language_model:
+            for name, p in self._vlm().language_model.named_parameters():
+                p.requires_grad_("embed_tokens" not in name)  # the table stays frozen; reward rows train apart
+        elif self.cfg.lora.enabled:
             from peft import LoraConfig, get_peft_model
 
             targets = "|".join(self.cfg.lora.target_modules)

@@ -30,6 +30,7 @@ class TrainSettings:
     seed: int = 0
     prefetch_batches: int = 4
     shuffle_buffer: int = 64  # local shuffle (rows) in each worker
+    record_rows: bool = False  # keep rank 0's consumed row_ids per epoch in the checkpoint (resume checks)
 
 
 @dataclasses.dataclass

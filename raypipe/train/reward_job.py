@@ -67,8 +67,8 @@ def run_train_reward(cfg: RewardTrainConfig) -> dict:
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t = cfg.train
-    if t.loss not in ("bt", "btt"):
-        raise ValueError(f"train.loss must be bt or btt for preference pairs, got {t.loss!r}")
+    if t.loss not in ("bt", "btt", "regression"):
+        raise ValueError(f"train.loss must be bt, btt or regression (MOS_<side>_<DIM> columns), got {t.loss!r}")
     train_path, val_path = _prepare_data(cfg, out)
     dims = cfg.model.dimensions
     train_m = load_manifest(train_path, dims, cfg.data.video_root)  # validated before any Ray work

@@ -19,8 +19,11 @@ import numpy as np
 import torch
 
 
-def pairs_to_inputs(batch, processor, dimensions):
-    """(model inputs for [A..., B...], y [n, D], mask [n, D], number of error rows skipped)."""
+def pairs_to_inputs(batch, processor, dimensions, with_mos: bool = False):
+    """(model inputs for [A..., B...], targets, number of error rows skipped).
+
+    targets: `y` [n, D] (+1 A, -1 B, 0 tie), `mask` [n, D] (labelled); with `with_mos` also `mos` [2n, D] and
+    `mos_mask` for regression on the SPEC §2.1 `MOS_<side>_<DIM>` columns (A rows first, then B)."""
     import pyarrow.compute as pc
 
     from raypipe.data.pairs import frames_of, split_errors
@@ -36,8 +39,19 @@ def pairs_to_inputs(batch, processor, dimensions):
         vals = pc.fill_null(col, 0).to_numpy(zero_copy_only=False).astype(np.int64)
         y[:, j] = torch.from_numpy(vals)
         mask[:, j] = torch.from_numpy(valid)
+    targets = {"y": y, "mask": mask}
+    if with_mos:
+        mos = torch.full((2 * good.num_rows, len(dimensions)), float("nan"))
+        for k, side in enumerate("AB"):
+            for j, dim in enumerate(dimensions):
+                name = f"MOS_{side}_{dim}"
+                if name in good.column_names:
+                    values = good.column(name).cast("float64").to_numpy(zero_copy_only=False)
+                    mos[k * good.num_rows:(k + 1) * good.num_rows, j] = torch.from_numpy(values.astype(np.float32))
+        targets["mos_mask"] = torch.isfinite(mos)
+        targets["mos"] = torch.nan_to_num(mos)
     inputs = processor(frames_a + frames_b, prompts + prompts) if good.num_rows else None
-    return inputs, y, mask, bad.num_rows
+    return inputs, targets, bad.num_rows
 
 
 def deepspeed_config(t, total_steps: int, bf16: bool) -> dict:
@@ -59,11 +73,13 @@ def deepspeed_config(t, total_steps: int, bf16: bool) -> dict:
     }
 
 
-def _loss(kind, rewards, y, mask, theta):
-    from raypipe.reward.losses import reward_loss
+def _loss(kind, rewards, targets, theta, device):
+    from raypipe.reward.losses import regression_loss, reward_loss
 
-    n = y.shape[0]
-    return reward_loss(kind, rewards[:n], rewards[n:], y, mask, theta)
+    if kind == "regression":
+        return regression_loss(rewards, targets["mos"].to(device), targets["mos_mask"].to(device))
+    n = targets["y"].shape[0]
+    return reward_loss(kind, rewards[:n], rewards[n:], targets["y"].to(device), targets["mask"].to(device), theta)
 
 
 def _to(inputs, device):
@@ -77,7 +93,8 @@ def evaluate(engine, model, val_batches, dimensions, device):
     engine.eval()
     margins, labels, masks, scores = [], [], [], []
     with torch.no_grad():
-        for inputs, y, mask in val_batches:
+        for inputs, targets in val_batches:
+            y, mask = targets["y"], targets["mask"]
             r = engine(_to(inputs, device)).float().cpu()
             n = y.shape[0]
             margins.append(r[:n] - r[n:])
@@ -137,13 +154,14 @@ def train_loop_per_worker(config: dict) -> None:
         with checkpoint.as_directory() as d:
             engine.load_checkpoint(d, tag="ds")
             progress = json.loads((Path(d) / "progress.json").read_text())
-        progress["resumes"].append({"at_step": progress["step"], "engine_global_steps": engine.global_steps})
+        progress["resumes"].append({"at_step": progress["step"], "engine_global_steps": engine.global_steps,
+                                    "lr": engine.get_lr()[0]})
 
     val_batches = []
     for batch in ray.train.get_dataset_shard("val").iter_batches(batch_size=t.batch_pairs, batch_format="pyarrow"):
-        inputs, y, mask, _ = pairs_to_inputs(batch, model.processor, dims)
+        inputs, targets, _ = pairs_to_inputs(batch, model.processor, dims)
         if inputs is not None:
-            val_batches.append((inputs, y, mask))
+            val_batches.append((inputs, targets))
 
     shard = ray.train.get_dataset_shard("train")
     step = progress["step"]
@@ -167,13 +185,17 @@ def train_loop_per_worker(config: dict) -> None:
             if index < skip:
                 continue  # consumed before the restart
             window["wait"] += time.perf_counter() - wait0
-            inputs, y, mask, n_err = pairs_to_inputs(batch, model.processor, dims)
+            inputs, targets, n_err = pairs_to_inputs(batch, model.processor, dims, with_mos=t.loss == "regression")
             window["errors"] += n_err
+            if t.record_rows and rank == 0:
+                progress.setdefault("rows", {}).setdefault(str(epoch), []).extend(batch.column("row_id").to_pylist())
             if inputs is None:  # every row of this batch failed to decode: a zero step keeps ranks in lockstep
                 inputs = model.processor([np.zeros((4, 56, 56, 3), np.uint8)] * 2, ["", ""])
-                y, mask = torch.zeros((1, len(dims)), dtype=torch.long), torch.zeros((1, len(dims)), dtype=bool)
+                none = torch.zeros((1, len(dims)), dtype=bool)
+                targets = {"y": none.long(), "mask": none, "mos": torch.zeros((2, len(dims))),
+                           "mos_mask": torch.zeros((2, len(dims)), dtype=bool)}
             rewards = engine(_to(inputs, device))
-            loss, stats = _loss(t.loss, rewards, y.to(device), mask.to(device), t.theta)
+            loss, stats = _loss(t.loss, rewards, targets, t.theta, device)
             if not _all_ranks_true(bool(torch.isfinite(loss))):
                 raise RuntimeError(f"non-finite loss at step {step + 1} (epoch {epoch}, batch {index}); "
                                    f"no checkpoint is written. Lower train.lr or check the data.")
@@ -182,7 +204,7 @@ def train_loop_per_worker(config: dict) -> None:
             step += 1
             window["loss"] += float(loss.detach())
             window["n"] += 1
-            window["pairs"] += int(y.shape[0])
+            window["pairs"] += int(targets["y"].shape[0])
             last = step >= total_steps
             if step % t.eval_every == 0 or step % t.checkpoint_every == 0 or last:
                 elapsed = time.perf_counter() - window["t0"]
