@@ -175,7 +175,8 @@ def score_videos(table: pa.Table, checkpoint: str, sampling: SamplingConfig, con
         VideoScorer,
         fn_constructor_kwargs={"checkpoint": str(checkpoint), "sampling": sampling, "device": device,
                                "dtype": dtype},
-        concurrency=concurrency, batch_size=step, num_gpus=num_gpus or None, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=max(1, int(concurrency))), batch_size=step,
+        num_gpus=num_gpus or None, batch_format="pyarrow",
     )
 
 
