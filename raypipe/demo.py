@@ -1,6 +1,7 @@
 """`raypipe demo` / `make demo`: the whole story on a local Ray with the tiny models.
 
-Stages so far: SynthPref -> Ray Data pair pipeline. Each later issue appends its stage here.
+Stages so far: SynthPref -> Ray Data pair pipeline -> train VideoReward (Ray Train + DeepSpeed) -> evaluate it
+(accuracy table, accuracy-vs-epsilon plot). Each later issue appends its stage here.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 from raypipe.config import DataConfig, SamplingConfig, SynthConfig, load_config, save_config
+from raypipe.train.reward_config import RewardTrainConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo_tiny.yaml"
 
@@ -19,6 +21,11 @@ class DemoConfig:
     synth: SynthConfig = dataclasses.field(default_factory=lambda: SynthConfig(pairs=64))
     data: DataConfig = dataclasses.field(
         default_factory=lambda: DataConfig(sampling=SamplingConfig(fps=4.0, max_frames=16)))
+    # The reward stage: the tiny preset (configs/reward_tiny.yaml), shortened so the demo stays quick.
+    reward_config: str = "configs/reward_tiny.yaml"
+    reward_overrides: list[str] = dataclasses.field(default_factory=lambda: [
+        "synth_train.pairs=1024", "synth_val.pairs=128", "train.max_steps=150", "train.eval_every=50",
+        "train.checkpoint_every=50"])
     address: str | None = None
     progress: bool = True
 
@@ -38,12 +45,12 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
     save_config(cfg, out)
     report: dict = {}
 
-    t = _stage(f"1/2 SynthPref: {cfg.synth.pairs} pairs, seed {cfg.synth.seed}")
+    t = _stage(f"1/4 SynthPref: {cfg.synth.pairs} pairs, seed {cfg.synth.seed}")
     synth_dir = out / "synthpref"
     make_synthpref(synth_dir, cfg.synth, progress=cfg.progress)
     report["synth_s"] = round(time.perf_counter() - t, 2)
 
-    t = _stage("2/2 Ray Data pair pipeline")
+    t = _stage("2/4 Ray Data pair pipeline")
     manifest = load_manifest(str(synth_dir / "manifest.parquet"), cfg.data.dimensions)
     init_ray(cfg.address)
     configure_data_context(cfg.progress)
@@ -51,6 +58,22 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
                                out=str(out / "pairs"), address=cfg.address, progress=cfg.progress)
     report["pairs"] = run_pairs(manifest, pairs_cfg)
     report["pairs_s"] = round(time.perf_counter() - t, 2)
+
+    t = _stage("3/4 train VideoReward (Ray Train + DeepSpeed, tiny Qwen2-VL)")
+    from raypipe.train.reward_job import run_train_reward
+
+    reward_cfg = load_config(RewardTrainConfig, _repo_path(cfg.reward_config),
+                             [*cfg.reward_overrides, f"out={out / 'reward'}", f"progress={str(cfg.progress).lower()}"])
+    report["reward"] = run_train_reward(reward_cfg)
+    report["reward_s"] = round(time.perf_counter() - t, 2)
+
+    t = _stage("4/4 evaluate VideoReward on its held-out pairs")
+    from raypipe.reward.eval_job import EvalConfig, run_eval
+
+    report["eval"] = run_eval(EvalConfig(checkpoint=str(out / "reward" / "final"),
+                                         manifest=str(out / "reward" / "data" / "val" / "manifest.parquet"),
+                                         out=str(out / "eval"), progress=cfg.progress))
+    report["eval_s"] = round(time.perf_counter() - t, 2)
 
     (out / "demo_summary.json").write_text(json.dumps(report, indent=2))
     s = report["pairs"]
@@ -60,8 +83,17 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
     print("labels (A/B/tie/masked):")
     for dim, c in s["labels"].items():
         print(f"  {dim}: {c['A']}/{c['B']}/{c['tie']}/{c['masked']}")
-    print(f"outputs in {out}/")
+    print("reward model (held-out, ties excluded / included):")
+    for dim in cfg.data.dimensions:
+        m = report["eval"].get(dim) or {}
+        print(f"  {dim}: {m.get('acc_without_ties', float('nan')):.3f} / {m.get('acc_with_ties', float('nan')):.3f}")
+    print(f"outputs in {out}/ (eval/accuracy_vs_epsilon.png, reward/learning_curve.png)")
     return report
+
+
+def _repo_path(path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() or p.exists() else Path(__file__).resolve().parent.parent / p
 
 
 def run_demo_from_args(config: str | None, out: str, overrides: list[str]) -> int:

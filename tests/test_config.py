@@ -16,6 +16,11 @@ def test_defaults_yaml_and_overrides(tmp_path):
     assert cfg.data.sampling.max_pixels == 448 * 448  # untouched default
 
 
+def test_float_written_without_a_dot():
+    cfg = load_config(PairsJobConfig, None, ["data.sampling.fps=1e1"])
+    assert cfg.data.sampling.fps == 10.0
+
+
 def test_override_beats_file_and_null(tmp_path):
     cfg = load_config(PairsJobConfig, None, ["data.manifest=/x/m.parquet", "data.video_root=null"])
     assert cfg.data.manifest == "/x/m.parquet" and cfg.data.video_root is None

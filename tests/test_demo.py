@@ -9,7 +9,9 @@ from raypipe.demo import DEFAULT_CONFIG, DemoConfig, run_demo
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(ray_local, tmp_path, capsys):
-    cfg = load_config(DemoConfig, DEFAULT_CONFIG, ["synth.pairs=12", "progress=false"])
+    small = '["synth_train.pairs=32", "synth_val.pairs=16", "train.max_steps=4", "train.eval_every=2", ' \
+            '"train.checkpoint_every=4", "train.batch_pairs=4", "train.cpus_per_worker=0.5"]'
+    cfg = load_config(DemoConfig, DEFAULT_CONFIG, ["synth.pairs=12", "progress=false", f"reward_overrides={small}"])
     report = run_demo(cfg, tmp_path / "demo")
     s = report["pairs"]
     assert s["rows"] == 12 and s["decoded"] == 12 and s["error_rows"] == 0
@@ -17,4 +19,7 @@ def test_demo_runs_end_to_end(ray_local, tmp_path, capsys):
     assert sum(s["labels"]["VQ"][k] for k in ("A", "B", "tie")) == 12
     assert json.loads((tmp_path / "demo" / "demo_summary.json").read_text())["pairs"]["rows"] == 12
     assert (tmp_path / "demo" / "config.yaml").exists()
+    assert report["reward"]["steps"] == 4
+    assert report["eval"]["n_rows"] == 16 and set(report["eval"]) >= {"VQ", "MQ", "TA", "errors"}
+    assert (tmp_path / "demo" / "eval" / "accuracy_vs_epsilon.png").exists()
     assert "=== summary ===" in capsys.readouterr().out

@@ -17,17 +17,28 @@ TINY = ["synth_train.pairs=48", "synth_val.pairs=16", "train.batch_pairs=2", "tr
         "data.rows_per_block=4", "train.record_rows=true", "train.lr=1e-3"]
 
 
-def _kill_a_worker_after_first_checkpoint(results: Path, killed: list):
-    from ray.util.state import list_actors
+def _train_worker_pids() -> list[int]:
+    """Ray names its worker processes after the actor they host ("ray::RayTrainWorker...")."""
+    import psutil
 
+    pids = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if cmd.startswith("ray::RayTrainWorker"):
+            pids.append(proc.info["pid"])
+    return sorted(pids)
+
+
+def _kill_a_worker_after_first_checkpoint(results: Path, killed: list):
     deadline = time.time() + 300
     while time.time() < deadline and not killed:
-        if list(results.glob("train-reward/checkpoint_*")):
-            workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-            if workers:
-                pid = sorted(workers, key=lambda a: a.pid)[-1].pid
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
+        # The controller writes its snapshot once a reported checkpoint is registered (a checkpoint folder
+        # alone may still be uploading, and a restart would then find no checkpoint).
+        if (results / "train-reward" / "checkpoint_manager_snapshot.json").exists():
+            pids = _train_worker_pids()
+            if pids:
+                os.kill(pids[-1], signal.SIGKILL)
+                killed.append(pids[-1])
                 return
         time.sleep(0.2)
 
@@ -65,7 +76,7 @@ def test_training_survives_a_killed_worker_and_resumes_exactly(ray_local, tmp_pa
 
 
 def _final_progress(out: Path) -> dict:
-    ckpts = sorted((out / "ray_results" / "train-reward").glob("checkpoint_*"))
+    ckpts = sorted(p for p in (out / "ray_results" / "train-reward").glob("checkpoint_*") if p.is_dir())
     return json.loads((ckpts[-1] / "progress.json").read_text())
 
 

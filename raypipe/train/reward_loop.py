@@ -165,7 +165,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     shard = ray.train.get_dataset_shard("train")
     step = progress["step"]
-    window = {"loss": 0.0, "n": 0, "pairs": 0, "errors": 0, "wait": 0.0, "t0": time.perf_counter()}
+    window = _new_window()
     done = step >= total_steps
     for epoch in range(progress["epoch"], t.epochs):
         if done:
@@ -185,6 +185,7 @@ def train_loop_per_worker(config: dict) -> None:
             if index < skip:
                 continue  # consumed before the restart
             window["wait"] += time.perf_counter() - wait0
+            prep0 = time.perf_counter()
             inputs, targets, n_err = pairs_to_inputs(batch, model.processor, dims, with_mos=t.loss == "regression")
             window["errors"] += n_err
             if t.record_rows and rank == 0:
@@ -194,13 +195,20 @@ def train_loop_per_worker(config: dict) -> None:
                 none = torch.zeros((1, len(dims)), dtype=bool)
                 targets = {"y": none.long(), "mask": none, "mos": torch.zeros((2, len(dims))),
                            "mos_mask": torch.zeros((2, len(dims)), dtype=bool)}
+            fwd0 = time.perf_counter()
+            window["prep"] += fwd0 - prep0
             rewards = engine(_to(inputs, device))
             loss, stats = _loss(t.loss, rewards, targets, t.theta, device)
             if not _all_ranks_true(bool(torch.isfinite(loss))):
                 raise RuntimeError(f"non-finite loss at step {step + 1} (epoch {epoch}, batch {index}); "
                                    f"no checkpoint is written. Lower train.lr or check the data.")
+            bwd0 = time.perf_counter()
+            window["forward"] += bwd0 - fwd0
             engine.backward(loss)
+            opt0 = time.perf_counter()
+            window["backward"] += opt0 - bwd0
             engine.step()
+            window["optimizer"] += time.perf_counter() - opt0
             step += 1
             window["loss"] += float(loss.detach())
             window["n"] += 1
@@ -211,11 +219,13 @@ def train_loop_per_worker(config: dict) -> None:
                 point = {"step": step, "epoch": epoch, "loss": window["loss"] / max(1, window["n"]),
                          "pairs_per_s_per_worker": window["pairs"] / max(elapsed, 1e-9),
                          "data_wait_share": window["wait"] / max(elapsed, 1e-9), "error_rows": window["errors"],
+                         "time_share": {k: round(window[k] / max(elapsed, 1e-9), 3)
+                                        for k in ("wait", "prep", "forward", "backward", "optimizer")},
                          "lr": engine.get_lr()[0]}
                 margins, labels, masks, scores = evaluate(engine, model, val_batches, dims, device)
                 point["val"] = validation_metrics(margins, labels, masks, dims)
                 progress["curve"].append(point)
-                window = {"loss": 0.0, "n": 0, "pairs": 0, "errors": 0, "wait": 0.0, "t0": time.perf_counter()}
+                window = _new_window()
                 progress.update(step=step, epoch=epoch, batch_in_epoch=index + 1)
                 _report(engine, model, progress, point, last, scores, dims, rank, compute_norm_stats)
             if last:
@@ -228,6 +238,12 @@ def train_loop_per_worker(config: dict) -> None:
         point = {"step": step, "val": validation_metrics(margins, labels, masks, dims)}
         progress["curve"].append(point)
         _report(engine, model, progress, point, True, scores, dims, rank, compute_norm_stats)
+
+
+def _new_window() -> dict:
+    """Counters between two report points (the eval and checkpoint in between are not counted)."""
+    return {"loss": 0.0, "n": 0, "pairs": 0, "errors": 0, "wait": 0.0, "prep": 0.0, "forward": 0.0,
+            "backward": 0.0, "optimizer": 0.0, "t0": time.perf_counter()}
 
 
 def _report(engine, model, progress, point, final, scores, dims, rank, compute_norm_stats):
