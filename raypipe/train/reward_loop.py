@@ -231,8 +231,6 @@ def train_loop_per_worker(config: dict) -> None:
             if last:
                 done = True
                 break
-        else:
-            pass
     if not done:  # data ran out before total_steps (short shards): final report so the job has a result
         margins, labels, masks, scores = evaluate(engine, model, val_batches, dims, device)
         point = {"step": step, "val": validation_metrics(margins, labels, masks, dims)}
