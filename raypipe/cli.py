@@ -160,8 +160,7 @@ def _add_train_reward(sub):
     p.add_argument("--config", help="YAML (e.g. configs/reward_tiny.yaml, configs/reward_qwen2vl_2b.yaml)")
     p.add_argument("--out", help="output folder (= out)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.zero_stage=3")
-    p.set_defaults(func=lambda a: __import__("raypipe.train.reward_job", fromlist=["x"]).train_reward_from_args(
-        a.config, a.out, a.overrides))
+    p.set_defaults(func=_run_train_reward)
 
 
 def _add_eval_reward(sub):
@@ -174,8 +173,19 @@ def _add_eval_reward(sub):
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--config", help="YAML with EvalConfig fields")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
-    p.set_defaults(func=lambda a: __import__("raypipe.reward.eval_job", fromlist=["x"]).eval_from_args(
-        a.checkpoint, a.manifest, a.out, a.config, a.overrides))
+    p.set_defaults(func=_run_eval_reward)
+
+
+def _run_train_reward(args) -> int:
+    from raypipe.train.reward_job import train_reward_from_args
+
+    return train_reward_from_args(args.config, args.out, args.overrides)
+
+
+def _run_eval_reward(args) -> int:
+    from raypipe.reward.eval_job import eval_from_args
+
+    return eval_from_args(args.checkpoint, args.manifest, args.out, args.config, args.overrides)
 
 
 # --- bench -------------------------------------------------------------------------------------------------
@@ -209,8 +219,14 @@ def _add_bench(sub):
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--variants", default=None, help="comma list (default: regression,bt,btt,btt_last_token)")
     r.add_argument("overrides", nargs="*", help="key=value overrides applied to every variant")
-    r.set_defaults(func=lambda a: _print_json(
-        __import__("raypipe.bench.reward_ablation", fromlist=["x"]).run_reward_ablation(a)) or 0)
+    r.set_defaults(func=_run_bench_reward_ablation)
+
+
+def _run_bench_reward_ablation(args) -> int:
+    from raypipe.bench.reward_ablation import run_reward_ablation
+
+    _print_json(run_reward_ablation(args))
+    return 0
 
 
 def _run_bench_decode(args) -> int:
