@@ -188,6 +188,38 @@ def _run_eval_reward(args) -> int:
     return eval_from_args(args.checkpoint, args.manifest, args.out, args.config, args.overrides)
 
 
+# --- relabel -----------------------------------------------------------------------------------------------
+def _add_relabel(sub):
+    p = sub.add_parser("relabel", help="score videos / pairs with a reward checkpoint (Ray Data, resumable)",
+                       description="Score a preference manifest (model labels + margins per dimension), a "
+                                   "pointwise manifest, or a folder/glob of videos with a VideoReward checkpoint. "
+                                   "Decoding runs in CPU tasks, scoring in a pool of actors. Killed and rerun "
+                                   "with the same arguments it resumes; every input row is written exactly once "
+                                   "to OUT/part-*.parquet, with bad videos as error rows.", epilog=EPILOG_OVERRIDES)
+    p.add_argument("--checkpoint", required=True, help="a VideoReward checkpoint folder (e.g. OUT/final)")
+    p.add_argument("--input", required=True, help="manifest (.parquet/.csv), folder of videos, or glob")
+    p.add_argument("--out", required=True, help="output folder (rerun with the same one to resume)")
+    p.add_argument("--config", help="YAML with RelabelConfig fields")
+    p.add_argument("--batch-size", type=int, dest="batch_size", help="most videos per forward pass (default 8)")
+    p.add_argument("--token-budget", type=int, dest="token_budget",
+                   help="most video tokens per forward pass: dynamic batching (default: no cap)")
+    p.add_argument("--concurrency", type=int, help="scoring actors (default 1)")
+    p.add_argument("--num-gpus", type=float, dest="num_gpus", help="GPUs per scoring actor (default 0)")
+    p.add_argument("--tie-epsilon", dest="tie_epsilon",
+                   help="'same' when |margin| <= eps: a number or VQ=0.1,MQ=0.2 (default: the checkpoint's)")
+    p.add_argument("--prompts", help="path,prompt sidecar for a folder/glob input")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. decode_rows=8")
+    p.set_defaults(func=_run_relabel)
+
+
+def _run_relabel(args) -> int:
+    from raypipe.relabel.job import relabel_from_args
+
+    flags = {k: getattr(args, k) for k in ("batch_size", "token_budget", "concurrency", "num_gpus", "tie_epsilon",
+                                           "prompts")}
+    return relabel_from_args(args.checkpoint, args.input, args.out, args.config, args.overrides, **flags)
+
+
 # --- bench -------------------------------------------------------------------------------------------------
 def _add_bench(sub):
     p = sub.add_parser("bench", help="benchmarks (JSON out, ratios against a baseline measured in the same run)")
@@ -243,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "Every subcommand has --help.")
     parser.add_argument("--version", action="version", version=f"raypipe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_probe, _add_synth, _add_oracle, _add_pairs, _add_train_reward, _add_eval_reward, _add_demo,
-                _add_bench):
+    for add in (_add_probe, _add_synth, _add_oracle, _add_pairs, _add_train_reward, _add_eval_reward, _add_relabel,
+                _add_demo, _add_bench):
         add(sub)
     return parser
 

@@ -45,3 +45,21 @@ def make_mp4(tmp_path):
         return str(path)
 
     return _make
+
+
+TINY_SAMPLING_FIELDS = {"fps": 4.0, "max_frames": 16}  # the tiny presets' sampling (8 of 16 SynthPref frames)
+
+
+@pytest.fixture(scope="session")
+def reward_checkpoint(tmp_path_factory):
+    """A tiny saved (untrained, seed 0) VideoReward with norm stats and the tiny sampling recorded beside it."""
+    import torch
+
+    from raypipe.reward.model import RewardModelConfig, VideoReward
+    from raypipe.reward.scoring import SAMPLING_FILE
+
+    root = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    model = VideoReward.build(RewardModelConfig(), tiny_dir=root / "backbone")
+    stats = {"mean": {"VQ": 0.1, "MQ": -0.2, "TA": 0.3}, "std": {"VQ": 0.5, "MQ": 2.0, "TA": 1.5}}
+    return str(model.save_pretrained(root / "final", norm_stats=stats, extra={SAMPLING_FILE: TINY_SAMPLING_FIELDS}))

@@ -50,14 +50,9 @@ def test_norm_stats_validation():
 
 # --- end to end on Ray ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A tiny saved reward model with norm stats and the tiny sampling recorded beside it."""
-    root = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    model = VideoReward.build(RewardModelConfig(), tiny_dir=root / "backbone")
-    stats = {"mean": {"VQ": 0.1, "MQ": -0.2, "TA": 0.3}, "std": {"VQ": 0.5, "MQ": 2.0, "TA": 1.5}}
-    return str(model.save_pretrained(root / "final", norm_stats=stats,
-                                     extra={SAMPLING_FILE: dataclasses.asdict(TINY_SAMPLING)}))
+def checkpoint(reward_checkpoint):
+    """The session's tiny saved reward model (norm stats, tiny sampling recorded beside it)."""
+    return reward_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,8 @@ def normalize_score(value) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _read_table(source: str) -> pa.Table:
+def read_table(source: str) -> pa.Table:
+    """A .parquet or .csv/.tsv (every column as text) table from a local path or URI; ManifestError if not."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -156,7 +157,7 @@ def load_manifest(source: str, dimensions: list[str] | tuple[str, ...] = ("VQ", 
     """Read and validate a preference manifest (one row per pair) or, if it has a `path` column and no
     `path_A`, a pointwise manifest. Raises ManifestError before any cluster work."""
     source = os.fspath(source)
-    table = _read_table(source)
+    table = read_table(source)
     names = set(table.column_names)
     if table.num_rows == 0:
         raise ManifestError(source, "has no rows")

@@ -113,8 +113,13 @@ def split_errors(table: pa.Table) -> tuple[pa.Table, pa.Table]:
 
 def frames_of(table: pa.Table, side: str) -> list[np.ndarray]:
     """The `frames_<side>` column of a pyarrow batch as a list of uint8 [T, H, W, 3] arrays."""
+    return column_frames(table, f"frames_{side}")
+
+
+def column_frames(table: pa.Table, column: str) -> list[np.ndarray]:
+    """A frames column (see `frames_array`) of a pyarrow batch as a list of uint8 [T, H, W, 3] arrays."""
     out: list[np.ndarray] = []
-    for chunk in table.column(f"frames_{side}").chunks:
+    for chunk in table.column(column).chunks:
         values = chunk.to_numpy(zero_copy_only=False)
         out.extend(np.asarray(v) for v in values)
     return out

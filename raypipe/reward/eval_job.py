@@ -11,6 +11,8 @@ Writes to OUT:
   norm stats), "errors": {kind: rows}, "n_rows", "n_scored_videos"}` (+ `"notes"` when something was left out);
   accuracy counts rows with a label for that dimension and no error. NaN is written as null.
 - `accuracy_vs_epsilon.png` (ties-included accuracy against ε, ε* marked) and the resolved `config.yaml`.
+- `tie_epsilon.json` ({DIM: ε*}); with `save_epsilon=true` also written into the checkpoint, where `relabel`
+  reads it to label a pair `same` when |margin| ≤ ε*.
 
 Each distinct (uri, prompt) is decoded and scored once, however many pairs share it.
 Sampling: `sampling` in the config if set (the whole section; unset fields take SamplingConfig defaults, not the
@@ -31,8 +33,8 @@ import pyarrow.parquet as pq
 from raypipe.config import ConfigError, SamplingConfig, load_config, save_config
 from raypipe.data.manifest import Manifest, load_manifest, normalize_label
 from raypipe.reward.metrics import accuracy_curve, pairwise_report
-from raypipe.reward.scoring import (checkpoint_dimensions, normalize, overall, read_norm_stats, resolve_sampling,
-                                    score_videos)
+from raypipe.reward.scoring import (TIE_EPSILON_FILE, checkpoint_dimensions, normalize, overall, read_norm_stats,
+                                    resolve_sampling, score_videos)
 
 SIDES = ("A", "B")
 
@@ -50,6 +52,7 @@ class EvalConfig:
     dtype: str | None = None  # None: the checkpoint's dtype
     address: str | None = None  # Ray cluster address; None: RAY_ADDRESS or a local Ray
     progress: bool = True
+    save_epsilon: bool = False  # also store ε* per dimension in the checkpoint (tie_epsilon.json), used by relabel
 
 
 def _prepare(cfg: EvalConfig) -> tuple[Manifest, list[str], dict | None]:
@@ -231,6 +234,10 @@ def run_eval(cfg: EvalConfig) -> dict:
     metrics, used = compute_metrics(scores, dimensions, n_scored_videos=len(scored))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_accuracy_vs_epsilon(used, out / "accuracy_vs_epsilon.png")
+    eps = {k: v["epsilon"] for k, v in metrics.items() if isinstance(v, dict) and v.get("epsilon") is not None}
+    (out / TIE_EPSILON_FILE).write_text(json.dumps(eps, indent=2))
+    if cfg.save_epsilon:
+        (Path(cfg.checkpoint) / TIE_EPSILON_FILE).write_text(json.dumps(eps, indent=2))
     print_table(metrics)
     return metrics
 

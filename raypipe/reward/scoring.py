@@ -2,7 +2,7 @@
 
     stats = compute_norm_stats(val_scores, ["VQ", "MQ", "TA"])       # raw [N, D] -> norm_stats dict
     model.save_pretrained(ckpt, norm_stats=stats, extra={SAMPLING_FILE: dataclasses.asdict(sampling)})
-    ds = score_videos(table, ckpt, sampling, concurrency=2)           # rows + score_<DIM>, error, error_message
+    ds = score_videos(table, ckpt, sampling, concurrency=2)  # decode tasks -> scoring actors: + score_<DIM>, error
 
 Norm stats format (what `norm_stats.json` in a checkpoint holds; `compute_norm_stats` writes it,
 `validate_norm_stats` checks it):
@@ -30,6 +30,7 @@ from raypipe.video.decode import VideoClip, decode_video
 
 SAMPLING_FILE = "sampling.json"
 NORM_STATS_FILE = "norm_stats.json"
+TIE_EPSILON_FILE = "tie_epsilon.json"  # {DIM: ε*}: |margin| ≤ ε* is a tie (from validation / eval-reward)
 STD_FLOOR = 1e-6  # a dimension with constant scores would otherwise divide by zero
 
 
@@ -100,6 +101,19 @@ def read_norm_stats(checkpoint: str, dimensions) -> dict | None:
         raise ValueError(f"{path}: {e}") from None
 
 
+def read_tie_epsilon(checkpoint: str) -> dict[str, float]:
+    """The checkpoint's per-dimension tie thresholds ε* ({} when it has none)."""
+    path = Path(checkpoint) / TIE_EPSILON_FILE
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    bad = {k: v for k, v in data.items() if isinstance(v, bool) or not isinstance(v, (int, float))
+           or not math.isfinite(v)}
+    if not isinstance(data, dict) or bad:
+        raise ValueError(f"{path}: expected {{DIM: finite number}}, got {data!r}")
+    return {k: float(v) for k, v in data.items()}
+
+
 def resolve_sampling(checkpoint: str, override: SamplingConfig | None) -> tuple[SamplingConfig, str]:
     """The sampling to score with, and where it came from.
 
@@ -121,62 +135,119 @@ def _replace_column(table: pa.Table, name: str, column: pa.Array) -> pa.Table:
     return table.append_column(name, column)
 
 
-class VideoScorer:
-    """Callable class for `map_batches(batch_format="pyarrow")`: one model per actor, loaded once.
+def video_tokens(frames: np.ndarray) -> int:
+    """Qwen2-VL merged video tokens for sampled frames [T, H, W, 3]: ceil(T/2)·(H/28)·(W/28) (the LM's cost)."""
+    t, h, w = frames.shape[:3]
+    return -(-t // 2) * (h // 28) * (w // 28)
 
-    Input rows need `uri` and `prompt`; all other columns pass through. Adds `score_<DIM>` (float64, null on
-    error), `error` (null or a decode error kind) and `error_message`. A bad video never raises.
-    """
 
-    def __init__(self, checkpoint: str, sampling: SamplingConfig, device: str = "cpu", dtype: str | None = None):
+def plan_batches(costs, max_items: int, budget: int | None = None) -> list[list[int]]:
+    """Split items (in order) into forward passes of at most `max_items` items and, when `budget` is set, at most
+    `budget` total cost; an item costlier than the budget alone goes in a pass of its own."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for i, cost in enumerate(costs):
+        if current and (len(current) >= max_items or (budget is not None and total + cost > budget)):
+            groups.append(current)
+            current, total = [], 0
+        current.append(i)
+        total += cost
+    if current:
+        groups.append(current)
+    return groups
+
+
+def decode_block(batch: pa.Table, sampling: SamplingConfig) -> pa.Table:
+    """A CPU task: decode the `uri` of every row -> `frames` (uint8 [T,H,W,3], empty on error), `error`,
+    `error_message`. Other columns pass through. A bad video never raises."""
+    from raypipe.data.pairs import frames_array
+
+    frames, errors, messages = [], [], []
+    for uri in batch.column("uri").to_pylist():
+        result = decode_video(uri, sampling)
+        if isinstance(result, VideoClip):
+            frames.append(result.frames)
+            errors.append(None)
+            messages.append(None)
+        else:
+            frames.append(np.zeros((0, 0, 0, 3), np.uint8))
+            errors.append(result.kind)
+            messages.append(f"{result.kind}: {result.message}")
+    batch = _replace_column(batch, "frames", frames_array(frames))
+    batch = _replace_column(batch, "error", pa.array(errors, pa.string()))
+    return _replace_column(batch, "error_message", pa.array(messages, pa.string()))
+
+
+class FrameScorer:
+    """Callable class for `map_batches(batch_format="pyarrow")` after `decode_block`: one model per actor, loaded
+    once. Scores rows without an error in forward passes of at most `max_videos` videos and `token_budget` video
+    tokens; adds `score_<DIM>` (float64, null on error rows) and drops the `frames` column."""
+
+    def __init__(self, checkpoint: str, device: str = "cpu", dtype: str | None = None, max_videos: int = 8,
+                 token_budget: int | None = None):
         from raypipe.reward.model import VideoReward
 
-        self.sampling = sampling
         self.model = VideoReward.from_pretrained(checkpoint, dtype=dtype, device=device)
         self.dimensions = list(self.model.dimensions)
+        self.max_videos, self.token_budget = max(1, int(max_videos)), token_budget
+        self.forward_passes = 0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        uris, prompts = batch.column("uri").to_pylist(), batch.column("prompt").to_pylist()
-        errors: list[str | None] = [None] * len(uris)
-        messages: list[str | None] = [None] * len(uris)
-        good, frames = [], []
-        for i, uri in enumerate(uris):
-            result = decode_video(uri, self.sampling)
-            if isinstance(result, VideoClip):
-                good.append(i)
-                frames.append(result.frames)
-            else:
-                errors[i], messages[i] = result.kind, f"{result.kind}: {result.message}"
-        scores = np.full((len(uris), len(self.dimensions)), np.nan)
-        if good:  # one forward pass for the whole batch: the point of batching on an accelerator
-            scores[good] = self.model.score(frames, [prompts[i] for i in good]).numpy()
-        valid = np.zeros(len(uris), dtype=bool)
+        from raypipe.data.pairs import column_frames
+
+        frames = column_frames(batch, "frames")
+        prompts = batch.column("prompt").to_pylist()
+        good = [i for i, e in enumerate(batch.column("error").to_pylist()) if e is None]
+        scores = np.full((batch.num_rows, len(self.dimensions)), np.nan)
+        for group in plan_batches([video_tokens(frames[i]) for i in good], self.max_videos, self.token_budget):
+            rows = [good[k] for k in group]
+            scores[rows] = self.model.score([frames[i] for i in rows], [prompts[i] for i in rows]).numpy()
+            self.forward_passes += 1
+        valid = np.zeros(batch.num_rows, dtype=bool)
         valid[good] = True
+        batch = batch.drop_columns(["frames"])
         for j, dim in enumerate(self.dimensions):
             batch = _replace_column(batch, f"score_{dim}", pa.array(scores[:, j], pa.float64(), mask=~valid))
-        batch = _replace_column(batch, "error", pa.array(errors, pa.string()))
-        return _replace_column(batch, "error_message", pa.array(messages, pa.string()))
+        return batch
+
+
+def fit_actor_cpus(concurrency: int, actor_cpus: float, decode_cpus: float, total_cpus: float) -> float:
+    """CPUs per scoring actor such that the pool leaves room for at least one decode task (a pool holding every
+    CPU would starve decoding and stall the stream); never below 0.25."""
+    room = (total_cpus - decode_cpus) / max(1, int(concurrency))
+    return max(0.25, min(actor_cpus, room))
 
 
 def score_videos(table: pa.Table, checkpoint: str, sampling: SamplingConfig, concurrency: int = 1,
-                 batch_size: int = 8, num_gpus: float = 0, dtype: str | None = None):
-    """Lazy Ray Dataset: `table` (uri, prompt, any key columns) scored by a pool of `concurrency` actors.
+                 batch_size: int = 8, num_gpus: float = 0, dtype: str | None = None, token_budget: int | None = None,
+                 decode_rows: int = 4, actor_cpus: float = 1.0, decode_cpus: float = 1.0):
+    """Lazy Ray Dataset: `table` (uri, prompt, any key columns) decoded by CPU tasks (`decode_rows` videos per
+    task) and scored by a pool of `concurrency` actors, so decoding and scoring overlap. Output rows: the input
+    columns + `error`, `error_message`, `score_<DIM>`.
 
     The checkpoint folder must be readable from every node (shared filesystem or the same path everywhere).
     Output order is not guaranteed: join on a key column.
     """
     import ray.data
 
-    step = max(1, int(batch_size))
-    # One block per batch, so every actor of the pool has work from the start.
+    if not num_gpus:
+        actor_cpus = fit_actor_cpus(concurrency, actor_cpus, decode_cpus, ray.cluster_resources().get("CPU", 1))
+    step = max(1, int(decode_rows))
     blocks = [table.slice(start, step) for start in range(0, table.num_rows, step)] or [table]
     device = "cuda" if num_gpus and num_gpus > 0 else "cpu"
-    return ray.data.from_arrow(blocks).map_batches(
-        VideoScorer,
-        fn_constructor_kwargs={"checkpoint": str(checkpoint), "sampling": sampling, "device": device,
-                               "dtype": dtype},
-        compute=ray.data.ActorPoolStrategy(size=max(1, int(concurrency))), batch_size=step,
-        num_gpus=num_gpus or None, batch_format="pyarrow",
+    # Decode tasks retry (a node can die mid-decode; a bad video never raises). The differing remote args also
+    # keep Ray Data from fusing decoding into the scoring actors (it fuses a task map into a following actor map
+    # whose remote args match): fused, every actor would decode and then score, in turn, with no overlap.
+    decoded = ray.data.from_arrow(blocks).map_batches(
+        decode_block, fn_kwargs={"sampling": sampling}, batch_format="pyarrow", batch_size=None,
+        zero_copy_batch=True, num_cpus=decode_cpus, max_retries=3)
+    return decoded.map_batches(
+        FrameScorer,
+        fn_constructor_kwargs={"checkpoint": str(checkpoint), "device": device, "dtype": dtype,
+                               "max_videos": batch_size, "token_budget": token_budget},
+        compute=ray.data.ActorPoolStrategy(size=max(1, int(concurrency))), batch_size=max(1, int(batch_size)),
+        num_gpus=num_gpus or None, num_cpus=actor_cpus, batch_format="pyarrow", zero_copy_batch=True,
     )
 
 

@@ -251,7 +251,8 @@ def _report(engine, model, progress, point, final, scores, dims, rank, compute_n
     with tempfile.TemporaryDirectory() as d:
         engine.save_checkpoint(d, tag="ds")
         if final:
-            _save_final(engine, model, Path(d) / "final", scores, dims, rank, compute_norm_stats)
+            _save_final(engine, model, Path(d) / "final", scores, dims, rank, compute_norm_stats,
+                        point.get("val", {}))
         if rank == 0:
             (Path(d) / "progress.json").write_text(json.dumps(progress, default=_json_default))
         metrics = {"step": point["step"], "final": final,
@@ -259,8 +260,10 @@ def _report(engine, model, progress, point, final, scores, dims, rank, compute_n
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
-def _save_final(engine, model, path, scores, dims, rank, compute_norm_stats):
-    """The user-facing checkpoint (merged LoRA, head, config, SPEC §3.3 norm stats on the validation split)."""
+def _save_final(engine, model, path, scores, dims, rank, compute_norm_stats, val=None):
+    """The user-facing checkpoint (merged LoRA, head, config, SPEC §3.3 norm stats on the validation split, and
+    the validation split's tie thresholds ε* per dimension, which relabel uses to emit `same`)."""
+    from raypipe.reward.scoring import TIE_EPSILON_FILE
     import deepspeed
 
     stage3 = engine.zero_optimization_stage() == 3
@@ -269,7 +272,9 @@ def _save_final(engine, model, path, scores, dims, rank, compute_norm_stats):
     with ctx:
         if rank == 0:
             stats = compute_norm_stats(np.asarray(scores).reshape(-1, len(dims)), dims)
-            model.save_pretrained(path, norm_stats=stats)
+            eps = {d: r["epsilon"] for d, r in (val or {}).items()
+                   if isinstance(r.get("epsilon"), float) and np.isfinite(r["epsilon"])}
+            model.save_pretrained(path, norm_stats=stats, extra={TIE_EPSILON_FILE: eps} if eps else None)
 
 
 class _null:
