@@ -27,6 +27,7 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/raypipe bench decode --out bench-out/decode.json
+	$(BIN)/raypipe bench relabel --out bench-out/relabel.json
 
 clean:
 	rm -rf $(VENV) demo-out bench-out .pytest_cache

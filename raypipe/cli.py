@@ -252,12 +252,33 @@ def _add_bench(sub):
     r.add_argument("--variants", default=None, help="comma list (default: regression,bt,btt,btt_last_token)")
     r.add_argument("overrides", nargs="*", help="key=value overrides applied to every variant")
     r.set_defaults(func=_run_bench_reward_ablation)
+    rl = bsub.add_parser("relabel", help="videos/s: reference decode-8-score-8 loop vs relabel with 1 and 2 actors",
+                         description="On the same SynthPref videos and tiny checkpoint, measure in one run (a) a "
+                                     "single-process decode-a-batch-then-score loop like the public reference "
+                                     "code, (b) raypipe relabel with 1 scoring actor, (c) with 2. Writes JSON.")
+    rl.add_argument("--out", required=True, help="JSON output path")
+    rl.add_argument("--pairs", type=int, default=1024, help="SynthPref pairs (videos = 2x; default 1024)")
+    rl.add_argument("--seed", type=int, default=7)
+    rl.add_argument("--batch-size", type=int, default=32, dest="batch_size",
+                    help="most videos per forward pass in (b)/(c) (default 32; (a) always takes 8)")
+    rl.add_argument("--decode-rows", type=int, default=32, dest="decode_rows",
+                    help="most videos per decode task in (b)/(c) (default 32)")
+    rl.add_argument("--checkpoint", default=None, help="reward checkpoint (default: an untrained tiny one)")
+    rl.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
+    rl.set_defaults(func=_run_bench_relabel)
 
 
 def _run_bench_reward_ablation(args) -> int:
     from raypipe.bench.reward_ablation import run_reward_ablation
 
     _print_json(run_reward_ablation(args))
+    return 0
+
+
+def _run_bench_relabel(args) -> int:
+    from raypipe.bench.relabel import run_relabel_bench
+
+    _print_json(run_relabel_bench(args))
     return 0
 
 

@@ -1,7 +1,7 @@
 """`raypipe demo` / `make demo`: the whole story on a local Ray with the tiny models.
 
 Stages so far: SynthPref -> Ray Data pair pipeline -> train VideoReward (Ray Train + DeepSpeed) -> evaluate it
-(accuracy table, accuracy-vs-epsilon plot). Each later issue appends its stage here.
+(accuracy table, accuracy-vs-epsilon plot) -> relabel the pairs with it (model labels with ties). Each later issue appends its stage here.
 """
 from __future__ import annotations
 
@@ -45,12 +45,12 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
     save_config(cfg, out)
     report: dict = {}
 
-    t = _stage(f"1/4 SynthPref: {cfg.synth.pairs} pairs, seed {cfg.synth.seed}")
+    t = _stage(f"1/5 SynthPref: {cfg.synth.pairs} pairs, seed {cfg.synth.seed}")
     synth_dir = out / "synthpref"
     make_synthpref(synth_dir, cfg.synth, progress=cfg.progress)
     report["synth_s"] = round(time.perf_counter() - t, 2)
 
-    t = _stage("2/4 Ray Data pair pipeline")
+    t = _stage("2/5 Ray Data pair pipeline")
     manifest = load_manifest(str(synth_dir / "manifest.parquet"), cfg.data.dimensions)
     init_ray(cfg.address)
     configure_data_context(cfg.progress)
@@ -59,7 +59,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
     report["pairs"] = run_pairs(manifest, pairs_cfg)
     report["pairs_s"] = round(time.perf_counter() - t, 2)
 
-    t = _stage("3/4 train VideoReward (Ray Train + DeepSpeed, tiny Qwen2-VL)")
+    t = _stage("3/5 train VideoReward (Ray Train + DeepSpeed, tiny Qwen2-VL)")
     from raypipe.train.reward_job import run_train_reward
 
     reward_cfg = load_config(RewardTrainConfig, _repo_path(cfg.reward_config),
@@ -67,13 +67,22 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
     report["reward"] = run_train_reward(reward_cfg)
     report["reward_s"] = round(time.perf_counter() - t, 2)
 
-    t = _stage("4/4 evaluate VideoReward on its held-out pairs")
+    t = _stage("4/5 evaluate VideoReward on its held-out pairs")
     from raypipe.reward.eval_job import EvalConfig, run_eval
 
     report["eval"] = run_eval(EvalConfig(checkpoint=str(out / "reward" / "final"),
                                          manifest=str(out / "reward" / "data" / "val" / "manifest.parquet"),
                                          out=str(out / "eval"), progress=cfg.progress))
     report["eval_s"] = round(time.perf_counter() - t, 2)
+
+    t = _stage("5/5 relabel the stage-1 pairs with the trained reward model (resumable Ray Data batch scoring)")
+    from raypipe.relabel.job import RelabelConfig, run_relabel
+
+    report["relabel"] = run_relabel(RelabelConfig(checkpoint=str(out / "reward" / "final"),
+                                                  input=str(synth_dir / "manifest.parquet"),
+                                                  out=str(out / "relabel"), progress=cfg.progress))
+    report["relabel_agreement"] = _label_agreement(out / "relabel", cfg.data.dimensions)
+    report["relabel_s"] = round(time.perf_counter() - t, 2)
 
     (out / "demo_summary.json").write_text(json.dumps(report, indent=2))
     s = report["pairs"]
@@ -87,8 +96,28 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
     for dim in cfg.data.dimensions:
         m = report["eval"].get(dim) or {}
         print(f"  {dim}: {m.get('acc_without_ties', float('nan')):.3f} / {m.get('acc_with_ties', float('nan')):.3f}")
-    print(f"outputs in {out}/ (eval/accuracy_vs_epsilon.png, reward/learning_curve.png)")
+    print("relabel: model label = ground-truth label (A/B/same, ε* from validation):")
+    for dim, share in report["relabel_agreement"].items():
+        print(f"  {dim}: {share:.3f}")
+    print(f"outputs in {out}/ (eval/accuracy_vs_epsilon.png, reward/learning_curve.png, relabel/part-*.parquet)")
     return report
+
+
+def _label_agreement(relabel_out: Path, dimensions) -> dict[str, float]:
+    """Per dimension: share of scored rows whose model label equals the manifest's label."""
+    import pyarrow.parquet as pq
+
+    from raypipe.data.manifest import normalize_label
+
+    table = pq.read_table(relabel_out)
+    names = {1: "A", -1: "B", 0: "same"}
+    out = {}
+    for dim in dimensions:
+        truth = [names.get(normalize_label(v)) for v in table.column(dim).to_pylist()]
+        model = table.column(f"model_{dim}").to_pylist()
+        pairs = [(t, m) for t, m in zip(truth, model) if t is not None and m is not None]
+        out[dim] = round(sum(t == m for t, m in pairs) / max(1, len(pairs)), 4)
+    return out
 
 
 def _repo_path(path: str) -> Path:

@@ -22,4 +22,7 @@ def test_demo_runs_end_to_end(ray_local, tmp_path, capsys):
     assert report["reward"]["steps"] == 4
     assert report["eval"]["n_rows"] == 16 and set(report["eval"]) >= {"VQ", "MQ", "TA", "errors"}
     assert (tmp_path / "demo" / "eval" / "accuracy_vs_epsilon.png").exists()
+    assert report["relabel"]["rows"] == 12 and report["relabel"]["rows_ok"] == 12
+    assert set(report["relabel"]["tie_epsilon"]) == {"VQ", "MQ", "TA"}  # ε* stored by training, used here
+    assert all(0.0 <= v <= 1.0 for v in report["relabel_agreement"].values())
     assert "=== summary ===" in capsys.readouterr().out

@@ -56,8 +56,11 @@ class RelabelConfig:
     token_budget: int | None = None  # most video tokens per forward pass (dynamic batching); None: no cap
     concurrency: int = 1  # scoring actors, each holding one model
     num_gpus: float = 0.0  # per scoring actor
-    actor_cpus: float = 1.0  # per scoring actor (lowered automatically so decoding keeps a CPU)
-    decode_rows: int = 4  # videos per decode task
+    # CPUs reserved per scoring actor (on GPUs it mostly waits: the GPU is the resource) and per decode task.
+    # 0.5 + 2 x 0.75 fills a 2-core machine with 2 decoders beside the actor; lowered automatically if needed.
+    actor_cpus: float = 0.5
+    decode_cpus: float = 0.75
+    decode_rows: int = 32  # most videos per decode task (fewer when the input is small)
     dtype: str | None = None  # None: the checkpoint's dtype
     tie_epsilon: str | None = None  # "0.1" for every dimension or "VQ=0.1,MQ=0.2"; None: the checkpoint's ε*
     flush_every_s: float = 5.0  # how often finished videos are appended to OUT/_progress (what a kill can lose)
@@ -269,15 +272,20 @@ def _prepare(cfg: RelabelConfig):
     return inp, dimensions, norm_stats, epsilon, notes
 
 
-def _score_remaining(cfg, videos, done, dimensions, sampling, progress_state: Progress, n_total: int) -> int:
-    """Stream the not-yet-done videos through Ray; append results every `flush_every_s`. Returns videos scored."""
+def _score_remaining(cfg, videos, done, dimensions, sampling, progress_state: Progress, n_total: int) -> dict:
+    """Stream the not-yet-done videos through Ray; append results every `flush_every_s`.
+
+    Returns {"scored": videos, "first_batch_s": time to the first result (actor start-up, model load)}."""
     from tqdm import tqdm
 
     todo = videos.filter(pc.invert(pc.is_in(videos.column("video_id"), pa.array(sorted(done), pa.int64()))))
+    timing = {"scored": 0, "first_batch_s": None}
     if todo.num_rows == 0:
-        return 0
+        return timing
+    t0 = time.perf_counter()
     ds = score_videos(todo, cfg.checkpoint, sampling, cfg.concurrency, cfg.batch_size, cfg.num_gpus, cfg.dtype,
-                      token_budget=cfg.token_budget, decode_rows=cfg.decode_rows, actor_cpus=cfg.actor_cpus)
+                      token_budget=cfg.token_budget, decode_rows=cfg.decode_rows, actor_cpus=cfg.actor_cpus,
+                      decode_cpus=cfg.decode_cpus)
     keep = ["video_id", "error", "error_message", *[f"score_{d}" for d in dimensions]]
     bar = tqdm(total=n_total, initial=len(done), unit="video", desc="relabel", disable=not cfg.progress,
                dynamic_ncols=True)
@@ -288,6 +296,8 @@ def _score_remaining(cfg, videos, done, dimensions, sampling, progress_state: Pr
             batch = batch.select(keep)
             pending.append(batch)
             scored += batch.num_rows
+            if timing["first_batch_s"] is None:
+                timing["first_batch_s"] = time.perf_counter() - t0
             bar.update(batch.num_rows)
             if time.monotonic() - last_flush >= cfg.flush_every_s:
                 progress_state.append(pa.concat_tables(pending))
@@ -296,7 +306,8 @@ def _score_remaining(cfg, videos, done, dimensions, sampling, progress_state: Pr
         if pending:  # also on Ctrl-C / an exception: what finished is kept
             progress_state.append(pa.concat_tables(pending))
         bar.close()
-    return scored
+    timing["scored"] = scored
+    return timing
 
 
 def run_relabel(cfg: RelabelConfig) -> dict:
@@ -315,13 +326,14 @@ def run_relabel(cfg: RelabelConfig) -> dict:
                            "rows": inp.table.num_rows, "videos": videos.num_rows, "kind": inp.kind})
     done = state.done_ids()
     resumed = len(done)
-    scored = 0
+    timing = {"scored": 0, "first_batch_s": None}
     score_t0 = time.perf_counter()
     if resumed < videos.num_rows:
         init_ray(cfg.address)
         configure_data_context(progress=False)  # our own bar counts videos; Ray Data's would interleave with it
-        scored = _score_remaining(cfg, videos, done, dimensions, sampling, state, videos.num_rows)
+        timing = _score_remaining(cfg, videos, done, dimensions, sampling, state, videos.num_rows)
     score_s = time.perf_counter() - score_t0
+    scored = timing["scored"]
     results = state.read_all()
     table = assemble(inp, per_side, results, dimensions, norm_stats, epsilon)
     parts = write_parts(table, out, cfg.rows_per_part)
@@ -333,6 +345,7 @@ def run_relabel(cfg: RelabelConfig) -> dict:
         "videos": videos.num_rows, "videos_scored_this_run": scored, "videos_from_previous_runs": resumed,
         "resumes": state.state["resumes"], "video_errors": _video_errors(results),
         "videos_per_s": round(scored / score_s, 3) if scored and score_s > 0 else None,
+        "first_batch_s": round(timing["first_batch_s"], 2) if timing["first_batch_s"] is not None else None,
         "scoring_wall_s": round(score_s, 2), "wall_s": round(time.perf_counter() - t0, 2),
         "tie_epsilon": epsilon, "sampling": dataclasses.asdict(sampling), "sampling_from": sampling_source,
         "parts": parts, "complete": True, "notes": notes,

@@ -221,9 +221,9 @@ def fit_actor_cpus(concurrency: int, actor_cpus: float, decode_cpus: float, tota
 
 def score_videos(table: pa.Table, checkpoint: str, sampling: SamplingConfig, concurrency: int = 1,
                  batch_size: int = 8, num_gpus: float = 0, dtype: str | None = None, token_budget: int | None = None,
-                 decode_rows: int = 4, actor_cpus: float = 1.0, decode_cpus: float = 1.0):
-    """Lazy Ray Dataset: `table` (uri, prompt, any key columns) decoded by CPU tasks (`decode_rows` videos per
-    task) and scored by a pool of `concurrency` actors, so decoding and scoring overlap. Output rows: the input
+                 decode_rows: int = 32, actor_cpus: float = 0.5, decode_cpus: float = 0.75):
+    """Lazy Ray Dataset: `table` (uri, prompt, any key columns) decoded by CPU tasks (up to `decode_rows` videos
+    per task) and scored by a pool of `concurrency` actors, so decoding and scoring overlap. Output rows: the input
     columns + `error`, `error_message`, `score_<DIM>`.
 
     The checkpoint folder must be readable from every node (shared filesystem or the same path everywhere).
@@ -231,9 +231,11 @@ def score_videos(table: pa.Table, checkpoint: str, sampling: SamplingConfig, con
     """
     import ray.data
 
+    cpus = ray.cluster_resources().get("CPU", 1)
     if not num_gpus:
-        actor_cpus = fit_actor_cpus(concurrency, actor_cpus, decode_cpus, ray.cluster_resources().get("CPU", 1))
-    step = max(1, int(decode_rows))
+        actor_cpus = fit_actor_cpus(concurrency, actor_cpus, decode_cpus, cpus)
+    # Big decode tasks amortise Ray's per-task overhead; a small input still gets ~4 tasks per CPU.
+    step = max(1, min(int(decode_rows), -(-table.num_rows // max(1, int(4 * cpus)))))
     blocks = [table.slice(start, step) for start in range(0, table.num_rows, step)] or [table]
     device = "cuda" if num_gpus and num_gpus > 0 else "cpu"
     # Decode tasks retry (a node can die mid-decode; a bad video never raises). The differing remote args also
