@@ -23,6 +23,7 @@ class TrainSettings:
     batch_pairs: int = 8  # pairs per worker per step
     epochs: int = 2
     max_steps: int | None = None  # stop earlier than epochs (time-boxed runs)
+    max_minutes: float | None = None  # wall-clock training budget (summed over resumes); stops at the first step past it
     checkpoint_every: int = 100  # steps; also at the end
     eval_every: int = 100  # steps between validation accuracy points of the learning curve
     keep_checkpoints: int = 2

@@ -155,7 +155,7 @@ def train_loop_per_worker(config: dict) -> None:
             engine.load_checkpoint(d, tag="ds")
             progress = json.loads((Path(d) / "progress.json").read_text())
         progress["resumes"].append({"at_step": progress["step"], "engine_global_steps": engine.global_steps,
-                                    "lr": engine.get_lr()[0]})
+                                    "lr": engine.get_lr()[0], "train_s": round(train_s, 1)})
 
     val_batches = []
     for batch in ray.train.get_dataset_shard("val").iter_batches(batch_size=t.batch_pairs, batch_format="pyarrow"):
@@ -166,6 +166,8 @@ def train_loop_per_worker(config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     step = progress["step"]
     window = _new_window()
+    attempt_t0, spent_before = time.perf_counter(), float(progress.get("train_s", 0.0))
+    budget_s = 60.0 * t.max_minutes if t.max_minutes else None
     done = step >= total_steps
     for epoch in range(progress["epoch"], t.epochs):
         if done:
@@ -213,7 +215,10 @@ def train_loop_per_worker(config: dict) -> None:
             window["loss"] += float(loss.detach())
             window["n"] += 1
             window["pairs"] += int(targets["y"].shape[0])
-            last = step >= total_steps
+            train_s = spent_before + time.perf_counter() - attempt_t0
+            # A time budget ends the run on every rank at the same step (any rank out of time -> all stop).
+            out_of_time = budget_s is not None and not _all_ranks_true(train_s < budget_s)
+            last = step >= total_steps or out_of_time
             if step % t.eval_every == 0 or step % t.checkpoint_every == 0 or last:
                 elapsed = time.perf_counter() - window["t0"]
                 point = {"step": step, "epoch": epoch, "loss": window["loss"] / max(1, window["n"]),
@@ -221,12 +226,12 @@ def train_loop_per_worker(config: dict) -> None:
                          "data_wait_share": window["wait"] / max(elapsed, 1e-9), "error_rows": window["errors"],
                          "time_share": {k: round(window[k] / max(elapsed, 1e-9), 3)
                                         for k in ("wait", "prep", "forward", "backward", "optimizer")},
-                         "lr": engine.get_lr()[0]}
+                         "lr": engine.get_lr()[0], "train_s": round(train_s, 1)}
                 margins, labels, masks, scores = evaluate(engine, model, val_batches, dims, device)
                 point["val"] = validation_metrics(margins, labels, masks, dims)
                 progress["curve"].append(point)
                 window = _new_window()
-                progress.update(step=step, epoch=epoch, batch_in_epoch=index + 1)
+                progress.update(step=step, epoch=epoch, batch_in_epoch=index + 1, train_s=train_s)
                 _report(engine, model, progress, point, last, scores, dims, rank, compute_norm_stats)
             if last:
                 done = True

@@ -1,0 +1,167 @@
+"""The generator behind a small interface, so the losses never see a model family.
+
+    make_tiny_wan("/tmp/tiny-wan", TinyWanConfig(), seed=0)     # offline: a WanPipeline folder, random weights
+    gen = WanFamily.load("/tmp/tiny-wan")                       # same call as for Wan2.1-T2V-1.3B-Diffusers
+    text = gen.encode_prompts(["a red circle moving left"])     # frozen UMT5
+    z0 = gen.encode_videos(frames)                              # frozen VAE, normalised latents [B, C, T', H', W']
+    v_hat = gen.velocity(z_t, t, text)                          # the trainable transformer, t in [0, 1]
+
+A family provides: `transformer` (the module LoRA attaches to), `lora_targets`, `shift` (training timestep shift),
+`encode_prompts`, `encode_videos`, `decode_latents`, `velocity`, `pipeline`, and `frames_for(n)` (how many video
+frames the VAE takes: Wan needs 1 + k·temporal_factor). Adding HunyuanVideo or LTX-Video means another class with
+these members; nothing in `raypipe.flow.losses` or the training loop changes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
+
+
+@dataclasses.dataclass
+class TinyWanConfig:
+    """A tiny random Wan2.1 (same diffusers/transformers classes as the real one)."""
+
+    vae_base_dim: int = 8
+    z_dim: int = 4
+    vae_dim_mult: tuple = (1, 2, 2)  # two downsamples: spatial factor 4
+    vae_temporal_downsample: tuple = (False, True)  # temporal factor 2: frames = 1 + 2k
+    num_attention_heads: int = 2
+    attention_head_dim: int = 16
+    num_layers: int = 2
+    ffn_dim: int = 64
+    text_dim: int = 32
+    text_layers: int = 1
+    text_heads: int = 2
+    text_ff: int = 64
+    max_text_len: int = 16
+    shift: float = 3.0
+
+
+def build_word_tokenizer():
+    """A word-level tokenizer for SynthPref prompts with T5-style special tokens (pad 0, eos 1, unk 2)."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    from raypipe.reward.backbone import tiny_vocabulary
+
+    vocab = {tok: i for i, tok in enumerate([PAD, EOS, UNK, *tiny_vocabulary()])}
+    tok = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.post_processor = processors.TemplateProcessing(single=f"$A {EOS}", special_tokens=[(EOS, vocab[EOS])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK)
+
+
+def make_tiny_wan(path: str | os.PathLike, cfg: TinyWanConfig | None = None, seed: int = 0) -> Path:
+    """Write a tiny random WanPipeline (tokenizer, UMT5 encoder, VAE, transformer, scheduler) to `path`."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    cfg = cfg or TinyWanConfig()
+    torch.manual_seed(seed)
+    tokenizer = build_word_tokenizer()
+    text_encoder = UMT5EncoderModel(UMT5Config(
+        vocab_size=len(tokenizer), d_model=cfg.text_dim, d_kv=cfg.text_dim // cfg.text_heads, d_ff=cfg.text_ff,
+        num_layers=cfg.text_layers, num_heads=cfg.text_heads, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0))
+    spatial = 2 ** (len(cfg.vae_dim_mult) - 1)
+    temporal = 2 ** sum(bool(x) for x in cfg.vae_temporal_downsample)
+    vae = AutoencoderKLWan(base_dim=cfg.vae_base_dim, z_dim=cfg.z_dim, dim_mult=list(cfg.vae_dim_mult),
+                           num_res_blocks=1, temperal_downsample=list(cfg.vae_temporal_downsample),
+                           latents_mean=[0.0] * cfg.z_dim, latents_std=[1.0] * cfg.z_dim,
+                           scale_factor_temporal=temporal, scale_factor_spatial=spatial)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=cfg.num_attention_heads, attention_head_dim=cfg.attention_head_dim,
+        in_channels=cfg.z_dim, out_channels=cfg.z_dim, text_dim=cfg.text_dim, freq_dim=32, ffn_dim=cfg.ffn_dim,
+        num_layers=cfg.num_layers, rope_max_seq_len=64)
+    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=cfg.shift))
+    path = Path(path)
+    pipe.save_pretrained(path)
+    (path / "raypipe_family.json").write_text(
+        '{"family": "wan", "max_text_len": %d, "shift": %s}' % (cfg.max_text_len, cfg.shift))
+    return path
+
+
+class WanFamily:
+    """Wan2.1 through diffusers' WanPipeline components. Text encoder and VAE are frozen."""
+
+    lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
+
+    def __init__(self, pipeline, max_text_len: int = 226, shift: float | None = None):
+        self.pipeline = pipeline
+        self.transformer = pipeline.transformer
+        self.max_text_len = max_text_len
+        self.shift = float(shift if shift is not None else pipeline.scheduler.config.get("shift", 1.0))
+        for module in (pipeline.text_encoder, pipeline.vae):
+            module.requires_grad_(False).eval()
+        vae = pipeline.vae
+        self.temporal = int(vae.config.scale_factor_temporal)
+        self.spatial = int(vae.config.scale_factor_spatial)
+        self._mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+        self._std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, dtype: str = "float32", device: str = "cpu") -> "WanFamily":
+        """Load a WanPipeline folder (a local Wan2.1 Diffusers copy or `make_tiny_wan` output); nothing from a hub."""
+        import json
+
+        from diffusers import WanPipeline
+
+        path = Path(path)
+        if not (path / "model_index.json").exists():
+            raise FileNotFoundError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
+        pipe = WanPipeline.from_pretrained(str(path), torch_dtype=getattr(torch, dtype), local_files_only=True)
+        extra = json.loads((path / "raypipe_family.json").read_text()) if (path / "raypipe_family.json").exists() \
+            else {}
+        return cls(pipe.to(device), max_text_len=int(extra.get("max_text_len", 226)), shift=extra.get("shift"))
+
+    # --- shapes ------------------------------------------------------------------------------------------
+    def frames_for(self, n: int) -> int:
+        """The largest frame count ≤ n the VAE takes (1 + k·temporal factor)."""
+        if n < 1:
+            raise ValueError("need at least one frame")
+        return 1 + ((n - 1) // self.temporal) * self.temporal
+
+    # --- frozen encoders ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """UMT5 embeddings [B, max_text_len, text_dim] (padding zeroed, as WanPipeline does)."""
+        embeds, _ = self.pipeline.encode_prompt(list(prompts), do_classifier_free_guidance=False,
+                                                max_sequence_length=self.max_text_len,
+                                                device=self.transformer.device)
+        return embeds
+
+    @torch.no_grad()
+    def encode_videos(self, frames: np.ndarray | torch.Tensor, sample: bool = False) -> torch.Tensor:
+        """uint8 [B, T, H, W, 3] (T = 1 + k·temporal, H, W multiples of spatial·2) -> normalised latents."""
+        x = torch.as_tensor(np.asarray(frames)).to(self.transformer.device)
+        x = x.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+        dist = self.pipeline.vae.encode(x.to(self.pipeline.vae.dtype)).latent_dist
+        z = dist.sample() if sample else dist.mode()
+        return ((z.float() - self._mean.to(z.device)) / self._std.to(z.device))
+
+    @torch.no_grad()
+    def decode_latents(self, z: torch.Tensor) -> np.ndarray:
+        """Normalised latents -> uint8 [B, T, H, W, 3]."""
+        z = z.float() * self._std.to(z.device) + self._mean.to(z.device)
+        x = self.pipeline.vae.decode(z.to(self.pipeline.vae.dtype)).sample.float()
+        x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return x.permute(0, 2, 3, 4, 1).cpu().numpy()
+
+    # --- the trainable part ------------------------------------------------------------------------------
+    def velocity(self, z_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, model=None) -> torch.Tensor:
+        """v̂(z_t, t, c): diffusers takes timestep = 1000·t (SPEC §1). `model` defaults to the transformer
+        (pass a peft-wrapped one for LoRA)."""
+        model = model if model is not None else self.transformer
+        dtype = next(model.parameters()).dtype
+        out = model(hidden_states=z_t.to(dtype), timestep=(1000.0 * t).to(dtype),
+                    encoder_hidden_states=text.to(dtype), return_dict=False)[0]
+        return out.float()
