@@ -50,7 +50,7 @@ def tight_decord_loop(pairs: list[tuple[str, str]], sampling: SamplingConfig) ->
     """(a): the same decode work in one process, one thread, no framework."""
     import decord
 
-    from raypipe.video.decode import _resize
+    from raypipe.video.decode import resize_frames
 
     start = time.perf_counter()
     frames = 0
@@ -61,7 +61,7 @@ def tight_decord_loop(pairs: list[tuple[str, str]], sampling: SamplingConfig) ->
                                        sampling.max_frames)
             batch = reader.get_batch(idx).asnumpy()
             h, w = resized_size(batch.shape[1], batch.shape[2], sampling.min_pixels, sampling.max_pixels)
-            frames += len(_resize(batch, h, w))
+            frames += len(resize_frames(batch, h, w))
             del reader
     wall = time.perf_counter() - start
     return {"pairs": len(pairs), "frames": frames, "wall_s": round(wall, 3), "pairs_per_s": len(pairs) / wall}

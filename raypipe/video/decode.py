@@ -154,7 +154,8 @@ def _pyav_header(src, uri: str, guess: str) -> tuple[VideoInfo, object] | VideoE
         raise
 
 
-def _resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 [T, H, W, 3] resized (bicubic) to height x width; unchanged when already that size."""
     if frames.shape[1:3] == (height, width):
         return np.ascontiguousarray(frames)
     from PIL import Image
@@ -187,7 +188,7 @@ def _decode_decord(src, info: VideoInfo, sampling: SamplingConfig, native: bool,
             return None
     finally:
         del reader
-    return VideoClip(planned, _resize(frames, planned.height, planned.width), "decord")
+    return VideoClip(planned, resize_frames(frames, planned.height, planned.width), "decord")
 
 
 def _decode_pyav(container, info: VideoInfo, sampling: SamplingConfig, native: bool,
@@ -221,7 +222,7 @@ def _decode_pyav(container, info: VideoInfo, sampling: SamplingConfig, native: b
         return VideoError("corrupt", f"the stream ended before frame {missing[0]} "
                                      f"(header said {planned.total_frames} frames)", info.uri)
     frames = np.stack([picked[i] for i in planned.indices])
-    return VideoClip(planned, _resize(frames, planned.height, planned.width), "pyav")
+    return VideoClip(planned, resize_frames(frames, planned.height, planned.width), "pyav")
 
 
 def _decode_pillow(src, uri: str, sampling: SamplingConfig, guess: str, native: bool = False,
@@ -254,7 +255,7 @@ def _decode_pillow(src, uri: str, sampling: SamplingConfig, guess: str, native: 
     if not decode:
         return VideoClip(planned, _NO_FRAMES, "pillow")
     frames = np.stack([rgb[i] for i in planned.indices])
-    return VideoClip(planned, _resize(frames, planned.height, planned.width), "pillow")
+    return VideoClip(planned, resize_frames(frames, planned.height, planned.width), "pillow")
 
 
 def _open(uri: str, filesystem=None) -> tuple[object, bytes] | VideoError:
