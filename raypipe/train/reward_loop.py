@@ -155,7 +155,7 @@ def train_loop_per_worker(config: dict) -> None:
             engine.load_checkpoint(d, tag="ds")
             progress = json.loads((Path(d) / "progress.json").read_text())
         progress["resumes"].append({"at_step": progress["step"], "engine_global_steps": engine.global_steps,
-                                    "lr": engine.get_lr()[0], "train_s": round(train_s, 1)})
+                                    "lr": engine.get_lr()[0]})
 
     val_batches = []
     for batch in ray.train.get_dataset_shard("val").iter_batches(batch_size=t.batch_pairs, batch_format="pyarrow"):
