@@ -220,6 +220,28 @@ def _run_relabel(args) -> int:
     return relabel_from_args(args.checkpoint, args.input, args.out, args.config, args.overrides, **flags)
 
 
+# --- train-flow --------------------------------------------------------------------------------------------
+def _add_train_flow(sub):
+    p = sub.add_parser("train-flow", help="align the generator: pretrain / SFT / Flow-DPO / Flow-RWR (Ray Train + "
+                                          "DeepSpeed, LoRA)",
+                       description="Train the flow video generator on Ray Train with a DeepSpeed engine per worker. "
+                                   "dpo/sft/rwr train LoRA adapters (OUT/final loads with "
+                                   "WanPipeline.load_lora_weights); pretrain trains the whole transformer "
+                                   "(OUT/final is a WanPipeline folder). With no data.manifest a seeded SynthPref "
+                                   "set is synthesised.", epilog=EPILOG_OVERRIDES)
+    p.add_argument("--algo", choices=["pretrain", "sft", "dpo", "rwr"], help="(= train.algo)")
+    p.add_argument("--config", help="YAML (e.g. configs/flow_tiny.yaml)")
+    p.add_argument("--out", help="output folder (= out)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.beta=500 data.weights.MQ=1")
+    p.set_defaults(func=_run_train_flow)
+
+
+def _run_train_flow(args) -> int:
+    from raypipe.train.flow_job import train_flow_from_args
+
+    return train_flow_from_args(args.algo, args.config, args.out, args.overrides)
+
+
 # --- bench -------------------------------------------------------------------------------------------------
 def _add_bench(sub):
     p = sub.add_parser("bench", help="benchmarks (JSON out, ratios against a baseline measured in the same run)")
@@ -297,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"raypipe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_probe, _add_synth, _add_oracle, _add_pairs, _add_train_reward, _add_eval_reward, _add_relabel,
-                _add_demo, _add_bench):
+                _add_train_flow, _add_demo, _add_bench):
         add(sub)
     return parser
 

@@ -140,6 +140,11 @@ def _build(cls: type[T], data: dict, prefix: str = "") -> T:
     return cls(**kwargs)
 
 
+def build_config(cls: type[T], data: dict) -> T:
+    """A config dataclass from a plain dict (e.g. one `to_dict` wrote), types checked like `load_config`."""
+    return _build(cls, data)
+
+
 def parse_overrides(overrides: list[str]) -> dict:
     """`["a.b=1", "c=x"]` -> `{"a": {"b": 1}, "c": "x"}` with YAML-typed values."""
     tree: dict = {}

@@ -29,8 +29,8 @@ class TinyWanConfig:
 
     vae_base_dim: int = 8
     z_dim: int = 4
-    vae_dim_mult: tuple = (1, 2, 2)  # two downsamples: spatial factor 4
-    vae_temporal_downsample: tuple = (False, True)  # temporal factor 2: frames = 1 + 2k
+    vae_dim_mult: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 2])  # 2 downsamples: spatial 4
+    vae_temporal_downsample: list[bool] = dataclasses.field(default_factory=lambda: [False, True])  # frames 1+2k
     num_attention_heads: int = 2
     attention_head_dim: int = 16
     num_layers: int = 2

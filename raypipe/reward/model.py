@@ -200,6 +200,6 @@ class VideoReward(nn.Module):
 
 
 def _dataclass_from(cls, data: dict):
-    from raypipe.config import _build
+    from raypipe.config import build_config
 
-    return _build(cls, data)
+    return build_config(cls, data)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from raypipe.config import SamplingConfig, _build
+from raypipe.config import SamplingConfig, build_config
 from raypipe.video.decode import VideoClip, decode_video
 
 SAMPLING_FILE = "sampling.json"
@@ -124,7 +124,7 @@ def resolve_sampling(checkpoint: str, override: SamplingConfig | None) -> tuple[
         return override, "config"
     path = Path(checkpoint) / SAMPLING_FILE
     if path.exists():
-        return _build(SamplingConfig, json.loads(path.read_text()), "sampling.json"), str(path)
+        return build_config(SamplingConfig, json.loads(path.read_text())), str(path)
     return SamplingConfig(), "default"
 
 

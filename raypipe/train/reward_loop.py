@@ -128,12 +128,12 @@ def train_loop_per_worker(config: dict) -> None:
     import deepspeed
     import ray.train
 
-    from raypipe.config import _build
+    from raypipe.config import build_config
     from raypipe.reward.model import VideoReward
     from raypipe.reward.scoring import compute_norm_stats
     from raypipe.train.reward_config import RewardTrainConfig
 
-    cfg = _build(RewardTrainConfig, config["cfg"])
+    cfg = build_config(RewardTrainConfig, config["cfg"])
     t = cfg.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
