@@ -28,6 +28,7 @@ test-fast: setup
 bench: setup
 	$(BIN)/raypipe bench decode --out bench-out/decode.json
 	$(BIN)/raypipe bench relabel --out bench-out/relabel.json
+	$(BIN)/raypipe bench flow-memory --out bench-out/flow_memory.json
 
 clean:
 	rm -rf $(VENV) demo-out bench-out .pytest_cache

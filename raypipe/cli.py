@@ -288,12 +288,28 @@ def _add_bench(sub):
     rl.add_argument("--checkpoint", default=None, help="reward checkpoint (default: an untrained tiny one)")
     rl.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
     rl.set_defaults(func=_run_bench_relabel)
+    fm = bsub.add_parser("flow-memory", help="peak memory / step time: Flow-DPO vs SFT vs DPO with a reference copy",
+                         description="Each variant in a fresh process on a Wan2.1-shaped transformer with LoRA: SFT "
+                                     "on 2P videos, Flow-DPO on P pairs with the disabled-adapter reference, and "
+                                     "Flow-DPO with a separate reference copy. Writes JSON.")
+    fm.add_argument("--out", required=True, help="JSON output path")
+    fm.add_argument("--size", choices=["small", "medium"], default="medium", help="transformer size (default medium)")
+    fm.add_argument("--pairs", type=int, default=2, help="pairs per step (default 2 = 4 videos)")
+    fm.add_argument("--steps", type=int, default=5, help="timed steps after 2 warm-up steps (default 5)")
+    fm.set_defaults(func=_run_bench_flow_memory)
 
 
 def _run_bench_reward_ablation(args) -> int:
     from raypipe.bench.reward_ablation import run_reward_ablation
 
     _print_json(run_reward_ablation(args))
+    return 0
+
+
+def _run_bench_flow_memory(args) -> int:
+    from raypipe.bench.flow_memory import run_flow_memory_bench
+
+    _print_json(run_flow_memory_bench(args))
     return 0
 
 
