@@ -58,3 +58,29 @@ def test_tiny_flow_dpo_end_to_end(ray_local, tmp_path):
     gen.pipeline.load_lora_weights(str(tmp_path / "flow" / "final"))
     tuned = gen.velocity(z, torch.tensor([0.5]), text)
     assert (tuned - base).abs().max() > 0
+
+
+@pytest.mark.slow
+def test_latent_cache_built_once_then_streamed(ray_local, tmp_path):
+    """Way (b): SFT from a latent cache; the cache equals encoding on the fly; a mismatched reuse is refused."""
+    from raypipe.flow.family import WanFamily
+    from raypipe.flow.latents import tensor_of
+    from raypipe.flow.pairs import ClipConfig, generator_clip
+
+    common = ["synth.pairs=16", "train.algo=sft", "train.batch=2", "train.max_steps=2", "train.checkpoint_every=2",
+              "train.log_every=1", "clip.frames=5", "clip.height=32", "clip.width=32", "data.latent_cache=cache",
+              f"out={tmp_path / 'flow'}", "progress=false"]
+    summary = run_train_flow(load_config(FlowTrainConfig, "configs/flow_tiny.yaml", common))
+    assert summary["steps"] == 2
+    import pyarrow.parquet as pq
+
+    cache = pq.read_table(tmp_path / "flow" / "cache")
+    assert cache.num_rows == summary["rows"] and {"latents", "text", "uri", "prompt"} <= set(cache.column_names)
+    row = cache.slice(0, 1)
+    gen = WanFamily.load(summary["generator"])
+    clip = generator_clip(row.column("uri")[0].as_py(), ClipConfig(frames=5, height=32, width=32))
+    direct = gen.encode_videos(clip[None]).numpy()
+    np.testing.assert_allclose(tensor_of(row, "latents"), direct, atol=1e-5)
+    # Same folder, different rows: refused.
+    with pytest.raises(ConfigError, match="latent cache"):
+        run_train_flow(load_config(FlowTrainConfig, "configs/flow_tiny.yaml", common + ["train.algo=pretrain"]))

@@ -35,6 +35,7 @@ class FlowDataConfig:
     min_margin: float = 0.0  # |scalarised preference| must exceed this to make a pair
     video_root: str | None = None
     rows_per_block: int = 4  # rows per Ray Data decode task
+    latent_cache: str | None = None  # a folder: VAE latents + text embeddings written once (built if missing)
     decode_cpus: float = 1.0
 
 

@@ -130,6 +130,32 @@ def _read_pairs(path: str, cfg: FlowTrainConfig) -> pa.Table:
     return manifest.table
 
 
+def _latent_cache(cfg: FlowTrainConfig, rows: pa.Table, out: Path):
+    """The cached dataset for these rows: read it back, or build it once (Ray Data decode tasks + encoder actors)."""
+    import ray.data
+
+    from raypipe.flow.latents import latent_dataset
+
+    path = Path(cfg.data.latent_cache)
+    if not path.is_absolute():
+        path = out / path
+    key = {"algo": cfg.train.algo, "rows": rows.num_rows, "clip": dataclasses.asdict(cfg.clip),
+           "generator": cfg.model.name_or_path, "weights": cfg.data.weights, "source": cfg.data.source}
+    stamp = path / "_cache.json"
+    if stamp.exists():
+        if json.loads(stamp.read_text()) != key:
+            raise ConfigError(f"latent cache {path} was built for {stamp.read_text()}, not {key}: use another folder")
+        print(f"latent cache: reading {path}", flush=True)
+    else:
+        keys = {"uri_w": "w", "uri_l": "l"} if cfg.train.algo == "dpo" else {"uri": ""}
+        t0 = time.perf_counter()
+        latent_dataset(rows, cfg.model.name_or_path, cfg.clip, keys).write_parquet(str(path))
+        stamp.write_text(json.dumps(key))
+        print(f"latent cache: {rows.num_rows} rows encoded into {path} in {time.perf_counter() - t0:.1f} s",
+              flush=True)
+    return ray.data.read_parquet(str(path), file_extensions=["parquet"])
+
+
 def plot_flow_curve(curve: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -174,11 +200,14 @@ def run_train_flow(cfg: FlowTrainConfig) -> dict:
     init_ray(cfg.address)
     configure_data_context(cfg.progress)
     columns = {"uri_w": "frames_w", "uri_l": "frames_l"} if t.algo == "dpo" else {"uri": "frames"}
-    step_rows = max(1, cfg.data.rows_per_block)
-    blocks = [rows.slice(i, step_rows) for i in range(0, rows.num_rows, step_rows)]
-    ds = ray.data.from_arrow(blocks).map_batches(
-        decode_clips_block, fn_kwargs={"clip": cfg.clip, "columns": columns}, batch_format="pyarrow",
-        batch_size=None, zero_copy_batch=True, num_cpus=cfg.data.decode_cpus)
+    if cfg.data.latent_cache:
+        ds = _latent_cache(cfg, rows, out)
+    else:
+        step_rows = max(1, cfg.data.rows_per_block)
+        blocks = [rows.slice(i, step_rows) for i in range(0, rows.num_rows, step_rows)]
+        ds = ray.data.from_arrow(blocks).map_batches(
+            decode_clips_block, fn_kwargs={"clip": cfg.clip, "columns": columns}, batch_format="pyarrow",
+            batch_size=None, zero_copy_batch=True, num_cpus=cfg.data.decode_cpus)
     steps_per_epoch = max(1, rows.num_rows // (t.num_workers * t.batch))
     total_steps = steps_per_epoch * t.epochs if t.max_steps is None else min(steps_per_epoch * t.epochs,
                                                                               t.max_steps)

@@ -34,6 +34,33 @@ def _without_errors(batch):
     return (batch.filter(pc.invert(bad)), n_bad) if n_bad else (batch, 0)
 
 
+def latents_of(gen, batch, key: str) -> torch.Tensor:
+    """Normalised latents of a batch: from the latent cache (`latents<sfx>`) or by encoding `frames<sfx>`."""
+    from raypipe.flow.latents import suffix, tensor_of
+
+    sfx = suffix(key)
+    if f"latents{sfx}" in batch.column_names:
+        return torch.from_numpy(tensor_of(batch, f"latents{sfx}")).float()
+    return gen.encode_videos(clips_of(batch, f"frames{sfx}"))
+
+
+def text_of(gen, batch, prompts: list[str], dropout: float, generator: torch.Generator) -> torch.Tensor:
+    """Prompt embeddings (cached `text` column or the text encoder), a `dropout` share replaced by the empty
+    prompt's embedding (classifier-free guidance)."""
+    from raypipe.flow.latents import tensor_of
+
+    kept = drop_prompts(prompts, dropout, generator)
+    if "text" not in batch.column_names:
+        return gen.encode_prompts(kept)
+    text = torch.from_numpy(tensor_of(batch, "text")).float()
+    dropped = [i for i, p in enumerate(kept) if p == "" and prompts[i] != ""]
+    if dropped:
+        if not hasattr(gen, "_uncond"):
+            gen._uncond = gen.encode_prompts([""]).float()
+        text[dropped] = gen._uncond[0]
+    return text
+
+
 def drop_prompts(prompts: list[str], share: float, generator: torch.Generator) -> list[str]:
     """Replace a `share` of prompts by "" (so the model also learns the unconditional velocity for CFG)."""
     if share <= 0:
@@ -50,8 +77,8 @@ def step_loss(gen, engine, t_cfg, batch, generator: torch.Generator) -> tuple[to
     algo = t_cfg.algo
     prompts = batch.column("prompt").to_pylist()
     if algo == "dpo":
-        z_w, z_l = gen.encode_videos(clips_of(batch, "frames_w")), gen.encode_videos(clips_of(batch, "frames_l"))
-        text = gen.encode_prompts(prompts)
+        z_w, z_l = latents_of(gen, batch, "w"), latents_of(gen, batch, "l")
+        text = text_of(gen, batch, prompts, 0.0, generator)
         n = z_w.shape[0]
         t = sample_t(n, generator, gen.shift)
         eps = torch.randn(z_w.shape, generator=generator)  # ONE eps and ONE t per pair, shared by w and l
@@ -63,8 +90,8 @@ def step_loss(gen, engine, t_cfg, batch, generator: torch.Generator) -> tuple[to
             err_ref = flow_error(gen.velocity(xt, tt, tx, model=engine), v)
         loss, stats = dpo_loss(err[:n], err_ref[:n], err[n:], err_ref[n:], beta_t(t_cfg.beta, t, t_cfg.beta_schedule))
         return loss, stats
-    z = gen.encode_videos(clips_of(batch, "frames"))
-    text = gen.encode_prompts(drop_prompts(prompts, t_cfg.prompt_dropout, generator))
+    z = latents_of(gen, batch, "")
+    text = text_of(gen, batch, prompts, t_cfg.prompt_dropout, generator)
     t = sample_t(z.shape[0], generator, gen.shift)
     eps = torch.randn(z.shape, generator=generator)
     xt, v = noised(z, eps, t)
