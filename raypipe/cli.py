@@ -242,6 +242,24 @@ def _run_train_flow(args) -> int:
     return train_flow_from_args(args.algo, args.config, args.out, args.overrides)
 
 
+def _add_pretrain_generator(sub):
+    p = sub.add_parser("pretrain-generator", help="make the tiny generator: fit its VAE, flow-matching pretraining, "
+                                                  "oracle report",
+                       description="SynthPref clips -> tiny WanPipeline with a fitted VAE -> train-flow --algo "
+                                   "pretrain (Ray Train + DeepSpeed, latent cache, prompt dropout) -> CFG samples "
+                                   "judged by the oracle (OUT/report.json).", epilog=EPILOG_OVERRIDES)
+    p.add_argument("--config", help="YAML (e.g. configs/generator_tiny.yaml)")
+    p.add_argument("--out", help="output folder (= out)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. vae_steps=600")
+    p.set_defaults(func=_run_pretrain_generator)
+
+
+def _run_pretrain_generator(args) -> int:
+    from raypipe.flow.pretrain_job import pretrain_generator_from_args
+
+    return pretrain_generator_from_args(args.config, args.out, args.overrides)
+
+
 # --- bench -------------------------------------------------------------------------------------------------
 def _add_bench(sub):
     p = sub.add_parser("bench", help="benchmarks (JSON out, ratios against a baseline measured in the same run)")
@@ -335,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"raypipe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_probe, _add_synth, _add_oracle, _add_pairs, _add_train_reward, _add_eval_reward, _add_relabel,
-                _add_train_flow, _add_demo, _add_bench):
+                _add_train_flow, _add_pretrain_generator, _add_demo, _add_bench):
         add(sub)
     return parser
 
