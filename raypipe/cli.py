@@ -242,6 +242,29 @@ def _run_train_flow(args) -> int:
     return train_flow_from_args(args.algo, args.config, args.out, args.overrides)
 
 
+def _add_eval_flow(sub):
+    p = sub.add_parser("eval-flow", help="win rate of an aligned generator over its base (reward model + oracle)",
+                       description="Same prompts and initial noise for base and aligned (LoRA) generator; per-"
+                                   "dimension win rates by the reward model and by the SynthPref oracle, reward "
+                                   "hacking flagged; OUT/report.json, OUT/grid.gif, the samples as mp4.",
+                       epilog=EPILOG_OVERRIDES)
+    p.add_argument("--base", required=True, help="WanPipeline folder of the pretrained generator")
+    p.add_argument("--lora", required=True, help="adapter folder from train-flow (OUT/final)")
+    p.add_argument("--reward", required=True, help="VideoReward checkpoint")
+    p.add_argument("--prompts", help="a number of seeded SynthPref prompts (default 64), a .txt or a manifest")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--config", help="YAML with FlowEvalConfig fields")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. cfg_scale=3 steps=30")
+    p.set_defaults(func=_run_eval_flow)
+
+
+def _run_eval_flow(args) -> int:
+    from raypipe.flow.eval_job import eval_flow_from_args
+
+    return eval_flow_from_args(args.base, args.lora, args.reward, args.prompts, args.out, args.config,
+                               args.overrides)
+
+
 def _add_pretrain_generator(sub):
     p = sub.add_parser("pretrain-generator", help="make the tiny generator: fit its VAE, flow-matching pretraining, "
                                                   "oracle report",
@@ -353,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"raypipe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_probe, _add_synth, _add_oracle, _add_pairs, _add_train_reward, _add_eval_reward, _add_relabel,
-                _add_train_flow, _add_pretrain_generator, _add_demo, _add_bench):
+                _add_train_flow, _add_pretrain_generator, _add_eval_flow,
+                _add_demo, _add_bench):
         add(sub)
     return parser
 

@@ -7,11 +7,12 @@ import pytest
 
 from raypipe.cli import build_parser, main
 
-SUBCOMMANDS = ["probe", "synth", "oracle", "pairs", "train-reward", "eval-reward", "relabel", "demo", "bench"]
+SUBCOMMANDS = ["probe", "synth", "oracle", "pairs", "train-reward", "eval-reward", "relabel", "train-flow",
+               "pretrain-generator", "eval-flow", "demo", "bench"]
 
 
 def test_help_on_every_subcommand(capsys):
-    for cmd in [[]] + [[c] for c in SUBCOMMANDS] + [["bench", b] for b in ("decode", "reward-ablation", "relabel")]:
+    for cmd in [[]] + [[c] for c in SUBCOMMANDS] + [["bench", b] for b in ("decode", "reward-ablation", "relabel", "flow-memory")]:
         with pytest.raises(SystemExit) as e:
             main(cmd + ["--help"])
         assert e.value.code == 0
