@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,3 +66,30 @@ def reward_checkpoint(tmp_path_factory):
     model = VideoReward.build(RewardModelConfig(), tiny_dir=root / "backbone")
     stats = {"mean": {"VQ": 0.1, "MQ": -0.2, "TA": 0.3}, "std": {"VQ": 0.5, "MQ": 2.0, "TA": 1.5}}
     return str(model.save_pretrained(root / "final", norm_stats=stats, extra={SAMPLING_FILE: TINY_SAMPLING_FIELDS}))
+
+
+def train_worker_pids() -> list[int]:
+    """Ray names its worker processes after the actor they host ("ray::RayTrainWorker...")."""
+    import psutil
+
+    pids = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if cmd.startswith("ray::RayTrainWorker"):
+            pids.append(proc.info["pid"])
+    return sorted(pids)
+
+
+def kill_a_train_worker_after_first_checkpoint(run_dir: Path, killed: list, timeout_s: float = 300) -> None:
+    """SIGKILL one Ray Train worker once the run (its storage folder) has a registered checkpoint."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and not killed:
+        # The controller writes its snapshot once a reported checkpoint is registered (a checkpoint folder
+        # alone may still be uploading, and a restart would then find no checkpoint).
+        if (run_dir / "checkpoint_manager_snapshot.json").exists():
+            pids = train_worker_pids()
+            if pids:
+                os.kill(pids[-1], signal.SIGKILL)
+                killed.append(pids[-1])
+                return
+        time.sleep(0.2)

@@ -84,3 +84,34 @@ def test_latent_cache_built_once_then_streamed(ray_local, tmp_path):
     # Same folder, different rows: refused.
     with pytest.raises(ConfigError, match="latent cache"):
         run_train_flow(load_config(FlowTrainConfig, "configs/flow_tiny.yaml", common + ["train.algo=pretrain"]))
+
+
+@pytest.mark.slow
+def test_flow_training_survives_a_killed_worker(ray_local, tmp_path):
+    """A worker SIGKILLed after the first checkpoint: the group restarts from it with the optimizer step and the
+    data position restored (no row of an epoch consumed twice or skipped)."""
+    import threading
+
+    from tests.conftest import kill_a_train_worker_after_first_checkpoint
+
+    out = tmp_path / "flow"
+    cfg = load_config(FlowTrainConfig, "configs/flow_tiny.yaml", [
+        "synth.pairs=32", "data.weights={VQ: 1.0}", "train.batch=2", "train.epochs=2", "train.checkpoint_every=2",
+        "train.log_every=2", "train.max_failures=1", "train.record_rows=true", "clip.frames=5", "clip.height=32",
+        "clip.width=32", f"out={out}", "progress=false"])
+    killed: list = []
+    killer = threading.Thread(target=kill_a_train_worker_after_first_checkpoint,
+                              args=(out / "ray_results" / "train-flow-dpo", killed, 900))
+    killer.start()
+    summary = run_train_flow(cfg)
+    killer.join()
+    assert killed, "the test never managed to kill a worker"
+    per_worker = summary["rows"] // 2
+    assert summary["steps"] == 2 * (per_worker // 2)
+    assert len(summary["resumes"]) == 1
+    resume = summary["resumes"][0]
+    assert resume["at_step"] >= 2 and resume["engine_global_steps"] == resume["at_step"]
+    ckpts = sorted(p for p in (out / "ray_results" / "train-flow-dpo").glob("checkpoint_*") if p.is_dir())
+    rows = json.loads((ckpts[-1] / "progress.json").read_text())["rows"]
+    for epoch, consumed in rows.items():
+        assert len(consumed) == len(set(consumed)) == per_worker // 2 * 2, (epoch, consumed)

@@ -1,9 +1,6 @@
 """train-reward on the shared local Ray: DeepSpeed workers, checkpoints, a killed worker resumed exactly."""
 import json
-import os
-import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -11,36 +8,11 @@ import torch
 
 from raypipe.config import load_config
 from raypipe.train.reward_config import RewardTrainConfig
+from tests.conftest import kill_a_train_worker_after_first_checkpoint
 
 TINY = ["synth_train.pairs=48", "synth_val.pairs=16", "train.batch_pairs=2", "train.epochs=2",
         "train.checkpoint_every=4", "train.eval_every=4", "train.cpus_per_worker=0.5", "progress=false",
         "data.rows_per_block=4", "train.record_rows=true", "train.lr=1e-3"]
-
-
-def _train_worker_pids() -> list[int]:
-    """Ray names its worker processes after the actor they host ("ray::RayTrainWorker...")."""
-    import psutil
-
-    pids = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if cmd.startswith("ray::RayTrainWorker"):
-            pids.append(proc.info["pid"])
-    return sorted(pids)
-
-
-def _kill_a_worker_after_first_checkpoint(results: Path, killed: list):
-    deadline = time.time() + 300
-    while time.time() < deadline and not killed:
-        # The controller writes its snapshot once a reported checkpoint is registered (a checkpoint folder
-        # alone may still be uploading, and a restart would then find no checkpoint).
-        if (results / "train-reward" / "checkpoint_manager_snapshot.json").exists():
-            pids = _train_worker_pids()
-            if pids:
-                os.kill(pids[-1], signal.SIGKILL)
-                killed.append(pids[-1])
-                return
-        time.sleep(0.2)
 
 
 @pytest.mark.slow
@@ -52,7 +24,8 @@ def test_training_survives_a_killed_worker_and_resumes_exactly(ray_local, tmp_pa
     cfg = load_config(RewardTrainConfig, Path(__file__).parent.parent / "configs" / "reward_tiny.yaml",
                       TINY + [f"out={out}", "train.max_failures=1"])
     killed: list = []
-    killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(out / "ray_results", killed))
+    killer = threading.Thread(target=kill_a_train_worker_after_first_checkpoint,
+                              args=(out / "ray_results" / "train-reward", killed))
     killer.start()
     summary = run_train_reward(cfg)
     killer.join()

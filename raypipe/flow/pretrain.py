@@ -36,7 +36,7 @@ def fit_vae(gen, clips: np.ndarray, steps: int = 300, batch: int = 8, lr: float 
         loss.backward()
         opt.step()
         if step % log_every == 0 or step == steps:
-            history.append({"step": step, "mse": float(mse), "loss": float(loss)})
+            history.append({"step": step, "mse": mse.item(), "loss": loss.item()})
     vae.eval().requires_grad_(False)
     return history
 

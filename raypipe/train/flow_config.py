@@ -65,6 +65,7 @@ class FlowTrainSettings:
     tau: float = 1.0  # Flow-RWR temperature
     lambda_real: float = 0.0  # Flow-RWR: weight of plain flow matching on real videos (LiFT)
     prompt_dropout: float = 0.0  # share of prompts replaced by "" (classifier-free guidance); pretrain: 0.1
+    record_rows: bool = False  # keep the consumed rows per epoch in the checkpoint's progress (tests: data position)
 
 
 @dataclasses.dataclass

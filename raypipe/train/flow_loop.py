@@ -183,6 +183,9 @@ def train_loop_per_worker(config: dict) -> None:
             if index < skip:
                 continue
             engine.train()
+            if t.record_rows:
+                key = "uri_w" if "uri_w" in batch.column_names else "uri"
+                progress.setdefault("rows", {}).setdefault(str(epoch), []).extend(batch.column(key).to_pylist())
             batch, n_bad = _without_errors(batch)
             progress["error_rows"] = progress.get("error_rows", 0) + n_bad
             if batch.num_rows:
