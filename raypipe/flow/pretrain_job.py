@@ -35,6 +35,7 @@ class GeneratorPretrainConfig:
     vae_steps: int = 300
     vae_batch: int = 8
     vae_lr: float = 2e-3
+    vae_fg_weight: float = 0.0  # up-weight object pixels in the VAE fit (see fit_vae)
     flow_overrides: list[str] = dataclasses.field(default_factory=list)  # key=value for the train-flow stage
     eval_prompts: int = 48
     sample_steps: int = 20
@@ -80,7 +81,8 @@ def run_pretrain_generator(cfg: GeneratorPretrainConfig) -> dict:
     print(f"2/4 fit the tiny VAE ({cfg.vae_steps} steps)", flush=True)
     gen = WanFamily.load(make_tiny_wan(out / "tiny_wan", cfg.tiny, cfg.seed))
     torch.manual_seed(cfg.seed)
-    history = fit_vae(gen, clips, steps=cfg.vae_steps, batch=cfg.vae_batch, lr=cfg.vae_lr, seed=cfg.seed)
+    history = fit_vae(gen, clips, steps=cfg.vae_steps, batch=cfg.vae_batch, lr=cfg.vae_lr, seed=cfg.seed,
+                      fg_weight=cfg.vae_fg_weight)
     set_latent_stats(gen, clips)
     gen.pipeline.save_pretrained(out / "vae_fitted")
     (out / "vae_fitted" / "raypipe_family.json").write_text((out / "tiny_wan" / "raypipe_family.json").read_text())
