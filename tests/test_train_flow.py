@@ -23,6 +23,16 @@ def _table():
 def test_training_rows_per_algo():
     rows, counts = training_rows(_table(), "pretrain", "labels", {"MQ": 1.0})
     assert rows.num_rows == 5 and counts["videos"] == 5  # (a0, p0) appears twice: once
+    assert counts["captions"] == "pair prompts"
+    gt = _table()
+    for side, attrs in (("A", ("red", "circle", "left")), ("B", ("blue", "square", "up"))):
+        for name, value in zip(("color", "shape", "direction"), attrs):
+            gt = gt.append_column(f"gt_{name}_{side}", pa.array([value] * 3))
+    rows, counts = training_rows(gt, "pretrain", "labels", {"MQ": 1.0})
+    assert counts["captions"] == "true attributes (gt_*)"
+    assert dict(zip(rows.column("uri").to_pylist(), rows.column("prompt").to_pylist()))["b1"] == \
+        "a blue square moving up"
+    assert rows.num_rows == 5
     rows, counts = training_rows(_table(), "sft", "labels", {"MQ": 1.0})
     assert rows.column("uri").to_pylist() == ["a0", "b1"] and counts["dropped_tie"] == 1
     rows, _ = training_rows(_table(), "dpo", "labels", {"MQ": 1.0})

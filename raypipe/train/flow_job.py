@@ -37,6 +37,17 @@ def _reward_of(table: pa.Table, side: str, weights: dict[str, float]) -> np.ndar
     return total
 
 
+def true_captions(table: pa.Table, side: str) -> list[str] | None:
+    """SynthPref videos contradict their pair's prompt on purpose (TA levels): pretraining captions each video
+    with what it shows, from the gt_color/gt_shape/gt_direction columns when the manifest has them."""
+    from raypipe.video.synth import make_prompt
+
+    cols = [f"gt_{a}_{side}" for a in ("color", "shape", "direction")]
+    if not all(c in table.column_names for c in cols):
+        return None
+    return [make_prompt(c, s, d) for c, s, d in zip(*(table.column(c).to_pylist() for c in cols))]
+
+
 def training_rows(table: pa.Table, algo: str, source: str, weights: dict[str, float],
                   min_margin: float = 0.0) -> tuple[pa.Table, dict]:
     """The rows the workers train on, and counts of what was kept and dropped (nothing disappears silently)."""
@@ -48,10 +59,11 @@ def training_rows(table: pa.Table, algo: str, source: str, weights: dict[str, fl
     if algo == "pretrain":
         seen = {}
         for side in ("A", "B"):
-            for uri, prompt in zip(table.column(f"uri_{side}").to_pylist(), prompts):
+            for uri, prompt in zip(table.column(f"uri_{side}").to_pylist(), true_captions(table, side) or prompts):
                 seen.setdefault((uri, prompt), None)
         rows = pa.table({"uri": [k[0] for k in seen], "prompt": [k[1] for k in seen]})
-        return rows, {"rows": table.num_rows, "videos": rows.num_rows}
+        return rows, {"rows": table.num_rows, "videos": rows.num_rows,
+                      "captions": "true attributes (gt_*)" if true_captions(table, "A") else "pair prompts"}
     if algo == "rwr":
         ra, rb = _reward_of(table, "A", weights), _reward_of(table, "B", weights)
         if ra is None or rb is None:
