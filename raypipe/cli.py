@@ -300,7 +300,7 @@ def _add_bench(sub):
     d.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
     d.add_argument("--rows-per-block", type=int, default=1, help="pairs per decode task in (b) (default 1)")
     d.add_argument("--data-dir", default=None, help="where to write the clips (default: OUT's folder)")
-    d.set_defaults(func=_run_bench_decode)
+    d.set_defaults(func=_bench_runner("decode", "run_decode_bench"))
     r = bsub.add_parser("reward-ablation", help="Table 6 in miniature: regression / BT / BTT / BTT last-token",
                         description="Train each reward variant with the same data and budget on SynthPref (with "
                                     "ties) and write ablation.json + ablation.md (accuracy with/without ties).",
@@ -314,7 +314,7 @@ def _add_bench(sub):
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--variants", default=None, help="comma list (default: regression,bt,btt,btt_last_token)")
     r.add_argument("overrides", nargs="*", help="key=value overrides applied to every variant")
-    r.set_defaults(func=_run_bench_reward_ablation)
+    r.set_defaults(func=_bench_runner("reward_ablation", "run_reward_ablation"))
     rl = bsub.add_parser("relabel", help="videos/s: reference decode-8-score-8 loop vs relabel with 1 and 2 actors",
                          description="On the same SynthPref videos and tiny checkpoint, measure in one run (a) a "
                                      "single-process decode-a-batch-then-score loop like the public reference "
@@ -328,7 +328,7 @@ def _add_bench(sub):
                     help="most videos per decode task in (b)/(c) (default 32)")
     rl.add_argument("--checkpoint", default=None, help="reward checkpoint (default: an untrained tiny one)")
     rl.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
-    rl.set_defaults(func=_run_bench_relabel)
+    rl.set_defaults(func=_bench_runner("relabel", "run_relabel_bench"))
     fm = bsub.add_parser("flow-memory", help="peak memory / step time: Flow-DPO vs SFT vs DPO with a reference copy",
                          description="Each variant in a fresh process on a Wan2.1-shaped transformer with LoRA: SFT "
                                      "on 2P videos, Flow-DPO on P pairs with the disabled-adapter reference, and "
@@ -337,35 +337,18 @@ def _add_bench(sub):
     fm.add_argument("--size", choices=["small", "medium"], default="medium", help="transformer size (default medium)")
     fm.add_argument("--pairs", type=int, default=2, help="pairs per step (default 2 = 4 videos)")
     fm.add_argument("--steps", type=int, default=5, help="timed steps after 2 warm-up steps (default 5)")
-    fm.set_defaults(func=_run_bench_flow_memory)
+    fm.set_defaults(func=_bench_runner("flow_memory", "run_flow_memory_bench"))
 
 
-def _run_bench_reward_ablation(args) -> int:
-    from raypipe.bench.reward_ablation import run_reward_ablation
+def _bench_runner(module: str, function: str):
+    """A handler that imports raypipe.bench.<module> only when that benchmark runs, and prints its JSON."""
+    def run(args) -> int:
+        import importlib
 
-    _print_json(run_reward_ablation(args))
-    return 0
+        _print_json(getattr(importlib.import_module(f"raypipe.bench.{module}"), function)(args))
+        return 0
 
-
-def _run_bench_flow_memory(args) -> int:
-    from raypipe.bench.flow_memory import run_flow_memory_bench
-
-    _print_json(run_flow_memory_bench(args))
-    return 0
-
-
-def _run_bench_relabel(args) -> int:
-    from raypipe.bench.relabel import run_relabel_bench
-
-    _print_json(run_relabel_bench(args))
-    return 0
-
-
-def _run_bench_decode(args) -> int:
-    from raypipe.bench.decode import run_decode_bench
-
-    _print_json(run_decode_bench(args))
-    return 0
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from raypipe.config import ConfigError, SamplingConfig, load_config, save_config
 from raypipe.relabel.inputs import RelabelInput, resolve_input
-from raypipe.reward.scoring import (TIE_EPSILON_FILE, checkpoint_dimensions, normalize, overall, read_norm_stats,
+from raypipe.reward.scoring import (TIE_EPSILON_FILE, checkpoint_dimensions, distinct_videos, normalize, overall, read_norm_stats,
                                     read_tie_epsilon, resolve_sampling, score_videos)
 
 PROGRESS_DIR = "_progress"
@@ -107,16 +107,8 @@ def model_labels(margins: np.ndarray, epsilon: float) -> list[str | None]:
 
 def video_table(inp: RelabelInput) -> tuple[pa.Table, dict[str, np.ndarray]]:
     """(distinct videos: video_id, uri, prompt; per side, the video_id of every input row)."""
-    prompts = inp.table.column("prompt").to_pylist()
-    ids: dict[tuple[str, str], int] = {}
-    per_side = {}
-    for side, col in zip(inp.sides, inp.uri_columns()):
-        per_side[side] = np.array([ids.setdefault((u, p), len(ids))
-                                   for u, p in zip(inp.table.column(col).to_pylist(), prompts)], dtype=np.int64)
-    videos = pa.table({"video_id": pa.array(range(len(ids)), pa.int64()),
-                       "uri": pa.array([k[0] for k in ids], pa.string()),
-                       "prompt": pa.array([k[1] for k in ids], pa.string())})
-    return videos, per_side
+    videos, per_column = distinct_videos(inp.table, inp.uri_columns())
+    return videos, dict(zip(inp.sides, per_column.values()))
 
 
 # --- resume state ------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from raypipe.config import ConfigError, SamplingConfig, load_config, save_config
 from raypipe.data.manifest import Manifest, load_manifest, normalize_label
 from raypipe.reward.metrics import accuracy_curve, pairwise_report
-from raypipe.reward.scoring import (TIE_EPSILON_FILE, checkpoint_dimensions, normalize, overall, read_norm_stats,
+from raypipe.reward.scoring import (TIE_EPSILON_FILE, checkpoint_dimensions, distinct_videos, normalize, overall, read_norm_stats,
                                     resolve_sampling, score_videos)
 
 SIDES = ("A", "B")
@@ -70,18 +70,6 @@ def _prepare(cfg: EvalConfig) -> tuple[Manifest, list[str], dict | None]:
     return manifest, dimensions, norm_stats
 
 
-def distinct_videos(table: pa.Table) -> pa.Table:
-    """One row per distinct (uri, prompt) over both sides: `video_id`, `uri`, `prompt`."""
-    prompts = table.column("prompt").to_pylist()
-    ids: dict[tuple[str, str], int] = {}
-    for side in SIDES:
-        for uri, prompt in zip(table.column(f"uri_{side}").to_pylist(), prompts):
-            ids.setdefault((uri, prompt), len(ids))
-    return pa.table({"video_id": pa.array(list(ids.values()), pa.int64()),
-                     "uri": pa.array([k[0] for k in ids], pa.string()),
-                     "prompt": pa.array([k[1] for k in ids], pa.string())})
-
-
 def collect_scores(ds, dimensions) -> dict[int, tuple[list, str | None, str | None]]:
     """video_id -> (raw scores or Nones, error, error_message), checking each video came back exactly once."""
     out: dict[int, tuple[list, str | None, str | None]] = {}
@@ -95,17 +83,16 @@ def collect_scores(ds, dimensions) -> dict[int, tuple[list, str | None, str | No
     return out
 
 
-def pair_scores(manifest: Manifest, videos: pa.Table, scored: dict, dimensions, norm_stats) -> pa.Table:
-    """The manifest with both sides' scores, margins and errors attached (row_id order kept)."""
+def pair_scores(manifest: Manifest, ids: dict[str, np.ndarray], scored: dict, dimensions, norm_stats) -> pa.Table:
+    """The manifest with both sides' scores, margins and errors attached (row_id order kept); `ids` maps
+    `uri_A`/`uri_B` to each row's video_id (from `distinct_videos`)."""
     table = manifest.table
-    key = {(u, p): v for v, u, p in zip(*(videos.column(c).to_pylist() for c in ("video_id", "uri", "prompt")))}
-    missing = sorted(set(key.values()) - set(scored))
+    missing = sorted({int(v) for col in ids.values() for v in col} - set(scored))
     if missing:
         raise RuntimeError(f"{len(missing)} videos did not come back from scoring (e.g. video_id {missing[0]})")
-    prompts = table.column("prompt").to_pylist()
     raw, errors, messages = {}, [None] * table.num_rows, [None] * table.num_rows
     for side in SIDES:
-        rows = [scored[key[(u, p)]] for u, p in zip(table.column(f"uri_{side}").to_pylist(), prompts)]
+        rows = [scored[int(v)] for v in ids[f"uri_{side}"]]
         raw[side] = np.array([[np.nan if v is None else v for v in r[0]] for r in rows], dtype=np.float64)
         for i, (_, kind, message) in enumerate(rows):
             if kind is not None:
@@ -226,10 +213,10 @@ def run_eval(cfg: EvalConfig) -> dict:
     save_config(resolved, out)
     init_ray(cfg.address)
     configure_data_context(cfg.progress)
-    videos = distinct_videos(manifest.table)
+    videos, ids = distinct_videos(manifest.table, [f"uri_{side}" for side in SIDES])
     ds = score_videos(videos, cfg.checkpoint, sampling, cfg.concurrency, cfg.batch_size, cfg.num_gpus, cfg.dtype)
     scored = collect_scores(ds, dimensions)
-    scores = pair_scores(manifest, videos, scored, dimensions, norm_stats)
+    scores = pair_scores(manifest, ids, scored, dimensions, norm_stats)
     pq.write_table(scores, out / "scores.parquet")
     metrics, used = compute_metrics(scores, dimensions, n_scored_videos=len(scored))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

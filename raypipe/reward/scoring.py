@@ -128,6 +128,21 @@ def resolve_sampling(checkpoint: str, override: SamplingConfig | None) -> tuple[
     return SamplingConfig(), "default"
 
 
+# --- what to score ----------------------------------------------------------------------------------------
+def distinct_videos(table: pa.Table, uri_columns) -> tuple[pa.Table, dict[str, np.ndarray]]:
+    """Each distinct (uri, prompt) over the given URI columns once: (`video_id`, `uri`, `prompt` table; per URI
+    column, the video_id of every row). A video shared by many pairs is decoded and scored once."""
+    prompts = table.column("prompt").to_pylist()
+    ids: dict[tuple[str, str], int] = {}
+    per_column = {col: np.array([ids.setdefault((u, p), len(ids))
+                                 for u, p in zip(table.column(col).to_pylist(), prompts)], dtype=np.int64)
+                  for col in uri_columns}
+    videos = pa.table({"video_id": pa.array(range(len(ids)), pa.int64()),
+                       "uri": pa.array([k[0] for k in ids], pa.string()),
+                       "prompt": pa.array([k[1] for k in ids], pa.string())})
+    return videos, per_column
+
+
 # --- Ray Data batch inference -------------------------------------------------------------------------------
 def _replace_column(table: pa.Table, name: str, column: pa.Array) -> pa.Table:
     if name in table.column_names:

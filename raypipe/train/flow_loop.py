@@ -106,23 +106,6 @@ def step_loss(gen, engine, t_cfg, batch, generator: torch.Generator) -> tuple[to
     return sft_loss(err), {}
 
 
-def deepspeed_config(t, total_steps: int, bf16: bool) -> dict:
-    warmup = int(t.warmup_ratio * total_steps)
-    return {
-        "train_micro_batch_size_per_gpu": t.batch,
-        "gradient_accumulation_steps": 1,
-        "gradient_clipping": t.grad_clip,
-        "zero_optimization": {"stage": t.zero_stage},
-        "bf16": {"enabled": bf16},
-        "optimizer": {"type": "AdamW", "params": {"lr": t.lr, "betas": [0.9, 0.999], "eps": 1e-8,
-                                                  "weight_decay": t.weight_decay, "torch_adam": True}},
-        "scheduler": {"type": "WarmupCosineLR", "params": {"total_num_steps": max(total_steps, warmup + 1),
-                                                          "warmup_num_steps": max(warmup, 1),
-                                                          "cos_min_ratio": t.min_lr_ratio}},
-        "steps_per_print": 10 ** 9,
-    }
-
-
 def train_loop_per_worker(config: dict) -> None:
     import deepspeed
     import ray.train
@@ -131,7 +114,7 @@ def train_loop_per_worker(config: dict) -> None:
     from raypipe.flow.family import WanFamily
     from raypipe.flow.lora import add_lora
     from raypipe.train.flow_config import FlowTrainConfig
-    from raypipe.train.reward_loop import _all_ranks_true
+    from raypipe.train.common import all_ranks_true, deepspeed_config
 
     cfg = build_config(FlowTrainConfig, config["cfg"])
     t = cfg.train
@@ -152,7 +135,8 @@ def train_loop_per_worker(config: dict) -> None:
     total_steps = config["total_steps"]
     engine, _, _, _ = deepspeed.initialize(
         model=gen.transformer, model_parameters=[p for p in gen.transformer.parameters() if p.requires_grad],
-        config=deepspeed_config(t, total_steps, bf16=t.use_gpu and cfg.model.dtype == "bfloat16"))
+        config=deepspeed_config(t, total_steps, bf16=t.use_gpu and cfg.model.dtype == "bfloat16",
+                                micro_batch=t.batch))
 
     progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "curve": [], "resumes": [], "train_s": 0.0}
     checkpoint = ray.train.get_checkpoint()
@@ -193,7 +177,7 @@ def train_loop_per_worker(config: dict) -> None:
             else:  # every row failed to decode: a zero-gradient step keeps the ranks in lockstep
                 loss = sum(p.sum() for p in engine.module.parameters() if p.requires_grad) * 0.0
                 stats = {}
-            if not _all_ranks_true(bool(torch.isfinite(loss))):
+            if not all_ranks_true(bool(torch.isfinite(loss))):
                 raise RuntimeError(f"non-finite loss at step {step + 1} (epoch {epoch}, batch {index}); no "
                                    f"checkpoint is written. Lower train.lr / train.beta or check the data.")
             engine.backward(loss)
@@ -205,7 +189,7 @@ def train_loop_per_worker(config: dict) -> None:
             for k, v in stats.items():
                 window["stats"][k] = window["stats"].get(k, 0.0) + v
             train_s = spent_before + time.perf_counter() - attempt_t0
-            out_of_time = budget_s is not None and not _all_ranks_true(train_s < budget_s)
+            out_of_time = budget_s is not None and not all_ranks_true(train_s < budget_s)
             last = step >= total_steps or out_of_time
             if step % t.log_every == 0 or step % t.checkpoint_every == 0 or last:
                 elapsed = max(time.perf_counter() - window["t0"], 1e-9)

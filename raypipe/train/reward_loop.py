@@ -55,22 +55,9 @@ def pairs_to_inputs(batch, processor, dimensions, with_mos: bool = False):
 
 
 def deepspeed_config(t, total_steps: int, bf16: bool) -> dict:
-    warmup = max(1, int(t.warmup_ratio * total_steps))
-    return {
-        "train_micro_batch_size_per_gpu": t.batch_pairs,
-        "gradient_accumulation_steps": 1,
-        "gradient_clipping": t.grad_clip,
-        "zero_optimization": {"stage": t.zero_stage},
-        "bf16": {"enabled": bf16},
-        # torch_adam: a compiled FusedAdam is the default for "AdamW" and needs a CUDA toolchain.
-        "optimizer": {"type": "AdamW", "params": {"lr": t.lr, "betas": [0.9, 0.999], "eps": 1e-8,
-                                                  "weight_decay": t.weight_decay, "torch_adam": True}},
-        "scheduler": {"type": "WarmupCosineLR", "params": {"total_num_steps": max(total_steps, warmup + 1),
-                                                          "warmup_num_steps": warmup,
-                                                          "cos_min_ratio": t.min_lr_ratio}},
-        "steps_per_print": 10 ** 9,
-        "wall_clock_breakdown": False,
-    }
+    from raypipe.train.common import deepspeed_config as shared
+
+    return shared(t, total_steps, bf16, micro_batch=t.batch_pairs)
 
 
 def _loss(kind, rewards, targets, theta, device):
@@ -116,20 +103,13 @@ def validation_metrics(margins, labels, masks, dimensions) -> dict:
     return out
 
 
-def _all_ranks_true(flag: bool) -> bool:
-    import torch.distributed as dist
-
-    t = torch.tensor([0 if flag else 1])
-    dist.all_reduce(t)
-    return int(t.item()) == 0
-
-
 def train_loop_per_worker(config: dict) -> None:
     import deepspeed
     import ray.train
 
     from raypipe.config import build_config
     from raypipe.reward.model import VideoReward
+    from raypipe.train.common import all_ranks_true
     from raypipe.reward.scoring import compute_norm_stats
     from raypipe.train.reward_config import RewardTrainConfig
 
@@ -201,7 +181,7 @@ def train_loop_per_worker(config: dict) -> None:
             window["prep"] += fwd0 - prep0
             rewards = engine(_to(inputs, device))
             loss, stats = _loss(t.loss, rewards, targets, t.theta, device)
-            if not _all_ranks_true(bool(torch.isfinite(loss))):
+            if not all_ranks_true(bool(torch.isfinite(loss))):
                 raise RuntimeError(f"non-finite loss at step {step + 1} (epoch {epoch}, batch {index}); "
                                    f"no checkpoint is written. Lower train.lr or check the data.")
             bwd0 = time.perf_counter()
@@ -217,7 +197,7 @@ def train_loop_per_worker(config: dict) -> None:
             window["pairs"] += int(targets["y"].shape[0])
             train_s = spent_before + time.perf_counter() - attempt_t0
             # A time budget ends the run on every rank at the same step (any rank out of time -> all stop).
-            out_of_time = budget_s is not None and not _all_ranks_true(train_s < budget_s)
+            out_of_time = budget_s is not None and not all_ranks_true(train_s < budget_s)
             last = step >= total_steps or out_of_time
             if step % t.eval_every == 0 or step % t.checkpoint_every == 0 or last:
                 elapsed = time.perf_counter() - window["t0"]
