@@ -32,10 +32,12 @@ class GeneratorPretrainConfig:
     clip: ClipConfig = dataclasses.field(default_factory=lambda: ClipConfig(frames=9, height=32, width=32))
     tiny: TinyWanConfig = dataclasses.field(default_factory=TinyWanConfig)
     seed: int = 0
-    vae_steps: int = 300
-    vae_batch: int = 8
-    vae_lr: float = 2e-3
-    vae_fg_weight: float = 0.0  # up-weight object pixels in the VAE fit (see fit_vae)
+    vae_frame_steps: int = 400  # VAE fit (see fit_vae): single frames first,
+    vae_frame_lr: float = 2e-3
+    vae_steps: int = 200  # then whole clips at a lower rate
+    vae_lr: float = 3e-4
+    vae_batch: int = 4
+    vae_fg_weight: float = 10.0  # up-weight object pixels
     flow_overrides: list[str] = dataclasses.field(default_factory=list)  # key=value for the train-flow stage
     eval_prompts: int = 48
     sample_steps: int = 20
@@ -63,7 +65,7 @@ def run_pretrain_generator(cfg: GeneratorPretrainConfig) -> dict:
     from raypipe.flow.pairs import generator_clip
     from raypipe.flow.pretrain import fit_vae, oracle_report, set_latent_stats
     from raypipe.train.flow_config import FlowTrainConfig
-    from raypipe.train.flow_job import run_train_flow
+    from raypipe.train.flow_job import run_train_flow, true_captions
     from raypipe.video.synth import COLORS, DIRECTIONS, SHAPES, make_synthpref, make_prompt
 
     out = Path(cfg.out).resolve()
@@ -78,16 +80,18 @@ def run_pretrain_generator(cfg: GeneratorPretrainConfig) -> dict:
     clips = np.stack([generator_clip(u, cfg.clip) for u in uris])
     report["clips"] = int(len(clips))
 
-    print(f"2/4 fit the tiny VAE ({cfg.vae_steps} steps)", flush=True)
+    print(f"2/4 fit the tiny VAE ({cfg.vae_frame_steps} frame steps, {cfg.vae_steps} clip steps)", flush=True)
     gen = WanFamily.load(make_tiny_wan(out / "tiny_wan", cfg.tiny, cfg.seed))
     torch.manual_seed(cfg.seed)
-    history = fit_vae(gen, clips, steps=cfg.vae_steps, batch=cfg.vae_batch, lr=cfg.vae_lr, seed=cfg.seed,
+    history = fit_vae(gen, clips, steps=cfg.vae_steps, batch=cfg.vae_batch, lr=cfg.vae_lr,
+                      frame_steps=cfg.vae_frame_steps, frame_lr=cfg.vae_frame_lr, seed=cfg.seed,
                       fg_weight=cfg.vae_fg_weight)
     set_latent_stats(gen, clips)
     gen.pipeline.save_pretrained(out / "vae_fitted")
     (out / "vae_fitted" / "raypipe_family.json").write_text((out / "tiny_wan" / "raypipe_family.json").read_text())
     recon = gen.decode_latents(gen.encode_videos(clips[:64]))
-    prompts = (table.column("prompt").to_pylist() * 2)[:64]
+    prompts = ((true_captions(table, "A") or table.column("prompt").to_pylist())
+               + (true_captions(table, "B") or table.column("prompt").to_pylist()))[:64]
     report["vae"] = {"history": history, "recon_oracle": oracle_report(recon, prompts),
                      "source_oracle": oracle_report(clips[:64], prompts), "s": round(time.perf_counter() - t0, 1)}
     print(f"    VAE mse {history[-1]['mse']:.4f}; oracle on reconstructions {report['vae']['recon_oracle']}",

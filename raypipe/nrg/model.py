@@ -1,0 +1,123 @@
+"""The latent, noise-aware reward model of Flow-NRG (SPEC §6.1): r_φ(x_t, t, c) ∈ R^D on the generator's latents.
+
+    lr = LatentReward.from_generator(gen.transformer, dims=("VQ", "MQ", "TA"), k_blocks=2)
+    r = lr(x_t, t, text)                      # [B, D]; x_t normalised latents, t in [0, 1], text [B, L, D_text]
+    lr.save_pretrained(dir); LatentReward.from_pretrained(dir)
+
+The trunk is a real `WanTransformer3DModel` with `num_layers = K`, initialised from the generator's patch
+embedding, time/text conditioning and first K blocks (the same keys, copied); the rest of the generator is not
+kept. Tokens after block K are mean-pooled, layer-normed, and one linear head per dimension (the rows of one
+`nn.Linear(hidden, D)`) gives the rewards. `trainable` picks what learns: "all" (trunk + heads), "blocks" (the K
+blocks + heads; patch embedding and conditioning frozen) or "heads".
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+TRAINABLE = ("all", "blocks", "heads")
+_CONFIG = "latent_reward.json"
+
+
+class LatentReward(nn.Module):
+    def __init__(self, trunk, dims: tuple[str, ...], trainable: str = "all"):
+        super().__init__()
+        if trainable not in TRAINABLE:
+            raise ValueError(f"trainable must be one of {TRAINABLE}, got {trainable!r}")
+        if not dims:
+            raise ValueError("a latent reward needs at least one dimension")
+        self.trunk = trunk
+        self.dims = tuple(dims)
+        self.trainable = trainable
+        hidden = trunk.config.num_attention_heads * trunk.config.attention_head_dim
+        self.norm = nn.LayerNorm(hidden)
+        self.heads = nn.Linear(hidden, len(self.dims))
+        nn.init.normal_(self.heads.weight, std=hidden ** -0.5)
+        nn.init.zeros_(self.heads.bias)
+        self.set_trainable(trainable)
+
+    @property
+    def k_blocks(self) -> int:
+        return len(self.trunk.blocks)
+
+    def set_trainable(self, trainable: str) -> None:
+        self.trainable = trainable
+        self.trunk.requires_grad_(trainable == "all")
+        if trainable == "blocks":
+            self.trunk.blocks.requires_grad_(True)
+        self.norm.requires_grad_(True)
+        self.heads.requires_grad_(True)
+
+    @classmethod
+    def from_generator(cls, transformer, dims, k_blocks: int = 2, trainable: str = "all") -> "LatentReward":
+        """Copy the generator transformer's embedding, conditioning and first `k_blocks` blocks into a trunk."""
+        from diffusers import WanTransformer3DModel
+
+        n = len(transformer.blocks)
+        if not 1 <= k_blocks <= n:
+            raise ValueError(f"k_blocks must be in [1, {n}] (the generator has {n} blocks), got {k_blocks}")
+        config = dict(transformer.config)
+        config["num_layers"] = k_blocks
+        trunk = WanTransformer3DModel.from_config(config)
+        source = transformer.state_dict()
+        missing, unexpected = trunk.load_state_dict({k: v for k, v in source.items() if k in trunk.state_dict()},
+                                                   strict=False)
+        # Only the output head of the trunk (unused here) may stay at its random initialisation.
+        left = [k for k in missing if not k.startswith(("proj_out", "scale_shift_table", "norm_out"))]
+        if left or unexpected:
+            raise RuntimeError(f"could not copy the generator's first {k_blocks} blocks: missing {left}")
+        trunk.to(next(transformer.parameters()).dtype)
+        return cls(trunk, tuple(dims), trainable)
+
+    def features(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Pooled [B, hidden] features of the first K blocks (the generator's own conditioning of t and c)."""
+        tr = self.trunk
+        dtype = next(tr.parameters()).dtype
+        x_t, text = x_t.to(dtype), text.to(dtype)
+        rotary = tr.rope(x_t)
+        h = tr.patch_embedding(x_t).flatten(2).transpose(1, 2).contiguous()
+        _, timestep_proj, enc, _ = tr.condition_embedder((1000.0 * t).to(dtype), text, None)
+        timestep_proj = timestep_proj.unflatten(1, (6, -1))
+        for block in tr.blocks:
+            h = block(h, enc, timestep_proj, rotary)
+        return h.float().mean(dim=1)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """[B, D] rewards of noisy latents x_t at times t (t = 0: clean) for prompt embeddings `text`."""
+        return self.heads(self.norm(self.features(x_t, t, text)))
+
+    # --- persistence ---------------------------------------------------------------------------------------
+    def save_pretrained(self, path: str | os.PathLike, extra: dict | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.trunk.save_pretrained(path / "trunk")
+        save_file({f"norm.{k}": v.contiguous() for k, v in self.norm.state_dict().items()}
+                  | {f"heads.{k}": v.contiguous() for k, v in self.heads.state_dict().items()},
+                  str(path / "heads.safetensors"))
+        (path / _CONFIG).write_text(json.dumps({"dims": list(self.dims), "k_blocks": self.k_blocks,
+                                                "trainable": self.trainable, **(extra or {})}, indent=2))
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, dtype: str = "float32", device: str = "cpu") -> "LatentReward":
+        from diffusers import WanTransformer3DModel
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not (path / _CONFIG).exists():
+            raise FileNotFoundError(f"{path} is not a latent reward model (no {_CONFIG}); train one with "
+                                    f"`raypipe train-latent-reward`")
+        meta = json.loads((path / _CONFIG).read_text())
+        trunk = WanTransformer3DModel.from_pretrained(path / "trunk", torch_dtype=getattr(torch, dtype))
+        model = cls(trunk, tuple(meta["dims"]), meta.get("trainable", "all"))
+        state = load_file(str(path / "heads.safetensors"))
+        model.norm.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("norm.")})
+        model.heads.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("heads.")})
+        model.meta = meta
+        return model.to(device).eval().requires_grad_(False)
