@@ -283,6 +283,44 @@ def _run_pretrain_generator(args) -> int:
     return pretrain_generator_from_args(args.config, args.out, args.overrides)
 
 
+def _add_train_latent_reward(sub):
+    p = sub.add_parser("train-latent-reward", help="Flow-NRG: train the noise-aware latent reward model (Ray Train + "
+                                                   "DeepSpeed) from labelled or relabelled pairs",
+                       description="Pairs (manifest labels or relabel's model_<DIM>) -> latent cache -> a reward "
+                                   "model built from the generator's first K transformer blocks, trained on both "
+                                   "latents noised with one shared eps and t (BT/BTT) -> OUT/final, held-out "
+                                   "accuracy per t bucket in OUT/metrics.json.", epilog=EPILOG_OVERRIDES)
+    p.add_argument("--config", help="YAML (e.g. configs/latent_reward_tiny.yaml)")
+    p.add_argument("--out", help="output folder (= out)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. k_blocks=1 train.noise=clean")
+    p.set_defaults(func=_run_train_latent_reward)
+
+
+def _run_train_latent_reward(args) -> int:
+    from raypipe.nrg.train_job import train_latent_reward_from_args
+
+    return train_latent_reward_from_args(args.config, args.out, args.overrides)
+
+
+def _add_generate(sub):
+    p = sub.add_parser("generate", help="Flow-NRG: sample videos with reward guidance (per-dimension weights)",
+                       description="Euler sampling with classifier-free guidance, then reward guidance "
+                                   "v - λ·t/(1-t)·∇ Σ_d w_d r_d from the latent reward model at every step but the "
+                                   "first. Writes OUT/videos/*.mp4 and OUT/samples.json.", epilog=EPILOG_OVERRIDES)
+    p.add_argument("--generator", help="WanPipeline folder (e.g. gen-out/flow/final)")
+    p.add_argument("--lora", help="adapters from train-flow (optional)")
+    p.add_argument("--latent-reward", dest="latent_reward", help="latent reward model (train-latent-reward OUT/final)")
+    p.add_argument("--prompts", help="a number (seeded SynthPref prompts), a .txt/manifest, or 'p1|p2'")
+    p.add_argument("--weights", help="per-dimension weights, e.g. VQ=0.1,MQ=0.1,TA=0.8")
+    p.add_argument("--strength", type=float, help="guidance strength λ (0: unguided)")
+    p.add_argument("--seed", type=int, help="noise seed (same seed = same initial noise, guided or not)")
+    p.add_argument("--steps", type=int, help="sampling steps (default 20)")
+    p.add_argument("--config", help="YAML with the same keys")
+    p.add_argument("--out", help="output folder")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. cfg_scale=4 frames=9")
+    p.set_defaults(func=lambda args: __import__("raypipe.nrg.generate", fromlist=["x"]).generate_from_args(args))
+
+
 # --- bench -------------------------------------------------------------------------------------------------
 def _add_bench(sub):
     p = sub.add_parser("bench", help="benchmarks (JSON out, ratios against a baseline measured in the same run)")
@@ -359,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"raypipe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_probe, _add_synth, _add_oracle, _add_pairs, _add_train_reward, _add_eval_reward, _add_relabel,
-                _add_train_flow, _add_pretrain_generator, _add_eval_flow,
+                _add_train_flow, _add_pretrain_generator, _add_eval_flow, _add_train_latent_reward, _add_generate,
                 _add_demo, _add_bench):
         add(sub)
     return parser

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raypipe.config import SynthConfig, load_config, save_config
+from raypipe.config import SynthConfig, load_config, save_config, to_dict
 from raypipe.flow.family import TinyWanConfig
 from raypipe.flow.pairs import ClipConfig
 
@@ -80,22 +80,31 @@ def run_pretrain_generator(cfg: GeneratorPretrainConfig) -> dict:
     clips = np.stack([generator_clip(u, cfg.clip) for u in uris])
     report["clips"] = int(len(clips))
 
-    print(f"2/4 fit the tiny VAE ({cfg.vae_frame_steps} frame steps, {cfg.vae_steps} clip steps)", flush=True)
-    gen = WanFamily.load(make_tiny_wan(out / "tiny_wan", cfg.tiny, cfg.seed))
-    torch.manual_seed(cfg.seed)
-    history = fit_vae(gen, clips, steps=cfg.vae_steps, batch=cfg.vae_batch, lr=cfg.vae_lr,
-                      frame_steps=cfg.vae_frame_steps, frame_lr=cfg.vae_frame_lr, seed=cfg.seed,
-                      fg_weight=cfg.vae_fg_weight)
-    set_latent_stats(gen, clips)
-    gen.pipeline.save_pretrained(out / "vae_fitted")
-    (out / "vae_fitted" / "raypipe_family.json").write_text((out / "tiny_wan" / "raypipe_family.json").read_text())
-    recon = gen.decode_latents(gen.encode_videos(clips[:64]))
-    prompts = ((true_captions(table, "A") or table.column("prompt").to_pylist())
-               + (true_captions(table, "B") or table.column("prompt").to_pylist()))[:64]
-    report["vae"] = {"history": history, "recon_oracle": oracle_report(recon, prompts),
-                     "source_oracle": oracle_report(clips[:64], prompts), "s": round(time.perf_counter() - t0, 1)}
-    print(f"    VAE mse {history[-1]['mse']:.4f}; oracle on reconstructions {report['vae']['recon_oracle']}",
-          flush=True)
+    vae_key = {k: to_dict(cfg)[k] for k in ("synth", "clip", "tiny", "seed", "vae_frame_steps", "vae_frame_lr",
+                                             "vae_steps", "vae_lr", "vae_batch", "vae_fg_weight")}
+    stamp = out / "vae_fitted" / "vae_report.json"
+    if stamp.exists() and json.loads(stamp.read_text()).get("key") == vae_key:
+        report["vae"] = json.loads(stamp.read_text())["report"]
+        print(f"2/4 fitted VAE found in {out / 'vae_fitted'} (same settings): reused", flush=True)
+    else:
+        print(f"2/4 fit the tiny VAE ({cfg.vae_frame_steps} frame steps, {cfg.vae_steps} clip steps)", flush=True)
+        gen = WanFamily.load(make_tiny_wan(out / "tiny_wan", cfg.tiny, cfg.seed))
+        torch.manual_seed(cfg.seed)
+        history = fit_vae(gen, clips, steps=cfg.vae_steps, batch=cfg.vae_batch, lr=cfg.vae_lr,
+                          frame_steps=cfg.vae_frame_steps, frame_lr=cfg.vae_frame_lr, seed=cfg.seed,
+                          fg_weight=cfg.vae_fg_weight)
+        set_latent_stats(gen, clips)
+        gen.pipeline.save_pretrained(out / "vae_fitted")
+        (out / "vae_fitted" / "raypipe_family.json").write_text(
+            (out / "tiny_wan" / "raypipe_family.json").read_text())
+        recon = gen.decode_latents(gen.encode_videos(clips[:64]))
+        prompts = ((true_captions(table, "A") or table.column("prompt").to_pylist())
+                   + (true_captions(table, "B") or table.column("prompt").to_pylist()))[:64]
+        report["vae"] = {"history": history, "recon_oracle": oracle_report(recon, prompts),
+                         "source_oracle": oracle_report(clips[:64], prompts), "s": round(time.perf_counter() - t0, 1)}
+        stamp.write_text(json.dumps({"key": vae_key, "report": report["vae"]}, default=float))
+    print(f"    VAE mse {report['vae']['history'][-1]['mse']:.4f}; oracle on reconstructions "
+          f"{report['vae']['recon_oracle']}", flush=True)
 
     print("3/4 flow-matching pretraining (train-flow --algo pretrain)", flush=True)
     flow_cfg = load_config(FlowTrainConfig, None, [

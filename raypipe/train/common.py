@@ -31,3 +31,121 @@ def all_ranks_true(flag: bool) -> bool:
     t = torch.tensor([0 if flag else 1])
     dist.all_reduce(t)
     return int(t.item()) == 0
+
+
+def without_errors(batch):
+    """(rows of a pyarrow batch whose `error` is null, number dropped)."""
+    import pyarrow.compute as pc
+
+    if "error" not in batch.column_names:
+        return batch, 0
+    bad = pc.is_valid(batch.column("error"))
+    n_bad = int(pc.sum(bad).as_py() or 0)
+    return (batch.filter(pc.invert(bad)), n_bad) if n_bad else (batch, 0)
+
+
+def worker_loop(engine, t, total_steps: int, step_fn, save_final, tensorboard_dir: str | None = None) -> None:
+    """The Ray Train worker loop every DeepSpeed job here shares (train-flow, train-latent-reward).
+
+    Per step: a batch of `t.batch` rows from this worker's "train" shard, error rows dropped (counted) ->
+    `step_fn(batch, generator) -> (loss, stats)` -> a finite check agreed by all ranks -> engine.backward/step.
+    Every `t.log_every` steps a curve point (loss, stats, items/s, lr, train_s) goes to progress and, on rank 0,
+    to TensorBoard; every `t.checkpoint_every` steps and at the end a checkpoint (DeepSpeed state of every rank,
+    rank 0's progress.json, and at the end `save_final(dir / "final")` on rank 0) is reported. After a restart
+    the DeepSpeed state and progress come back and the batches of the current epoch already consumed are
+    skipped. `t.max_minutes` stops early (all ranks agree); `t.record_rows` keeps the consumed rows' first uri."""
+    import json
+    import tempfile
+    import time
+    from pathlib import Path
+
+    import ray.train
+    import torch
+
+    rank = ray.train.get_context().get_world_rank()
+    progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "curve": [], "resumes": [], "train_s": 0.0}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            engine.load_checkpoint(d, tag="ds")
+            progress = json.loads((Path(d) / "progress.json").read_text())
+        progress["resumes"].append({"at_step": progress["step"], "engine_global_steps": engine.global_steps})
+    writer = None
+    if rank == 0 and tensorboard_dir:
+        from tensorboardX import SummaryWriter
+
+        writer = SummaryWriter(tensorboard_dir)
+    generator = torch.Generator().manual_seed(t.seed * 1000 + rank * 7919 + progress["step"])
+
+    def report(point: dict, final: bool) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            engine.save_checkpoint(d, tag="ds")
+            if rank == 0:
+                if final:
+                    save_final(Path(d) / "final")
+                (Path(d) / "progress.json").write_text(json.dumps(progress))
+            ray.train.report({"step": point["step"], "final": final, "loss": point.get("loss")},
+                             checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    shard = ray.train.get_dataset_shard("train")
+    step, done = progress["step"], progress["step"] >= total_steps
+    attempt_t0, spent_before = time.perf_counter(), float(progress.get("train_s", 0.0))
+    budget_s = 60.0 * t.max_minutes if t.max_minutes else None
+    window = {"loss": 0.0, "n": 0, "stats": {}, "t0": time.perf_counter(), "items": 0}
+    for epoch in range(progress["epoch"], t.epochs):
+        if done:
+            break
+        skip = progress["batch_in_epoch"] if epoch == progress["epoch"] else 0
+        shard_iter = shard.iter_batches(batch_size=t.batch, batch_format="pyarrow", drop_last=True,
+                                        local_shuffle_buffer_size=None)
+        for index, batch in enumerate(shard_iter):
+            if index < skip:
+                continue
+            engine.train()
+            if getattr(t, "record_rows", False):
+                key = next(k for k in ("uri_w", "uri_A", "uri") if k in batch.column_names)
+                progress.setdefault("rows", {}).setdefault(str(epoch), []).extend(batch.column(key).to_pylist())
+            batch, n_bad = without_errors(batch)
+            progress["error_rows"] = progress.get("error_rows", 0) + n_bad
+            if batch.num_rows:
+                loss, stats = step_fn(batch, generator)
+            else:  # every row failed to decode: a zero-gradient step keeps the ranks in lockstep
+                loss = sum(p.sum() for p in engine.module.parameters() if p.requires_grad) * 0.0
+                stats = {}
+            if not all_ranks_true(bool(torch.isfinite(loss))):
+                raise RuntimeError(f"non-finite loss at step {step + 1} (epoch {epoch}, batch {index}); no "
+                                   f"checkpoint is written. Lower train.lr or check the data.")
+            engine.backward(loss)
+            engine.step()
+            step += 1
+            window["loss"] += float(loss.detach())
+            window["n"] += 1
+            window["items"] += batch.num_rows
+            for k, v in stats.items():
+                window["stats"][k] = window["stats"].get(k, 0.0) + v
+            train_s = spent_before + time.perf_counter() - attempt_t0
+            out_of_time = budget_s is not None and not all_ranks_true(train_s < budget_s)
+            last = step >= total_steps or out_of_time
+            if step % t.log_every == 0 or step % t.checkpoint_every == 0 or last:
+                elapsed = max(time.perf_counter() - window["t0"], 1e-9)
+                point = {"step": step, "epoch": epoch, "loss": window["loss"] / window["n"],
+                         "items_per_s_per_worker": window["items"] / elapsed, "lr": engine.get_lr()[0],
+                         "train_s": round(train_s, 1),
+                         **{k: v / window["n"] for k, v in window["stats"].items()}}
+                progress["curve"].append(point)
+                if writer is not None:
+                    for k, v in point.items():
+                        if k not in ("step", "epoch"):
+                            writer.add_scalar(f"train/{k}", v, step)
+                    writer.flush()
+                window = {"loss": 0.0, "n": 0, "stats": {}, "t0": time.perf_counter(), "items": 0}
+                progress.update(step=step, epoch=epoch, batch_in_epoch=index + 1, train_s=train_s)
+                if step % t.checkpoint_every == 0 or last:
+                    report(point, last)
+            if last:
+                done = True
+                break
+    if not done:
+        report({"step": step}, True)
+    if writer is not None:
+        writer.close()

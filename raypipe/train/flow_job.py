@@ -144,9 +144,7 @@ def _read_pairs(path: str, cfg: FlowTrainConfig) -> pa.Table:
 
 def _latent_cache(cfg: FlowTrainConfig, rows: pa.Table, out: Path):
     """The cached dataset for these rows: read it back, or build it once (Ray Data decode tasks + encoder actors)."""
-    import ray.data
-
-    from raypipe.flow.latents import latent_dataset
+    from raypipe.flow.latents import latent_dataset, read_cache
 
     path = Path(cfg.data.latent_cache)
     if not path.is_absolute():
@@ -165,7 +163,7 @@ def _latent_cache(cfg: FlowTrainConfig, rows: pa.Table, out: Path):
         stamp.write_text(json.dumps(key))
         print(f"latent cache: {rows.num_rows} rows encoded into {path} in {time.perf_counter() - t0:.1f} s",
               flush=True)
-    return ray.data.read_parquet(str(path), file_extensions=["parquet"])
+    return read_cache(path)
 
 
 def plot_flow_curve(curve: list[dict], path: Path) -> None:
