@@ -376,6 +376,31 @@ def _add_bench(sub):
     fm.add_argument("--pairs", type=int, default=2, help="pairs per step (default 2 = 4 videos)")
     fm.add_argument("--steps", type=int, default=5, help="timed steps after 2 warm-up steps (default 5)")
     fm.set_defaults(func=_bench_runner("flow_memory", "run_flow_memory_bench"))
+    nb = bsub.add_parser("nrg", help="Flow-NRG Table 5 in miniature: guided vs unguided win rates (reward model + "
+                                     "oracle), clean-latent ablation, guidance cost vs pixel-space guidance",
+                         description="Guided and unguided samples from the same noise for each weight vector, "
+                                     "judged by the pixel VideoReward and the SynthPref oracle side by side; the "
+                                     "same with a clean-latent reward (ablation); sampling time guided/unguided and "
+                                     "pixel-space guidance. Writes OUT/nrg.json, OUT/nrg.md, OUT/grid.gif.")
+    nb.add_argument("--out", required=True, help="output folder")
+    nb.add_argument("--generator", required=True, help="WanPipeline folder (e.g. gen-out/flow/final)")
+    nb.add_argument("--latent-reward", required=True, dest="latent_reward", help="noise-aware latent reward")
+    nb.add_argument("--clean-latent-reward", dest="clean_latent_reward", help="latent reward trained on t = 0 only")
+    nb.add_argument("--reward", required=True, help="pixel VideoReward checkpoint (the judge)")
+    nb.add_argument("--prompts", default="48", help="number of seeded SynthPref prompts or a file (default 48)")
+    nb.add_argument("--weights", nargs="+", default=["0:0:1", ".1:.1:.8", ".5:.5:0"],
+                    help="VQ:MQ:TA weight vectors (default 0:0:1 .1:.1:.8 .5:.5:0)")
+    nb.add_argument("--strength", type=float, default=1.0, help="λ (default 1)")
+    nb.add_argument("--steps", type=int, default=20)
+    nb.add_argument("--cfg-scale", type=float, default=4.0, dest="cfg_scale")
+    nb.add_argument("--frames", type=int, default=9)
+    nb.add_argument("--height", type=int, default=32)
+    nb.add_argument("--width", type=int, default=32)
+    nb.add_argument("--seed", type=int, default=0)
+    nb.add_argument("--cost-prompts", type=int, default=4, dest="cost_prompts",
+                    help="prompts for the cost comparison (default 4)")
+    nb.add_argument("--hacking-margin", type=float, default=0.05, dest="hacking_margin")
+    nb.set_defaults(func=_bench_runner("nrg", "run_nrg_bench"))
 
 
 def _bench_runner(module: str, function: str):

@@ -175,3 +175,39 @@ def test_generate_writes_videos_and_rewards_and_rejects_bad_requests(gen, tmp_pa
                                     out=str(tmp_path / "y")))
     with pytest.raises(ConfigError, match="steps must be"):
         run_generate(GenerateConfig(**{**base, "steps": 10_000}, out=str(tmp_path / "z")))
+
+
+def test_differentiable_patches_equal_the_processor_layout():
+    from raypipe.nrg.pixel import patches_torch
+    from raypipe.reward.processor import video_patches
+
+    frames = np.random.default_rng(0).integers(0, 256, (5, 56, 84, 3), dtype=np.uint8)  # odd T: last repeated
+    expected, _ = video_patches(frames)
+    got = patches_torch(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bench_nrg_smoke(gen, tmp_path, reward_checkpoint):
+    """Tiny everything: the benchmark runs every part and reports win rates by reward and oracle and the costs."""
+    import argparse
+    import json
+
+    from raypipe.bench.nrg import run_nrg_bench
+
+    wan = tmp_path / "wan"
+    gen.pipeline.save_pretrained(wan)
+    (wan / "raypipe_family.json").write_text(json.dumps({"family": "wan", "max_text_len": 16, "shift": 3.0}))
+    for name in ("noisy", "clean"):
+        LatentReward.from_generator(gen.transformer, DIMS, k_blocks=1).save_pretrained(tmp_path / name)
+    args = argparse.Namespace(out=str(tmp_path / "b"), generator=str(wan), latent_reward=str(tmp_path / "noisy"),
+                              clean_latent_reward=str(tmp_path / "clean"), reward=str(reward_checkpoint),
+                              prompts="3", weights=["0:0:1", ".5:.5:0"], strength=1.0, steps=3, cfg_scale=2.0,
+                              frames=9, height=16, width=16, seed=0, cost_prompts=2, hacking_margin=0.05)
+    report = run_nrg_bench(args)
+    assert set(report["runs"]) == {"noisy 0:0:1", "noisy .5:.5:0", "clean 0:0:1"}
+    run = report["runs"]["noisy 0:0:1"]
+    assert run["weights"] == {"VQ": 0.0, "MQ": 0.0, "TA": 1.0}
+    assert set(run["reward_win_rate"]) >= {"VQ", "MQ", "TA"} and set(run["oracle_win_rate"]) == {"VQ", "MQ", "TA"}
+    assert all(0.0 <= v <= 1.0 for v in run["reward_win_rate"].values())
+    assert report["cost"]["latent_over_unguided"] > 0 and report["cost"]["pixel_over_unguided"] > 0
+    assert (tmp_path / "b" / "nrg.md").read_text().startswith("# Flow-NRG")

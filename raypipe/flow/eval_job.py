@@ -71,16 +71,67 @@ def write_grid_gif(base: np.ndarray, aligned: np.ndarray, path: Path, scale: int
     return path
 
 
-def run_eval_flow(cfg: FlowEvalConfig) -> dict:
-    import torch
-
-    from raypipe.flow.family import WanFamily
-    from raypipe.flow.pretrain_job import sample_videos
+def score_samples(samples: dict[str, np.ndarray], prompts: list[str], reward_path: str, out: Path,
+                  fps: float = 8.0) -> tuple[dict, dict, list[str]]:
+    """Write each set of samples as mp4 (OUT/videos/<name>/NNNN.mp4), score them with the reward checkpoint
+    exactly as relabel would see them (decoded with its sampling) and judge them with the oracle.
+    Returns (scores {name: [N, D]}, oracle verdicts {name: [dict]}, reward dimensions)."""
     from raypipe.reward.model import VideoReward
     from raypipe.reward.scoring import resolve_sampling
     from raypipe.video.decode import VideoClip, decode_video
     from raypipe.video.encode import write_mp4
     from raypipe.video.oracle import judge
+
+    reward = VideoReward.from_pretrained(reward_path)
+    sampling, _ = resolve_sampling(reward_path, None)
+    scores, oracle = {}, {}
+    for name, videos in samples.items():
+        folder = out / "videos" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        frames_list = []
+        for i, video in enumerate(videos):
+            path = folder / f"{i:04d}.mp4"
+            write_mp4(video, path, fps)
+            clip = decode_video(str(path), sampling)
+            if not isinstance(clip, VideoClip):
+                raise RuntimeError(f"a generated sample could not be read back: {clip}")
+            frames_list.append(clip.frames)
+        scores[name] = np.concatenate([reward.score(frames_list[i:i + 16], prompts[i:i + 16]).numpy()
+                                       for i in range(0, len(prompts), 16)])
+        oracle[name] = [judge(v, p) for v, p in zip(videos, prompts)]
+    return scores, oracle, list(reward.dimensions)
+
+
+def compare(scores: dict, oracle: dict, dims: list[str], prompts: list[str], new: str, old: str,
+            hacking_margin: float = 0.05) -> dict:
+    """Win rates of `new` over `old` per dimension, by the reward model and by the oracle on the same samples;
+    a reward win the oracle does not confirm (by more than `hacking_margin`) is listed as reward hacking."""
+    report = {"prompts": len(prompts), "reward_win_rate": {}, "oracle_win_rate": {}, "reward_hacking": [],
+              "mean_reward": {}, "oracle_mean": {}}
+    for j, dim in enumerate(dims):
+        report["reward_win_rate"][dim] = win_rate(scores[new][:, j], scores[old][:, j])
+        report["mean_reward"][dim] = {n: float(scores[n][:, j].mean()) for n in (old, new)}
+        if dim in ("VQ", "MQ", "TA"):
+            o_new = np.array([v[dim] for v in oracle[new]])
+            o_old = np.array([v[dim] for v in oracle[old]])
+            report["oracle_win_rate"][dim] = win_rate(o_new, o_old)
+            report["oracle_mean"][dim] = {old: float(o_old.mean()), new: float(o_new.mean())}
+            r, o = report["reward_win_rate"][dim], report["oracle_win_rate"][dim]
+            if r > 0.5 and r - o > hacking_margin:
+                report["reward_hacking"].append(
+                    f"{dim}: the reward model prefers the {new} samples ({r:.2f}) but the oracle does not ({o:.2f})")
+    for name in (old, new):
+        report[f"oracle_{name}_attributes"] = {
+            key: float(np.mean([v.get(key) == p.split()[pos] for v, p in zip(oracle[name], prompts)]))
+            for key, pos in (("color", 1), ("shape", 2), ("direction", 4))}
+    return report
+
+
+def run_eval_flow(cfg: FlowEvalConfig) -> dict:
+    import torch
+
+    from raypipe.flow.family import WanFamily
+    from raypipe.flow.pretrain_job import sample_videos
 
     for name in ("base", "lora", "reward"):
         if not getattr(cfg, name):
@@ -98,42 +149,8 @@ def run_eval_flow(cfg: FlowEvalConfig) -> dict:
                  cfg.height // gen.spatial, cfg.width // gen.spatial)
         torch.manual_seed(cfg.seed)
         samples[name] = sample_videos(gen, prompts, shape, cfg.steps, cfg.cfg_scale, cfg.seed)  # same noise
-    reward = VideoReward.from_pretrained(cfg.reward)
-    sampling, _ = resolve_sampling(cfg.reward, None)
-    dims = list(reward.dimensions)
-    scores, oracle = {}, {}
-    for name, videos in samples.items():
-        folder = out / "videos" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        frames_list = []
-        for i, video in enumerate(videos):
-            path = folder / f"{i:04d}.mp4"
-            write_mp4(video, path, cfg.fps)
-            clip = decode_video(str(path), sampling)
-            if not isinstance(clip, VideoClip):
-                raise RuntimeError(f"a generated sample could not be read back: {clip}")
-            frames_list.append(clip.frames)
-        scores[name] = np.concatenate([reward.score(frames_list[i:i + 16], prompts[i:i + 16]).numpy()
-                                       for i in range(0, len(prompts), 16)])
-        oracle[name] = [judge(v, p) for v, p in zip(videos, prompts)]
-    report = {"prompts": len(prompts), "reward_win_rate": {}, "oracle_win_rate": {}, "reward_hacking": [],
-              "mean_reward": {}, "oracle_mean": {}}
-    for j, dim in enumerate(dims):
-        report["reward_win_rate"][dim] = win_rate(scores["aligned"][:, j], scores["base"][:, j])
-        report["mean_reward"][dim] = {n: float(scores[n][:, j].mean()) for n in scores}
-        if dim in ("VQ", "MQ", "TA"):
-            o_a = np.array([v[dim] for v in oracle["aligned"]])
-            o_b = np.array([v[dim] for v in oracle["base"]])
-            report["oracle_win_rate"][dim] = win_rate(o_a, o_b)
-            report["oracle_mean"][dim] = {"base": float(o_b.mean()), "aligned": float(o_a.mean())}
-            r, o = report["reward_win_rate"][dim], report["oracle_win_rate"][dim]
-            if r > 0.5 and r - o > cfg.hacking_margin:
-                report["reward_hacking"].append(
-                    f"{dim}: the reward model prefers the aligned samples ({r:.2f}) but the oracle does not ({o:.2f})")
-    for name in ("base", "aligned"):
-        report[f"oracle_{name}_attributes"] = {
-            key: float(np.mean([v.get(key) == p.split()[pos] for v, p in zip(oracle[name], prompts)]))
-            for key, pos in (("color", 1), ("shape", 2), ("direction", 4))}
+    scores, oracle, dims = score_samples(samples, prompts, cfg.reward, out, cfg.fps)
+    report = compare(scores, oracle, dims, prompts, "aligned", "base", cfg.hacking_margin)
     n = min(cfg.grid, len(prompts))
     write_grid_gif(samples["base"][:n], samples["aligned"][:n], out / "grid.gif")
     (out / "report.json").write_text(json.dumps(report, indent=2))
