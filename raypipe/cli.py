@@ -302,6 +302,21 @@ def _run_train_latent_reward(args) -> int:
     return train_latent_reward_from_args(args.config, args.out, args.overrides)
 
 
+def _add_sample_pairs(sub):
+    p = sub.add_parser("sample-pairs", help="pairs from the generator's own samples: K per prompt, relabelled by the "
+                                            "reward model, best vs worst",
+                       description="K samples per prompt -> raypipe relabel -> per prompt the best vs the worst by "
+                                   "the weighted reward -> OUT/pairs (relabel-shaped: train-flow "
+                                   "data.source=margins, train-latent-reward labels=model).",
+                       epilog=EPILOG_OVERRIDES)
+    p.add_argument("--config", help="YAML with the same keys")
+    p.add_argument("--out", help="output folder")
+    p.add_argument("overrides", nargs="*", help="key=value, e.g. generator=gen-out/flow/final "
+                                                "reward=reward-out/final prompts=128 k=4 weights={MQ: 1}")
+    p.set_defaults(func=lambda a: __import__("raypipe.flow.sample_pairs", fromlist=["x"]).sample_pairs_from_args(
+        a.config, a.out, a.overrides))
+
+
 def _add_generate(sub):
     p = sub.add_parser("generate", help="Flow-NRG: sample videos with reward guidance (per-dimension weights)",
                        description="Euler sampling with classifier-free guidance, then reward guidance "
@@ -423,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_probe, _add_synth, _add_oracle, _add_pairs, _add_train_reward, _add_eval_reward, _add_relabel,
                 _add_train_flow, _add_pretrain_generator, _add_eval_flow, _add_train_latent_reward, _add_generate,
+                _add_sample_pairs,
                 _add_demo, _add_bench):
         add(sub)
     return parser
