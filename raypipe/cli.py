@@ -137,9 +137,12 @@ def _run_pairs(args) -> int:
 # --- demo --------------------------------------------------------------------------------------------------
 def _add_demo(sub):
     p = sub.add_parser("demo", help="the end-to-end story on a local Ray with the tiny models",
-                       description="Synthesise SynthPref, push it through the Ray Data pair pipeline and print "
-                                   "a summary (later stages are added as they land).", epilog=EPILOG_OVERRIDES)
+                       description="SynthPref -> Ray Data pairs -> train + evaluate VideoReward -> relabel -> pairs "
+                                   "from the tiny pretrained generator's samples -> Flow-DPO + win rates -> Flow-NRG "
+                                   "latent reward + guided sampling; prints a summary.", epilog=EPILOG_OVERRIDES)
     p.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
+    p.add_argument("--from-scratch", action="store_true", dest="from_scratch",
+                   help="remake the tiny generator (pretrain-generator, ~25 min) instead of the repo asset")
     p.add_argument("--config", default=None, help="YAML with DemoConfig fields (default configs/demo_tiny.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.set_defaults(func=_run_demo)
@@ -148,7 +151,8 @@ def _add_demo(sub):
 def _run_demo(args) -> int:
     from raypipe.demo import run_demo_from_args
 
-    return run_demo_from_args(args.config, args.out, args.overrides)
+    return run_demo_from_args(args.config, args.out, [*args.overrides, *(["from_scratch=true"] if args.from_scratch
+                                                                         else [])])
 
 
 # --- train-reward / eval-reward -------------------------------------------------------------------------------
@@ -302,6 +306,33 @@ def _run_train_latent_reward(args) -> int:
     return train_latent_reward_from_args(args.config, args.out, args.overrides)
 
 
+def _add_serve(sub):
+    p = sub.add_parser("serve", help="start the reward (/score) and generate (/generate) Serve apps on a local Ray",
+                       description="Reads serve/config.yaml (autoscaling, batching, limits, auth env var) and "
+                                   "starts its applications; CLI paths override the config's args.")
+    p.add_argument("--reward-checkpoint", dest="reward_checkpoint", help="VideoReward checkpoint for /score")
+    p.add_argument("--generator", help="WanPipeline folder for /generate (omit: the generate app is skipped "
+                                       "unless the config's path exists)")
+    p.add_argument("--latent-reward", dest="latent_reward", help="latent reward model for guidance")
+    p.add_argument("--lora", help="adapters to load into the generator")
+    p.add_argument("--config", help="Serve config (default serve/config.yaml)")
+    p.add_argument("--port", type=int, help="HTTP port (default from the config: 8000)")
+    p.add_argument("--host", help="HTTP host (default from the config: 127.0.0.1)")
+    p.add_argument("--address", help="Ray address (default: a local Ray)")
+    p.add_argument("--no-block", action="store_true", dest="no_block", help="return after starting (tests)")
+    p.set_defaults(func=lambda a: __import__("raypipe.serve.run", fromlist=["x"]).serve_from_args(a))
+    c = sub.add_parser("score", help="client: score a video with a running reward server",
+                       description="POSTs VIDEO (multipart upload, or --uri to send the path for the server to "
+                                   "read under its allowed roots) and PROMPT to URL/score; prints the JSON.")
+    c.add_argument("video", metavar="VIDEO")
+    c.add_argument("prompt", metavar="PROMPT")
+    c.add_argument("--url", default="http://127.0.0.1:8000", help="server (default http://127.0.0.1:8000)")
+    c.add_argument("--uri", action="store_true", help="send VIDEO as a URI instead of uploading it")
+    c.add_argument("--token", default=None, help="bearer token (default: none)")
+    c.add_argument("--timeout", type=float, default=120.0)
+    c.set_defaults(func=lambda a: __import__("raypipe.serve.run", fromlist=["x"]).score_from_args(a))
+
+
 def _add_sample_pairs(sub):
     p = sub.add_parser("sample-pairs", help="pairs from the generator's own samples: K per prompt, relabelled by the "
                                             "reward model, best vs worst",
@@ -391,6 +422,45 @@ def _add_bench(sub):
     fm.add_argument("--pairs", type=int, default=2, help="pairs per step (default 2 = 4 videos)")
     fm.add_argument("--steps", type=int, default=5, help="timed steps after 2 warm-up steps (default 5)")
     fm.set_defaults(func=_bench_runner("flow_memory", "run_flow_memory_bench"))
+    fa = bsub.add_parser("flow-alignment", help="Table 3 in miniature: SFT / Flow-RWR / Flow-DPO β_t / Flow-DPO "
+                                                "constant β win rates over the pretrained generator",
+                         description="Train each variant with the same LoRA, lr, steps and seed on one pair set, "
+                                     "then eval-flow each against the pretrained generator (reward model + oracle "
+                                     "win rates). Writes OUT/flow_alignment.json and .md.", epilog=EPILOG_OVERRIDES)
+    fa.add_argument("--out", required=True, help="output folder")
+    fa.add_argument("--generator", required=True, help="pretrained WanPipeline folder (e.g. gen-out/flow/final)")
+    fa.add_argument("--reward", required=True, help="VideoReward checkpoint (the judge)")
+    fa.add_argument("--pairs", required=True, help="relabel-shaped pairs (e.g. sample-pairs OUT/pairs)")
+    fa.add_argument("--weights", default="VQ=1", help="dimensions the pairs target (default VQ=1)")
+    fa.add_argument("--config", default="configs/flow_tiny.yaml", help="base train-flow config")
+    fa.add_argument("--variants", default=None, help="comma list (default sft,rwr,dpo_beta_t,dpo)")
+    fa.add_argument("--steps", type=int, default=200, help="optimizer steps per variant (default 200)")
+    fa.add_argument("--prompts", default="48", help="eval prompts (default 48)")
+    fa.add_argument("--frames", type=int, default=9)
+    fa.add_argument("--height", type=int, default=32)
+    fa.add_argument("--width", type=int, default=32)
+    fa.add_argument("--seed", type=int, default=0)
+    fa.add_argument("overrides", nargs="*", help="train-flow key=value overrides for every variant")
+    fa.set_defaults(func=_bench_runner("flow_alignment", "run_flow_alignment_bench"))
+    sv = bsub.add_parser("serve", help="load test of the reward app: @serve.batch vs batch 1, then an autoscaling "
+                                       "burst", description="Local deployment on loopback, SynthPref uploads: "
+                                                            "throughput, p50/p95/p99, non-2xx (batched vs "
+                                                            "unbatched, one replica), then a burst that scales "
+                                                            "replicas up and its recovery. Writes JSON.")
+    sv.add_argument("--out", required=True, help="JSON output path")
+    sv.add_argument("--checkpoint", default=None, help="reward checkpoint (default: an untrained tiny one)")
+    sv.add_argument("--requests", type=int, default=96)
+    sv.add_argument("--concurrency", type=int, default=8)
+    sv.add_argument("--batch-size", type=int, default=8, dest="batch_size")
+    sv.add_argument("--batch-wait-s", type=float, default=0.02, dest="batch_wait_s")
+    sv.add_argument("--max-replicas", type=int, default=2, dest="max_replicas")
+    sv.add_argument("--target-ongoing", type=float, default=2.0, dest="target_ongoing")
+    sv.add_argument("--burst-concurrency", type=int, default=24, dest="burst_concurrency")
+    sv.add_argument("--burst-s", type=float, default=20.0, dest="burst_s")
+    sv.add_argument("--downscale-delay-s", type=float, default=5.0, dest="downscale_delay_s")
+    sv.add_argument("--recovery-timeout-s", type=float, default=90.0, dest="recovery_timeout_s")
+    sv.add_argument("--num-cpus", type=int, default=None, dest="num_cpus")
+    sv.set_defaults(func=_bench_runner("serve", "run_serve_bench"))
     nb = bsub.add_parser("nrg", help="Flow-NRG Table 5 in miniature: guided vs unguided win rates (reward model + "
                                      "oracle), clean-latent ablation, guidance cost vs pixel-space guidance",
                          description="Guided and unguided samples from the same noise for each weight vector, "
@@ -438,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_probe, _add_synth, _add_oracle, _add_pairs, _add_train_reward, _add_eval_reward, _add_relabel,
                 _add_train_flow, _add_pretrain_generator, _add_eval_flow, _add_train_latent_reward, _add_generate,
-                _add_sample_pairs,
+                _add_sample_pairs, _add_serve,
                 _add_demo, _add_bench):
         add(sub)
     return parser

@@ -35,6 +35,7 @@ class SamplingConfig:
     max_pixels: int = 448 * 448
     max_source_pixels: int = 4096 * 4096  # larger decoded frames are refused as `too_large`
     max_source_frames: int = 1_000_000  # a header claiming more frames is refused as `too_large`
+    all_frames: bool = False  # every frame (min_frames still applies), not the fps plan: the generator's view
 
 
 @dataclasses.dataclass
@@ -166,11 +167,26 @@ def parse_overrides(overrides: list[str]) -> dict:
     return tree
 
 
-def _merge(base: dict, update: dict) -> dict:
+def _section_type(cls, key: str):
+    """The dataclass type of field `key` of dataclass `cls` (a config section), else None."""
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return None
+    try:
+        hint = typing.get_type_hints(cls).get(key)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: treat as a plain value
+        return None
+    options = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_args(hint) else [hint]
+    return next((a for a in options if isinstance(a, type) and dataclasses.is_dataclass(a)), None)
+
+
+def _merge(base: dict, update: dict, cls=None) -> dict:
+    """`update` over `base`: config sections (dataclass fields) merge key by key; any other value, dict-valued
+    fields included (e.g. data.weights), is replaced whole — `data.weights={VQ: 1}` means only VQ."""
     out = dict(base)
     for k, v in update.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+        section = _section_type(cls, k)
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and (section is not None or cls is None):
+            out[k] = _merge(out[k], v, section)
         else:
             out[k] = v
     return out
@@ -194,9 +210,9 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
             raise ConfigError(f"config {path} is not valid YAML: {e}") from e
         if not isinstance(loaded, dict):
             raise ConfigError(f"config {path} must be a mapping at the top level")
-        data = _merge(data, loaded)
+        data = _merge(data, loaded, cls)
     if overrides:
-        data = _merge(data, parse_overrides(overrides))
+        data = _merge(data, parse_overrides(overrides), cls)
     return _build(cls, data)
 
 

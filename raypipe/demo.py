@@ -1,7 +1,11 @@
 """`raypipe demo` / `make demo`: the whole story on a local Ray with the tiny models.
 
-Stages so far: SynthPref -> Ray Data pair pipeline -> train VideoReward (Ray Train + DeepSpeed) -> evaluate it
-(accuracy table, accuracy-vs-epsilon plot) -> relabel the pairs with it (model labels with ties). Each later issue appends its stage here.
+Stages: SynthPref -> Ray Data pair pipeline -> train VideoReward (Ray Train + DeepSpeed) -> evaluate it (accuracy
+table, accuracy-vs-epsilon plot) -> relabel the pairs with it (model labels with ties) -> pairs from the tiny
+pretrained generator's own samples, judged by that reward model -> Flow-DPO with LoRA on them, win rates over the
+base by the reward model and the oracle -> Flow-NRG: a latent reward model, then guided vs unguided samples.
+The generator is the small asset in assets/tiny-generator (see its PROVENANCE.md); `--from-scratch` remakes it
+with `raypipe pretrain-generator --config configs/generator_tiny.yaml` first (~25 min on 2 CPUs).
 """
 from __future__ import annotations
 
@@ -26,8 +30,23 @@ class DemoConfig:
     reward_overrides: list[str] = dataclasses.field(default_factory=lambda: [
         "synth_train.pairs=1024", "synth_val.pairs=128", "train.max_steps=150", "train.eval_every=50",
         "train.checkpoint_every=50"])
+    generator: str = "assets/tiny-generator"  # a pretrained tiny WanPipeline (repo asset)
+    from_scratch: bool = False  # remake the generator with pretrain-generator first (slow)
+    generator_config: str = "configs/generator_tiny.yaml"
+    sample_prompts: int = 48  # stage 6: prompts x k samples judged by the reward model
+    sample_k: int = 2
+    pair_weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"VQ": 1.0})
+    dpo_steps: int = 40
+    eval_prompts: int = 16
+    latent_reward_steps: int = 60
+    guided_prompts: int = 4
+    guidance_weights: str = "VQ=1"
+    guidance_strength: float = 2.0
     address: str | None = None
     progress: bool = True
+
+
+STAGES = 8
 
 
 def _stage(name: str):
@@ -45,12 +64,12 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
     save_config(cfg, out)
     report: dict = {}
 
-    t = _stage(f"1/5 SynthPref: {cfg.synth.pairs} pairs, seed {cfg.synth.seed}")
+    t = _stage(f"1/{STAGES} SynthPref: {cfg.synth.pairs} pairs, seed {cfg.synth.seed}")
     synth_dir = out / "synthpref"
     make_synthpref(synth_dir, cfg.synth, progress=cfg.progress)
     report["synth_s"] = round(time.perf_counter() - t, 2)
 
-    t = _stage("2/5 Ray Data pair pipeline")
+    t = _stage(f"2/{STAGES} Ray Data pair pipeline")
     manifest = load_manifest(str(synth_dir / "manifest.parquet"), cfg.data.dimensions)
     init_ray(cfg.address)
     configure_data_context(cfg.progress)
@@ -59,7 +78,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
     report["pairs"] = run_pairs(manifest, pairs_cfg)
     report["pairs_s"] = round(time.perf_counter() - t, 2)
 
-    t = _stage("3/5 train VideoReward (Ray Train + DeepSpeed, tiny Qwen2-VL)")
+    t = _stage(f"3/{STAGES} train VideoReward (Ray Train + DeepSpeed, tiny Qwen2-VL)")
     from raypipe.train.reward_job import run_train_reward
 
     reward_cfg = load_config(RewardTrainConfig, _repo_path(cfg.reward_config),
@@ -67,7 +86,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
     report["reward"] = run_train_reward(reward_cfg)
     report["reward_s"] = round(time.perf_counter() - t, 2)
 
-    t = _stage("4/5 evaluate VideoReward on its held-out pairs")
+    t = _stage(f"4/{STAGES} evaluate VideoReward on its held-out pairs")
     from raypipe.reward.eval_job import EvalConfig, run_eval
 
     report["eval"] = run_eval(EvalConfig(checkpoint=str(out / "reward" / "final"),
@@ -75,7 +94,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
                                          out=str(out / "eval"), progress=cfg.progress))
     report["eval_s"] = round(time.perf_counter() - t, 2)
 
-    t = _stage("5/5 relabel the stage-1 pairs with the trained reward model (resumable Ray Data batch scoring)")
+    t = _stage(f"5/{STAGES} relabel the stage-1 pairs with the trained reward model (resumable Ray Data batch scoring)")
     from raypipe.relabel.job import RelabelConfig, run_relabel
 
     report["relabel"] = run_relabel(RelabelConfig(checkpoint=str(out / "reward" / "final"),
@@ -83,6 +102,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
                                                   out=str(out / "relabel"), progress=cfg.progress))
     report["relabel_agreement"] = _label_agreement(out / "relabel", cfg.data.dimensions)
     report["relabel_s"] = round(time.perf_counter() - t, 2)
+    report.update(_generator_stages(cfg, out, synth_dir))
 
     (out / "demo_summary.json").write_text(json.dumps(report, indent=2))
     s = report["pairs"]
@@ -99,7 +119,80 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
     print("relabel: model label = ground-truth label (A/B/same, ε* from validation):")
     for dim, share in report["relabel_agreement"].items():
         print(f"  {dim}: {share:.3f}")
-    print(f"outputs in {out}/ (eval/accuracy_vs_epsilon.png, reward/learning_curve.png, relabel/part-*.parquet)")
+    ev, nrg = report["dpo_eval"], report["nrg"]
+    print(f"Flow-DPO on {report['sample_pairs']['pairs']} generated pairs (targets {cfg.pair_weights}), "
+          f"{cfg.eval_prompts} prompts, win rate over the base — reward model / oracle:")
+    for dim in ("VQ", "MQ", "TA"):
+        print(f"  {dim}: {ev['reward_win_rate'].get(dim, float('nan')):.2f} / "
+              f"{ev['oracle_win_rate'].get(dim, float('nan')):.2f}")
+    if ev["reward_hacking"]:
+        print(f"  reward hacking: {ev['reward_hacking']}")
+    print(f"Flow-NRG ({cfg.guidance_weights}, λ = {cfg.guidance_strength}): mean weighted latent reward guided "
+          f"{nrg['guided']:.3f} vs unguided {nrg['unguided']:.3f}; latent reward held-out accuracy by t "
+          f"{nrg['accuracy_by_t']}")
+    print(f"outputs in {out}/ (eval/accuracy_vs_epsilon.png, reward/learning_curve.png, relabel/part-*.parquet, "
+          f"dpo/eval/grid.gif, nrg/guided/videos)")
+    return report
+
+
+def _generator_stages(cfg: DemoConfig, out: Path, synth_dir: Path) -> dict:
+    import numpy as np
+
+    from raypipe.config import load_config
+    from raypipe.flow.eval_job import FlowEvalConfig, run_eval_flow
+    from raypipe.flow.sample_pairs import SamplePairsConfig, run_sample_pairs
+    from raypipe.nrg.generate import GenerateConfig, run_generate
+    from raypipe.nrg.train_job import LatentRewardConfig, run_train_latent_reward
+    from raypipe.train.flow_config import FlowTrainConfig
+    from raypipe.train.flow_job import run_train_flow
+
+    report: dict = {}
+    reward = str(out / "reward" / "final")
+    generator = str(_repo_path(cfg.generator))
+    if cfg.from_scratch:
+        from raypipe.flow.pretrain_job import GeneratorPretrainConfig, run_pretrain_generator
+
+        t = _stage("6a/8 pretrain the tiny generator from scratch (pretrain-generator)")
+        run_pretrain_generator(load_config(GeneratorPretrainConfig, _repo_path(cfg.generator_config),
+                                           [f"out={out / 'generator'}", f"progress={str(cfg.progress).lower()}"]))
+        generator = str(out / "generator" / "flow" / "final")
+        report["generator_s"] = round(time.perf_counter() - t, 2)
+    if not (Path(generator) / "model_index.json").exists():
+        raise FileNotFoundError(f"no pretrained generator at {generator}: run with --from-scratch")
+
+    t = _stage(f"6/{STAGES} pairs from the generator's own samples ({cfg.sample_prompts} prompts x {cfg.sample_k}), "
+               f"judged by the stage-3 reward model")
+    report["sample_pairs"] = run_sample_pairs(SamplePairsConfig(
+        generator=generator, reward=reward, prompts=str(cfg.sample_prompts), k=cfg.sample_k,
+        weights=dict(cfg.pair_weights), out=str(out / "sample_pairs"), address=cfg.address, progress=cfg.progress))
+    report["sample_pairs_s"] = round(time.perf_counter() - t, 2)
+
+    t = _stage(f"7/{STAGES} Flow-DPO (LoRA, Ray Train + DeepSpeed) on those pairs, then win rates over the base")
+    flow_cfg = load_config(FlowTrainConfig, _repo_path("configs/flow_tiny.yaml"), [
+        f"model.name_or_path={generator}", f"data.manifest={out / 'sample_pairs' / 'pairs'}", "data.source=margins",
+        f"data.weights={json.dumps(dict(cfg.pair_weights))}", "clip.frames=9", "clip.height=32", "clip.width=32",
+        f"train.max_steps={cfg.dpo_steps}", "train.epochs=100", f"out={out / 'dpo'}",
+        f"progress={str(cfg.progress).lower()}"])
+    report["dpo"] = run_train_flow(flow_cfg)
+    report["dpo_eval"] = run_eval_flow(FlowEvalConfig(base=generator, lora=str(out / "dpo" / "final"), reward=reward,
+                                                      prompts=str(cfg.eval_prompts), out=str(out / "dpo" / "eval")))
+    report["dpo_s"] = round(time.perf_counter() - t, 2)
+
+    t = _stage(f"8/{STAGES} Flow-NRG: latent reward model (first blocks of the generator) on the stage-1 pairs, "
+               f"then reward-guided sampling")
+    lr_cfg = load_config(LatentRewardConfig, _repo_path("configs/latent_reward_tiny.yaml"), [
+        f"generator={generator}", f"manifest={synth_dir / 'manifest.parquet'}", "train.epochs=100",
+        f"train.max_steps={cfg.latent_reward_steps}", "train.batch=8", "train.checkpoint_every=30",
+        "eval_draws=2", f"out={out / 'latent_reward'}", f"progress={str(cfg.progress).lower()}"])
+    lr = run_train_latent_reward(lr_cfg)
+    runs = {}
+    for name, strength in (("unguided", 0.0), ("guided", cfg.guidance_strength)):
+        runs[name] = run_generate(GenerateConfig(
+            generator=generator, latent_reward=str(out / "latent_reward" / "final"), prompts=str(cfg.guided_prompts),
+            weights=cfg.guidance_weights, strength=strength, out=str(out / "nrg" / name)))
+    report["nrg"] = {name: float(np.mean([s["weighted_reward"] for s in r["samples"]])) for name, r in runs.items()}
+    report["nrg"]["accuracy_by_t"] = {d: lr["val_accuracy_by_t"].get(d) for d in ("VQ",)}
+    report["nrg_s"] = round(time.perf_counter() - t, 2)
     return report
 
 

@@ -50,3 +50,16 @@ def test_shipped_configs_load():
     cfg = load_config(DemoConfig, DEFAULT_CONFIG)
     assert cfg.data.sampling.fps == 4.0 and cfg.synth.size == "56x56"
     load_config(PairsJobConfig, DEFAULT_CONFIG.parent / "pairs_tiny.yaml")
+
+
+def test_dict_valued_fields_are_replaced_but_sections_merge(tmp_path):
+    """`data.weights={VQ: 1}` means only VQ (a dict-valued field is a value, not a section); sections still merge
+    key by key (train.lr leaves train.batch alone)."""
+    from raypipe.train.flow_config import FlowTrainConfig
+
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {weights: {MQ: 1.0}}\ntrain: {batch: 3}\n")
+    cfg = load_config(FlowTrainConfig, path, ["data.weights={VQ: 2.0}", "train.lr=0.5"])
+    assert cfg.data.weights == {"VQ": 2.0}
+    assert cfg.train.batch == 3 and cfg.train.lr == 0.5 and cfg.data.source == "labels"
+    assert load_config(FlowTrainConfig, path).data.weights == {"MQ": 1.0}

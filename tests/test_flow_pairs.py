@@ -53,3 +53,15 @@ def test_generator_clip_shape_and_errors(make_mp4, tmp_path):
     short = generator_clip(make_mp4("s.mp4", t=4), ClipConfig(frames=9))
     assert isinstance(short, VideoError) and short.kind == "too_short"
     assert generator_clip(str(tmp_path / "none.mp4"), ClipConfig()).kind == "missing"
+
+
+def test_generator_clip_keeps_odd_frame_counts(tmp_path):
+    """A 9-frame clip (the tiny generator's own samples) gives its 9 frames: reading every frame must not go
+    through the reward model's even frame-count rounding."""
+    from raypipe.flow.pairs import ClipConfig, generator_clip
+    from raypipe.video.encode import write_mp4
+    from tests.conftest import moving_square_frames
+
+    write_mp4(moving_square_frames(9, 32, 32), tmp_path / "nine.mp4", 8.0)
+    clip = generator_clip(str(tmp_path / "nine.mp4"), ClipConfig(frames=9, height=32, width=32))
+    assert clip.shape == (9, 32, 32, 3)

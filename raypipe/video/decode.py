@@ -109,8 +109,14 @@ def _plan(info: VideoInfo, sampling: SamplingConfig, native: bool = False) -> Vi
         return VideoError("too_large", f"{info.total_frames} frames exceed max_source_frames="
                                        f"{sampling.max_source_frames}", info.uri)
     try:
-        info.indices = sample_frame_indices(info.total_frames, info.fps, sampling.fps,
-                                            sampling.min_frames, sampling.max_frames)
+        if sampling.all_frames:
+            if info.total_frames < sampling.min_frames:
+                raise SamplingError("too_short", f"{info.total_frames} frames, fewer than min_frames="
+                                                 f"{sampling.min_frames}")
+            info.indices = list(range(min(info.total_frames, sampling.max_frames)))
+        else:
+            info.indices = sample_frame_indices(info.total_frames, info.fps, sampling.fps,
+                                                sampling.min_frames, sampling.max_frames)
         if native:
             info.height, info.width = info.source_height, info.source_width
         else:
@@ -317,6 +323,6 @@ def _decode_video(uri: str, sampling: SamplingConfig, filesystem, decode: bool, 
 
 def read_all_frames(uri: str, filesystem=None, max_frames: int = 10_000) -> np.ndarray | VideoError:
     """Every frame at native size (for the oracle and for tests); a VideoError on failure."""
-    sampling = SamplingConfig(fps=1e9, min_frames=2, max_frames=max_frames)
+    sampling = SamplingConfig(all_frames=True, min_frames=2, max_frames=max_frames)
     clip = decode_video(uri, sampling, filesystem, native=True)
     return clip if isinstance(clip, VideoError) else clip.frames
