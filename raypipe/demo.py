@@ -37,8 +37,10 @@ class DemoConfig:
     sample_k: int = 2
     pair_weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"VQ": 1.0})
     dpo_steps: int = 40
+    dpo_overrides: list[str] = dataclasses.field(default_factory=list)  # extra train-flow key=value
     eval_prompts: int = 16
     latent_reward_steps: int = 60
+    latent_reward_overrides: list[str] = dataclasses.field(default_factory=list)
     guided_prompts: int = 4
     guidance_weights: str = "VQ=1"
     guidance_strength: float = 2.0
@@ -172,7 +174,7 @@ def _generator_stages(cfg: DemoConfig, out: Path, synth_dir: Path) -> dict:
         f"model.name_or_path={generator}", f"data.manifest={out / 'sample_pairs' / 'pairs'}", "data.source=margins",
         f"data.weights={json.dumps(dict(cfg.pair_weights))}", "clip.frames=9", "clip.height=32", "clip.width=32",
         f"train.max_steps={cfg.dpo_steps}", "train.epochs=100", f"out={out / 'dpo'}",
-        f"progress={str(cfg.progress).lower()}"])
+        f"progress={str(cfg.progress).lower()}", *cfg.dpo_overrides])
     report["dpo"] = run_train_flow(flow_cfg)
     report["dpo_eval"] = run_eval_flow(FlowEvalConfig(base=generator, lora=str(out / "dpo" / "final"), reward=reward,
                                                       prompts=str(cfg.eval_prompts), out=str(out / "dpo" / "eval")))
@@ -183,7 +185,8 @@ def _generator_stages(cfg: DemoConfig, out: Path, synth_dir: Path) -> dict:
     lr_cfg = load_config(LatentRewardConfig, _repo_path("configs/latent_reward_tiny.yaml"), [
         f"generator={generator}", f"manifest={synth_dir / 'manifest.parquet'}", "train.epochs=100",
         f"train.max_steps={cfg.latent_reward_steps}", "train.batch=8", "train.checkpoint_every=30",
-        "eval_draws=2", f"out={out / 'latent_reward'}", f"progress={str(cfg.progress).lower()}"])
+        "eval_draws=2", f"out={out / 'latent_reward'}", f"progress={str(cfg.progress).lower()}",
+        *cfg.latent_reward_overrides])
     lr = run_train_latent_reward(lr_cfg)
     runs = {}
     for name, strength in (("unguided", 0.0), ("guided", cfg.guidance_strength)):
@@ -215,7 +218,7 @@ def _label_agreement(relabel_out: Path, dimensions) -> dict[str, float]:
 
 def _repo_path(path: str) -> Path:
     p = Path(path)
-    return p if p.is_absolute() or p.exists() else Path(__file__).resolve().parent.parent / p
+    return p.resolve() if p.is_absolute() or p.exists() else Path(__file__).resolve().parent.parent / p
 
 
 def run_demo_from_args(config: str | None, out: str, overrides: list[str]) -> int:
