@@ -29,6 +29,7 @@ bench: setup
 	$(BIN)/raypipe bench decode --out bench-out/decode.json
 	$(BIN)/raypipe bench relabel --out bench-out/relabel.json
 	$(BIN)/raypipe bench flow-memory --out bench-out/flow_memory.json
+	$(BIN)/raypipe bench serve --out bench-out/serve.json
 
 clean:
 	rm -rf $(VENV) demo-out bench-out .pytest_cache
