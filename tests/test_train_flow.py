@@ -51,7 +51,7 @@ def test_tiny_flow_dpo_end_to_end(ray_local, tmp_path):
     from raypipe.flow.family import WanFamily
 
     cfg = load_config(FlowTrainConfig, "configs/flow_tiny.yaml", [
-        "synth.pairs=24", "train.batch=2", "train.max_steps=4", "train.checkpoint_every=2", "train.log_every=1",
+        "synth.pairs=24", "train.batch=2", "train.epochs=10", "train.max_steps=4", "train.checkpoint_every=2", "train.log_every=1",
         "clip.frames=5", "clip.height=32", "clip.width=32", f"out={tmp_path / 'flow'}", "progress=false"])
     summary = run_train_flow(cfg)
     assert summary["steps"] == 4 and summary["error_rows"] == 0
@@ -77,7 +77,7 @@ def test_latent_cache_built_once_then_streamed(ray_local, tmp_path):
     from raypipe.flow.latents import tensor_of
     from raypipe.flow.pairs import ClipConfig, generator_clip
 
-    common = ["synth.pairs=16", "train.algo=sft", "train.batch=2", "train.max_steps=2", "train.checkpoint_every=2",
+    common = ["synth.pairs=16", "train.algo=sft", "train.batch=2", "train.epochs=10", "train.max_steps=2", "train.checkpoint_every=2",
               "train.log_every=1", "clip.frames=5", "clip.height=32", "clip.width=32", "data.latent_cache=cache",
               f"out={tmp_path / 'flow'}", "progress=false"]
     summary = run_train_flow(load_config(FlowTrainConfig, "configs/flow_tiny.yaml", common))
