@@ -4,7 +4,11 @@ validation. Tiny untrained models; the HTTP proxy on a free loopback port."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -51,6 +55,10 @@ def server(ray_local, reward_checkpoint, tmp_path_factory):
             "checkpoint": reward_checkpoint, "batch_size": 1, "max_upload_mb": 0.05, "auth_token_env": TOKEN_ENV,
             "deployment_options": {"RewardModel": light, "RewardAPI": {"ray_actor_options": {
                 "num_cpus": 0, "runtime_env": {"env_vars": {TOKEN_ENV: "s3cret"}}}}}})),
+        ("ha", "/ha", reward_app({"checkpoint": reward_checkpoint, "batch_size": 2, "auth_token_env": TOKEN_ENV,
+                                  "deployment_options": {"RewardModel": {**light, "num_replicas": 2,
+                                                                         "health_check_period_s": 1},
+                                                         "RewardAPI": light}})),
         ("generate", "/generate", generate_app({
             "generator": str(wan), "latent_reward": str(root / "lr"), "max_steps": 4, "auth_token_env": TOKEN_ENV,
             "clip": {"frames": 5, "height": 16, "width": 16}, "output_dir": str(root / "out"),
@@ -218,3 +226,55 @@ def test_generate_endpoint(server):
         resp = requests.post(url, json={"steps": 2, **payload}, timeout=60)
         assert resp.status_code == 422, (payload, resp.text)
         assert resp.json()["error"] == kind, (payload, resp.json())
+
+
+def _replica_pids(app: str, deployment: str) -> list[int]:
+    import psutil
+
+    name = f"ray::ServeReplica:{app}:{deployment}"
+    return sorted(p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
+                  if " ".join(p.info["cmdline"] or []).startswith(name))
+
+
+@pytest.mark.slow
+def test_requests_keep_being_answered_when_a_replica_is_killed(server):
+    """Two RewardModel replicas; SIGKILL one while clients keep sending: the other keeps answering, Serve starts a
+    replacement, and afterwards every request succeeds again."""
+    url, path = server["url"] + "/ha", server["videos"] / "v2.mp4"
+    assert _upload(url, path).status_code == 200
+    before = _replica_pids("ha", "RewardModel")
+    assert len(before) == 2, before
+    log: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def client():
+        while not stop.is_set():
+            try:
+                log.append((time.time(), _upload(url, path).status_code))
+            except requests.RequestException:
+                log.append((time.time(), -1))
+
+    clients = [threading.Thread(target=client) for _ in range(3)]
+    for c in clients:
+        c.start()
+    time.sleep(2)
+    os.kill(before[0], signal.SIGKILL)
+    killed_at = time.time()
+    deadline = killed_at + 120
+    while time.time() < deadline:  # a replacement replica process comes up
+        now = _replica_pids("ha", "RewardModel")
+        if len(now) == 2 and before[0] not in now:
+            break
+        time.sleep(0.5)
+    replaced_at = time.time()
+    time.sleep(3)
+    stop.set()
+    for c in clients:
+        c.join()
+    assert len(now) == 2 and before[0] not in now, "Serve did not replace the killed replica"
+    during = [code for t, code in log if killed_at <= t < replaced_at]
+    after = [code for t, code in log if t >= replaced_at]
+    # At most the requests in flight on the killed replica (one per client) fail; the rest are answered.
+    assert sum(code != 200 for code in during + after) <= len(clients), log
+    assert sum(code == 200 for code in during) >= 1, "nothing was answered while one replica was down"
+    assert after and all(code == 200 for code in after), after

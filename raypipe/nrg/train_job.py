@@ -29,35 +29,24 @@ import torch
 from raypipe.config import ConfigError, SynthConfig, load_config, save_config, to_dict
 from raypipe.flow.family import TinyWanConfig
 from raypipe.flow.pairs import ClipConfig
+from raypipe.train.common import TrainerSettings, fit_trainer
 
 NOISE = ("uniform", "clean")
 BUCKETS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 @dataclasses.dataclass
-class LatentRewardSettings:
-    num_workers: int = 2
-    use_gpu: bool = False
+class LatentRewardSettings(TrainerSettings):
+    """train-latent-reward's `train` section: the shared trainer fields (raypipe.train.common) + these."""
     cpus_per_worker: float = 0.5
     zero_stage: int = 0
     lr: float = 3e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    min_lr_ratio: float = 1.0
-    grad_clip: float = 1.0
     batch: int = 16  # pairs per worker per step
     epochs: int = 10
-    max_steps: int | None = None
-    max_minutes: float | None = None
-    checkpoint_every: int = 100
     log_every: int = 10
-    keep_checkpoints: int = 2
-    max_failures: int = 2
-    seed: int = 0
     loss: str = "btt"  # bt | btt
     theta: float = 5.0
     noise: str = "uniform"  # uniform: t ~ U[0, 1] (noise-aware); clean: t = 0 (the paper's weaker ablation)
-    record_rows: bool = False
 
 
 @dataclasses.dataclass
@@ -271,10 +260,6 @@ def _cached(rows: pa.Table, cfg: LatentRewardConfig, path: Path, key: dict):
 
 def run_train_latent_reward(cfg: LatentRewardConfig) -> dict:
     import pyarrow.parquet as pq
-    import ray.train
-    from ray.data import ExecutionOptions
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from raypipe.flow.family import make_tiny_wan
     from raypipe.nrg.model import TRAINABLE, LatentReward
@@ -323,30 +308,9 @@ def run_train_latent_reward(cfg: LatentRewardConfig) -> dict:
     total_steps = steps_per_epoch * t.epochs if t.max_steps is None else min(steps_per_epoch * t.epochs, t.max_steps)
     print(f"train-latent-reward: {train_rows.num_rows} train / {val_rows.num_rows} val pairs ({source} labels), "
           f"K={cfg.k_blocks}, noise={t.noise}, {t.num_workers} workers x {t.batch}, {total_steps} steps", flush=True)
-    env = {"DS_ACCELERATOR": "cuda" if t.use_gpu else "cpu", "RAY_AUTH_MODE": "disabled"}
-    trainer = TorchTrainer(
-        train_loop_per_worker=train_loop_per_worker,
-        train_loop_config={"cfg": to_dict(cfg), "total_steps": total_steps,
-                           "tensorboard_dir": str(out / "tensorboard")},
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                     resources_per_worker={"CPU": t.cpus_per_worker}),
-        run_config=RunConfig(name="train-latent-reward", storage_path=str(out / "ray_results"),
-                             failure_config=FailureConfig(max_failures=t.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
-                             worker_runtime_env={"env_vars": env}),
-        datasets={"train": ds},
-        dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
-    )
-    t1 = time.perf_counter()
-    result = trainer.fit()
-    wall = time.perf_counter() - t1
-    if result.error is not None:
-        raise result.error
-    with result.checkpoint.as_directory() as d:
-        progress = json.loads((Path(d) / "progress.json").read_text())
-        if (out / "final").exists():
-            shutil.rmtree(out / "final")
-        shutil.copytree(Path(d) / "final", out / "final")
+    progress, wall = fit_trainer(train_loop_per_worker, {"cfg": to_dict(cfg), "total_steps": total_steps,
+                                                         "tensorboard_dir": str(out / "tensorboard")},
+                                 t, out, "train-latent-reward", {"train": ds})
     (out / "curve.json").write_text(json.dumps(progress["curve"], indent=2))
     metrics: dict = {}
     if val_rows.num_rows:
@@ -357,7 +321,7 @@ def run_train_latent_reward(cfg: LatentRewardConfig) -> dict:
     summary = {"steps": progress["step"], "train_pairs": train_rows.num_rows, "val_pairs": val_rows.num_rows,
                "labels": source, "noise": t.noise, "k_blocks": cfg.k_blocks, "cache_s": round(cache_s, 1),
                "train_wall_s": round(wall, 1), "error_rows": progress.get("error_rows", 0),
-               "resumes": progress["resumes"], "last": progress["curve"][-1] if progress["curve"] else {},
+               "resumes": progress["resumes"], "last": progress["curve"][-1] if progress["curve"] else {}, "worker_nodes": progress.get("nodes"),
                "val_accuracy_by_t": metrics, "final": str(out / "final")}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -271,7 +271,7 @@ def _score_remaining(cfg, videos, done, dimensions, sampling, progress_state: Pr
     from tqdm import tqdm
 
     todo = videos.filter(pc.invert(pc.is_in(videos.column("video_id"), pa.array(sorted(done), pa.int64()))))
-    timing = {"scored": 0, "first_batch_s": None}
+    timing = {"scored": 0, "first_batch_s": None, "by_node": Counter()}
     if todo.num_rows == 0:
         return timing
     t0 = time.perf_counter()
@@ -285,6 +285,7 @@ def _score_remaining(cfg, videos, done, dimensions, sampling, progress_state: Pr
     last_flush, scored = time.monotonic(), 0
     try:
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            timing["by_node"].update(batch.column("scored_on").to_pylist())
             batch = batch.select(keep)
             pending.append(batch)
             scored += batch.num_rows
@@ -318,7 +319,7 @@ def run_relabel(cfg: RelabelConfig) -> dict:
                            "rows": inp.table.num_rows, "videos": videos.num_rows, "kind": inp.kind})
     done = state.done_ids()
     resumed = len(done)
-    timing = {"scored": 0, "first_batch_s": None}
+    timing = {"scored": 0, "first_batch_s": None, "by_node": Counter()}
     score_t0 = time.perf_counter()
     if resumed < videos.num_rows:
         init_ray(cfg.address)
@@ -336,6 +337,7 @@ def run_relabel(cfg: RelabelConfig) -> dict:
         "rows_with_error": dict(sorted(row_errors.items())),
         "videos": videos.num_rows, "videos_scored_this_run": scored, "videos_from_previous_runs": resumed,
         "resumes": state.state["resumes"], "video_errors": _video_errors(results),
+        "videos_by_node": dict(timing["by_node"]),  # this run's videos per scoring actor's Ray node
         "videos_per_s": round(scored / score_s, 3) if scored and score_s > 0 else None,
         "first_batch_s": round(timing["first_batch_s"], 2) if timing["first_batch_s"] is not None else None,
         "scoring_wall_s": round(score_s, 2), "wall_s": round(time.perf_counter() - t0, 2),

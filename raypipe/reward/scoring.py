@@ -197,7 +197,8 @@ def decode_block(batch: pa.Table, sampling: SamplingConfig) -> pa.Table:
 class FrameScorer:
     """Callable class for `map_batches(batch_format="pyarrow")` after `decode_block`: one model per actor, loaded
     once. Scores rows without an error in forward passes of at most `max_videos` videos and `token_budget` video
-    tokens; adds `score_<DIM>` (float64, null on error rows) and drops the `frames` column."""
+    tokens; adds `score_<DIM>` (float64, null on error rows) and `scored_on` (the Ray node id of the actor, for
+    per-node accounting) and drops the `frames` column."""
 
     def __init__(self, checkpoint: str, device: str = "cpu", dtype: str | None = None, max_videos: int = 8,
                  token_budget: int | None = None):
@@ -207,6 +208,12 @@ class FrameScorer:
         self.dimensions = list(self.model.dimensions)
         self.max_videos, self.token_budget = max(1, int(max_videos)), token_budget
         self.forward_passes = 0
+        try:
+            import ray
+
+            self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+        except Exception:  # noqa: BLE001 - outside Ray (direct use)
+            self.node_id = "local"
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from raypipe.data.pairs import column_frames
@@ -224,7 +231,7 @@ class FrameScorer:
         batch = batch.drop_columns(["frames"])
         for j, dim in enumerate(self.dimensions):
             batch = _replace_column(batch, f"score_{dim}", pa.array(scores[:, j], pa.float64(), mask=~valid))
-        return batch
+        return _replace_column(batch, "scored_on", pa.array([self.node_id] * batch.num_rows, pa.string()))
 
 
 def fit_actor_cpus(concurrency: int, actor_cpus: float, decode_cpus: float, total_cpus: float) -> float:

@@ -1,5 +1,100 @@
-"""Pieces every Ray Train worker loop shares: the DeepSpeed config and rank agreement."""
+"""Pieces every Ray Train job here shares: the trainer settings, the driver (`fit_trainer`), the DeepSpeed config,
+rank agreement and the worker loop."""
 from __future__ import annotations
+
+import dataclasses
+
+PLACEMENT = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
+@dataclasses.dataclass
+class TrainerSettings:
+    """Fields every DeepSpeed trainer here has (train-reward, train-flow, train-latent-reward); each job's `train`
+    section extends it and may change the defaults."""
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    # Ray placement of the workers' bundles: PACK fills a node first (NCCL inside a node); SPREAD / STRICT_SPREAD
+    # put them on different nodes (STRICT: fails to start unless every worker gets its own node).
+    placement_strategy: str = "PACK"
+    zero_stage: int = 2  # DeepSpeed ZeRO stage: 0, 2 or 3
+    lr: float = 2e-6
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    min_lr_ratio: float = 1.0  # 1.0: constant after warm-up
+    grad_clip: float = 1.0
+    epochs: int = 1
+    max_steps: int | None = None  # stop earlier than epochs (time-boxed runs)
+    max_minutes: float | None = None  # wall-clock training budget (summed over resumes); stops at the first step past it
+    checkpoint_every: int = 100  # steps; also at the end
+    keep_checkpoints: int = 2
+    max_failures: int = 2  # worker deaths tolerated (resume from the last checkpoint)
+    seed: int = 0
+    record_rows: bool = False  # keep the consumed rows per epoch in the checkpoint's progress (resume checks)
+
+
+def fit_trainer(loop, loop_config: dict, t: TrainerSettings, out, name: str, datasets: dict) -> tuple[dict, float]:
+    """Run a `TorchTrainer` for one of our jobs and collect its result.
+
+    Workers: `t.num_workers` x {CPU: t.cpus_per_worker} (+1 GPU each with `t.use_gpu`), placed by
+    `t.placement_strategy`; DS_ACCELERATOR reaches them through the run's runtime env. Checkpoints go to
+    OUT/ray_results/NAME (on a cluster OUT must be on a filesystem every node sees); a dead worker restarts the
+    group from the last checkpoint up to `t.max_failures` times. Every dataset is streamed in the same order on
+    every run (preserve_order), so a restarted worker skips exactly what it had consumed. Returns (the final
+    checkpoint's progress.json, wall seconds) after copying its `final/` folder to OUT/final."""
+    import json
+    import shutil
+    import time
+    from pathlib import Path
+
+    import ray.train
+    from ray.data import ExecutionOptions
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from raypipe.config import ConfigError
+
+    if t.placement_strategy not in PLACEMENT:
+        raise ConfigError(f"train.placement_strategy must be one of {PLACEMENT}, got {t.placement_strategy!r}")
+    out = Path(out)
+    env = {"DS_ACCELERATOR": "cuda" if t.use_gpu else "cpu", "RAY_AUTH_MODE": "disabled"}
+    trainer = TorchTrainer(
+        train_loop_per_worker=loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                     resources_per_worker={"CPU": t.cpus_per_worker},
+                                     placement_strategy=t.placement_strategy),
+        run_config=RunConfig(name=name, storage_path=str(out / "ray_results"),
+                             failure_config=FailureConfig(max_failures=t.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
+                             worker_runtime_env={"env_vars": env}),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
+    )
+    start = time.perf_counter()
+    result = trainer.fit()
+    wall = time.perf_counter() - start
+    if result.error is not None:
+        raise result.error
+    with result.checkpoint.as_directory() as d:
+        progress = json.loads((Path(d) / "progress.json").read_text())
+        if (out / "final").exists():
+            shutil.rmtree(out / "final")
+        shutil.copytree(Path(d) / "final", out / "final")
+    return progress, wall
+
+
+def worker_nodes() -> list[dict]:
+    """Per rank (all ranks call it): the Ray node id and host of its worker, gathered from every rank."""
+    import socket
+
+    import ray
+    import torch.distributed as dist
+
+    me = {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, me)
+    return everyone
 
 
 def deepspeed_config(t, total_steps: int, bf16: bool, micro_batch: int) -> dict:
@@ -70,6 +165,7 @@ def worker_loop(engine, t, total_steps: int, step_fn, save_final, tensorboard_di
             engine.load_checkpoint(d, tag="ds")
             progress = json.loads((Path(d) / "progress.json").read_text())
         progress["resumes"].append({"at_step": progress["step"], "engine_global_steps": engine.global_steps})
+    progress["nodes"] = worker_nodes()  # where this attempt's ranks run (multi-node placement checks)
     writer = None
     if rank == 0 and tensorboard_dir:
         from tensorboardX import SummaryWriter

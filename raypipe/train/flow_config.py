@@ -6,6 +6,7 @@ import dataclasses
 from raypipe.config import SynthConfig
 from raypipe.flow.family import TinyWanConfig
 from raypipe.flow.pairs import ClipConfig
+from raypipe.train.common import TrainerSettings
 
 ALGOS = ("pretrain", "sft", "dpo", "rwr")
 
@@ -40,32 +41,19 @@ class FlowDataConfig:
 
 
 @dataclasses.dataclass
-class FlowTrainSettings:
+class FlowTrainSettings(TrainerSettings):
+    """train-flow's `train` section: the shared trainer fields (raypipe.train.common.TrainerSettings) + these."""
     algo: str = "dpo"  # pretrain | sft | dpo | rwr
-    num_workers: int = 2
-    use_gpu: bool = False
     cpus_per_worker: float = 0.5
-    zero_stage: int = 2
     lr: float = 5e-6  # paper value for LoRA DPO
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    min_lr_ratio: float = 1.0  # 1.0: constant after warm-up
-    grad_clip: float = 1.0
     batch: int = 4  # pairs (dpo) or videos (others) per worker per step
-    epochs: int = 1
-    max_steps: int | None = None
-    max_minutes: float | None = None
     checkpoint_every: int = 50
     log_every: int = 10
-    keep_checkpoints: int = 2
-    max_failures: int = 2
-    seed: int = 0
     beta: float = 500.0  # Flow-DPO β
     beta_schedule: str = "constant"  # constant | derived (β·(1-t)², ablation)
     tau: float = 1.0  # Flow-RWR temperature
     lambda_real: float = 0.0  # Flow-RWR: weight of plain flow matching on real videos (LiFT)
     prompt_dropout: float = 0.0  # share of prompts replaced by "" (classifier-free guidance); pretrain: 0.1
-    record_rows: bool = False  # keep the consumed rows per epoch in the checkpoint's progress (tests: data position)
 
 
 @dataclasses.dataclass

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -187,12 +186,9 @@ def plot_flow_curve(curve: list[dict], path: Path) -> None:
 
 def run_train_flow(cfg: FlowTrainConfig) -> dict:
     import ray.data
-    import ray.train
-    from ray.data import ExecutionOptions
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from raypipe.ray_utils import configure_data_context, init_ray
+    from raypipe.train.common import fit_trainer
     from raypipe.train.flow_loop import train_loop_per_worker
 
     t = cfg.train
@@ -223,36 +219,15 @@ def run_train_flow(cfg: FlowTrainConfig) -> dict:
                                                                               t.max_steps)
     print(f"train-flow {t.algo}: {rows.num_rows} rows ({counts}), {t.num_workers} workers x {t.batch}/step, "
           f"{total_steps} steps, ZeRO-{t.zero_stage}", flush=True)
-    env = {"DS_ACCELERATOR": "cuda" if t.use_gpu else "cpu", "RAY_AUTH_MODE": "disabled"}
-    trainer = TorchTrainer(
-        train_loop_per_worker=train_loop_per_worker,
-        train_loop_config={"cfg": to_dict(cfg), "total_steps": total_steps,
-                           "tensorboard_dir": str(out / "tensorboard")},
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                     resources_per_worker={"CPU": t.cpus_per_worker}),
-        run_config=RunConfig(name=f"train-flow-{t.algo}", storage_path=str(out / "ray_results"),
-                             failure_config=FailureConfig(max_failures=t.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
-                             worker_runtime_env={"env_vars": env}),
-        datasets={"train": ds},
-        dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
-    )
-    t0 = time.perf_counter()
-    result = trainer.fit()
-    wall = time.perf_counter() - t0
-    if result.error is not None:
-        raise result.error
-    with result.checkpoint.as_directory() as d:
-        progress = json.loads((Path(d) / "progress.json").read_text())
-        if (out / "final").exists():
-            shutil.rmtree(out / "final")
-        shutil.copytree(Path(d) / "final", out / "final")
+    progress, wall = fit_trainer(train_loop_per_worker, {"cfg": to_dict(cfg), "total_steps": total_steps,
+                                                         "tensorboard_dir": str(out / "tensorboard")},
+                                 t, out, f"train-flow-{t.algo}", {"train": ds})
     (out / "curve.json").write_text(json.dumps(progress["curve"], indent=2))
     if progress["curve"]:
         plot_flow_curve(progress["curve"], out / "curve.png")
     last = progress["curve"][-1] if progress["curve"] else {}
     summary = {"algo": t.algo, "steps": progress["step"], "rows": rows.num_rows, "row_counts": counts,
-               "error_rows": progress.get("error_rows", 0), "resumes": progress["resumes"],
+               "error_rows": progress.get("error_rows", 0), "resumes": progress["resumes"], "worker_nodes": progress.get("nodes"),
                "wall_s": round(wall, 1), "final": str(out / "final"), "last": last,
                "generator": cfg.model.name_or_path}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -5,33 +5,21 @@ import dataclasses
 
 from raypipe.config import DataConfig, SamplingConfig, SynthConfig
 from raypipe.reward.model import RewardModelConfig
+from raypipe.train.common import TrainerSettings
 
 
 @dataclasses.dataclass
-class TrainSettings:
-    num_workers: int = 2
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    zero_stage: int = 2  # DeepSpeed ZeRO stage: 0, 2 or 3
+class TrainSettings(TrainerSettings):
+    """train-reward's `train` section: the shared trainer fields (raypipe.train.common.TrainerSettings) + these."""
     loss: str = "btt"  # bt | btt | regression
     theta: float = 5.0  # BTT tie parameter (> 1)
-    lr: float = 2e-6
-    weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
     batch_pairs: int = 8  # pairs per worker per step
     epochs: int = 2
-    max_steps: int | None = None  # stop earlier than epochs (time-boxed runs)
-    max_minutes: float | None = None  # wall-clock training budget (summed over resumes); stops at the first step past it
-    checkpoint_every: int = 100  # steps; also at the end
     eval_every: int = 100  # steps between validation accuracy points of the learning curve
-    keep_checkpoints: int = 2
-    max_failures: int = 2  # worker deaths tolerated (resume from the last checkpoint)
-    seed: int = 0
     prefetch_batches: int = 4
     shuffle_buffer: int = 64  # local shuffle (rows) in each worker
-    record_rows: bool = False  # keep rank 0's consumed row_ids per epoch in the checkpoint (resume checks)
 
 
 @dataclasses.dataclass

@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
-import time
 from pathlib import Path
 
 from raypipe.config import load_config, save_config, to_dict
@@ -55,14 +53,11 @@ def plot_curve(curve: list[dict], path: Path, dims: list[str]) -> None:
 
 
 def run_train_reward(cfg: RewardTrainConfig) -> dict:
-    import ray.train
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from raypipe.data.manifest import load_manifest
     from raypipe.data.pairs import pair_dataset
     from raypipe.ray_utils import configure_data_context, init_ray
     from raypipe.reward.backbone import make_tiny_backbone
+    from raypipe.train.common import fit_trainer
 
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -81,8 +76,6 @@ def run_train_reward(cfg: RewardTrainConfig) -> dict:
 
     init_ray(cfg.address)
     configure_data_context(cfg.progress)
-    from ray.data import ExecutionOptions
-
     train_ds = pair_dataset(train_m, cfg.data)
     val_ds = pair_dataset(val_m, cfg.data)
     per_worker = len(train_m) // t.num_workers
@@ -92,40 +85,16 @@ def run_train_reward(cfg: RewardTrainConfig) -> dict:
         total_steps = min(total_steps, t.max_steps)
     print(f"training: {len(train_m)} pairs, {t.num_workers} workers x {t.batch_pairs} pairs/step, "
           f"{steps_per_epoch} steps/epoch, {total_steps} steps, ZeRO-{t.zero_stage}, loss {t.loss}", flush=True)
-    env = {"DS_ACCELERATOR": "cuda" if t.use_gpu else "cpu", "RAY_AUTH_MODE": "disabled"}
-    trainer = TorchTrainer(
-        train_loop_per_worker=_train_fn,
-        train_loop_config={"cfg": to_dict(cfg), "total_steps": total_steps},
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                     resources_per_worker={"CPU": t.cpus_per_worker}),
-        run_config=RunConfig(
-            name="train-reward", storage_path=str(out / "ray_results"),
-            failure_config=FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
-            worker_runtime_env={"env_vars": env}),
-        datasets={"train": train_ds, "val": val_ds},
-        # preserve_order makes each worker's shard the same rows in the same order on every run, so a
-        # restarted worker can skip exactly what it had consumed.
-        dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
-    )
-    start = time.perf_counter()
-    result = trainer.fit()
-    wall = time.perf_counter() - start
-    if result.error:
-        raise result.error
-    with result.checkpoint.as_directory() as d:
-        progress = json.loads((Path(d) / "progress.json").read_text())
-        final = out / "final"
-        if final.exists():
-            shutil.rmtree(final)
-        shutil.copytree(Path(d) / "final", final)
+    progress, wall = fit_trainer(_train_fn, {"cfg": to_dict(cfg), "total_steps": total_steps}, t, out,
+                                 "train-reward", {"train": train_ds, "val": val_ds})
+    final = out / "final"
     save_config(cfg, final, "train_config.yaml")
     (final / "sampling.json").write_text(json.dumps(dataclasses.asdict(cfg.data.sampling)))
     curve = progress["curve"]
     (out / "learning_curve.json").write_text(json.dumps(curve, indent=2))
     plot_curve(curve, out / "learning_curve.png", dims)
     summary = {"final_checkpoint": str(final), "steps": progress["step"], "wall_s": round(wall, 1),
-               "resumes": progress["resumes"], "val": curve[-1].get("val"),
+               "resumes": progress["resumes"], "val": curve[-1].get("val"), "worker_nodes": progress.get("nodes"),
                "pairs_per_s_per_worker": _mean(curve, "pairs_per_s_per_worker"),
                "data_wait_share": _mean(curve, "data_wait_share")}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

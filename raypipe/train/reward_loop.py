@@ -109,14 +109,14 @@ def train_loop_per_worker(config: dict) -> None:
 
     from raypipe.config import build_config
     from raypipe.reward.model import VideoReward
-    from raypipe.train.common import all_ranks_true
+    from raypipe.train.common import all_ranks_true, worker_nodes
     from raypipe.reward.scoring import compute_norm_stats
     from raypipe.train.reward_config import RewardTrainConfig
 
     cfg = build_config(RewardTrainConfig, config["cfg"])
     t = cfg.train
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank = ctx.get_world_rank()
     torch.manual_seed(t.seed)  # identical init on every rank (DeepSpeed also broadcasts rank 0's weights)
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     device = torch.device("cuda", torch.cuda.current_device()) if t.use_gpu else torch.device("cpu")
@@ -136,6 +136,7 @@ def train_loop_per_worker(config: dict) -> None:
             progress = json.loads((Path(d) / "progress.json").read_text())
         progress["resumes"].append({"at_step": progress["step"], "engine_global_steps": engine.global_steps,
                                     "lr": engine.get_lr()[0]})
+    progress["nodes"] = worker_nodes()  # where this attempt's ranks run (multi-node placement checks)
 
     val_batches = []
     for batch in ray.train.get_dataset_shard("val").iter_batches(batch_size=t.batch_pairs, batch_format="pyarrow"):
