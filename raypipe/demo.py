@@ -36,13 +36,15 @@ class DemoConfig:
     sample_prompts: int = 48  # stage 6: prompts x k samples judged by the reward model
     sample_k: int = 2
     pair_weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"VQ": 1.0})
-    dpo_steps: int = 40
-    dpo_overrides: list[str] = dataclasses.field(default_factory=list)  # extra train-flow key=value
+    dpo_steps: int = 40  # train-flow steps of Flow-DPO and of each baseline
+    dpo_overrides: list[str] = dataclasses.field(default_factory=list)  # extra train-flow key=value (all algos)
+    baselines: list[str] = dataclasses.field(default_factory=lambda: ["sft", "rwr"])  # beside Flow-DPO
     eval_prompts: int = 16
     latent_reward_steps: int = 60
     latent_reward_overrides: list[str] = dataclasses.field(default_factory=list)
     guided_prompts: int = 4
-    guidance_weights: str = "VQ=1"
+    # Flow-NRG runs beside the unguided one: weight settings (the same prompts and noise for every run)
+    guidance: list[str] = dataclasses.field(default_factory=lambda: ["VQ=1", "MQ=0.5,TA=0.5"])
     guidance_strength: float = 2.0
     address: str | None = None
     progress: bool = True
@@ -65,6 +67,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
     out = Path(out)
     save_config(cfg, out)
     report: dict = {}
+    t_start = time.perf_counter()
 
     t = _stage(f"1/{STAGES} SynthPref: {cfg.synth.pairs} pairs, seed {cfg.synth.seed}")
     synth_dir = out / "synthpref"
@@ -121,24 +124,33 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
     print("relabel: model label = ground-truth label (A/B/same, ε* from validation):")
     for dim, share in report["relabel_agreement"].items():
         print(f"  {dim}: {share:.3f}")
-    ev, nrg = report["dpo_eval"], report["nrg"]
-    print(f"Flow-DPO on {report['sample_pairs']['pairs']} generated pairs (targets {cfg.pair_weights}), "
+    print(f"generator alignment on {report['sample_pairs']['pairs']} generated pairs (targets {cfg.pair_weights}), "
           f"{cfg.eval_prompts} prompts, win rate over the base — reward model / oracle:")
-    for dim in ("VQ", "MQ", "TA"):
-        print(f"  {dim}: {ev['reward_win_rate'].get(dim, float('nan')):.2f} / "
-              f"{ev['oracle_win_rate'].get(dim, float('nan')):.2f}")
-    if ev["reward_hacking"]:
-        print(f"  reward hacking: {ev['reward_hacking']}")
-    print(f"Flow-NRG ({cfg.guidance_weights}, λ = {cfg.guidance_strength}): mean weighted latent reward guided "
-          f"{nrg['guided']:.3f} vs unguided {nrg['unguided']:.3f}; latent reward held-out accuracy by t "
-          f"{nrg['accuracy_by_t']}")
-    print(f"outputs in {out}/ (eval/accuracy_vs_epsilon.png, reward/learning_curve.png, relabel/part-*.parquet, "
-          f"dpo/eval/grid.gif, nrg/guided/videos)")
+    for algo, r in report["flow"].items():
+        ev = r["eval"]
+        print(f"  {algo:>4}: " + "  ".join(f"{d} {ev['reward_win_rate'].get(d, float('nan')):.2f} / "
+                                            f"{ev['oracle_win_rate'].get(d, float('nan')):.2f}"
+                                            for d in ("VQ", "MQ", "TA")))
+        if ev["reward_hacking"]:
+            print(f"        reward hacking: {ev['reward_hacking']}")
+    nrg = report["nrg"]
+    print(f"Flow-NRG (λ = {cfg.guidance_strength}), mean latent reward VQ/MQ/TA and oracle win rate over unguided:")
+    for folder, r in nrg["runs"].items():
+        print(f"  {r['name']:>24}: " + "/".join(f"{r['mean_latent'][d]:.2f}" for d in ("VQ", "MQ", "TA")) +
+              ("" if folder == "unguided" else "   oracle " + "/".join(
+                  f"{r['oracle_win_rate'][d]:.2f}" for d in ("VQ", "MQ", "TA"))))
+    report["total_s"] = round(time.perf_counter() - t_start, 1)
+    report["pair_weights"] = dict(cfg.pair_weights)
+    (out / "demo_summary.json").write_text(json.dumps(report, indent=2))
+    from raypipe.demo_report import write_report
+
+    md = write_report(out, report)
+    print(f"\nreport: {md}  (tables, learning curve, ε-accuracy plot, reward histograms, sample GIFs); "
+          f"total {report['total_s']:.0f} s")
     return report
 
 
 def _generator_stages(cfg: DemoConfig, out: Path, synth_dir: Path) -> dict:
-    import numpy as np
 
     from raypipe.config import load_config
     from raypipe.flow.eval_job import FlowEvalConfig, run_eval_flow
@@ -169,16 +181,24 @@ def _generator_stages(cfg: DemoConfig, out: Path, synth_dir: Path) -> dict:
         weights=dict(cfg.pair_weights), out=str(out / "sample_pairs"), address=cfg.address, progress=cfg.progress))
     report["sample_pairs_s"] = round(time.perf_counter() - t, 2)
 
-    t = _stage(f"7/{STAGES} Flow-DPO (LoRA, Ray Train + DeepSpeed) on those pairs, then win rates over the base")
-    flow_cfg = load_config(FlowTrainConfig, _repo_path("configs/flow_tiny.yaml"), [
-        f"model.name_or_path={generator}", f"data.manifest={out / 'sample_pairs' / 'pairs'}", "data.source=margins",
-        f"data.weights={json.dumps(dict(cfg.pair_weights))}", "clip.frames=9", "clip.height=32", "clip.width=32",
-        f"train.max_steps={cfg.dpo_steps}", "train.epochs=100", f"out={out / 'dpo'}",
-        f"progress={str(cfg.progress).lower()}", *cfg.dpo_overrides])
-    report["dpo"] = run_train_flow(flow_cfg)
-    report["dpo_eval"] = run_eval_flow(FlowEvalConfig(base=generator, lora=str(out / "dpo" / "final"), reward=reward,
-                                                      prompts=str(cfg.eval_prompts), out=str(out / "dpo" / "eval")))
-    report["dpo_s"] = round(time.perf_counter() - t, 2)
+    algos = ["dpo", *[a for a in cfg.baselines if a != "dpo"]]
+    t = _stage(f"7/{STAGES} Flow-DPO and baselines ({', '.join(algos[1:]) or 'none'}): LoRA, Ray Train + DeepSpeed, "
+               f"{cfg.dpo_steps} steps each on those pairs, then win rates over the base")
+    report["flow"] = {}
+    for algo in algos:
+        print(f"--- {algo} ---", flush=True)
+        flow_cfg = load_config(FlowTrainConfig, _repo_path("configs/flow_tiny.yaml"), [
+            f"model.name_or_path={generator}", f"data.manifest={out / 'sample_pairs' / 'pairs'}",
+            "data.source=margins", f"data.weights={json.dumps(dict(cfg.pair_weights))}", "clip.frames=9",
+            "clip.height=32", "clip.width=32", f"train.algo={algo}", f"train.max_steps={cfg.dpo_steps}",
+            "train.epochs=100", f"out={out / 'flow' / algo}", f"progress={str(cfg.progress).lower()}",
+            *cfg.dpo_overrides])
+        trained = run_train_flow(flow_cfg)
+        evaluated = run_eval_flow(FlowEvalConfig(base=generator, lora=str(out / "flow" / algo / "final"),
+                                                 reward=reward, prompts=str(cfg.eval_prompts),
+                                                 out=str(out / "flow" / algo / "eval")))
+        report["flow"][algo] = {"train": trained, "eval": evaluated}
+    report["flow_s"] = round(time.perf_counter() - t, 2)
 
     t = _stage(f"8/{STAGES} Flow-NRG: latent reward model (first blocks of the generator) on the stage-1 pairs, "
                f"then reward-guided sampling")
@@ -188,15 +208,46 @@ def _generator_stages(cfg: DemoConfig, out: Path, synth_dir: Path) -> dict:
         "eval_draws=2", f"out={out / 'latent_reward'}", f"progress={str(cfg.progress).lower()}",
         *cfg.latent_reward_overrides])
     lr = run_train_latent_reward(lr_cfg)
+    settings = [("unguided", "", 0.0)] + [(f"guided {w}", w, cfg.guidance_strength) for w in cfg.guidance]
     runs = {}
-    for name, strength in (("unguided", 0.0), ("guided", cfg.guidance_strength)):
-        runs[name] = run_generate(GenerateConfig(
+    for i, (name, weights, strength) in enumerate(settings):
+        folder = "unguided" if i == 0 else f"guided_{i}"
+        summary = run_generate(GenerateConfig(
             generator=generator, latent_reward=str(out / "latent_reward" / "final"), prompts=str(cfg.guided_prompts),
-            weights=cfg.guidance_weights, strength=strength, out=str(out / "nrg" / name)))
-    report["nrg"] = {name: float(np.mean([s["weighted_reward"] for s in r["samples"]])) for name, r in runs.items()}
-    report["nrg"]["accuracy_by_t"] = {d: lr["val_accuracy_by_t"].get(d) for d in ("VQ",)}
+            weights=weights, strength=strength, out=str(out / "nrg" / folder)))
+        runs[folder] = {"name": name, "weights": weights, "samples": summary["samples"]}
+    report["nrg"] = _nrg_summary(runs, lr, cfg)
     report["nrg_s"] = round(time.perf_counter() - t, 2)
     return report
+
+
+def _nrg_summary(runs: dict, latent_reward: dict, cfg: DemoConfig) -> dict:
+    """Per Flow-NRG run: mean latent reward per dimension, the oracle's verdicts, win rates over unguided."""
+    import numpy as np
+
+    from raypipe.flow.eval_job import win_rate
+    from raypipe.video.oracle import judge_video
+
+    dims = ("VQ", "MQ", "TA")
+    oracle = {k: [judge_video(s["file"], s["prompt"]) for s in r["samples"]] for k, r in runs.items()}
+    by_t = latent_reward.get("val_accuracy_by_t") or {}
+    summary = {"strength": cfg.guidance_strength, "prompts": cfg.guided_prompts, "runs": {},
+               "accuracy_by_t": {d: v for d, v in by_t.items() if isinstance(v, dict)},
+               "val_pairs": by_t.get("n_pairs")}
+    buckets = next(iter(summary["accuracy_by_t"].values()), {})
+    summary["buckets"] = list(buckets)
+    for k, r in runs.items():
+        entry = {"name": r["name"], "weights": r["weights"],
+                 "mean_latent": {d: float(np.mean([s["latent_rewards"][d] for s in r["samples"]])) for d in dims},
+                 "oracle": {key: float(np.mean([v.get(key) == s["prompt"].split()[pos]
+                                                for v, s in zip(oracle[k], r["samples"])]))
+                            for key, pos in (("color", 1), ("direction", 4))}}
+        if k != "unguided":
+            entry["oracle_win_rate"] = {d: win_rate(np.array([v.get(d, np.nan) for v in oracle[k]], float),
+                                                    np.array([v.get(d, np.nan) for v in oracle["unguided"]], float))
+                                        for d in dims}
+        summary["runs"][k] = entry
+    return summary
 
 
 def _label_agreement(relabel_out: Path, dimensions) -> dict[str, float]:

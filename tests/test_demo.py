@@ -14,7 +14,8 @@ def test_demo_runs_end_to_end(ray_local, tmp_path, capsys):
     cfg = load_config(DemoConfig, DEFAULT_CONFIG, [
         "synth.pairs=12", "progress=false", f"reward_overrides={small}", "sample_prompts=4", "sample_k=2",
         "dpo_steps=2", 'dpo_overrides=["train.batch=1", "train.checkpoint_every=2"]', "eval_prompts=2",
-        "latent_reward_steps=2", 'latent_reward_overrides=["train.batch=2"]', "guided_prompts=2"])
+        "latent_reward_steps=2", 'latent_reward_overrides=["train.batch=2"]', "guided_prompts=2",
+        'baselines=["rwr"]'])
     report = run_demo(cfg, tmp_path / "demo")
     s = report["pairs"]
     assert s["rows"] == 12 and s["decoded"] == 12 and s["error_rows"] == 0
@@ -31,10 +32,26 @@ def test_demo_runs_end_to_end(ray_local, tmp_path, capsys):
     # stages 6-8 from the repo's pretrained tiny generator
     sp = report["sample_pairs"]
     assert sp["samples"] == 8 and sp["pairs"] + sp["skipped_equal_reward"] == 4 and sp["error_samples"] == 0
-    assert report["dpo"]["steps"] == 2 and report["dpo"]["error_rows"] == 0
-    assert set(report["dpo_eval"]["reward_win_rate"]) >= {"VQ", "MQ", "TA"}
-    assert (tmp_path / "demo" / "dpo" / "eval" / "grid.gif").exists()
-    assert report["nrg"]["guided"] == report["nrg"]["guided"]  # a number (not NaN)
-    assert len(list((tmp_path / "demo" / "nrg" / "guided" / "videos").glob("*.mp4"))) == 2
+    assert list(report["flow"]) == ["dpo", "rwr"]  # Flow-DPO and the baseline, same pairs and steps
+    for algo, r in report["flow"].items():
+        assert r["train"]["steps"] == 2 and r["train"]["error_rows"] == 0 and r["train"]["algo"] == algo
+        assert set(r["eval"]["reward_win_rate"]) >= {"VQ", "MQ", "TA"}
+        assert (tmp_path / "demo" / "flow" / algo / "eval" / "grid.gif").exists()
+    # Flow-NRG: unguided + the two default weight settings, same prompts
+    runs = report["nrg"]["runs"]
+    assert list(runs) == ["unguided", "guided_1", "guided_2"]
+    assert [r["weights"] for r in runs.values()] == ["", "VQ=1", "MQ=0.5,TA=0.5"]
+    for name, r in runs.items():
+        assert len(list((tmp_path / "demo" / "nrg" / name / "videos").glob("*.mp4"))) == 2
+        assert all(v == v for v in r["mean_latent"].values())  # numbers, not NaN
+    assert set(runs["guided_1"]["oracle_win_rate"]) == {"VQ", "MQ", "TA"}
+    # the report links pictures that exist
+    md = (tmp_path / "demo" / "report.md").read_text()
+    for section in ("## VideoReward", "## Relabel", "## Aligning the generator", "## Flow-NRG", "| dpo |", "| rwr |"):
+        assert section in md, section
+    import re
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", md)
+    assert {"eval/accuracy_vs_epsilon.png", "reward_histograms.png", "nrg_side_by_side.gif"} <= set(links), links
+    assert all((tmp_path / "demo" / link).exists() for link in links)
     out = capsys.readouterr().out
-    assert "=== summary ===" in out and "Flow-DPO on" in out and "Flow-NRG" in out
+    assert "=== summary ===" in out and "generator alignment on" in out and "Flow-NRG" in out and "report:" in out

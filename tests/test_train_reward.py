@@ -1,5 +1,4 @@
 """train-reward on the shared local Ray: DeepSpeed workers (ZeRO stages), checkpoints, time budget."""
-import json
 from pathlib import Path
 
 import pytest
@@ -14,11 +13,6 @@ TINY = ["synth_train.pairs=48", "synth_val.pairs=16", "train.batch_pairs=2", "tr
 
 
 # The killed-worker resume test runs on a three-node cluster: tests/test_multinode.py.
-
-
-def _final_progress(out: Path) -> dict:
-    ckpts = sorted(p for p in (out / "ray_results" / "train-reward").glob("checkpoint_*") if p.is_dir())
-    return json.loads((ckpts[-1] / "progress.json").read_text())
 
 
 @pytest.mark.slow
