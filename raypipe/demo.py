@@ -39,7 +39,7 @@ class DemoConfig:
     dpo_steps: int = 40  # train-flow steps of Flow-DPO and of each baseline
     dpo_overrides: list[str] = dataclasses.field(default_factory=list)  # extra train-flow key=value (all algos)
     baselines: list[str] = dataclasses.field(default_factory=lambda: ["sft", "rwr"])  # beside Flow-DPO
-    eval_prompts: int = 16
+    eval_prompts: int = 32  # held-out prompts for the win rates (±0.09 at 32)
     latent_reward_steps: int = 60
     latent_reward_overrides: list[str] = dataclasses.field(default_factory=list)
     guided_prompts: int = 4

@@ -170,13 +170,17 @@ def write_report(out: Path, report: dict | None = None) -> Path:
             lines.append(f"| {dim} | " + " | ".join(_f(acc.get(b), 2) for b in nrg.get("buckets", [])) + " |")
         if (out / "latent_reward" / "accuracy_by_t.png").exists():
             lines += ["", "![latent reward accuracy by t](latent_reward/accuracy_by_t.png)"]
-        lines += ["", f"Guided vs unguided samples (same prompts and noise, λ = {nrg.get('strength')}): mean latent "
-                  "reward per dimension, and the oracle's verdict share.", "",
-                  "| run | weights | " + " | ".join(f"latent {d}" for d in DIMS) + " | oracle colour / direction |",
-                  "|---|---|" + "---|" * len(DIMS) + "---|"]
+        lines += ["", f"Guided vs unguided samples ({nrg.get('prompts')} prompts, the same noise for every run, "
+                  f"λ = {nrg.get('strength')}): mean latent reward per dimension, the oracle's win rate over the "
+                  "unguided samples per dimension, and the share of samples with the prompt's colour / direction.",
+                  "", "| run | weights | " + " | ".join(f"latent {d}" for d in DIMS) + " | " +
+                  " | ".join(f"oracle win {d}" for d in DIMS) + " | colour / direction |",
+                  "|---|---|" + "---|" * (2 * len(DIMS)) + "---|"]
         for name, r in nrg.get("runs", {}).items():
+            wins = r.get("oracle_win_rate") or {}
             lines.append(f"| {name} | {r.get('weights') or '–'} | " +
-                         " | ".join(_f(r["mean_latent"].get(d)) for d in DIMS) +
+                         " | ".join(_f(r["mean_latent"].get(d)) for d in DIMS) + " | " +
+                         " | ".join(_f(wins.get(d), 2) for d in DIMS) +
                          f" | {_f(r['oracle'].get('color'), 2)} / {_f(r['oracle'].get('direction'), 2)} |")
         columns = {name: out / "nrg" / name / "videos" for name in nrg.get("runs", {})}
         gif = side_by_side_gif(columns, out / "nrg_side_by_side.gif", rows=min(4, nrg.get("prompts", 4)))

@@ -81,6 +81,35 @@ def latent_dataset(rows: pa.Table, family_path: str, clip, keys: dict[str, str],
         num_gpus=num_gpus or None, batch_format="pyarrow")
 
 
+def cached_latents(rows: pa.Table, family_path: str, clip, keys: dict[str, str], path, stamp_key: dict):
+    """The latent cache of `rows` as a Ray Dataset: read back when `path` was built for `stamp_key`, else encoded
+    once (Ray Data decode tasks + encoder actors) and written there with the key stamped beside it. A folder
+    built for another key is refused rather than silently reused."""
+    import json
+    import shutil
+    import time
+    from pathlib import Path
+
+    from raypipe.config import ConfigError
+
+    path = Path(path)
+    stamp = path / "_cache.json"
+    if stamp.exists():
+        if json.loads(stamp.read_text()) != stamp_key:
+            raise ConfigError(f"latent cache {path} was built for {stamp.read_text()}, not {stamp_key}: "
+                              "use another folder")
+        print(f"latent cache: reading {path}", flush=True)
+    else:
+        if path.exists():  # an interrupted build: start over
+            shutil.rmtree(path)
+        t0 = time.perf_counter()
+        latent_dataset(rows, family_path, clip, keys).write_parquet(str(path))
+        stamp.write_text(json.dumps(stamp_key))
+        print(f"latent cache: {rows.num_rows} rows encoded into {path} in {time.perf_counter() - t0:.1f} s",
+              flush=True)
+    return read_cache(path)
+
+
 def read_cache(path, materialize_below: int = 2 << 30):
     """The cached rows as a Ray Dataset. Caches smaller than `materialize_below` bytes are materialised once in
     the object store: otherwise every epoch re-lists and re-reads the files (on 2 CPUs that cost ~30 s per epoch,

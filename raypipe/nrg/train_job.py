@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -243,19 +242,10 @@ def plot_bucket_accuracy(metrics: dict, dims: list[str], path: Path) -> None:
 
 # --- the job -------------------------------------------------------------------------------------------------------
 def _cached(rows: pa.Table, cfg: LatentRewardConfig, path: Path, key: dict):
-    """Latents of `rows` (read back when `path` has them for `key`, else built once with Ray Data)."""
-    from raypipe.flow.latents import latent_dataset, read_cache
+    """Latents of both videos of every pair (the shared latent cache, keys A and B)."""
+    from raypipe.flow.latents import cached_latents
 
-    stamp = path / "_cache.json"
-    if stamp.exists():
-        if json.loads(stamp.read_text()) != key:
-            raise ConfigError(f"latent cache {path} was built for {stamp.read_text()}, not {key}: use another folder")
-    else:
-        if path.exists():
-            shutil.rmtree(path)
-        latent_dataset(rows, cfg.generator, cfg.clip, {"uri_A": "A", "uri_B": "B"}).write_parquet(str(path))
-        stamp.write_text(json.dumps(key))
-    return read_cache(path)
+    return cached_latents(rows, cfg.generator, cfg.clip, {"uri_A": "A", "uri_B": "B"}, path, key)
 
 
 def run_train_latent_reward(cfg: LatentRewardConfig) -> dict:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -143,26 +142,15 @@ def _read_pairs(path: str, cfg: FlowTrainConfig) -> pa.Table:
 
 def _latent_cache(cfg: FlowTrainConfig, rows: pa.Table, out: Path):
     """The cached dataset for these rows: read it back, or build it once (Ray Data decode tasks + encoder actors)."""
-    from raypipe.flow.latents import latent_dataset, read_cache
+    from raypipe.flow.latents import cached_latents
 
     path = Path(cfg.data.latent_cache)
     if not path.is_absolute():
         path = out / path
     key = {"algo": cfg.train.algo, "rows": rows.num_rows, "clip": dataclasses.asdict(cfg.clip),
            "generator": cfg.model.name_or_path, "weights": cfg.data.weights, "source": cfg.data.source}
-    stamp = path / "_cache.json"
-    if stamp.exists():
-        if json.loads(stamp.read_text()) != key:
-            raise ConfigError(f"latent cache {path} was built for {stamp.read_text()}, not {key}: use another folder")
-        print(f"latent cache: reading {path}", flush=True)
-    else:
-        keys = {"uri_w": "w", "uri_l": "l"} if cfg.train.algo == "dpo" else {"uri": ""}
-        t0 = time.perf_counter()
-        latent_dataset(rows, cfg.model.name_or_path, cfg.clip, keys).write_parquet(str(path))
-        stamp.write_text(json.dumps(key))
-        print(f"latent cache: {rows.num_rows} rows encoded into {path} in {time.perf_counter() - t0:.1f} s",
-              flush=True)
-    return read_cache(path)
+    keys = {"uri_w": "w", "uri_l": "l"} if cfg.train.algo == "dpo" else {"uri": ""}
+    return cached_latents(rows, cfg.model.name_or_path, cfg.clip, keys, path, key)
 
 
 def plot_flow_curve(curve: list[dict], path: Path) -> None:
