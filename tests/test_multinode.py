@@ -69,7 +69,7 @@ def _env() -> dict:
 
 
 # --- (a) + fault 1: training spread over nodes, a worker killed ----------------------------------------------
-TINY_REWARD = ["synth_train.pairs=48", "synth_val.pairs=16", "train.batch_pairs=2", "train.epochs=2",
+TINY_REWARD = ["synth_train.pairs=32", "synth_val.pairs=16", "train.batch_pairs=2", "train.epochs=2",
                "train.checkpoint_every=4", "train.eval_every=4", "train.cpus_per_worker=1", "progress=false",
                "data.rows_per_block=4", "train.record_rows=true", "train.lr=1e-3", "train.max_failures=1",
                "train.placement_strategy=STRICT_SPREAD"]
@@ -96,7 +96,7 @@ def test_reward_training_on_two_nodes_survives_a_killed_worker(cluster, tmp_path
     assert len(nodes) == 2 and len(set(nodes)) == 2, nodes
     assert set(nodes) == {w.node_id for w in cluster["workers"]}
 
-    steps = 2 * (48 // 2 // 2)  # epochs x (pairs per worker / batch)
+    steps = 2 * (32 // 2 // 2)  # epochs x (pairs per worker / batch)
     assert summary["steps"] == steps
     assert len(summary["resumes"]) == 1
     resume = summary["resumes"][0]
@@ -108,7 +108,7 @@ def test_reward_training_on_two_nodes_survives_a_killed_worker(cluster, tmp_path
     ckpts = sorted(p for p in (out / "ray_results" / "train-reward").glob("checkpoint_*") if p.is_dir())
     rows_by_epoch = json.loads((ckpts[-1] / "progress.json").read_text())["rows"]
     for epoch, rows in rows_by_epoch.items():  # data position: nothing consumed twice, nothing skipped
-        assert len(rows) == len(set(rows)) == 48 // 2, (epoch, sorted(rows))
+        assert len(rows) == len(set(rows)) == 32 // 2, (epoch, sorted(rows))
     model = VideoReward.from_pretrained(out / "final")  # loads without Ray, with SPEC 3.3 norm stats
     assert set(model.norm_stats["mean"]) == {"VQ", "MQ", "TA"}
 
