@@ -109,7 +109,6 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
     report["relabel_s"] = round(time.perf_counter() - t, 2)
     report.update(_generator_stages(cfg, out, synth_dir))
 
-    (out / "demo_summary.json").write_text(json.dumps(report, indent=2))
     s = report["pairs"]
     print("\n=== summary ===")
     print(f"pairs: {s['rows']}  decoded: {s['decoded']}  error rows: {s['error_rows']} {s['errors']}")
@@ -225,7 +224,7 @@ def _nrg_summary(runs: dict, latent_reward: dict, cfg: DemoConfig) -> dict:
     """Per Flow-NRG run: mean latent reward per dimension, the oracle's verdicts, win rates over unguided."""
     import numpy as np
 
-    from raypipe.flow.eval_job import win_rate
+    from raypipe.flow.eval_job import attribute_share, win_rate
     from raypipe.video.oracle import judge_video
 
     dims = ("VQ", "MQ", "TA")
@@ -239,9 +238,7 @@ def _nrg_summary(runs: dict, latent_reward: dict, cfg: DemoConfig) -> dict:
     for k, r in runs.items():
         entry = {"name": r["name"], "weights": r["weights"],
                  "mean_latent": {d: float(np.mean([s["latent_rewards"][d] for s in r["samples"]])) for d in dims},
-                 "oracle": {key: float(np.mean([v.get(key) == s["prompt"].split()[pos]
-                                                for v, s in zip(oracle[k], r["samples"])]))
-                            for key, pos in (("color", 1), ("direction", 4))}}
+                 "oracle": attribute_share(oracle[k], [s["prompt"] for s in r["samples"]])}
         if k != "unguided":
             entry["oracle_win_rate"] = {d: win_rate(np.array([v.get(d, np.nan) for v in oracle[k]], float),
                                                     np.array([v.get(d, np.nan) for v in oracle["unguided"]], float))

@@ -121,10 +121,15 @@ def compare(scores: dict, oracle: dict, dims: list[str], prompts: list[str], new
                 report["reward_hacking"].append(
                     f"{dim}: the reward model prefers the {new} samples ({r:.2f}) but the oracle does not ({o:.2f})")
     for name in (old, new):
-        report[f"oracle_{name}_attributes"] = {
-            key: float(np.mean([v.get(key) == p.split()[pos] for v, p in zip(oracle[name], prompts)]))
-            for key, pos in (("color", 1), ("shape", 2), ("direction", 4))}
+        report[f"oracle_{name}_attributes"] = attribute_share(oracle[name], prompts)
     return report
+
+
+def attribute_share(verdicts: list[dict], prompts: list[str]) -> dict[str, float]:
+    """Share of samples whose oracle-seen colour / shape / direction is the one the SynthPref-style prompt
+    (`a {color} {shape} moving {direction}`) names."""
+    return {key: float(np.mean([v.get(key) == p.split()[pos] for v, p in zip(verdicts, prompts)]))
+            for key, pos in (("color", 1), ("shape", 2), ("direction", 4))}
 
 
 def run_eval_flow(cfg: FlowEvalConfig) -> dict:

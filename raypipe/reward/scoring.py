@@ -208,12 +208,9 @@ class FrameScorer:
         self.dimensions = list(self.model.dimensions)
         self.max_videos, self.token_budget = max(1, int(max_videos)), token_budget
         self.forward_passes = 0
-        try:
-            import ray
+        import ray
 
-            self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
-        except Exception:  # noqa: BLE001 - outside Ray (direct use)
-            self.node_id = "local"
+        self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from raypipe.data.pairs import column_frames
