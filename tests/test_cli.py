@@ -12,7 +12,8 @@ SUBCOMMANDS = ["probe", "synth", "oracle", "pairs", "train-reward", "eval-reward
 
 
 def test_help_on_every_subcommand(capsys):
-    for cmd in [[]] + [[c] for c in SUBCOMMANDS] + [["bench", b] for b in ("decode", "reward-ablation", "relabel", "flow-memory")]:
+    for cmd in [[]] + [[c] for c in SUBCOMMANDS] + [["bench", b] for b in ("decode", "reward-ablation", "reward-throughput", "relabel",
+                                                                         "flow-memory")]:
         with pytest.raises(SystemExit) as e:
             main(cmd + ["--help"])
         assert e.value.code == 0

@@ -25,6 +25,7 @@ def test_zero3_trains_and_saves(ray_local, tmp_path):
                       TINY + [f"out={out}", "train.zero_stage=3", "train.max_steps=4", "train.max_failures=0"])
     summary = run_train_reward(cfg)
     assert summary["steps"] == 4
+    assert summary["frame_cache_s"] is not None  # the tiny preset decodes its pairs once (data.cache_frames)
     model = VideoReward.from_pretrained(out / "final")
     lora_merged = model.backbone.model.language_model.layers[0].self_attn.q_proj.weight
     assert lora_merged.numel() > 0 and torch.isfinite(lora_merged).all()  # gathered, not size-0 shards

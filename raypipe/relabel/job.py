@@ -264,6 +264,11 @@ def _prepare(cfg: RelabelConfig):
     return inp, dimensions, norm_stats, epsilon, notes
 
 
+def _new_timing() -> dict:
+    """Scoring counters: videos scored, seconds to the first result, videos per scoring node."""
+    return {"scored": 0, "first_batch_s": None, "by_node": Counter()}
+
+
 def _score_remaining(cfg, videos, done, dimensions, sampling, progress_state: Progress, n_total: int) -> dict:
     """Stream the not-yet-done videos through Ray; append results every `flush_every_s`.
 
@@ -271,7 +276,7 @@ def _score_remaining(cfg, videos, done, dimensions, sampling, progress_state: Pr
     from tqdm import tqdm
 
     todo = videos.filter(pc.invert(pc.is_in(videos.column("video_id"), pa.array(sorted(done), pa.int64()))))
-    timing = {"scored": 0, "first_batch_s": None, "by_node": Counter()}
+    timing = _new_timing()
     if todo.num_rows == 0:
         return timing
     t0 = time.perf_counter()
@@ -319,7 +324,7 @@ def run_relabel(cfg: RelabelConfig) -> dict:
                            "rows": inp.table.num_rows, "videos": videos.num_rows, "kind": inp.kind})
     done = state.done_ids()
     resumed = len(done)
-    timing = {"scored": 0, "first_batch_s": None, "by_node": Counter()}
+    timing = _new_timing()
     score_t0 = time.perf_counter()
     if resumed < videos.num_rows:
         init_ray(cfg.address)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from pathlib import Path
 
 from raypipe.config import load_config, save_config, to_dict
@@ -78,6 +79,13 @@ def run_train_reward(cfg: RewardTrainConfig) -> dict:
     configure_data_context(cfg.progress)
     train_ds = pair_dataset(train_m, cfg.data)
     val_ds = pair_dataset(val_m, cfg.data)
+    cache_s = None
+    if cfg.data.cache_frames:
+        t0 = time.perf_counter()
+        train_ds = train_ds.materialize()
+        cache_s = round(time.perf_counter() - t0, 1)
+        print(f"frame cache: {len(train_m)} training pairs decoded once into the object store in {cache_s} s "
+              f"({train_ds.size_bytes() / 2 ** 20:.0f} MiB)", flush=True)
     per_worker = len(train_m) // t.num_workers
     steps_per_epoch = max(1, math.ceil(per_worker / t.batch_pairs))
     total_steps = steps_per_epoch * t.epochs
@@ -94,6 +102,7 @@ def run_train_reward(cfg: RewardTrainConfig) -> dict:
     (out / "learning_curve.json").write_text(json.dumps(curve, indent=2))
     plot_curve(curve, out / "learning_curve.png", dims)
     summary = {"final_checkpoint": str(final), "steps": progress["step"], "wall_s": round(wall, 1),
+               "frame_cache_s": cache_s,
                "resumes": progress["resumes"], "val": curve[-1].get("val"), "worker_nodes": progress.get("nodes"),
                "pairs_per_s_per_worker": _mean(curve, "pairs_per_s_per_worker"),
                "data_wait_share": _mean(curve, "data_wait_share")}
