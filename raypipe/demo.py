@@ -29,7 +29,7 @@ class DemoConfig:
     reward_config: str = "configs/reward_tiny.yaml"
     reward_overrides: list[str] = dataclasses.field(default_factory=lambda: [
         "synth_train.pairs=1024", "synth_val.pairs=128", "train.max_steps=150", "train.eval_every=50",
-        "train.checkpoint_every=50"])
+        "train.checkpoint_every=50", "data.sampling.min_pixels=3136"])  # 56 px: see configs/demo_tiny.yaml
     generator: str = "assets/tiny-generator"  # a pretrained tiny WanPipeline (repo asset)
     from_scratch: bool = False  # remake the generator with pretrain-generator first (slow)
     generator_config: str = "configs/generator_tiny.yaml"

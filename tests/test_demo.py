@@ -10,7 +10,8 @@ from raypipe.demo import DEFAULT_CONFIG, DemoConfig, run_demo
 @pytest.mark.slow
 def test_demo_runs_end_to_end(ray_local, tmp_path, capsys):
     small = '["synth_train.pairs=32", "synth_val.pairs=16", "train.max_steps=4", "train.eval_every=2", ' \
-            '"train.checkpoint_every=4", "train.batch_pairs=4", "train.cpus_per_worker=0.5"]'
+            '"train.checkpoint_every=4", "train.batch_pairs=4", "train.cpus_per_worker=0.5", ' \
+            '"data.sampling.min_pixels=3136"]'
     cfg = load_config(DemoConfig, DEFAULT_CONFIG, [
         "synth.pairs=12", "progress=false", f"reward_overrides={small}", "sample_prompts=4", "sample_k=2",
         "dpo_steps=2", 'dpo_overrides=["train.batch=1", "train.checkpoint_every=2"]', "eval_prompts=2",

@@ -72,7 +72,7 @@ def _env() -> dict:
 TINY_REWARD = ["synth_train.pairs=32", "synth_val.pairs=16", "train.batch_pairs=2", "train.epochs=2",
                "train.checkpoint_every=4", "train.eval_every=4", "train.cpus_per_worker=1", "progress=false",
                "data.rows_per_block=4", "train.record_rows=true", "train.lr=1e-3", "train.max_failures=1",
-               "train.placement_strategy=STRICT_SPREAD"]
+               "train.placement_strategy=STRICT_SPREAD", "data.sampling.min_pixels=3136"]
 
 
 def test_reward_training_on_two_nodes_survives_a_killed_worker(cluster, tmp_path):

@@ -136,3 +136,15 @@ def test_streaming_is_bounded_by_the_memory_budget(ray_local, tmp_path, make_mp4
     # ~150 kB per decoded pair: the budget allows a handful of blocks (measured max 6). Without Ray Data's
     # per-operator reservation no budget is enforced and the backlog grew to 28 and kept growing.
     assert max(ahead) <= 14, ahead
+
+
+def test_split_errors_routes_error_rows_and_keeps_clean_batches_whole():
+    table = pa.table({"row_id": [0, 1, 2, 3], "error": [None, "io_error", None, "too_short"],
+                      "x": [1.0, 2.0, 3.0, 4.0]})
+    good, bad = split_errors(table)
+    assert good.column("row_id").to_pylist() == [0, 2] and bad.column("row_id").to_pylist() == [1, 3]
+    clean = table.filter(pa.array([True, False, True, False]))
+    good, bad = split_errors(clean)  # the no-error path: every row kept, an empty error table of the same schema
+    assert good.column("row_id").to_pylist() == [0, 2] and bad.num_rows == 0 and bad.schema == clean.schema
+    good, bad = split_errors(clean.slice(0, 0))
+    assert good.num_rows == bad.num_rows == 0

@@ -108,6 +108,8 @@ def split_errors(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     import pyarrow.compute as pc
 
     is_error = pc.is_valid(table.column("error"))
+    if not pc.any(is_error).as_py():  # the usual batch: no copy of its frame tensors (~20 ms per 8 pairs at 112 px)
+        return table, table.slice(0, 0)
     return table.filter(pc.invert(is_error)), table.filter(is_error)
 
 

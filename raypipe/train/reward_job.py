@@ -81,7 +81,10 @@ def run_train_reward(cfg: RewardTrainConfig) -> dict:
     val_ds = pair_dataset(val_m, cfg.data)
     cache_s = None
     if cfg.data.cache_frames:
+        from ray.data import DataContext
+
         t0 = time.perf_counter()
+        DataContext.get_current().execution_options.preserve_order = True  # same cached order on every run
         train_ds = train_ds.materialize()
         cache_s = round(time.perf_counter() - t0, 1)
         print(f"frame cache: {len(train_m)} training pairs decoded once into the object store in {cache_s} s "
