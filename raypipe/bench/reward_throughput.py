@@ -22,12 +22,10 @@ SETTINGS = {
 
 
 def _windows(curve: list[dict], key: str) -> tuple[float | None, float | None]:
-    """(mean over every report window, mean without the first)."""
-    vals = [p[key] for p in curve if key in p]
-    if not vals:
-        return None, None
-    steady = vals[1:] or vals
-    return round(sum(vals) / len(vals), 3), round(sum(steady) / len(steady), 3)
+    """(mean over every report window, mean without the first) — train-reward's own summary mean, twice."""
+    from raypipe.train.reward_job import _mean
+
+    return _mean(curve, key), _mean(curve[1:] or curve, key)
 
 
 def run_reward_throughput(args) -> dict:
