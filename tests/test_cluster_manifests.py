@@ -208,3 +208,7 @@ def test_real_size_configs_load():
     assert flow.train.num_workers * flow.train.batch == 64  # the paper's batch
     assert flow.clip.frames % 4 == 1  # Wan's VAE: 4k + 1 frames
     assert latent.train.use_gpu and latent.labels == "model"
+    # bf16 everywhere, and gradient checkpointing where `raypipe bench gpu` ran out of 80 GB without it
+    assert reward.model.dtype == flow.model.dtype == latent.dtype == "bfloat16"
+    assert reward.train.gradient_checkpointing and flow.train.gradient_checkpointing
+    assert latent.train.gradient_checkpointing

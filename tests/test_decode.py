@@ -1,5 +1,4 @@
 """Decoding sampled frames, and every failure kind, with the bad files written here."""
-import io
 import wave
 
 import numpy as np

@@ -1,7 +1,6 @@
 """eval-flow: win rate by hand; a tiny base vs LoRA comparison with identical noise, reward and oracle verdicts."""
 import json
 
-import numpy as np
 import pytest
 import torch
 

@@ -1,7 +1,6 @@
 """Pretraining pieces: the VAE fit lowers reconstruction error; latent stats normalise the latents; the oracle
 report reads colour/shape/direction agreement."""
 import numpy as np
-import pytest
 import torch
 
 from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan

@@ -91,7 +91,7 @@ def test_streaming_is_bounded_by_the_memory_budget(ray_local, tmp_path, make_mp4
     and a 1 MB object-store budget, decoding stays a few blocks ahead of the consumer, not the whole set."""
     import time
 
-    from ray.data import DataContext, ExecutionResources
+    from ray.data import DataContext
 
     from raypipe.data.pairs import decode_pairs_block, manifest_dataset
     from raypipe.ray_utils import configure_data_context

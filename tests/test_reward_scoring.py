@@ -1,21 +1,19 @@
 """Reward scoring and eval-reward: normalisation by hand, the Ray scoring path against direct scoring,
 row accounting with bad videos, dedup of shared videos, metrics against an independent computation."""
-import dataclasses
 import json
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from raypipe.config import ConfigError, SamplingConfig, SynthConfig, load_config
 from raypipe.data.manifest import ManifestError, normalize_label
 from raypipe.reward import eval_job
 from raypipe.reward.eval_job import EvalConfig, compute_metrics, run_eval
 from raypipe.reward.metrics import pairwise_report
-from raypipe.reward.model import RewardModelConfig, VideoReward
-from raypipe.reward.scoring import (SAMPLING_FILE, compute_norm_stats, normalize, overall, resolve_sampling,
+from raypipe.reward.model import VideoReward
+from raypipe.reward.scoring import (compute_norm_stats, normalize, overall, resolve_sampling,
                                     validate_norm_stats)
 from raypipe.video.decode import decode_video
 from raypipe.video.synth import make_synthpref

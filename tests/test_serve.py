@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-import torch
 
 from tests.conftest import moving_square_frames
 

@@ -141,6 +141,25 @@ def add_bench(sub):
     nb.add_argument("--hacking-margin", type=float, default=0.05, dest="hacking_margin")
     nb.set_defaults(func=_bench_runner("nrg", "run_nrg_bench"))
 
+    from raypipe.bench.gpu import add_arguments as gpu_arguments
+
+    gp = bsub.add_parser("gpu", help="the GPU path at real sizes (Qwen2-VL-2B, Wan2.1-1.3B; random weights, bf16, "
+                                     "NCCL): s/step, throughput, peak memory of every trainable model",
+                         description="One device, no Ray: the reward model, Flow-DPO/SFT/RWR and the Flow-NRG "
+                                     "sampler and latent reward at the real checkpoints' shapes with random weights, "
+                                     "in one-rank DeepSpeed ZeRO-2 engines; per batch size with and without "
+                                     "gradient checkpointing. --size tiny runs the same code on a CPU. "
+                                     "`python -m raypipe.bench.gpu` is the same where Ray is not installed.")
+    gpu_arguments(gp)
+    gp.set_defaults(func=_gpu_runner)
+
+
+def _gpu_runner(args) -> int:
+    from raypipe.bench.gpu import run
+
+    run(args)  # prints its own table; the JSON is at --out
+    return 0
+
 
 def _bench_runner(module: str, function: str):
     """A handler that imports raypipe.bench.<module> only when that benchmark runs, and prints its JSON."""

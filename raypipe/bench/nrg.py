@@ -16,8 +16,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 DEFAULT_WEIGHTS = ("0:0:1", ".1:.1:.8", ".5:.5:0")
 
 

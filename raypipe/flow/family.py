@@ -41,6 +41,18 @@ class TinyWanConfig:
     text_ff: int = 64
     max_text_len: int = 16
     shift: float = 3.0
+    freq_dim: int = 32
+    rope_max_seq_len: int = 64
+    vae_num_res_blocks: int = 1
+
+    @classmethod
+    def wan21_1_3b(cls) -> "TinyWanConfig":
+        """Wan2.1-T2V-1.3B's transformer and VAE shapes (random weights; GPU benchmarks). The text encoder is a
+        one-layer stand-in with UMT5-XXL's output width (4096): training reads cached text embeddings."""
+        return cls(vae_base_dim=96, z_dim=16, vae_dim_mult=[1, 2, 4, 4], vae_temporal_downsample=[False, True, True],
+                   num_attention_heads=12, attention_head_dim=128, num_layers=30, ffn_dim=8960, text_dim=4096,
+                   text_layers=1, text_heads=32, text_ff=256, max_text_len=226, shift=3.0, freq_dim=256,
+                   rope_max_seq_len=1024, vae_num_res_blocks=2)
 
 
 def build_word_tokenizer():
@@ -59,30 +71,64 @@ def build_word_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK)
 
 
-def make_tiny_wan(path: str | os.PathLike, cfg: TinyWanConfig | None = None, seed: int = 0) -> Path:
-    """Write a tiny random WanPipeline (tokenizer, UMT5 encoder, VAE, transformer, scheduler) to `path`."""
+def build_random_wan(cfg: TinyWanConfig | None = None, seed: int = 0, dtype: str = "float32",
+                     device: str = "cpu"):
+    """A WanPipeline (tokenizer, UMT5 encoder, VAE, transformer, scheduler) with random weights, built in memory
+    on `device` (weights are drawn there: a 1.3B-shaped transformer takes seconds on a GPU)."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
     cfg = cfg or TinyWanConfig()
     torch.manual_seed(seed)
     tokenizer = build_word_tokenizer()
-    text_encoder = UMT5EncoderModel(UMT5Config(
-        vocab_size=len(tokenizer), d_model=cfg.text_dim, d_kv=cfg.text_dim // cfg.text_heads, d_ff=cfg.text_ff,
-        num_layers=cfg.text_layers, num_heads=cfg.text_heads, pad_token_id=0, eos_token_id=1,
-        decoder_start_token_id=0))
-    spatial = 2 ** (len(cfg.vae_dim_mult) - 1)
-    temporal = 2 ** sum(bool(x) for x in cfg.vae_temporal_downsample)
-    vae = AutoencoderKLWan(base_dim=cfg.vae_base_dim, z_dim=cfg.z_dim, dim_mult=list(cfg.vae_dim_mult),
-                           num_res_blocks=1, temperal_downsample=list(cfg.vae_temporal_downsample),
-                           latents_mean=[0.0] * cfg.z_dim, latents_std=[1.0] * cfg.z_dim,
-                           scale_factor_temporal=temporal, scale_factor_spatial=spatial)
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=cfg.num_attention_heads, attention_head_dim=cfg.attention_head_dim,
-        in_channels=cfg.z_dim, out_channels=cfg.z_dim, text_dim=cfg.text_dim, freq_dim=32, ffn_dim=cfg.ffn_dim,
-        num_layers=cfg.num_layers, rope_max_seq_len=64)
+    with torch.device(device):
+        text_encoder = UMT5EncoderModel(UMT5Config(
+            vocab_size=len(tokenizer), d_model=cfg.text_dim, d_kv=cfg.text_dim // cfg.text_heads,
+            d_ff=cfg.text_ff, num_layers=cfg.text_layers, num_heads=cfg.text_heads, pad_token_id=0, eos_token_id=1,
+            decoder_start_token_id=0))
+        spatial = 2 ** (len(cfg.vae_dim_mult) - 1)
+        temporal = 2 ** sum(bool(x) for x in cfg.vae_temporal_downsample)
+        vae = AutoencoderKLWan(base_dim=cfg.vae_base_dim, z_dim=cfg.z_dim, dim_mult=list(cfg.vae_dim_mult),
+                               num_res_blocks=cfg.vae_num_res_blocks,
+                               temperal_downsample=list(cfg.vae_temporal_downsample),
+                               latents_mean=[0.0] * cfg.z_dim, latents_std=[1.0] * cfg.z_dim,
+                               scale_factor_temporal=temporal, scale_factor_spatial=spatial)
+        transformer = WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=cfg.num_attention_heads,
+            attention_head_dim=cfg.attention_head_dim, in_channels=cfg.z_dim, out_channels=cfg.z_dim,
+            text_dim=cfg.text_dim, freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers,
+            rope_max_seq_len=cfg.rope_max_seq_len)
     pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=cfg.shift))
+    for model in (text_encoder, vae, transformer):
+        cast_like_pretrained(model, getattr(torch, dtype))
+    return pipe
+
+
+def cast_like_pretrained(model, dtype: torch.dtype):
+    """Cast as `from_pretrained(torch_dtype=dtype)` does: what the class marks as float32-only (Wan: rope, time
+    embedder, norms, scale_shift_table) stays float32."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point():
+            tensor.data = tensor.data.to(torch.float32 if keep & set(name.split(".")) else dtype)
+    return model
+
+
+def compute_dtype_device(model) -> tuple[torch.dtype, torch.device]:
+    """(dtype, device) inputs of a diffusers model (or a DeepSpeed engine around one) must have. Not the first
+    parameter's dtype: Wan keeps some parameters float32 in a bf16 model."""
+    base = getattr(model, "module", model)
+    if hasattr(base, "dtype") and hasattr(base, "device"):
+        return base.dtype, base.device
+    weight = next(model.parameters())
+    return weight.dtype, weight.device
+
+
+def make_tiny_wan(path: str | os.PathLike, cfg: TinyWanConfig | None = None, seed: int = 0) -> Path:
+    """Write a tiny random WanPipeline (tokenizer, UMT5 encoder, VAE, transformer, scheduler) to `path`."""
+    cfg = cfg or TinyWanConfig()
+    pipe = build_random_wan(cfg, seed)
     path = Path(path)
     pipe.save_pretrained(path)
     (path / "raypipe_family.json").write_text(
@@ -123,6 +169,11 @@ class WanFamily:
             else {}
         return cls(pipe.to(device), max_text_len=int(extra.get("max_text_len", 226)), shift=extra.get("shift"))
 
+    @property
+    def device(self) -> torch.device:
+        """Where the transformer lives (inputs of `velocity` are moved there; its output stays there)."""
+        return compute_dtype_device(self.transformer)[1]
+
     # --- shapes ------------------------------------------------------------------------------------------
     def frames_for(self, n: int) -> int:
         """The largest frame count ≤ n the VAE takes (1 + k·temporal factor)."""
@@ -161,7 +212,9 @@ class WanFamily:
         """v̂(z_t, t, c): diffusers takes timestep = 1000·t (SPEC §1). `model` defaults to the transformer
         (pass a peft-wrapped one for LoRA)."""
         model = model if model is not None else self.transformer
-        dtype = next(model.parameters()).dtype
-        out = model(hidden_states=z_t.to(dtype), timestep=(1000.0 * t).to(dtype),
-                    encoder_hidden_states=text.to(dtype), return_dict=False)[0]
+        dtype, device = compute_dtype_device(model)
+        # The timestep stays float32: diffusers embeds it sinusoidally first and casts afterwards, whereas 1000·t
+        # in bf16 would be rounded to steps of up to 4 (t off by 0.4 %).
+        out = model(hidden_states=z_t.to(device, dtype), timestep=(1000.0 * t).to(device, torch.float32),
+                    encoder_hidden_states=text.to(device, dtype), return_dict=False)[0]
         return out.float()

@@ -39,6 +39,8 @@ class GenerateConfig:
     width: int = 32
     fps: float = 8.0
     batch: int = 16
+    device: str = "auto"  # auto (cuda when there is one) | cuda | cpu
+    dtype: str = "float32"  # bfloat16 on GPUs
     out: str = "generate-out"
 
 
@@ -85,7 +87,7 @@ def guided_samples(gen, reward_model, prompts: list[str], weights: dict[str, flo
         zs.append(z)
         if reward_model is not None:
             with torch.no_grad():
-                rewards.append(reward_model(z, torch.zeros(len(part)), text).float())
+                rewards.append(reward_model(z, torch.zeros(len(part)), text).float().cpu())
             traces.append(guide.trace)
     sample_s = time.perf_counter() - t0
     z0 = torch.cat(zs)
@@ -94,12 +96,23 @@ def guided_samples(gen, reward_model, prompts: list[str], weights: dict[str, flo
             "sample_s": sample_s}
 
 
-def load_generator(path: str, lora: str | None = None):
+def resolve_device(device: str = "auto") -> str:
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; "cuda" without one is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cuda or cpu, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no GPU is visible (use device=auto or cpu)")
+    return device
+
+
+def load_generator(path: str, lora: str | None = None, device: str = "auto", dtype: str = "float32"):
     from raypipe.flow.family import WanFamily
 
     if not path:
         raise ConfigError("--generator is required (a WanPipeline folder, e.g. gen-out/flow/final)")
-    gen = WanFamily.load(path)
+    gen = WanFamily.load(path, dtype=dtype, device=resolve_device(device))
     if lora:
         gen.pipeline.load_lora_weights(lora)
     gen.transformer.eval().requires_grad_(False)
@@ -111,8 +124,9 @@ def run_generate(cfg: GenerateConfig) -> dict:
     from raypipe.nrg.model import LatentReward
     from raypipe.video.encode import write_mp4
 
-    gen = load_generator(cfg.generator, cfg.lora)
-    model = LatentReward.from_pretrained(cfg.latent_reward) if cfg.latent_reward else None
+    gen = load_generator(cfg.generator, cfg.lora, cfg.device, cfg.dtype)
+    model = LatentReward.from_pretrained(cfg.latent_reward, dtype=cfg.dtype, device=str(gen.device)) \
+        if cfg.latent_reward else None
     if model is None and (cfg.strength or cfg.weights):
         raise ConfigError("guidance (--strength / --weights) needs --latent-reward (train one with "
                           "`raypipe train-latent-reward`)")

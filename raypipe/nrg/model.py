@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from raypipe.flow.family import cast_like_pretrained, compute_dtype_device
+
 TRAINABLE = ("all", "blocks", "heads")
 _CONFIG = "latent_reward.json"
 
@@ -33,6 +35,7 @@ class LatentReward(nn.Module):
         self.trunk = trunk
         self.dims = tuple(dims)
         self.trainable = trainable
+        self.gradient_checkpointing = False  # recompute each block's activations in backward (GPU memory)
         hidden = trunk.config.num_attention_heads * trunk.config.attention_head_dim
         self.norm = nn.LayerNorm(hidden)
         self.heads = nn.Linear(hidden, len(self.dims))
@@ -70,25 +73,32 @@ class LatentReward(nn.Module):
         left = [k for k in missing if not k.startswith(("proj_out", "scale_shift_table", "norm_out"))]
         if left or unexpected:
             raise RuntimeError(f"could not copy the generator's first {k_blocks} blocks: missing {left}")
-        trunk.to(next(transformer.parameters()).dtype)
-        return cls(trunk, tuple(dims), trainable)
+        dtype, device = compute_dtype_device(transformer)
+        cast_like_pretrained(trunk, dtype)
+        return cls(trunk, tuple(dims), trainable).to(device)
 
     def features(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Pooled [B, hidden] features of the first K blocks (the generator's own conditioning of t and c)."""
         tr = self.trunk
-        dtype = next(tr.parameters()).dtype
-        x_t, text = x_t.to(dtype), text.to(dtype)
+        dtype, device = compute_dtype_device(tr)
+        x_t, text = x_t.to(device, dtype), text.to(device, dtype)
         rotary = tr.rope(x_t)
         h = tr.patch_embedding(x_t).flatten(2).transpose(1, 2).contiguous()
-        _, timestep_proj, enc, _ = tr.condition_embedder((1000.0 * t).to(dtype), text, None)
+        # float32 timestep, as in WanFamily.velocity (diffusers casts after the sinusoidal embedding)
+        _, timestep_proj, enc, _ = tr.condition_embedder((1000.0 * t).to(device, torch.float32), text, None)
         timestep_proj = timestep_proj.unflatten(1, (6, -1))
         for block in tr.blocks:
-            h = block(h, enc, timestep_proj, rotary)
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                h = torch.utils.checkpoint.checkpoint(block, h, enc, timestep_proj, rotary, use_reentrant=False)
+            else:
+                h = block(h, enc, timestep_proj, rotary)
         return h.float().mean(dim=1)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """[B, D] rewards of noisy latents x_t at times t (t = 0: clean) for prompt embeddings `text`."""
-        return self.heads(self.norm(self.features(x_t, t, text)))
+        h = self.features(x_t, t, text)
+        # DeepSpeed's bf16 mode casts the whole module, norm and heads included: follow their dtype
+        return self.heads(self.norm(h.to(self.norm.weight.dtype))).float()
 
     # --- persistence ---------------------------------------------------------------------------------------
     def save_pretrained(self, path: str | os.PathLike, extra: dict | None = None) -> Path:

@@ -46,6 +46,7 @@ class LatentRewardSettings(TrainerSettings):
     loss: str = "btt"  # bt | btt
     theta: float = 5.0
     noise: str = "uniform"  # uniform: t ~ U[0, 1] (noise-aware); clean: t = 0 (the paper's weaker ablation)
+    gradient_checkpointing: bool = False  # recompute the K blocks' activations in backward (GPU memory)
 
 
 @dataclasses.dataclass
@@ -55,6 +56,7 @@ class LatentRewardConfig:
     dims: list[str] = dataclasses.field(default_factory=lambda: ["VQ", "MQ", "TA"])
     k_blocks: int = 2
     trainable: str = "all"  # all | blocks | heads
+    dtype: str = "float32"  # bfloat16 on GPUs (train.use_gpu): the trunk's weights and DeepSpeed's bf16 mode
     manifest: str | None = None  # preference manifest or relabel output (a folder or part file)
     labels: str = "auto"  # auto | manifest (y_<DIM>) | model (relabel's model_<DIM>)
     video_root: str | None = None
@@ -131,6 +133,21 @@ def draw_t(n: int, generator: torch.Generator, noise: str) -> torch.Tensor:
     raise ConfigError(f"train.noise must be one of {NOISE}, got {noise!r}")
 
 
+def pair_loss(engine, t_cfg, z_a, z_b, text, y, mask, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    """BT/BTT loss of the latent reward on one batch of latent pairs, both noised with the same t and eps (drawn
+    on the CPU from `generator`); labels y / mask [B, D] move to the model's device."""
+    from raypipe.reward.losses import reward_loss
+
+    tt = draw_t(z_a.shape[0], generator, t_cfg.noise)
+    eps = torch.randn(z_a.shape, generator=generator)
+    x_a, x_b = noisy_pair(z_a, z_b, tt, eps)
+    r = engine(torch.cat([x_a, x_b]), torch.cat([tt, tt]), torch.cat([text, text]))
+    n = z_a.shape[0]
+    loss, stats = reward_loss(t_cfg.loss, r[:n], r[n:], y.to(r.device), mask.to(r.device), theta=t_cfg.theta)
+    acc = stats.get("accuracy", float("nan"))
+    return loss, ({"accuracy": acc} if acc == acc else {})
+
+
 # --- the worker loop -----------------------------------------------------------------------------------------------
 def train_loop_per_worker(config: dict) -> None:
     import os
@@ -141,35 +158,28 @@ def train_loop_per_worker(config: dict) -> None:
     from raypipe.flow.family import WanFamily
     from raypipe.flow.latents import tensor_of
     from raypipe.nrg.model import LatentReward
-    from raypipe.reward.losses import reward_loss
     from raypipe.train.common import deepspeed_config, worker_loop
 
     cfg = build_config(LatentRewardConfig, config["cfg"])
     t = cfg.train
     torch.manual_seed(t.seed)
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-    gen = WanFamily.load(cfg.generator)
+    gen = WanFamily.load(cfg.generator, dtype=cfg.dtype)
     model = LatentReward.from_generator(gen.transformer, tuple(cfg.dims), cfg.k_blocks, cfg.trainable)
+    model.gradient_checkpointing = t.gradient_checkpointing
     del gen
     deepspeed.init_distributed(dist_backend="nccl" if t.use_gpu else "gloo")
     total_steps = config["total_steps"]
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=deepspeed_config(t, total_steps, bf16=False, micro_batch=t.batch))
+        config=deepspeed_config(t, total_steps, bf16=t.use_gpu and cfg.dtype == "bfloat16", micro_batch=t.batch))
 
     def step(batch, generator):
         z_a = torch.from_numpy(tensor_of(batch, "latents_A")).float()
         z_b = torch.from_numpy(tensor_of(batch, "latents_B")).float()
         text = torch.from_numpy(tensor_of(batch, "text")).float()
         y, mask = labels_of(batch, cfg.dims)
-        tt = draw_t(z_a.shape[0], generator, t.noise)
-        eps = torch.randn(z_a.shape, generator=generator)
-        x_a, x_b = noisy_pair(z_a, z_b, tt, eps)
-        r = engine(torch.cat([x_a, x_b]), torch.cat([tt, tt]), torch.cat([text, text]))
-        n = z_a.shape[0]
-        loss, stats = reward_loss(t.loss, r[:n], r[n:], y, mask, theta=t.theta)
-        acc = stats.get("accuracy", float("nan"))
-        return loss, ({"accuracy": acc} if acc == acc else {})
+        return pair_loss(engine, t, z_a, z_b, text, y, mask, generator)
 
     def save_final(d: Path) -> None:
         engine.module.save_pretrained(d, extra={"generator": cfg.generator, "noise": t.noise, "loss": t.loss})
@@ -207,7 +217,7 @@ def bucket_accuracy(model, val: pa.Table, dims: list[str], draws: int = 4, seed:
                 tt = lo + (hi - lo) * torch.rand(z_a.shape[0], generator=g)
                 eps = torch.randn(z_a.shape, generator=g)
                 x_a, x_b = noisy_pair(z_a, z_b, tt, eps)
-                delta = (model(x_a, tt, text) - model(x_b, tt, text)).numpy()
+                delta = (model(x_a, tt, text) - model(x_b, tt, text)).float().cpu().numpy()
                 right = np.sign(delta) == y.numpy()
                 correct[bi] += (right & decisive).sum(0)
                 total[bi] += decisive.sum(0)

@@ -107,6 +107,19 @@ class VideoReward(nn.Module):
             for p in self._vlm().visual.parameters():
                 p.requires_grad_(True)
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the vision and language layers' activations in the backward pass (non-reentrant, so frozen
+        inputs under LoRA need no requires_grad trick): ~1/3 more compute for a fraction of the memory."""
+        base = self._base()
+        if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name warns
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def disable_gradient_checkpointing(self) -> None:
+        base = self._base()
+        (getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable)()
+
     def _base(self) -> nn.Module:
         """The Qwen2VLForConditionalGeneration under any peft wrapper (LoRA layers are injected in place)."""
         return self.backbone.get_base_model() if hasattr(self.backbone, "get_base_model") else self.backbone

@@ -310,8 +310,10 @@ def _generate_api_class():
             from raypipe.nrg.generate import latent_shape, load_generator
             from raypipe.nrg.model import LatentReward
 
-            self.gen = load_generator(generator, lora)
-            self.model = LatentReward.from_pretrained(latent_reward) if latent_reward else None
+            dtype = settings.get("dtype") or "float32"
+            self.gen = load_generator(generator, lora, settings.get("device") or "auto", dtype)
+            self.model = LatentReward.from_pretrained(latent_reward, dtype=dtype, device=str(self.gen.device)) \
+                if latent_reward else None
             self.settings = settings
             clip = settings.get("clip") or {}
             self.frames, self.height, self.width = (int(clip.get("frames", 9)), int(clip.get("height", 32)),

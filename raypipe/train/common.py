@@ -123,7 +123,9 @@ def all_ranks_true(flag: bool) -> bool:
     import torch
     import torch.distributed as dist
 
-    t = torch.tensor([0 if flag else 1])
+    # NCCL reduces only GPU tensors; gloo only CPU ones.
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([0 if flag else 1], device=device)
     dist.all_reduce(t)
     return int(t.item()) == 0
 

@@ -57,18 +57,36 @@ def drop_prompts(prompts: list[str], share: float, generator: torch.Generator) -
 
 
 def step_loss(gen, engine, t_cfg, batch, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-    """The loss of one batch for the configured algorithm (see raypipe.flow.losses), and its stats."""
+    """The loss of one batch (a pyarrow batch of the Ray Data shard) for the configured algorithm, and its stats."""
+    prompts = batch.column("prompt").to_pylist()
+    if t_cfg.algo == "dpo":
+        tensors = {"z_w": latents_of(gen, batch, "w"), "z_l": latents_of(gen, batch, "l"),
+                   "text": text_of(gen, batch, prompts, 0.0, generator)}
+    else:
+        tensors = {"z": latents_of(gen, batch, ""), "text": text_of(gen, batch, prompts, t_cfg.prompt_dropout,
+                                                                     generator)}
+        if t_cfg.algo == "rwr":
+            tensors["reward"] = torch.tensor(batch.column("reward").to_pylist(), dtype=torch.float32)
+            if t_cfg.lambda_real and "is_real" in batch.column_names:
+                tensors["is_real"] = torch.tensor(batch.column("is_real").to_pylist(), dtype=torch.bool)
+    return algo_loss(gen, engine, t_cfg, tensors, generator)
+
+
+def algo_loss(gen, engine, t_cfg, tensors: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    """The loss of one batch given as tensors (see raypipe.flow.losses): `z_w`, `z_l`, `text` for Flow-DPO;
+    `z`, `text` (+ `reward`, optional `is_real` for Flow-RWR) otherwise. Noise and t are drawn on the CPU from
+    `generator` (the same on any device), then everything moves to the transformer's device."""
     from raypipe.flow.lora import reference
     from raypipe.flow.losses import (beta_t, dpo_loss, flow_error, noised, rwr_loss, sample_t, sft_loss)
 
-    algo = t_cfg.algo
-    prompts = batch.column("prompt").to_pylist()
+    algo, device = t_cfg.algo, gen.device
     if algo == "dpo":
-        z_w, z_l = latents_of(gen, batch, "w"), latents_of(gen, batch, "l")
-        text = text_of(gen, batch, prompts, 0.0, generator)
+        z_w, z_l = tensors["z_w"].to(device), tensors["z_l"].to(device)
+        text = tensors["text"].to(device)
         n = z_w.shape[0]
         t = sample_t(n, generator, gen.shift)
-        eps = torch.randn(z_w.shape, generator=generator)  # ONE eps and ONE t per pair, shared by w and l
+        eps = torch.randn(z_w.shape, generator=generator).to(device)  # ONE eps and ONE t per pair, for w and l
+        t = t.to(device)
         xt_w, v_w = noised(z_w, eps, t)
         xt_l, v_l = noised(z_l, eps, t)
         xt, v, tt, tx = torch.cat([xt_w, xt_l]), torch.cat([v_w, v_l]), torch.cat([t, t]), torch.cat([text, text])
@@ -77,18 +95,15 @@ def step_loss(gen, engine, t_cfg, batch, generator: torch.Generator) -> tuple[to
             err_ref = flow_error(gen.velocity(xt, tt, tx, model=engine), v)
         loss, stats = dpo_loss(err[:n], err_ref[:n], err[n:], err_ref[n:], beta_t(t_cfg.beta, t, t_cfg.beta_schedule))
         return loss, stats
-    z = latents_of(gen, batch, "")
-    text = text_of(gen, batch, prompts, t_cfg.prompt_dropout, generator)
+    z, text = tensors["z"].to(device), tensors["text"].to(device)
     t = sample_t(z.shape[0], generator, gen.shift)
-    eps = torch.randn(z.shape, generator=generator)
-    xt, v = noised(z, eps, t)
+    eps = torch.randn(z.shape, generator=generator).to(device)
+    xt, v = noised(z, eps, t.to(device))
     err = flow_error(gen.velocity(xt, t, text, model=engine), v)
     if algo == "rwr":
-        rewards = torch.tensor(batch.column("reward").to_pylist(), dtype=torch.float32)
-        real = None
-        if t_cfg.lambda_real and "is_real" in batch.column_names:
-            mask = torch.tensor(batch.column("is_real").to_pylist(), dtype=torch.bool)
-            real = err[mask] if mask.any() else None
+        rewards = tensors["reward"].to(device)
+        mask = tensors.get("is_real")
+        real = err[mask.to(device)] if mask is not None and bool(mask.any()) else None
         return rwr_loss(err, rewards, t_cfg.tau, real, t_cfg.lambda_real), {"mean_reward": float(rewards.mean())}
     return sft_loss(err), {}
 
@@ -108,6 +123,8 @@ def train_loop_per_worker(config: dict) -> None:
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     device = "cuda" if t.use_gpu else "cpu"
     gen = WanFamily.load(cfg.model.name_or_path, dtype=cfg.model.dtype, device=device)
+    if t.gradient_checkpointing:
+        gen.transformer.enable_gradient_checkpointing()
     if t.algo != "pretrain" and cfg.model.lora.enabled:
         lora = cfg.model.lora
         add_lora(gen.transformer, lora.r, lora.alpha, lora.dropout, gen.lora_targets)

@@ -121,6 +121,8 @@ def train_loop_per_worker(config: dict) -> None:
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     device = torch.device("cuda", torch.cuda.current_device()) if t.use_gpu else torch.device("cpu")
     model = VideoReward.build(cfg.model)
+    if t.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
     dims = model.dimensions
     deepspeed.init_distributed(dist_backend="nccl" if t.use_gpu else "gloo")
     total_steps = config["total_steps"]

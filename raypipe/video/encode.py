@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 from fractions import Fraction
 
-import av
 import numpy as np
 
 
@@ -14,6 +13,8 @@ def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: float, crf: int 
 
     `gop` is the keyframe interval (default: libx264's own); small values make sparse seeking cheap.
     """
+    import av  # PyAV: needed only to write files
+
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"write_mp4 wants uint8 [T,H,W,3], got {frames.dtype} {frames.shape}")
