@@ -52,10 +52,6 @@ class DataConfig:
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     rows_per_block: int = 4  # pairs per Ray Data block (the unit of parallel decoding)
     decode_cpus: float = 1.0  # CPUs reserved per decode task
-    # Decode every video once into Ray's object store before training, and stream the decoded frames each epoch
-    # (spills to local disk beyond the store). For sets that fit (SynthPref: 75 KB per video): a 56x56 video costs
-    # ~9 ms of CPU to decode, as much as a tiny model's training step on it. Off for large sets.
-    cache_frames: bool = False
 
 
 @dataclasses.dataclass

@@ -63,3 +63,15 @@ def test_dict_valued_fields_are_replaced_but_sections_merge(tmp_path):
     assert cfg.data.weights == {"VQ": 2.0}
     assert cfg.train.batch == 3 and cfg.train.lr == 0.5 and cfg.data.source == "labels"
     assert load_config(FlowTrainConfig, path).data.weights == {"MQ": 1.0}
+
+
+def test_frame_cache_is_a_train_reward_setting_only():
+    """data.cache_frames is honoured by train-reward alone; elsewhere it is an unknown key, not silently ignored."""
+    from raypipe.config import ConfigError, load_config
+    from raypipe.data.pairs_job import PairsJobConfig
+    from raypipe.train.reward_config import RewardTrainConfig
+
+    assert load_config(RewardTrainConfig, None, ["data.cache_frames=true"]).data.cache_frames is True
+    assert load_config(RewardTrainConfig, "configs/reward_tiny.yaml", []).data.cache_frames is True
+    with pytest.raises(ConfigError, match="cache_frames"):
+        load_config(PairsJobConfig, None, ["data.cache_frames=true"])
