@@ -28,21 +28,20 @@ def sample(velocity: Callable, text: torch.Tensor, uncond: torch.Tensor | None, 
            steps: int = 20, cfg_scale: float = 1.0, shift: float = 1.0, generator: torch.Generator | None = None,
            noise: torch.Tensor | None = None, guidance: Callable | None = None) -> torch.Tensor:
     """Latents x0 [B, ...] from noise (given, or drawn from `generator`)."""
-    # Noise is drawn on the CPU (the same samples on any device); x then lives where the velocity comes from.
-    x = (noise.clone() if noise is not None else torch.randn(shape, generator=generator)).to(text.device)
+    # Noise is drawn on the CPU (the same samples on any device); x then moves to where the velocity comes from.
+    x = noise.clone() if noise is not None else torch.randn(shape, generator=generator)
     grid = time_grid(steps, shift)
     use_cfg = cfg_scale != 1.0 and uncond is not None
     for i in range(steps):
         t_now, t_next = float(grid[i]), float(grid[i + 1])
         t = torch.full((x.shape[0],), t_now, device=x.device)
         if use_cfg:
-            both = velocity(torch.cat([x, x]), torch.cat([t, t]),
-                            torch.cat([text, uncond.to(text.device).expand_as(text)]))
+            both = velocity(torch.cat([x, x]), torch.cat([t, t]), torch.cat([text, uncond.expand_as(text)]))
             v_c, v_u = both.chunk(2)
             v = v_u + cfg_scale * (v_c - v_u)
         else:
             v = velocity(x, t, text)
-        if v.device != x.device:  # a model on another device than the prompts' embeddings
+        if v.device != x.device:  # the first step on a GPU model
             x, t = x.to(v.device), t.to(v.device)
         if guidance is not None:
             v = guidance(x, t, v)

@@ -46,7 +46,6 @@ class LatentRewardSettings(TrainerSettings):
     loss: str = "btt"  # bt | btt
     theta: float = 5.0
     noise: str = "uniform"  # uniform: t ~ U[0, 1] (noise-aware); clean: t = 0 (the paper's weaker ablation)
-    gradient_checkpointing: bool = False  # recompute the K blocks' activations in backward (GPU memory)
 
 
 @dataclasses.dataclass

@@ -31,6 +31,9 @@ class TrainerSettings:
     max_failures: int = 2  # worker deaths tolerated (resume from the last checkpoint)
     seed: int = 0
     record_rows: bool = False  # keep the consumed rows per epoch in the checkpoint's progress (resume checks)
+    # Recompute activations in the backward pass: ~1/3 more compute for a fraction of the activation memory (the
+    # real-size presets need it: their batches run out of an 80 GB GPU without it, see `raypipe bench gpu`).
+    gradient_checkpointing: bool = False
 
 
 def fit_trainer(loop, loop_config: dict, t: TrainerSettings, out, name: str, datasets: dict) -> tuple[dict, float]:

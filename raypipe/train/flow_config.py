@@ -54,9 +54,6 @@ class FlowTrainSettings(TrainerSettings):
     tau: float = 1.0  # Flow-RWR temperature
     lambda_real: float = 0.0  # Flow-RWR: weight of plain flow matching on real videos (LiFT)
     prompt_dropout: float = 0.0  # share of prompts replaced by "" (classifier-free guidance); pretrain: 0.1
-    # Recompute each transformer block's activations in the backward pass: ~1/3 more compute, a fraction of the
-    # activation memory (Wan2.1-1.3B at 33x480x832 needs it for more than one pair per 80 GB GPU).
-    gradient_checkpointing: bool = False
 
 
 @dataclasses.dataclass

@@ -20,7 +20,6 @@ class TrainSettings(TrainerSettings):
     eval_every: int = 100  # steps between validation accuracy points of the learning curve
     prefetch_batches: int = 4
     shuffle_buffer: int = 64  # local shuffle (rows) in each worker
-    gradient_checkpointing: bool = False  # recompute activations in backward (less memory, ~1/3 more compute)
 
 
 @dataclasses.dataclass
