@@ -286,6 +286,23 @@ def _run_pretrain_generator(args) -> int:
     return pretrain_generator_from_args(args.config, args.out, args.overrides)
 
 
+def _add_pretrain_reward_backbone(sub):
+    p = sub.add_parser("pretrain-reward-backbone",
+                       help="make the tiny reward backbone: caption-pretrain a tiny Qwen2-VL on SynthPref-style clips",
+                       description="Next-token captioning ('a red circle moving left', true attributes) of freshly "
+                                   "rendered clips, plain PyTorch on one process; the folder loads as "
+                                   "model.name_or_path. The repo ships the result as assets/tiny-qwen2vl.")
+    p.add_argument("--out", required=True, help="output folder (a Qwen2-VL checkpoint + pretrain_report.json)")
+    p.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget (default 10)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch", type=int, default=32, help="clips per step (default 32)")
+    p.add_argument("--pixels", type=int, default=112, help="frame side the clips are shown at (default 112)")
+    p.add_argument("--init", default=None, help="continue from an earlier run's output folder")
+    p.set_defaults(func=lambda a: __import__("raypipe.reward.pretrain", fromlist=["x"]).pretrain_backbone_from_args(a))
+
+
 def _add_train_latent_reward(sub):
     p = sub.add_parser("train-latent-reward", help="Flow-NRG: train the noise-aware latent reward model (Ray Train + "
                                                    "DeepSpeed) from labelled or relabelled pairs",
@@ -374,8 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"raypipe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_probe, _add_synth, _add_oracle, _add_pairs, _add_train_reward, _add_eval_reward, _add_relabel,
-                _add_train_flow, _add_pretrain_generator, _add_eval_flow, _add_train_latent_reward, _add_generate,
-                _add_sample_pairs, _add_serve,
+                _add_train_flow, _add_pretrain_generator, _add_pretrain_reward_backbone, _add_eval_flow,
+                _add_train_latent_reward, _add_generate, _add_sample_pairs, _add_serve,
                 _add_demo, add_bench):
         add(sub)
     return parser

@@ -17,6 +17,14 @@ from typing import Any, TypeVar
 
 import yaml
 
+
+def repo_path(path: str | os.PathLike) -> Path:
+    """`path` as given when it exists (or is absolute), else relative to the repository root: presets and
+    assets (assets/tiny-generator, assets/tiny-qwen2vl) resolve from any working directory."""
+    p = Path(path)
+    return p.resolve() if p.is_absolute() or p.exists() else Path(__file__).resolve().parent.parent / p
+
+
 T = TypeVar("T")
 
 

@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from raypipe.config import DataConfig, SamplingConfig, SynthConfig, load_config, save_config
+from raypipe.config import DataConfig, SamplingConfig, SynthConfig, load_config, repo_path, save_config
 from raypipe.train.reward_config import RewardTrainConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo_tiny.yaml"
@@ -29,7 +29,8 @@ class DemoConfig:
     reward_config: str = "configs/reward_tiny.yaml"
     reward_overrides: list[str] = dataclasses.field(default_factory=lambda: [
         "synth_train.pairs=1024", "synth_val.pairs=128", "train.max_steps=150", "train.eval_every=50",
-        "train.checkpoint_every=50", "data.sampling.min_pixels=3136"])  # 56 px: see configs/demo_tiny.yaml
+        "train.checkpoint_every=50", "data.sampling.min_pixels=3136", "train.lr=1e-3",
+        "train.dim_weights={}"])  # why: configs/demo_tiny.yaml
     generator: str = "assets/tiny-generator"  # a pretrained tiny WanPipeline (repo asset)
     from_scratch: bool = False  # remake the generator with pretrain-generator first (slow)
     generator_config: str = "configs/generator_tiny.yaml"
@@ -86,7 +87,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
     t = _stage(f"3/{STAGES} train VideoReward (Ray Train + DeepSpeed, tiny Qwen2-VL)")
     from raypipe.train.reward_job import run_train_reward
 
-    reward_cfg = load_config(RewardTrainConfig, _repo_path(cfg.reward_config),
+    reward_cfg = load_config(RewardTrainConfig, repo_path(cfg.reward_config),
                              [*cfg.reward_overrides, f"out={out / 'reward'}", f"progress={str(cfg.progress).lower()}"])
     report["reward"] = run_train_reward(reward_cfg)
     report["reward_s"] = round(time.perf_counter() - t, 2)
@@ -161,12 +162,12 @@ def _generator_stages(cfg: DemoConfig, out: Path, synth_dir: Path) -> dict:
 
     report: dict = {}
     reward = str(out / "reward" / "final")
-    generator = str(_repo_path(cfg.generator))
+    generator = str(repo_path(cfg.generator))
     if cfg.from_scratch:
         from raypipe.flow.pretrain_job import GeneratorPretrainConfig, run_pretrain_generator
 
         t = _stage("6a/8 pretrain the tiny generator from scratch (pretrain-generator)")
-        run_pretrain_generator(load_config(GeneratorPretrainConfig, _repo_path(cfg.generator_config),
+        run_pretrain_generator(load_config(GeneratorPretrainConfig, repo_path(cfg.generator_config),
                                            [f"out={out / 'generator'}", f"progress={str(cfg.progress).lower()}"]))
         generator = str(out / "generator" / "flow" / "final")
         report["generator_s"] = round(time.perf_counter() - t, 2)
@@ -186,7 +187,7 @@ def _generator_stages(cfg: DemoConfig, out: Path, synth_dir: Path) -> dict:
     report["flow"] = {}
     for algo in algos:
         print(f"--- {algo} ---", flush=True)
-        flow_cfg = load_config(FlowTrainConfig, _repo_path("configs/flow_tiny.yaml"), [
+        flow_cfg = load_config(FlowTrainConfig, repo_path("configs/flow_tiny.yaml"), [
             f"model.name_or_path={generator}", f"data.manifest={out / 'sample_pairs' / 'pairs'}",
             "data.source=margins", f"data.weights={json.dumps(dict(cfg.pair_weights))}", "clip.frames=9",
             "clip.height=32", "clip.width=32", f"train.algo={algo}", f"train.max_steps={cfg.dpo_steps}",
@@ -201,7 +202,7 @@ def _generator_stages(cfg: DemoConfig, out: Path, synth_dir: Path) -> dict:
 
     t = _stage(f"8/{STAGES} Flow-NRG: latent reward model (first blocks of the generator) on the stage-1 pairs, "
                f"then reward-guided sampling")
-    lr_cfg = load_config(LatentRewardConfig, _repo_path("configs/latent_reward_tiny.yaml"), [
+    lr_cfg = load_config(LatentRewardConfig, repo_path("configs/latent_reward_tiny.yaml"), [
         f"generator={generator}", f"manifest={synth_dir / 'manifest.parquet'}", "train.epochs=100",
         f"train.max_steps={cfg.latent_reward_steps}", "train.batch=8", "train.checkpoint_every=30",
         "eval_draws=2", f"out={out / 'latent_reward'}", f"progress={str(cfg.progress).lower()}",
@@ -262,11 +263,6 @@ def _label_agreement(relabel_out: Path, dimensions) -> dict[str, float]:
         pairs = [(t, m) for t, m in zip(truth, model) if t is not None and m is not None]
         out[dim] = round(sum(t == m for t, m in pairs) / max(1, len(pairs)), 4)
     return out
-
-
-def _repo_path(path: str) -> Path:
-    p = Path(path)
-    return p.resolve() if p.is_absolute() or p.exists() else Path(__file__).resolve().parent.parent / p
 
 
 def run_demo_from_args(config: str | None, out: str, overrides: list[str]) -> int:

@@ -248,3 +248,50 @@ def test_regression_nothing_labelled():
     loss, stats = regression_loss(r, _t(float("nan")), torch.zeros(1, dtype=torch.bool))
     loss.backward()
     assert loss.item() == 0.0 and r.grad.item() == 0.0 and stats["n_labelled"] == 0
+
+
+@pytest.mark.parametrize("kind", ["bt", "btt"])
+def test_dimension_weights_by_hand(kind):
+    """weights [D]: Σ w_d·L / Σ w_d over the labelled entries, per-entry L from the closed forms (math module)."""
+    theta = 5.0
+    r_a = torch.tensor([[0.3, -1.0, 2.0], [0.0, 0.5, -0.2]], dtype=torch.float64)
+    r_b = torch.tensor([[0.1, 0.4, 0.0], [1.0, 0.5, 0.3]], dtype=torch.float64)
+    y = torch.tensor([[1, -1, 0], [-1, 1, 1]])
+    mask = torch.tensor([[True, True, True], [True, False, True]])
+    w = [1.0, 2.0, 3.0]
+    num = den = 0.0
+    for i in range(2):
+        for d in range(3):
+            if not mask[i, d] or (kind == "bt" and y[i, d] == 0):
+                continue
+            delta = float(r_a[i, d] - r_b[i, d]) * (1 if y[i, d] >= 0 else -1)
+            if kind == "bt":
+                loss = -math.log(_sig(delta))
+            elif y[i, d] == 0:
+                loss = -math.log((theta ** 2 - 1) * _sig(delta - math.log(theta)) * _sig(-delta - math.log(theta)))
+            else:
+                loss = -math.log(_sig(delta - math.log(theta)))
+            num, den = num + w[d] * loss, den + w[d]
+    got, _ = reward_loss(kind, r_a, r_b, y, mask, theta, weights=torch.tensor(w))
+    assert float(got) == pytest.approx(num / den, rel=1e-12)
+    plain, _ = reward_loss(kind, r_a, r_b, y, mask, theta)
+    for same in ([1.0, 1.0, 1.0], [2.5, 2.5, 2.5]):  # equal weights are the plain masked mean
+        assert float(reward_loss(kind, r_a, r_b, y, mask, theta, weights=torch.tensor(same))[0]) == \
+            pytest.approx(float(plain), rel=1e-12)
+    dropped = mask.clone()  # weight 0 on a column = that column unlabelled
+    dropped[:, 1] = False
+    assert float(reward_loss(kind, r_a, r_b, y, mask, theta, weights=torch.tensor([1.0, 0.0, 1.0]))[0]) == \
+        pytest.approx(float(reward_loss(kind, r_a, r_b, y, dropped, theta)[0]), rel=1e-12)
+    nothing = torch.zeros_like(mask)
+    zero, _ = reward_loss(kind, r_a.requires_grad_(), r_b, y, nothing, theta, weights=torch.tensor(w))
+    zero.backward()
+    assert float(zero) == 0.0 and torch.all(r_a.grad == 0)
+
+
+def test_regression_dimension_weights():
+    r = torch.tensor([[0.5, -1.0], [2.0, 0.0]], dtype=torch.float64)
+    mos = torch.tensor([[4.0, 1.0], [3.0, float("nan")]], dtype=torch.float64)
+    mask = torch.tensor([[True, True], [True, False]])
+    got, _ = regression_loss(r, mos, mask, weights=torch.tensor([1.0, 4.0]))
+    # entries: (0.5-1)² w1, (-1+2)² w4, (2-0)² w1
+    assert float(got) == pytest.approx((0.25 + 4 * 1.0 + 4.0) / 6.0, rel=1e-12)

@@ -30,3 +30,15 @@ def test_zero3_trains_and_saves(ray_local, tmp_path):
     model = VideoReward.from_pretrained(out / "final")
     lora_merged = model.backbone.model.language_model.layers[0].self_attn.q_proj.weight
     assert lora_merged.numel() > 0 and torch.isfinite(lora_merged).all()  # gathered, not size-0 shards
+
+
+@pytest.mark.parametrize("weights, match", [("{XX: 1}", "unknown: \\['XX'\\]"), ("{TA: -1}", "TA': -1"),
+                                            ("{VQ: 0, MQ: 0, TA: 0}", "not all 0")])
+def test_bad_dimension_weights_are_refused_before_any_work(tmp_path, weights, match):
+    from raypipe.train.reward_job import run_train_reward
+
+    cfg = load_config(RewardTrainConfig, Path(__file__).parent.parent / "configs" / "reward_tiny.yaml",
+                      TINY + [f"out={tmp_path / 'run'}", f"train.dim_weights={weights}"])
+    with pytest.raises(ValueError, match=match):
+        run_train_reward(cfg)
+    assert not (tmp_path / "run" / "data").exists()  # refused before synthesising or decoding anything

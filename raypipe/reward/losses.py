@@ -46,10 +46,17 @@ def _prepare(r_a, r_b, y, mask):
     return delta, y, mask
 
 
-def _masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Σ_{keep} values / max(#keep, 1); a graph-connected zero when nothing is kept."""
+def _masked_mean(values: torch.Tensor, keep: torch.Tensor, weights=None) -> torch.Tensor:
+    """Σ_{keep} w·values / Σ_{keep} w (w = 1 without `weights`; `weights` [D] weighs dimension columns); a
+    graph-connected zero when nothing is kept."""
+    if weights is None:
+        kept = torch.where(keep, values, torch.zeros_like(values))
+        return kept.sum() / keep.sum().clamp(min=1).to(values.dtype)
+    w = torch.where(keep, torch.as_tensor(weights, dtype=values.dtype, device=values.device).expand_as(values),
+                    torch.zeros_like(values))
     kept = torch.where(keep, values, torch.zeros_like(values))
-    return kept.sum() / keep.sum().clamp(min=1).to(values.dtype)
+    total = w.sum()
+    return (kept * w).sum() / torch.where(total > 0, total, torch.ones_like(total))
 
 
 def _stats(delta: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, n_labelled: int) -> dict:
@@ -65,7 +72,7 @@ def _stats(delta: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, n_labelled:
     }
 
 
-def bt_loss(r_a: torch.Tensor, r_b: torch.Tensor, y: torch.Tensor, mask: torch.Tensor):
+def bt_loss(r_a: torch.Tensor, r_b: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, weights=None):
     """Bradley–Terry loss, ties dropped: L = -log σ(Δ), Δ = r_preferred - r_other.
 
     Tie entries (y = 0) are masked out, so `stats["n_labelled"]` counts decisive entries only
@@ -73,7 +80,7 @@ def bt_loss(r_a: torch.Tensor, r_b: torch.Tensor, y: torch.Tensor, mask: torch.T
     """
     delta, y, mask = _prepare(r_a, r_b, y, mask)
     keep = mask & (y != 0)
-    loss = _masked_mean(-F.logsigmoid(delta), keep)  # logsigmoid: stable for large |Δ|
+    loss = _masked_mean(-F.logsigmoid(delta), keep, weights)  # logsigmoid: stable for large |Δ|
     return loss, _stats(delta, y, mask, int(keep.sum()))
 
 
@@ -104,7 +111,8 @@ def btt_probabilities(delta, theta: float = 5.0):
     return p_a, p_b, p_tie
 
 
-def btt_loss(r_a: torch.Tensor, r_b: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, theta: float = 5.0):
+def btt_loss(r_a: torch.Tensor, r_b: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, theta: float = 5.0,
+             weights=None):
     """Bradley–Terry with ties (Rao–Kupper), θ > 1; the negative log-likelihood of `btt_probabilities`.
 
         win (after the swap): L = -log σ(Δ - ln θ)                                 = -log P(preferred ≻ other)
@@ -119,11 +127,11 @@ def btt_loss(r_a: torch.Tensor, r_b: torch.Tensor, y: torch.Tensor, mask: torch.
     log_tie_const = math.log(theta - 1.0) + math.log(theta + 1.0)
     win = -F.logsigmoid(delta - log_theta)
     tie = -F.logsigmoid(delta - log_theta) - F.logsigmoid(-delta - log_theta) - log_tie_const
-    loss = _masked_mean(torch.where(y == 0, tie, win), mask)
+    loss = _masked_mean(torch.where(y == 0, tie, win), mask, weights)
     return loss, _stats(delta, y, mask, int(mask.sum()))
 
 
-def regression_loss(r: torch.Tensor, mos: torch.Tensor, mask: torch.Tensor):
+def regression_loss(r: torch.Tensor, mos: torch.Tensor, mask: torch.Tensor, weights=None):
     """Pointwise MOS regression: L = (r - (MOS - 3))², a 1–5 score centred on 0. Returns (loss, stats).
 
     `stats`: `n_labelled` and `mae` (mean |r - (MOS - 3)| over labelled entries, nan if none).
@@ -133,17 +141,20 @@ def regression_loss(r: torch.Tensor, mos: torch.Tensor, mask: torch.Tensor):
     dtype = torch.promote_types(r.dtype, torch.float32)
     target = torch.where(mask, mos.to(dtype) - 3.0, torch.zeros((), dtype=dtype))  # unlabelled MOS may be NaN
     err = torch.where(mask, r.to(dtype) - target, torch.zeros((), dtype=dtype))
-    loss = _masked_mean(err * err, mask)
+    loss = _masked_mean(err * err, mask, weights)
     n = int(mask.sum())
     mae = float(err.detach().abs().sum()) / n if n else float("nan")
     return loss, {"n_labelled": n, "mae": mae}
 
 
 def reward_loss(kind: str, r_a: torch.Tensor, r_b: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-                theta: float = 5.0):
-    """Dispatch to `bt_loss` ("bt", θ unused) or `btt_loss` ("btt"). Returns (loss, stats)."""
+                theta: float = 5.0, weights=None):
+    """Dispatch to `bt_loss` ("bt", θ unused) or `btt_loss` ("btt"). Returns (loss, stats).
+
+    `weights` ([D], optional) weigh the dimensions' columns in the masked mean: Σ w_d·L / Σ w_d over labelled
+    entries, so equal weights (or None) give the plain masked mean."""
     if kind == "bt":
-        return bt_loss(r_a, r_b, y, mask)
+        return bt_loss(r_a, r_b, y, mask, weights=weights)
     if kind == "btt":
-        return btt_loss(r_a, r_b, y, mask, theta=theta)
+        return btt_loss(r_a, r_b, y, mask, theta=theta, weights=weights)
     raise ValueError(f"unknown reward loss {kind!r}; expected 'bt' or 'btt'")

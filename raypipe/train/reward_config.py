@@ -13,6 +13,9 @@ class TrainSettings(TrainerSettings):
     """train-reward's `train` section: the shared trainer fields (raypipe.train.common.TrainerSettings) + these."""
     loss: str = "btt"  # bt | btt | regression
     theta: float = 5.0  # BTT tie parameter (> 1)
+    # Loss weight per dimension (unnamed dimensions weigh 1; {} = the plain masked mean of SPEC §3.2), e.g. {TA: 3}
+    # to give a slow dimension a larger share of the update.
+    dim_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     warmup_ratio: float = 0.05
     min_lr_ratio: float = 0.1
     batch_pairs: int = 8  # pairs per worker per step

@@ -12,7 +12,7 @@ import math
 import time
 from pathlib import Path
 
-from raypipe.config import load_config, save_config, to_dict
+from raypipe.config import load_config, repo_path, save_config, to_dict
 from raypipe.train.reward_config import RewardTrainConfig
 
 
@@ -65,14 +65,22 @@ def run_train_reward(cfg: RewardTrainConfig) -> dict:
     t = cfg.train
     if t.loss not in ("bt", "btt", "regression"):
         raise ValueError(f"train.loss must be bt, btt or regression (MOS_<side>_<DIM> columns), got {t.loss!r}")
-    train_path, val_path = _prepare_data(cfg, out)
     dims = cfg.model.dimensions
+    unknown = set(t.dim_weights) - set(dims)
+    bad = [f"{d}={w}" for d, w in t.dim_weights.items() if not (isinstance(w, (int, float)) and 0 <= w < float("inf"))]
+    if unknown or bad or (t.dim_weights and not any(t.dim_weights.get(d, 1.0) > 0 for d in dims)):
+        raise ValueError(f"train.dim_weights must map dimensions of {list(dims)} to finite weights >= 0, not all 0; "
+                         f"got {t.dim_weights}" + (f" (unknown: {sorted(unknown)})" if unknown else ""))
+    train_path, val_path = _prepare_data(cfg, out)
     train_m = load_manifest(train_path, dims, cfg.data.video_root)  # validated before any Ray work
     val_m = load_manifest(val_path, dims, cfg.data.video_root)
     if cfg.model.name_or_path is None:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(
             cfg.model, name_or_path=str(make_tiny_backbone(out / "tiny_backbone", cfg.model.tiny,
                                                            cfg.model.tiny_seed))))
+    else:  # absolute for the workers; "assets/tiny-qwen2vl" resolves from any working directory
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
+                                                                 name_or_path=str(repo_path(cfg.model.name_or_path))))
     save_config(cfg, out)
 
     init_ray(cfg.address)

@@ -60,13 +60,14 @@ def deepspeed_config(t, total_steps: int, bf16: bool) -> dict:
     return shared(t, total_steps, bf16, micro_batch=t.batch_pairs)
 
 
-def _loss(kind, rewards, targets, theta, device):
+def _loss(kind, rewards, targets, theta, device, weights=None):
     from raypipe.reward.losses import regression_loss, reward_loss
 
     if kind == "regression":
-        return regression_loss(rewards, targets["mos"].to(device), targets["mos_mask"].to(device))
+        return regression_loss(rewards, targets["mos"].to(device), targets["mos_mask"].to(device), weights)
     n = targets["y"].shape[0]
-    return reward_loss(kind, rewards[:n], rewards[n:], targets["y"].to(device), targets["mask"].to(device), theta)
+    return reward_loss(kind, rewards[:n], rewards[n:], targets["y"].to(device), targets["mask"].to(device), theta,
+                       weights)
 
 
 def _to(inputs, device):
@@ -124,6 +125,7 @@ def train_loop_per_worker(config: dict) -> None:
     if t.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     dims = model.dimensions
+    weights = None if not t.dim_weights else torch.tensor([float(t.dim_weights.get(d, 1.0)) for d in dims])
     deepspeed.init_distributed(dist_backend="nccl" if t.use_gpu else "gloo")
     total_steps = config["total_steps"]
     engine, _, _, _ = deepspeed.initialize(
@@ -183,7 +185,7 @@ def train_loop_per_worker(config: dict) -> None:
             fwd0 = time.perf_counter()
             window["prep"] += fwd0 - prep0
             rewards = engine(_to(inputs, device))
-            loss, stats = _loss(t.loss, rewards, targets, t.theta, device)
+            loss, stats = _loss(t.loss, rewards, targets, t.theta, device, weights)
             if not all_ranks_true(bool(torch.isfinite(loss))):
                 raise RuntimeError(f"non-finite loss at step {step + 1} (epoch {epoch}, batch {index}); "
                                    f"no checkpoint is written. Lower train.lr or check the data.")
