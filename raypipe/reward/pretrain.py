@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -136,8 +137,6 @@ def pretrain_captioner(out: str | Path, cfg: CaptionPretrainConfig | None = None
                       + ", ".join(f"{k} {point[k]:.2f}" for k in ATTRIBUTE_WORDS), flush=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    import shutil
-
     shutil.rmtree(out / "random_init", ignore_errors=True)
     summary = {"steps": step, "seconds": round(time.time() - start, 1), "curve": curve, "config": to_dict(cfg)}
     if earlier:  # the whole history, so that the asset's report tells how it was made
