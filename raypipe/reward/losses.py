@@ -49,14 +49,11 @@ def _prepare(r_a, r_b, y, mask):
 def _masked_mean(values: torch.Tensor, keep: torch.Tensor, weights=None) -> torch.Tensor:
     """Σ_{keep} w·values / Σ_{keep} w (w = 1 without `weights`; `weights` [D] weighs dimension columns); a
     graph-connected zero when nothing is kept."""
-    if weights is None:
-        kept = torch.where(keep, values, torch.zeros_like(values))
-        return kept.sum() / keep.sum().clamp(min=1).to(values.dtype)
-    w = torch.where(keep, torch.as_tensor(weights, dtype=values.dtype, device=values.device).expand_as(values),
-                    torch.zeros_like(values))
-    kept = torch.where(keep, values, torch.zeros_like(values))
+    w = torch.ones_like(values) if weights is None else \
+        torch.as_tensor(weights, dtype=values.dtype, device=values.device).expand_as(values)
+    w = torch.where(keep, w, torch.zeros_like(values))
     total = w.sum()
-    return (kept * w).sum() / torch.where(total > 0, total, torch.ones_like(total))
+    return (torch.where(keep, values, torch.zeros_like(values)) * w).sum() / torch.where(total > 0, total, 1.0)
 
 
 def _stats(delta: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, n_labelled: int) -> dict:

@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raypipe.reward.backbone import (IM_END, IM_START, VIDEO_PAD, VISION_END, VISION_START, TinyBackboneConfig,
-                                     load_backbone, make_tiny_backbone)
-from raypipe.reward.processor import MERGE, video_patches
+from raypipe.reward.backbone import VISION_END, TinyBackboneConfig, load_backbone, make_tiny_backbone
+from raypipe.reward.processor import RewardProcessor
 
 ATTRIBUTE_WORDS = ("color", "shape", "direction")
 
@@ -59,31 +58,16 @@ def render_caption_sample(rng: np.random.Generator, pixels: int = 112) -> tuple[
 
 def caption_batch(samples, tokenizer) -> dict[str, torch.Tensor]:
     """Qwen2-VL inputs for `<|im_start|> user <|vision_start|> video <|vision_end|> caption <|im_end|>` from
-    (frames, caption) pairs, with `labels` on the caption and the end token only (-100 elsewhere, the LM loss's
-    ignore index)."""
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (IM_START, IM_END, VISION_START, VISION_END, VIDEO_PAD)}
-    user = tokenizer.encode("user", add_special_tokens=False)
-    seqs, labels, patches, grids = [], [], [], []
-    for frames, caption in samples:
-        x, grid = video_patches(frames)
-        n_video = grid[0] * grid[1] * grid[2] // (MERGE * MERGE)
-        prefix = [ids[IM_START], *user, ids[VISION_START], *[ids[VIDEO_PAD]] * n_video, ids[VISION_END]]
-        target = tokenizer.encode(caption, add_special_tokens=False) + [ids[IM_END]]
-        seqs.append(prefix + target)
-        labels.append([-100] * len(prefix) + target)
-        patches.append(x)
-        grids.append(grid)
-    length = max(map(len, seqs))
-    pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([s + [pad] * (length - len(s)) for s in seqs])
-    return {
-        "input_ids": input_ids,
-        "attention_mask": torch.tensor([[1] * len(s) + [0] * (length - len(s)) for s in seqs]),
-        "labels": torch.tensor([s + [-100] * (length - len(s)) for s in labels]),
-        "mm_token_type_ids": (input_ids == ids[VIDEO_PAD]).int() * 2,
-        "pixel_values_videos": torch.cat(patches),
-        "video_grid_thw": torch.tensor(grids),
-    }
+    (frames, caption) pairs — the reward template with no reward tokens (RewardProcessor) — with `labels` on the
+    caption and the end token only (-100 elsewhere, the LM loss's ignore index)."""
+    processor = RewardProcessor(tokenizer, [], context_agnostic=(), head="last_token")
+    batch = processor([frames for frames, _ in samples], [caption for _, caption in samples])
+    del batch["reward_positions"]
+    ids = batch["input_ids"]
+    video_end = (ids == tokenizer.convert_tokens_to_ids(VISION_END)).int().argmax(1, keepdim=True)
+    caption = (torch.arange(ids.shape[1]) > video_end) & (batch["attention_mask"] > 0)
+    batch["labels"] = torch.where(caption, ids, torch.full_like(ids, -100))
+    return batch
 
 
 def attribute_accuracy(logits: torch.Tensor, batch: dict) -> dict[str, float]:
