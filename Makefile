@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -19,10 +19,16 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/raypipe demo --out demo-out
 
-test: setup
+# The architecture contracts (ARCHITECTURE.md; pyproject.toml [tool.importlinter]) and lint, then the tests.
+lint: setup
+	$(BIN)/lint-imports
+	$(BIN)/ruff check raypipe tests
+	$(BIN)/ruff format --check raypipe tests
+
+test: lint
 	$(BIN)/python -m pytest -q tests
 
-test-fast: setup
+test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 bench: setup

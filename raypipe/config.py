@@ -9,7 +9,12 @@ checked against the field's declared type, so a typo or a wrong type fails at on
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import io
+import json
 import os
+import textwrap
+import tokenize
 import types
 import typing
 from pathlib import Path
@@ -42,9 +47,9 @@ class SamplingConfig:
 
     fps: float = 2.0  # frames sampled per second of video
     min_frames: int = 4  # fewer sampled frames than this: the video is `too_short`
-    max_frames: int = 64
+    max_frames: int = 64  # cap on sampled frames
     min_pixels: int = 56 * 56  # per frame, after resizing
-    max_pixels: int = 448 * 448
+    max_pixels: int = 448 * 448  # pixel budget per frame (larger frames are resized down)
     max_source_pixels: int = 4096 * 4096  # larger decoded frames are refused as `too_large`
     max_source_frames: int = 1_000_000  # a header claiming more frames is refused as `too_large`
     all_frames: bool = False  # every frame (min_frames still applies), not the fps plan: the generator's view
@@ -56,21 +61,29 @@ class DataConfig:
 
     manifest: str | None = None  # path or URI (.parquet or .csv); None: a job may synthesise one
     video_root: str | None = None  # relative video paths resolve against this (default: the manifest's folder)
-    dimensions: list[str] = dataclasses.field(default_factory=lambda: ["VQ", "MQ", "TA"])
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     rows_per_block: int = 4  # pairs per Ray Data block (the unit of parallel decoding)
     decode_cpus: float = 1.0  # CPUs reserved per decode task
 
 
 @dataclasses.dataclass
+class ClipConfig:
+    """How the generator sees a video: `frames` evenly spaced over the clip, resized to height x width."""
+
+    frames: int = 9  # frames per clip (Wan: 1 + 4k for real sizes; tiny VAE: odd)
+    height: int = 56  # clip height in pixels
+    width: int = 56  # clip width in pixels
+
+
+@dataclasses.dataclass
 class SynthConfig:
     """SynthPref generation (DESIGN.md). Defaults are the reference difficulty."""
 
-    pairs: int = 256
-    seed: int = 0
-    frames: int = 16
+    pairs: int = 256  # number of preference pairs
+    seed: int = 0  # random seed; same seed, same data
+    frames: int = 16  # frames per video
     size: str = "56x56"  # HxW
-    fps: float = 8.0
+    fps: float = 8.0  # video frame rate
     label_noise: float = 0.0  # probability that a label is replaced by one of the other two
     tie_margin: float = 0.16  # VQ/MQ tie when |level_A - level_B| < tie_margin (~30% ties)
     ta_tie_share: float | None = None  # TA tie probability; None: the natural ~30% of independent draws
@@ -235,3 +248,67 @@ def save_config(cfg: Any, out_dir: str | os.PathLike, name: str = "config.yaml")
     path = out / name
     path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return path
+
+
+# --- help text, from the dataclasses themselves ----------------------------------------------------------------
+def field_comments(cls) -> dict[str, str]:
+    """{field: its comment} from the source of a config dataclass and its bases: the comment at the end of the
+    field's line, else the comment lines right above it (the one source of truth for `--help`)."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):
+            continue
+        out.update({k: v for k, v in _comments_in(source, {f.name for f in dataclasses.fields(klass)}).items() if v})
+    return out
+
+
+def _comments_in(source: str, names: set[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    above: list[str] = []
+    line: list[tokenize.TokenInfo] = []
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT and not line:
+            above.append(tok.string.lstrip("#").strip())
+        elif tok.type in (tokenize.NEWLINE, tokenize.ENDMARKER):
+            names_at = [t for t in line if t.type not in (tokenize.INDENT, tokenize.DEDENT)]
+            if len(names_at) >= 2 and names_at[0].string in names and names_at[1].string == ":" and \
+                    names_at[0].start[1] > 0:
+                trailing = [t.string.lstrip("#").strip() for t in line if t.type == tokenize.COMMENT]
+                found[names_at[0].string] = " ".join(trailing or above)
+            line, above = [], []
+        elif tok.type == tokenize.NL:
+            if line:
+                continue
+            if not above or tok.line.strip() == "":
+                above = [] if tok.line.strip() == "" else above
+        elif tok.type not in (tokenize.INDENT, tokenize.DEDENT):
+            line.append(tok)
+    return found
+
+
+def config_keys(cls, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted key, default, meaning) of every leaf field of a config dataclass, sections expanded."""
+    rows = []
+    comments = field_comments(cls)
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        value = getattr(defaults, f.name)
+        if dataclasses.is_dataclass(value):
+            rows.extend(config_keys(type(value), f"{key}."))
+        else:
+            rows.append((key, value, comments.get(f.name, "")))
+    return rows
+
+
+def config_help(cls) -> str:
+    """`key = default  # meaning`, one line per key, for `raypipe JOB --help`."""
+    lines = []
+    for key, default, meaning in config_keys(cls):
+        text = f"  {key} = {json.dumps(default, default=str)}"
+        lines.append(f"{text:<44}  # {meaning}" if meaning else text)
+    return "\n".join(lines)

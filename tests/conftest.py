@@ -18,7 +18,7 @@ def ray_local():
     """One local Ray instance (2 CPUs) shared by every test that needs a cluster."""
     import ray
 
-    from raypipe.ray_utils import configure_data_context
+    from raypipe.distributed.cluster import configure_data_context
 
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -46,13 +46,13 @@ def test_probe_error_json_and_exit_code(tmp_path, capsys):
 
 
 def test_config_error_exits_2_with_message(tmp_path, capsys):
-    assert main(["pairs", "--manifest", str(tmp_path / "m.parquet"), "data.sampling.bogus=1"]) == 2
+    assert main(["pairs", f"data.manifest={tmp_path / 'm.parquet'}", "data.sampling.bogus=1"]) == 2
     assert "unknown key" in capsys.readouterr().err
 
 
 def test_manifest_error_exits_2_before_ray(tmp_path, capsys):
     (tmp_path / "m.csv").write_text("path_A,prompt,VQ\na.mp4,p,A\n")
-    assert main(["pairs", "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "o")]) == 2
+    assert main(["pairs", f"data.manifest={tmp_path / 'm.csv'}", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "column 'path_B'" in err and "m.csv" in err
     assert not (tmp_path / "o").exists()  # failed before any work: no output folder, no Ray job
@@ -62,3 +62,34 @@ def test_parser_lists_all_subcommands():
     text = build_parser().format_help()
     for cmd in SUBCOMMANDS:
         assert cmd in text
+
+
+def test_every_job_lists_every_config_key_with_its_meaning():
+    """`raypipe JOB --help` is generated from the recipe's config dataclass: every key, its default and a meaning."""
+    from raypipe.cli import JOBS, recipe
+    from raypipe.config import config_keys
+
+    for command in JOBS:
+        module, cls = recipe(command)
+        assert callable(module.run), command
+        keys = config_keys(cls)
+        assert keys and all(meaning for _, _, meaning in keys), (command, [k for k, _, m in keys if not m])
+        proc = subprocess.run([sys.executable, "-m", "raypipe.cli", command, "--help"], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        for key, _, _ in keys:
+            assert f"  {key} = " in proc.stdout, (command, key)
+        assert "--config" in proc.stdout and "--out" in proc.stdout
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["eval-reward", "batch_size=4"], "batch_size"),  # unknown key (the old name)
+    (["relabel", "concurrency=many"], "concurrency"),  # wrong type
+    (["train-flow", "train.lr=fast"], "train.lr"),
+    (["eval-reward", "manifest=m.parquet"], "reward"),  # missing required value
+    (["generate", "generator=/nonexistent/gen"], "/nonexistent/gen"),
+])
+def test_config_errors_exit_2_with_one_line_naming_the_key(argv, named, tmp_path, capsys):
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err and "Traceback" not in err

@@ -135,13 +135,13 @@ def test_kuberay_rayjob_entrypoint_is_a_valid_raypipe_command(job, command):
 
 def _load_job_config(command: str, path: Path, overrides: list[str]):
     from raypipe.config import load_config
-    from raypipe.train.flow_config import FlowTrainConfig
-    from raypipe.train.reward_config import RewardTrainConfig
+    from raypipe.recipes.train_flow import FlowTrainConfig
+    from raypipe.recipes.train_reward import RewardTrainConfig
 
     cls = {"train-reward": RewardTrainConfig, "train-flow": FlowTrainConfig}[command]
     cfg = load_config(cls, path, overrides)
     assert cfg.train.use_gpu is True
-    assert cfg.model.dtype == "bfloat16"
+    assert (cfg.model.dtype if command == "train-reward" else cfg.dtype) == "bfloat16"
     return cfg
 
 
@@ -195,20 +195,20 @@ def test_kuberay_rayservice():
 
 def test_real_size_configs_load():
     from raypipe.config import load_config
-    from raypipe.nrg.train_job import LatentRewardConfig
-    from raypipe.train.flow_config import FlowTrainConfig
-    from raypipe.train.reward_config import RewardTrainConfig
+    from raypipe.recipes.train_latent_reward import LatentRewardConfig
+    from raypipe.recipes.train_flow import FlowTrainConfig
+    from raypipe.recipes.train_reward import RewardTrainConfig
 
     reward = load_config(RewardTrainConfig, REPO / "configs" / "reward_qwen2vl_2b.yaml")
     flow = load_config(FlowTrainConfig, REPO / "configs" / "flow_wan21_1.3b.yaml")
     latent = load_config(LatentRewardConfig, REPO / "configs" / "latent_reward_wan21_1.3b.yaml")
     # SPEC 3.1 / 5: the papers' LoRA and optimiser settings
     assert (reward.model.lora.r, reward.model.lora.alpha, reward.train.lr) == (64, 128, 2e-6)
-    assert (flow.model.lora.r, flow.model.lora.alpha, flow.train.lr, flow.train.beta) == (64, 128, 5e-6, 500.0)
+    assert (flow.lora.r, flow.lora.alpha, flow.train.lr, flow.train.beta) == (64, 128, 5e-6, 500.0)
     assert flow.train.num_workers * flow.train.batch == 64  # the paper's batch
     assert flow.clip.frames % 4 == 1  # Wan's VAE: 4k + 1 frames
     assert latent.train.use_gpu and latent.labels == "model"
     # bf16 everywhere, and gradient checkpointing where `raypipe bench gpu` ran out of 80 GB without it
-    assert reward.model.dtype == flow.model.dtype == latent.dtype == "bfloat16"
+    assert reward.model.dtype == flow.dtype == latent.dtype == "bfloat16"
     assert reward.train.gradient_checkpointing and flow.train.gradient_checkpointing
     assert latent.train.gradient_checkpointing

@@ -2,17 +2,17 @@
 import pytest
 import yaml
 
-from raypipe.config import ConfigError, DataConfig, load_config, parse_overrides, save_config
-from raypipe.data.pairs_job import PairsJobConfig
+from raypipe.config import ConfigError, load_config, parse_overrides, save_config
+from raypipe.recipes.pairs import PairsJobConfig
 
 
 def test_defaults_yaml_and_overrides(tmp_path):
     cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text("data:\n  sampling:\n    fps: 4\n  dimensions: [VQ, TA]\nout: here\n")
+    cfg_file.write_text("data:\n  sampling:\n    fps: 4\ndims: [VQ, TA]\nout: here\n")
     cfg = load_config(PairsJobConfig, cfg_file, ["data.sampling.max_frames=16", "data.rows_per_block=8"])
     assert cfg.data.sampling.fps == 4.0 and isinstance(cfg.data.sampling.fps, float)
     assert cfg.data.sampling.max_frames == 16 and cfg.data.rows_per_block == 8
-    assert cfg.data.dimensions == ["VQ", "TA"] and cfg.out == "here"
+    assert cfg.dims == ["VQ", "TA"] and cfg.out == "here"
     assert cfg.data.sampling.max_pixels == 448 * 448  # untouched default
 
 
@@ -34,7 +34,7 @@ def test_unknown_key_and_wrong_type_are_named():
     with pytest.raises(ConfigError, match="not key=value"):
         parse_overrides(["data.sampling.fps"])
     with pytest.raises(ConfigError, match="expected a list"):
-        load_config(DataConfig, None, ["dimensions=VQ"])
+        load_config(PairsJobConfig, None, ["dims=VQ"])
 
 
 def test_saved_config_round_trips(tmp_path):
@@ -45,7 +45,7 @@ def test_saved_config_round_trips(tmp_path):
 
 
 def test_shipped_configs_load():
-    from raypipe.demo import DEFAULT_CONFIG, DemoConfig
+    from raypipe.recipes.demo import DEFAULT_CONFIG, DemoConfig
 
     cfg = load_config(DemoConfig, DEFAULT_CONFIG)
     assert cfg.data.sampling.fps == 4.0 and cfg.synth.size == "56x56"
@@ -55,7 +55,7 @@ def test_shipped_configs_load():
 def test_dict_valued_fields_are_replaced_but_sections_merge(tmp_path):
     """`data.weights={VQ: 1}` means only VQ (a dict-valued field is a value, not a section); sections still merge
     key by key (train.lr leaves train.batch alone)."""
-    from raypipe.train.flow_config import FlowTrainConfig
+    from raypipe.recipes.train_flow import FlowTrainConfig
 
     path = tmp_path / "c.yaml"
     path.write_text("data: {weights: {MQ: 1.0}}\ntrain: {batch: 3}\n")
@@ -68,8 +68,8 @@ def test_dict_valued_fields_are_replaced_but_sections_merge(tmp_path):
 def test_frame_cache_is_a_train_reward_setting_only():
     """data.cache_frames is honoured by train-reward alone; elsewhere it is an unknown key, not silently ignored."""
     from raypipe.config import ConfigError, load_config
-    from raypipe.data.pairs_job import PairsJobConfig
-    from raypipe.train.reward_config import RewardTrainConfig
+    from raypipe.recipes.pairs import PairsJobConfig
+    from raypipe.recipes.train_reward import RewardTrainConfig
 
     assert load_config(RewardTrainConfig, None, ["data.cache_frames=true"]).data.cache_frames is True
     assert load_config(RewardTrainConfig, "configs/reward_tiny.yaml", []).data.cache_frames is True

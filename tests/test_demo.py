@@ -1,23 +1,25 @@
 """`raypipe demo` end to end (all eight stages, tiny sizes), on the shared local Ray."""
+import dataclasses
 import json
 
 import pytest
 
 from raypipe.config import load_config
-from raypipe.demo import DEFAULT_CONFIG, DemoConfig, run_demo
+from raypipe.recipes.demo import DEFAULT_CONFIG, DemoConfig
+from raypipe.recipes.demo import run as run_demo
 
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(ray_local, tmp_path, capsys):
     small = '["synth_train.pairs=32", "synth_val.pairs=16", "train.max_steps=4", "train.eval_every=2", ' \
-            '"train.checkpoint_every=4", "train.batch_pairs=4", "train.cpus_per_worker=0.5", ' \
+            '"train.checkpoint_every=4", "train.batch=4", "train.cpus_per_worker=0.5", ' \
             '"data.sampling.min_pixels=3136"]'
     cfg = load_config(DemoConfig, DEFAULT_CONFIG, [
         "synth.pairs=12", "progress=false", f"reward_overrides={small}", "sample_prompts=4", "sample_k=2",
         "dpo_steps=2", 'dpo_overrides=["train.batch=1", "train.checkpoint_every=2"]', "eval_prompts=2",
         "latent_reward_steps=2", 'latent_reward_overrides=["train.batch=2"]', "guided_prompts=2",
         "baselines=[]"])  # the SFT/RWR baselines run the same stage-7 loop as Flow-DPO (each ~45 s here)
-    report = run_demo(cfg, tmp_path / "demo")
+    report = run_demo(dataclasses.replace(cfg, out=str(tmp_path / "demo")))
     s = report["pairs"]
     assert s["rows"] == 12 and s["decoded"] == 12 and s["error_rows"] == 0
     assert s["frames_decoded"] == 12 * 2 * 8  # 16 frames at 8 fps sampled at 4 fps
@@ -41,7 +43,7 @@ def test_demo_runs_end_to_end(ray_local, tmp_path, capsys):
     # Flow-NRG: unguided + the two default weight settings, same prompts
     runs = report["nrg"]["runs"]
     assert list(runs) == ["unguided", "guided_1", "guided_2"]
-    assert [r["weights"] for r in runs.values()] == ["", "VQ=1", "MQ=0.5,TA=0.5"]
+    assert [r["weights"] for r in runs.values()] == [{}, {"VQ": 1.0}, {"MQ": 0.5, "TA": 0.5}]
     for name, r in runs.items():
         assert len(list((tmp_path / "demo" / "nrg" / name / "videos").glob("*.mp4"))) == 2
         assert all(v == v for v in r["mean_latent"].values())  # numbers, not NaN

@@ -4,7 +4,10 @@ import json
 import pytest
 import torch
 
-from raypipe.flow.eval_job import FlowEvalConfig, read_prompts, run_eval_flow, win_rate
+from raypipe.data.prompts import read_prompts
+from raypipe.flow.evaluation import win_rate
+from raypipe.recipes.eval_flow import FlowEvalConfig
+from raypipe.recipes.eval_flow import run as run_eval_flow
 
 
 def test_win_rate_by_hand():
@@ -30,7 +33,7 @@ def test_tiny_base_vs_lora(reward_checkpoint, tmp_path):
         for p in lora_parameters(gen.transformer):
             p.add_(0.2 * torch.randn_like(p))
     save_lora(gen, tmp_path / "lora")
-    cfg = FlowEvalConfig(base=str(base), lora=str(tmp_path / "lora"), reward=reward_checkpoint, prompts="4",
+    cfg = FlowEvalConfig(generator=str(base), lora=str(tmp_path / "lora"), reward=reward_checkpoint, prompts="4",
                          out=str(tmp_path / "eval"), steps=2, grid=2)
     report = run_eval_flow(cfg)
     assert report["prompts"] == 4

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from raypipe.flow.losses import (LOG2, beta_t, dpo_loss, flow_error, noised, rwr_loss, rwr_weights, sample_t,
-                                 scalarize, sft_loss)
+from raypipe.data.weights import scalarize
+from raypipe.flow.losses import LOG2, beta_t, dpo_loss, flow_error, noised, rwr_loss, rwr_weights, sample_t, sft_loss
 
 
 def test_noised_endpoints_and_velocity():

@@ -7,8 +7,9 @@ import pyarrow as pa
 import pytest
 import torch
 
-from raypipe.nrg.train_job import (LatentRewardConfig, bucket_accuracy, labels_of, noisy_pair, pair_labels,
-                                   run_train_latent_reward, split_rows)
+from raypipe.nrg.training import bucket_accuracy, labels_of, noisy_pair, pair_labels, split_rows
+from raypipe.recipes.train_latent_reward import LatentRewardConfig
+from raypipe.recipes.train_latent_reward import run as run_train_latent_reward
 
 DIMS = ["VQ", "MQ", "TA"]
 

@@ -69,7 +69,7 @@ def _env() -> dict:
 
 
 # --- (a) + fault 1: training spread over nodes, a worker killed ----------------------------------------------
-TINY_REWARD = ["synth_train.pairs=32", "synth_val.pairs=16", "train.batch_pairs=2", "train.epochs=2",
+TINY_REWARD = ["synth_train.pairs=32", "synth_val.pairs=16", "train.batch=2", "train.epochs=2",
                "train.checkpoint_every=4", "train.eval_every=4", "train.cpus_per_worker=1", "progress=false",
                "data.rows_per_block=4", "train.record_rows=true", "train.lr=1e-3", "train.max_failures=1",
                "train.placement_strategy=STRICT_SPREAD", "data.sampling.min_pixels=3136"]
@@ -144,8 +144,8 @@ def test_relabel_job_spread_over_nodes_survives_a_lost_node(cluster, reward_chec
     runtime_env["working_dir"] = str(REPO)  # what `ray job submit --working-dir .` does from the repo root
     runtime_env["env_vars"]["OMP_NUM_THREADS"] = "1"
     entry = " ".join([
-        sys.executable, "jobs/relabel.py", "--checkpoint", reward_checkpoint, "--input", str(relabel_input),
-        "--out", str(out), "--concurrency", "2", "--batch-size", "2",
+        sys.executable, "jobs/relabel.py", f"reward={reward_checkpoint}", f"input={relabel_input}",
+        "--out", str(out), "concurrency=2", "batch=2",
         f"'sampling={json.dumps(TINY_SAMPLING_FIELDS)}'", "decode_rows=2", "flush_every_s=0", "actor_cpus=0.5",
         "decode_cpus=0.5", "progress=false"])
     client = JobSubmissionClient(cluster["dashboard"])

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from raypipe.config import ClipConfig
 from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
 from raypipe.flow.sampler import sample, time_grid
-from raypipe.nrg.guidance import RewardGuidance, guidance_scale, parse_weights
+from raypipe.data.weights import weight_vector as parse_weights
+from raypipe.nrg.guidance import RewardGuidance, guidance_scale
 from raypipe.nrg.model import LatentReward
 
 DIMS = ("VQ", "MQ", "TA")
@@ -122,13 +124,13 @@ def test_zero_weights_reproduce_unguided_sampling_bit_for_bit(gen):
     text = gen.encode_prompts(["a blue square moving up", "a green circle moving down"])
     uncond = gen.encode_prompts([""])
     runs = []
-    for guidance in (None, RewardGuidance(lr, text, parse_weights("VQ=0,MQ=0,TA=0", DIMS), strength=5.0),
-                     RewardGuidance(lr, text, parse_weights("TA=1", DIMS), strength=0.0)):
+    for guidance in (None, RewardGuidance(lr, text, parse_weights("{VQ: 0, MQ: 0, TA: 0}", DIMS), strength=5.0),
+                     RewardGuidance(lr, text, parse_weights("{TA: 1}", DIMS), strength=0.0)):
         noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(7))
         runs.append(sample(gen.velocity, text, uncond, SHAPE, steps=4, cfg_scale=4.0, shift=gen.shift,
                            noise=noise, guidance=guidance))
     assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
-    guided = RewardGuidance(lr, text, parse_weights("TA=1", DIMS), strength=5.0)
+    guided = RewardGuidance(lr, text, parse_weights("{TA: 1}", DIMS), strength=5.0)
     noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(7))
     z = sample(gen.velocity, text, uncond, SHAPE, steps=4, cfg_scale=4.0, shift=gen.shift, noise=noise,
                guidance=guided)
@@ -136,13 +138,13 @@ def test_zero_weights_reproduce_unguided_sampling_bit_for_bit(gen):
 
 
 def test_parse_weights():
-    assert parse_weights("VQ=0.1,MQ=0.1,TA=0.8", DIMS) == {"VQ": 0.1, "MQ": 0.1, "TA": 0.8}
-    assert parse_weights("TA:1", DIMS) == {"VQ": 0.0, "MQ": 0.0, "TA": 1.0}
+    assert parse_weights("{VQ: 0.1, MQ: 0.1, TA: 0.8}", DIMS) == {"VQ": 0.1, "MQ": 0.1, "TA": 0.8}
+    assert parse_weights({"TA": 1}, DIMS) == {"VQ": 0.0, "MQ": 0.0, "TA": 1.0}
     assert parse_weights(None, DIMS) == {"VQ": 0.0, "MQ": 0.0, "TA": 0.0}
     with pytest.raises(ValueError, match="unknown dimension 'XX'"):
-        parse_weights("XX=1", DIMS)
+        parse_weights("{XX: 1}", DIMS)
     with pytest.raises(ValueError, match="must be a number"):
-        parse_weights("TA=high", DIMS)
+        parse_weights("{TA: high}", DIMS)
     with pytest.raises(ValueError, match="finite"):
         parse_weights({"TA": float("inf")}, DIMS)
 
@@ -151,16 +153,17 @@ def test_generate_writes_videos_and_rewards_and_rejects_bad_requests(gen, tmp_pa
     import json
 
     from raypipe.config import ConfigError
-    from raypipe.nrg.generate import GenerateConfig, run_generate
+    from raypipe.recipes.generate import GenerateConfig
+    from raypipe.recipes.generate import run as run_generate
 
     wan = tmp_path / "wan"
     gen.pipeline.save_pretrained(wan)
     (wan / "raypipe_family.json").write_text(json.dumps({"family": "wan", "max_text_len": 16, "shift": 3.0}))
     LatentReward.from_generator(gen.transformer, DIMS, k_blocks=1).save_pretrained(tmp_path / "lr")
     base = dict(generator=str(wan), latent_reward=str(tmp_path / "lr"), prompts="a red circle moving left|a blue "
-                "square moving up|a white triangle moving down", steps=3, frames=5, height=16, width=16)
-    guided = run_generate(GenerateConfig(**base, weights="TA=1", strength=2.0, out=str(tmp_path / "g")))
-    plain = run_generate(GenerateConfig(**base, weights="TA=1", strength=0.0, out=str(tmp_path / "u")))
+                "square moving up|a white triangle moving down", steps=3, clip=ClipConfig(frames=5, height=16, width=16))
+    guided = run_generate(GenerateConfig(**base, weights={"TA": 1.0}, strength=2.0, out=str(tmp_path / "g")))
+    plain = run_generate(GenerateConfig(**base, weights={"TA": 1.0}, strength=0.0, out=str(tmp_path / "u")))
     assert [r["prompt"] for r in guided["samples"]][1] == "a blue square moving up"
     assert all(Path(r["file"]).stat().st_size > 0 for r in guided["samples"])
     assert set(guided["samples"][0]["latent_rewards"]) == set(DIMS)
@@ -169,9 +172,9 @@ def test_generate_writes_videos_and_rewards_and_rejects_bad_requests(gen, tmp_pa
     u = np.mean([r["weighted_reward"] for r in plain["samples"]])
     assert g > u
     with pytest.raises(ConfigError, match="unknown dimension"):
-        run_generate(GenerateConfig(**base, weights="XX=1", strength=1.0, out=str(tmp_path / "x")))
-    with pytest.raises(ConfigError, match="needs --latent-reward"):
-        run_generate(GenerateConfig(**{**base, "latent_reward": None}, weights="TA=1", strength=1.0,
+        run_generate(GenerateConfig(**base, weights={"XX": 1.0}, strength=1.0, out=str(tmp_path / "x")))
+    with pytest.raises(ConfigError, match="needs latent_reward"):
+        run_generate(GenerateConfig(**{**base, "latent_reward": None}, weights={"TA": 1.0}, strength=1.0,
                                     out=str(tmp_path / "y")))
     with pytest.raises(ConfigError, match="steps must be"):
         run_generate(GenerateConfig(**{**base, "steps": 10_000}, out=str(tmp_path / "z")))
@@ -201,11 +204,11 @@ def test_bench_nrg_smoke(gen, tmp_path, reward_checkpoint):
         LatentReward.from_generator(gen.transformer, DIMS, k_blocks=1).save_pretrained(tmp_path / name)
     args = argparse.Namespace(out=str(tmp_path / "b"), generator=str(wan), latent_reward=str(tmp_path / "noisy"),
                               clean_latent_reward=str(tmp_path / "clean"), reward=str(reward_checkpoint),
-                              prompts="3", weights=["0:0:1", ".5:.5:0"], strength=1.0, steps=3, cfg_scale=2.0,
+                              prompts="3", weights=["{TA: 1}", "{VQ: 0.5, MQ: 0.5}"], strength=1.0, steps=3, cfg_scale=2.0,
                               frames=9, height=16, width=16, seed=0, cost_prompts=2, hacking_margin=0.05)
     report = run_nrg_bench(args)
-    assert set(report["runs"]) == {"noisy 0:0:1", "noisy .5:.5:0", "clean 0:0:1"}
-    run = report["runs"]["noisy 0:0:1"]
+    assert set(report["runs"]) == {"noisy {TA: 1}", "noisy {VQ: 0.5, MQ: 0.5}", "clean {TA: 1}"}
+    run = report["runs"]["noisy {TA: 1}"]
     assert run["weights"] == {"VQ": 0.0, "MQ": 0.0, "TA": 1.0}
     assert set(run["reward_win_rate"]) >= {"VQ", "MQ", "TA"} and set(run["oracle_win_rate"]) == {"VQ", "MQ", "TA"}
     assert all(0.0 <= v <= 1.0 for v in run["reward_win_rate"].values())

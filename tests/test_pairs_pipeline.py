@@ -8,8 +8,9 @@ import pytest
 
 from raypipe.config import DataConfig, SamplingConfig
 from raypipe.data.manifest import load_manifest
-from raypipe.data.pairs import frames_of, metadata_columns, pair_dataset, split_errors
-from raypipe.data.pairs_job import PairsJobConfig, run_pairs
+from raypipe.data.tables import frames_of, metadata_columns, split_errors
+from raypipe.distributed.decode import pair_dataset
+from raypipe.recipes.pairs import PairsJobConfig, run_pairs
 from raypipe.video.decode import decode_video
 
 SAMPLING = SamplingConfig(fps=4.0, max_frames=16)
@@ -93,8 +94,8 @@ def test_streaming_is_bounded_by_the_memory_budget(ray_local, tmp_path, make_mp4
 
     from ray.data import DataContext
 
-    from raypipe.data.pairs import decode_pairs_block, manifest_dataset
-    from raypipe.ray_utils import configure_data_context
+    from raypipe.distributed.decode import decode_pairs_block, manifest_dataset
+    from raypipe.distributed.cluster import configure_data_context
 
     clips = [make_mp4(f"s{i}.mp4", seed=i) for i in range(3)]
     rows = [dict(path_A=clips[i % 3], path_B=clips[(i + 1) % 3], prompt="p", VQ="A") for i in range(80)]

@@ -11,8 +11,8 @@ import torch
 
 from raypipe.reward.backbone import IM_END, build_tiny_tokenizer, load_backbone, make_tiny_backbone
 from raypipe.reward.model import RewardModelConfig, VideoReward
-from raypipe.reward.pretrain import (CaptionPretrainConfig, attribute_accuracy, caption_batch, pretrain_captioner,
-                                     render_caption_sample)
+from raypipe.recipes.pretrain_reward_backbone import CaptionPretrainConfig, pretrain_captioner
+from raypipe.reward.captioning import attribute_accuracy, caption_batch, render_caption_sample
 from raypipe.video import oracle, synth
 
 
@@ -94,4 +94,4 @@ def test_a_few_steps_write_a_loadable_backbone(tmp_path):
 def test_cli_help():
     out = subprocess.run([sys.executable, "-m", "raypipe.cli", "pretrain-reward-backbone", "--help"],
                          capture_output=True, text=True, check=True).stdout
-    assert "--minutes" in out and "--out" in out
+    assert "minutes = " in out and "--out" in out

@@ -14,8 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from raypipe.config import ConfigError, SamplingConfig, SynthConfig
-from raypipe.relabel.inputs import resolve_input
-from raypipe.relabel.job import PROGRESS_DIR, RelabelConfig, model_labels, parse_tie_epsilon, run_relabel
+from raypipe.data.inputs import resolve_input
+from raypipe.recipes.relabel import PROGRESS_DIR, RelabelConfig
+from raypipe.recipes.relabel import run as run_relabel
+from raypipe.reward.relabel import model_labels, parse_tie_epsilon
 from raypipe.reward.model import VideoReward
 from raypipe.reward.scoring import TIE_EPSILON_FILE, plan_batches, video_tokens
 from raypipe.video.decode import decode_video
@@ -38,12 +40,12 @@ def test_model_labels_by_hand():
 
 def test_parse_tie_epsilon():
     assert parse_tie_epsilon(None, DIMS) is None
-    assert parse_tie_epsilon("0.25", DIMS) == {"VQ": 0.25, "MQ": 0.25, "TA": 0.25, "Overall": 0.25}
-    assert parse_tie_epsilon("VQ=0.1, TA=2", DIMS) == {"VQ": 0.1, "TA": 2.0}
+    assert parse_tie_epsilon(0.25, DIMS) == {"VQ": 0.25, "MQ": 0.25, "TA": 0.25, "Overall": 0.25}
+    assert parse_tie_epsilon("{VQ: 0.1, TA: 2}", DIMS) == {"VQ": 0.1, "TA": 2.0}
     with pytest.raises(ConfigError, match="unknown dimensions"):
-        parse_tie_epsilon("XX=1", DIMS)
+        parse_tie_epsilon("{XX: 1}", DIMS)
     with pytest.raises(ConfigError, match="number"):
-        parse_tie_epsilon("VQ=high", DIMS)
+        parse_tie_epsilon("{VQ: high}", DIMS)
 
 
 def test_plan_batches_by_count_and_budget():
@@ -114,8 +116,8 @@ def _direct_scores(checkpoint, uris, prompts):
 @pytest.fixture(scope="module")
 def relabeled(ray_local, checkpoint, data, tmp_path_factory):
     out = tmp_path_factory.mktemp("relabel_out")
-    cfg = RelabelConfig(checkpoint=checkpoint, input=data["pairs"], out=str(out), sampling=SAMPLING,
-                        batch_size=3, token_budget=40, progress=False)
+    cfg = RelabelConfig(reward=checkpoint, input=data["pairs"], out=str(out), sampling=SAMPLING,
+                        batch=3, token_budget=40, progress=False)
     return run_relabel(cfg), out
 
 
@@ -169,7 +171,7 @@ def test_folder_with_sidecar_glob_and_pointwise(ray_local, checkpoint, data, tmp
     prompt_of.update({os.path.basename(r["path_B"]): r["prompt"] for r in pq_rows})
     sidecar.write_text("path,prompt\n" + "".join(f"{n},{p}\n" for n, p in prompt_of.items()))
     out = tmp_path / "folder"
-    summary = run_relabel(RelabelConfig(checkpoint=checkpoint, input=str(root / "videos"), out=str(out),
+    summary = run_relabel(RelabelConfig(reward=checkpoint, input=str(root / "videos"), out=str(out),
                                         prompts=str(sidecar), sampling=SAMPLING, progress=False))
     table = _read(out)
     assert table.column("path").to_pylist() == [str(v) for v in videos]  # sorted listing = row order
@@ -185,7 +187,7 @@ def test_folder_with_sidecar_glob_and_pointwise(ray_local, checkpoint, data, tmp
     np.testing.assert_allclose(table.column("Overall").to_numpy(), norm.sum(1), atol=1e-9)
 
     # A glob over the bad folder: every match is a row, non-videos as errors; no sidecar -> empty prompts.
-    summary = run_relabel(RelabelConfig(checkpoint=checkpoint, input=str(root / "bad" / "*"), out=str(tmp_path / "g"),
+    summary = run_relabel(RelabelConfig(reward=checkpoint, input=str(root / "bad" / "*"), out=str(tmp_path / "g"),
                                         sampling=SAMPLING, progress=False))
     assert summary["rows"] == 5 and summary["rows_ok"] == 0
     assert sorted(summary["rows_with_error"]) == ["corrupt", "empty", "not_a_video", "too_large",
@@ -196,7 +198,7 @@ def test_folder_with_sidecar_glob_and_pointwise(ray_local, checkpoint, data, tmp
     pointwise = tmp_path / "points.csv"
     pointwise.write_text("path,prompt,VQ\n" + f"{videos[0]},{prompt_of[videos[0].name]},Good\n"
                          + f"{root / 'bad' / 'gone.mp4'},x,Bad\n")
-    summary = run_relabel(RelabelConfig(checkpoint=checkpoint, input=str(pointwise), out=str(tmp_path / "p"),
+    summary = run_relabel(RelabelConfig(reward=checkpoint, input=str(pointwise), out=str(tmp_path / "p"),
                                         sampling=SAMPLING, progress=False))
     table = _read(tmp_path / "p")
     assert table.column("VQ").to_pylist() == ["Good", "Bad"]
@@ -210,16 +212,16 @@ def test_bad_arguments_fail_before_ray(checkpoint, data, tmp_path, monkeypatch):
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray work started for bad input")
 
-    monkeypatch.setattr("raypipe.ray_utils.init_ray", no_ray)
+    monkeypatch.setattr("raypipe.recipes.relabel.init_ray", no_ray)
     with pytest.raises(ConfigError, match="does not exist"):
-        run_relabel(RelabelConfig(checkpoint=checkpoint, input=str(tmp_path / "nothing"), out=str(tmp_path / "o")))
+        run_relabel(RelabelConfig(reward=checkpoint, input=str(tmp_path / "nothing"), out=str(tmp_path / "o")))
     with pytest.raises(ConfigError, match="not a VideoReward checkpoint"):
-        run_relabel(RelabelConfig(checkpoint=str(tmp_path), input=data["pairs"], out=str(tmp_path / "o")))
+        run_relabel(RelabelConfig(reward=str(tmp_path), input=data["pairs"], out=str(tmp_path / "o")))
     with pytest.raises(ConfigError, match="unknown dimensions"):
-        run_relabel(RelabelConfig(checkpoint=checkpoint, input=data["pairs"], out=str(tmp_path / "o"),
-                                  tie_epsilon="Style=0.1"))
+        run_relabel(RelabelConfig(reward=checkpoint, input=data["pairs"], out=str(tmp_path / "o"),
+                                  tie_epsilon={"Style": 0.1}))
     with pytest.raises(ConfigError, match="no video files"):
-        run_relabel(RelabelConfig(checkpoint=checkpoint, input=str(tmp_path), out=str(tmp_path / "o")))
+        run_relabel(RelabelConfig(reward=checkpoint, input=str(tmp_path), out=str(tmp_path / "o")))
 
 
 def test_sidecar_matching(tmp_path):
@@ -243,8 +245,8 @@ def test_driver_killed_mid_run_resumes_to_the_same_output(ray_local, checkpoint,
     out = tmp_path / "resumed"
     address = ray_local.get_runtime_context().gcs_address
     sampling = json.dumps(SAMPLING.__dict__)
-    args = [sys.executable, "-m", "raypipe.cli", "relabel", "--checkpoint", checkpoint, "--input", data["pairs"],
-            "--out", str(out), "--batch-size", "1", "--token-budget", "40", f"address={address}",
+    args = [sys.executable, "-m", "raypipe.cli", "relabel", f"reward={checkpoint}", f"input={data['pairs']}",
+            "--out", str(out), "batch=1", "token_budget=40", f"address={address}",
             f"sampling={sampling}", "decode_rows=1", "flush_every_s=0", "progress=false"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONPATH": os.getcwd()})
@@ -258,8 +260,8 @@ def test_driver_killed_mid_run_resumes_to_the_same_output(ray_local, checkpoint,
     done_before = sum(pq.read_metadata(p).num_rows for p in (out / PROGRESS_DIR).glob("videos-*.parquet"))
     assert 0 < done_before < 22
 
-    cfg = RelabelConfig(checkpoint=checkpoint, input=data["pairs"], out=str(out), sampling=SAMPLING,
-                        batch_size=1, progress=False)
+    cfg = RelabelConfig(reward=checkpoint, input=data["pairs"], out=str(out), sampling=SAMPLING,
+                        batch=1, progress=False)
     summary = run_relabel(cfg)
     assert summary["resumes"] == 1
     assert summary["videos_from_previous_runs"] == done_before
@@ -281,4 +283,4 @@ def test_driver_killed_mid_run_resumes_to_the_same_output(ray_local, checkpoint,
     other = tmp_path / "other.parquet"
     pq.write_table(pq.read_table(data["pairs"]).slice(0, 3), other)
     with pytest.raises(ConfigError, match="different relabel run"):
-        run_relabel(RelabelConfig(checkpoint=checkpoint, input=str(other), out=str(out), progress=False))
+        run_relabel(RelabelConfig(reward=checkpoint, input=str(other), out=str(out), progress=False))

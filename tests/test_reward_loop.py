@@ -5,10 +5,12 @@ import pytest
 import torch
 
 from raypipe.config import SamplingConfig
-from raypipe.data.pairs import decode_pairs_block
+from raypipe.distributed.decode import decode_pairs_block
 from raypipe.reward.losses import btt_loss, regression_loss
-from raypipe.train.reward_config import TrainSettings
-from raypipe.train.reward_loop import _loss, deepspeed_config, pairs_to_inputs, validation_metrics
+from raypipe.recipes.train_reward import TrainSettings
+from raypipe.distributed.trainer import deepspeed_config
+from raypipe.reward.training import batch_loss as _loss
+from raypipe.reward.training import pairs_to_inputs, validation_metrics
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ def test_loss_wiring_matches_the_library(tiny, make_mp4, tmp_path):
 
 
 def test_deepspeed_config():
-    t = TrainSettings(zero_stage=3, batch_pairs=4, lr=1e-3, warmup_ratio=0.1)
+    t = TrainSettings(zero_stage=3, batch=4, lr=1e-3, warmup_ratio=0.1)
     cfg = deepspeed_config(t, total_steps=200, bf16=False)
     assert cfg["zero_optimization"]["stage"] == 3 and cfg["train_micro_batch_size_per_gpu"] == 4
     assert cfg["optimizer"]["params"]["torch_adam"] is True and cfg["optimizer"]["params"]["lr"] == 1e-3

@@ -9,8 +9,9 @@ import pytest
 
 from raypipe.config import ConfigError, SamplingConfig, SynthConfig, load_config
 from raypipe.data.manifest import ManifestError, normalize_label
-from raypipe.reward import eval_job
-from raypipe.reward.eval_job import EvalConfig, compute_metrics, run_eval
+from raypipe.recipes import eval_reward as eval_job
+from raypipe.recipes.eval_reward import EvalConfig, compute_metrics
+from raypipe.recipes.eval_reward import run as run_eval
 from raypipe.reward.metrics import pairwise_report
 from raypipe.reward.model import VideoReward
 from raypipe.reward.scoring import (compute_norm_stats, normalize, overall, resolve_sampling,
@@ -72,7 +73,7 @@ def manifest(tmp_path_factory):
 @pytest.fixture(scope="module")
 def evaluated(ray_local, checkpoint, manifest, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
-    cfg = EvalConfig(checkpoint=checkpoint, manifest=manifest, out=str(out), batch_size=4, progress=False)
+    cfg = EvalConfig(reward=checkpoint, manifest=manifest, out=str(out), batch=4, progress=False)
     return run_eval(cfg), out
 
 
@@ -148,12 +149,12 @@ def test_bad_input_fails_before_ray(checkpoint, manifest, tmp_path, monkeypatch)
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray work started for bad input")
 
-    monkeypatch.setattr("raypipe.ray_utils.init_ray", no_ray)
+    monkeypatch.setattr("raypipe.recipes.eval_reward.init_ray", no_ray)
     monkeypatch.setattr(eval_job, "score_videos", no_ray)
     bad = tmp_path / "bad.parquet"
     pq.write_table(pq.read_table(manifest).drop_columns(["prompt"]), bad)
     with pytest.raises(ManifestError, match="prompt"):
-        run_eval(EvalConfig(checkpoint=checkpoint, manifest=str(bad), out=str(tmp_path / "o"), progress=False))
+        run_eval(EvalConfig(reward=checkpoint, manifest=str(bad), out=str(tmp_path / "o"), progress=False))
     with pytest.raises(ConfigError, match="not a VideoReward checkpoint"):
-        run_eval(EvalConfig(checkpoint=str(tmp_path), manifest=manifest, out=str(tmp_path / "o"), progress=False))
+        run_eval(EvalConfig(reward=str(tmp_path), manifest=manifest, out=str(tmp_path / "o"), progress=False))
     assert not (tmp_path / "o").exists()

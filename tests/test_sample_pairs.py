@@ -6,7 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raypipe.flow.sample_pairs import SamplePairsConfig, best_vs_worst, run_sample_pairs
+from raypipe.config import ClipConfig
+from raypipe.recipes.sample_pairs import SamplePairsConfig, best_vs_worst
+from raypipe.recipes.sample_pairs import run as run_sample_pairs
 
 DIMS = ["VQ", "MQ", "TA"]
 
@@ -35,11 +37,11 @@ def test_best_vs_worst_by_hand():
 @pytest.mark.slow
 def test_sample_pairs_end_to_end(ray_local, tmp_path, reward_checkpoint):
     from raypipe.flow.family import TinyWanConfig, make_tiny_wan
-    from raypipe.train.flow_job import training_rows
+    from raypipe.flow.pairs import training_rows
 
     wan = make_tiny_wan(tmp_path / "wan", TinyWanConfig(), seed=0)
-    cfg = SamplePairsConfig(generator=str(wan), reward=reward_checkpoint, prompts="3", k=2, steps=2, frames=9,
-                            height=16, width=16, weights={"MQ": 1.0}, out=str(tmp_path / "sp"), progress=False)
+    cfg = SamplePairsConfig(generator=str(wan), reward=reward_checkpoint, prompts="3", k=2, steps=2,
+                            clip=ClipConfig(frames=9, height=16, width=16), weights={"MQ": 1.0}, out=str(tmp_path / "sp"), progress=False)
     summary = run_sample_pairs(cfg)
     assert summary["samples"] == 6
     assert summary["pairs"] + summary["skipped_fewer_than_2_scored"] + summary["skipped_equal_reward"] == 3

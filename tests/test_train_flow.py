@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from raypipe.config import ConfigError, load_config
-from raypipe.train.flow_config import FlowTrainConfig
-from raypipe.train.flow_job import run_train_flow, training_rows
+from raypipe.recipes.train_flow import FlowTrainConfig
+from raypipe.flow.pairs import training_rows
+from raypipe.recipes.train_flow import run as run_train_flow
 
 
 def _table():
@@ -74,7 +75,7 @@ def test_tiny_flow_dpo_end_to_end(ray_local, tmp_path):
 def test_latent_cache_built_once_then_streamed(ray_local, tmp_path):
     """Way (b): SFT from a latent cache; the cache equals encoding on the fly; a mismatched reuse is refused."""
     from raypipe.flow.family import WanFamily
-    from raypipe.flow.latents import tensor_of
+    from raypipe.data.tables import tensor_of
     from raypipe.flow.pairs import ClipConfig, generator_clip
 
     common = ["synth.pairs=16", "train.algo=sft", "train.batch=2", "train.epochs=10", "train.max_steps=2", "train.checkpoint_every=2",

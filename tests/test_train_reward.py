@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from raypipe.config import load_config
-from raypipe.train.reward_config import RewardTrainConfig
+from raypipe.recipes.train_reward import RewardTrainConfig
 
-TINY = ["synth_train.pairs=48", "synth_val.pairs=16", "train.batch_pairs=2", "train.epochs=2",
+TINY = ["synth_train.pairs=48", "synth_val.pairs=16", "train.batch=2", "train.epochs=2",
         "train.checkpoint_every=4", "train.eval_every=4", "train.cpus_per_worker=0.5", "progress=false",
         "data.rows_per_block=4", "train.record_rows=true", "train.lr=1e-3",
         "data.sampling.min_pixels=3136"]  # 56 px: the preset's 112-px view is for accuracy, not for tests
@@ -19,7 +19,7 @@ TINY = ["synth_train.pairs=48", "synth_val.pairs=16", "train.batch_pairs=2", "tr
 @pytest.mark.slow
 def test_zero3_trains_and_saves(ray_local, tmp_path):
     from raypipe.reward.model import VideoReward
-    from raypipe.train.reward_job import run_train_reward
+    from raypipe.recipes.train_reward import run as run_train_reward
 
     out = tmp_path / "z3"
     cfg = load_config(RewardTrainConfig, Path(__file__).parent.parent / "configs" / "reward_tiny.yaml",
@@ -35,7 +35,7 @@ def test_zero3_trains_and_saves(ray_local, tmp_path):
 @pytest.mark.parametrize("weights, match", [("{XX: 1}", "unknown: \\['XX'\\]"), ("{TA: -1}", "TA': -1"),
                                             ("{VQ: 0, MQ: 0, TA: 0}", "not all 0")])
 def test_bad_dimension_weights_are_refused_before_any_work(tmp_path, weights, match):
-    from raypipe.train.reward_job import run_train_reward
+    from raypipe.recipes.train_reward import run as run_train_reward
 
     cfg = load_config(RewardTrainConfig, Path(__file__).parent.parent / "configs" / "reward_tiny.yaml",
                       TINY + [f"out={tmp_path / 'run'}", f"train.dim_weights={weights}"])

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from raypipe.video.source import is_local, join_uri, local_path, resolve_filesystem
 
 LABELS = {"a": 1, "b": -1, "same": 0, "tie": 0, "1": 1, "-1": -1, "0": 0}
+LABEL_NAMES = {1: "A", -1: "B", 0: "same"}
 POINTWISE_WORDS = {"good": 3.0, "normal": 2.0, "bad": 1.0}
 PAIR_REQUIRED = ("path_A", "path_B", "prompt")
 POINTWISE_REQUIRED = ("path", "prompt")
@@ -59,6 +60,11 @@ def normalize_label(value) -> int | None:
             return None
         value = str(int(value))
     return LABELS.get(str(value).strip().lower())
+
+
+def label_name(y: int | None) -> str | None:
+    """+1/-1/0 -> "A"/"B"/"same" (how raypipe writes labels; `normalize_label` reads them back); None -> None."""
+    return None if y is None else LABEL_NAMES[int(y)]
 
 
 def normalize_score(value) -> float | None:

@@ -27,23 +27,23 @@ PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 class TinyWanConfig:
     """A tiny random Wan2.1 (same diffusers/transformers classes as the real one)."""
 
-    vae_base_dim: int = 8
-    z_dim: int = 4
+    vae_base_dim: int = 8  # VAE base channels
+    z_dim: int = 4  # latent channels
     vae_dim_mult: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 2])  # 2 downsamples: spatial 4
     vae_temporal_downsample: list[bool] = dataclasses.field(default_factory=lambda: [False, True])  # frames 1+2k
-    num_attention_heads: int = 2
-    attention_head_dim: int = 16
-    num_layers: int = 2
-    ffn_dim: int = 64
-    text_dim: int = 32
-    text_layers: int = 1
-    text_heads: int = 2
-    text_ff: int = 64
-    max_text_len: int = 16
-    shift: float = 3.0
-    freq_dim: int = 32
-    rope_max_seq_len: int = 64
-    vae_num_res_blocks: int = 1
+    num_attention_heads: int = 2  # transformer heads
+    attention_head_dim: int = 16  # per-head width
+    num_layers: int = 2  # transformer blocks
+    ffn_dim: int = 64  # feed-forward width
+    text_dim: int = 32  # text encoder width
+    text_layers: int = 1  # text encoder layers
+    text_heads: int = 2  # text encoder heads
+    text_ff: int = 64  # text encoder feed-forward width
+    max_text_len: int = 16  # prompt tokens kept
+    shift: float = 3.0  # flow-matching time shift of the scheduler
+    freq_dim: int = 32  # timestep embedding width
+    rope_max_seq_len: int = 64  # RoPE table length (>= patched sizes)
+    vae_num_res_blocks: int = 1  # VAE residual blocks per level
 
     @classmethod
     def wan21_1_3b(cls) -> "TinyWanConfig":
@@ -180,6 +180,18 @@ class WanFamily:
         if n < 1:
             raise ValueError("need at least one frame")
         return 1 + ((n - 1) // self.temporal) * self.temporal
+
+    def latent_shape(self, frames: int, height: int, width: int, check: bool = False) -> tuple[int, int, int, int]:
+        """(C, T', H', W') of the latents of a `frames`x`height`x`width` clip. With `check`, a clip the VAE and
+        the patch size cannot take (frames not 1 + k·temporal, sides not multiples of 2·spatial) is a
+        ConfigError naming the rule."""
+        if check and ((frames - 1) % self.temporal or height % (2 * self.spatial) or width % (2 * self.spatial)):
+            from raypipe.config import ConfigError
+
+            raise ConfigError(f"frames must be 1 + k·{self.temporal} and height/width multiples of "
+                              f"{2 * self.spatial}, got {frames}x{height}x{width}")
+        return (int(self.pipeline.vae.config.z_dim), 1 + (frames - 1) // self.temporal, height // self.spatial,
+                width // self.spatial)
 
     # --- frozen encoders ---------------------------------------------------------------------------------
     @torch.no_grad()

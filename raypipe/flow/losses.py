@@ -89,12 +89,4 @@ def sft_loss(errors: torch.Tensor) -> torch.Tensor:
     return errors.mean()
 
 
-def scalarize(scores: dict[str, torch.Tensor | float], weights: dict[str, float]):
-    """r = Σ_d w_d · r_d over the weighted dimensions (SPEC §5); a dimension with a weight must have a score."""
-    missing = [d for d in weights if d not in scores]
-    if missing:
-        raise KeyError(f"no score for weighted dimension(s) {missing}")
-    return sum(float(w) * scores[d] for d, w in weights.items())
-
-
 LOG2 = math.log(2.0)

@@ -13,21 +13,15 @@ drops the pair too, as does an error row. Output columns: `uri_w`, `uri_l`, `pro
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pyarrow as pa
 
+from raypipe.config import ClipConfig, ConfigError
+from raypipe.data.weights import require_nonzero, scalarize_columns
 from raypipe.video.decode import VideoError, read_all_frames, resize_frames
+from raypipe.video.synth import make_prompt
 
-
-@dataclasses.dataclass
-class ClipConfig:
-    """How the generator sees a video: `frames` evenly spaced over the clip, resized to height x width."""
-
-    frames: int = 9
-    height: int = 56
-    width: int = 56
+ALGOS = ("pretrain", "sft", "dpo", "rwr")
 
 
 def generator_clip(uri: str, cfg: ClipConfig) -> np.ndarray | VideoError:
@@ -39,11 +33,6 @@ def generator_clip(uri: str, cfg: ClipConfig) -> np.ndarray | VideoError:
         return VideoError("too_short", f"{len(frames)} frames, the generator needs {cfg.frames}", uri)
     idx = np.round(np.linspace(0, len(frames) - 1, cfg.frames)).astype(int)
     return resize_frames(frames[idx], cfg.height, cfg.width)
-
-
-def _check_weights(weights: dict[str, float]) -> None:
-    if not weights or not any(float(w) != 0 for w in weights.values()):
-        raise ValueError(f"scalarisation weights need at least one non-zero dimension, got {weights!r}")
 
 
 def _pairs(table: pa.Table, r: np.ndarray, valid: np.ndarray, min_margin: float) -> tuple[pa.Table, dict]:
@@ -65,33 +54,72 @@ def _pairs(table: pa.Table, r: np.ndarray, valid: np.ndarray, min_margin: float)
 
 def pairs_from_labels(table: pa.Table, weights: dict[str, float], min_margin: float = 0.0) -> tuple[pa.Table, dict]:
     """Pairs from a loaded preference manifest (`y_<DIM>` columns of `load_manifest`)."""
-    _check_weights(weights)
-    r = np.zeros(table.num_rows)
-    valid = np.ones(table.num_rows, dtype=bool)
-    for dim, w in weights.items():
-        col = f"y_{dim}"
-        if col not in table.column_names:
-            raise KeyError(f"weighted dimension {dim!r} has no label column in the manifest")
-        y = table.column(col).to_numpy(zero_copy_only=False)
-        y = np.array([np.nan if v is None else v for v in y], dtype=np.float64) if y.dtype == object else \
-            y.astype(np.float64)
-        valid &= ~np.isnan(y) | (float(w) == 0)
-        r += float(w) * np.nan_to_num(y)
+    require_nonzero(weights)
+    r, valid = scalarize_columns(table, weights, lambda d: f"y_{d}")
     return _pairs(table, r, valid, min_margin)
 
 
 def pairs_from_margins(table: pa.Table, weights: dict[str, float], min_margin: float = 0.0) -> tuple[pa.Table, dict]:
     """Pairs from `raypipe relabel` output on a preference manifest (`margin_<DIM>` columns, `error`)."""
-    _check_weights(weights)
-    r = np.zeros(table.num_rows)
-    valid = np.ones(table.num_rows, dtype=bool)
+    require_nonzero(weights)
+    r, valid = scalarize_columns(table, weights, lambda d: f"margin_{d}")
     if "error" in table.column_names:
         valid &= np.array([e is None for e in table.column("error").to_pylist()])
-    for dim, w in weights.items():
-        col = f"margin_{dim}"
-        if col not in table.column_names:
-            raise KeyError(f"weighted dimension {dim!r} has no {col} column (relabel output expected)")
-        m = np.array([np.nan if v is None else v for v in table.column(col).to_pylist()], dtype=np.float64)
-        valid &= ~np.isnan(m) | (float(w) == 0)
-        r += float(w) * np.nan_to_num(m)
     return _pairs(table, r, valid, min_margin)
+
+
+# --- training rows per algorithm -----------------------------------------------------------------------------
+def _reward_of(table: pa.Table, side: str, weights: dict[str, float]) -> np.ndarray | None:
+    """Σ_d w_d·score of each row's `side` video (relabel `score_<S>_<DIM>`, else `MOS_<S>_<DIM>`), NaN where a
+    weighted score is missing; None when a weighted dimension has neither column."""
+    def column_of(dim):
+        return next((c for c in (f"score_{side}_{dim}", f"MOS_{side}_{dim}") if c in table.column_names), None)
+
+    try:
+        r, valid = scalarize_columns(table, weights, column_of)
+    except KeyError:
+        return None
+    return np.where(valid, r, np.nan)
+
+
+def true_captions(table: pa.Table, side: str) -> list[str] | None:
+    """SynthPref videos contradict their pair's prompt on purpose (TA levels): pretraining captions each video
+    with what it shows, from the gt_color/gt_shape/gt_direction columns when the manifest has them."""
+    cols = [f"gt_{a}_{side}" for a in ("color", "shape", "direction")]
+    if not all(c in table.column_names for c in cols):
+        return None
+    return [make_prompt(c, s, d) for c, s, d in zip(*(table.column(c).to_pylist() for c in cols))]
+
+
+def training_rows(table: pa.Table, algo: str, source: str, weights: dict[str, float],
+                  min_margin: float = 0.0) -> tuple[pa.Table, dict]:
+    """The rows the workers train on, and counts of what was kept and dropped (nothing disappears silently)."""
+    if algo not in ALGOS:
+        raise ConfigError(f"train.algo must be one of {ALGOS}, got {algo!r}")
+    prompts = table.column("prompt").to_pylist()
+    if algo == "pretrain":
+        seen = {}
+        for side in ("A", "B"):
+            for uri, prompt in zip(table.column(f"uri_{side}").to_pylist(), true_captions(table, side) or prompts):
+                seen.setdefault((uri, prompt), None)
+        rows = pa.table({"uri": [k[0] for k in seen], "prompt": [k[1] for k in seen]})
+        return rows, {"rows": table.num_rows, "videos": rows.num_rows,
+                      "captions": "true attributes (gt_*)" if true_captions(table, "A") else "pair prompts"}
+    if algo == "rwr":
+        ra, rb = _reward_of(table, "A", weights), _reward_of(table, "B", weights)
+        if ra is None or rb is None:
+            raise ConfigError("rwr needs per-video scores: relabel output (score_A_<DIM>) or MOS_A_<DIM> columns "
+                              f"for every weighted dimension {sorted(weights)}")
+        uris = table.column("uri_A").to_pylist() + table.column("uri_B").to_pylist()
+        reward = np.concatenate([ra, rb])
+        keep = np.flatnonzero(np.isfinite(reward))
+        rows = pa.table({"uri": [uris[i] for i in keep], "prompt": [(prompts + prompts)[i] for i in keep],
+                         "reward": pa.array(reward[keep], pa.float64())})
+        return rows, {"rows": table.num_rows, "videos": rows.num_rows, "dropped_no_score": int(len(reward) - len(keep))}
+    build = pairs_from_labels if source == "labels" else pairs_from_margins
+    if source not in ("labels", "margins"):
+        raise ConfigError(f"data.source must be labels or margins, got {source!r}")
+    pairs, counts = build(table, weights, min_margin)
+    if algo == "sft":
+        return pa.table({"uri": pairs.column("uri_w"), "prompt": pairs.column("prompt")}), counts
+    return pairs.select(["uri_w", "uri_l", "prompt"]), counts

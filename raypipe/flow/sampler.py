@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 
@@ -47,3 +48,14 @@ def sample(velocity: Callable, text: torch.Tensor, uncond: torch.Tensor | None, 
             v = guidance(x, t, v)
         x = x - (t_now - t_next) * v
     return x
+
+
+def sample_videos(gen, prompts: list[str], latent_shape: tuple[int, ...], steps: int, cfg_scale: float,
+                  seed: int) -> np.ndarray:
+    """CFG samples (uint8 [N, T, H, W, 3]) with seeded initial noise."""
+    text = gen.encode_prompts(prompts)
+    uncond = gen.encode_prompts([""])
+    noise = torch.randn((len(prompts), *latent_shape), generator=torch.Generator().manual_seed(seed))
+    z = sample(gen.velocity, text, uncond, noise.shape, steps=steps, cfg_scale=cfg_scale, shift=gen.shift,
+               noise=noise)
+    return gen.decode_latents(z)

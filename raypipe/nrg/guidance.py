@@ -15,33 +15,6 @@ import torch
 T_ONE = 1.0 - 1e-6  # t at or above this counts as t = 1 (the first step): no guidance
 
 
-def parse_weights(spec: str | dict | None, dims: tuple[str, ...]) -> dict[str, float]:
-    """"VQ=0.1,MQ=0.1,TA=0.8" or a dict -> {dim: w} over `dims` (missing dims 0). Unknown dimensions and
-    non-finite weights are errors."""
-    if spec is None or spec == "":
-        return {d: 0.0 for d in dims}
-    if isinstance(spec, str):
-        items = {}
-        for part in spec.split(","):
-            if "=" not in part and ":" not in part:
-                raise ValueError(f"weights must look like VQ=0.1,MQ=0.1,TA=0.8, got {spec!r}")
-            key, value = part.replace(":", "=").split("=", 1)
-            items[key.strip()] = value.strip()
-        spec = items
-    out = {d: 0.0 for d in dims}
-    for key, value in spec.items():
-        if key not in dims:
-            raise ValueError(f"unknown dimension {key!r} in weights (the reward model has {list(dims)})")
-        try:
-            w = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"weight of {key} must be a number, got {value!r}") from None
-        if not torch.isfinite(torch.tensor(w)):
-            raise ValueError(f"weight of {key} must be finite, got {value!r}")
-        out[key] = w
-    return out
-
-
 def guidance_scale(t: torch.Tensor) -> torch.Tensor:
     """t / (1 − t), zero where t >= 1 (undefined: the first step is not guided)."""
     t = t.float()

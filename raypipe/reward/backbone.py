@@ -23,14 +23,14 @@ TINY_SPECIALS = [PAD, UNK, IM_START, IM_END, VISION_START, VISION_END, VIDEO_PAD
 class TinyBackboneConfig:
     """A small random Qwen2-VL (calibrated in a prototype: smaller models stayed at chance on MQ/TA)."""
 
-    hidden_size: int = 128
-    intermediate_size: int = 256
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    vision_depth: int = 2
-    vision_embed_dim: int = 64
-    vision_num_heads: int = 2
+    hidden_size: int = 128  # language model width
+    intermediate_size: int = 256  # feed-forward width
+    num_hidden_layers: int = 4  # language model layers
+    num_attention_heads: int = 4  # attention heads
+    num_key_value_heads: int = 2  # key/value heads (GQA)
+    vision_depth: int = 2  # vision tower blocks
+    vision_embed_dim: int = 64  # vision tower width
+    vision_num_heads: int = 2  # vision tower heads
 
 
 def tiny_vocabulary() -> list[str]:

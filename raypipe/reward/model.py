@@ -27,10 +27,11 @@ LM_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "do
 
 @dataclasses.dataclass
 class LoraSettings:
-    enabled: bool = True
-    r: int = 64
-    alpha: int = 128
-    dropout: float = 0.0
+    enabled: bool = True  # LoRA on the language model (false: train it whole)
+    r: int = 64  # LoRA rank
+    alpha: int = 128  # LoRA alpha (scale alpha/r)
+    dropout: float = 0.0  # LoRA dropout
+    # module names that get adapters
     target_modules: list[str] = dataclasses.field(default_factory=lambda: list(LM_LINEAR))
 
 
@@ -38,12 +39,14 @@ class LoraSettings:
 class RewardModelConfig:
     name_or_path: str | None = None  # local Qwen2-VL folder; None: a tiny random backbone (tests, demo)
     tiny: TinyBackboneConfig = dataclasses.field(default_factory=TinyBackboneConfig)
-    tiny_seed: int = 0
+    tiny_seed: int = 0  # seed of the tiny random backbone built when name_or_path is null
+    # reward dimensions, one token and head output each (saved in the checkpoint)
     dimensions: list[str] = dataclasses.field(default_factory=lambda: ["VQ", "MQ", "TA"])
+    # dimensions whose token sits right after the video (before the prompt)
     context_agnostic: list[str] = dataclasses.field(default_factory=lambda: ["VQ", "MQ"])
     head: str = "special_tokens"  # or "last_token" (ablation: Linear(hidden, D) on the final token)
     lora: LoraSettings = dataclasses.field(default_factory=LoraSettings)
-    train_vision: bool = True
+    train_vision: bool = True  # train the vision tower too
     # Full training of the language model instead of LoRA: for tiny RANDOM backbones, where low-rank updates of
     # random weights learn motion and text alignment far more slowly; real checkpoints use LoRA (paper).
     train_language_model: bool = False

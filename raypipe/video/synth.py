@@ -326,3 +326,14 @@ def make_synthpref(out_dir: str | os.PathLike, cfg: SynthConfig, progress: bool 
     table = pa.table({k: pa.array(v, type=_COLUMNS[k]) for k, v in rows.items()})
     pq.write_table(table, out / "manifest.parquet")
     return table
+
+
+def manifest_or_synthpref(manifest: str | None, folder: str | os.PathLike, cfg: SynthConfig, key: str,
+                          progress: bool = False) -> str:
+    """`manifest` when one is given, else a seeded SynthPref set written to `folder` (what the tiny presets train
+    on when the config names no data); `key` is the config key that was left empty, for the message."""
+    if manifest is not None:
+        return manifest
+    print(f"no {key}: synthesising SynthPref ({cfg.pairs} pairs, seed {cfg.seed}) in {folder}", flush=True)
+    make_synthpref(folder, cfg, progress=progress)
+    return str(Path(folder) / "manifest.parquet")

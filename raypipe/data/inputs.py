@@ -1,4 +1,6 @@
-"""What `raypipe relabel` reads: a preference manifest, a pointwise manifest, or a folder / glob of videos.
+"""What jobs read: `resolve_input` — relabel's input (a preference manifest, a pointwise manifest, or a folder /
+glob of videos); `read_pair_table` — the pairs train-flow and train-latent-reward read (a manifest or relabel
+output).
 
     inp = resolve_input("pairs.parquet", ["VQ", "MQ", "TA"])        # kind "pairs": uri_A, uri_B, prompt
     inp = resolve_input("videos/", dims)                             # kind "videos": path, prompt ("" or sidecar)
@@ -190,3 +192,21 @@ def resolve_input(source: str, dimensions, video_root: str | None = None, prompt
         table = _videos_table(uris, root, prompts, notes)
         input_columns, kind = ["path", "prompt"], "videos"
     return RelabelInput(table, kind, source, input_columns, notes)
+
+
+def read_pair_table(path: str, dims, video_root: str | None = None, relabelled: bool = False) -> pa.Table:
+    """Preference pairs: a preference manifest (validated, labels as y_<DIM>, which may be missing) or `raypipe
+    relabel` output (a folder, or a part file when `relabelled`: row_id, uri_A/uri_B, prompt and the margin_/
+    score_/model_ columns, used as written)."""
+    import pyarrow.parquet as pq
+
+    if os.path.isdir(path) or relabelled:
+        table = pq.read_table(path)
+        missing = [c for c in ("row_id", "uri_A", "uri_B", "prompt") if c not in table.column_names]
+        if missing:
+            raise ConfigError(f"{path}: not relabel output of a preference manifest (missing {missing})")
+        return table
+    manifest = load_manifest(path, list(dims), video_root, require_labels=False)
+    if manifest.kind != "pairs":
+        raise ConfigError(f"expected a preference manifest or relabel output; {path} is pointwise")
+    return manifest.table

@@ -22,8 +22,13 @@ import numpy as np
 import torch
 
 from raypipe.config import SynthConfig, load_config, save_config, to_dict
-from raypipe.flow.family import TinyWanConfig
-from raypipe.flow.pairs import ClipConfig
+from raypipe.data.prompts import read_prompts
+from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
+from raypipe.flow.pairs import ClipConfig, generator_clip, true_captions
+from raypipe.flow.pretrain import fit_vae, oracle_report, set_latent_stats
+from raypipe.flow.sampler import sample_videos
+from raypipe.recipes import train_flow
+from raypipe.video.synth import make_synthpref
 
 
 @dataclasses.dataclass
@@ -31,43 +36,23 @@ class GeneratorPretrainConfig:
     synth: SynthConfig = dataclasses.field(default_factory=lambda: SynthConfig(pairs=512, seed=21))
     clip: ClipConfig = dataclasses.field(default_factory=lambda: ClipConfig(frames=9, height=32, width=32))
     tiny: TinyWanConfig = dataclasses.field(default_factory=TinyWanConfig)
-    seed: int = 0
+    seed: int = 0  # seed of the tiny model, VAE fit and eval prompts
     vae_frame_steps: int = 400  # VAE fit (see fit_vae): single frames first,
-    vae_frame_lr: float = 2e-3
+    vae_frame_lr: float = 2e-3  # learning rate of the single-frame VAE stage
     vae_steps: int = 200  # then whole clips at a lower rate
-    vae_lr: float = 3e-4
-    vae_batch: int = 4
+    vae_lr: float = 3e-4  # learning rate of the whole-clip VAE stage
+    vae_batch: int = 4  # clips per VAE step
     vae_fg_weight: float = 10.0  # up-weight object pixels
     flow_overrides: list[str] = dataclasses.field(default_factory=list)  # key=value for the train-flow stage
-    eval_prompts: int = 48
-    sample_steps: int = 20
-    cfg_scale: float = 4.0
-    out: str = "gen-out"
-    address: str | None = None
-    progress: bool = True
+    eval_prompts: int = 48  # held-out prompts sampled for the oracle report
+    sample_steps: int = 20  # sampling steps of those samples
+    cfg_scale: float = 4.0  # classifier-free guidance scale
+    out: str = "gen-out"  # output folder
+    address: str | None = None  # Ray cluster address; null: RAY_ADDRESS or a new local Ray
+    progress: bool = True  # progress bars
 
 
-def sample_videos(gen, prompts: list[str], latent_shape: tuple[int, ...], steps: int, cfg_scale: float,
-                  seed: int) -> np.ndarray:
-    """CFG samples (uint8 [N, T, H, W, 3]) with seeded initial noise."""
-    from raypipe.flow.sampler import sample
-
-    text = gen.encode_prompts(prompts)
-    uncond = gen.encode_prompts([""])
-    noise = torch.randn((len(prompts), *latent_shape), generator=torch.Generator().manual_seed(seed))
-    z = sample(gen.velocity, text, uncond, noise.shape, steps=steps, cfg_scale=cfg_scale, shift=gen.shift,
-               noise=noise)
-    return gen.decode_latents(z)
-
-
-def run_pretrain_generator(cfg: GeneratorPretrainConfig) -> dict:
-    from raypipe.flow.family import WanFamily, make_tiny_wan
-    from raypipe.flow.pairs import generator_clip
-    from raypipe.flow.pretrain import fit_vae, oracle_report, set_latent_stats
-    from raypipe.train.flow_config import FlowTrainConfig
-    from raypipe.train.flow_job import run_train_flow, true_captions
-    from raypipe.video.synth import COLORS, DIRECTIONS, SHAPES, make_synthpref, make_prompt
-
+def run(cfg: GeneratorPretrainConfig) -> dict:
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
@@ -107,21 +92,18 @@ def run_pretrain_generator(cfg: GeneratorPretrainConfig) -> dict:
           f"{report['vae']['recon_oracle']}", flush=True)
 
     print("3/4 flow-matching pretraining (train-flow --algo pretrain)", flush=True)
-    flow_cfg = load_config(FlowTrainConfig, None, [
-        f"model.name_or_path={out / 'vae_fitted'}", "train.algo=pretrain", "train.prompt_dropout=0.1",
+    flow_cfg = load_config(train_flow.FlowTrainConfig, None, [
+        f"generator={out / 'vae_fitted'}", "train.algo=pretrain", "train.prompt_dropout=0.1",
         f"clip.frames={cfg.clip.frames}", f"clip.height={cfg.clip.height}", f"clip.width={cfg.clip.width}",
         f"data.manifest={out / 'data' / 'manifest.parquet'}", "data.latent_cache=latents", "train.lr=1e-3",
         "train.epochs=50", "train.batch=16", "train.log_every=20", "train.checkpoint_every=200",
         f"out={out / 'flow'}", f"progress={str(cfg.progress).lower()}", *cfg.flow_overrides])
-    report["flow"] = run_train_flow(flow_cfg)
+    report["flow"] = train_flow.run(flow_cfg)
 
     print("4/4 samples judged by the oracle", flush=True)
     gen = WanFamily.load(out / "flow" / "final")
-    rng = np.random.default_rng(cfg.seed + 1)
-    eval_prompts = [make_prompt(COLORS[rng.integers(len(COLORS))], SHAPES[rng.integers(len(SHAPES))],
-                                DIRECTIONS[rng.integers(len(DIRECTIONS))]) for _ in range(cfg.eval_prompts)]
-    latent_shape = (int(gen.pipeline.vae.config.z_dim), 1 + (cfg.clip.frames - 1) // gen.temporal,
-                    cfg.clip.height // gen.spatial, cfg.clip.width // gen.spatial)
+    eval_prompts = read_prompts(cfg.eval_prompts, cfg.seed + 1)
+    latent_shape = gen.latent_shape(cfg.clip.frames, cfg.clip.height, cfg.clip.width)
     videos = sample_videos(gen, eval_prompts, latent_shape, cfg.sample_steps, cfg.cfg_scale, cfg.seed)
     report["samples"] = oracle_report(videos, eval_prompts)
     report["targets"] = {"color_right": ">= 0.9", "direction_right": ">= 0.5 (chance 0.25)"}
@@ -129,9 +111,3 @@ def run_pretrain_generator(cfg: GeneratorPretrainConfig) -> dict:
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
     print(f"samples: {report['samples']}", flush=True)
     return report
-
-
-def pretrain_generator_from_args(config_path, out, overrides) -> int:
-    extra = [f"out={json.dumps(out)}"] if out else []
-    run_pretrain_generator(load_config(GeneratorPretrainConfig, config_path, list(overrides or []) + extra))
-    return 0

@@ -1,30 +1,18 @@
-"""The Ray Train worker loop for the generator: pretrain / SFT / Flow-DPO / Flow-RWR with a DeepSpeed engine.
+"""One training step of the generator, without Ray: a batch of clips or cached latents -> the loss of the
+configured algorithm (SPEC §5). `raypipe.recipes.train_flow` runs it inside its worker loop.
 
-Per step: a batch from this worker's Ray Data shard (decoded clips) -> frozen VAE + text encoder -> shared noise
-and time -> the transformer's velocity (LoRA policy; for DPO also the reference = adapters disabled, no_grad)
--> loss -> engine.backward/step, inside the shared `raypipe.train.common.worker_loop` (checkpoints every K steps,
-resume with DeepSpeed state and data position, TensorBoard event files — loss, DPO implicit accuracy and reward
-margin, lr — under OUT/tensorboard).
+Per batch: frozen VAE + text encoder (or the latent cache's columns) -> shared noise and time -> the
+transformer's velocity (LoRA policy; for Flow-DPO also the reference = adapters disabled, no_grad) -> loss.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import numpy as np
 import torch
 
-
-def clips_of(batch, column: str) -> np.ndarray:
-    from raypipe.data.pairs import column_frames
-
-    return np.stack(column_frames(batch, column)) if batch.num_rows else np.zeros((0,), np.uint8)
+from raypipe.data.tables import clips_of, suffix, tensor_of
 
 
 def latents_of(gen, batch, key: str) -> torch.Tensor:
     """Normalised latents of a batch: from the latent cache (`latents<sfx>`) or by encoding `frames<sfx>`."""
-    from raypipe.flow.latents import suffix, tensor_of
-
     sfx = suffix(key)
     if f"latents{sfx}" in batch.column_names:
         return torch.from_numpy(tensor_of(batch, f"latents{sfx}")).float()
@@ -34,8 +22,6 @@ def latents_of(gen, batch, key: str) -> torch.Tensor:
 def text_of(gen, batch, prompts: list[str], dropout: float, generator: torch.Generator) -> torch.Tensor:
     """Prompt embeddings (cached `text` column or the text encoder), a `dropout` share replaced by the empty
     prompt's embedding (classifier-free guidance)."""
-    from raypipe.flow.latents import tensor_of
-
     kept = drop_prompts(prompts, dropout, generator)
     if "text" not in batch.column_names:
         return gen.encode_prompts(kept)
@@ -106,47 +92,3 @@ def algo_loss(gen, engine, t_cfg, tensors: dict, generator: torch.Generator) -> 
         real = err[mask.to(device)] if mask is not None and bool(mask.any()) else None
         return rwr_loss(err, rewards, t_cfg.tau, real, t_cfg.lambda_real), {"mean_reward": float(rewards.mean())}
     return sft_loss(err), {}
-
-
-def train_loop_per_worker(config: dict) -> None:
-    import deepspeed
-
-    from raypipe.config import build_config
-    from raypipe.flow.family import WanFamily
-    from raypipe.flow.lora import add_lora, save_lora
-    from raypipe.train.common import deepspeed_config, worker_loop
-    from raypipe.train.flow_config import FlowTrainConfig
-
-    cfg = build_config(FlowTrainConfig, config["cfg"])
-    t = cfg.train
-    torch.manual_seed(t.seed)
-    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-    device = "cuda" if t.use_gpu else "cpu"
-    gen = WanFamily.load(cfg.model.name_or_path, dtype=cfg.model.dtype, device=device)
-    if t.gradient_checkpointing:
-        gen.transformer.enable_gradient_checkpointing()
-    if t.algo != "pretrain" and cfg.model.lora.enabled:
-        lora = cfg.model.lora
-        add_lora(gen.transformer, lora.r, lora.alpha, lora.dropout, gen.lora_targets)
-    elif t.algo == "dpo":
-        raise ValueError("Flow-DPO needs LoRA (its reference is the model with adapters disabled)")
-    else:
-        gen.transformer.requires_grad_(True)
-    deepspeed.init_distributed(dist_backend="nccl" if t.use_gpu else "gloo")
-    total_steps = config["total_steps"]
-    engine, _, _, _ = deepspeed.initialize(
-        model=gen.transformer, model_parameters=[p for p in gen.transformer.parameters() if p.requires_grad],
-        config=deepspeed_config(t, total_steps, bf16=t.use_gpu and cfg.model.dtype == "bfloat16",
-                                micro_batch=t.batch))
-
-    def save_final(d: Path) -> None:
-        if t.algo == "pretrain":
-            gen.pipeline.save_pretrained(d)  # the whole pipeline, new transformer weights
-            extra = Path(cfg.model.name_or_path) / "raypipe_family.json"
-            if extra.exists():
-                (d / "raypipe_family.json").write_text(extra.read_text())
-        else:
-            save_lora(gen, d)
-
-    worker_loop(engine, t, total_steps, lambda batch, g: step_loss(gen, engine, t, batch, g), save_final,
-                tensorboard_dir=config.get("tensorboard_dir"))

@@ -14,10 +14,20 @@ import json
 import time
 from pathlib import Path
 
-from raypipe.config import DataConfig, SamplingConfig, SynthConfig, load_config, repo_path, save_config
-from raypipe.train.reward_config import RewardTrainConfig
+import numpy as np
+import pyarrow.parquet as pq
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo_tiny.yaml"
+from raypipe.config import DataConfig, SamplingConfig, SynthConfig, load_config, repo_path, save_config
+from raypipe.data.manifest import label_name, load_manifest, normalize_label
+from raypipe.demo_report import write_report
+from raypipe.distributed.cluster import configure_data_context, init_ray
+from raypipe.flow.evaluation import attribute_share, win_rate
+from raypipe.recipes import (eval_flow, eval_reward, generate, pairs, pretrain_generator, relabel, sample_pairs,
+                             train_flow, train_latent_reward, train_reward)
+from raypipe.video.oracle import judge_video
+from raypipe.video.synth import make_synthpref
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_tiny.yaml"
 
 
 @dataclasses.dataclass
@@ -25,6 +35,7 @@ class DemoConfig:
     synth: SynthConfig = dataclasses.field(default_factory=lambda: SynthConfig(pairs=64))
     data: DataConfig = dataclasses.field(
         default_factory=lambda: DataConfig(sampling=SamplingConfig(fps=4.0, max_frames=16)))
+    dims: list[str] = dataclasses.field(default_factory=lambda: ["VQ", "MQ", "TA"])  # the dimensions reported
     # The reward stage: the tiny preset (configs/reward_tiny.yaml), shortened so the demo stays quick.
     reward_config: str = "configs/reward_tiny.yaml"
     reward_overrides: list[str] = dataclasses.field(default_factory=lambda: [
@@ -33,22 +44,24 @@ class DemoConfig:
         "train.dim_weights={}"])  # why: configs/demo_tiny.yaml
     generator: str = "assets/tiny-generator"  # a pretrained tiny WanPipeline (repo asset)
     from_scratch: bool = False  # remake the generator with pretrain-generator first (slow)
-    generator_config: str = "configs/generator_tiny.yaml"
+    generator_config: str = "configs/generator_tiny.yaml"  # pretrain-generator preset used with from_scratch
     sample_prompts: int = 48  # stage 6: prompts x k samples judged by the reward model
-    sample_k: int = 2
+    sample_k: int = 2  # samples per prompt in stage 6
+    # weights of the stage-6 pairs, e.g. {VQ: 1}
     pair_weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"VQ": 1.0})
     dpo_steps: int = 40  # train-flow steps of Flow-DPO and of each baseline
     dpo_overrides: list[str] = dataclasses.field(default_factory=list)  # extra train-flow key=value (all algos)
     baselines: list[str] = dataclasses.field(default_factory=lambda: ["sft", "rwr"])  # beside Flow-DPO
     eval_prompts: int = 32  # held-out prompts for the win rates (±0.09 at 32)
-    latent_reward_steps: int = 60
-    latent_reward_overrides: list[str] = dataclasses.field(default_factory=list)
-    guided_prompts: int = 4
+    latent_reward_steps: int = 60  # train-latent-reward steps in stage 8
+    latent_reward_overrides: list[str] = dataclasses.field(default_factory=list)  # extra train-latent-reward key=value
+    guided_prompts: int = 4  # prompts per Flow-NRG run
     # Flow-NRG runs beside the unguided one: weight settings (the same prompts and noise for every run)
-    guidance: list[str] = dataclasses.field(default_factory=lambda: ["VQ=1", "MQ=0.5,TA=0.5"])
-    guidance_strength: float = 2.0
-    address: str | None = None
-    progress: bool = True
+    guidance: list[dict[str, float]] = dataclasses.field(default_factory=lambda: [{"VQ": 1.0}, {"MQ": 0.5, "TA": 0.5}])
+    guidance_strength: float = 2.0  # Flow-NRG strength λ
+    out: str = "demo-out"  # output folder
+    address: str | None = None  # Ray cluster address; null: RAY_ADDRESS or a new local Ray
+    progress: bool = True  # progress bars
 
 
 STAGES = 8
@@ -59,57 +72,61 @@ def _stage(name: str):
     return time.perf_counter()
 
 
-def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
-    from raypipe.data.manifest import load_manifest
-    from raypipe.data.pairs_job import PairsJobConfig, run_pairs
-    from raypipe.ray_utils import configure_data_context, init_ray
-    from raypipe.video.synth import make_synthpref
-
-    out = Path(out)
+def run(cfg: DemoConfig) -> dict:
+    out = Path(cfg.out)
     save_config(cfg, out)
-    report: dict = {}
     t_start = time.perf_counter()
-
-    t = _stage(f"1/{STAGES} SynthPref: {cfg.synth.pairs} pairs, seed {cfg.synth.seed}")
     synth_dir = out / "synthpref"
+    report = _reward_stages(cfg, out, synth_dir)
+    report.update(_generator_stages(cfg, out, synth_dir))
+    _print_summary(report, cfg)
+    report["total_s"] = round(time.perf_counter() - t_start, 1)
+    report["pair_weights"] = dict(cfg.pair_weights)
+    (out / "demo_summary.json").write_text(json.dumps(report, indent=2))
+    md = write_report(out, report)
+    print(f"\nreport: {md}  (tables, learning curve, ε-accuracy plot, reward histograms, sample GIFs); "
+          f"total {report['total_s']:.0f} s")
+    return report
+
+
+def _reward_stages(cfg: DemoConfig, out: Path, synth_dir: Path) -> dict:
+    """Stages 1-5: SynthPref, the pair pipeline, VideoReward trained, evaluated, and relabelling with it."""
+    report: dict = {}
+    t = _stage(f"1/{STAGES} SynthPref: {cfg.synth.pairs} pairs, seed {cfg.synth.seed}")
     make_synthpref(synth_dir, cfg.synth, progress=cfg.progress)
     report["synth_s"] = round(time.perf_counter() - t, 2)
 
     t = _stage(f"2/{STAGES} Ray Data pair pipeline")
-    manifest = load_manifest(str(synth_dir / "manifest.parquet"), cfg.data.dimensions)
+    manifest = load_manifest(str(synth_dir / "manifest.parquet"), cfg.dims)
     init_ray(cfg.address)
     configure_data_context(cfg.progress)
-    pairs_cfg = PairsJobConfig(data=dataclasses.replace(cfg.data, manifest=manifest.source),
-                               out=str(out / "pairs"), address=cfg.address, progress=cfg.progress)
-    report["pairs"] = run_pairs(manifest, pairs_cfg)
+    pairs_cfg = pairs.PairsJobConfig(data=dataclasses.replace(cfg.data, manifest=manifest.source), dims=cfg.dims,
+                                     out=str(out / "pairs"), address=cfg.address, progress=cfg.progress)
+    report["pairs"] = pairs.run_pairs(manifest, pairs_cfg)
     report["pairs_s"] = round(time.perf_counter() - t, 2)
 
     t = _stage(f"3/{STAGES} train VideoReward (Ray Train + DeepSpeed, tiny Qwen2-VL)")
-    from raypipe.train.reward_job import run_train_reward
-
-    reward_cfg = load_config(RewardTrainConfig, repo_path(cfg.reward_config),
+    reward_cfg = load_config(train_reward.RewardTrainConfig, repo_path(cfg.reward_config),
                              [*cfg.reward_overrides, f"out={out / 'reward'}", f"progress={str(cfg.progress).lower()}"])
-    report["reward"] = run_train_reward(reward_cfg)
+    report["reward"] = train_reward.run(reward_cfg)
     report["reward_s"] = round(time.perf_counter() - t, 2)
 
     t = _stage(f"4/{STAGES} evaluate VideoReward on its held-out pairs")
-    from raypipe.reward.eval_job import EvalConfig, run_eval
-
-    report["eval"] = run_eval(EvalConfig(checkpoint=str(out / "reward" / "final"),
-                                         manifest=str(out / "reward" / "data" / "val" / "manifest.parquet"),
-                                         out=str(out / "eval"), progress=cfg.progress))
+    report["eval"] = eval_reward.run(eval_reward.EvalConfig(
+        reward=str(out / "reward" / "final"), manifest=str(out / "reward" / "data" / "val" / "manifest.parquet"),
+        out=str(out / "eval"), progress=cfg.progress))
     report["eval_s"] = round(time.perf_counter() - t, 2)
 
     t = _stage(f"5/{STAGES} relabel the stage-1 pairs with the trained reward model (resumable Ray Data batch scoring)")
-    from raypipe.relabel.job import RelabelConfig, run_relabel
-
-    report["relabel"] = run_relabel(RelabelConfig(checkpoint=str(out / "reward" / "final"),
-                                                  input=str(synth_dir / "manifest.parquet"),
-                                                  out=str(out / "relabel"), progress=cfg.progress))
-    report["relabel_agreement"] = _label_agreement(out / "relabel", cfg.data.dimensions)
+    report["relabel"] = relabel.run(relabel.RelabelConfig(
+        reward=str(out / "reward" / "final"), input=str(synth_dir / "manifest.parquet"), out=str(out / "relabel"),
+        progress=cfg.progress))
+    report["relabel_agreement"] = _label_agreement(out / "relabel", cfg.dims)
     report["relabel_s"] = round(time.perf_counter() - t, 2)
-    report.update(_generator_stages(cfg, out, synth_dir))
+    return report
 
+
+def _print_summary(report: dict, cfg: DemoConfig) -> None:
     s = report["pairs"]
     print("\n=== summary ===")
     print(f"pairs: {s['rows']}  decoded: {s['decoded']}  error rows: {s['error_rows']} {s['errors']}")
@@ -118,7 +135,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
     for dim, c in s["labels"].items():
         print(f"  {dim}: {c['A']}/{c['B']}/{c['tie']}/{c['masked']}")
     print("reward model (held-out, ties excluded / included):")
-    for dim in cfg.data.dimensions:
+    for dim in cfg.dims:
         m = report["eval"].get(dim) or {}
         print(f"  {dim}: {m.get('acc_without_ties', float('nan')):.3f} / {m.get('acc_with_ties', float('nan')):.3f}")
     print("relabel: model label = ground-truth label (A/B/same, ε* from validation):")
@@ -139,35 +156,15 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
         print(f"  {r['name']:>24}: " + "/".join(f"{r['mean_latent'][d]:.2f}" for d in ("VQ", "MQ", "TA")) +
               ("" if folder == "unguided" else "   oracle " + "/".join(
                   f"{r['oracle_win_rate'][d]:.2f}" for d in ("VQ", "MQ", "TA"))))
-    report["total_s"] = round(time.perf_counter() - t_start, 1)
-    report["pair_weights"] = dict(cfg.pair_weights)
-    (out / "demo_summary.json").write_text(json.dumps(report, indent=2))
-    from raypipe.demo_report import write_report
-
-    md = write_report(out, report)
-    print(f"\nreport: {md}  (tables, learning curve, ε-accuracy plot, reward histograms, sample GIFs); "
-          f"total {report['total_s']:.0f} s")
-    return report
 
 
 def _generator_stages(cfg: DemoConfig, out: Path, synth_dir: Path) -> dict:
-
-    from raypipe.config import load_config
-    from raypipe.flow.eval_job import FlowEvalConfig, run_eval_flow
-    from raypipe.flow.sample_pairs import SamplePairsConfig, run_sample_pairs
-    from raypipe.nrg.generate import GenerateConfig, run_generate
-    from raypipe.nrg.train_job import LatentRewardConfig, run_train_latent_reward
-    from raypipe.train.flow_config import FlowTrainConfig
-    from raypipe.train.flow_job import run_train_flow
-
     report: dict = {}
     reward = str(out / "reward" / "final")
     generator = str(repo_path(cfg.generator))
     if cfg.from_scratch:
-        from raypipe.flow.pretrain_job import GeneratorPretrainConfig, run_pretrain_generator
-
         t = _stage("6a/8 pretrain the tiny generator from scratch (pretrain-generator)")
-        run_pretrain_generator(load_config(GeneratorPretrainConfig, repo_path(cfg.generator_config),
+        pretrain_generator.run(load_config(pretrain_generator.GeneratorPretrainConfig, repo_path(cfg.generator_config),
                                            [f"out={out / 'generator'}", f"progress={str(cfg.progress).lower()}"]))
         generator = str(out / "generator" / "flow" / "final")
         report["generator_s"] = round(time.perf_counter() - t, 2)
@@ -176,7 +173,7 @@ def _generator_stages(cfg: DemoConfig, out: Path, synth_dir: Path) -> dict:
 
     t = _stage(f"6/{STAGES} pairs from the generator's own samples ({cfg.sample_prompts} prompts x {cfg.sample_k}), "
                f"judged by the stage-3 reward model")
-    report["sample_pairs"] = run_sample_pairs(SamplePairsConfig(
+    report["sample_pairs"] = sample_pairs.run(sample_pairs.SamplePairsConfig(
         generator=generator, reward=reward, prompts=str(cfg.sample_prompts), k=cfg.sample_k,
         weights=dict(cfg.pair_weights), out=str(out / "sample_pairs"), address=cfg.address, progress=cfg.progress))
     report["sample_pairs_s"] = round(time.perf_counter() - t, 2)
@@ -187,14 +184,14 @@ def _generator_stages(cfg: DemoConfig, out: Path, synth_dir: Path) -> dict:
     report["flow"] = {}
     for algo in algos:
         print(f"--- {algo} ---", flush=True)
-        flow_cfg = load_config(FlowTrainConfig, repo_path("configs/flow_tiny.yaml"), [
-            f"model.name_or_path={generator}", f"data.manifest={out / 'sample_pairs' / 'pairs'}",
+        flow_cfg = load_config(train_flow.FlowTrainConfig, repo_path("configs/flow_tiny.yaml"), [
+            f"generator={generator}", f"data.manifest={out / 'sample_pairs' / 'pairs'}",
             "data.source=margins", f"data.weights={json.dumps(dict(cfg.pair_weights))}", "clip.frames=9",
             "clip.height=32", "clip.width=32", f"train.algo={algo}", f"train.max_steps={cfg.dpo_steps}",
             "train.epochs=100", f"out={out / 'flow' / algo}", f"progress={str(cfg.progress).lower()}",
             *cfg.dpo_overrides])
-        trained = run_train_flow(flow_cfg)
-        evaluated = run_eval_flow(FlowEvalConfig(base=generator, lora=str(out / "flow" / algo / "final"),
+        trained = train_flow.run(flow_cfg)
+        evaluated = eval_flow.run(eval_flow.FlowEvalConfig(generator=generator, lora=str(out / "flow" / algo / "final"),
                                                  reward=reward, prompts=str(cfg.eval_prompts),
                                                  out=str(out / "flow" / algo / "eval")))
         report["flow"][algo] = {"train": trained, "eval": evaluated}
@@ -202,17 +199,18 @@ def _generator_stages(cfg: DemoConfig, out: Path, synth_dir: Path) -> dict:
 
     t = _stage(f"8/{STAGES} Flow-NRG: latent reward model (first blocks of the generator) on the stage-1 pairs, "
                f"then reward-guided sampling")
-    lr_cfg = load_config(LatentRewardConfig, repo_path("configs/latent_reward_tiny.yaml"), [
+    lr_cfg = load_config(train_latent_reward.LatentRewardConfig, repo_path("configs/latent_reward_tiny.yaml"), [
         f"generator={generator}", f"manifest={synth_dir / 'manifest.parquet'}", "train.epochs=100",
         f"train.max_steps={cfg.latent_reward_steps}", "train.batch=8", "train.checkpoint_every=30",
         "eval_draws=2", f"out={out / 'latent_reward'}", f"progress={str(cfg.progress).lower()}",
         *cfg.latent_reward_overrides])
-    lr = run_train_latent_reward(lr_cfg)
-    settings = [("unguided", "", 0.0)] + [(f"guided {w}", w, cfg.guidance_strength) for w in cfg.guidance]
+    lr = train_latent_reward.run(lr_cfg)
+    settings = [("unguided", {}, 0.0)] + [("guided " + ",".join(f"{d}={v:g}" for d, v in w.items()), w,
+                                            cfg.guidance_strength) for w in cfg.guidance]
     runs = {}
     for i, (name, weights, strength) in enumerate(settings):
         folder = "unguided" if i == 0 else f"guided_{i}"
-        summary = run_generate(GenerateConfig(
+        summary = generate.run(generate.GenerateConfig(
             generator=generator, latent_reward=str(out / "latent_reward" / "final"), prompts=str(cfg.guided_prompts),
             weights=weights, strength=strength, out=str(out / "nrg" / folder)))
         runs[folder] = {"name": name, "weights": weights, "samples": summary["samples"]}
@@ -223,11 +221,6 @@ def _generator_stages(cfg: DemoConfig, out: Path, synth_dir: Path) -> dict:
 
 def _nrg_summary(runs: dict, latent_reward: dict, cfg: DemoConfig) -> dict:
     """Per Flow-NRG run: mean latent reward per dimension, the oracle's verdicts, win rates over unguided."""
-    import numpy as np
-
-    from raypipe.flow.eval_job import attribute_share, win_rate
-    from raypipe.video.oracle import judge_video
-
     dims = ("VQ", "MQ", "TA")
     oracle = {k: [judge_video(s["file"], s["prompt"]) for s in r["samples"]] for k, r in runs.items()}
     by_t = latent_reward.get("val_accuracy_by_t") or {}
@@ -250,23 +243,11 @@ def _nrg_summary(runs: dict, latent_reward: dict, cfg: DemoConfig) -> dict:
 
 def _label_agreement(relabel_out: Path, dimensions) -> dict[str, float]:
     """Per dimension: share of scored rows whose model label equals the manifest's label."""
-    import pyarrow.parquet as pq
-
-    from raypipe.data.manifest import normalize_label
-
     table = pq.read_table(relabel_out)
-    names = {1: "A", -1: "B", 0: "same"}
     out = {}
     for dim in dimensions:
-        truth = [names.get(normalize_label(v)) for v in table.column(dim).to_pylist()]
+        truth = [label_name(normalize_label(v)) for v in table.column(dim).to_pylist()]
         model = table.column(f"model_{dim}").to_pylist()
         pairs = [(t, m) for t, m in zip(truth, model) if t is not None and m is not None]
         out[dim] = round(sum(t == m for t, m in pairs) / max(1, len(pairs)), 4)
     return out
-
-
-def run_demo_from_args(config: str | None, out: str, overrides: list[str]) -> int:
-    path = config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
-    cfg = load_config(DemoConfig, path, overrides)
-    run_demo(cfg, out)
-    return 0

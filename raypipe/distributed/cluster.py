@@ -1,4 +1,5 @@
-"""Connecting to Ray: the given cluster address, `RAY_ADDRESS`, or a new local instance."""
+"""Connecting to Ray (the given cluster address, `RAY_ADDRESS`, or a new local instance) and the Ray Data settings
+our jobs share."""
 from __future__ import annotations
 
 import os
@@ -43,3 +44,12 @@ def configure_data_context(progress: bool = True, object_store_limit_mb: int | N
     if object_store_limit_mb is not None:
         ctx.execution_options.resource_limits = ExecutionResources(
             object_store_memory=int(object_store_limit_mb) * 1024 * 1024)
+
+
+def materialize_in_order(ds):
+    """`ds` computed once into the object store (spilling to disk beyond it), in the same order on every run, so
+    a restarted worker's skip-by-position stays exact."""
+    from ray.data import DataContext
+
+    DataContext.get_current().execution_options.preserve_order = True
+    return ds.materialize()

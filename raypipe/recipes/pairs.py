@@ -1,5 +1,7 @@
 """`raypipe pairs`: push a manifest through the Ray Data pair pipeline and account for every row.
 
+    raypipe pairs --config configs/pairs_tiny.yaml --out pairs-out data.manifest=pairs.parquet
+
 Writes to OUT: `decoded.parquet` (per decoded pair: manifest columns + sampling metadata, no frames),
 `errors.parquet` (error rows with their kind and message), `summary.json` and the resolved `config.yaml`.
 """
@@ -14,17 +16,20 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raypipe.config import DataConfig, save_config
+from raypipe.config import ConfigError, DataConfig, save_config
 from raypipe.data.manifest import Manifest, label_counts, load_manifest
-from raypipe.data.pairs import metadata_columns, pair_dataset, split_errors
+from raypipe.data.tables import metadata_columns, split_errors
+from raypipe.distributed.cluster import configure_data_context, init_ray
+from raypipe.distributed.decode import pair_dataset
 
 
 @dataclasses.dataclass
 class PairsJobConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    out: str = "pairs-out"
+    dims: list[str] = dataclasses.field(default_factory=lambda: ["VQ", "MQ", "TA"])  # label columns to read
+    out: str = "pairs-out"  # output folder
     address: str | None = None  # Ray cluster address; None: RAY_ADDRESS or a local Ray
-    progress: bool = True
+    progress: bool = True  # progress bars
 
 
 class _ParquetSink:
@@ -90,12 +95,10 @@ def run_pairs(manifest: Manifest, cfg: PairsJobConfig) -> dict:
     return summary
 
 
-def run_pairs_job(cfg: PairsJobConfig) -> dict:
-    from raypipe.ray_utils import configure_data_context, init_ray
-
+def run(cfg: PairsJobConfig) -> dict:
     if not cfg.data.manifest:
-        raise ValueError("data.manifest is required (a .parquet or .csv preference manifest)")
-    manifest = load_manifest(cfg.data.manifest, cfg.data.dimensions, cfg.data.video_root)  # before Ray
+        raise ConfigError("data.manifest is required (a .parquet or .csv preference manifest)")
+    manifest = load_manifest(cfg.data.manifest, cfg.dims, cfg.data.video_root)  # before Ray
     init_ray(cfg.address)
     configure_data_context(cfg.progress)
     return run_pairs(manifest, cfg)

@@ -1,4 +1,5 @@
-"""The latent cache: videos VAE-encoded and prompts text-encoded once, so epochs and ablations stream latents.
+"""The latent cache on Ray: videos VAE-encoded and prompts text-encoded once, so epochs and ablations stream
+latents.
 
     ds = latent_dataset(rows, family_path, clip, {"uri_w": "w", "uri_l": "l"})   # lazy Ray Dataset
     ds.write_parquet(cache_dir)                                                    # what train-flow reads back
@@ -14,22 +15,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-
-def suffix(key: str) -> str:
-    """Column suffix of a clip key: "w" -> "_w" (frames_w, latents_w); "" -> "" (frames, latents)."""
-    return f"_{key}" if key else ""
-
-
-def tensor_of(batch: pa.Table, column: str) -> np.ndarray:
-    """A fixed-shape tensor column of a pyarrow batch as one ndarray [n, ...]."""
-    chunks = [c.to_numpy() for c in batch.column(column).chunks]
-    return np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
-
-
-def _tensor_column(values: np.ndarray) -> pa.Array:
-    from ray.data.extensions import ArrowTensorArray
-
-    return ArrowTensorArray.from_numpy(np.ascontiguousarray(values))
+from raypipe.data.tables import clips_of, suffix
+from raypipe.distributed.arrow import tensor_column
+from raypipe.distributed.decode import decode_clips_block, decode_stage
 
 
 class LatentEncoder:
@@ -42,24 +30,17 @@ class LatentEncoder:
         self.keys = list(keys)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from raypipe.train.flow_loop import clips_of
-
         ok = np.array([e is None for e in batch.column("error").to_pylist()]) if "error" in batch.column_names \
             else np.ones(batch.num_rows, bool)
         for key in self.keys:
             sfx = suffix(key)
             frames = clips_of(batch, f"frames{sfx}")
-            z = np.zeros((batch.num_rows, *self._latent_shape(frames.shape)), np.float32)
+            z = np.zeros((batch.num_rows, *self.gen.latent_shape(*frames.shape[1:4])), np.float32)
             if ok.any():
                 z[ok] = self.gen.encode_videos(frames[ok]).cpu().numpy()
-            batch = batch.drop_columns([f"frames{sfx}"]).append_column(f"latents{sfx}", _tensor_column(z))
+            batch = batch.drop_columns([f"frames{sfx}"]).append_column(f"latents{sfx}", tensor_column(z))
         text = self.gen.encode_prompts(batch.column("prompt").to_pylist()).float().cpu().numpy()
-        return batch.append_column("text", _tensor_column(text))
-
-    def _latent_shape(self, frames_shape) -> tuple[int, ...]:
-        _, t, h, w, _ = frames_shape
-        c = int(self.gen.pipeline.vae.config.z_dim)
-        return (c, 1 + (t - 1) // self.gen.temporal, h // self.gen.spatial, w // self.gen.spatial)
+        return batch.append_column("text", tensor_column(text))
 
 
 def latent_dataset(rows: pa.Table, family_path: str, clip, keys: dict[str, str], concurrency: int = 1,
@@ -67,13 +48,9 @@ def latent_dataset(rows: pa.Table, family_path: str, clip, keys: dict[str, str],
     """Lazy Ray Dataset of encoded rows (`keys` maps a uri column to its latent key, e.g. {"uri": ""})."""
     import ray.data
 
-    from raypipe.train.flow_job import decode_clips_block
-
-    blocks = [rows.slice(i, rows_per_block) for i in range(0, rows.num_rows, max(1, rows_per_block))]
     frames_cols = {uri: f"frames{suffix(key)}" for uri, key in keys.items()}
-    decoded = ray.data.from_arrow(blocks).map_batches(
-        decode_clips_block, fn_kwargs={"clip": clip, "columns": frames_cols}, batch_format="pyarrow",
-        batch_size=None, zero_copy_batch=True, num_cpus=0.75, max_retries=3)  # max_retries: no fusion (see scoring)
+    decoded = decode_stage(rows, decode_clips_block, {"clip": clip, "columns": frames_cols}, rows_per_block,
+                           num_cpus=0.75, max_retries=3)
     return decoded.map_batches(
         LatentEncoder, fn_constructor_kwargs={"family_path": family_path, "keys": list(keys.values()),
                                               "device": "cuda" if num_gpus else "cpu"},

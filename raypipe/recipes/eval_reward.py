@@ -1,6 +1,6 @@
 """`raypipe eval-reward`: pairwise accuracy of a VideoReward checkpoint on a labelled preference manifest (SPEC §4).
 
-    raypipe eval-reward --checkpoint ckpt/final --manifest pairs.parquet --out eval-out [sampling.fps=4]
+    raypipe eval-reward --out eval-out reward=reward-out/final manifest=pairs.parquet [sampling.fps=4]
 
 Writes to OUT:
 - `scores.parquet`: every manifest row once, in row_id order: the manifest columns (incl. `row_id`, `uri_*`,
@@ -30,38 +30,40 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raypipe.config import ConfigError, SamplingConfig, load_config, save_config
+from raypipe.config import ConfigError, SamplingConfig, save_config
 from raypipe.data.manifest import Manifest, load_manifest, normalize_label
 from raypipe.reward.metrics import accuracy_curve, pairwise_report
-from raypipe.reward.scoring import (TIE_EPSILON_FILE, checkpoint_dimensions, distinct_videos, normalize, overall, read_norm_stats,
-                                    resolve_sampling, score_videos)
+from raypipe.distributed.cluster import configure_data_context, init_ray
+from raypipe.distributed.scoring import score_videos
+from raypipe.reward.scoring import (TIE_EPSILON_FILE, checkpoint_dimensions, distinct_videos, normalize, overall,
+                                    read_norm_stats, resolve_sampling)
 
 SIDES = ("A", "B")
 
 
 @dataclasses.dataclass
 class EvalConfig:
-    checkpoint: str = ""  # a folder written by VideoReward.save_pretrained
+    reward: str = ""  # a VideoReward checkpoint folder (train-reward OUT/final)
     manifest: str = ""  # labelled preference manifest (.parquet or .csv)
-    out: str = "eval-out"
+    out: str = "eval-out"  # output folder
     video_root: str | None = None  # relative video paths resolve against this (default: the manifest's folder)
     sampling: SamplingConfig | None = None  # None: the checkpoint's sampling.json, else SamplingConfig()
     concurrency: int = 1  # scoring actors (each holds one model)
-    batch_size: int = 8  # videos per forward pass
+    batch: int = 8  # videos per forward pass
     num_gpus: float = 0.0  # per actor
     dtype: str | None = None  # None: the checkpoint's dtype
     address: str | None = None  # Ray cluster address; None: RAY_ADDRESS or a local Ray
-    progress: bool = True
+    progress: bool = True  # progress bars
     save_epsilon: bool = False  # also store ε* per dimension in the checkpoint (tie_epsilon.json), used by relabel
 
 
 def _prepare(cfg: EvalConfig) -> tuple[Manifest, list[str], dict | None]:
     """Everything that can fail on bad input, in the driver, before any Ray work."""
-    if not cfg.checkpoint or not cfg.manifest:
-        raise ConfigError("checkpoint and manifest are required (--checkpoint DIR --manifest FILE)")
+    if not cfg.reward or not cfg.manifest:
+        raise ConfigError("reward and manifest are required (reward=CHECKPOINT manifest=FILE)")
     try:
-        dimensions = checkpoint_dimensions(cfg.checkpoint)
-        norm_stats = read_norm_stats(cfg.checkpoint, dimensions)
+        dimensions = checkpoint_dimensions(cfg.reward)
+        norm_stats = read_norm_stats(cfg.reward, dimensions)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"checkpoint: {e}") from None
     manifest = load_manifest(cfg.manifest, dimensions, cfg.video_root, require_labels=True)
@@ -201,12 +203,10 @@ def print_table(metrics: dict) -> None:
         print(f"note: {note}")
 
 
-def run_eval(cfg: EvalConfig) -> dict:
+def run(cfg: EvalConfig) -> dict:
     """Score every pair of the manifest with the checkpoint on Ray and write the outputs; returns metrics."""
-    from raypipe.ray_utils import configure_data_context, init_ray
-
     manifest, dimensions, norm_stats = _prepare(cfg)  # before Ray: bad input fails fast
-    sampling, _ = resolve_sampling(cfg.checkpoint, cfg.sampling)
+    sampling, _ = resolve_sampling(cfg.reward, cfg.sampling)
     resolved = dataclasses.replace(cfg, sampling=sampling)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -214,7 +214,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     init_ray(cfg.address)
     configure_data_context(cfg.progress)
     videos, ids = distinct_videos(manifest.table, [f"uri_{side}" for side in SIDES])
-    ds = score_videos(videos, cfg.checkpoint, sampling, cfg.concurrency, cfg.batch_size, cfg.num_gpus, cfg.dtype)
+    ds = score_videos(videos, cfg.reward, sampling, cfg.concurrency, cfg.batch, cfg.num_gpus, cfg.dtype)
     scored = collect_scores(ds, dimensions)
     scores = pair_scores(manifest, ids, scored, dimensions, norm_stats)
     pq.write_table(scores, out / "scores.parquet")
@@ -224,16 +224,6 @@ def run_eval(cfg: EvalConfig) -> dict:
     eps = {k: v["epsilon"] for k, v in metrics.items() if isinstance(v, dict) and v.get("epsilon") is not None}
     (out / TIE_EPSILON_FILE).write_text(json.dumps(eps, indent=2))
     if cfg.save_epsilon:
-        (Path(cfg.checkpoint) / TIE_EPSILON_FILE).write_text(json.dumps(eps, indent=2))
+        (Path(cfg.reward) / TIE_EPSILON_FILE).write_text(json.dumps(eps, indent=2))
     print_table(metrics)
     return metrics
-
-
-def eval_from_args(checkpoint: str | None, manifest: str | None, out: str | None, config_path: str | None,
-                   overrides: list[str] | None) -> int:
-    """CLI glue: flags override the config file and `key=value` overrides; returns the exit code."""
-    extra = [f"{k}={json.dumps(v)}" for k, v in (("checkpoint", checkpoint), ("manifest", manifest), ("out", out))
-             if v is not None]
-    cfg = load_config(EvalConfig, config_path, list(overrides or []) + extra)
-    run_eval(cfg)
-    return 0

@@ -1,8 +1,8 @@
-"""`raypipe sample-pairs`: preference pairs from the generator's own samples (issue 5, pair building (b)).
+"""`raypipe sample-pairs`: preference pairs from the generator's own samples .
 
-    raypipe sample-pairs --generator gen-out/flow/final --reward reward-out/final --prompts 128 --k 4 \\
-        --weights MQ=1 --out gen-pairs
-    raypipe train-flow --algo dpo --config configs/flow_tiny.yaml data.manifest=gen-pairs/pairs data.source=margins
+    raypipe sample-pairs --out gen-pairs generator=gen-out/flow/final reward=reward-out/final prompts=128 k=4 \\
+        "weights={MQ: 1}"
+    raypipe train-flow --config configs/flow_tiny.yaml train.algo=dpo data.manifest=gen-pairs/pairs data.source=margins
 
 1. K samples per prompt from the current generator (noise seeds seed·K + k; CFG), written as mp4 with a pointwise
    manifest OUT/samples.parquet (path, prompt, prompt_id, k);
@@ -22,28 +22,35 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from raypipe.config import ConfigError, load_config, save_config
+import pyarrow.parquet as pq
+
+from raypipe.config import ClipConfig, ConfigError, save_config
+from raypipe.data.prompts import read_prompts
+from raypipe.data.weights import scalarize
+from raypipe.nrg.sampling import guided_samples, load_generator
+from raypipe.recipes import relabel
+from raypipe.reward.scoring import checkpoint_dimensions
+from raypipe.video.encode import write_mp4
 
 
 @dataclasses.dataclass
 class SamplePairsConfig:
-    generator: str = ""
-    lora: str | None = None
+    generator: str = ""  # a WanPipeline folder (the generator whose samples become pairs)
+    lora: str | None = None  # optional adapters from train-flow
     reward: str = ""  # VideoReward checkpoint
     prompts: str = "64"  # a number (seeded SynthPref prompts), a .txt / manifest, or prompts separated by "|"
-    k: int = 4
+    k: int = 4  # samples per prompt (>= 2)
+    # r = sum_d w_d score_d picks best vs worst, e.g. {VQ: 1}
     weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"VQ": 1.0, "MQ": 1.0, "TA": 1.0})
-    seed: int = 0
-    steps: int = 20
-    cfg_scale: float = 4.0
-    frames: int = 9
-    height: int = 32
-    width: int = 32
-    fps: float = 8.0
-    batch: int = 16
-    out: str = "sample-pairs-out"
-    address: str | None = None
-    progress: bool = True
+    seed: int = 0  # noise seed of sample k: seed*k_total + k
+    steps: int = 20  # sampling steps (Euler)
+    cfg_scale: float = 4.0  # classifier-free guidance scale
+    clip: ClipConfig = dataclasses.field(default_factory=lambda: ClipConfig(frames=9, height=32, width=32))
+    fps: float = 8.0  # frame rate of the written mp4s
+    batch: int = 16  # videos per sampling batch
+    out: str = "sample-pairs-out"  # output folder
+    address: str | None = None  # Ray cluster address; null: RAY_ADDRESS or a new local Ray
+    progress: bool = True  # progress bars
 
 
 def best_vs_worst(scored: pa.Table, dims: list[str], weights: dict[str, float]) -> tuple[pa.Table, dict]:
@@ -57,7 +64,7 @@ def best_vs_worst(scored: pa.Table, dims: list[str], weights: dict[str, float]) 
         else np.ones(scored.num_rows, bool)
     values = {d: np.array(scored.column(f"{prefix}{d}").to_pylist(), dtype=np.float64) for d in dims}
     raw = {d: np.array(scored.column(f"score_{d}").to_pylist(), dtype=np.float64) for d in dims}
-    r = sum(float(weights.get(d, 0.0)) * np.nan_to_num(values[d]) for d in dims)
+    r = np.zeros(scored.num_rows) + scalarize({d: np.nan_to_num(values[d]) for d in dims}, weights)
     groups: dict[int, list[int]] = {}
     for i, pid in enumerate(scored.column("prompt_id").to_pylist()):
         if ok[i]:
@@ -97,16 +104,9 @@ def best_vs_worst(scored: pa.Table, dims: list[str], weights: dict[str, float]) 
     return pa.table(cols), counts
 
 
-def run_sample_pairs(cfg: SamplePairsConfig) -> dict:
-    import pyarrow.parquet as pq
-
-    from raypipe.nrg.generate import guided_samples, latent_shape, load_generator, prompt_list
-    from raypipe.relabel.job import RelabelConfig, run_relabel
-    from raypipe.reward.scoring import checkpoint_dimensions
-    from raypipe.video.encode import write_mp4
-
+def run(cfg: SamplePairsConfig) -> dict:
     if not cfg.reward:
-        raise ConfigError("--reward is required (a VideoReward checkpoint)")
+        raise ConfigError("reward is required (reward=CHECKPOINT, a VideoReward checkpoint)")
     if cfg.k < 2:
         raise ConfigError(f"k must be >= 2 samples per prompt, got {cfg.k}")
     dims = list(checkpoint_dimensions(cfg.reward))
@@ -114,8 +114,8 @@ def run_sample_pairs(cfg: SamplePairsConfig) -> dict:
     if unknown:
         raise ConfigError(f"weights name unknown dimensions {unknown} (the reward model has {dims})")
     gen = load_generator(cfg.generator, cfg.lora)
-    prompts = prompt_list(cfg.prompts, cfg.seed)
-    shape = latent_shape(gen, cfg.frames, cfg.height, cfg.width)
+    prompts = read_prompts(cfg.prompts, cfg.seed)
+    shape = gen.latent_shape(cfg.clip.frames, cfg.clip.height, cfg.clip.width, check=True)
     out = Path(cfg.out).resolve()
     (out / "videos").mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
@@ -134,7 +134,7 @@ def run_sample_pairs(cfg: SamplePairsConfig) -> dict:
             print(f"sample-pairs: samples {k + 1}/{cfg.k} for {len(prompts)} prompts", flush=True)
         pq.write_table(pa.table({"path": paths, "prompt": [prompts[i] for i in ids], "prompt_id": ids, "k": ks}),
                        manifest)
-    summary_relabel = run_relabel(RelabelConfig(checkpoint=cfg.reward, input=str(manifest), out=str(out / "relabel"),
+    summary_relabel = relabel.run(relabel.RelabelConfig(reward=cfg.reward, input=str(manifest), out=str(out / "relabel"),
                                                 address=cfg.address, progress=cfg.progress))
     scored = pq.read_table(str(out / "relabel"))
     pairs, counts = best_vs_worst(scored, dims, cfg.weights)
@@ -147,9 +147,3 @@ def run_sample_pairs(cfg: SamplePairsConfig) -> dict:
     print(f"sample-pairs: {counts['pairs']} pairs from {counts['prompts']} prompts x {cfg.k} samples "
           f"(mean scalarised gap {counts['mean_r_gap']}) -> {out / 'pairs'}", flush=True)
     return summary
-
-
-def sample_pairs_from_args(config_path, out, overrides) -> int:
-    extra = [f"out={json.dumps(out)}"] if out else []
-    run_sample_pairs(load_config(SamplePairsConfig, config_path, list(overrides or []) + extra))
-    return 0

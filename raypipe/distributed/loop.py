@@ -1,0 +1,201 @@
+"""The named steps of a Ray Train worker loop. Every recipe's `train_func` reads top to bottom with them:
+
+    progress = resume(engine)                                 # last checkpoint's DeepSpeed state + progress
+    clock = TrainClock(progress, t.max_minutes)
+    for epoch in range(progress["epoch"], t.epochs):
+        for index, batch, wait_s in unconsumed(shard.iter_batches(...), progress, epoch):
+            loss = ...                                        # the recipe's own batch -> loss
+            require_finite(loss, step, epoch, index)          # all ranks agree, or all raise
+            engine.backward(loss); engine.step()
+            last = step >= total_steps or clock.out_of_time() # all ranks agree
+            save_and_report(engine, progress, metrics, save_final if last else None)
+
+`ray.train.report` is a barrier: every rank calls `save_and_report` at the same steps.
+"""
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def world_rank() -> int:
+    import ray.train
+
+    return ray.train.get_context().get_world_rank()
+
+
+def new_progress() -> dict:
+    """What rank 0 keeps in every checkpoint: position (step, epoch, batch within the epoch), the curve, resumes."""
+    return {"step": 0, "epoch": 0, "batch_in_epoch": 0, "curve": [], "resumes": [], "train_s": 0.0}
+
+
+def resume(engine) -> dict:
+    """The progress of this attempt: fresh, or after a restart the last checkpoint's (its DeepSpeed state —
+    model, optimizer, LR schedule — is loaded into `engine` on every rank). Records where the ranks run."""
+    import ray.train
+
+    from raypipe.distributed.trainer import worker_nodes
+
+    progress = new_progress()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            engine.load_checkpoint(d, tag="ds")
+            progress = json.loads((Path(d) / "progress.json").read_text())
+        progress["resumes"].append({"at_step": progress["step"], "engine_global_steps": engine.global_steps,
+                                    "lr": engine.get_lr()[0]})
+    progress["nodes"] = worker_nodes()  # where this attempt's ranks run (multi-node placement checks)
+    return progress
+
+
+def unconsumed(batches, progress: dict, epoch: int):
+    """(index in the epoch, batch, seconds waited for it) of every batch not consumed before a restart: the
+    shard order is deterministic (preserve_order, seeded local shuffle), so skipping by position is exact."""
+    skip = progress["batch_in_epoch"] if epoch == progress["epoch"] else 0
+    batches = iter(batches)
+    index = -1
+    while True:
+        t0 = time.perf_counter()
+        batch = next(batches, None)
+        if batch is None:
+            return
+        index += 1
+        if index >= skip:
+            yield index, batch, time.perf_counter() - t0
+
+
+def all_ranks_true(flag: bool) -> bool:
+    """True on every rank iff `flag` is true on every rank (one all-reduce), so all ranks take the same branch."""
+    import torch.distributed as dist
+
+    # NCCL reduces only GPU tensors; gloo only CPU ones.
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([0 if flag else 1], device=device)
+    dist.all_reduce(t)
+    return int(t.item()) == 0
+
+
+def require_finite(loss: torch.Tensor, step: int, epoch: int, index: int) -> None:
+    """Raise on every rank when any rank's loss is not finite (no checkpoint of a diverged model is written)."""
+    if not all_ranks_true(bool(torch.isfinite(loss))):
+        raise RuntimeError(f"non-finite loss at step {step + 1} (epoch {epoch}, batch {index}); no checkpoint is "
+                           f"written. Lower train.lr or check the data.")
+
+
+def zero_loss(module: torch.nn.Module) -> torch.Tensor:
+    """The loss of a batch whose every row failed to decode: zero, with a graph, so the ranks stay in lockstep."""
+    return sum(p.sum() for p in module.parameters() if p.requires_grad) * 0.0
+
+
+class TrainClock:
+    """Training seconds summed over resumes; `out_of_time` ends the run on every rank at the same step."""
+
+    def __init__(self, progress: dict, max_minutes: float | None):
+        self.start, self.before = time.perf_counter(), float(progress.get("train_s", 0.0))
+        self.budget_s = 60.0 * max_minutes if max_minutes else None
+
+    def train_s(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def out_of_time(self) -> bool:
+        return self.budget_s is not None and not all_ranks_true(self.train_s() < self.budget_s)
+
+
+class Window:
+    """Sums between two curve points: `add(loss=..., items=...)` per step, `mean(k)` per step, `rate(k)` per s."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = defaultdict(float)
+        self.steps = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, **values: float) -> None:
+        for k, v in values.items():
+            self.sums[k] += float(v)
+
+    def step(self, **values: float) -> None:
+        """One optimizer step with its numbers (loss, items, stats)."""
+        self.steps += 1
+        self.add(**values)
+
+    def elapsed(self) -> float:
+        return max(time.perf_counter() - self.t0, 1e-9)
+
+    def mean(self, key: str) -> float:
+        return self.sums[key] / max(1, self.steps)
+
+    def rate(self, key: str) -> float:
+        return self.sums[key] / self.elapsed()
+
+
+def drop_error_rows(batch, progress: dict):
+    """The batch without rows whose video failed to decode, counted in `progress["error_rows"]`."""
+    from raypipe.data.tables import without_errors
+
+    batch, n_bad = without_errors(batch)
+    progress["error_rows"] = progress.get("error_rows", 0) + n_bad
+    return batch
+
+
+def throughput_point(window: Window, step: int, epoch: int, engine, clock: TrainClock) -> dict:
+    """A curve point: items/s per worker, lr, training seconds, and the per-step mean of every other number."""
+    return {"step": step, "epoch": epoch, "items_per_s_per_worker": window.rate("items"), "lr": engine.get_lr()[0],
+            "train_s": round(clock.train_s(), 1), **{k: window.mean(k) for k in window.sums if k != "items"}}
+
+
+def record_point(progress: dict, point: dict, index: int, clock: TrainClock, writer=None) -> None:
+    """Append `point` to the curve (and TensorBoard) and remember the position reached: a restart resumes after
+    batch `index` of `point["epoch"]`."""
+    progress["curve"].append(point)
+    log_scalars(writer, point)
+    progress.update(step=point["step"], epoch=point["epoch"], batch_in_epoch=index + 1, train_s=clock.train_s())
+
+
+def save_and_report(engine, progress: dict, metrics: dict, save_final=None) -> None:
+    """A checkpoint of every rank's DeepSpeed state + rank 0's progress.json, reported to Ray Train (a barrier:
+    all ranks call it at the same steps). With `save_final`, `save_final(dir / "final")` runs on EVERY rank first
+    (ZeRO-3 gathers need all of them; it writes on rank 0) and the report is marked final."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as d:
+        engine.save_checkpoint(d, tag="ds")
+        if save_final is not None:
+            save_final(Path(d) / "final")
+        if world_rank() == 0:
+            (Path(d) / "progress.json").write_text(json.dumps(progress, default=_json_default))
+        ray.train.report({**metrics, "final": save_final is not None},
+                         checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def tensorboard_writer(tensorboard_dir: str | None):
+    """A TensorBoard writer on rank 0 when a folder is given, else None (`log_scalars` then does nothing)."""
+    if not tensorboard_dir or world_rank() != 0:
+        return None
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(tensorboard_dir)
+
+
+def log_scalars(writer, point: dict) -> None:
+    """A curve point's numbers (not step/epoch) as `train/<key>` scalars at its step."""
+    if writer is None:
+        return
+    for k, v in point.items():
+        if k not in ("step", "epoch") and isinstance(v, (int, float)):
+            writer.add_scalar(f"train/{k}", v, point["step"])
+    writer.flush()
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    raise TypeError(type(o))

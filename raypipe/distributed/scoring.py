@@ -1,0 +1,84 @@
+"""Ray Data batch inference with a VideoReward checkpoint: decode tasks feeding a pool of scoring actors.
+
+    ds = score_videos(table, ckpt, sampling, concurrency=2)  # decode tasks -> scoring actors: + score_<DIM>, error
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from raypipe.config import SamplingConfig
+from raypipe.data.tables import column_frames, replace_column
+from raypipe.distributed.decode import decode_stage, decode_videos_block
+from raypipe.reward.scoring import plan_batches, video_tokens
+
+
+class FrameScorer:
+    """Callable class for `map_batches(batch_format="pyarrow")` after `decode_videos_block`: one model per actor, loaded
+    once. Scores rows without an error in forward passes of at most `max_videos` videos and `token_budget` video
+    tokens; adds `score_<DIM>` (float64, null on error rows) and `scored_on` (the Ray node id of the actor, for
+    per-node accounting) and drops the `frames` column."""
+
+    def __init__(self, checkpoint: str, device: str = "cpu", dtype: str | None = None, max_videos: int = 8,
+                 token_budget: int | None = None):
+        from raypipe.reward.model import VideoReward
+
+        self.model = VideoReward.from_pretrained(checkpoint, dtype=dtype, device=device)
+        self.dimensions = list(self.model.dimensions)
+        self.max_videos, self.token_budget = max(1, int(max_videos)), token_budget
+        self.forward_passes = 0
+        import ray
+
+        self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        frames = column_frames(batch, "frames")
+        prompts = batch.column("prompt").to_pylist()
+        good = [i for i, e in enumerate(batch.column("error").to_pylist()) if e is None]
+        scores = np.full((batch.num_rows, len(self.dimensions)), np.nan)
+        for group in plan_batches([video_tokens(frames[i]) for i in good], self.max_videos, self.token_budget):
+            rows = [good[k] for k in group]
+            scores[rows] = self.model.score([frames[i] for i in rows], [prompts[i] for i in rows]).numpy()
+            self.forward_passes += 1
+        valid = np.zeros(batch.num_rows, dtype=bool)
+        valid[good] = True
+        batch = batch.drop_columns(["frames"])
+        for j, dim in enumerate(self.dimensions):
+            batch = replace_column(batch, f"score_{dim}", pa.array(scores[:, j], pa.float64(), mask=~valid))
+        return replace_column(batch, "scored_on", pa.array([self.node_id] * batch.num_rows, pa.string()))
+
+
+def fit_actor_cpus(concurrency: int, actor_cpus: float, decode_cpus: float, total_cpus: float) -> float:
+    """CPUs per scoring actor such that the pool leaves room for at least one decode task (a pool holding every
+    CPU would starve decoding and stall the stream); never below 0.25."""
+    room = (total_cpus - decode_cpus) / max(1, int(concurrency))
+    return max(0.25, min(actor_cpus, room))
+
+
+def score_videos(table: pa.Table, checkpoint: str, sampling: SamplingConfig, concurrency: int = 1,
+                 batch_size: int = 8, num_gpus: float = 0, dtype: str | None = None, token_budget: int | None = None,
+                 decode_rows: int = 32, actor_cpus: float = 0.5, decode_cpus: float = 0.75):
+    """Lazy Ray Dataset: `table` (uri, prompt, any key columns) decoded by CPU tasks (up to `decode_rows` videos
+    per task) and scored by a pool of `concurrency` actors, so decoding and scoring overlap. Output rows: the input
+    columns + `error`, `error_message`, `score_<DIM>`.
+
+    The checkpoint folder must be readable from every node (shared filesystem or the same path everywhere).
+    Output order is not guaranteed: join on a key column.
+    """
+    import ray.data
+
+    cpus = ray.cluster_resources().get("CPU", 1)
+    if not num_gpus:
+        actor_cpus = fit_actor_cpus(concurrency, actor_cpus, decode_cpus, cpus)
+    # Big decode tasks amortise Ray's per-task overhead; a small input still gets ~4 tasks per CPU.
+    step = max(1, min(int(decode_rows), -(-table.num_rows // max(1, int(4 * cpus)))))
+    device = "cuda" if num_gpus and num_gpus > 0 else "cpu"
+    # max_retries: decode tasks retry, and are not fused into the scoring actors (see decode_stage)
+    decoded = decode_stage(table, decode_videos_block, {"sampling": sampling}, step, decode_cpus, max_retries=3)
+    return decoded.map_batches(
+        FrameScorer,
+        fn_constructor_kwargs={"checkpoint": str(checkpoint), "device": device, "dtype": dtype,
+                               "max_videos": batch_size, "token_budget": token_budget},
+        compute=ray.data.ActorPoolStrategy(size=max(1, int(concurrency))), batch_size=max(1, int(batch_size)),
+        num_gpus=num_gpus or None, num_cpus=actor_cpus, batch_format="pyarrow", zero_copy_batch=True,
+    )

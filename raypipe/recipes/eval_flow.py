@@ -1,0 +1,66 @@
+"""`raypipe eval-flow`: win rate of an aligned generator over its base, by the reward model and by the oracle.
+
+    raypipe eval-flow --out eval-flow-out generator=gen-out/flow/final lora=dpo-out/final reward=reward-out/final \\
+        prompts=64
+
+Identical prompts and initial noise for both models; each sample is written as an mp4 (OUT/videos/{base,aligned})
+and scored by the reward checkpoint exactly as relabel would see it (decoded with the checkpoint's sampling).
+Per dimension: win rate = share of prompts where aligned beats base (a tie counts ½), by the reward model and, on
+the same samples, by the SynthPref oracle (the stand-in for human raters). A reward win the oracle does not
+confirm is flagged as reward hacking. Also `grid.gif`: base | aligned side by side for the first prompts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+
+import torch
+
+from raypipe.config import ClipConfig, ConfigError, save_config
+from raypipe.data.prompts import read_prompts
+from raypipe.flow.evaluation import compare, score_samples, write_grid_gif
+from raypipe.flow.family import WanFamily
+from raypipe.flow.sampler import sample_videos
+
+
+@dataclasses.dataclass
+class FlowEvalConfig:
+    generator: str = ""  # a WanPipeline folder (the pretrained generator, the base of the comparison)
+    lora: str = ""  # an adapter folder written by train-flow (OUT/final)
+    reward: str = ""  # a VideoReward checkpoint
+    prompts: str = "64"  # a number (seeded SynthPref prompts), a .txt (one per line) or a manifest with `prompt`
+    out: str = "eval-flow-out"  # output folder
+    clip: ClipConfig = dataclasses.field(default_factory=lambda: ClipConfig(frames=9, height=32, width=32))
+    steps: int = 20  # sampling steps (Euler)
+    cfg_scale: float = 4.0  # classifier-free guidance scale
+    seed: int = 0  # prompt and noise seed (the same for base and aligned)
+    fps: float = 8.0  # frame rate of the written mp4s
+    grid: int = 8  # prompts shown in grid.gif
+    hacking_margin: float = 0.05  # reward win rate above oracle win rate by more than this (on a win) = hacking
+
+
+def run(cfg: FlowEvalConfig) -> dict:
+    for name in ("generator", "lora", "reward"):
+        if not getattr(cfg, name):
+            raise ConfigError(f"{name} is required ({name}=PATH)")
+    prompts = read_prompts(cfg.prompts, cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    samples = {}
+    for name in ("base", "aligned"):
+        gen = WanFamily.load(cfg.generator)
+        if name == "aligned":
+            gen.pipeline.load_lora_weights(cfg.lora)
+        shape = gen.latent_shape(cfg.clip.frames, cfg.clip.height, cfg.clip.width)
+        torch.manual_seed(cfg.seed)
+        samples[name] = sample_videos(gen, prompts, shape, cfg.steps, cfg.cfg_scale, cfg.seed)  # same noise
+    scores, oracle, dims = score_samples(samples, prompts, cfg.reward, out, cfg.fps)
+    report = compare(scores, oracle, dims, prompts, "aligned", "base", cfg.hacking_margin)
+    n = min(cfg.grid, len(prompts))
+    write_grid_gif(samples["base"][:n], samples["aligned"][:n], out / "grid.gif")
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps({k: report[k] for k in ("reward_win_rate", "oracle_win_rate", "reward_hacking")}, indent=2))
+    return report

@@ -1,0 +1,190 @@
+"""`raypipe relabel`: score a manifest, a folder or a glob of videos with a VideoReward checkpoint on Ray.
+
+    raypipe relabel --out relabeled reward=reward-out/final input=pairs.parquet [concurrency=2]
+
+Pipeline: distinct (uri, prompt) videos -> Ray Data decode tasks (CPU) -> a pool of scoring actors (one model
+each, GPUs per actor on a cluster) -> the driver, which appends finished videos to `OUT/_progress/` every few
+seconds. Killed and started again with the same arguments, it skips every video already there; the final
+output is assembled from `_progress` only when every video is in, so each input row is written exactly once.
+
+Outputs in OUT:
+- `part-00000.parquet`, … in row_id order, one row per input row: the input columns, `row_id`, the resolved
+  `uri*` columns, `error` (null or the kind; for a pair the first failing side's), `error_message`, and
+  - pointwise / videos: `score_<DIM>` (raw), `norm_<DIM>` and `Overall` (when the checkpoint has norm stats);
+  - pairs: `score_A_<DIM>`, `score_B_<DIM>`, `margin_<DIM>` = A − B, `model_<DIM>` in A/B/same (`same` when
+    |margin| ≤ ε* of the dimension), and with norm stats `overall_A`, `overall_B`, `margin_Overall`,
+    `model_Overall`; the original label columns stay beside them.
+- `_summary.json`: rows by outcome, videos (this run / resumed), errors by kind, throughput, wall time.
+- `_config.yaml`: the resolved config; `_progress/`: resume state. Names starting with `_` are skipped by
+  Parquet dataset readers, so `pq.read_table(OUT)` / `ray.data.read_parquet(OUT)` read just the rows.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from raypipe.config import ConfigError, SamplingConfig, save_config
+from raypipe.data.inputs import resolve_input
+from raypipe.distributed.cluster import configure_data_context, init_ray
+from raypipe.distributed.scoring import score_videos
+from raypipe.reward.relabel import (PROGRESS_DIR, Progress, assemble, parse_tie_epsilon, video_errors, video_table,
+                                    write_parts)
+from raypipe.reward.scoring import (TIE_EPSILON_FILE, checkpoint_dimensions, read_norm_stats, read_tie_epsilon,
+                                    resolve_sampling)
+
+SUMMARY_FILE = "_summary.json"
+CONFIG_FILE = "_config.yaml"
+__all__ = ["RelabelConfig", "run", "PROGRESS_DIR", "SUMMARY_FILE", "CONFIG_FILE"]
+
+
+@dataclasses.dataclass
+class RelabelConfig:
+    reward: str = ""  # a VideoReward checkpoint folder (train-reward OUT/final)
+    input: str = ""  # preference manifest, pointwise manifest, folder of videos, or glob
+    out: str = "relabel-out"  # output folder
+    video_root: str | None = None  # relative manifest paths resolve against this (default: the manifest's folder)
+    prompts: str | None = None  # `path,prompt` sidecar for a folder/glob (default: prompts.csv|parquet in it)
+    sampling: SamplingConfig | None = None  # None: the checkpoint's sampling.json
+    batch: int = 8  # most videos per forward pass
+    token_budget: int | None = None  # most video tokens per forward pass (dynamic batching); None: no cap
+    concurrency: int = 1  # scoring actors, each holding one model
+    num_gpus: float = 0.0  # per scoring actor
+    # CPUs reserved per scoring actor (on GPUs it mostly waits: the GPU is the resource) and per decode task.
+    # 0.5 + 2 x 0.75 fills a 2-core machine with 2 decoders beside the actor; lowered automatically if needed.
+    actor_cpus: float = 0.5
+    decode_cpus: float = 0.75  # CPUs per decode task
+    decode_rows: int = 32  # most videos per decode task (fewer when the input is small)
+    dtype: str | None = None  # None: the checkpoint's dtype
+    tie_epsilon: float | dict[str, float] | None = None  # 0.1 (every dimension) or {VQ: 0.1, MQ: 0.2}; None: the checkpoint's ε*
+    flush_every_s: float = 5.0  # how often finished videos are appended to OUT/_progress (what a kill can lose)
+    rows_per_part: int = 100_000  # rows per output Parquet file
+    address: str | None = None  # Ray cluster address; null: RAY_ADDRESS or a new local Ray
+    progress: bool = True  # progress bars
+
+
+# --- the job -----------------------------------------------------------------------------------------------
+def _prepare(cfg: RelabelConfig):
+    """Everything that can fail on bad input, before any Ray work."""
+    if not cfg.reward or not cfg.input:
+        raise ConfigError("reward and input are required (reward=CHECKPOINT input=MANIFEST|FOLDER|GLOB)")
+    try:
+        dimensions = checkpoint_dimensions(cfg.reward)
+        norm_stats = read_norm_stats(cfg.reward, dimensions)
+        stored_eps = read_tie_epsilon(cfg.reward)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"checkpoint: {e}") from None
+    epsilon = parse_tie_epsilon(cfg.tie_epsilon, dimensions)
+    notes = []
+    if epsilon is None:
+        epsilon = stored_eps
+        if not epsilon:
+            notes.append(f"no tie thresholds (checkpoint has no {TIE_EPSILON_FILE}, no tie_epsilon): model "
+                         f"labels are 'same' only for equal scores")
+    if norm_stats is None:
+        notes.append("checkpoint has no norm_stats.json: no normalised scores / Overall")
+    inp = resolve_input(cfg.input, dimensions, cfg.video_root, cfg.prompts)
+    return inp, dimensions, norm_stats, epsilon, notes
+
+
+def _new_timing() -> dict:
+    """Scoring counters: videos scored, seconds to the first result, videos per scoring node."""
+    return {"scored": 0, "first_batch_s": None, "by_node": Counter()}
+
+
+def _score_remaining(cfg, videos, done, dimensions, sampling, progress_state: Progress, n_total: int) -> dict:
+    """Stream the not-yet-done videos through Ray; append results every `flush_every_s`.
+
+    Returns {"scored": videos, "first_batch_s": time to the first result (actor start-up, model load)}."""
+    from tqdm import tqdm
+
+    todo = videos.filter(pc.invert(pc.is_in(videos.column("video_id"), pa.array(sorted(done), pa.int64()))))
+    timing = _new_timing()
+    if todo.num_rows == 0:
+        return timing
+    t0 = time.perf_counter()
+    ds = score_videos(todo, cfg.reward, sampling, cfg.concurrency, cfg.batch, cfg.num_gpus, cfg.dtype,
+                      token_budget=cfg.token_budget, decode_rows=cfg.decode_rows, actor_cpus=cfg.actor_cpus,
+                      decode_cpus=cfg.decode_cpus)
+    keep = ["video_id", "error", "error_message", *[f"score_{d}" for d in dimensions]]
+    bar = tqdm(total=n_total, initial=len(done), unit="video", desc="relabel", disable=not cfg.progress,
+               dynamic_ncols=True)
+    pending: list[pa.Table] = []
+    last_flush, scored = time.monotonic(), 0
+    try:
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            timing["by_node"].update(batch.column("scored_on").to_pylist())
+            batch = batch.select(keep)
+            pending.append(batch)
+            scored += batch.num_rows
+            if timing["first_batch_s"] is None:
+                timing["first_batch_s"] = time.perf_counter() - t0
+            bar.update(batch.num_rows)
+            if time.monotonic() - last_flush >= cfg.flush_every_s:
+                progress_state.append(pa.concat_tables(pending))
+                pending, last_flush = [], time.monotonic()
+    finally:
+        if pending:  # also on Ctrl-C / an exception: what finished is kept
+            progress_state.append(pa.concat_tables(pending))
+        bar.close()
+    timing["scored"] = scored
+    return timing
+
+
+def run(cfg: RelabelConfig) -> dict:
+    """Score every input row (resuming from OUT/_progress), write the parts and summary; returns the summary."""
+    t0 = time.perf_counter()
+    inp, dimensions, norm_stats, epsilon, notes = _prepare(cfg)  # before Ray: bad input fails fast
+    notes = inp.notes + notes
+    sampling, sampling_source = resolve_sampling(cfg.reward, cfg.sampling)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(dataclasses.replace(cfg, sampling=sampling), out, CONFIG_FILE)
+    videos, per_side = video_table(inp)
+    state = Progress(out, {"fingerprint": inp.fingerprint(), "checkpoint": os.path.abspath(cfg.reward),
+                           "rows": inp.table.num_rows, "videos": videos.num_rows, "kind": inp.kind})
+    done = state.done_ids()
+    resumed = len(done)
+    timing = _new_timing()
+    score_t0 = time.perf_counter()
+    if resumed < videos.num_rows:
+        init_ray(cfg.address)
+        configure_data_context(progress=False)  # our own bar counts videos; Ray Data's would interleave with it
+        timing = _score_remaining(cfg, videos, done, dimensions, sampling, state, videos.num_rows)
+    score_s = time.perf_counter() - score_t0
+    scored = timing["scored"]
+    results = state.read_all()
+    table = assemble(inp, per_side, results, dimensions, norm_stats, epsilon)
+    parts = write_parts(table, out, cfg.rows_per_part)
+    row_errors = Counter(e for e in table.column("error").to_pylist() if e is not None)
+    summary = {
+        "input": inp.source, "kind": inp.kind, "checkpoint": cfg.reward, "dimensions": dimensions,
+        "rows": table.num_rows, "rows_ok": table.num_rows - sum(row_errors.values()),
+        "rows_with_error": dict(sorted(row_errors.items())),
+        "videos": videos.num_rows, "videos_scored_this_run": scored, "videos_from_previous_runs": resumed,
+        "resumes": state.state["resumes"], "video_errors": video_errors(results),
+        "videos_by_node": dict(timing["by_node"]),  # this run's videos per scoring actor's Ray node
+        "videos_per_s": round(scored / score_s, 3) if scored and score_s > 0 else None,
+        "first_batch_s": round(timing["first_batch_s"], 2) if timing["first_batch_s"] is not None else None,
+        "scoring_wall_s": round(score_s, 2), "wall_s": round(time.perf_counter() - t0, 2),
+        "tie_epsilon": epsilon, "sampling": dataclasses.asdict(sampling), "sampling_from": sampling_source,
+        "parts": parts, "complete": True, "notes": notes,
+    }
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    _print_summary(summary)
+    return summary
+
+
+def _print_summary(s: dict) -> None:
+    rate = f", {s['videos_per_s']} videos/s" if s["videos_per_s"] else ""
+    print(f"relabel: {s['rows']} rows ({s['rows_ok']} ok, errors {s['rows_with_error'] or 'none'}); "
+          f"{s['videos']} videos ({s['videos_scored_this_run']} scored now, {s['videos_from_previous_runs']} "
+          f"from earlier runs{rate}); wall {s['wall_s']} s")
+    for note in s["notes"]:
+        print(f"note: {note}")

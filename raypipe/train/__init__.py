@@ -1,1 +1,0 @@
-"""Ray Train jobs: the worker loops (plain PyTorch + DeepSpeed) and their drivers."""
