@@ -70,7 +70,7 @@ def tight_decord_loop(pairs: list[tuple[str, str]], sampling: SamplingConfig) ->
 def ray_pair_pipeline(manifest_path: str, sampling: SamplingConfig, rows_per_block: int) -> dict:
     """(b): our pipeline, streamed to the driver as pyarrow batches."""
     from raypipe.data.manifest import load_manifest
-    from raypipe.data.pairs import pair_dataset
+    from raypipe.distributed.decode import pair_dataset
 
     start, cpu_start = time.perf_counter(), time.process_time()
     manifest = load_manifest(manifest_path, dimensions=("VQ",), require_labels=False)
@@ -111,7 +111,7 @@ def ray_read_videos(pairs: list[tuple[str, str]], sampling: SamplingConfig) -> d
 
 
 def run_decode_bench(args) -> dict:
-    from raypipe.ray_utils import configure_data_context, init_ray
+    from raypipe.distributed.cluster import configure_data_context, init_ray
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,15 +21,16 @@ VARIANTS = {"sft": ["train.algo=sft"], "rwr": ["train.algo=rwr"],
 
 
 def run_flow_alignment_bench(args) -> dict:
-    from raypipe.config import load_config
-    from raypipe.flow.eval_job import FlowEvalConfig, run_eval_flow
-    from raypipe.nrg.guidance import parse_weights
-    from raypipe.train.flow_config import FlowTrainConfig
-    from raypipe.train.flow_job import run_train_flow
+    from raypipe.config import ClipConfig, load_config
+    from raypipe.data.weights import weight_vector
+    from raypipe.recipes.eval_flow import FlowEvalConfig
+    from raypipe.recipes.eval_flow import run as run_eval_flow
+    from raypipe.recipes.train_flow import FlowTrainConfig
+    from raypipe.recipes.train_flow import run as run_train_flow
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    weights = parse_weights(args.weights, ("VQ", "MQ", "TA"))
+    weights = weight_vector(args.weights, ("VQ", "MQ", "TA"))
     weights = {d: w for d, w in weights.items() if w}
     variants = args.variants.split(",") if args.variants else list(VARIANTS)
     report = {"generator": args.generator, "reward": args.reward, "pairs": args.pairs, "weights": weights,
@@ -40,16 +41,16 @@ def run_flow_alignment_bench(args) -> dict:
         print(f"== {name}: train-flow", flush=True)
         t0 = time.perf_counter()
         cfg = load_config(FlowTrainConfig, args.config, [
-            f"model.name_or_path={args.generator}", f"data.manifest={args.pairs}", "data.source=margins",
+            f"generator={args.generator}", f"data.manifest={args.pairs}", "data.source=margins",
             f"data.weights={json.dumps(weights)}", f"clip.frames={args.frames}", f"clip.height={args.height}",
             f"clip.width={args.width}", f"train.max_steps={args.steps}", "train.epochs=1000",
             f"train.seed={args.seed}", "data.latent_cache=latents", f"out={out / name}", "progress=false",
             *VARIANTS[name], *(args.overrides or [])])
         train = run_train_flow(cfg)
         print(f"== {name}: eval-flow", flush=True)
-        ev = run_eval_flow(FlowEvalConfig(base=args.generator, lora=str(out / name / "final"), reward=args.reward,
-                                          prompts=str(args.prompts), out=str(out / name / "eval"), frames=args.frames,
-                                          height=args.height, width=args.width, seed=args.seed))
+        ev = run_eval_flow(FlowEvalConfig(generator=args.generator, lora=str(out / name / "final"), reward=args.reward,
+                                          prompts=str(args.prompts), out=str(out / name / "eval"),
+                                          clip=ClipConfig(args.frames, args.height, args.width), seed=args.seed))
         report["variants"][name] = {"train": {k: train[k] for k in ("steps", "rows", "row_counts", "last", "wall_s")},
                                     "reward_win_rate": ev["reward_win_rate"], "oracle_win_rate": ev["oracle_win_rate"],
                                     "reward_hacking": ev["reward_hacking"],

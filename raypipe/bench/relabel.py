@@ -77,7 +77,8 @@ def reference_process(checkpoint: str, videos: list[tuple[str, str]], sampling: 
 
 def pipeline(checkpoint: str, manifest: str, out: Path, sampling: SamplingConfig, concurrency: int,
              batch_size: int, actor_cpus: float = 0.5, decode_cpus: float = 0.75, decode_rows: int = 32) -> dict:
-    from raypipe.relabel.job import RelabelConfig, run_relabel
+    from raypipe.recipes.relabel import RelabelConfig
+    from raypipe.recipes.relabel import run as run_relabel
 
     shutil.rmtree(out, ignore_errors=True)
     cfg = RelabelConfig(checkpoint=checkpoint, input=manifest, out=str(out), sampling=sampling,
@@ -93,25 +94,15 @@ def pipeline(checkpoint: str, manifest: str, out: Path, sampling: SamplingConfig
 
 
 def run_relabel_bench(args) -> dict:
-    from raypipe.data.manifest import load_manifest
-    from raypipe.ray_utils import configure_data_context, init_ray
-    from raypipe.relabel.job import video_table
-    from raypipe.relabel.inputs import resolve_input
-    from raypipe.video.synth import make_synthpref
+    from raypipe.distributed.cluster import configure_data_context, init_ray
 
     out = Path(args.out)
     work = out.parent / "relabel-bench-work"
     work.mkdir(parents=True, exist_ok=True)
-    data = work / f"synth_{args.pairs}_{args.seed}"
-    if not (data / "manifest.parquet").exists():
-        print(f"rendering {args.pairs} SynthPref pairs -> {data}", flush=True)
-        make_synthpref(data, SynthConfig(pairs=args.pairs, seed=args.seed), workers=os.cpu_count() or 1)
+    data = _synthpref(work, args.pairs, args.seed)
     manifest = str(data / "manifest.parquet")
     checkpoint = args.checkpoint or _tiny_checkpoint(work / "tiny-checkpoint")
-    dims = json.loads((Path(checkpoint) / "reward_config.json").read_text())["dimensions"]
-    videos_table, _ = video_table(resolve_input(manifest, dims))
-    videos = list(zip(videos_table.column("uri").to_pylist(), videos_table.column("prompt").to_pylist()))
-    load_manifest(manifest, dims)  # validated like the job does
+    videos = _videos(manifest, checkpoint)
 
     init_ray(num_cpus=args.num_cpus, quiet=True)
     configure_data_context(progress=False)
@@ -119,7 +110,6 @@ def run_relabel_bench(args) -> dict:
 
     cpus = int(ray.cluster_resources().get("CPU", 1))
     warm = data / "warm.parquet"  # beside the videos: its relative paths resolve
-
     pq.write_table(pq.read_table(manifest).slice(0, 4), warm)
     pipeline(checkpoint, str(warm), work / "warm-out", TINY_SAMPLING, 1, args.batch_size)  # start workers
     half = data / "half.parquet"  # the first half of the pairs: a second size for the marginal rate
@@ -127,22 +117,56 @@ def run_relabel_bench(args) -> dict:
     print(f"(a) reference loop over {len(videos)} videos, batches of {REFERENCE_BATCH} ...", flush=True)
     a = reference_process(checkpoint, videos, TINY_SAMPLING, REFERENCE_BATCH, work)
     print(f"    {a['videos_per_s']} videos/s end to end, {a['steady_videos_per_s']} in the loop", flush=True)
-    results = {}
-    for name, conc in (("b", 1), ("c", 2)):
-        print(f"({name}) relabel, {conc} scoring actor(s), half then all of the pairs ...", flush=True)
-        small = pipeline(checkpoint, str(half), work / f"out-{name}", TINY_SAMPLING, conc, args.batch_size,
-                         decode_rows=args.decode_rows)
-        full = pipeline(checkpoint, manifest, work / f"out-{name}", TINY_SAMPLING, conc, args.batch_size,
-                        decode_rows=args.decode_rows)
-        full["steady_videos_per_s"] = round((full["videos"] - small["videos"]) / (full["wall_s"] - small["wall_s"]),
-                                            3)
-        full["half_run"] = {k: small[k] for k in ("videos", "wall_s", "videos_per_s")}
-        results[name] = full
-        print(f"    {full['videos_per_s']} videos/s end to end, {full['steady_videos_per_s']} steady", flush=True)
-    b, c = results["b"], results["c"]
-    result = {
+    b = _relabel_run(args, "b", 1, checkpoint, str(half), manifest, work)
+    c = _relabel_run(args, "c", 2, checkpoint, str(half), manifest, work)
+    result = _result(args, len(videos), checkpoint, cpus, a, b, c)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _synthpref(work: Path, pairs: int, seed: int) -> Path:
+    """The SynthPref set of `pairs` pairs under `work`, rendered once."""
+    from raypipe.video.synth import make_synthpref
+
+    data = work / f"synth_{pairs}_{seed}"
+    if not (data / "manifest.parquet").exists():
+        print(f"rendering {pairs} SynthPref pairs -> {data}", flush=True)
+        make_synthpref(data, SynthConfig(pairs=pairs, seed=seed), workers=os.cpu_count() or 1)
+    return data
+
+
+def _videos(manifest: str, checkpoint: str) -> list[tuple[str, str]]:
+    """(uri, prompt) of every video of the manifest, in relabel's order; the manifest validated like the job does."""
+    from raypipe.data.inputs import resolve_input
+    from raypipe.data.manifest import load_manifest
+    from raypipe.reward.relabel import video_table
+
+    dims = json.loads((Path(checkpoint) / "reward_config.json").read_text())["dimensions"]
+    videos_table, _ = video_table(resolve_input(manifest, dims))
+    videos = list(zip(videos_table.column("uri").to_pylist(), videos_table.column("prompt").to_pylist()))
+    load_manifest(manifest, dims)
+    return videos
+
+
+def _relabel_run(args, name: str, concurrency: int, checkpoint: str, half: str, manifest: str, work: Path) -> dict:
+    """(b)/(c): relabel with `concurrency` scoring actors on half then all of the pairs; the full run's figures
+    plus the steady (marginal) rate between the two."""
+    print(f"({name}) relabel, {concurrency} scoring actor(s), half then all of the pairs ...", flush=True)
+    small = pipeline(checkpoint, half, work / f"out-{name}", TINY_SAMPLING, concurrency, args.batch_size,
+                     decode_rows=args.decode_rows)
+    full = pipeline(checkpoint, manifest, work / f"out-{name}", TINY_SAMPLING, concurrency, args.batch_size,
+                    decode_rows=args.decode_rows)
+    full["steady_videos_per_s"] = round((full["videos"] - small["videos"]) / (full["wall_s"] - small["wall_s"]), 3)
+    full["half_run"] = {k: small[k] for k in ("videos", "wall_s", "videos_per_s")}
+    print(f"    {full['videos_per_s']} videos/s end to end, {full['steady_videos_per_s']} steady", flush=True)
+    return full
+
+
+def _result(args, n_videos: int, checkpoint: str, cpus: int, a: dict, b: dict, c: dict) -> dict:
+    return {
         "benchmark": "relabel",
-        "data": {"synthpref_pairs": args.pairs, "videos": len(videos), "seed": args.seed,
+        "data": {"synthpref_pairs": args.pairs, "videos": n_videos, "seed": args.seed,
                  "sampling": dataclasses.asdict(TINY_SAMPLING)},
         "checkpoint": checkpoint, "batch_size": args.batch_size,
         "machine": {"cpus_for_ray": cpus, "cpu_count": os.cpu_count(), "platform": platform.platform()},
@@ -158,9 +182,6 @@ def run_relabel_bench(args) -> dict:
                   "end to end: (a) a fresh process incl. imports and model load; (b)/(c) the whole relabel job "
                   "incl. actor start-up, resume shards and output assembly, on a running Ray."],
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    return result
 
 
 def _ratio(x, y):

@@ -22,8 +22,8 @@ VARIANTS = {
 
 def run_reward_ablation(args) -> dict:
     from raypipe.config import SynthConfig, load_config
-    from raypipe.train.reward_config import RewardTrainConfig
-    from raypipe.train.reward_job import run_train_reward
+    from raypipe.recipes.train_reward import RewardTrainConfig
+    from raypipe.recipes.train_reward import run as run_train_reward
     from raypipe.video.synth import make_synthpref
 
     out = Path(args.out)

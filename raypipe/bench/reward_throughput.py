@@ -23,15 +23,15 @@ SETTINGS = {
 
 def _windows(curve: list[dict], key: str) -> tuple[float | None, float | None]:
     """(mean over every report window, mean without the first) — train-reward's own summary mean, twice."""
-    from raypipe.train.reward_job import _mean
+    from raypipe.recipes.train_reward import _mean
 
     return _mean(curve, key), _mean(curve[1:] or curve, key)
 
 
 def run_reward_throughput(args) -> dict:
     from raypipe.config import SynthConfig, load_config
-    from raypipe.train.reward_config import RewardTrainConfig
-    from raypipe.train.reward_job import run_train_reward
+    from raypipe.recipes.train_reward import RewardTrainConfig
+    from raypipe.recipes.train_reward import run as run_train_reward
     from raypipe.video.synth import make_synthpref
 
     out = Path(args.out)
@@ -59,7 +59,7 @@ def run_reward_throughput(args) -> dict:
                          "data_wait_share": wait, "data_wait_share_steady": wait_steady,
                          "frame_cache_s": summary["frame_cache_s"], "train_wall_s": summary["wall_s"],
                          "job_wall_s": round(time.perf_counter() - start, 1), "steps": summary["steps"],
-                         "workers": cfg.train.num_workers, "batch_pairs_per_worker": cfg.train.batch_pairs}
+                         "workers": cfg.train.num_workers, "batch_pairs_per_worker": cfg.train.batch}
     base = results.get("stream_zero2", {}).get("pairs_per_s_per_worker_steady")
     for r in results.values():
         r["speedup_vs_stream_zero2"] = round(r["pairs_per_s_per_worker_steady"] / base, 2) if base else None

@@ -1,0 +1,118 @@
+"""What every part of `raypipe bench gpu` shares: the shapes per size, the one-rank process group and DeepSpeed
+engines, the timing harness (`timed`) and the out-of-memory-aware sweep over settings. No Ray."""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import socket
+import time
+
+
+# --- shapes ------------------------------------------------------------------------------------------------------
+def shapes(size: str) -> dict:
+    if size == "real":
+        return {"reward_frames": (8, 448, 448), "score_batch": 16, "clip": (33, 480, 832), "text_len": 226,
+                "k_blocks": 8}
+    return {"reward_frames": (4, 56, 56), "score_batch": 4, "clip": (9, 32, 32), "text_len": 16, "k_blocks": 1}
+
+
+def random_family(size: str, device, dtype: str):
+    """A WanFamily with random weights: Wan2.1-T2V-1.3B's shapes (real) or the tiny Wan."""
+    from raypipe.flow.family import TinyWanConfig, WanFamily, build_random_wan
+
+    cfg = TinyWanConfig.wan21_1_3b() if size == "real" else TinyWanConfig()
+    pipe = build_random_wan(cfg, seed=0, dtype=dtype, device=str(device))
+    return WanFamily(pipe, max_text_len=cfg.max_text_len, shift=cfg.shift)
+
+
+def param_counts(module) -> tuple[int, int]:
+    """(all parameters, trainable parameters) of `module`."""
+    return (sum(p.numel() for p in module.parameters()),
+            sum(p.numel() for p in module.parameters() if p.requires_grad))
+
+
+# --- the one-rank process group and engines ----------------------------------------------------------------------
+def init_single_rank(backend: str) -> None:
+    import deepspeed
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    deepspeed.init_distributed(dist_backend=backend)
+
+
+def engine_for(model, settings, bf16: bool, micro_batch: int):
+    import deepspeed
+
+    from raypipe.distributed.trainer import deepspeed_config
+
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=deepspeed_config(settings, 1000, bf16=bf16, micro_batch=micro_batch))
+    return engine
+
+
+# --- timing ------------------------------------------------------------------------------------------------------
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device) -> None:
+    import torch
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_gib(device) -> float | None:
+    import torch
+
+    return round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2) if device.type == "cuda" else None
+
+
+def timed(step, device, steps: int, warmup: int) -> dict:
+    """Run `step()` warmup + steps times; the median and mean seconds of the timed ones, and the peak memory."""
+    import statistics
+
+    reset_peak(device)
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return {"s_per_step": round(statistics.median(times), 4), "s_mean": round(statistics.fmean(times), 4),
+            "peak_gib": _peak_gib(device)}
+
+
+def sweep(settings: list[dict], run_one, device) -> list[dict]:
+    """`run_one(setting) -> dict` for each setting in order; an out-of-memory one is recorded and ends the sweep
+    of its `group` (the later, larger settings of the same group are skipped)."""
+    import torch
+
+    rows, dead = [], set()
+    for s in settings:
+        if s.get("group") in dead:
+            rows.append({**s, "result": "skipped (a smaller setting ran out of memory)"})
+            continue
+        try:
+            rows.append({**s, **run_one(s)})
+        except torch.OutOfMemoryError:
+            rows.append({**s, "result": "oom"})
+            dead.add(s.get("group"))
+            reset_peak(device)
+        print("  ", json.dumps(rows[-1]), flush=True)
+    return rows
