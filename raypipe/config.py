@@ -298,8 +298,12 @@ def config_keys(cls, prefix: str = "") -> list[tuple[str, Any, str]]:
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
         value = getattr(defaults, f.name)
+        section = _section_type(cls, f.name)
         if dataclasses.is_dataclass(value):
             rows.extend(config_keys(type(value), f"{key}."))
+        elif value is None and section is not None:  # an optional section: unset, or these keys when set
+            rows.append((key, value, comments.get(f.name, "")))
+            rows.extend(config_keys(section, f"{key}."))
         else:
             rows.append((key, value, comments.get(f.name, "")))
     return rows

@@ -93,3 +93,15 @@ def test_config_errors_exit_2_with_one_line_naming_the_key(argv, named, tmp_path
     assert main([*argv, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and named in err and "Traceback" not in err
+
+
+def test_every_job_has_its_ray_job_entrypoint():
+    """jobs/<job>.py runs `raypipe <job>`: the same code as a Ray job (`ray job submit -- python jobs/...`)."""
+    from pathlib import Path
+
+    from raypipe.cli import JOBS
+
+    jobs = Path(__file__).resolve().parent.parent / "jobs"
+    for command in JOBS:
+        script = jobs / f"{command.replace('-', '_')}.py"
+        assert script.exists() and f'main(["{command}", *sys.argv[1:]])' in script.read_text(), command

@@ -26,7 +26,6 @@ class FrameScorer:
         self.model = VideoReward.from_pretrained(checkpoint, dtype=dtype, device=device)
         self.dimensions = list(self.model.dimensions)
         self.max_videos, self.token_budget = max(1, int(max_videos)), token_budget
-        self.forward_passes = 0
         import ray
 
         self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
@@ -39,7 +38,6 @@ class FrameScorer:
         for group in plan_batches([video_tokens(frames[i]) for i in good], self.max_videos, self.token_budget):
             rows = [good[k] for k in group]
             scores[rows] = self.model.score([frames[i] for i in rows], [prompts[i] for i in rows]).numpy()
-            self.forward_passes += 1
         valid = np.zeros(batch.num_rows, dtype=bool)
         valid[good] = True
         batch = batch.drop_columns(["frames"])

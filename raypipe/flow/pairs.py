@@ -119,7 +119,10 @@ def training_rows(table: pa.Table, algo: str, source: str, weights: dict[str, fl
     build = pairs_from_labels if source == "labels" else pairs_from_margins
     if source not in ("labels", "margins"):
         raise ConfigError(f"data.source must be labels or margins, got {source!r}")
-    pairs, counts = build(table, weights, min_margin)
+    try:
+        pairs, counts = build(table, weights, min_margin)
+    except (KeyError, ValueError) as e:  # weights that name no column, or all zero: the config's fault
+        raise ConfigError(f"data.weights: {e.args[0] if e.args else e}") from None
     if algo == "sft":
         return pa.table({"uri": pairs.column("uri_w"), "prompt": pairs.column("prompt")}), counts
     return pairs.select(["uri_w", "uri_l", "prompt"]), counts

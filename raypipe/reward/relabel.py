@@ -112,6 +112,29 @@ def _float_column(values: np.ndarray) -> pa.Array:
 def assemble(inp: RelabelInput, per_side: dict[str, np.ndarray], scored: pa.Table, dimensions, norm_stats,
              epsilon: dict[str, float]) -> pa.Table:
     """One output row per input row, row_id order (see the module docstring for the columns)."""
+    scored = _one_result_per_video(scored, per_side)
+    raw = np.stack([scored.column(f"score_{d}").to_numpy(zero_copy_only=False).astype(np.float64)
+                    for d in dimensions], axis=1)
+    sides = {side: raw[vid] for side, vid in per_side.items()}
+    row_errors, row_messages = _row_errors(scored, per_side, inp.table.num_rows)
+    if inp.kind != "pairs":
+        cols = _pointwise_columns(sides[""], dimensions, norm_stats)
+    else:
+        cols = _pair_columns(sides["A"], sides["B"], dimensions, norm_stats, epsilon)
+    table = inp.table
+    for name in [*cols, "error", "error_message"]:
+        if name in table.column_names:  # a re-relabelled output: the new result replaces the old column
+            table = table.drop_columns([name])
+    table = table.append_column("error", pa.array(row_errors, pa.string()))
+    table = table.append_column("error_message", pa.array(row_messages, pa.string()))
+    for name, arr in cols.items():
+        table = table.append_column(name, arr)
+    return table
+
+
+def _one_result_per_video(scored: pa.Table, per_side: dict[str, np.ndarray]) -> pa.Table:
+    """The scored videos in video_id order, one row each (a resumed run may hold a video twice); every video the
+    input needs must be there."""
     ids = scored.column("video_id").to_numpy()
     order = np.argsort(ids, kind="stable")
     first = order[np.concatenate([[True], np.diff(ids[order]) != 0])] if len(ids) else order  # keep 1 per id
@@ -121,56 +144,45 @@ def assemble(inp: RelabelInput, per_side: dict[str, np.ndarray], scored: pa.Tabl
     if len(ids) != n_videos or (len(ids) and not np.array_equal(ids, np.arange(n_videos))):
         missing = sorted(set(range(n_videos)) - set(ids.tolist()))
         raise RuntimeError(f"{len(missing)} videos have no result (e.g. video_id {missing[:3]}); rerun to finish")
-    raw = np.stack([scored.column(f"score_{d}").to_numpy(zero_copy_only=False).astype(np.float64)
-                    for d in dimensions], axis=1)
+    return scored
+
+
+def _row_errors(scored: pa.Table, per_side: dict[str, np.ndarray], n_rows: int) -> tuple[list, list]:
+    """Per input row: the first failing side's error kind, and every failing side's message."""
     errors = scored.column("error").to_pylist()
     messages = scored.column("error_message").to_pylist()
-    table = inp.table
-    cols: dict[str, pa.Array] = {}
-    row_errors: list[str | None] = [None] * table.num_rows
-    row_messages: list[str | None] = [None] * table.num_rows
-    sides = {}
+    row_errors: list[str | None] = [None] * n_rows
+    row_messages: list[str | None] = [None] * n_rows
     for side, vid in per_side.items():
-        sides[side] = raw[vid]
         for i, v in enumerate(vid.tolist()):
             if errors[v] is not None:
                 row_errors[i] = row_errors[i] or errors[v]
                 text = f"{side}: {messages[v]}" if side else messages[v]
                 row_messages[i] = text if row_messages[i] is None else row_messages[i] + " | " + text
-    if inp.kind != "pairs":
-        s = sides[""]
-        for j, d in enumerate(dimensions):
-            cols[f"score_{d}"] = _float_column(s[:, j])
-        if norm_stats is not None:
-            norm = normalize(s, norm_stats, dimensions)
-            for j, d in enumerate(dimensions):
-                cols[f"norm_{d}"] = _float_column(norm[:, j])
-            cols["Overall"] = _float_column(overall(norm))
-    else:
-        a, b = sides["A"], sides["B"]
-        for side, s in (("A", a), ("B", b)):
-            for j, d in enumerate(dimensions):
-                cols[f"score_{side}_{d}"] = _float_column(s[:, j])
-        margins = {d: a[:, j] - b[:, j] for j, d in enumerate(dimensions)}
-        if norm_stats is not None:
-            oa, ob = overall(normalize(a, norm_stats, dimensions)), overall(normalize(b, norm_stats, dimensions))
-            cols["overall_A"], cols["overall_B"] = _float_column(oa), _float_column(ob)
-            margins["Overall"] = oa - ob
-        for name, m in margins.items():
-            cols[f"margin_{name}"] = _float_column(m)
-        for name, m in margins.items():
-            cols[f"model_{name}"] = pa.array(model_labels(m, epsilon.get(name, 0.0)), pa.string())
-    for name in list(cols):
-        if name in table.column_names:  # a re-relabelled output: the new result replaces the old column
-            table = table.drop_columns([name])
-    for name in ("error", "error_message"):
-        if name in table.column_names:
-            table = table.drop_columns([name])
-    table = table.append_column("error", pa.array(row_errors, pa.string()))
-    table = table.append_column("error_message", pa.array(row_messages, pa.string()))
-    for name, arr in cols.items():
-        table = table.append_column(name, arr)
-    return table
+    return row_errors, row_messages
+
+
+def _pointwise_columns(s: np.ndarray, dimensions, norm_stats) -> dict[str, pa.Array]:
+    cols = {f"score_{d}": _float_column(s[:, j]) for j, d in enumerate(dimensions)}
+    if norm_stats is not None:
+        norm = normalize(s, norm_stats, dimensions)
+        cols.update({f"norm_{d}": _float_column(norm[:, j]) for j, d in enumerate(dimensions)})
+        cols["Overall"] = _float_column(overall(norm))
+    return cols
+
+
+def _pair_columns(a: np.ndarray, b: np.ndarray, dimensions, norm_stats, epsilon) -> dict[str, pa.Array]:
+    cols = {f"score_{side}_{d}": _float_column(s[:, j]) for side, s in (("A", a), ("B", b))
+            for j, d in enumerate(dimensions)}
+    margins = {d: a[:, j] - b[:, j] for j, d in enumerate(dimensions)}
+    if norm_stats is not None:
+        oa, ob = overall(normalize(a, norm_stats, dimensions)), overall(normalize(b, norm_stats, dimensions))
+        cols["overall_A"], cols["overall_B"] = _float_column(oa), _float_column(ob)
+        margins["Overall"] = oa - ob
+    cols.update({f"margin_{name}": _float_column(m) for name, m in margins.items()})
+    cols.update({f"model_{name}": pa.array(model_labels(m, epsilon.get(name, 0.0)), pa.string())
+                 for name, m in margins.items()})
+    return cols
 
 
 def write_parts(table: pa.Table, out: Path, rows_per_part: int) -> list[str]:
