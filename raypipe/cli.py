@@ -167,7 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     from raypipe.config import ConfigError
     from raypipe.data.manifest import ManifestError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `key=value` overrides after an option (`... --out DIR a=1 b=2`) belong to the job
+        stray = [e for e in extra if e.startswith("-") or "=" not in e]
+        if stray or args.command not in JOBS:
+            parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return int(args.func(args) or 0)
     except (ConfigError, ManifestError, FileNotFoundError) as e:

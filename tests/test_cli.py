@@ -105,3 +105,16 @@ def test_every_job_has_its_ray_job_entrypoint():
     for command in JOBS:
         script = jobs / f"{command.replace('-', '_')}.py"
         assert script.exists() and f'main(["{command}", *sys.argv[1:]])' in script.read_text(), command
+
+
+def test_overrides_may_follow_options(tmp_path, capsys):
+    """`raypipe JOB a=1 --out DIR b=2`: every key=value is an override, wherever it stands; other strays are errors."""
+    from raypipe.cli import build_parser
+
+    assert main(["pairs", "--out", str(tmp_path / "o"), "data.manifest=m.parquet", "data.sampling.bogus=1"]) == 2
+    assert "data.sampling" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["pairs", "--out", str(tmp_path / "o"), "--bogus"])
+    assert e.value.code == 2 and "--bogus" in capsys.readouterr().err
+    args = build_parser().parse_args(["relabel", "reward=r", "--out", "o"])
+    assert args.overrides == ["reward=r"] and args.out == "o"

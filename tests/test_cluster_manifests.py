@@ -158,6 +158,11 @@ def _check_serve_config(cfg: dict, where: str):
         assert callable(getattr(importlib.import_module(module), attr)), where
     assert {d.name for d in apps["reward"].deployments} == {"RewardModel", "RewardAPI"}, where
     assert {d.name for d in apps["generate"].deployments} == {"GenerateAPI"}, where
+    from raypipe.config import build_config
+    from raypipe.serve.config import GenerateAppConfig, RewardAppConfig
+
+    for name, cls in (("reward", RewardAppConfig), ("generate", GenerateAppConfig)):
+        build_config(cls, apps[name].args)  # the apps' args are typed: an unknown key or a wrong type fails here
     return apps
 
 

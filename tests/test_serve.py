@@ -47,14 +47,14 @@ def server(ray_local, reward_checkpoint, tmp_path_factory):
     (root / "secret.mp4").write_bytes((videos / "v0.mp4").read_bytes())  # outside the allowed root
     light = {"ray_actor_options": {"num_cpus": 0}}
     apps = [
-        ("reward", "/", reward_app({"checkpoint": reward_checkpoint, "batch_size": 8, "batch_wait_s": 0.2,
+        ("reward", "/", reward_app({"reward": reward_checkpoint, "batch": 8, "batch_wait_s": 0.2,
                                     "allowed_roots": [str(videos)], "auth_token_env": TOKEN_ENV,
                                     "deployment_options": {"RewardModel": light, "RewardAPI": light}})),
         ("secure", "/secure", reward_app({
-            "checkpoint": reward_checkpoint, "batch_size": 1, "max_upload_mb": 0.05, "auth_token_env": TOKEN_ENV,
+            "reward": reward_checkpoint, "batch": 1, "max_upload_mb": 0.05, "auth_token_env": TOKEN_ENV,
             "deployment_options": {"RewardModel": light, "RewardAPI": {"ray_actor_options": {
                 "num_cpus": 0, "runtime_env": {"env_vars": {TOKEN_ENV: "s3cret"}}}}}})),
-        ("ha", "/ha", reward_app({"checkpoint": reward_checkpoint, "batch_size": 2, "auth_token_env": TOKEN_ENV,
+        ("ha", "/ha", reward_app({"reward": reward_checkpoint, "batch": 2, "auth_token_env": TOKEN_ENV,
                                   "deployment_options": {"RewardModel": {**light, "num_replicas": 2,
                                                                          "health_check_period_s": 1},
                                                          "RewardAPI": light}})),
@@ -66,6 +66,24 @@ def server(ray_local, reward_checkpoint, tmp_path_factory):
     url = start(apps, port=_free_port())
     yield {"url": url, "videos": videos, "root": root, "checkpoint": reward_checkpoint}
     serve.shutdown()
+
+
+@pytest.mark.parametrize("args, key", [
+    ({"checkpoint": "x"}, "checkpoint"),  # the old name of `reward`
+    ({"batch": "8"}, "batch"),
+    ({"clip": {"frames": 5, "hieght": 16}}, "hieght"),
+    ({"deployment_options": {"RewardApi": {}}}, "RewardApi"),
+])
+def test_app_args_are_typed(reward_checkpoint, tmp_path, args, key):
+    from raypipe.config import ConfigError
+    from raypipe.serve.config import generate_app_config, reward_app_config
+
+    if "clip" in args:
+        with pytest.raises(ConfigError, match=key):
+            generate_app_config({"generator": str(tmp_path), **args})
+    else:
+        with pytest.raises(ConfigError, match=key):
+            reward_app_config({"reward": reward_checkpoint, **args})
 
 
 def _upload(url, path, prompt="a red square moving right", **extra):

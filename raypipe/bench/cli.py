@@ -34,7 +34,7 @@ SEED = arg("--seed", type=int, default=0)
 CLIP = (arg("--frames", type=int, default=9), arg("--height", type=int, default=32),
         arg("--width", type=int, default=32))
 REWARD_TINY = arg("--config", default="configs/reward_tiny.yaml", help="base config (default reward_tiny)")
-CHECKPOINT = arg("--checkpoint", default=None, help="reward checkpoint (default: an untrained tiny one)")
+CHECKPOINT = arg("--reward", default=None, help="reward checkpoint (default: an untrained tiny one)")
 NRG_WEIGHTS = ["{TA: 1}", "{VQ: 0.1, MQ: 0.1, TA: 0.8}", "{VQ: 0.5, MQ: 0.5}"]
 
 BENCHES: dict[str, Bench] = {
@@ -85,7 +85,7 @@ BENCHES: dict[str, Bench] = {
         (OUT_JSON,
          arg("--pairs", type=int, default=1024, help="SynthPref pairs (videos = 2x; default 1024)"),
          arg("--seed", type=int, default=7),
-         arg("--batch-size", type=int, default=32, dest="batch_size",
+         arg("--batch", type=int, default=32,
              help="most videos per forward pass in (b)/(c) (default 32; (a) always takes 8)"),
          arg("--decode-rows", type=int, default=32, dest="decode_rows",
              help="most videos per decode task in (b)/(c) (default 32)"),
@@ -125,7 +125,7 @@ BENCHES: dict[str, Bench] = {
         (OUT_JSON, CHECKPOINT,
          arg("--requests", type=int, default=96),
          arg("--concurrency", type=int, default=8),
-         arg("--batch-size", type=int, default=8, dest="batch_size"),
+         arg("--batch", type=int, default=8, help="most videos per batched forward pass (default 8)"),
          arg("--batch-wait-s", type=float, default=0.02, dest="batch_wait_s"),
          arg("--max-replicas", type=int, default=2, dest="max_replicas"),
          arg("--target-ongoing", type=float, default=2.0, dest="target_ongoing"),

@@ -101,7 +101,7 @@ def run_relabel_bench(args) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     data = _synthpref(work, args.pairs, args.seed)
     manifest = str(data / "manifest.parquet")
-    checkpoint = args.checkpoint or _tiny_checkpoint(work / "tiny-checkpoint")
+    checkpoint = args.reward or _tiny_checkpoint(work / "tiny-checkpoint")
     videos = _videos(manifest, checkpoint)
 
     init_ray(num_cpus=args.num_cpus, quiet=True)
@@ -111,7 +111,7 @@ def run_relabel_bench(args) -> dict:
     cpus = int(ray.cluster_resources().get("CPU", 1))
     warm = data / "warm.parquet"  # beside the videos: its relative paths resolve
     pq.write_table(pq.read_table(manifest).slice(0, 4), warm)
-    pipeline(checkpoint, str(warm), work / "warm-out", TINY_SAMPLING, 1, args.batch_size)  # start workers
+    pipeline(checkpoint, str(warm), work / "warm-out", TINY_SAMPLING, 1, args.batch)  # start workers
     half = data / "half.parquet"  # the first half of the pairs: a second size for the marginal rate
     pq.write_table(pq.read_table(manifest).slice(0, args.pairs // 2), half)
     print(f"(a) reference loop over {len(videos)} videos, batches of {REFERENCE_BATCH} ...", flush=True)
@@ -153,9 +153,9 @@ def _relabel_run(args, name: str, concurrency: int, checkpoint: str, half: str, 
     """(b)/(c): relabel with `concurrency` scoring actors on half then all of the pairs; the full run's figures
     plus the steady (marginal) rate between the two."""
     print(f"({name}) relabel, {concurrency} scoring actor(s), half then all of the pairs ...", flush=True)
-    small = pipeline(checkpoint, half, work / f"out-{name}", TINY_SAMPLING, concurrency, args.batch_size,
+    small = pipeline(checkpoint, half, work / f"out-{name}", TINY_SAMPLING, concurrency, args.batch,
                      decode_rows=args.decode_rows)
-    full = pipeline(checkpoint, manifest, work / f"out-{name}", TINY_SAMPLING, concurrency, args.batch_size,
+    full = pipeline(checkpoint, manifest, work / f"out-{name}", TINY_SAMPLING, concurrency, args.batch,
                     decode_rows=args.decode_rows)
     full["steady_videos_per_s"] = round((full["videos"] - small["videos"]) / (full["wall_s"] - small["wall_s"]), 3)
     full["half_run"] = {k: small[k] for k in ("videos", "wall_s", "videos_per_s")}
@@ -168,7 +168,7 @@ def _result(args, n_videos: int, checkpoint: str, cpus: int, a: dict, b: dict, c
         "benchmark": "relabel",
         "data": {"synthpref_pairs": args.pairs, "videos": n_videos, "seed": args.seed,
                  "sampling": dataclasses.asdict(TINY_SAMPLING)},
-        "checkpoint": checkpoint, "batch_size": args.batch_size,
+        "checkpoint": checkpoint, "batch_size": args.batch,
         "machine": {"cpus_for_ray": cpus, "cpu_count": os.cpu_count(), "platform": platform.platform()},
         "a_reference_loop": a, "b_relabel_1_actor": b, "c_relabel_2_actors": c,
         "ratio_b_over_a_steady": _ratio(b["steady_videos_per_s"], a["steady_videos_per_s"]),

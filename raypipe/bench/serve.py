@@ -58,8 +58,8 @@ def load(url: str, payloads: list[tuple[bytes, str]], n: int, concurrency: int) 
     wall = time.perf_counter() - t0
     ok = [lat for code, lat in results if 200 <= code < 300]
     return {"requests": n, "concurrency": concurrency, "wall_s": round(wall, 2),
-            "throughput_rps": round(len(ok) / wall, 2), "non_2xx": sum(1 for code, _ in results if not 200 <= code < 300),
-            **_percentiles(ok)}
+            "throughput_rps": round(len(ok) / wall, 2),
+            "non_2xx": sum(1 for code, _ in results if not 200 <= code < 300), **_percentiles(ok)}
 
 
 def _replicas(app: str, deployment: str) -> int:
@@ -72,105 +72,166 @@ def _replicas(app: str, deployment: str) -> int:
         return -1
 
 
-def run_serve_bench(args) -> dict:
-    import ray
+def _reward_or_tiny(checkpoint: str | None, work: Path) -> str:
+    """The reward checkpoint to serve: the given one, else an untrained tiny VideoReward saved under `work`."""
+    if checkpoint is not None:
+        return checkpoint
+    from raypipe.reward.model import RewardModelConfig, VideoReward
+
+    return str(VideoReward.build(RewardModelConfig(), tiny_dir=work / "backbone").save_pretrained(
+        work / "ckpt", extra={"sampling.json": {"fps": 4.0, "max_frames": 16}}))
+
+
+def _synth_payloads(work: Path) -> list[tuple[bytes, str]]:
+    """(mp4 bytes, prompt) of 16 SynthPref clips: what the clients upload."""
+    from raypipe.config import SynthConfig
+    from raypipe.video.synth import make_synthpref
+
+    table = make_synthpref(work / "synth", SynthConfig(pairs=16, seed=3))
+    return [((work / "synth" / p).read_bytes(), q) for p, q in
+            zip(table.column("path_A").to_pylist(), table.column("prompt").to_pylist())]
+
+
+def _bench_app(reward: str, batch: int, batch_wait_s: float, model_options: dict, api_options: dict):
+    """The reward app with Serve options for its two deployments; no CPUs reserved, so it fits any machine."""
+    from raypipe.serve.apps import reward_app
+
+    light = {"ray_actor_options": {"num_cpus": 0}}
+    return reward_app({"reward": reward, "batch": batch, "batch_wait_s": batch_wait_s,
+                       "deployment_options": {"RewardModel": {**light, **model_options},
+                                              "RewardAPI": {**light, **api_options}}})
+
+
+def _batch_sizes(url: str) -> list[int]:
     import requests
+
+    return requests.get(f"{url}/batches", timeout=60).json()["batch_sizes"]
+
+
+def _nominal_load(args, reward: str, payloads, port: int, label: str, batch: int) -> dict:
+    """Load on ONE RewardModel replica with max batch `batch`: latency, throughput, the forward-pass sizes."""
     from ray import serve
 
-    from raypipe.serve.apps import reward_app
     from raypipe.serve.run import start
-    from raypipe.video.synth import make_synthpref
-    from raypipe.config import SynthConfig
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="raypipe-bench-serve-"))
-    checkpoint = args.checkpoint
-    if checkpoint is None:
-        from raypipe.reward.model import RewardModelConfig, VideoReward
+    app = _bench_app(reward, batch, args.batch_wait_s, {"num_replicas": 1, "max_ongoing_requests": 64},
+                     {"max_ongoing_requests": 128})
+    url = start([(f"bench-{label}", "/", app)], port=port)
+    for _ in range(3):  # warm-up (model load, first forward)
+        _post(url, *payloads[0])
+    before = _batch_sizes(url)
+    print(f"{label}: {args.requests} requests, {args.concurrency} concurrent", flush=True)
+    result = load(url, payloads, args.requests, args.concurrency)
+    sizes = _batch_sizes(url)[len(before):]
+    result["forward_passes"] = len(sizes)
+    result["mean_batch"] = round(float(np.mean(sizes)), 2) if sizes else None
+    print(f"    {result}", flush=True)
+    serve.delete(f"bench-{label}")
+    return result
 
-        checkpoint = str(VideoReward.build(RewardModelConfig(), tiny_dir=work / "backbone").save_pretrained(
-            work / "ckpt", extra={"sampling.json": {"fps": 4.0, "max_frames": 16}}))
-    table = make_synthpref(work / "synth", SynthConfig(pairs=16, seed=3))
-    payloads = [((work / "synth" / p).read_bytes(), q) for p, q in
-                zip(table.column("path_A").to_pylist(), table.column("prompt").to_pylist())]
-    if not ray.is_initialized():
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-    port = _free_port()
-    report: dict = {"checkpoint": checkpoint, "requests": args.requests, "concurrency": args.concurrency,
-                    "cpus": ray.cluster_resources().get("CPU")}
-    light = {"ray_actor_options": {"num_cpus": 0}}
-    url = None
-    for label, batch in (("batched", args.batch_size), ("unbatched", 1)):
-        app = reward_app({"checkpoint": checkpoint, "batch_size": batch, "batch_wait_s": args.batch_wait_s,
-                          "deployment_options": {"RewardModel": {**light, "num_replicas": 1,
-                                                                 "max_ongoing_requests": 64},
-                                                 "RewardAPI": {**light, "max_ongoing_requests": 128}}})
-        url = start([(f"bench-{label}", "/", app)], port=port)
-        for _ in range(3):  # warm-up (model load, first forward)
-            _post(url, *payloads[0])
-        before = requests.get(f"{url}/batches", timeout=60).json()["batch_sizes"]
-        print(f"{label}: {args.requests} requests, {args.concurrency} concurrent", flush=True)
-        report[label] = load(url, payloads, args.requests, args.concurrency)
-        sizes = requests.get(f"{url}/batches", timeout=60).json()["batch_sizes"][len(before):]
-        report[label]["forward_passes"] = len(sizes)
-        report[label]["mean_batch"] = round(float(np.mean(sizes)), 2) if sizes else None
-        print(f"    {report[label]}", flush=True)
-        serve.delete(f"bench-{label}")
-    report["batched_over_unbatched_throughput"] = round(
-        report["batched"]["throughput_rps"] / max(report["unbatched"]["throughput_rps"], 1e-9), 3)
 
-    # burst: autoscaling 1..max replicas
-    app = reward_app({"checkpoint": checkpoint, "batch_size": args.batch_size, "batch_wait_s": args.batch_wait_s,
-                      "deployment_options": {
-                          "RewardModel": {**light, "max_ongoing_requests": 16, "autoscaling_config": {
-                              "min_replicas": 1, "max_replicas": args.max_replicas,
-                              "target_ongoing_requests": args.target_ongoing, "upscale_delay_s": 1.0,
-                              "downscale_delay_s": args.downscale_delay_s, "metrics_interval_s": 0.5,
-                              "look_back_period_s": 2.0}},
-                          "RewardAPI": {**light, "max_ongoing_requests": 256}}})
-    url = start([("bench-burst", "/", app)], port=port)
-    _post(url, *payloads[0])
-    timeline: list[tuple[float, int]] = []
-    stop = threading.Event()
-    t0 = time.perf_counter()
+def _autoscaling_app(args, reward: str):
+    """The reward app with 1..`--max-replicas` RewardModel replicas, scaling quickly so a short burst shows it."""
+    return _bench_app(reward, args.batch, args.batch_wait_s, {
+        "max_ongoing_requests": 16, "autoscaling_config": {
+            "min_replicas": 1, "max_replicas": args.max_replicas, "target_ongoing_requests": args.target_ongoing,
+            "upscale_delay_s": 1.0, "downscale_delay_s": args.downscale_delay_s, "metrics_interval_s": 0.5,
+            "look_back_period_s": 2.0}}, {"max_ongoing_requests": 256})
 
-    def watch():
-        while not stop.is_set():
-            timeline.append((round(time.perf_counter() - t0, 1), _replicas("bench-burst", "RewardModel")))
+
+class _ReplicaWatch:
+    """Samples the RewardModel replica count of `app` every 0.5 s in a thread: [(seconds since start, count)]."""
+
+    def __init__(self, app: str):
+        self.app, self.timeline = app, []
+        self.t0 = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self.timeline.append((self.elapsed(), _replicas(self.app, "RewardModel")))
             time.sleep(0.5)
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
+    def elapsed(self) -> float:
+        return round(time.perf_counter() - self.t0, 1)
+
+    def stop(self) -> list[tuple[float, int]]:
+        self._stop.set()
+        self._thread.join()
+        return self.timeline
+
+
+def _send_burst(url: str, payloads, clients: int, seconds: float) -> list[tuple[int, float]]:
+    """`clients` threads sending uploads back to back for `seconds`: [(status code, latency)]."""
     codes: list[tuple[int, float]] = []
-    end = time.perf_counter() + args.burst_s
+    end = time.perf_counter() + seconds
 
     def client(i):
         while time.perf_counter() < end:
             codes.append(_post(url, *payloads[i % len(payloads)]))
 
-    print(f"burst: {args.burst_concurrency} clients for {args.burst_s} s", flush=True)
-    with ThreadPoolExecutor(args.burst_concurrency) as pool:
-        list(pool.map(client, range(args.burst_concurrency)))
-    burst_end = time.perf_counter() - t0
-    deadline = time.perf_counter() + args.recovery_timeout_s
-    while time.perf_counter() < deadline and _replicas("bench-burst", "RewardModel") > 1:
-        time.sleep(1.0)
-    stop.set()
-    watcher.join()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    return codes
+
+
+def _burst_report(args, codes, timeline, burst_end: float) -> dict:
     peak = max((n for _, n in timeline), default=0)
     up = next((ts for ts, n in timeline if n > 1), None)
     down = next((ts for ts, n in timeline if ts > burst_end and n == 1), None)
     ok = [lat for code, lat in codes if 200 <= code < 300]
-    report["burst"] = {"clients": args.burst_concurrency, "seconds": args.burst_s, "requests": len(codes),
-                       "non_2xx": sum(1 for code, _ in codes if not 200 <= code < 300),
-                       "throughput_rps": round(len(ok) / args.burst_s, 2), **_percentiles(ok),
-                       "peak_replicas": peak, "scaled_up_at_s": up, "burst_ended_at_s": round(burst_end, 1),
-                       "back_to_1_replica_at_s": down,
-                       "recovery_s": round(down - burst_end, 1) if down is not None else None,
-                       "timeline": timeline[::2]}
-    print(f"    burst: peak {peak} replicas, up at {up} s, back to 1 at {down} s", flush=True)
+    return {"clients": args.burst_concurrency, "seconds": args.burst_s, "requests": len(codes),
+            "non_2xx": sum(1 for code, _ in codes if not 200 <= code < 300),
+            "throughput_rps": round(len(ok) / args.burst_s, 2), **_percentiles(ok),
+            "peak_replicas": peak, "scaled_up_at_s": up, "burst_ended_at_s": round(burst_end, 1),
+            "back_to_1_replica_at_s": down, "recovery_s": round(down - burst_end, 1) if down is not None else None,
+            "timeline": timeline[::2]}
+
+
+def _burst(args, reward: str, payloads, port: int) -> dict:
+    """`--burst-concurrency` clients for `--burst-s` on the autoscaling app, then idle until it is back to one
+    replica (or `--recovery-timeout-s`)."""
+    from ray import serve
+
+    from raypipe.serve.run import start
+
+    url = start([("bench-burst", "/", _autoscaling_app(args, reward))], port=port)
+    _post(url, *payloads[0])
+    watch = _ReplicaWatch("bench-burst")
+    print(f"burst: {args.burst_concurrency} clients for {args.burst_s} s", flush=True)
+    codes = _send_burst(url, payloads, args.burst_concurrency, args.burst_s)
+    burst_end = time.perf_counter() - watch.t0
+    deadline = time.perf_counter() + args.recovery_timeout_s
+    while time.perf_counter() < deadline and _replicas("bench-burst", "RewardModel") > 1:
+        time.sleep(1.0)
+    report = _burst_report(args, codes, watch.stop(), burst_end)
+    print(f"    burst: peak {report['peak_replicas']} replicas, up at {report['scaled_up_at_s']} s, back to 1 at "
+          f"{report['back_to_1_replica_at_s']} s", flush=True)
     serve.delete("bench-burst")
+    return report
+
+
+def run_serve_bench(args) -> dict:
+    import ray
+    from ray import serve
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="raypipe-bench-serve-"))
+    reward = _reward_or_tiny(args.reward, work)
+    payloads = _synth_payloads(work)
+    if not ray.is_initialized():
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    port = _free_port()
+    report: dict = {"checkpoint": reward, "requests": args.requests, "concurrency": args.concurrency,
+                    "cpus": ray.cluster_resources().get("CPU")}
+    for label, batch in (("batched", args.batch), ("unbatched", 1)):
+        report[label] = _nominal_load(args, reward, payloads, port, label, batch)
+    report["batched_over_unbatched_throughput"] = round(
+        report["batched"]["throughput_rps"] / max(report["unbatched"]["throughput_rps"], 1e-9), 3)
+    report["burst"] = _burst(args, reward, payloads, port)
     serve.shutdown()
     out.write_text(json.dumps(report, indent=2))
     return report

@@ -3,7 +3,7 @@
 A random VAE cannot give recognisable videos, so the tiny generator is made in two stages:
     fit_vae(gen, clips, ...)              # frames then clips, object-weighted reconstruction (single process)
     set_latent_stats(gen, clips)          # per-channel mean/std -> normalised latents ~ N(0, 1)
-    ... then `raypipe train-flow --algo pretrain` (flow matching of the whole transformer, prompt dropout)
+    ... then `raypipe train-flow train.algo=pretrain` (flow matching of the whole transformer, prompt dropout)
     oracle_report(gen, prompts, ...)      # colour / shape / direction right rates of CFG samples
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@ Stages: SynthPref -> Ray Data pair pipeline -> train VideoReward (Ray Train + De
 table, accuracy-vs-epsilon plot) -> relabel the pairs with it (model labels with ties) -> pairs from the tiny
 pretrained generator's own samples, judged by that reward model -> Flow-DPO with LoRA on them, win rates over the
 base by the reward model and the oracle -> Flow-NRG: a latent reward model, then guided vs unguided samples.
-The generator is the small asset in assets/tiny-generator (see its PROVENANCE.md); `--from-scratch` remakes it
+The generator is the small asset in assets/tiny-generator (see its PROVENANCE.md); `from_scratch=true` remakes it
 with `raypipe pretrain-generator --config configs/generator_tiny.yaml` first (~25 min on 2 CPUs).
 """
 from __future__ import annotations
@@ -169,7 +169,7 @@ def _generator_stages(cfg: DemoConfig, out: Path, synth_dir: Path) -> dict:
         generator = str(out / "generator" / "flow" / "final")
         report["generator_s"] = round(time.perf_counter() - t, 2)
     if not (Path(generator) / "model_index.json").exists():
-        raise FileNotFoundError(f"no pretrained generator at {generator}: run with --from-scratch")
+        raise FileNotFoundError(f"no pretrained generator at {generator}: run with from_scratch=true")
 
     t = _stage(f"6/{STAGES} pairs from the generator's own samples ({cfg.sample_prompts} prompts x {cfg.sample_k}), "
                f"judged by the stage-3 reward model")

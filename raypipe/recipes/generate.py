@@ -4,7 +4,7 @@
         "weights={VQ: 0.1, MQ: 0.1, TA: 0.8}" strength=2 seed=0
 
 Writes OUT/videos/NNNN.mp4 and OUT/samples.json (per sample: prompt, seed, file, the latent reward model's rewards
-of the final clean latents per dimension, and their weighted sum). With --strength 0 or all-zero weights the
+of the final clean latents per dimension, and their weighted sum). With strength=0 or all-zero weights the
 samples are bit-for-bit the unguided ones for the same seed. `guided_samples` is the function the NRG benchmark and
 the Serve /generate endpoint call.
 """

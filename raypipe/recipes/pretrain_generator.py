@@ -6,7 +6,7 @@ Stages (each result kept in OUT, the resolved config beside it):
 1. SynthPref videos (seeded) -> fixed-shape clips;
 2. a tiny random WanPipeline, its VAE fitted to the clips (reconstruction + small KL, one process) and its latent
    statistics set, saved as OUT/vae_fitted;
-3. `train-flow --algo pretrain` on Ray Train + DeepSpeed from that pipeline: flow matching of the whole
+3. `train-flow train.algo=pretrain` on Ray Train + DeepSpeed from that pipeline: flow matching of the whole
    transformer on cached latents, with prompt dropout for classifier-free guidance -> OUT/flow/final;
 4. CFG samples for held-out prompts judged by the oracle -> OUT/report.json (colour / shape / direction right).
 Target (issue 5): colour right >= 0.9, direction right >= 0.5 (chance 0.25).
@@ -91,7 +91,7 @@ def run(cfg: GeneratorPretrainConfig) -> dict:
     print(f"    VAE mse {report['vae']['history'][-1]['mse']:.4f}; oracle on reconstructions "
           f"{report['vae']['recon_oracle']}", flush=True)
 
-    print("3/4 flow-matching pretraining (train-flow --algo pretrain)", flush=True)
+    print("3/4 flow-matching pretraining (train-flow train.algo=pretrain)", flush=True)
     flow_cfg = load_config(train_flow.FlowTrainConfig, None, [
         f"generator={out / 'vae_fitted'}", "train.algo=pretrain", "train.prompt_dropout=0.1",
         f"clip.frames={cfg.clip.frames}", f"clip.height={cfg.clip.height}", f"clip.width={cfg.clip.width}",

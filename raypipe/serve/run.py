@@ -17,7 +17,7 @@ def load_serve_config(path: str | None) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def build_apps(config: dict, reward_checkpoint: str | None = None, generator: str | None = None,
+def build_apps(config: dict, reward: str | None = None, generator: str | None = None,
                latent_reward: str | None = None, lora: str | None = None, overrides: dict | None = None):
     """[(name, route_prefix, Application)] from a Serve config, its args overridden by the CLI values and
     `overrides` {app: {arg: value}}; each app's `deployments` list becomes its builder's deployment_options.
@@ -32,8 +32,8 @@ def build_apps(config: dict, reward_checkpoint: str | None = None, generator: st
         args["deployment_options"] = {d["name"]: {k: v for k, v in d.items() if k != "name"}
                                       for d in spec.get("deployments") or []}
         if name == "reward":
-            if reward_checkpoint:
-                args["checkpoint"] = reward_checkpoint
+            if reward:
+                args["reward"] = reward
             apps.append((name, spec.get("route_prefix", "/"), reward_app(args)))
         elif name == "generate":
             for key, value in (("generator", generator), ("latent_reward", latent_reward), ("lora", lora)):
@@ -55,7 +55,7 @@ def start(apps, host: str = "127.0.0.1", port: int = 8000, address: str | None =
     import ray
     from ray import serve
 
-    from raypipe.ray_utils import init_ray
+    from raypipe.distributed.cluster import init_ray
 
     if not ray.is_initialized():
         init_ray(address)
@@ -70,7 +70,7 @@ def serve_from_args(args) -> int:
     http = config.get("http_options") or {}
     port = args.port or int(http.get("port", 8000))
     host = args.host or http.get("host", "127.0.0.1")
-    apps = build_apps(config, args.reward_checkpoint, args.generator, args.latent_reward, args.lora)
+    apps = build_apps(config, args.reward, args.generator, args.latent_reward, args.lora)
     url = start(apps, host, port, args.address)
     print(f"serving {[name for name, _, _ in apps]} at {url}  (POST {url}/score, POST {url}/generate, "
           f"GET {url}/healthz); Ctrl-C stops", flush=True)
@@ -92,7 +92,8 @@ def score_from_args(args) -> int:
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
     url = args.url.rstrip("/") + "/score"
     if args.uri:
-        resp = requests.post(url, json={"uri": args.video, "prompt": args.prompt}, headers=headers, timeout=args.timeout)
+        resp = requests.post(url, json={"uri": args.video, "prompt": args.prompt}, headers=headers,
+                             timeout=args.timeout)
     else:
         with open(args.video, "rb") as f:
             resp = requests.post(url, files={"file": (Path(args.video).name, f, "video/mp4")},
@@ -103,3 +104,31 @@ def score_from_args(args) -> int:
         body = {"error": "not_json", "message": resp.text[:500]}
     print(json.dumps(body, indent=2))
     return 0 if resp.ok else 1
+
+
+def add_serve_commands(sub) -> None:
+    """`raypipe serve` (start the apps) and `raypipe score` (a client) on the CLI."""
+    p = sub.add_parser("serve", help="start the reward (/score) and generate (/generate) Serve apps on a local Ray",
+                       description="Reads serve/config.yaml (autoscaling, batching, limits, auth env var) and "
+                                   "starts its applications; the paths given here override the config's args.")
+    p.add_argument("--reward", help="VideoReward checkpoint for /score")
+    p.add_argument("--generator", help="WanPipeline folder for /generate (omit: the generate app is skipped "
+                                       "unless the config's path exists)")
+    p.add_argument("--latent-reward", dest="latent_reward", help="latent reward model for guidance")
+    p.add_argument("--lora", help="adapters to load into the generator")
+    p.add_argument("--config", help="Serve config (default serve/config.yaml)")
+    p.add_argument("--port", type=int, help="HTTP port (default from the config: 8000)")
+    p.add_argument("--host", help="HTTP host (default from the config: 127.0.0.1)")
+    p.add_argument("--address", help="Ray address (default: a local Ray)")
+    p.add_argument("--no-block", action="store_true", dest="no_block", help="return after starting (tests)")
+    p.set_defaults(func=serve_from_args)
+    c = sub.add_parser("score", help="client: score a video with a running reward server",
+                       description="POSTs VIDEO (multipart upload, or --uri to send the path for the server to "
+                                   "read under its allowed roots) and PROMPT to URL/score; prints the JSON.")
+    c.add_argument("video", metavar="VIDEO")
+    c.add_argument("prompt", metavar="PROMPT")
+    c.add_argument("--url", default="http://127.0.0.1:8000", help="server (default http://127.0.0.1:8000)")
+    c.add_argument("--uri", action="store_true", help="send VIDEO as a URI instead of uploading it")
+    c.add_argument("--token", default=None, help="bearer token (default: none)")
+    c.add_argument("--timeout", type=float, default=120.0)
+    c.set_defaults(func=score_from_args)
