@@ -6,6 +6,7 @@ recipe's config dataclass. The resolved config is written next to the outputs. A
 wrong type, missing value, bad input manifest) exits 2 with one line naming it. `jobs/<job>.py` calls the same
 code as a Ray job entrypoint.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,16 +26,28 @@ JOBS: dict[str, tuple[str, str, str]] = {
     "eval-reward": ("eval_reward", "EvalConfig", "accuracy of a reward checkpoint on a labelled preference manifest"),
     "relabel": ("relabel", "RelabelConfig", "score videos / pairs with a reward checkpoint (Ray Data, resumable)"),
     "train-flow": ("train_flow", "FlowTrainConfig", "align the generator: pretrain / SFT / Flow-DPO / Flow-RWR (LoRA)"),
-    "pretrain-generator": ("pretrain_generator", "GeneratorPretrainConfig",
-                           "make the tiny generator: fit its VAE, flow-matching pretraining, oracle report"),
-    "pretrain-reward-backbone": ("pretrain_reward_backbone", "CaptionPretrainConfig",
-                                 "make the tiny reward backbone: caption-pretrain a tiny Qwen2-VL"),
+    "pretrain-generator": (
+        "pretrain_generator",
+        "GeneratorPretrainConfig",
+        "make the tiny generator: fit its VAE, flow-matching pretraining, oracle report",
+    ),
+    "pretrain-reward-backbone": (
+        "pretrain_reward_backbone",
+        "CaptionPretrainConfig",
+        "make the tiny reward backbone: caption-pretrain a tiny Qwen2-VL",
+    ),
     "eval-flow": ("eval_flow", "FlowEvalConfig", "win rate of an aligned generator over its base (reward + oracle)"),
-    "train-latent-reward": ("train_latent_reward", "LatentRewardConfig",
-                            "Flow-NRG: train the noise-aware latent reward model (Ray Train + DeepSpeed)"),
+    "train-latent-reward": (
+        "train_latent_reward",
+        "LatentRewardConfig",
+        "Flow-NRG: train the noise-aware latent reward model (Ray Train + DeepSpeed)",
+    ),
     "generate": ("generate", "GenerateConfig", "Flow-NRG: sample videos with reward guidance (per-dimension weights)"),
-    "sample-pairs": ("sample_pairs", "SamplePairsConfig",
-                     "pairs from the generator's own samples: K per prompt, judged by the reward model"),
+    "sample-pairs": (
+        "sample_pairs",
+        "SamplePairsConfig",
+        "pairs from the generator's own samples: K per prompt, judged by the reward model",
+    ),
     "demo": ("demo", "DemoConfig", "the end-to-end story on a local Ray with the tiny models"),
 }
 
@@ -89,10 +102,13 @@ def _print_json(obj) -> None:
 
 
 def _add_probe(sub):
-    p = sub.add_parser("probe", help="print how a video would be sampled (SPEC §2.3) as JSON",
-                       description="Read a video's header and frame index and print the sampling plan as JSON: "
-                                   "fps, total_frames, the frame indices, and the output height/width after "
-                                   "resizing. On failure prints {\"error\": KIND, \"message\": ...} and exits 1.")
+    p = sub.add_parser(
+        "probe",
+        help="print how a video would be sampled (SPEC §2.3) as JSON",
+        description="Read a video's header and frame index and print the sampling plan as JSON: "
+        "fps, total_frames, the frame indices, and the output height/width after "
+        'resizing. On failure prints {"error": KIND, "message": ...} and exits 1.',
+    )
     p.add_argument("video", help="path or URI (file://, s3://, ...)")
     p.add_argument("--fps", type=float, default=2.0, help="frames sampled per second of video (default 2)")
     p.add_argument("--max-pixels", type=int, default=448 * 448, help="pixel budget per frame (default 448*448)")
@@ -106,22 +122,39 @@ def _run_probe(args) -> int:
     from raypipe.config import SamplingConfig
     from raypipe.video.decode import VideoError, probe_video
 
-    sampling = SamplingConfig(fps=args.fps, min_frames=args.min_frames, max_frames=args.max_frames,
-                              min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+    sampling = SamplingConfig(
+        fps=args.fps,
+        min_frames=args.min_frames,
+        max_frames=args.max_frames,
+        min_pixels=args.min_pixels,
+        max_pixels=args.max_pixels,
+    )
     info = probe_video(args.video, sampling)
     if isinstance(info, VideoError):
         _print_json({"error": info.kind, "message": info.message})
         return 1
-    _print_json({"fps": info.fps, "total_frames": info.total_frames, "indices": info.indices,
-                 "height": info.height, "width": info.width, "source_height": info.source_height,
-                 "source_width": info.source_width, "codec": info.codec})
+    _print_json(
+        {
+            "fps": info.fps,
+            "total_frames": info.total_frames,
+            "indices": info.indices,
+            "height": info.height,
+            "width": info.width,
+            "source_height": info.source_height,
+            "source_width": info.source_width,
+            "codec": info.codec,
+        }
+    )
     return 0
 
 
 def _add_oracle(sub):
-    p = sub.add_parser("oracle", help="the SynthPref oracle's VQ/MQ/TA judgement of a video",
-                       description="Score any video from its pixels on VQ (noise/blur), MQ (track smoothness, "
-                                   "frozen frames) and TA (colour, shape, direction vs the prompt). JSON out.")
+    p = sub.add_parser(
+        "oracle",
+        help="the SynthPref oracle's VQ/MQ/TA judgement of a video",
+        description="Score any video from its pixels on VQ (noise/blur), MQ (track smoothness, "
+        "frozen frames) and TA (colour, shape, direction vs the prompt). JSON out.",
+    )
     p.add_argument("video")
     p.add_argument("--prompt", required=True, help='e.g. "a red circle moving left"')
     p.set_defaults(func=_run_oracle)
@@ -151,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raypipe",
         description="Ray-native alignment of text-to-video flow models with human feedback. "
-                    "Every subcommand has --help; jobs list their config keys there.")
+        "Every subcommand has --help; jobs list their config keys there.",
+    )
     parser.add_argument("--version", action="version", version=f"raypipe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_probe(sub)

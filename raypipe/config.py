@@ -6,6 +6,7 @@
 Values in overrides are parsed as YAML scalars (`4` is an int, `[VQ,MQ]` a list, `null` None) and then
 checked against the field's declared type, so a typo or a wrong type fails at once, naming the key.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -275,8 +276,12 @@ def _comments_in(source: str, names: set[str]) -> dict[str, str]:
             above.append(tok.string.lstrip("#").strip())
         elif tok.type in (tokenize.NEWLINE, tokenize.ENDMARKER):
             names_at = [t for t in line if t.type not in (tokenize.INDENT, tokenize.DEDENT)]
-            if len(names_at) >= 2 and names_at[0].string in names and names_at[1].string == ":" and \
-                    names_at[0].start[1] > 0:
+            if (
+                len(names_at) >= 2
+                and names_at[0].string in names
+                and names_at[1].string == ":"
+                and names_at[0].start[1] > 0
+            ):
                 trailing = [t.string.lstrip("#").strip() for t in line if t.type == tokenize.COMMENT]
                 found[names_at[0].string] = " ".join(trailing or above)
             line, above = [], []

@@ -3,6 +3,7 @@
 Everything is read back from what the stages wrote (summaries, metrics.json, relabel parts, generated mp4s), so the
 report can be rebuilt from a finished demo folder: `python -m raypipe.demo_report demo-out`.
 """
+
 from __future__ import annotations
 
 import json
@@ -90,19 +91,29 @@ def side_by_side_gif(columns: dict[str, Path], path: Path, rows: int = 4, scale:
     return path
 
 
-STAGES = (("synth_s", "1 SynthPref"), ("pairs_s", "2 Ray Data pairs"), ("reward_s", "3 train VideoReward"),
-          ("eval_s", "4 evaluate"), ("relabel_s", "5 relabel"), ("generator_s", "6a pretrain generator"),
-          ("sample_pairs_s", "6 pairs from generated samples"), ("flow_s", "7 Flow-DPO + baselines"),
-          ("nrg_s", "8 latent reward + Flow-NRG"))
+STAGES = (
+    ("synth_s", "1 SynthPref"),
+    ("pairs_s", "2 Ray Data pairs"),
+    ("reward_s", "3 train VideoReward"),
+    ("eval_s", "4 evaluate"),
+    ("relabel_s", "5 relabel"),
+    ("generator_s", "6a pretrain generator"),
+    ("sample_pairs_s", "6 pairs from generated samples"),
+    ("flow_s", "7 Flow-DPO + baselines"),
+    ("nrg_s", "8 latent reward + Flow-NRG"),
+)
 
 
 def write_report(out: Path, report: dict | None = None) -> Path:
     """Write OUT/report.md (+ reward_histograms.png, nrg_side_by_side.gif) from a finished demo folder."""
     out = Path(out)
     report = report if report is not None else json.loads((out / "demo_summary.json").read_text())
-    lines = ["# raypipe demo report", "",
-             "Everything below ran on a local Ray with the tiny models (`make demo`); the timings are this machine's.",
-             ""]
+    lines = [
+        "# raypipe demo report",
+        "",
+        "Everything below ran on a local Ray with the tiny models (`make demo`); the timings are this machine's.",
+        "",
+    ]
     lines += _stages(report)
     lines += _data(report)
     lines += _reward(report, out)
@@ -131,10 +142,16 @@ def _stages(report: dict) -> list[str]:
 
 def _data(report: dict) -> list[str]:
     s = report.get("pairs", {})
-    lines = ["", "## Data", "",
-             f"SynthPref: {s.get('rows')} pairs, {s.get('decoded')} decoded, {s.get('error_rows')} error rows, "
-             f"{s.get('frames_decoded')} frames at {s.get('pairs_per_s')} pairs/s.", "",
-             "| dim | A better | B better | tie | masked |", "|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## Data",
+        "",
+        f"SynthPref: {s.get('rows')} pairs, {s.get('decoded')} decoded, {s.get('error_rows')} error rows, "
+        f"{s.get('frames_decoded')} frames at {s.get('pairs_per_s')} pairs/s.",
+        "",
+        "| dim | A better | B better | tie | masked |",
+        "|---|---|---|---|---|",
+    ]
     for dim, c in (s.get("labels") or {}).items():
         lines.append(f"| {dim} | {c['A']} | {c['B']} | {c['tie']} | {c['masked']} |")
     return lines
@@ -142,17 +159,26 @@ def _data(report: dict) -> list[str]:
 
 def _reward(report: dict, out: Path) -> list[str]:
     ev = report.get("eval", {})
-    lines = ["", "## VideoReward (held-out pairs)", "",
-             f"{report.get('reward', {}).get('steps')} steps of BTT training (Ray Train + DeepSpeed, 2 workers).", "",
-             "| dim | accuracy, ties excluded | accuracy, ties included | ε* | pairs | ties |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## VideoReward (held-out pairs)",
+        "",
+        f"{report.get('reward', {}).get('steps')} steps of BTT training (Ray Train + DeepSpeed, 2 workers).",
+        "",
+        "| dim | accuracy, ties excluded | accuracy, ties included | ε* | pairs | ties |",
+        "|---|---|---|---|---|---|",
+    ]
     for dim in [*DIMS, "Overall"]:
         m = ev.get(dim)
         if isinstance(m, dict):
-            lines.append(f"| {dim} | {_f(m.get('acc_without_ties'))} | {_f(m.get('acc_with_ties'))} | "
-                         f"{_f(m.get('epsilon'))} | {m.get('n')} | {m.get('n_ties')} |")
-    for img, caption in (("reward/learning_curve.png", "learning curve"),
-                         ("eval/accuracy_vs_epsilon.png", "ties-included accuracy against ε")):
+            lines.append(
+                f"| {dim} | {_f(m.get('acc_without_ties'))} | {_f(m.get('acc_with_ties'))} | "
+                f"{_f(m.get('epsilon'))} | {m.get('n')} | {m.get('n_ties')} |"
+            )
+    for img, caption in (
+        ("reward/learning_curve.png", "learning curve"),
+        ("eval/accuracy_vs_epsilon.png", "ties-included accuracy against ε"),
+    ):
         if (out / img).exists():
             lines += ["", f"![{caption}]({img})"]
     return lines
@@ -161,10 +187,15 @@ def _reward(report: dict, out: Path) -> list[str]:
 def _relabel(report: dict, out: Path) -> list[str]:
     agreement = report.get("relabel_agreement", {})
     hist = reward_histograms(out / "relabel", out / "reward_histograms.png")
-    lines = ["", "## Relabel", "",
-             f"{report.get('relabel', {}).get('rows')} pairs relabelled (resumable Ray Data batch scoring). "
-             "Model label = ground-truth label (A / B / same, with the validation ε*): " +
-             ", ".join(f"{d} {_f(v)}" for d, v in agreement.items()) + "."]
+    lines = [
+        "",
+        "## Relabel",
+        "",
+        f"{report.get('relabel', {}).get('rows')} pairs relabelled (resumable Ray Data batch scoring). "
+        "Model label = ground-truth label (A / B / same, with the validation ε*): "
+        + ", ".join(f"{d} {_f(v)}" for d, v in agreement.items())
+        + ".",
+    ]
     if hist:
         lines += ["", f"![reward histograms]({_rel(hist, out)})"]
     return lines
@@ -175,18 +206,25 @@ def _flow(report: dict, out: Path) -> list[str]:
     sp = report.get("sample_pairs", {})
     if not flows:
         return []
-    lines = ["", "## Aligning the generator", "",
-             f"{sp.get('pairs')} preference pairs from the generator's own samples ({sp.get('samples')} samples, "
-             f"best vs worst per prompt by the reward model, targets {report.get('pair_weights')}). "
-             "Win rate of each LoRA-aligned generator over the base, judged by the reward model / the oracle "
-             f"({next(iter(flows.values()))['eval'].get('prompts')} held-out prompts, ties count ½):", "",
-             "| algorithm | steps | " + " | ".join(DIMS) + " | reward hacking |",
-             "|---|---|" + "---|" * len(DIMS) + "---|"]
+    lines = [
+        "",
+        "## Aligning the generator",
+        "",
+        f"{sp.get('pairs')} preference pairs from the generator's own samples ({sp.get('samples')} samples, "
+        f"best vs worst per prompt by the reward model, targets {report.get('pair_weights')}). "
+        "Win rate of each LoRA-aligned generator over the base, judged by the reward model / the oracle "
+        f"({next(iter(flows.values()))['eval'].get('prompts')} held-out prompts, ties count ½):",
+        "",
+        "| algorithm | steps | " + " | ".join(DIMS) + " | reward hacking |",
+        "|---|---|" + "---|" * len(DIMS) + "---|",
+    ]
     for algo, r in flows.items():
         e = r["eval"]
         cells = [f"{_f(e['reward_win_rate'].get(d), 2)} / {_f(e['oracle_win_rate'].get(d), 2)}" for d in DIMS]
-        lines.append(f"| {algo} | {r['train']['steps']} | " + " | ".join(cells) + f" | "
-                     f"{', '.join(e.get('reward_hacking') or []) or '–'} |")
+        lines.append(
+            f"| {algo} | {r['train']['steps']} | " + " | ".join(cells) + f" | "
+            f"{', '.join(e.get('reward_hacking') or []) or '–'} |"
+        )
     for algo in flows:
         gif = out / "flow" / algo / "eval" / "grid.gif"
         if gif.exists():
@@ -199,10 +237,16 @@ def _nrg(report: dict, out: Path) -> list[str]:
     if not nrg:
         return []
     buckets = nrg.get("buckets", [])
-    lines = ["", "## Flow-NRG: reward guidance at sampling time", "",
-             "Latent reward model (the generator's first blocks + one head per dimension) held-out accuracy "
-             f"({nrg.get('val_pairs')} pairs) by noise level t:", "", "| dim | " + " | ".join(buckets) + " |",
-             "|---|" + "---|" * len(buckets)]
+    lines = [
+        "",
+        "## Flow-NRG: reward guidance at sampling time",
+        "",
+        "Latent reward model (the generator's first blocks + one head per dimension) held-out accuracy "
+        f"({nrg.get('val_pairs')} pairs) by noise level t:",
+        "",
+        "| dim | " + " | ".join(buckets) + " |",
+        "|---|" + "---|" * len(buckets),
+    ]
     for dim, acc in (nrg.get("accuracy_by_t") or {}).items():
         lines.append(f"| {dim} | " + " | ".join(_f(acc.get(b), 2) for b in buckets) + " |")
     if (out / "latent_reward" / "accuracy_by_t.png").exists():
@@ -211,25 +255,39 @@ def _nrg(report: dict, out: Path) -> list[str]:
     columns = {name: out / "nrg" / name / "videos" for name in nrg.get("runs", {})}
     gif = side_by_side_gif(columns, out / "nrg_side_by_side.gif", rows=min(4, nrg.get("prompts", 4)))
     if gif:
-        lines += ["", " | ".join(columns) + " (left to right), one prompt per row", "",
-                  f"![guided vs unguided]({_rel(gif, out)})"]
+        lines += [
+            "",
+            " | ".join(columns) + " (left to right), one prompt per row",
+            "",
+            f"![guided vs unguided]({_rel(gif, out)})",
+        ]
     return lines
 
 
 def _nrg_runs(nrg: dict) -> list[str]:
     """The guided-vs-unguided table: mean latent reward, oracle win rate and attributes per run."""
-    lines = ["", f"Guided vs unguided samples ({nrg.get('prompts')} prompts, the same noise for every run, "
-             f"λ = {nrg.get('strength')}): mean latent reward per dimension, the oracle's win rate over the "
-             "unguided samples per dimension, and the share of samples with the prompt's colour / direction.",
-             "", "| run | weights | " + " | ".join(f"latent {d}" for d in DIMS) + " | " +
-             " | ".join(f"oracle win {d}" for d in DIMS) + " | colour / direction |",
-             "|---|---|" + "---|" * (2 * len(DIMS)) + "---|"]
+    lines = [
+        "",
+        f"Guided vs unguided samples ({nrg.get('prompts')} prompts, the same noise for every run, "
+        f"λ = {nrg.get('strength')}): mean latent reward per dimension, the oracle's win rate over the "
+        "unguided samples per dimension, and the share of samples with the prompt's colour / direction.",
+        "",
+        "| run | weights | "
+        + " | ".join(f"latent {d}" for d in DIMS)
+        + " | "
+        + " | ".join(f"oracle win {d}" for d in DIMS)
+        + " | colour / direction |",
+        "|---|---|" + "---|" * (2 * len(DIMS)) + "---|",
+    ]
     for name, r in nrg.get("runs", {}).items():
         wins = r.get("oracle_win_rate") or {}
-        lines.append(f"| {name} | {r.get('weights') or '–'} | " +
-                     " | ".join(_f(r["mean_latent"].get(d)) for d in DIMS) + " | " +
-                     " | ".join(_f(wins.get(d), 2) for d in DIMS) +
-                     f" | {_f(r['oracle'].get('color'), 2)} / {_f(r['oracle'].get('direction'), 2)} |")
+        lines.append(
+            f"| {name} | {r.get('weights') or '–'} | "
+            + " | ".join(_f(r["mean_latent"].get(d)) for d in DIMS)
+            + " | "
+            + " | ".join(_f(wins.get(d), 2) for d in DIMS)
+            + f" | {_f(r['oracle'].get('color'), 2)} / {_f(r['oracle'].get('direction'), 2)} |"
+        )
     return lines
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures: one local Ray for the whole session, small video writers."""
+
 from __future__ import annotations
 
 import os
@@ -33,7 +34,7 @@ def moving_square_frames(t: int = 16, h: int = 56, w: int = 56, seed: int = 0) -
     frames = rng.integers(0, 20, (t, h, w, 3), dtype=np.uint8)
     for i in range(t):
         x = (2 * i) % max(1, w - 12)
-        frames[i, h // 3: h // 3 + 12, x: x + 12] = (230, 40, 40)
+        frames[i, h // 3 : h // 3 + 12, x : x + 12] = (230, 40, 40)
     return frames
 
 

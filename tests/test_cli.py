@@ -1,4 +1,5 @@
 """The `raypipe` command: --help everywhere, probe's JSON contract, clean config errors."""
+
 import json
 import subprocess
 import sys
@@ -7,13 +8,28 @@ import pytest
 
 from raypipe.cli import build_parser, main
 
-SUBCOMMANDS = ["probe", "synth", "oracle", "pairs", "train-reward", "eval-reward", "relabel", "train-flow",
-               "pretrain-generator", "eval-flow", "demo", "bench"]
+SUBCOMMANDS = [
+    "probe",
+    "synth",
+    "oracle",
+    "pairs",
+    "train-reward",
+    "eval-reward",
+    "relabel",
+    "train-flow",
+    "pretrain-generator",
+    "eval-flow",
+    "demo",
+    "bench",
+]
 
 
 def test_help_on_every_subcommand(capsys):
-    for cmd in [[]] + [[c] for c in SUBCOMMANDS] + [["bench", b] for b in ("decode", "reward-ablation", "reward-throughput", "relabel",
-                                                                         "flow-memory")]:
+    for cmd in (
+        [[]]
+        + [[c] for c in SUBCOMMANDS]
+        + [["bench", b] for b in ("decode", "reward-ablation", "reward-throughput", "relabel", "flow-memory")]
+    ):
         with pytest.raises(SystemExit) as e:
             main(cmd + ["--help"])
         assert e.value.code == 0
@@ -74,21 +90,25 @@ def test_every_job_lists_every_config_key_with_its_meaning():
         assert callable(module.run), command
         keys = config_keys(cls)
         assert keys and all(meaning for _, _, meaning in keys), (command, [k for k, _, m in keys if not m])
-        proc = subprocess.run([sys.executable, "-m", "raypipe.cli", command, "--help"], capture_output=True,
-                              text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "raypipe.cli", command, "--help"], capture_output=True, text=True, timeout=120
+        )
         assert proc.returncode == 0, proc.stderr
         for key, _, _ in keys:
             assert f"  {key} = " in proc.stdout, (command, key)
         assert "--config" in proc.stdout and "--out" in proc.stdout
 
 
-@pytest.mark.parametrize("argv, named", [
-    (["eval-reward", "batch_size=4"], "batch_size"),  # unknown key (the old name)
-    (["relabel", "concurrency=many"], "concurrency"),  # wrong type
-    (["train-flow", "train.lr=fast"], "train.lr"),
-    (["eval-reward", "manifest=m.parquet"], "reward"),  # missing required value
-    (["generate", "generator=/nonexistent/gen"], "/nonexistent/gen"),
-])
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["eval-reward", "batch_size=4"], "batch_size"),  # unknown key (the old name)
+        (["relabel", "concurrency=many"], "concurrency"),  # wrong type
+        (["train-flow", "train.lr=fast"], "train.lr"),
+        (["eval-reward", "manifest=m.parquet"], "reward"),  # missing required value
+        (["generate", "generator=/nonexistent/gen"], "/nonexistent/gen"),
+    ],
+)
 def test_config_errors_exit_2_with_one_line_naming_the_key(argv, named, tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()

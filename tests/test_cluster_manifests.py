@@ -8,6 +8,7 @@
   import paths that resolve to our app builders;
 - the runtime env file builds a `ray.runtime_env.RuntimeEnv`.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -86,7 +87,7 @@ def _check_cluster_spec(spec: dict, where: str):
         assert group["groupName"] not in names, where
         names.add(group["groupName"])
         assert "rayStartParams" in group, where
-        assert group.get("minReplicas", 0) <= group.get("replicas", 0) <= group.get("maxReplicas", 10 ** 6), where
+        assert group.get("minReplicas", 0) <= group.get("replicas", 0) <= group.get("maxReplicas", 10**6), where
     for pod in _pod_specs(spec):
         assert pod["containers"], where
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
@@ -108,8 +109,9 @@ def test_kuberay_raycluster():
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
-@pytest.mark.parametrize("job, command", [("train-reward", "train-reward"), ("relabel", "relabel"),
-                                          ("train-flow", "train-flow")])
+@pytest.mark.parametrize(
+    "job, command", [("train-reward", "train-reward"), ("relabel", "relabel"), ("train-flow", "train-flow")]
+)
 def test_kuberay_rayjob_entrypoint_is_a_valid_raypipe_command(job, command):
     from ray.runtime_env import RuntimeEnv
 
@@ -148,8 +150,11 @@ def _load_job_config(command: str, path: Path, overrides: list[str]):
 def _check_serve_config(cfg: dict, where: str):
     from ray.serve.schema import ServeDeploySchema
 
-    schema = ServeDeploySchema.parse_obj(cfg) if hasattr(ServeDeploySchema, "parse_obj") else \
-        ServeDeploySchema.model_validate(cfg)
+    schema = (
+        ServeDeploySchema.parse_obj(cfg)
+        if hasattr(ServeDeploySchema, "parse_obj")
+        else ServeDeploySchema.model_validate(cfg)
+    )
     apps = {a.name: a for a in schema.applications}
     assert set(apps) == {"reward", "generate"}, where
     assert apps["reward"].route_prefix == "/" and apps["generate"].route_prefix == "/generate", where
@@ -176,8 +181,9 @@ def test_serve_schema_check_is_not_vacuous():
     cfg = _load(REPO / "serve" / "config.yaml")
     cfg["applications"][0]["deployments"][0]["max_ongoing_requests"] = "lots"
     with pytest.raises(Exception):
-        ServeDeploySchema.parse_obj(cfg) if hasattr(ServeDeploySchema, "parse_obj") else \
-            ServeDeploySchema.model_validate(cfg)
+        ServeDeploySchema.parse_obj(cfg) if hasattr(
+            ServeDeploySchema, "parse_obj"
+        ) else ServeDeploySchema.model_validate(cfg)
 
 
 def test_kuberay_rayservice():
@@ -188,8 +194,10 @@ def test_kuberay_rayservice():
     apps = _check_serve_config(serve_cfg, "rayservice serveConfigV2")
     model = next(d for d in apps["reward"].deployments if d.name == "RewardModel")
     assert model.ray_actor_options.num_gpus == 1
-    gpus = {g["groupName"]: g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")
-            for g in doc["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+    gpus = {
+        g["groupName"]: g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")
+        for g in doc["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    }
     assert any(v for v in gpus.values()), "replicas asking for a GPU need a GPU worker group"
     # the bearer token the apps read comes from a Secret in every pod that can host an ingress replica
     token_env = {a["name"]: a["args"]["auth_token_env"] for a in serve_cfg["applications"]}
@@ -200,8 +208,8 @@ def test_kuberay_rayservice():
 
 def test_real_size_configs_load():
     from raypipe.config import load_config
-    from raypipe.recipes.train_latent_reward import LatentRewardConfig
     from raypipe.recipes.train_flow import FlowTrainConfig
+    from raypipe.recipes.train_latent_reward import LatentRewardConfig
     from raypipe.recipes.train_reward import RewardTrainConfig
 
     reward = load_config(RewardTrainConfig, REPO / "configs" / "reward_qwen2vl_2b.yaml")

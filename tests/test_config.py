@@ -1,4 +1,5 @@
 """Typed configs: YAML + key=value overrides, type errors named, resolved config saved."""
+
 import pytest
 import yaml
 

@@ -1,4 +1,5 @@
 """Decoding sampled frames, and every failure kind, with the bad files written here."""
+
 import wave
 
 import numpy as np
@@ -29,7 +30,7 @@ def test_decodes_only_sampled_frames_with_right_content(make_mp4):
     assert err < 6.0  # lossy H.264 (crf 18) on a noisy background
     for k, i in enumerate(clip.info.indices):  # the square is where it was drawn in source frame i
         x = 2 * i
-        assert clip.frames[k, 20:30, x + 2:x + 10, 0].mean() > 180
+        assert clip.frames[k, 20:30, x + 2 : x + 10, 0].mean() > 180
 
 
 def test_resizes_to_the_pixel_budget(make_mp4):

@@ -1,4 +1,5 @@
 """`raypipe demo` end to end (all eight stages, tiny sizes), on the shared local Ray."""
+
 import dataclasses
 import json
 
@@ -11,14 +12,29 @@ from raypipe.recipes.demo import run as run_demo
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(ray_local, tmp_path, capsys):
-    small = '["synth_train.pairs=32", "synth_val.pairs=16", "train.max_steps=4", "train.eval_every=2", ' \
-            '"train.checkpoint_every=4", "train.batch=4", "train.cpus_per_worker=0.5", ' \
-            '"data.sampling.min_pixels=3136"]'
-    cfg = load_config(DemoConfig, DEFAULT_CONFIG, [
-        "synth.pairs=12", "progress=false", f"reward_overrides={small}", "sample_prompts=4", "sample_k=2",
-        "dpo_steps=2", 'dpo_overrides=["train.batch=1", "train.checkpoint_every=2"]', "eval_prompts=2",
-        "latent_reward_steps=2", 'latent_reward_overrides=["train.batch=2"]', "guided_prompts=2",
-        "baselines=[]"])  # the SFT/RWR baselines run the same stage-7 loop as Flow-DPO (each ~45 s here)
+    small = (
+        '["synth_train.pairs=32", "synth_val.pairs=16", "train.max_steps=4", "train.eval_every=2", '
+        '"train.checkpoint_every=4", "train.batch=4", "train.cpus_per_worker=0.5", '
+        '"data.sampling.min_pixels=3136"]'
+    )
+    cfg = load_config(
+        DemoConfig,
+        DEFAULT_CONFIG,
+        [
+            "synth.pairs=12",
+            "progress=false",
+            f"reward_overrides={small}",
+            "sample_prompts=4",
+            "sample_k=2",
+            "dpo_steps=2",
+            'dpo_overrides=["train.batch=1", "train.checkpoint_every=2"]',
+            "eval_prompts=2",
+            "latent_reward_steps=2",
+            'latent_reward_overrides=["train.batch=2"]',
+            "guided_prompts=2",
+            "baselines=[]",
+        ],
+    )  # the SFT/RWR baselines run the same stage-7 loop as Flow-DPO (each ~45 s here)
     report = run_demo(dataclasses.replace(cfg, out=str(tmp_path / "demo")))
     s = report["pairs"]
     assert s["rows"] == 12 and s["decoded"] == 12 and s["error_rows"] == 0
@@ -53,6 +69,7 @@ def test_demo_runs_end_to_end(ray_local, tmp_path, capsys):
     for section in ("## VideoReward", "## Relabel", "## Aligning the generator", "## Flow-NRG", "| dpo |"):
         assert section in md, section
     import re
+
     links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", md)
     assert {"eval/accuracy_vs_epsilon.png", "reward_histograms.png", "nrg_side_by_side.gif"} <= set(links), links
     assert all((tmp_path / "demo" / link).exists() for link in links)

@@ -1,4 +1,5 @@
 """eval-flow: win rate by hand; a tiny base vs LoRA comparison with identical noise, reward and oracle verdicts."""
+
 import json
 
 import pytest
@@ -33,8 +34,15 @@ def test_tiny_base_vs_lora(reward_checkpoint, tmp_path):
         for p in lora_parameters(gen.transformer):
             p.add_(0.2 * torch.randn_like(p))
     save_lora(gen, tmp_path / "lora")
-    cfg = FlowEvalConfig(generator=str(base), lora=str(tmp_path / "lora"), reward=reward_checkpoint, prompts="4",
-                         out=str(tmp_path / "eval"), steps=2, grid=2)
+    cfg = FlowEvalConfig(
+        generator=str(base),
+        lora=str(tmp_path / "lora"),
+        reward=reward_checkpoint,
+        prompts="4",
+        out=str(tmp_path / "eval"),
+        steps=2,
+        grid=2,
+    )
     report = run_eval_flow(cfg)
     assert report["prompts"] == 4
     assert set(report["reward_win_rate"]) == {"VQ", "MQ", "TA"}

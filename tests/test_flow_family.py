@@ -1,6 +1,7 @@
 """The tiny Wan generator through the real diffusers classes: load by path, latents round trip, LoRA with the
 disabled-adapter reference (exact), Flow-DPO = log 2 at initialisation on real errors, LoRA weights loadable
 with WanPipeline.load_lora_weights."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,5 @@
 """Flow objectives (SPEC §1, §5) against closed forms and hand-worked cases, incl. t near 0 and 1."""
+
 import math
 
 import pytest

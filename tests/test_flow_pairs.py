@@ -1,4 +1,5 @@
 """Pair building by linear scalarisation (SPEC §5), hand-worked; generator clips of fixed shape."""
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -9,11 +10,16 @@ from raypipe.video.decode import VideoError
 
 def _labelled():
     # y: +1 A, -1 B, 0 tie, None unlabelled
-    return pa.table({"row_id": pa.array([0, 1, 2, 3, 4], pa.int64()),
-                     "uri_A": ["a0", "a1", "a2", "a3", "a4"], "uri_B": ["b0", "b1", "b2", "b3", "b4"],
-                     "prompt": ["p0", "p1", "p2", "p3", "p4"],
-                     "y_VQ": pa.array([1, -1, 1, 0, None], pa.int8()),
-                     "y_MQ": pa.array([1, 1, -1, 0, 1], pa.int8())})
+    return pa.table(
+        {
+            "row_id": pa.array([0, 1, 2, 3, 4], pa.int64()),
+            "uri_A": ["a0", "a1", "a2", "a3", "a4"],
+            "uri_B": ["b0", "b1", "b2", "b3", "b4"],
+            "prompt": ["p0", "p1", "p2", "p3", "p4"],
+            "y_VQ": pa.array([1, -1, 1, 0, None], pa.int8()),
+            "y_MQ": pa.array([1, 1, -1, 0, 1], pa.int8()),
+        }
+    )
 
 
 def test_pairs_from_labels_by_hand():
@@ -21,8 +27,14 @@ def test_pairs_from_labels_by_hand():
     assert pairs.column("row_id").to_pylist() == [0, 1, 2]
     assert pairs.column("uri_w").to_pylist() == ["a0", "b1", "a2"]
     assert pairs.column("uri_l").to_pylist() == ["b0", "a1", "b2"]
-    assert counts == {"rows": 5, "pairs": 3, "a_wins": 2, "b_wins": 1, "dropped_tie": 1,
-                      "dropped_unlabelled_or_error": 1}
+    assert counts == {
+        "rows": 5,
+        "pairs": 3,
+        "a_wins": 2,
+        "b_wins": 1,
+        "dropped_tie": 1,
+        "dropped_unlabelled_or_error": 1,
+    }
     # VQ + 2·MQ: row0 3 (A), row1 1 (A), row2 -1 (B), row3 0 (tie), row4 unlabelled on VQ.
     pairs, counts = pairs_from_labels(_labelled(), {"VQ": 1.0, "MQ": 2.0})
     assert pairs.column("uri_w").to_pylist() == ["a0", "a1", "b2"]
@@ -37,10 +49,17 @@ def test_pairs_from_labels_by_hand():
 
 
 def test_pairs_from_margins_with_errors_and_min_margin():
-    t = pa.table({"row_id": pa.array([0, 1, 2, 3], pa.int64()), "uri_A": ["a0", "a1", "a2", "a3"],
-                  "uri_B": ["b0", "b1", "b2", "b3"], "prompt": ["p"] * 4,
-                  "margin_VQ": [0.5, -0.05, None, -2.0], "margin_MQ": [-0.1, 0.0, 1.0, 0.5],
-                  "error": [None, None, "missing", None]})
+    t = pa.table(
+        {
+            "row_id": pa.array([0, 1, 2, 3], pa.int64()),
+            "uri_A": ["a0", "a1", "a2", "a3"],
+            "uri_B": ["b0", "b1", "b2", "b3"],
+            "prompt": ["p"] * 4,
+            "margin_VQ": [0.5, -0.05, None, -2.0],
+            "margin_MQ": [-0.1, 0.0, 1.0, 0.5],
+            "error": [None, None, "missing", None],
+        }
+    )
     pairs, counts = pairs_from_margins(t, {"VQ": 1.0, "MQ": 1.0}, min_margin=0.1)
     assert pairs.column("uri_w").to_pylist() == ["a0", "b3"]
     np.testing.assert_allclose(pairs.column("r").to_numpy(), [0.4, 1.5])

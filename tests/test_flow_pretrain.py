@@ -1,5 +1,6 @@
 """Pretraining pieces: the VAE fit lowers reconstruction error; latent stats normalise the latents; the oracle
 report reads colour/shape/direction agreement."""
+
 import numpy as np
 import torch
 
@@ -10,8 +11,12 @@ from raypipe.video.synth import render_video
 
 def _clips(n=4, frames=5, size=32):
     rng = np.random.default_rng(0)
-    return np.stack([render_video("red", "circle", "left", vq=1.0, mq=1.0, rng=rng, frames=frames, size=(size, size))
-                     for _ in range(n)])
+    return np.stack(
+        [
+            render_video("red", "circle", "left", vq=1.0, mq=1.0, rng=rng, frames=frames, size=(size, size))
+            for _ in range(n)
+        ]
+    )
 
 
 def test_fit_vae_and_latent_stats(tmp_path):

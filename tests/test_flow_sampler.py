@@ -1,5 +1,6 @@
 """Euler sampling (SPEC §1): the exact straight-line field of one data point is integrated back to it exactly;
 CFG and the shifted time grid against closed forms; the tiny Wan generator samples the right shapes."""
+
 import pytest
 import torch
 
@@ -23,8 +24,15 @@ def test_exact_field_recovers_the_data_point_for_any_grid():
         return (x - x0) / t.view(-1, 1, 1)
 
     for steps, shift in ((1, 1.0), (7, 1.0), (5, 3.0)):
-        out = sample(field, torch.zeros(2, 1), None, x0.shape, steps=steps, shift=shift,
-                     generator=torch.Generator().manual_seed(0))
+        out = sample(
+            field,
+            torch.zeros(2, 1),
+            None,
+            x0.shape,
+            steps=steps,
+            shift=shift,
+            generator=torch.Generator().manual_seed(0),
+        )
         torch.testing.assert_close(out, x0, atol=1e-5, rtol=1e-5)
 
 
@@ -44,8 +52,15 @@ def test_cfg_combines_conditional_and_unconditional():
 
 
 def test_guidance_hook_is_applied():
-    out = sample(lambda x, t, c: torch.zeros_like(x), torch.zeros(1, 1), None, (1, 2), steps=2,
-                 noise=torch.zeros(1, 2), guidance=lambda x, t, v: v + 1.0)
+    out = sample(
+        lambda x, t, c: torch.zeros_like(x),
+        torch.zeros(1, 1),
+        None,
+        (1, 2),
+        steps=2,
+        noise=torch.zeros(1, 2),
+        guidance=lambda x, t, v: v + 1.0,
+    )
     torch.testing.assert_close(out, torch.full((1, 2), -1.0))
 
 
@@ -55,7 +70,15 @@ def test_tiny_wan_samples(tmp_path):
     gen = WanFamily.load(make_tiny_wan(tmp_path / "wan"))
     text = gen.encode_prompts(["a red circle moving left", "a blue square moving up"])
     uncond = gen.encode_prompts([""])
-    z = sample(gen.velocity, text, uncond, (2, 4, 3, 8, 8), steps=3, cfg_scale=4.0, shift=gen.shift,
-               generator=torch.Generator().manual_seed(0))
+    z = sample(
+        gen.velocity,
+        text,
+        uncond,
+        (2, 4, 3, 8, 8),
+        steps=3,
+        cfg_scale=4.0,
+        shift=gen.shift,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert torch.isfinite(z).all()
     assert gen.decode_latents(z).shape == (2, 5, 32, 32, 3)

@@ -1,6 +1,7 @@
 """What the GPU path relies on, checked on a CPU: bf16 models built like `from_pretrained` builds them, inputs cast
 to the model's compute dtype (not its first parameter's), a float32 timestep, DeepSpeed's whole-module bf16 cast,
 gradient checkpointing that changes memory but not gradients, and `raypipe bench gpu` at tiny sizes."""
+
 from __future__ import annotations
 
 import json
@@ -106,8 +107,10 @@ def test_gradient_checkpointing_leaves_gradients_unchanged(tmp_path):
     model = VideoReward.build(RewardModelConfig(), tiny_dir=tmp_path / "tiny")
     model.train()
     rng = np.random.default_rng(0)
-    batch = model.processor([rng.integers(0, 256, (4, 56, 56, 3), dtype=np.uint8) for _ in range(2)],
-                            ["a red circle moving left", "a blue square moving up"])
+    batch = model.processor(
+        [rng.integers(0, 256, (4, 56, 56, 3), dtype=np.uint8) for _ in range(2)],
+        ["a red circle moving left", "a blue square moving up"],
+    )
     plain = _grads(model, lambda: model(batch).pow(2).sum())
     model.enable_gradient_checkpointing()
     _same(plain, _grads(model, lambda: model(batch).pow(2).sum()))
@@ -117,22 +120,53 @@ def test_gradient_checkpointing_leaves_gradients_unchanged(tmp_path):
 def test_bench_gpu_tiny_runs_every_part_on_cpu(tmp_path):
     out = tmp_path / "gpu.json"
     # a subprocess: the bench makes its own one-rank process group
-    proc = subprocess.run([sys.executable, "-m", "raypipe.bench.gpu", "--out", str(out), "--size", "tiny",
-                           "--steps", "1", "--warmup", "0", "--reward-batches", "1,2", "--flow-batches", "1",
-                           "--nrg-steps", "2"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "raypipe.bench.gpu",
+            "--out",
+            str(out),
+            "--size",
+            "tiny",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--reward-batches",
+            "1,2",
+            "--flow-batches",
+            "1",
+            "--nrg-steps",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["size"] == "tiny" and report["backend"] == "gloo" and report["dtype"] == "float32"
     reward, flow, nrg = report["reward"], report["flow"], report["nrg"]
-    assert [(r["gradient_checkpointing"], r["pairs"]) for r in reward["train"]] == \
-        [(True, 1), (True, 2), (False, 1), (False, 2)]
-    assert all(r["s_per_step"] > 0 and r["pairs_per_s"] == pytest.approx(r["pairs"] / r["s_per_step"], rel=1e-2)
-               for r in reward["train"])
+    assert [(r["gradient_checkpointing"], r["pairs"]) for r in reward["train"]] == [
+        (True, 1),
+        (True, 2),
+        (False, 1),
+        (False, 2),
+    ]
+    assert all(
+        r["s_per_step"] > 0 and r["pairs_per_s"] == pytest.approx(r["pairs"] / r["s_per_step"], rel=1e-2)
+        for r in reward["train"]
+    )
     assert reward["scoring"]["videos_per_s"] > 0 and 0 < reward["trainable_params"] < reward["params"]
     # LoRA r=64 on to_q/k/v/out of both attentions of the 2 tiny blocks, every one 32 -> 32: 16 x 64 x (32 + 32)
     assert flow["trainable_params"] == 16 * 64 * 64
-    assert [(r["algo"], r["gradient_checkpointing"]) for r in flow["train"]] == \
-        [("dpo", True), ("sft", True), ("rwr", True), ("dpo", False)]
+    assert [(r["algo"], r["gradient_checkpointing"]) for r in flow["train"]] == [
+        ("dpo", True),
+        ("sft", True),
+        ("rwr", True),
+        ("dpo", False),
+    ]
     assert all(r["s_per_step"] > 0 for r in flow["train"])
     # 3 grid steps; the first (t = 1) is never guided
     assert [r["guided_steps_per_run"] for r in nrg["rows"]] == [0, 2]

@@ -1,5 +1,6 @@
 """train-latent-reward: labels from manifests and relabel output, the shared-noise pair, accuracy per t bucket
 against a hand count, and the job end to end on the test Ray (tiny random generator)."""
+
 import json
 
 import numpy as np
@@ -15,11 +16,17 @@ DIMS = ["VQ", "MQ", "TA"]
 
 
 def _relabel_like(n=6):
-    return pa.table({"row_id": list(range(n)), "uri_A": [f"a{i}.mp4" for i in range(n)],
-                     "uri_B": [f"b{i}.mp4" for i in range(n)], "prompt": ["p"] * n,
-                     "error": [None] * (n - 1) + ["missing"],
-                     **{f"model_{d}": ["A", "B", "same", "A", "B", None] for d in DIMS},
-                     **{f"y_{d}": pa.array([1, 1, 1, 1, 1, None], pa.int8()) for d in DIMS}})
+    return pa.table(
+        {
+            "row_id": list(range(n)),
+            "uri_A": [f"a{i}.mp4" for i in range(n)],
+            "uri_B": [f"b{i}.mp4" for i in range(n)],
+            "prompt": ["p"] * n,
+            "error": [None] * (n - 1) + ["missing"],
+            **{f"model_{d}": ["A", "B", "same", "A", "B", None] for d in DIMS},
+            **{f"y_{d}": pa.array([1, 1, 1, 1, 1, None], pa.int8()) for d in DIMS},
+        }
+    )
 
 
 def test_pair_labels_from_relabel_and_manifest():
@@ -74,9 +81,15 @@ def test_bucket_accuracy_matches_a_hand_count():
     z_b = np.zeros((n, 3, 1, 2, 2), np.float32)
     z_a = z_b + 1.0
     y = {"VQ": [1] * n, "MQ": [-1] * n, "TA": [1, 1, 1, 1, -1, -1, 0, None]}
-    table = pa.table({"latents_A": _tensor(z_a), "latents_B": _tensor(z_b), "text": _tensor(np.zeros((n, 1, 1))),
-                      **{f"y_{d}": pa.array(v, pa.int8()) for d, v in y.items()},
-                      "error": pa.array([None] * n, pa.string())})
+    table = pa.table(
+        {
+            "latents_A": _tensor(z_a),
+            "latents_B": _tensor(z_b),
+            "text": _tensor(np.zeros((n, 1, 1))),
+            **{f"y_{d}": pa.array(v, pa.int8()) for d, v in y.items()},
+            "error": pa.array([None] * n, pa.string()),
+        }
+    )
     out = bucket_accuracy(MeanReward(), table, DIMS, draws=3, buckets=(0.0, 0.01, 1.0))
     low = "[0,0.01)"
     assert out["VQ"][low] == 1.0 and out["MQ"][low] == 0.0
@@ -89,10 +102,26 @@ def test_train_latent_reward_end_to_end(ray_local, tmp_path):
     from raypipe.config import load_config
     from raypipe.nrg.model import LatentReward
 
-    cfg = load_config(LatentRewardConfig, None, [
-        f"out={tmp_path / 'lr'}", "synth.pairs=40", "synth.seed=5", "clip.frames=5", "clip.height=16",
-        "clip.width=16", "k_blocks=1", "train.batch=4", "train.epochs=2", "train.checkpoint_every=4",
-        "train.log_every=2", "val_fraction=0.2", "eval_draws=1", "progress=false"])
+    cfg = load_config(
+        LatentRewardConfig,
+        None,
+        [
+            f"out={tmp_path / 'lr'}",
+            "synth.pairs=40",
+            "synth.seed=5",
+            "clip.frames=5",
+            "clip.height=16",
+            "clip.width=16",
+            "k_blocks=1",
+            "train.batch=4",
+            "train.epochs=2",
+            "train.checkpoint_every=4",
+            "train.log_every=2",
+            "val_fraction=0.2",
+            "eval_draws=1",
+            "progress=false",
+        ],
+    )
     summary = run_train_latent_reward(cfg)
     assert summary["train_pairs"] == 32 and summary["val_pairs"] == 8
     assert summary["steps"] == 2 * (32 // 8)

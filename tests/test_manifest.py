@@ -1,10 +1,10 @@
 """Manifest reading, validation messages (file, column, row) and label normalisation."""
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raypipe.data.manifest import (ManifestError, label_counts, load_manifest, normalize_label,
-                                   normalize_score)
+from raypipe.data.manifest import ManifestError, label_counts, load_manifest, normalize_label, normalize_score
 
 
 def _write(tmp_path, rows, name="m.parquet"):
@@ -24,19 +24,50 @@ def _row(**kw):
     return base
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("A", 1), ("a", 1), (" B ", -1), ("same", 0), ("Tie", 0), ("TIE", 0), ("1", 1), ("-1", -1), ("0", 0),
-    (1, 1), (-1, -1), (0, 0), (1.0, 1), (-1.0, -1),
-    ("", None), ("C", None), ("2", None), (2, None), (0.5, None), (None, None), (float("nan"), None), (True, None),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("A", 1),
+        ("a", 1),
+        (" B ", -1),
+        ("same", 0),
+        ("Tie", 0),
+        ("TIE", 0),
+        ("1", 1),
+        ("-1", -1),
+        ("0", 0),
+        (1, 1),
+        (-1, -1),
+        (0, 0),
+        (1.0, 1),
+        (-1.0, -1),
+        ("", None),
+        ("C", None),
+        ("2", None),
+        (2, None),
+        (0.5, None),
+        (None, None),
+        (float("nan"), None),
+        (True, None),
+    ],
+)
 def test_normalize_label(value, expected):
     assert normalize_label(value) == expected
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("Good", 3.0), ("normal", 2.0), ("BAD", 1.0), ("4.5", 4.5), (2, 2.0), ("x", None), (None, None),
-    (float("inf"), None),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("Good", 3.0),
+        ("normal", 2.0),
+        ("BAD", 1.0),
+        ("4.5", 4.5),
+        (2, 2.0),
+        ("x", None),
+        (None, None),
+        (float("inf"), None),
+    ],
+)
 def test_normalize_score(value, expected):
     assert normalize_score(value) == expected
 
@@ -132,8 +163,10 @@ def test_unreadable_and_missing_files(tmp_path):
 
 
 def test_pointwise_manifest(tmp_path):
-    rows = [dict(path="v.mp4", prompt="p", VQ="Good", MQ="3.5", TA="Bad"), dict(path="w.mp4", prompt="q",
-                                                                            VQ="nope", MQ="1", TA="2")]
+    rows = [
+        dict(path="v.mp4", prompt="p", VQ="Good", MQ="3.5", TA="Bad"),
+        dict(path="w.mp4", prompt="q", VQ="nope", MQ="1", TA="2"),
+    ]
     m = load_manifest(_write(tmp_path, rows, "pw.csv"))
     assert m.kind == "pointwise"
     assert m.table.column("y_VQ").to_pylist() == [3.0, None]

@@ -8,6 +8,7 @@ test process itself stays on the session's local Ray).
   scoring actors on both worker nodes; one worker node removed mid-run -> the job still finishes with every row
   exactly once.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,15 +48,29 @@ def cluster():
     marker = Path("/tmp/ray/ray_current_cluster")
     saved = marker.read_text() if marker.exists() else None
     small = 160 * 1024 * 1024
-    c = Cluster(initialize_head=True, connect=False, head_node_args={
-        "num_cpus": 0, "object_store_memory": small, "include_dashboard": True, "dashboard_port": _free_port(),
-        "dashboard_agent_listen_port": _free_port()})
-    workers = [c.add_node(num_cpus=2, object_store_memory=small, dashboard_agent_listen_port=_free_port())
-               for _ in range(2)]
+    c = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={
+            "num_cpus": 0,
+            "object_store_memory": small,
+            "include_dashboard": True,
+            "dashboard_port": _free_port(),
+            "dashboard_agent_listen_port": _free_port(),
+        },
+    )
+    workers = [
+        c.add_node(num_cpus=2, object_store_memory=small, dashboard_agent_listen_port=_free_port()) for _ in range(2)
+    ]
     c.wait_for_nodes()
     try:
-        yield {"cluster": c, "address": c.address, "head": c.head_node.node_id,
-               "dashboard": "http://" + c.head_node.address_info["webui_url"], "workers": workers}
+        yield {
+            "cluster": c,
+            "address": c.address,
+            "head": c.head_node.node_id,
+            "dashboard": "http://" + c.head_node.address_info["webui_url"],
+            "workers": workers,
+        }
     finally:
         c.shutdown()
         if saved is None:
@@ -69,21 +84,42 @@ def _env() -> dict:
 
 
 # --- (a) + fault 1: training spread over nodes, a worker killed ----------------------------------------------
-TINY_REWARD = ["synth_train.pairs=32", "synth_val.pairs=16", "train.batch=2", "train.epochs=2",
-               "train.checkpoint_every=4", "train.eval_every=4", "train.cpus_per_worker=1", "progress=false",
-               "data.rows_per_block=4", "train.record_rows=true", "train.lr=1e-3", "train.max_failures=1",
-               "train.placement_strategy=STRICT_SPREAD", "data.sampling.min_pixels=3136"]
+TINY_REWARD = [
+    "synth_train.pairs=32",
+    "synth_val.pairs=16",
+    "train.batch=2",
+    "train.epochs=2",
+    "train.checkpoint_every=4",
+    "train.eval_every=4",
+    "train.cpus_per_worker=1",
+    "progress=false",
+    "data.rows_per_block=4",
+    "train.record_rows=true",
+    "train.lr=1e-3",
+    "train.max_failures=1",
+    "train.placement_strategy=STRICT_SPREAD",
+    "data.sampling.min_pixels=3136",
+]
 
 
 def test_reward_training_on_two_nodes_survives_a_killed_worker(cluster, tmp_path):
     from raypipe.reward.model import VideoReward
 
     out = tmp_path / "run"
-    args = [sys.executable, str(REPO / "jobs" / "train_reward.py"), "--config", str(REPO / "configs" / "reward_tiny.yaml"),
-            "--out", str(out), f"address={cluster['address']}", *TINY_REWARD]
+    args = [
+        sys.executable,
+        str(REPO / "jobs" / "train_reward.py"),
+        "--config",
+        str(REPO / "configs" / "reward_tiny.yaml"),
+        "--out",
+        str(out),
+        f"address={cluster['address']}",
+        *TINY_REWARD,
+    ]
     killed: list = []
-    killer = threading.Thread(target=kill_a_train_worker_after_first_checkpoint,
-                              args=(out / "ray_results" / "train-reward", killed, 600))
+    killer = threading.Thread(
+        target=kill_a_train_worker_after_first_checkpoint, args=(out / "ray_results" / "train-reward", killed, 600)
+    )
     killer.start()
     proc = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=900, cwd=REPO)
     killer.join()
@@ -143,11 +179,24 @@ def test_relabel_job_spread_over_nodes_survives_a_lost_node(cluster, reward_chec
     runtime_env = yaml.safe_load((REPO / "cluster" / "runtime_env.yaml").read_text())
     runtime_env["working_dir"] = str(REPO)  # what `ray job submit --working-dir .` does from the repo root
     runtime_env["env_vars"]["OMP_NUM_THREADS"] = "1"
-    entry = " ".join([
-        sys.executable, "jobs/relabel.py", f"reward={reward_checkpoint}", f"input={relabel_input}",
-        "--out", str(out), "concurrency=2", "batch=2",
-        f"'sampling={json.dumps(TINY_SAMPLING_FIELDS)}'", "decode_rows=2", "flush_every_s=0", "actor_cpus=0.5",
-        "decode_cpus=0.5", "progress=false"])
+    entry = " ".join(
+        [
+            sys.executable,
+            "jobs/relabel.py",
+            f"reward={reward_checkpoint}",
+            f"input={relabel_input}",
+            "--out",
+            str(out),
+            "concurrency=2",
+            "batch=2",
+            f"'sampling={json.dumps(TINY_SAMPLING_FIELDS)}'",
+            "decode_rows=2",
+            "flush_every_s=0",
+            "actor_cpus=0.5",
+            "decode_cpus=0.5",
+            "progress=false",
+        ]
+    )
     client = JobSubmissionClient(cluster["dashboard"])
     job = _submit(client, entry, runtime_env)
 
@@ -180,6 +229,7 @@ def test_relabel_job_spread_over_nodes_survives_a_lost_node(cluster, reward_chec
     assert len(by_node) == 2 and cluster["head"] not in by_node, by_node  # both worker nodes scored
     table = pq.read_table(out)
     assert sorted(table.column("row_id").to_pylist()) == list(range(40))  # every input row exactly once
-    assert table.column("path_A").to_pylist() == pq.read_table(relabel_input).column("path_A").to_pylist() or \
-        sorted(table.column("path_A").to_pylist()) == sorted(pq.read_table(relabel_input).column("path_A").to_pylist())
+    assert table.column("path_A").to_pylist() == pq.read_table(relabel_input).column("path_A").to_pylist() or sorted(
+        table.column("path_A").to_pylist()
+    ) == sorted(pq.read_table(relabel_input).column("path_A").to_pylist())
     assert all(e is None for e in table.column("error").to_pylist())

@@ -1,5 +1,6 @@
 """Flow-NRG: the latent reward model built from the generator's first K blocks, and reward-guided sampling
 (SPEC §6): guidance sign, the t/(1-t) factor, the unguided first step, and zero weights = unguided bit for bit."""
+
 from pathlib import Path
 
 import numpy as np
@@ -7,9 +8,9 @@ import pytest
 import torch
 
 from raypipe.config import ClipConfig
+from raypipe.data.weights import weight_vector as parse_weights
 from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
 from raypipe.flow.sampler import sample, time_grid
-from raypipe.data.weights import weight_vector as parse_weights
 from raypipe.nrg.guidance import RewardGuidance, guidance_scale
 from raypipe.nrg.model import LatentReward
 
@@ -62,8 +63,17 @@ def test_latent_reward_copies_the_generator_blocks_and_round_trips(gen, tmp_path
 def test_trainable_parts():
     from diffusers import WanTransformer3DModel
 
-    tr = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4,
-                               out_channels=4, text_dim=8, freq_dim=16, ffn_dim=16, num_layers=2)
+    tr = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=4,
+        text_dim=8,
+        freq_dim=16,
+        ffn_dim=16,
+        num_layers=2,
+    )
     heads = LatentReward.from_generator(tr, DIMS, 2, trainable="heads")
     assert {n.split(".")[0] for n, p in heads.named_parameters() if p.requires_grad} == {"norm", "heads"}
     blocks = LatentReward.from_generator(tr, DIMS, 2, trainable="blocks")
@@ -86,8 +96,9 @@ def test_guided_velocity_is_v_minus_lambda_t_over_1_minus_t_times_the_gradient()
     grad = 0.1 * a[0] + 0.1 * a[1] + 0.8 * a[2]  # ∇ Σ w_d <a_d, x>
     for t_value in (0.2, 0.5, 0.95):
         t = torch.full((2,), t_value)
-        torch.testing.assert_close(guide(x, t, v), v - 0.7 * t_value / (1 - t_value) * grad.expand(SHAPE),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            guide(x, t, v), v - 0.7 * t_value / (1 - t_value) * grad.expand(SHAPE), rtol=1e-5, atol=1e-5
+        )
     assert torch.equal(guide(x, torch.ones(2), v), v)  # t = 1: the first step is not guided
 
 
@@ -100,7 +111,7 @@ def test_first_step_skipped_and_every_other_step_guided():
     assert [round(s["t"], 6) for s in guide.trace] == [round(float(t), 6) for t in time_grid(5, 3.0)[1:5]]
     # zero velocity: x0 = noise + Σ_steps Δ_i · λ · t_i/(1-t_i) · ∇r, ∇r = 1 everywhere (t = 1 contributes 0)
     grid = time_grid(5, 3.0)
-    total = sum(float(grid[i] - grid[i + 1]) * 0.1 * float(guidance_scale(grid[i:i + 1])) for i in range(5))
+    total = sum(float(grid[i] - grid[i + 1]) * 0.1 * float(guidance_scale(grid[i : i + 1])) for i in range(5))
     torch.testing.assert_close(out, noise + total, rtol=1e-5, atol=1e-5)
 
 
@@ -113,8 +124,9 @@ def test_positive_brightness_reward_makes_samples_brighter(gen):
     means = {}
     for w in (0.0, 1.0, -1.0):
         guide = RewardGuidance(bright, text, {"VQ": w}, strength=0.2)
-        z = sample(gen.velocity, text, uncond, SHAPE, steps=6, cfg_scale=3.0, shift=gen.shift, noise=noise,
-                   guidance=guide)
+        z = sample(
+            gen.velocity, text, uncond, SHAPE, steps=6, cfg_scale=3.0, shift=gen.shift, noise=noise, guidance=guide
+        )
         means[w] = float(z.mean())
     assert means[1.0] > means[0.0] + 0.1 and means[-1.0] < means[0.0] - 0.1
 
@@ -124,16 +136,29 @@ def test_zero_weights_reproduce_unguided_sampling_bit_for_bit(gen):
     text = gen.encode_prompts(["a blue square moving up", "a green circle moving down"])
     uncond = gen.encode_prompts([""])
     runs = []
-    for guidance in (None, RewardGuidance(lr, text, parse_weights("{VQ: 0, MQ: 0, TA: 0}", DIMS), strength=5.0),
-                     RewardGuidance(lr, text, parse_weights("{TA: 1}", DIMS), strength=0.0)):
+    for guidance in (
+        None,
+        RewardGuidance(lr, text, parse_weights("{VQ: 0, MQ: 0, TA: 0}", DIMS), strength=5.0),
+        RewardGuidance(lr, text, parse_weights("{TA: 1}", DIMS), strength=0.0),
+    ):
         noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(7))
-        runs.append(sample(gen.velocity, text, uncond, SHAPE, steps=4, cfg_scale=4.0, shift=gen.shift,
-                           noise=noise, guidance=guidance))
+        runs.append(
+            sample(
+                gen.velocity,
+                text,
+                uncond,
+                SHAPE,
+                steps=4,
+                cfg_scale=4.0,
+                shift=gen.shift,
+                noise=noise,
+                guidance=guidance,
+            )
+        )
     assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
     guided = RewardGuidance(lr, text, parse_weights("{TA: 1}", DIMS), strength=5.0)
     noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(7))
-    z = sample(gen.velocity, text, uncond, SHAPE, steps=4, cfg_scale=4.0, shift=gen.shift, noise=noise,
-               guidance=guided)
+    z = sample(gen.velocity, text, uncond, SHAPE, steps=4, cfg_scale=4.0, shift=gen.shift, noise=noise, guidance=guided)
     assert not torch.equal(z, runs[0]) and len(guided.trace) == 3
 
 
@@ -160,8 +185,13 @@ def test_generate_writes_videos_and_rewards_and_rejects_bad_requests(gen, tmp_pa
     gen.pipeline.save_pretrained(wan)
     (wan / "raypipe_family.json").write_text(json.dumps({"family": "wan", "max_text_len": 16, "shift": 3.0}))
     LatentReward.from_generator(gen.transformer, DIMS, k_blocks=1).save_pretrained(tmp_path / "lr")
-    base = dict(generator=str(wan), latent_reward=str(tmp_path / "lr"), prompts="a red circle moving left|a blue "
-                "square moving up|a white triangle moving down", steps=3, clip=ClipConfig(frames=5, height=16, width=16))
+    base = dict(
+        generator=str(wan),
+        latent_reward=str(tmp_path / "lr"),
+        prompts="a red circle moving left|a blue square moving up|a white triangle moving down",
+        steps=3,
+        clip=ClipConfig(frames=5, height=16, width=16),
+    )
     guided = run_generate(GenerateConfig(**base, weights={"TA": 1.0}, strength=2.0, out=str(tmp_path / "g")))
     plain = run_generate(GenerateConfig(**base, weights={"TA": 1.0}, strength=0.0, out=str(tmp_path / "u")))
     assert [r["prompt"] for r in guided["samples"]][1] == "a blue square moving up"
@@ -174,8 +204,11 @@ def test_generate_writes_videos_and_rewards_and_rejects_bad_requests(gen, tmp_pa
     with pytest.raises(ConfigError, match="unknown dimension"):
         run_generate(GenerateConfig(**base, weights={"XX": 1.0}, strength=1.0, out=str(tmp_path / "x")))
     with pytest.raises(ConfigError, match="needs latent_reward"):
-        run_generate(GenerateConfig(**{**base, "latent_reward": None}, weights={"TA": 1.0}, strength=1.0,
-                                    out=str(tmp_path / "y")))
+        run_generate(
+            GenerateConfig(
+                **{**base, "latent_reward": None}, weights={"TA": 1.0}, strength=1.0, out=str(tmp_path / "y")
+            )
+        )
     with pytest.raises(ConfigError, match="steps must be"):
         run_generate(GenerateConfig(**{**base, "steps": 10_000}, out=str(tmp_path / "z")))
 
@@ -202,10 +235,24 @@ def test_bench_nrg_smoke(gen, tmp_path, reward_checkpoint):
     (wan / "raypipe_family.json").write_text(json.dumps({"family": "wan", "max_text_len": 16, "shift": 3.0}))
     for name in ("noisy", "clean"):
         LatentReward.from_generator(gen.transformer, DIMS, k_blocks=1).save_pretrained(tmp_path / name)
-    args = argparse.Namespace(out=str(tmp_path / "b"), generator=str(wan), latent_reward=str(tmp_path / "noisy"),
-                              clean_latent_reward=str(tmp_path / "clean"), reward=str(reward_checkpoint),
-                              prompts="3", weights=["{TA: 1}", "{VQ: 0.5, MQ: 0.5}"], strength=1.0, steps=3, cfg_scale=2.0,
-                              frames=9, height=16, width=16, seed=0, cost_prompts=2, hacking_margin=0.05)
+    args = argparse.Namespace(
+        out=str(tmp_path / "b"),
+        generator=str(wan),
+        latent_reward=str(tmp_path / "noisy"),
+        clean_latent_reward=str(tmp_path / "clean"),
+        reward=str(reward_checkpoint),
+        prompts="3",
+        weights=["{TA: 1}", "{VQ: 0.5, MQ: 0.5}"],
+        strength=1.0,
+        steps=3,
+        cfg_scale=2.0,
+        frames=9,
+        height=16,
+        width=16,
+        seed=0,
+        cost_prompts=2,
+        hacking_margin=0.05,
+    )
     report = run_nrg_bench(args)
     assert set(report["runs"]) == {"noisy {TA: 1}", "noisy {VQ: 0.5, MQ: 0.5}", "clean {TA: 1}"}
     run = report["runs"]["noisy {TA: 1}"]

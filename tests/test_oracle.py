@@ -1,4 +1,5 @@
 """The SynthPref oracle: agreement with the generator's ground truth on decoded mp4s, and robustness to any video."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,8 +26,7 @@ def judged(tmp_path_factory):
 
 
 def _per_video(judged):
-    return [(r[f"gt_vq_{s}"], r[f"gt_mq_{s}"], r[f"gt_ta_{s}"], scores[s], r, s)
-            for r, scores in judged for s in "AB"]
+    return [(r[f"gt_vq_{s}"], r[f"gt_mq_{s}"], r[f"gt_ta_{s}"], scores[s], r, s) for r, scores in judged for s in "AB"]
 
 
 def test_oracle_meets_targets_on_synthpref(judged):
@@ -64,13 +64,16 @@ def test_levels_read_as_estimates(judged):
     assert np.mean([abs(v[3]["MQ"] - v[1]) for v in videos]) < 0.12
 
 
-@pytest.mark.parametrize("frames", [
-    np.zeros((0, 56, 56, 3), np.uint8),  # empty
-    np.zeros((16, 56, 56, 3), np.uint8),  # black
-    np.full((8, 32, 32, 3), 200, np.uint8),  # flat grey
-    np.random.default_rng(0).integers(0, 256, (16, 56, 56, 3)).astype(np.uint8),  # pure noise
-    np.zeros((4, 2, 2, 3), np.uint8),  # too small to hold anything
-])
+@pytest.mark.parametrize(
+    "frames",
+    [
+        np.zeros((0, 56, 56, 3), np.uint8),  # empty
+        np.zeros((16, 56, 56, 3), np.uint8),  # black
+        np.full((8, 32, 32, 3), 200, np.uint8),  # flat grey
+        np.random.default_rng(0).integers(0, 256, (16, 56, 56, 3)).astype(np.uint8),  # pure noise
+        np.zeros((4, 2, 2, 3), np.uint8),  # too small to hold anything
+    ],
+)
 def test_no_object_gets_the_lowest_scores(frames):
     scores = judge(frames, "a red circle moving left")
     assert scores["VQ"] == 0.0 and scores["MQ"] == 0.0
@@ -81,10 +84,14 @@ def test_no_object_gets_the_lowest_scores(frames):
 def test_any_size_and_length_is_judged():
     prompt = "a green triangle moving down"
     for size, frames in (((16, 16), 16), ((32, 32), 16), ((32, 32), 2), ((64, 96), 40)):
-        good = judge(render_video("green", "triangle", "down", 1.0, 1.0, np.random.default_rng(0),
-                                  frames=frames, size=size), prompt)
-        bad = judge(render_video("green", "triangle", "down", 0.0, 0.0, np.random.default_rng(0),
-                                 frames=frames, size=size), prompt)
+        good = judge(
+            render_video("green", "triangle", "down", 1.0, 1.0, np.random.default_rng(0), frames=frames, size=size),
+            prompt,
+        )
+        bad = judge(
+            render_video("green", "triangle", "down", 0.0, 0.0, np.random.default_rng(0), frames=frames, size=size),
+            prompt,
+        )
         assert good["VQ"] > bad["VQ"] + 0.4, (size, frames, good, bad)
         assert good["wrong_attributes"] == 0, (size, frames, good)
         if frames > 2:
@@ -105,8 +112,10 @@ def test_stillness_and_missing_motion_are_punished():
 
 
 def test_a_grown_object_is_still_measured():
-    big = judge(render_video("white", "circle", "right", 1.0, 1.0, np.random.default_rng(0), radius=21, speed=0.5),
-                "a white circle moving right")
+    big = judge(
+        render_video("white", "circle", "right", 1.0, 1.0, np.random.default_rng(0), radius=21, speed=0.5),
+        "a white circle moving right",
+    )
     assert big["wrong_attributes"] == 0 and big["VQ"] > 0.9
     assert 18 < big["radius"] < 24  # reported, so that a reward model rewarding size is visible
 

@@ -1,4 +1,5 @@
 """The Ray Data pair pipeline on a local Ray: decoded content, and every row accounted for."""
+
 import json
 
 import numpy as np
@@ -23,8 +24,9 @@ def mixed_manifest(tmp_path, make_mp4):
     (tmp_path / "empty.mp4").write_bytes(b"")
     (tmp_path / "text.mp4").write_text("not a video")
     short = make_mp4("short.mp4", t=3)
-    rows = [dict(path_A=good[i % 6], path_B=good[(i + 1) % 6], prompt=f"p{i}", VQ="A", MQ="B", TA="same")
-            for i in range(10)]
+    rows = [
+        dict(path_A=good[i % 6], path_B=good[(i + 1) % 6], prompt=f"p{i}", VQ="A", MQ="B", TA="same") for i in range(10)
+    ]
     rows += [
         dict(path_A=good[0], path_B="missing.mp4", prompt="m", VQ="A", MQ="A", TA="A"),
         dict(path_A="empty.mp4", path_B=good[1], prompt="e", VQ="B", MQ="B", TA="B"),
@@ -39,8 +41,11 @@ def mixed_manifest(tmp_path, make_mp4):
 
 def test_pipeline_decodes_and_accounts_for_every_row(ray_local, mixed_manifest, tmp_path):
     manifest = load_manifest(mixed_manifest)
-    cfg = PairsJobConfig(data=DataConfig(manifest=mixed_manifest, sampling=SAMPLING, rows_per_block=3),
-                         out=str(tmp_path / "out"), progress=False)
+    cfg = PairsJobConfig(
+        data=DataConfig(manifest=mixed_manifest, sampling=SAMPLING, rows_per_block=3),
+        out=str(tmp_path / "out"),
+        progress=False,
+    )
     summary = run_pairs(manifest, cfg)
     assert summary["rows"] == 15 and summary["decoded"] == 10 and summary["error_rows"] == 5
     assert summary["errors"] == {"missing": 2, "empty": 1, "not_a_video": 1, "too_short": 1}
@@ -73,8 +78,10 @@ def test_frames_equal_direct_decoding(ray_local, mixed_manifest):
                 frames = frames_by_side[side][row]
                 direct = decode_video(good.column(f"uri_{side}")[row].as_py(), SAMPLING)
                 np.testing.assert_array_equal(np.asarray(frames), direct.frames)
-                assert list(frames.shape[1:3]) == [good.column(f"height_{side}")[row].as_py(),
-                                                   good.column(f"width_{side}")[row].as_py()]
+                assert list(frames.shape[1:3]) == [
+                    good.column(f"height_{side}")[row].as_py(),
+                    good.column(f"width_{side}")[row].as_py(),
+                ]
             seen += 1
         assert "frames_A" not in metadata_columns(batch).column_names
     assert seen == 10
@@ -94,8 +101,8 @@ def test_streaming_is_bounded_by_the_memory_budget(ray_local, tmp_path, make_mp4
 
     from ray.data import DataContext
 
-    from raypipe.distributed.decode import decode_pairs_block, manifest_dataset
     from raypipe.distributed.cluster import configure_data_context
+    from raypipe.distributed.decode import decode_pairs_block, manifest_dataset
 
     clips = [make_mp4(f"s{i}.mp4", seed=i) for i in range(3)]
     rows = [dict(path_A=clips[i % 3], path_B=clips[(i + 1) % 3], prompt="p", VQ="A") for i in range(80)]
@@ -124,8 +131,12 @@ def test_streaming_is_bounded_by_the_memory_budget(ray_local, tmp_path, make_mp4
     configure_data_context(progress=False, object_store_limit_mb=1)
     try:
         ds = manifest_dataset(load_manifest(str(path), ("VQ",)), 2).map_batches(
-            counted_decode, fn_kwargs={"sampling": SAMPLING, "counter": counter}, batch_format="pyarrow",
-            batch_size=None, num_cpus=1)
+            counted_decode,
+            fn_kwargs={"sampling": SAMPLING, "counter": counter},
+            batch_format="pyarrow",
+            batch_size=None,
+            num_cpus=1,
+        )
         consumed, ahead = 0, []
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             consumed += batch.num_rows
@@ -140,8 +151,9 @@ def test_streaming_is_bounded_by_the_memory_budget(ray_local, tmp_path, make_mp4
 
 
 def test_split_errors_routes_error_rows_and_keeps_clean_batches_whole():
-    table = pa.table({"row_id": [0, 1, 2, 3], "error": [None, "io_error", None, "too_short"],
-                      "x": [1.0, 2.0, 3.0, 4.0]})
+    table = pa.table(
+        {"row_id": [0, 1, 2, 3], "error": [None, "io_error", None, "too_short"], "x": [1.0, 2.0, 3.0, 4.0]}
+    )
     good, bad = split_errors(table)
     assert good.column("row_id").to_pylist() == [0, 2] and bad.column("row_id").to_pylist() == [1, 3]
     clean = table.filter(pa.array([True, False, True, False]))

@@ -1,6 +1,7 @@
 """Caption pretraining of the tiny reward backbone: the clips match their captions, the LM labels cover the caption
 only, the attribute accuracy reads the right positions, and a few steps (or a continued run) write a checkpoint
 VideoReward loads."""
+
 import dataclasses
 import json
 import subprocess
@@ -9,10 +10,10 @@ import sys
 import numpy as np
 import torch
 
-from raypipe.reward.backbone import IM_END, build_tiny_tokenizer, load_backbone, make_tiny_backbone
-from raypipe.reward.model import RewardModelConfig, VideoReward
 from raypipe.recipes.pretrain_reward_backbone import CaptionPretrainConfig, pretrain_captioner
+from raypipe.reward.backbone import IM_END, build_tiny_tokenizer, load_backbone, make_tiny_backbone
 from raypipe.reward.captioning import attribute_accuracy, caption_batch, render_caption_sample
+from raypipe.reward.model import RewardModelConfig, VideoReward
 from raypipe.video import oracle, synth
 
 
@@ -43,7 +44,7 @@ def test_caption_batch_labels_only_the_caption():
     assert batch["labels"][0].tolist() == [-100] * prefix + short + [-100, -100]
     assert batch["labels"][1].tolist() == [-100] * prefix + long
     assert batch["attention_mask"].sum(1).tolist() == [prefix + 4, prefix + 6]
-    assert batch["input_ids"][0, prefix:prefix + 4].tolist() == short
+    assert batch["input_ids"][0, prefix : prefix + 4].tolist() == short
     assert batch["input_ids"][0, -2:].tolist() == [tok.pad_token_id] * 2
     assert (batch["mm_token_type_ids"] == 2).sum(1).tolist() == [16, 16]
     assert batch["video_grid_thw"].tolist() == [[4, 4, 4], [4, 4, 4]]
@@ -78,20 +79,29 @@ def test_a_few_steps_write_a_loadable_backbone(tmp_path):
 
     trained, _ = load_backbone(tmp_path / "bb")
     random, _ = load_backbone(make_tiny_backbone(tmp_path / "random", cfg.tiny, cfg.seed))
-    moved = [name for (name, a), (_, b) in zip(trained.named_parameters(), random.named_parameters())
-             if not torch.equal(a, b)]
+    moved = [
+        name
+        for (name, a), (_, b) in zip(trained.named_parameters(), random.named_parameters())
+        if not torch.equal(a, b)
+    ]
     assert len(moved) > 10  # the saved weights are the trained ones, not the random initialisation
     model = VideoReward.build(RewardModelConfig(name_or_path=str(tmp_path / "bb")))
 
-    more = pretrain_captioner(tmp_path / "bb2", dataclasses.replace(cfg, max_steps=2, init=str(tmp_path / "bb")),
-                              progress=False)  # a continued run starts where the first ended, history kept
+    more = pretrain_captioner(
+        tmp_path / "bb2", dataclasses.replace(cfg, max_steps=2, init=str(tmp_path / "bb")), progress=False
+    )  # a continued run starts where the first ended, history kept
     assert more["earlier"][0]["steps"] == 8 and more["earlier"][0]["curve"] == summary["curve"]
     assert more["curve"][0]["loss"] < summary["curve"][0]["loss"]
     vision = dict(model._vlm().visual.named_parameters())
     for name, p in trained.model.visual.named_parameters():
         assert torch.equal(vision[name], p), name
 
+
 def test_cli_help():
-    out = subprocess.run([sys.executable, "-m", "raypipe.cli", "pretrain-reward-backbone", "--help"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "raypipe.cli", "pretrain-reward-backbone", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "minutes = " in out and "--out" in out

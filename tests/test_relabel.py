@@ -1,5 +1,6 @@
 """raypipe relabel: label rules by hand, batching plans, every input kind end to end on Ray (scores against direct
 model scoring), every bad-input kind as an error row, and a driver killed mid-run then resumed."""
+
 import json
 import os
 import shutil
@@ -17,8 +18,8 @@ from raypipe.config import ConfigError, SamplingConfig, SynthConfig
 from raypipe.data.inputs import resolve_input
 from raypipe.recipes.relabel import PROGRESS_DIR, RelabelConfig
 from raypipe.recipes.relabel import run as run_relabel
-from raypipe.reward.relabel import model_labels, parse_tie_epsilon
 from raypipe.reward.model import VideoReward
+from raypipe.reward.relabel import model_labels, parse_tie_epsilon
 from raypipe.reward.scoring import TIE_EPSILON_FILE, plan_batches, video_tokens
 from raypipe.video.decode import decode_video
 from raypipe.video.synth import make_synthpref
@@ -90,8 +91,14 @@ def data(tmp_path_factory):
     (bad / "truncated.mp4").write_bytes(good[: len(good) // 2])
     (bad / "codec.mp4").write_bytes(good.replace(b"avc1", b"zzz1"))
     write_mp4(moving_square_frames(16, 112, 112), bad / "huge.mp4", 8.0)
-    kinds = {"bad/gone.mp4": "missing", "bad/empty.mp4": "empty", "bad/notes.mp4": "not_a_video",
-             "bad/truncated.mp4": "corrupt", "bad/codec.mp4": "unsupported_codec", "bad/huge.mp4": "too_large"}
+    kinds = {
+        "bad/gone.mp4": "missing",
+        "bad/empty.mp4": "empty",
+        "bad/notes.mp4": "not_a_video",
+        "bad/truncated.mp4": "corrupt",
+        "bad/codec.mp4": "unsupported_codec",
+        "bad/huge.mp4": "too_large",
+    }
     rows = table.to_pylist()
     base = rows[0]
     rows += [{**base, "path_B": path} for path in kinds]
@@ -116,8 +123,15 @@ def _direct_scores(checkpoint, uris, prompts):
 @pytest.fixture(scope="module")
 def relabeled(ray_local, checkpoint, data, tmp_path_factory):
     out = tmp_path_factory.mktemp("relabel_out")
-    cfg = RelabelConfig(reward=checkpoint, input=data["pairs"], out=str(out), sampling=SAMPLING,
-                        batch=3, token_budget=40, progress=False)
+    cfg = RelabelConfig(
+        reward=checkpoint,
+        input=data["pairs"],
+        out=str(out),
+        sampling=SAMPLING,
+        batch=3,
+        token_budget=40,
+        progress=False,
+    )
     return run_relabel(cfg), out
 
 
@@ -171,15 +185,24 @@ def test_folder_with_sidecar_glob_and_pointwise(ray_local, checkpoint, data, tmp
     prompt_of.update({os.path.basename(r["path_B"]): r["prompt"] for r in pq_rows})
     sidecar.write_text("path,prompt\n" + "".join(f"{n},{p}\n" for n, p in prompt_of.items()))
     out = tmp_path / "folder"
-    summary = run_relabel(RelabelConfig(reward=checkpoint, input=str(root / "videos"), out=str(out),
-                                        prompts=str(sidecar), sampling=SAMPLING, progress=False))
+    summary = run_relabel(
+        RelabelConfig(
+            reward=checkpoint,
+            input=str(root / "videos"),
+            out=str(out),
+            prompts=str(sidecar),
+            sampling=SAMPLING,
+            progress=False,
+        )
+    )
     table = _read(out)
     assert table.column("path").to_pylist() == [str(v) for v in videos]  # sorted listing = row order
     assert table.column("prompt").to_pylist() == [prompt_of[v.name] for v in videos]
     assert summary["kind"] == "videos" and summary["rows_ok"] == len(videos)
     direct = _direct_scores(checkpoint, [str(v) for v in videos[:3]], [prompt_of[v.name] for v in videos[:3]])
-    np.testing.assert_allclose(np.stack([table.column(f"score_{d}").to_numpy()[:3] for d in DIMS], 1), direct,
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        np.stack([table.column(f"score_{d}").to_numpy()[:3] for d in DIMS], 1), direct, atol=1e-4
+    )
     stats = json.loads(open(os.path.join(checkpoint, "norm_stats.json")).read())
     norm = np.stack([(table.column(f"score_{d}").to_numpy() - stats["mean"][d]) / stats["std"][d] for d in DIMS], 1)
     for j, d in enumerate(DIMS):
@@ -187,25 +210,32 @@ def test_folder_with_sidecar_glob_and_pointwise(ray_local, checkpoint, data, tmp
     np.testing.assert_allclose(table.column("Overall").to_numpy(), norm.sum(1), atol=1e-9)
 
     # A glob over the bad folder: every match is a row, non-videos as errors; no sidecar -> empty prompts.
-    summary = run_relabel(RelabelConfig(reward=checkpoint, input=str(root / "bad" / "*"), out=str(tmp_path / "g"),
-                                        sampling=SAMPLING, progress=False))
+    summary = run_relabel(
+        RelabelConfig(
+            reward=checkpoint, input=str(root / "bad" / "*"), out=str(tmp_path / "g"), sampling=SAMPLING, progress=False
+        )
+    )
     assert summary["rows"] == 5 and summary["rows_ok"] == 0
-    assert sorted(summary["rows_with_error"]) == ["corrupt", "empty", "not_a_video", "too_large",
-                                                  "unsupported_codec"]
+    assert sorted(summary["rows_with_error"]) == ["corrupt", "empty", "not_a_video", "too_large", "unsupported_codec"]
     assert set(_read(tmp_path / "g").column("prompt").to_pylist()) == {""}
 
     # A pointwise manifest (path, prompt, a rating column that stays as it was).
     pointwise = tmp_path / "points.csv"
-    pointwise.write_text("path,prompt,VQ\n" + f"{videos[0]},{prompt_of[videos[0].name]},Good\n"
-                         + f"{root / 'bad' / 'gone.mp4'},x,Bad\n")
-    summary = run_relabel(RelabelConfig(reward=checkpoint, input=str(pointwise), out=str(tmp_path / "p"),
-                                        sampling=SAMPLING, progress=False))
+    pointwise.write_text(
+        "path,prompt,VQ\n" + f"{videos[0]},{prompt_of[videos[0].name]},Good\n" + f"{root / 'bad' / 'gone.mp4'},x,Bad\n"
+    )
+    summary = run_relabel(
+        RelabelConfig(
+            reward=checkpoint, input=str(pointwise), out=str(tmp_path / "p"), sampling=SAMPLING, progress=False
+        )
+    )
     table = _read(tmp_path / "p")
     assert table.column("VQ").to_pylist() == ["Good", "Bad"]
     assert table.column("error").to_pylist() == [None, "missing"]
     assert table.column("score_VQ").to_pylist()[1] is None
-    np.testing.assert_allclose(table.column("score_VQ").to_numpy()[0], direct[list(videos).index(videos[0]), 0],
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        table.column("score_VQ").to_numpy()[0], direct[list(videos).index(videos[0]), 0], atol=1e-4
+    )
 
 
 def test_bad_arguments_fail_before_ray(checkpoint, data, tmp_path, monkeypatch):
@@ -218,8 +248,9 @@ def test_bad_arguments_fail_before_ray(checkpoint, data, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="not a VideoReward checkpoint"):
         run_relabel(RelabelConfig(reward=str(tmp_path), input=data["pairs"], out=str(tmp_path / "o")))
     with pytest.raises(ConfigError, match="unknown dimensions"):
-        run_relabel(RelabelConfig(reward=checkpoint, input=data["pairs"], out=str(tmp_path / "o"),
-                                  tie_epsilon={"Style": 0.1}))
+        run_relabel(
+            RelabelConfig(reward=checkpoint, input=data["pairs"], out=str(tmp_path / "o"), tie_epsilon={"Style": 0.1})
+        )
     with pytest.raises(ConfigError, match="no video files"):
         run_relabel(RelabelConfig(reward=checkpoint, input=str(tmp_path), out=str(tmp_path / "o")))
 
@@ -228,8 +259,9 @@ def test_sidecar_matching(tmp_path):
     (tmp_path / "a").mkdir()
     for name in ("a/x.mp4", "y.mp4", "z.webm", "readme.txt"):
         (tmp_path / name).write_bytes(b"0")
-    (tmp_path / "prompts.csv").write_text(f"path,prompt\na/x.mp4,first\n{tmp_path / 'y.mp4'},second\nz.webm,third\n"
-                                          "elsewhere.mp4,unused\n")
+    (tmp_path / "prompts.csv").write_text(
+        f"path,prompt\na/x.mp4,first\n{tmp_path / 'y.mp4'},second\nz.webm,third\nelsewhere.mp4,unused\n"
+    )
     inp = resolve_input(str(tmp_path), DIMS)
     assert inp.table.column("prompt").to_pylist() == ["first", "second", "third"]
     assert any("1 sidecar rows matched no video" in n for n in inp.notes)
@@ -245,11 +277,26 @@ def test_driver_killed_mid_run_resumes_to_the_same_output(ray_local, checkpoint,
     out = tmp_path / "resumed"
     address = ray_local.get_runtime_context().gcs_address
     sampling = json.dumps(SAMPLING.__dict__)
-    args = [sys.executable, "-m", "raypipe.cli", "relabel", f"reward={checkpoint}", f"input={data['pairs']}",
-            "--out", str(out), "batch=1", "token_budget=40", f"address={address}",
-            f"sampling={sampling}", "decode_rows=1", "flush_every_s=0", "progress=false"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    args = [
+        sys.executable,
+        "-m",
+        "raypipe.cli",
+        "relabel",
+        f"reward={checkpoint}",
+        f"input={data['pairs']}",
+        "--out",
+        str(out),
+        "batch=1",
+        "token_budget=40",
+        f"address={address}",
+        f"sampling={sampling}",
+        "decode_rows=1",
+        "flush_every_s=0",
+        "progress=false",
+    ]
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": os.getcwd()}
+    )
     deadline = time.time() + 300
     while time.time() < deadline and len(list((out / PROGRESS_DIR).glob("videos-*.parquet"))) < 2:
         assert proc.poll() is None, "relabel finished before it could be killed"
@@ -260,8 +307,9 @@ def test_driver_killed_mid_run_resumes_to_the_same_output(ray_local, checkpoint,
     done_before = sum(pq.read_metadata(p).num_rows for p in (out / PROGRESS_DIR).glob("videos-*.parquet"))
     assert 0 < done_before < 22
 
-    cfg = RelabelConfig(reward=checkpoint, input=data["pairs"], out=str(out), sampling=SAMPLING,
-                        batch=1, progress=False)
+    cfg = RelabelConfig(
+        reward=checkpoint, input=data["pairs"], out=str(out), sampling=SAMPLING, batch=1, progress=False
+    )
     summary = run_relabel(cfg)
     assert summary["resumes"] == 1
     assert summary["videos_from_previous_runs"] == done_before

@@ -1,4 +1,5 @@
 """Pure pieces of the reward worker loop (no Ray): batch -> inputs/targets, losses wired right, DS config."""
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -6,9 +7,9 @@ import torch
 
 from raypipe.config import SamplingConfig
 from raypipe.distributed.decode import decode_pairs_block
-from raypipe.reward.losses import btt_loss, regression_loss
-from raypipe.recipes.train_reward import TrainSettings
 from raypipe.distributed.trainer import deepspeed_config
+from raypipe.recipes.train_reward import TrainSettings
+from raypipe.reward.losses import btt_loss, regression_loss
 from raypipe.reward.training import batch_loss as _loss
 from raypipe.reward.training import pairs_to_inputs, validation_metrics
 
@@ -23,19 +24,25 @@ def tiny(tmp_path_factory):
 
 def _batch(make_mp4, tmp_path):
     a, b = make_mp4("a.mp4", seed=1), make_mp4("b.mp4", seed=2)
-    rows = pa.table({
-        "uri_A": [a, a, str(tmp_path / "missing.mp4")], "uri_B": [b, b, b],
-        "prompt": ["a red circle moving left", "a blue square", "x"],
-        "y_VQ": pa.array([1, -1, 1], pa.int8()), "y_MQ": pa.array([0, None, 1], pa.int8()),
-        "y_TA": pa.array([None, 1, 0], pa.int8()),
-        "MOS_A_VQ": [4.0, 2.0, 1.0], "MOS_B_VQ": [1.5, None, 1.0],
-    })
+    rows = pa.table(
+        {
+            "uri_A": [a, a, str(tmp_path / "missing.mp4")],
+            "uri_B": [b, b, b],
+            "prompt": ["a red circle moving left", "a blue square", "x"],
+            "y_VQ": pa.array([1, -1, 1], pa.int8()),
+            "y_MQ": pa.array([0, None, 1], pa.int8()),
+            "y_TA": pa.array([None, 1, 0], pa.int8()),
+            "MOS_A_VQ": [4.0, 2.0, 1.0],
+            "MOS_B_VQ": [1.5, None, 1.0],
+        }
+    )
     return decode_pairs_block(rows, SamplingConfig(fps=4, max_frames=16))
 
 
 def test_pairs_to_inputs_targets_and_error_rows(tiny, make_mp4, tmp_path):
-    inputs, targets, n_err = pairs_to_inputs(_batch(make_mp4, tmp_path), tiny.processor, ["VQ", "MQ", "TA"],
-                                             with_mos=True)
+    inputs, targets, n_err = pairs_to_inputs(
+        _batch(make_mp4, tmp_path), tiny.processor, ["VQ", "MQ", "TA"], with_mos=True
+    )
     assert n_err == 1  # the row with a missing video is skipped, not trained on
     assert targets["y"].tolist() == [[1, 0, 0], [-1, 0, 1]]
     assert targets["mask"].tolist() == [[True, True, False], [True, False, True]]
@@ -46,8 +53,7 @@ def test_pairs_to_inputs_targets_and_error_rows(tiny, make_mp4, tmp_path):
 
 
 def test_loss_wiring_matches_the_library(tiny, make_mp4, tmp_path):
-    inputs, targets, _ = pairs_to_inputs(_batch(make_mp4, tmp_path), tiny.processor, ["VQ", "MQ", "TA"],
-                                         with_mos=True)
+    inputs, targets, _ = pairs_to_inputs(_batch(make_mp4, tmp_path), tiny.processor, ["VQ", "MQ", "TA"], with_mos=True)
     rewards = torch.randn(4, 3)
     loss, _ = _loss("btt", rewards, targets, 5.0, "cpu")
     ref, _ = btt_loss(rewards[:2], rewards[2:], targets["y"], targets["mask"], 5.0)

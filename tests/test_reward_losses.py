@@ -1,4 +1,5 @@
 """Reward losses (SPEC §3.2) against closed forms computed independently with the math module."""
+
 from __future__ import annotations
 
 import math
@@ -29,6 +30,7 @@ def _all(n):
 
 # ---------- Bradley–Terry ----------
 
+
 def test_bt_zero_margin_is_ln2():
     loss, stats = bt_loss(_t(0.3), _t(0.3), _labels(1), _all(1))
     assert loss.item() == pytest.approx(LN2, abs=1e-12)
@@ -47,13 +49,13 @@ def test_bt_closed_form_and_ties_dropped():
 
 
 def test_bt_stable_for_huge_margins():
-    loss, _ = bt_loss(_t(0.0, 0.0, dtype=torch.float32), _t(200.0, -200.0, dtype=torch.float32),
-                      _labels(1, 1), _all(2))
+    loss, _ = bt_loss(_t(0.0, 0.0, dtype=torch.float32), _t(200.0, -200.0, dtype=torch.float32), _labels(1, 1), _all(2))
     assert torch.isfinite(loss)
     assert loss.item() == pytest.approx(100.0, rel=1e-5)  # (200 + ~0) / 2
 
 
 # ---------- Rao–Kupper ----------
+
 
 @pytest.mark.parametrize("theta", [1.001, 1.5, 2.0, 5.0, 50.0])
 def test_btt_probabilities_sum_to_one_and_tie_identity(theta):
@@ -78,7 +80,7 @@ def test_btt_win_at_delta_ln_theta_is_ln2():
 def test_btt_tie_at_zero_closed_form():
     theta = 5.0
     loss, stats = btt_loss(_t(1.25), _t(1.25), _labels(0), _all(1), theta=theta)
-    want = -2 * math.log(_sig(-math.log(theta))) - math.log(theta ** 2 - 1)
+    want = -2 * math.log(_sig(-math.log(theta))) - math.log(theta**2 - 1)
     assert loss.item() == pytest.approx(want, rel=1e-12)
     assert stats["n_ties"] == 1 and stats["n_labelled"] == 1 and math.isnan(stats["accuracy"])
 
@@ -106,10 +108,14 @@ def test_btt_theta_must_exceed_one(theta):
 
 # ---------- shared behaviour ----------
 
+
 @pytest.mark.parametrize("kind", ["bt", "btt"])
 def test_swap_symmetry(kind):
     g = torch.Generator().manual_seed(0)
-    r_a, r_b = torch.randn(16, 3, generator=g, dtype=torch.float64), torch.randn(16, 3, generator=g, dtype=torch.float64)
+    r_a, r_b = (
+        torch.randn(16, 3, generator=g, dtype=torch.float64),
+        torch.randn(16, 3, generator=g, dtype=torch.float64),
+    )
     y = torch.ones(16, 3, dtype=torch.int64)
     mask = torch.rand(16, 3, generator=g) > 0.2
     swapped, _ = reward_loss(kind, r_a, r_b, -y, mask)
@@ -147,7 +153,9 @@ def test_nothing_labelled_gives_differentiable_zero(kind):
     loss, stats = reward_loss(kind, r_a, r_b, _labels(1, 0), torch.zeros(2, dtype=torch.bool))
     assert loss.item() == 0.0 and loss.grad_fn is not None
     loss.backward()
-    assert torch.equal(r_a.grad, torch.zeros(2, dtype=torch.float64)) and torch.equal(r_b.grad, torch.zeros(2, dtype=torch.float64))
+    assert torch.equal(r_a.grad, torch.zeros(2, dtype=torch.float64)) and torch.equal(
+        r_b.grad, torch.zeros(2, dtype=torch.float64)
+    )
     assert stats["n_labelled"] == 0 and math.isnan(stats["accuracy"])
 
 
@@ -225,11 +233,14 @@ def test_bad_inputs_raise():
 
 
 def test_bf16_inputs_computed_in_float32():
-    loss, _ = bt_loss(torch.zeros(2, dtype=torch.bfloat16), torch.zeros(2, dtype=torch.bfloat16), _labels(1, -1), _all(2))
+    loss, _ = bt_loss(
+        torch.zeros(2, dtype=torch.bfloat16), torch.zeros(2, dtype=torch.bfloat16), _labels(1, -1), _all(2)
+    )
     assert loss.dtype == torch.float32 and loss.item() == pytest.approx(LN2, rel=1e-6)
 
 
 # ---------- regression ----------
+
 
 def test_regression_closed_form_and_mask():
     r = _t(0.5, -1.0, 2.0, 9.0, grad=True)
@@ -268,7 +279,7 @@ def test_dimension_weights_by_hand(kind):
             if kind == "bt":
                 loss = -math.log(_sig(delta))
             elif y[i, d] == 0:
-                loss = -math.log((theta ** 2 - 1) * _sig(delta - math.log(theta)) * _sig(-delta - math.log(theta)))
+                loss = -math.log((theta**2 - 1) * _sig(delta - math.log(theta)) * _sig(-delta - math.log(theta)))
             else:
                 loss = -math.log(_sig(delta - math.log(theta)))
             num, den = num + w[d] * loss, den + w[d]
@@ -276,12 +287,14 @@ def test_dimension_weights_by_hand(kind):
     assert float(got) == pytest.approx(num / den, rel=1e-12)
     plain, _ = reward_loss(kind, r_a, r_b, y, mask, theta)
     for same in ([1.0, 1.0, 1.0], [2.5, 2.5, 2.5]):  # equal weights are the plain masked mean
-        assert float(reward_loss(kind, r_a, r_b, y, mask, theta, weights=torch.tensor(same))[0]) == \
-            pytest.approx(float(plain), rel=1e-12)
+        assert float(reward_loss(kind, r_a, r_b, y, mask, theta, weights=torch.tensor(same))[0]) == pytest.approx(
+            float(plain), rel=1e-12
+        )
     dropped = mask.clone()  # weight 0 on a column = that column unlabelled
     dropped[:, 1] = False
-    assert float(reward_loss(kind, r_a, r_b, y, mask, theta, weights=torch.tensor([1.0, 0.0, 1.0]))[0]) == \
-        pytest.approx(float(reward_loss(kind, r_a, r_b, y, dropped, theta)[0]), rel=1e-12)
+    assert float(
+        reward_loss(kind, r_a, r_b, y, mask, theta, weights=torch.tensor([1.0, 0.0, 1.0]))[0]
+    ) == pytest.approx(float(reward_loss(kind, r_a, r_b, y, dropped, theta)[0]), rel=1e-12)
     nothing = torch.zeros_like(mask)
     zero, _ = reward_loss(kind, r_a.requires_grad_(), r_b, y, nothing, theta, weights=torch.tensor(w))
     zero.backward()

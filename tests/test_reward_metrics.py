@@ -1,4 +1,5 @@
 """Pairwise accuracy (SPEC §4): hand-worked cases and a brute-force O(N²) tie-calibration sweep."""
+
 from __future__ import annotations
 
 import json
@@ -33,6 +34,7 @@ def brute_force(h, m):
 
 
 # ---------- hand-worked ----------
+
 
 def test_hand_worked_example():
     h, m = [1, -1, 0, 1], [0.5, -0.2, 0.1, 0.0]
@@ -120,15 +122,18 @@ def test_float_labels_accepted():
     assert accuracy_with_ties(np.array([1.0, -1.0, 0.0]), [1.0, -1.0, 0.0]) == (1.0, 0.0)
 
 
-@pytest.mark.parametrize("h, m, match", [
-    ([1, 2], [0.1, 0.2], "2"),
-    ([1, float("nan")], [0.1, 0.2], "bad values"),
-    (["A", "B"], [0.1, 0.2], "bad values"),
-    ([1, 0.5], [0.1, 0.2], "0.5"),
-    ([1, -1], [0.1, float("nan")], "NaN"),
-    ([1, -1, 0], [0.1, 0.2], "equal length"),
-    ([[1, -1]], [[0.1, 0.2]], "1-D"),
-])
+@pytest.mark.parametrize(
+    "h, m, match",
+    [
+        ([1, 2], [0.1, 0.2], "2"),
+        ([1, float("nan")], [0.1, 0.2], "bad values"),
+        (["A", "B"], [0.1, 0.2], "bad values"),
+        ([1, 0.5], [0.1, 0.2], "0.5"),
+        ([1, -1], [0.1, float("nan")], "NaN"),
+        ([1, -1, 0], [0.1, 0.2], "equal length"),
+        ([[1, -1]], [[0.1, 0.2]], "1-D"),
+    ],
+)
 def test_bad_values_raise(h, m, match):
     for fn in (accuracy_without_ties, accuracy_with_ties, accuracy_curve, pairwise_report):
         with pytest.raises(ValueError, match=match):
@@ -136,6 +141,7 @@ def test_bad_values_raise(h, m, match):
 
 
 # ---------- randomized against the brute force ----------
+
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 40])
 def test_matches_brute_force_with_heavy_duplicates(n):

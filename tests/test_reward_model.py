@@ -1,4 +1,5 @@
 """VideoReward: processor layout vs transformers' own, token placement, trainable parts, save/load."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,5 +1,6 @@
 """Reward scoring and eval-reward: normalisation by hand, the Ray scoring path against direct scoring,
 row accounting with bad videos, dedup of shared videos, metrics against an independent computation."""
+
 import json
 
 import numpy as np
@@ -14,8 +15,7 @@ from raypipe.recipes.eval_reward import EvalConfig, compute_metrics
 from raypipe.recipes.eval_reward import run as run_eval
 from raypipe.reward.metrics import pairwise_report
 from raypipe.reward.model import VideoReward
-from raypipe.reward.scoring import (compute_norm_stats, normalize, overall, resolve_sampling,
-                                    validate_norm_stats)
+from raypipe.reward.scoring import compute_norm_stats, normalize, overall, resolve_sampling, validate_norm_stats
 from raypipe.video.decode import decode_video
 from raypipe.video.synth import make_synthpref
 

@@ -1,8 +1,14 @@
 """SPEC §2.3 frame sampling and resizing, on hand-worked cases."""
+
 import pytest
 
-from raypipe.video.sampling import (SamplingError, num_sampled_frames, resized_size, round_to_multiple,
-                                    sample_frame_indices)
+from raypipe.video.sampling import (
+    SamplingError,
+    num_sampled_frames,
+    resized_size,
+    round_to_multiple,
+    sample_frame_indices,
+)
 
 
 def test_round_to_multiple_rounds_halves_up():
@@ -75,16 +81,19 @@ def test_odd_min_frames_rounds_up_to_even():
     assert num_sampled_frames(100, 25.0, fps=0.1, min_frames=5) == 6
 
 
-@pytest.mark.parametrize("hw, expected", [
-    ((56, 56), (56, 56)),          # SynthPref: already a multiple of 28 and inside the budget
-    ((448, 448), (448, 448)),      # exactly the budget
-    ((360, 640), (336, 588)),      # beta = sqrt(230400/200704) = 1.0714: 336.0 -> 336, 597.3 -> 588
-    ((640, 360), (588, 336)),      # portrait: the same, transposed
-    ((1080, 1920), (336, 588)),    # beta = 3.2143: 336.0 -> 336, 597.3 -> 588
-    ((4320, 7680), (336, 588)),    # 8K: beta = 12.857
-    ((10, 10), (56, 56)),          # tiny: up to min_pixels 3136: beta = 5.6 -> 56 x 56
-    ((100, 30), (112, 28)),        # rounds to 112 x 28 = 3136, not below min_pixels
-])
+@pytest.mark.parametrize(
+    "hw, expected",
+    [
+        ((56, 56), (56, 56)),  # SynthPref: already a multiple of 28 and inside the budget
+        ((448, 448), (448, 448)),  # exactly the budget
+        ((360, 640), (336, 588)),  # beta = sqrt(230400/200704) = 1.0714: 336.0 -> 336, 597.3 -> 588
+        ((640, 360), (588, 336)),  # portrait: the same, transposed
+        ((1080, 1920), (336, 588)),  # beta = 3.2143: 336.0 -> 336, 597.3 -> 588
+        ((4320, 7680), (336, 588)),  # 8K: beta = 12.857
+        ((10, 10), (56, 56)),  # tiny: up to min_pixels 3136: beta = 5.6 -> 56 x 56
+        ((100, 30), (112, 28)),  # rounds to 112 x 28 = 3136, not below min_pixels
+    ],
+)
 def test_resized_size(hw, expected):
     assert resized_size(*hw, min_pixels=56 * 56, max_pixels=448 * 448) == expected
 

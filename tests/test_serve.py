@@ -1,6 +1,7 @@
 """Ray Serve apps on the test Ray: /score (upload and URI) equals direct scoring, batched = unbatched, every
 bad-request kind is a 4xx JSON, bearer auth on/off, a replica survives a malformed upload; /generate with its
 validation. Tiny untrained models; the HTTP proxy on a free loopback port."""
+
 from __future__ import annotations
 
 import json
@@ -47,33 +48,83 @@ def server(ray_local, reward_checkpoint, tmp_path_factory):
     (root / "secret.mp4").write_bytes((videos / "v0.mp4").read_bytes())  # outside the allowed root
     light = {"ray_actor_options": {"num_cpus": 0}}
     apps = [
-        ("reward", "/", reward_app({"reward": reward_checkpoint, "batch": 8, "batch_wait_s": 0.2,
-                                    "allowed_roots": [str(videos)], "auth_token_env": TOKEN_ENV,
-                                    "deployment_options": {"RewardModel": light, "RewardAPI": light}})),
-        ("secure", "/secure", reward_app({
-            "reward": reward_checkpoint, "batch": 1, "max_upload_mb": 0.05, "auth_token_env": TOKEN_ENV,
-            "deployment_options": {"RewardModel": light, "RewardAPI": {"ray_actor_options": {
-                "num_cpus": 0, "runtime_env": {"env_vars": {TOKEN_ENV: "s3cret"}}}}}})),
-        ("ha", "/ha", reward_app({"reward": reward_checkpoint, "batch": 2, "auth_token_env": TOKEN_ENV,
-                                  "deployment_options": {"RewardModel": {**light, "num_replicas": 2,
-                                                                         "health_check_period_s": 1},
-                                                         "RewardAPI": light}})),
-        ("generate", "/generate", generate_app({
-            "generator": str(wan), "latent_reward": str(root / "lr"), "max_steps": 4, "auth_token_env": TOKEN_ENV,
-            "clip": {"frames": 5, "height": 16, "width": 16}, "output_dir": str(root / "out"),
-            "deployment_options": {"GenerateAPI": light}})),
+        (
+            "reward",
+            "/",
+            reward_app(
+                {
+                    "reward": reward_checkpoint,
+                    "batch": 8,
+                    "batch_wait_s": 0.2,
+                    "allowed_roots": [str(videos)],
+                    "auth_token_env": TOKEN_ENV,
+                    "deployment_options": {"RewardModel": light, "RewardAPI": light},
+                }
+            ),
+        ),
+        (
+            "secure",
+            "/secure",
+            reward_app(
+                {
+                    "reward": reward_checkpoint,
+                    "batch": 1,
+                    "max_upload_mb": 0.05,
+                    "auth_token_env": TOKEN_ENV,
+                    "deployment_options": {
+                        "RewardModel": light,
+                        "RewardAPI": {
+                            "ray_actor_options": {"num_cpus": 0, "runtime_env": {"env_vars": {TOKEN_ENV: "s3cret"}}}
+                        },
+                    },
+                }
+            ),
+        ),
+        (
+            "ha",
+            "/ha",
+            reward_app(
+                {
+                    "reward": reward_checkpoint,
+                    "batch": 2,
+                    "auth_token_env": TOKEN_ENV,
+                    "deployment_options": {
+                        "RewardModel": {**light, "num_replicas": 2, "health_check_period_s": 1},
+                        "RewardAPI": light,
+                    },
+                }
+            ),
+        ),
+        (
+            "generate",
+            "/generate",
+            generate_app(
+                {
+                    "generator": str(wan),
+                    "latent_reward": str(root / "lr"),
+                    "max_steps": 4,
+                    "auth_token_env": TOKEN_ENV,
+                    "clip": {"frames": 5, "height": 16, "width": 16},
+                    "output_dir": str(root / "out"),
+                    "deployment_options": {"GenerateAPI": light},
+                }
+            ),
+        ),
     ]
     url = start(apps, port=_free_port())
     yield {"url": url, "videos": videos, "root": root, "checkpoint": reward_checkpoint}
     serve.shutdown()
 
 
-@pytest.mark.parametrize("args, key", [
-    ({"checkpoint": "x"}, "checkpoint"),  # the old name of `reward`
-    ({"batch": "8"}, "batch"),
-    ({"clip": {"frames": 5, "hieght": 16}}, "hieght"),
-    ({"deployment_options": {"RewardApi": {}}}, "RewardApi"),
-])
+@pytest.mark.parametrize(
+    "args, key",
+    [
+        ({"checkpoint": "x"}, "checkpoint"),  # the old name of `reward`
+        ({"batch": "8"}, "batch"),
+        ({"clip": {"frames": 5, "hieght": 16}}, "hieght"),
+        ({"deployment_options": {"RewardApi": {}}}, "RewardApi"),
+    ],
+)
 def test_app_args_are_typed(reward_checkpoint, tmp_path, args, key):
     from raypipe.config import ConfigError
     from raypipe.serve.config import generate_app_config, reward_app_config
@@ -89,8 +140,9 @@ def test_app_args_are_typed(reward_checkpoint, tmp_path, args, key):
 def _upload(url, path, prompt="a red square moving right", **extra):
     with open(path, "rb") as f:
         data = {"prompt": prompt} if prompt is not None else {}
-        return requests.post(f"{url}/score", files={"file": ("clip.mp4", f, "video/mp4")}, data={**data, **extra},
-                             timeout=60)
+        return requests.post(
+            f"{url}/score", files={"file": ("clip.mp4", f, "video/mp4")}, data={**data, **extra}, timeout=60
+        )
 
 
 def _direct(checkpoint, path, prompt):
@@ -122,8 +174,9 @@ def test_score_upload_and_uri_equal_direct_scoring(server):
     # normalised with the checkpoint's stats (conftest: mean VQ .1, std .5 ...), Overall = their sum
     assert body["normalized"]["VQ"] == pytest.approx((got[0] - 0.1) / 0.5, abs=1e-4)
     assert body["Overall"] == pytest.approx(sum(body["normalized"].values()), abs=1e-6)
-    by_uri = requests.post(f"{url}/score", json={"uri": str(path), "prompt": "a red square moving right"},
-                           timeout=60).json()
+    by_uri = requests.post(
+        f"{url}/score", json={"uri": str(path), "prompt": "a red square moving right"}, timeout=60
+    ).json()
     assert by_uri["scores"] == pytest.approx(body["scores"], abs=1e-5)
     only = _upload(url, path, dimensions="TA").json()
     assert list(only["scores"]) == ["TA"]
@@ -131,8 +184,10 @@ def test_score_upload_and_uri_equal_direct_scoring(server):
 
 def test_batched_results_equal_unbatched(server):
     url = server["url"]
-    jobs = [(server["videos"] / f"v{i % 4}.mp4", f"a red square moving {d}")
-            for i, d in enumerate(["left", "right", "up", "down"] * 3)]
+    jobs = [
+        (server["videos"] / f"v{i % 4}.mp4", f"a red square moving {d}")
+        for i, d in enumerate(["left", "right", "up", "down"] * 3)
+    ]
     sequential = [_upload(url, p, q).json()["scores"] for p, q in jobs]
     before = len(requests.get(f"{url}/batches", timeout=30).json()["batch_sizes"])
     with ThreadPoolExecutor(12) as pool:
@@ -144,20 +199,23 @@ def test_batched_results_equal_unbatched(server):
     assert sum(sizes) == len(jobs) and max(sizes) > 1  # concurrent requests shared forward passes
 
 
-@pytest.mark.parametrize("case, status, kind", [
-    ("missing_prompt", 422, "invalid_request"),
-    ("missing_file", 422, "invalid_request"),
-    ("prompt_is_a_file", 422, "invalid_request"),
-    ("not_a_video", 415, "not_a_video"),
-    ("unknown_dimension", 422, "unknown_dimension"),
-    ("bad_json", 400, "invalid_json"),
-    ("json_without_uri", 422, "invalid_request"),
-    ("uri_outside_roots", 403, "uri_not_allowed"),
-    ("uri_traversal", 403, "uri_not_allowed"),
-    ("uri_scheme", 400, "uri_not_allowed"),
-    ("wrong_content_type", 415, "unsupported_media_type"),
-    ("malformed_multipart", 400, "invalid_multipart"),
-])
+@pytest.mark.parametrize(
+    "case, status, kind",
+    [
+        ("missing_prompt", 422, "invalid_request"),
+        ("missing_file", 422, "invalid_request"),
+        ("prompt_is_a_file", 422, "invalid_request"),
+        ("not_a_video", 415, "not_a_video"),
+        ("unknown_dimension", 422, "unknown_dimension"),
+        ("bad_json", 400, "invalid_json"),
+        ("json_without_uri", 422, "invalid_request"),
+        ("uri_outside_roots", 403, "uri_not_allowed"),
+        ("uri_traversal", 403, "uri_not_allowed"),
+        ("uri_scheme", 400, "uri_not_allowed"),
+        ("wrong_content_type", 415, "unsupported_media_type"),
+        ("malformed_multipart", 400, "invalid_multipart"),
+    ],
+)
 def test_bad_score_requests(server, case, status, kind):
     url, videos, root = server["url"], server["videos"], server["root"]
     good = videos / "v0.mp4"
@@ -166,16 +224,22 @@ def test_bad_score_requests(server, case, status, kind):
     elif case == "missing_file":
         resp = requests.post(f"{url}/score", files={"prompt": (None, "a prompt")}, timeout=30)
     elif case == "prompt_is_a_file":
-        resp = requests.post(f"{url}/score", files={"file": ("c.mp4", good.read_bytes()),
-                                                    "prompt": ("p.txt", b"a prompt")}, timeout=30)
+        resp = requests.post(
+            f"{url}/score", files={"file": ("c.mp4", good.read_bytes()), "prompt": ("p.txt", b"a prompt")}, timeout=30
+        )
     elif case == "not_a_video":
-        resp = requests.post(f"{url}/score", files={"file": ("notes.mp4", b"just some text, not a video" * 10)},
-                             data={"prompt": "p"}, timeout=30)
+        resp = requests.post(
+            f"{url}/score",
+            files={"file": ("notes.mp4", b"just some text, not a video" * 10)},
+            data={"prompt": "p"},
+            timeout=30,
+        )
     elif case == "unknown_dimension":
         resp = _upload(url, good, dimensions="VQ,XX")
     elif case == "bad_json":
-        resp = requests.post(f"{url}/score", data=b"{not json", headers={"content-type": "application/json"},
-                             timeout=30)
+        resp = requests.post(
+            f"{url}/score", data=b"{not json", headers={"content-type": "application/json"}, timeout=30
+        )
     elif case == "json_without_uri":
         resp = requests.post(f"{url}/score", json={"prompt": "p"}, timeout=30)
     elif case == "uri_outside_roots":
@@ -187,8 +251,12 @@ def test_bad_score_requests(server, case, status, kind):
     elif case == "wrong_content_type":
         resp = requests.post(f"{url}/score", data=b"raw", headers={"content-type": "text/plain"}, timeout=30)
     else:
-        resp = requests.post(f"{url}/score", data=b"--xx\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nabc",
-                             headers={"content-type": "multipart/form-data"}, timeout=30)  # no boundary
+        resp = requests.post(
+            f"{url}/score",
+            data=b'--xx\r\nContent-Disposition: form-data; name="file"\r\n\r\nabc',
+            headers={"content-type": "multipart/form-data"},
+            timeout=30,
+        )  # no boundary
     assert resp.status_code == status, resp.text
     assert resp.json()["error"] == kind and resp.json()["message"]
 
@@ -196,8 +264,12 @@ def test_bad_score_requests(server, case, status, kind):
 def test_replica_survives_malformed_upload(server):
     url = server["url"]
     for _ in range(3):
-        requests.post(f"{url}/score", data=b"\x00\xff" * 1000,
-                      headers={"content-type": "multipart/form-data; boundary=zz"}, timeout=30)
+        requests.post(
+            f"{url}/score",
+            data=b"\x00\xff" * 1000,
+            headers={"content-type": "multipart/form-data; boundary=zz"},
+            timeout=30,
+        )
     assert _upload(url, server["videos"] / "v2.mp4").status_code == 200
 
 
@@ -210,11 +282,11 @@ def test_auth_and_upload_limit(server):
     assert wrong.status_code == 401
     auth = {"Authorization": "Bearer s3cret"}
     with open(good, "rb") as f:
-        ok = requests.post(f"{url}/score", files={"file": ("c.mp4", f)}, data={"prompt": "p"}, headers=auth,
-                           timeout=60)
+        ok = requests.post(f"{url}/score", files={"file": ("c.mp4", f)}, data={"prompt": "p"}, headers=auth, timeout=60)
     assert ok.status_code == 200, ok.text
-    big = requests.post(f"{url}/score", files={"file": ("big.mp4", b"\x00" * 200_000)}, data={"prompt": "p"},
-                        headers=auth, timeout=60)
+    big = requests.post(
+        f"{url}/score", files={"file": ("big.mp4", b"\x00" * 200_000)}, data={"prompt": "p"}, headers=auth, timeout=60
+    )
     assert big.status_code == 413 and big.json()["error"] == "too_large"
     # the main app has no token configured (env var unset): open
     assert requests.get(f"{server['url']}/version", timeout=30).status_code == 200
@@ -222,24 +294,32 @@ def test_auth_and_upload_limit(server):
 
 def test_generate_endpoint(server):
     url = server["url"] + "/generate"
-    ok = requests.post(url, json={"prompt": "a red circle moving left", "weights": {"TA": 1.0}, "strength": 1.0,
-                                  "seed": 3, "steps": 2}, timeout=120)
+    ok = requests.post(
+        url,
+        json={"prompt": "a red circle moving left", "weights": {"TA": 1.0}, "strength": 1.0, "seed": 3, "steps": 2},
+        timeout=120,
+    )
     assert ok.status_code == 200, ok.text
     body = ok.json()
     assert Path(body["uri"]).stat().st_size > 0 and set(body["latent_rewards"]) == {"VQ", "MQ", "TA"}
-    again = requests.post(url, json={"prompt": "a red circle moving left", "weights": {"TA": 1.0}, "strength": 1.0,
-                                     "seed": 3, "steps": 2}, timeout=120).json()
+    again = requests.post(
+        url,
+        json={"prompt": "a red circle moving left", "weights": {"TA": 1.0}, "strength": 1.0, "seed": 3, "steps": 2},
+        timeout=120,
+    ).json()
     assert again["latent_rewards"] == pytest.approx(body["latent_rewards"], abs=1e-6)  # same seed, same sample
     mp4 = requests.post(url, json={"prompt": "a blue square moving up", "steps": 2, "output": "mp4"}, timeout=120)
     assert mp4.status_code == 200 and mp4.content[4:8] == b"ftyp"
     assert json.loads(mp4.headers["X-Latent-Rewards"]).keys() == {"VQ", "MQ", "TA"}
-    for payload, kind in [({"weights": {"TA": 1}}, "invalid_request"),  # missing prompt
-                          ({"prompt": "p", "seed": "abc"}, "invalid_request"),  # wrong type
-                          ({"prompt": "p", "weights": {"XX": 1}}, "unknown_dimension"),
-                          ({"prompt": "p", "weights": {"TA": 1e6}}, "out_of_range"),
-                          ({"prompt": "p", "strength": -1}, "out_of_range"),
-                          ({"prompt": "p", "steps": 500}, "too_many_steps"),
-                          ({"prompt": "p", "colour": "red"}, "invalid_request")]:
+    for payload, kind in [
+        ({"weights": {"TA": 1}}, "invalid_request"),  # missing prompt
+        ({"prompt": "p", "seed": "abc"}, "invalid_request"),  # wrong type
+        ({"prompt": "p", "weights": {"XX": 1}}, "unknown_dimension"),
+        ({"prompt": "p", "weights": {"TA": 1e6}}, "out_of_range"),
+        ({"prompt": "p", "strength": -1}, "out_of_range"),
+        ({"prompt": "p", "steps": 500}, "too_many_steps"),
+        ({"prompt": "p", "colour": "red"}, "invalid_request"),
+    ]:
         resp = requests.post(url, json={"steps": 2, **payload}, timeout=60)
         assert resp.status_code == 422, (payload, resp.text)
         assert resp.json()["error"] == kind, (payload, resp.json())
@@ -249,8 +329,11 @@ def _replica_pids(app: str, deployment: str) -> list[int]:
     import psutil
 
     name = f"ray::ServeReplica:{app}:{deployment}"
-    return sorted(p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
-                  if " ".join(p.info["cmdline"] or []).startswith(name))
+    return sorted(
+        p.info["pid"]
+        for p in psutil.process_iter(["pid", "cmdline"])
+        if " ".join(p.info["cmdline"] or []).startswith(name)
+    )
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
 """SynthPref generator: determinism, label balance and noise, manifest format, rendering at reference difficulty."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,8 +12,16 @@ import pytest
 
 from raypipe.config import SynthConfig
 from raypipe.video.decode import VideoError, read_all_frames
-from raypipe.video.synth import (COLORS, DIRECTIONS, SHAPES, make_prompt, make_synthpref, parse_size, render_video,
-                                 sample_pair)
+from raypipe.video.synth import (
+    COLORS,
+    DIRECTIONS,
+    SHAPES,
+    make_prompt,
+    make_synthpref,
+    parse_size,
+    render_video,
+    sample_pair,
+)
 
 DIMS = ("VQ", "MQ", "TA")
 
@@ -139,7 +148,11 @@ def test_make_synthpref_manifest_and_videos(tmp_path):
             assert frames.shape == (16, 56, 56, 3)
         pair = sample_pair(_small(0), rows.index(r))
         assert (r["prompt"], r["gt_vq_A"], r["gt_ta_B"], r["gt_shape_B"]) == (
-            pair.prompt, pair.a.vq, pair.b.ta, pair.b.shape)
+            pair.prompt,
+            pair.a.vq,
+            pair.b.ta,
+            pair.b.shape,
+        )
 
 
 def test_make_synthpref_is_deterministic(tmp_path):
@@ -147,15 +160,18 @@ def test_make_synthpref_is_deterministic(tmp_path):
     again = make_synthpref(tmp_path / "b", _small(1))
     assert first.equals(again)
     for rel in first.column("path_A").to_pylist() + first.column("path_B").to_pylist():
-        np.testing.assert_array_equal(read_all_frames(str(tmp_path / "a" / rel)),
-                                      read_all_frames(str(tmp_path / "b" / rel)))
+        np.testing.assert_array_equal(
+            read_all_frames(str(tmp_path / "a" / rel)), read_all_frames(str(tmp_path / "b" / rel))
+        )
     # Pair i does not depend on how many pairs are made.
     longer = make_synthpref(tmp_path / "c", _small(1, pairs=4))
     assert longer.slice(0, 3).equals(first)
     other = make_synthpref(tmp_path / "d", _small(2))
     assert not other.equals(first)
-    assert not np.array_equal(read_all_frames(str(tmp_path / "a" / "videos/000000_A.mp4")),
-                              read_all_frames(str(tmp_path / "d" / "videos/000000_A.mp4")))
+    assert not np.array_equal(
+        read_all_frames(str(tmp_path / "a" / "videos/000000_A.mp4")),
+        read_all_frames(str(tmp_path / "d" / "videos/000000_A.mp4")),
+    )
 
 
 def test_bad_configs_are_refused(tmp_path):

@@ -1,5 +1,6 @@
 """train-flow: training rows per algorithm by hand; a tiny Flow-DPO run on Ray Train + DeepSpeed whose LoRA
 loads with WanPipeline.load_lora_weights and whose curve reaches TensorBoard."""
+
 import glob
 import json
 
@@ -9,16 +10,23 @@ import pytest
 import torch
 
 from raypipe.config import ConfigError, load_config
-from raypipe.recipes.train_flow import FlowTrainConfig
 from raypipe.flow.pairs import training_rows
+from raypipe.recipes.train_flow import FlowTrainConfig
 from raypipe.recipes.train_flow import run as run_train_flow
 
 
 def _table():
-    return pa.table({"row_id": pa.array([0, 1, 2], pa.int64()), "uri_A": ["a0", "a1", "a0"],
-                     "uri_B": ["b0", "b1", "b2"], "prompt": ["p0", "p1", "p0"],
-                     "y_MQ": pa.array([1, -1, 0], pa.int8()),
-                     "MOS_A_MQ": [4.0, 2.0, 3.0], "MOS_B_MQ": [1.0, 5.0, None]})
+    return pa.table(
+        {
+            "row_id": pa.array([0, 1, 2], pa.int64()),
+            "uri_A": ["a0", "a1", "a0"],
+            "uri_B": ["b0", "b1", "b2"],
+            "prompt": ["p0", "p1", "p0"],
+            "y_MQ": pa.array([1, -1, 0], pa.int8()),
+            "MOS_A_MQ": [4.0, 2.0, 3.0],
+            "MOS_B_MQ": [1.0, 5.0, None],
+        }
+    )
 
 
 def test_training_rows_per_algo():
@@ -31,8 +39,9 @@ def test_training_rows_per_algo():
             gt = gt.append_column(f"gt_{name}_{side}", pa.array([value] * 3))
     rows, counts = training_rows(gt, "pretrain", "labels", {"MQ": 1.0})
     assert counts["captions"] == "true attributes (gt_*)"
-    assert dict(zip(rows.column("uri").to_pylist(), rows.column("prompt").to_pylist()))["b1"] == \
-        "a blue square moving up"
+    assert (
+        dict(zip(rows.column("uri").to_pylist(), rows.column("prompt").to_pylist()))["b1"] == "a blue square moving up"
+    )
     assert rows.num_rows == 5
     rows, counts = training_rows(_table(), "sft", "labels", {"MQ": 1.0})
     assert rows.column("uri").to_pylist() == ["a0", "b1"] and counts["dropped_tie"] == 1
@@ -51,9 +60,23 @@ def test_training_rows_per_algo():
 def test_tiny_flow_dpo_end_to_end(ray_local, tmp_path):
     from raypipe.flow.family import WanFamily
 
-    cfg = load_config(FlowTrainConfig, "configs/flow_tiny.yaml", [
-        "synth.pairs=24", "train.batch=2", "train.epochs=10", "train.max_steps=4", "train.checkpoint_every=2", "train.log_every=1",
-        "clip.frames=5", "clip.height=32", "clip.width=32", f"out={tmp_path / 'flow'}", "progress=false"])
+    cfg = load_config(
+        FlowTrainConfig,
+        "configs/flow_tiny.yaml",
+        [
+            "synth.pairs=24",
+            "train.batch=2",
+            "train.epochs=10",
+            "train.max_steps=4",
+            "train.checkpoint_every=2",
+            "train.log_every=1",
+            "clip.frames=5",
+            "clip.height=32",
+            "clip.width=32",
+            f"out={tmp_path / 'flow'}",
+            "progress=false",
+        ],
+    )
     summary = run_train_flow(cfg)
     assert summary["steps"] == 4 and summary["error_rows"] == 0
     curve = json.loads((tmp_path / "flow" / "curve.json").read_text())
@@ -74,13 +97,25 @@ def test_tiny_flow_dpo_end_to_end(ray_local, tmp_path):
 @pytest.mark.slow
 def test_latent_cache_built_once_then_streamed(ray_local, tmp_path):
     """Way (b): SFT from a latent cache; the cache equals encoding on the fly; a mismatched reuse is refused."""
-    from raypipe.flow.family import WanFamily
     from raypipe.data.tables import tensor_of
+    from raypipe.flow.family import WanFamily
     from raypipe.flow.pairs import ClipConfig, generator_clip
 
-    common = ["synth.pairs=16", "train.algo=sft", "train.batch=2", "train.epochs=10", "train.max_steps=2", "train.checkpoint_every=2",
-              "train.log_every=1", "clip.frames=5", "clip.height=32", "clip.width=32", "data.latent_cache=cache",
-              f"out={tmp_path / 'flow'}", "progress=false"]
+    common = [
+        "synth.pairs=16",
+        "train.algo=sft",
+        "train.batch=2",
+        "train.epochs=10",
+        "train.max_steps=2",
+        "train.checkpoint_every=2",
+        "train.log_every=1",
+        "clip.frames=5",
+        "clip.height=32",
+        "clip.width=32",
+        "data.latent_cache=cache",
+        f"out={tmp_path / 'flow'}",
+        "progress=false",
+    ]
     summary = run_train_flow(load_config(FlowTrainConfig, "configs/flow_tiny.yaml", common))
     assert summary["steps"] == 2
     import pyarrow.parquet as pq
@@ -106,13 +141,29 @@ def test_flow_training_survives_a_killed_worker(ray_local, tmp_path):
     from tests.conftest import kill_a_train_worker_after_first_checkpoint
 
     out = tmp_path / "flow"
-    cfg = load_config(FlowTrainConfig, "configs/flow_tiny.yaml", [
-        "synth.pairs=32", "data.weights={VQ: 1.0}", "train.batch=2", "train.epochs=2", "train.checkpoint_every=2",
-        "train.log_every=2", "train.max_failures=1", "train.record_rows=true", "clip.frames=5", "clip.height=32",
-        "clip.width=32", f"out={out}", "progress=false"])
+    cfg = load_config(
+        FlowTrainConfig,
+        "configs/flow_tiny.yaml",
+        [
+            "synth.pairs=32",
+            "data.weights={VQ: 1.0}",
+            "train.batch=2",
+            "train.epochs=2",
+            "train.checkpoint_every=2",
+            "train.log_every=2",
+            "train.max_failures=1",
+            "train.record_rows=true",
+            "clip.frames=5",
+            "clip.height=32",
+            "clip.width=32",
+            f"out={out}",
+            "progress=false",
+        ],
+    )
     killed: list = []
-    killer = threading.Thread(target=kill_a_train_worker_after_first_checkpoint,
-                              args=(out / "ray_results" / "train-flow-dpo", killed, 900))
+    killer = threading.Thread(
+        target=kill_a_train_worker_after_first_checkpoint, args=(out / "ray_results" / "train-flow-dpo", killed, 900)
+    )
     killer.start()
     summary = run_train_flow(cfg)
     killer.join()

@@ -1,5 +1,6 @@
 """The `raypipe bench` sub-parsers: a table of benchmarks. Adding a bench = its module beside this file + one entry
 in `BENCHES` (its run function, help, description and arguments as data)."""
+
 from __future__ import annotations
 
 import importlib
@@ -31,152 +32,230 @@ OUT_JSON = arg("--out", required=True, help="JSON output path")
 OUT_DIR = arg("--out", required=True, help="output folder")
 NUM_CPUS = arg("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
 SEED = arg("--seed", type=int, default=0)
-CLIP = (arg("--frames", type=int, default=9), arg("--height", type=int, default=32),
-        arg("--width", type=int, default=32))
+CLIP = (
+    arg("--frames", type=int, default=9),
+    arg("--height", type=int, default=32),
+    arg("--width", type=int, default=32),
+)
 REWARD_TINY = arg("--config", default="configs/reward_tiny.yaml", help="base config (default reward_tiny)")
 CHECKPOINT = arg("--reward", default=None, help="reward checkpoint (default: an untrained tiny one)")
 NRG_WEIGHTS = ["{TA: 1}", "{VQ: 0.1, MQ: 0.1, TA: 0.8}", "{VQ: 0.5, MQ: 0.5}"]
 
 BENCHES: dict[str, Bench] = {
     "decode": Bench(
-        "decode", "run_decode_bench", "pairs/s: tight decord loop vs our Ray Data pipeline vs read_videos",
+        "decode",
+        "run_decode_bench",
+        "pairs/s: tight decord loop vs our Ray Data pipeline vs read_videos",
         "On SynthPref clips of realistic size, measure in one run (a) a single-process decord get_batch loop, (b) the "
         "Ray Data pair pipeline, (c) ray.data.read_videos keeping the same frames. Writes JSON.",
-        (OUT_JSON,
-         arg("--pairs", type=int, default=24, help="pairs to decode (default 24)"),
-         arg("--seconds", type=float, default=5.0, help="clip length (default 5 s)"),
-         arg("--video-fps", type=float, default=24.0, help="clip frame rate (default 24)"),
-         arg("--size", default="360x640", help="clip HxW (default 360x640)"),
-         arg("--fps", type=float, default=2.0, help="sampling fps (default 2)"),
-         NUM_CPUS,
-         arg("--rows-per-block", type=int, default=1, help="pairs per decode task in (b) (default 1)"),
-         arg("--data-dir", default=None, help="where to write the clips (default: OUT's folder)"))),
+        (
+            OUT_JSON,
+            arg("--pairs", type=int, default=24, help="pairs to decode (default 24)"),
+            arg("--seconds", type=float, default=5.0, help="clip length (default 5 s)"),
+            arg("--video-fps", type=float, default=24.0, help="clip frame rate (default 24)"),
+            arg("--size", default="360x640", help="clip HxW (default 360x640)"),
+            arg("--fps", type=float, default=2.0, help="sampling fps (default 2)"),
+            NUM_CPUS,
+            arg("--rows-per-block", type=int, default=1, help="pairs per decode task in (b) (default 1)"),
+            arg("--data-dir", default=None, help="where to write the clips (default: OUT's folder)"),
+        ),
+    ),
     "reward-ablation": Bench(
-        "reward_ablation", "run_reward_ablation", "Table 6 in miniature: regression / BT / BTT / BTT last-token",
+        "reward_ablation",
+        "run_reward_ablation",
+        "Table 6 in miniature: regression / BT / BTT / BTT last-token",
         "Train each reward variant with the same data and budget on SynthPref (with ties) and write ablation.json + "
         "ablation.md (accuracy with/without ties).",
-        (OUT_DIR, REWARD_TINY,
-         arg("--pairs", type=int, default=2048, help="training pairs (default 2048)"),
-         arg("--val-pairs", type=int, default=256, dest="val_pairs", help="held-out pairs (default 256)"),
-         arg("--steps", type=int, default=150, help="optimizer steps per variant (default 150)"),
-         arg("--epochs", type=int, default=2),
-         SEED,
-         arg("--variants", default=None, help="comma list (default: regression,bt,btt,btt_last_token)"),
-         arg("overrides", nargs="*", help="key=value overrides applied to every variant")),
-        epilog=EPILOG_OVERRIDES),
+        (
+            OUT_DIR,
+            REWARD_TINY,
+            arg("--pairs", type=int, default=2048, help="training pairs (default 2048)"),
+            arg("--val-pairs", type=int, default=256, dest="val_pairs", help="held-out pairs (default 256)"),
+            arg("--steps", type=int, default=150, help="optimizer steps per variant (default 150)"),
+            arg("--epochs", type=int, default=2),
+            SEED,
+            arg("--variants", default=None, help="comma list (default: regression,bt,btt,btt_last_token)"),
+            arg("overrides", nargs="*", help="key=value overrides applied to every variant"),
+        ),
+        epilog=EPILOG_OVERRIDES,
+    ),
     "reward-throughput": Bench(
-        "reward_throughput", "run_reward_throughput",
+        "reward_throughput",
+        "run_reward_throughput",
         "train-reward pairs/s per worker and data wait: streamed vs cached frames, ZeRO-2 vs ZeRO-0",
         "Train the same config for the same steps on the same SynthPref pairs with (a) frames decoded every epoch, "
         "(b) decoded once into the object store (data.cache_frames), (c) the cache with ZeRO-0; writes JSON with "
         "pairs/s per worker, the data-wait share and ratios against (a).",
-        (arg("--out", required=True, help="JSON output path (work files go beside it)"), REWARD_TINY,
-         arg("--pairs", type=int, default=1024, help="training pairs (default 1024)"),
-         arg("--steps", type=int, default=240, help="optimizer steps per setting (default 240)"),
-         SEED,
-         arg("--settings", default=None, help="comma list (default: stream_zero2,cache_zero2,cache_zero0)"),
-         arg("overrides", nargs="*", help="key=value overrides applied to every setting")),
-        epilog=EPILOG_OVERRIDES),
+        (
+            arg("--out", required=True, help="JSON output path (work files go beside it)"),
+            REWARD_TINY,
+            arg("--pairs", type=int, default=1024, help="training pairs (default 1024)"),
+            arg("--steps", type=int, default=240, help="optimizer steps per setting (default 240)"),
+            SEED,
+            arg("--settings", default=None, help="comma list (default: stream_zero2,cache_zero2,cache_zero0)"),
+            arg("overrides", nargs="*", help="key=value overrides applied to every setting"),
+        ),
+        epilog=EPILOG_OVERRIDES,
+    ),
     "relabel": Bench(
-        "relabel", "run_relabel_bench", "videos/s: reference decode-8-score-8 loop vs relabel with 1 and 2 actors",
+        "relabel",
+        "run_relabel_bench",
+        "videos/s: reference decode-8-score-8 loop vs relabel with 1 and 2 actors",
         "On the same SynthPref videos and tiny checkpoint, measure in one run (a) a single-process "
         "decode-a-batch-then-score loop like the public reference code, (b) raypipe relabel with 1 scoring actor, "
         "(c) with 2. Writes JSON.",
-        (OUT_JSON,
-         arg("--pairs", type=int, default=1024, help="SynthPref pairs (videos = 2x; default 1024)"),
-         arg("--seed", type=int, default=7),
-         arg("--batch", type=int, default=32,
-             help="most videos per forward pass in (b)/(c) (default 32; (a) always takes 8)"),
-         arg("--decode-rows", type=int, default=32, dest="decode_rows",
-             help="most videos per decode task in (b)/(c) (default 32)"),
-         CHECKPOINT, NUM_CPUS)),
+        (
+            OUT_JSON,
+            arg("--pairs", type=int, default=1024, help="SynthPref pairs (videos = 2x; default 1024)"),
+            arg("--seed", type=int, default=7),
+            arg(
+                "--batch",
+                type=int,
+                default=32,
+                help="most videos per forward pass in (b)/(c) (default 32; (a) always takes 8)",
+            ),
+            arg(
+                "--decode-rows",
+                type=int,
+                default=32,
+                dest="decode_rows",
+                help="most videos per decode task in (b)/(c) (default 32)",
+            ),
+            CHECKPOINT,
+            NUM_CPUS,
+        ),
+    ),
     "flow-memory": Bench(
-        "flow_memory", "run_flow_memory_bench",
+        "flow_memory",
+        "run_flow_memory_bench",
         "peak memory / step time: Flow-DPO vs SFT vs DPO with a reference copy",
         "Each variant in a fresh process on a Wan2.1-shaped transformer with LoRA: SFT on 2P videos, Flow-DPO on P "
         "pairs with the disabled-adapter reference, and Flow-DPO with a separate reference copy. Writes JSON.",
-        (OUT_JSON,
-         arg("--size", choices=["small", "medium"], default="medium", help="transformer size (default medium)"),
-         arg("--pairs", type=int, default=2, help="pairs per step (default 2 = 4 videos)"),
-         arg("--steps", type=int, default=5, help="timed steps after 2 warm-up steps (default 5)"))),
+        (
+            OUT_JSON,
+            arg("--size", choices=["small", "medium"], default="medium", help="transformer size (default medium)"),
+            arg("--pairs", type=int, default=2, help="pairs per step (default 2 = 4 videos)"),
+            arg("--steps", type=int, default=5, help="timed steps after 2 warm-up steps (default 5)"),
+        ),
+    ),
     "flow-alignment": Bench(
-        "flow_alignment", "run_flow_alignment_bench",
+        "flow_alignment",
+        "run_flow_alignment_bench",
         "Table 3 in miniature: SFT / Flow-RWR / Flow-DPO β_t / Flow-DPO constant β win rates over the pretrained "
         "generator",
         "Train each variant with the same LoRA, lr, steps and seed on one pair set, then eval-flow each against the "
         "pretrained generator (reward model + oracle win rates). Writes OUT/flow_alignment.json and .md.",
-        (OUT_DIR,
-         arg("--generator", required=True, help="pretrained WanPipeline folder (e.g. gen-out/flow/final)"),
-         arg("--reward", required=True, help="VideoReward checkpoint (the judge)"),
-         arg("--pairs", required=True, help="relabel-shaped pairs (e.g. sample-pairs OUT/pairs)"),
-         arg("--weights", default="{VQ: 1}", help="dimensions the pairs target (default {VQ: 1})"),
-         arg("--config", default="configs/flow_tiny.yaml", help="base train-flow config"),
-         arg("--variants", default=None, help="comma list (default sft,rwr,dpo_beta_t,dpo)"),
-         arg("--steps", type=int, default=200, help="optimizer steps per variant (default 200)"),
-         arg("--prompts", default="48", help="eval prompts (default 48)"),
-         *CLIP, SEED,
-         arg("overrides", nargs="*", help="train-flow key=value overrides for every variant")),
-        epilog=EPILOG_OVERRIDES),
+        (
+            OUT_DIR,
+            arg("--generator", required=True, help="pretrained WanPipeline folder (e.g. gen-out/flow/final)"),
+            arg("--reward", required=True, help="VideoReward checkpoint (the judge)"),
+            arg("--pairs", required=True, help="relabel-shaped pairs (e.g. sample-pairs OUT/pairs)"),
+            arg("--weights", default="{VQ: 1}", help="dimensions the pairs target (default {VQ: 1})"),
+            arg("--config", default="configs/flow_tiny.yaml", help="base train-flow config"),
+            arg("--variants", default=None, help="comma list (default sft,rwr,dpo_beta_t,dpo)"),
+            arg("--steps", type=int, default=200, help="optimizer steps per variant (default 200)"),
+            arg("--prompts", default="48", help="eval prompts (default 48)"),
+            *CLIP,
+            SEED,
+            arg("overrides", nargs="*", help="train-flow key=value overrides for every variant"),
+        ),
+        epilog=EPILOG_OVERRIDES,
+    ),
     "serve": Bench(
-        "serve", "run_serve_bench",
+        "serve",
+        "run_serve_bench",
         "load test of the reward app: @serve.batch vs batch 1, then an autoscaling burst",
         "Local deployment on loopback, SynthPref uploads: throughput, p50/p95/p99, non-2xx (batched vs unbatched, "
         "one replica), then a burst that scales replicas up and its recovery. Writes JSON.",
-        (OUT_JSON, CHECKPOINT,
-         arg("--requests", type=int, default=96),
-         arg("--concurrency", type=int, default=8),
-         arg("--batch", type=int, default=8, help="most videos per batched forward pass (default 8)"),
-         arg("--batch-wait-s", type=float, default=0.02, dest="batch_wait_s"),
-         arg("--max-replicas", type=int, default=2, dest="max_replicas"),
-         arg("--target-ongoing", type=float, default=2.0, dest="target_ongoing"),
-         arg("--burst-concurrency", type=int, default=24, dest="burst_concurrency"),
-         arg("--burst-s", type=float, default=20.0, dest="burst_s"),
-         arg("--downscale-delay-s", type=float, default=5.0, dest="downscale_delay_s"),
-         arg("--recovery-timeout-s", type=float, default=90.0, dest="recovery_timeout_s"),
-         arg("--num-cpus", type=int, default=None, dest="num_cpus"))),
+        (
+            OUT_JSON,
+            CHECKPOINT,
+            arg("--requests", type=int, default=96),
+            arg("--concurrency", type=int, default=8),
+            arg("--batch", type=int, default=8, help="most videos per batched forward pass (default 8)"),
+            arg("--batch-wait-s", type=float, default=0.02, dest="batch_wait_s"),
+            arg("--max-replicas", type=int, default=2, dest="max_replicas"),
+            arg("--target-ongoing", type=float, default=2.0, dest="target_ongoing"),
+            arg("--burst-concurrency", type=int, default=24, dest="burst_concurrency"),
+            arg("--burst-s", type=float, default=20.0, dest="burst_s"),
+            arg("--downscale-delay-s", type=float, default=5.0, dest="downscale_delay_s"),
+            arg("--recovery-timeout-s", type=float, default=90.0, dest="recovery_timeout_s"),
+            arg("--num-cpus", type=int, default=None, dest="num_cpus"),
+        ),
+    ),
     "nrg": Bench(
-        "nrg", "run_nrg_bench",
+        "nrg",
+        "run_nrg_bench",
         "Flow-NRG Table 5 in miniature: guided vs unguided win rates (reward model + oracle), clean-latent "
         "ablation, guidance cost vs pixel-space guidance",
         "Guided and unguided samples from the same noise for each weight vector, judged by the pixel VideoReward "
         "and the SynthPref oracle side by side; the same with a clean-latent reward (ablation); sampling time "
         "guided/unguided and pixel-space guidance. Writes OUT/nrg.json, OUT/nrg.md, OUT/grid.gif.",
-        (OUT_DIR,
-         arg("--generator", required=True, help="WanPipeline folder (e.g. gen-out/flow/final)"),
-         arg("--latent-reward", required=True, dest="latent_reward", help="noise-aware latent reward"),
-         arg("--clean-latent-reward", dest="clean_latent_reward", help="latent reward trained on t = 0 only"),
-         arg("--reward", required=True, help="pixel VideoReward checkpoint (the judge)"),
-         arg("--prompts", default="48", help="number of seeded SynthPref prompts or a file (default 48)"),
-         arg("--weights", nargs="+", default=NRG_WEIGHTS,
-             help=f"weight mappings, one per guided run (default {' '.join(NRG_WEIGHTS)})"),
-         arg("--strength", type=float, default=1.0, help="λ (default 1)"),
-         arg("--steps", type=int, default=20),
-         arg("--cfg-scale", type=float, default=4.0, dest="cfg_scale"),
-         *CLIP, SEED,
-         arg("--cost-prompts", type=int, default=4, dest="cost_prompts",
-             help="prompts for the cost comparison (default 4)"),
-         arg("--hacking-margin", type=float, default=0.05, dest="hacking_margin"))),
+        (
+            OUT_DIR,
+            arg("--generator", required=True, help="WanPipeline folder (e.g. gen-out/flow/final)"),
+            arg("--latent-reward", required=True, dest="latent_reward", help="noise-aware latent reward"),
+            arg("--clean-latent-reward", dest="clean_latent_reward", help="latent reward trained on t = 0 only"),
+            arg("--reward", required=True, help="pixel VideoReward checkpoint (the judge)"),
+            arg("--prompts", default="48", help="number of seeded SynthPref prompts or a file (default 48)"),
+            arg(
+                "--weights",
+                nargs="+",
+                default=NRG_WEIGHTS,
+                help=f"weight mappings, one per guided run (default {' '.join(NRG_WEIGHTS)})",
+            ),
+            arg("--strength", type=float, default=1.0, help="λ (default 1)"),
+            arg("--steps", type=int, default=20),
+            arg("--cfg-scale", type=float, default=4.0, dest="cfg_scale"),
+            *CLIP,
+            SEED,
+            arg(
+                "--cost-prompts",
+                type=int,
+                default=4,
+                dest="cost_prompts",
+                help="prompts for the cost comparison (default 4)",
+            ),
+            arg("--hacking-margin", type=float, default=0.05, dest="hacking_margin"),
+        ),
+    ),
     "gpu": Bench(
-        "gpu", "run",
+        "gpu",
+        "run",
         "the GPU path at real sizes (Qwen2-VL-2B, Wan2.1-1.3B; random weights, bf16, NCCL): s/step, throughput, "
         "peak memory of every trainable model",
         "One device, no Ray: the reward model, Flow-DPO/SFT/RWR and the Flow-NRG sampler and latent reward at the "
         "real checkpoints' shapes with random weights, in one-rank DeepSpeed ZeRO-2 engines; per batch size with "
         "and without gradient checkpointing. --size tiny runs the same code on a CPU. `python -m raypipe.bench.gpu` "
         "is the same where Ray is not installed.",
-        (OUT_JSON,
-         arg("--size", choices=["real", "tiny"], default=None,
-             help="model shapes: real (Qwen2-VL-2B, Wan2.1-1.3B; needs a GPU) or tiny (default: real on a GPU, tiny "
-                  "otherwise)"),
-         arg("--parts", default=",".join(GPU_PARTS), help=f"comma list of {', '.join(GPU_PARTS)} (default: all)"),
-         arg("--steps", type=int, default=3, help="timed steps per setting, after --warmup (default 3)"),
-         arg("--warmup", type=int, default=2, help="untimed steps first (default 2)"),
-         arg("--reward-batches", default="1,2,4,8", dest="reward_batches",
-             help="pairs per step to try for the reward model (default 1,2,4,8)"),
-         arg("--flow-batches", default="1,2,4", dest="flow_batches",
-             help="pairs (DPO) per step to try for the generator (default 1,2,4; SFT/RWR use 2x videos)"),
-         arg("--nrg-steps", type=int, default=4, dest="nrg_steps", help="denoising steps timed (default 4)")),
-        print_json=False),  # `python -m raypipe.bench.gpu` reads these arguments from here too
+        (
+            OUT_JSON,
+            arg(
+                "--size",
+                choices=["real", "tiny"],
+                default=None,
+                help="model shapes: real (Qwen2-VL-2B, Wan2.1-1.3B; needs a GPU) or tiny (default: real on a GPU, tiny "
+                "otherwise)",
+            ),
+            arg("--parts", default=",".join(GPU_PARTS), help=f"comma list of {', '.join(GPU_PARTS)} (default: all)"),
+            arg("--steps", type=int, default=3, help="timed steps per setting, after --warmup (default 3)"),
+            arg("--warmup", type=int, default=2, help="untimed steps first (default 2)"),
+            arg(
+                "--reward-batches",
+                default="1,2,4,8",
+                dest="reward_batches",
+                help="pairs per step to try for the reward model (default 1,2,4,8)",
+            ),
+            arg(
+                "--flow-batches",
+                default="1,2,4",
+                dest="flow_batches",
+                help="pairs (DPO) per step to try for the generator (default 1,2,4; SFT/RWR use 2x videos)",
+            ),
+            arg("--nrg-steps", type=int, default=4, dest="nrg_steps", help="denoising steps timed (default 4)"),
+        ),
+        print_json=False,
+    ),  # `python -m raypipe.bench.gpu` reads these arguments from here too
 }
 
 
@@ -193,6 +272,7 @@ def add_bench(sub) -> None:
 
 def _runner(bench: Bench):
     """A handler that imports raypipe.bench.<module> only when that benchmark runs (and prints its JSON)."""
+
     def run(args) -> int:
         result = getattr(importlib.import_module(f"raypipe.bench.{bench.module}"), bench.function)(args)
         if bench.print_json:

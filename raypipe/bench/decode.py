@@ -8,6 +8,7 @@ All three decode the same sampled frames (SPEC §2.3) of the same SynthPref clip
   (c) `ray.data.read_videos` on the same files, then a filter keeping only the sampled frame indices (it decodes
       every frame, one row per frame); only counted, not regrouped into pairs, which flatters (c).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,9 +39,16 @@ def make_clips(data_dir: Path, n: int, seconds: float, video_fps: float, size: t
         path = data_dir / f"clip_{i}_{frames}f_{size[0]}x{size[1]}.mp4"
         if not path.exists():
             rng = np.random.default_rng(i)
-            video = render_video(COLORS[i % len(COLORS)], SHAPES[i % len(SHAPES)], DIRECTIONS[i % len(DIRECTIONS)],
-                                 vq=float(rng.uniform(0.3, 1)), mq=float(rng.uniform(0.3, 1)), rng=rng,
-                                 frames=frames, size=size)
+            video = render_video(
+                COLORS[i % len(COLORS)],
+                SHAPES[i % len(SHAPES)],
+                DIRECTIONS[i % len(DIRECTIONS)],
+                vq=float(rng.uniform(0.3, 1)),
+                mq=float(rng.uniform(0.3, 1)),
+                rng=rng,
+                frames=frames,
+                size=size,
+            )
             write_mp4(video, path, video_fps)
         paths.append(str(path))
     return paths
@@ -57,8 +65,9 @@ def tight_decord_loop(pairs: list[tuple[str, str]], sampling: SamplingConfig) ->
     for pair in pairs:
         for path in pair:
             reader = decord.VideoReader(path, num_threads=1)
-            idx = sample_frame_indices(len(reader), reader.get_avg_fps(), sampling.fps, sampling.min_frames,
-                                       sampling.max_frames)
+            idx = sample_frame_indices(
+                len(reader), reader.get_avg_fps(), sampling.fps, sampling.min_frames, sampling.max_frames
+            )
             batch = reader.get_batch(idx).asnumpy()
             h, w = resized_size(batch.shape[1], batch.shape[2], sampling.min_pixels, sampling.max_pixels)
             frames += len(resize_frames(batch, h, w))
@@ -82,8 +91,14 @@ def ray_pair_pipeline(manifest_path: str, sampling: SamplingConfig, rows_per_blo
         for side in ("A", "B"):
             frames += sum(len(ix or []) for ix in batch.column(f"indices_{side}").to_pylist())
     wall = time.perf_counter() - start
-    return {"pairs": rows, "frames": frames, "errors": int(errors), "wall_s": round(wall, 3),
-            "pairs_per_s": rows / wall, "driver_cpu_s": round(time.process_time() - cpu_start, 3)}
+    return {
+        "pairs": rows,
+        "frames": frames,
+        "errors": int(errors),
+        "wall_s": round(wall, 3),
+        "pairs_per_s": rows / wall,
+        "driver_cpu_s": round(time.process_time() - cpu_start, 3),
+    }
 
 
 def ray_read_videos(pairs: list[tuple[str, str]], sampling: SamplingConfig) -> dict:
@@ -94,8 +109,11 @@ def ray_read_videos(pairs: list[tuple[str, str]], sampling: SamplingConfig) -> d
     wanted = {}
     for path in {p for pair in pairs for p in pair}:
         reader = decord.VideoReader(path, num_threads=1)
-        wanted[path] = set(sample_frame_indices(len(reader), reader.get_avg_fps(), sampling.fps,
-                                                sampling.min_frames, sampling.max_frames))
+        wanted[path] = set(
+            sample_frame_indices(
+                len(reader), reader.get_avg_fps(), sampling.fps, sampling.min_frames, sampling.max_frames
+            )
+        )
         del reader
     files = [p for pair in pairs for p in pair]  # each occurrence read again, as the pipeline does
 
@@ -118,8 +136,9 @@ def run_decode_bench(args) -> dict:
     h, w = (int(x) for x in args.size.lower().split("x"))
     data_dir = Path(args.data_dir) if args.data_dir else out.parent / "decode-bench-data"
     sampling = SamplingConfig(fps=args.fps)
-    print(f"rendering {DISTINCT_CLIPS} clips {h}x{w}, {args.seconds}s at {args.video_fps} fps -> {data_dir}",
-          flush=True)
+    print(
+        f"rendering {DISTINCT_CLIPS} clips {h}x{w}, {args.seconds}s at {args.video_fps} fps -> {data_dir}", flush=True
+    )
     clips = make_clips(data_dir, DISTINCT_CLIPS, args.seconds, args.video_fps, (h, w))
     pairs = [(clips[(2 * i) % len(clips)], clips[(2 * i + 1) % len(clips)]) for i in range(args.pairs)]
     manifest_path = _write_manifest(data_dir / f"bench_manifest_{args.pairs}.parquet", pairs)
@@ -145,8 +164,14 @@ def run_decode_bench(args) -> dict:
     ratio_ba = b["pairs_per_s"] / a["pairs_per_s"]
     result = {
         "benchmark": "decode",
-        "clips": {"size": [h, w], "seconds": args.seconds, "video_fps": args.video_fps,
-                  "distinct_clips": len(clips), "sampling_fps": args.fps, "codec": "h264 (libx264 default GOP)"},
+        "clips": {
+            "size": [h, w],
+            "seconds": args.seconds,
+            "video_fps": args.video_fps,
+            "distinct_clips": len(clips),
+            "sampling_fps": args.fps,
+            "codec": "h264 (libx264 default GOP)",
+        },
         "machine": {"cpus_for_ray": cpus, "cpu_count": os.cpu_count(), "platform": platform.platform()},
         "a_tight_decord_loop": a,
         "b_raypipe_pairs": b,
@@ -162,6 +187,8 @@ def run_decode_bench(args) -> dict:
 
 
 def _write_manifest(path: Path, pairs) -> str:
-    pq.write_table(pa.table({"path_A": [a for a, _ in pairs], "path_B": [b for _, b in pairs],
-                             "prompt": ["bench"] * len(pairs)}), path)
+    pq.write_table(
+        pa.table({"path_A": [a for a, _ in pairs], "path_B": [b for _, b in pairs], "prompt": ["bench"] * len(pairs)}),
+        path,
+    )
     return str(path)

@@ -9,15 +9,19 @@ SFT (winners), Flow-RWR (all samples, softmax(r/τ) weights), Flow-DPO with β_t
 same prompts and initial noise: per-dimension win rates by the reward model and by the oracle side by side.
 Writes OUT/flow_alignment.json and OUT/flow_alignment.md (each variant's run in OUT/<variant>).
 """
+
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
 
-VARIANTS = {"sft": ["train.algo=sft"], "rwr": ["train.algo=rwr"],
-            "dpo_beta_t": ["train.algo=dpo", "train.beta_schedule=derived"],
-            "dpo": ["train.algo=dpo", "train.beta_schedule=constant"]}
+VARIANTS = {
+    "sft": ["train.algo=sft"],
+    "rwr": ["train.algo=rwr"],
+    "dpo_beta_t": ["train.algo=dpo", "train.beta_schedule=derived"],
+    "dpo": ["train.algo=dpo", "train.beta_schedule=constant"],
+}
 
 
 def run_flow_alignment_bench(args) -> dict:
@@ -33,30 +37,64 @@ def run_flow_alignment_bench(args) -> dict:
     weights = weight_vector(args.weights, ("VQ", "MQ", "TA"))
     weights = {d: w for d, w in weights.items() if w}
     variants = args.variants.split(",") if args.variants else list(VARIANTS)
-    report = {"generator": args.generator, "reward": args.reward, "pairs": args.pairs, "weights": weights,
-              "steps": args.steps, "seed": args.seed, "prompts": args.prompts, "variants": {}}
+    report = {
+        "generator": args.generator,
+        "reward": args.reward,
+        "pairs": args.pairs,
+        "weights": weights,
+        "steps": args.steps,
+        "seed": args.seed,
+        "prompts": args.prompts,
+        "variants": {},
+    }
     for name in variants:
         if name not in VARIANTS:
             raise ValueError(f"unknown variant {name!r}; choose from {list(VARIANTS)}")
         print(f"== {name}: train-flow", flush=True)
         t0 = time.perf_counter()
-        cfg = load_config(FlowTrainConfig, args.config, [
-            f"generator={args.generator}", f"data.manifest={args.pairs}", "data.source=margins",
-            f"data.weights={json.dumps(weights)}", f"clip.frames={args.frames}", f"clip.height={args.height}",
-            f"clip.width={args.width}", f"train.max_steps={args.steps}", "train.epochs=1000",
-            f"train.seed={args.seed}", "data.latent_cache=latents", f"out={out / name}", "progress=false",
-            *VARIANTS[name], *(args.overrides or [])])
+        cfg = load_config(
+            FlowTrainConfig,
+            args.config,
+            [
+                f"generator={args.generator}",
+                f"data.manifest={args.pairs}",
+                "data.source=margins",
+                f"data.weights={json.dumps(weights)}",
+                f"clip.frames={args.frames}",
+                f"clip.height={args.height}",
+                f"clip.width={args.width}",
+                f"train.max_steps={args.steps}",
+                "train.epochs=1000",
+                f"train.seed={args.seed}",
+                "data.latent_cache=latents",
+                f"out={out / name}",
+                "progress=false",
+                *VARIANTS[name],
+                *(args.overrides or []),
+            ],
+        )
         train = run_train_flow(cfg)
         print(f"== {name}: eval-flow", flush=True)
-        ev = run_eval_flow(FlowEvalConfig(generator=args.generator, lora=str(out / name / "final"), reward=args.reward,
-                                          prompts=str(args.prompts), out=str(out / name / "eval"),
-                                          clip=ClipConfig(args.frames, args.height, args.width), seed=args.seed))
-        report["variants"][name] = {"train": {k: train[k] for k in ("steps", "rows", "row_counts", "last", "wall_s")},
-                                    "reward_win_rate": ev["reward_win_rate"], "oracle_win_rate": ev["oracle_win_rate"],
-                                    "reward_hacking": ev["reward_hacking"],
-                                    "oracle_aligned_attributes": ev["oracle_aligned_attributes"],
-                                    "oracle_base_attributes": ev["oracle_base_attributes"],
-                                    "wall_s": round(time.perf_counter() - t0, 1)}
+        ev = run_eval_flow(
+            FlowEvalConfig(
+                generator=args.generator,
+                lora=str(out / name / "final"),
+                reward=args.reward,
+                prompts=str(args.prompts),
+                out=str(out / name / "eval"),
+                clip=ClipConfig(args.frames, args.height, args.width),
+                seed=args.seed,
+            )
+        )
+        report["variants"][name] = {
+            "train": {k: train[k] for k in ("steps", "rows", "row_counts", "last", "wall_s")},
+            "reward_win_rate": ev["reward_win_rate"],
+            "oracle_win_rate": ev["oracle_win_rate"],
+            "reward_hacking": ev["reward_hacking"],
+            "oracle_aligned_attributes": ev["oracle_aligned_attributes"],
+            "oracle_base_attributes": ev["oracle_base_attributes"],
+            "wall_s": round(time.perf_counter() - t0, 1),
+        }
         (out / "flow_alignment.json").write_text(json.dumps(report, indent=2, default=str))
     (out / "flow_alignment.md").write_text(_markdown(report))
     print(_markdown(report), flush=True)
@@ -65,12 +103,17 @@ def run_flow_alignment_bench(args) -> dict:
 
 def _markdown(report: dict) -> str:
     dims = ("VQ", "MQ", "TA")
-    lines = [f"# Flow alignment in miniature (pairs target {report['weights']}, {report['steps']} steps, "
-             f"seed {report['seed']}, {report['prompts']} prompts)", "",
-             "| variant | " + " | ".join(f"{d} reward / oracle" for d in dims) + " | reward hacking |",
-             "|---" * 5 + "|"]
+    lines = [
+        f"# Flow alignment in miniature (pairs target {report['weights']}, {report['steps']} steps, "
+        f"seed {report['seed']}, {report['prompts']} prompts)",
+        "",
+        "| variant | " + " | ".join(f"{d} reward / oracle" for d in dims) + " | reward hacking |",
+        "|---" * 5 + "|",
+    ]
     for name, v in report["variants"].items():
-        cells = [f"{v['reward_win_rate'].get(d, float('nan')):.2f} / {v['oracle_win_rate'].get(d, float('nan')):.2f}"
-                 for d in dims]
+        cells = [
+            f"{v['reward_win_rate'].get(d, float('nan')):.2f} / {v['oracle_win_rate'].get(d, float('nan')):.2f}"
+            for d in dims
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {'; '.join(v['reward_hacking']) or '-'} |")
     return "\n".join(lines) + "\n"

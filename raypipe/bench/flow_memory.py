@@ -10,6 +10,7 @@ WanTransformer3DModel, random weights, LoRA r=64 on q/k/v/o), same latents and t
 Reports peak RSS above the process's baseline after imports (weights + optimizer + activations) and the median
 step time; ratios dpo/sft and dpo_ref_copy/sft. Target: dpo/sft peak ≤ 1.15.
 """
+
 from __future__ import annotations
 
 import copy
@@ -43,10 +44,18 @@ def run_variant(variant: str, size: str, pairs: int, steps: int, seed: int = 0) 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     s = SIZES[size]
     base_rss = _rss_peak_mb()
-    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=s["heads"],
-                                  attention_head_dim=s["head_dim"], in_channels=16, out_channels=16,
-                                  text_dim=s["text_dim"], freq_dim=256, ffn_dim=s["ffn"], num_layers=s["layers"],
-                                  rope_max_seq_len=64)
+    model = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=s["heads"],
+        attention_head_dim=s["head_dim"],
+        in_channels=16,
+        out_channels=16,
+        text_dim=s["text_dim"],
+        freq_dim=256,
+        ffn_dim=s["ffn"],
+        num_layers=s["layers"],
+        rope_max_seq_len=64,
+    )
     ref_copy = copy.deepcopy(model).requires_grad_(False).eval() if variant == "dpo_ref_copy" else None
     add_lora(model, r=64, alpha=128)
     opt = torch.optim.AdamW(lora_parameters(model), lr=1e-5)
@@ -84,28 +93,43 @@ def run_variant(variant: str, size: str, pairs: int, steps: int, seed: int = 0) 
         if i >= 2:  # two warm-up steps
             times.append(time.perf_counter() - t0)
     params = sum(p.numel() for p in model.parameters())
-    return {"variant": variant, "size": size, "pairs": pairs, "videos_per_step": 2 * pairs,
-            "transformer_params_m": round(params / 1e6, 2), "peak_rss_mb": round(_rss_peak_mb(), 1),
-            "peak_above_imports_mb": round(_rss_peak_mb() - base_rss, 1),
-            "step_s_median": round(sorted(times)[len(times) // 2], 4)}
+    return {
+        "variant": variant,
+        "size": size,
+        "pairs": pairs,
+        "videos_per_step": 2 * pairs,
+        "transformer_params_m": round(params / 1e6, 2),
+        "peak_rss_mb": round(_rss_peak_mb(), 1),
+        "peak_above_imports_mb": round(_rss_peak_mb() - base_rss, 1),
+        "step_s_median": round(sorted(times)[len(times) // 2], 4),
+    }
 
 
 def run_flow_memory_bench(args) -> dict:
     results = {}
     for variant in ("sft", "dpo", "dpo_ref_copy"):
         print(f"{variant} ...", flush=True)
-        code = ("import json; from raypipe.bench.flow_memory import run_variant; "
-                f"print('RESULT' + json.dumps(run_variant({variant!r}, {args.size!r}, {args.pairs}, {args.steps})))")
+        code = (
+            "import json; from raypipe.bench.flow_memory import run_variant; "
+            f"print('RESULT' + json.dumps(run_variant({variant!r}, {args.size!r}, {args.pairs}, {args.steps})))"
+        )
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"variant {variant} failed:\n{proc.stderr[-2000:]}")
         line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
-        results[variant] = json.loads(line[len("RESULT"):])
-        print(f"    peak {results[variant]['peak_above_imports_mb']} MB above imports, step "
-              f"{results[variant]['step_s_median']} s", flush=True)
+        results[variant] = json.loads(line[len("RESULT") :])
+        print(
+            f"    peak {results[variant]['peak_above_imports_mb']} MB above imports, step "
+            f"{results[variant]['step_s_median']} s",
+            flush=True,
+        )
     sft, dpo, copy_ = results["sft"], results["dpo"], results["dpo_ref_copy"]
     out = {
-        "benchmark": "flow-memory", "size": args.size, "pairs": args.pairs, "steps": args.steps, **results,
+        "benchmark": "flow-memory",
+        "size": args.size,
+        "pairs": args.pairs,
+        "steps": args.steps,
+        **results,
         "peak_ratio_dpo_over_sft": round(dpo["peak_above_imports_mb"] / sft["peak_above_imports_mb"], 3),
         "peak_ratio_ref_copy_over_sft": round(copy_["peak_above_imports_mb"] / sft["peak_above_imports_mb"], 3),
         "time_ratio_dpo_over_sft": round(dpo["step_s_median"] / sft["step_s_median"], 3),

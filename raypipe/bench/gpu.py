@@ -20,6 +20,7 @@ Random weights at the shapes of the real checkpoints (nothing is downloaded):
 Settings run from the least to the most memory; the first out-of-memory one ends its sweep (recorded as "oom").
 Results go to OUT (JSON, rewritten after every part) and a table is printed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,10 +53,17 @@ def run(args) -> dict:
     import deepspeed
     import torch.distributed as dist
 
-    report = {"size": size, "dtype": dtype, "device": torch.cuda.get_device_name(device) if cuda else "cpu",
-              "backend": dist.get_backend(), "torch": torch.__version__, "deepspeed": deepspeed.__version__,
-              "nccl": ".".join(map(str, torch.cuda.nccl.version())) if cuda else None,
-              "steps": args.steps, "warmup": args.warmup}
+    report = {
+        "size": size,
+        "dtype": dtype,
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "backend": dist.get_backend(),
+        "torch": torch.__version__,
+        "deepspeed": deepspeed.__version__,
+        "nccl": ".".join(map(str, torch.cuda.nccl.version())) if cuda else None,
+        "steps": args.steps,
+        "warmup": args.warmup,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for part in parts:
@@ -84,8 +92,11 @@ def _device(size: str | None):
 
 
 def print_table(report: dict) -> None:
-    print(f"\n{report['device']}  {report['dtype']}  backend={report['backend']}  torch {report['torch']}  "
-          f"deepspeed {report['deepspeed']}", flush=True)
+    print(
+        f"\n{report['device']}  {report['dtype']}  backend={report['backend']}  torch {report['torch']}  "
+        f"deepspeed {report['deepspeed']}",
+        flush=True,
+    )
     for part in ("reward", "flow"):
         if part not in report:
             continue
@@ -106,20 +117,26 @@ def print_table(report: dict) -> None:
     if "nrg" in report:
         n = report["nrg"]
         for row in n["rows"]:
-            print(f"nrg {row['sampler']:<9} {row['s_per_denoising_step']:.3f} s/denoising step  "
-                  f"peak {row['peak_gib']} GiB")
+            print(
+                f"nrg {row['sampler']:<9} {row['s_per_denoising_step']:.3f} s/denoising step  "
+                f"peak {row['peak_gib']} GiB"
+            )
         print(f"nrg guided/unguided step time: {n['guided_over_unguided']}")
         for row in n.get("train", []):
             head = f"latent reward train pairs={row['pairs']} ckpt={'on ' if row['gradient_checkpointing'] else 'off'}"
-            print(f"{head}  {row['s_per_step']:.3f} s/step  {row['pairs_per_s']} pairs/s  peak {row['peak_gib']} GiB"
-                  if "s_per_step" in row else f"{head}  {row['result']}")
+            print(
+                f"{head}  {row['s_per_step']:.3f} s/step  {row['pairs_per_s']} pairs/s  peak {row['peak_gib']} GiB"
+                if "s_per_step" in row
+                else f"{head}  {row['result']}"
+            )
 
 
 def main(argv=None) -> int:
     from raypipe.bench.cli import BENCHES
 
-    parser = argparse.ArgumentParser(prog="python -m raypipe.bench.gpu", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m raypipe.bench.gpu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     for flags, kwargs in BENCHES["gpu"].args:
         parser.add_argument(*flags, **kwargs)
     run(parser.parse_args(argv))

@@ -1,5 +1,6 @@
 """`raypipe bench gpu`, part "flow": Flow-DPO / SFT / Flow-RWR steps (`raypipe.flow.training.algo_loss`, the
 function train-flow runs) on a Wan2.1-T2V-1.3B-shaped transformer with LoRA r=64, in a one-rank ZeRO-2 engine."""
+
 from __future__ import annotations
 
 import time
@@ -23,18 +24,26 @@ def bench_flow(args, size: str, device, dtype: str) -> dict:
     rows = _train_sweep(args, gen, engine, sh["text_len"], z_shape, device)
     engine = gen = None
     reset_peak(device)
-    return {"model": "Wan2.1-T2V-1.3B transformer shapes + LoRA r=64" if size == "real" else "tiny Wan",
-            "params": n_total, "trainable_params": n_train, "build_s": round(build_s, 1),
-            "clip": dict(zip(("frames", "height", "width"), sh["clip"])), "latent": list(z_shape),
-            "tokens_per_video": int(z_shape[1] * (z_shape[2] // 2) * (z_shape[3] // 2)),
-            "zero_stage": 2, "train": rows}
+    return {
+        "model": "Wan2.1-T2V-1.3B transformer shapes + LoRA r=64" if size == "real" else "tiny Wan",
+        "params": n_total,
+        "trainable_params": n_train,
+        "build_s": round(build_s, 1),
+        "clip": dict(zip(("frames", "height", "width"), sh["clip"])),
+        "latent": list(z_shape),
+        "tokens_per_video": int(z_shape[1] * (z_shape[2] // 2) * (z_shape[3] // 2)),
+        "zero_stage": 2,
+        "train": rows,
+    }
 
 
 def _settings(batches: list[int]) -> list[dict]:
     """DPO over the batches with gradient checkpointing, SFT and RWR at the largest, then DPO without it."""
     rows = [{"group": ("dpo", True), "algo": "dpo", "gradient_checkpointing": True, "pairs": b} for b in batches]
-    rows += [{"group": (algo, True), "algo": algo, "gradient_checkpointing": True, "pairs": batches[-1]}
-             for algo in ("sft", "rwr")]
+    rows += [
+        {"group": (algo, True), "algo": algo, "gradient_checkpointing": True, "pairs": batches[-1]}
+        for algo in ("sft", "rwr")
+    ]
     rows += [{"group": ("dpo", False), "algo": "dpo", "gradient_checkpointing": False, "pairs": b} for b in batches]
     return rows
 

@@ -1,5 +1,6 @@
 """What every part of `raypipe bench gpu` shares: the shapes per size, the one-rank process group and DeepSpeed
 engines, the timing harness (`timed`) and the out-of-memory-aware sweep over settings. No Ray."""
+
 from __future__ import annotations
 
 import gc
@@ -12,8 +13,13 @@ import time
 # --- shapes ------------------------------------------------------------------------------------------------------
 def shapes(size: str) -> dict:
     if size == "real":
-        return {"reward_frames": (8, 448, 448), "score_batch": 16, "clip": (33, 480, 832), "text_len": 226,
-                "k_blocks": 8}
+        return {
+            "reward_frames": (8, 448, 448),
+            "score_batch": 16,
+            "clip": (33, 480, 832),
+            "text_len": 226,
+            "k_blocks": 8,
+        }
     return {"reward_frames": (4, 56, 56), "score_batch": 4, "clip": (9, 32, 32), "text_len": 16, "k_blocks": 1}
 
 
@@ -28,8 +34,7 @@ def random_family(size: str, device, dtype: str):
 
 def param_counts(module) -> tuple[int, int]:
     """(all parameters, trainable parameters) of `module`."""
-    return (sum(p.numel() for p in module.parameters()),
-            sum(p.numel() for p in module.parameters() if p.requires_grad))
+    return (sum(p.numel() for p in module.parameters()), sum(p.numel() for p in module.parameters() if p.requires_grad))
 
 
 # --- the one-rank process group and engines ----------------------------------------------------------------------
@@ -52,8 +57,10 @@ def engine_for(model, settings, bf16: bool, micro_batch: int):
     from raypipe.distributed.trainer import deepspeed_config
 
     engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=deepspeed_config(settings, 1000, bf16=bf16, micro_batch=micro_batch))
+        model=model,
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=deepspeed_config(settings, 1000, bf16=bf16, micro_batch=micro_batch),
+    )
     return engine
 
 
@@ -77,7 +84,7 @@ def reset_peak(device) -> None:
 def _peak_gib(device) -> float | None:
     import torch
 
-    return round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2) if device.type == "cuda" else None
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
 
 
 def timed(step, device, steps: int, warmup: int) -> dict:
@@ -94,8 +101,11 @@ def timed(step, device, steps: int, warmup: int) -> dict:
         step()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    return {"s_per_step": round(statistics.median(times), 4), "s_mean": round(statistics.fmean(times), 4),
-            "peak_gib": _peak_gib(device)}
+    return {
+        "s_per_step": round(statistics.median(times), 4),
+        "s_mean": round(statistics.fmean(times), 4),
+        "peak_gib": _peak_gib(device),
+    }
 
 
 def sweep(settings: list[dict], run_one, device) -> list[dict]:

@@ -1,6 +1,7 @@
 """`raypipe bench gpu`, part "nrg": the Flow-NRG sampler (`raypipe.flow.sampler.sample` +
 `raypipe.nrg.guidance.RewardGuidance`) with a latent reward on the generator's first K blocks, unguided vs guided,
 then that latent reward's training step (`raypipe.nrg.training.pair_loss`) in a one-rank ZeRO-2 engine."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,14 @@ def bench_nrg(args, size: str, device, dtype: str) -> dict:
     ratio = rows[1]["s_per_step"] / rows[0]["s_per_step"]
     reward = guide = None
     train_rows = bench_latent_reward_training(args, gen, sh, z_shape, text_dim, device, dtype)
-    return {"latent_reward_blocks": sh["k_blocks"], "latent": list(z_shape), "cfg_scale": CFG_SCALE, "rows": rows,
-            "guided_over_unguided": round(ratio, 3), "train": train_rows}
+    return {
+        "latent_reward_blocks": sh["k_blocks"],
+        "latent": list(z_shape),
+        "cfg_scale": CFG_SCALE,
+        "rows": rows,
+        "guided_over_unguided": round(ratio, 3),
+        "train": train_rows,
+    }
 
 
 def _sampler_row(args, name: str, gen, text, uncond, noise, guide, device) -> dict:
@@ -45,13 +52,26 @@ def _sampler_row(args, name: str, gen, text, uncond, noise, guide, device) -> di
     steps = args.nrg_steps + 1  # grid points: the first step (t = 1) is never guided, so time steps + 1
 
     def run():
-        sample(gen.velocity, text, uncond, noise.shape, steps=steps, cfg_scale=CFG_SCALE, shift=gen.shift,
-               noise=noise, guidance=guide)
+        sample(
+            gen.velocity,
+            text,
+            uncond,
+            noise.shape,
+            steps=steps,
+            cfg_scale=CFG_SCALE,
+            shift=gen.shift,
+            noise=noise,
+            guidance=guide,
+        )
 
     out = timed(run, device, 1, 1)
     out["s_per_denoising_step"] = round(out["s_per_step"] / steps, 4)
-    row = {"sampler": name, "denoising_steps": steps, **out,
-           "guided_steps_per_run": len(guide.trace) // 2}  # two runs: warm-up + timed
+    row = {
+        "sampler": name,
+        "denoising_steps": steps,
+        **out,
+        "guided_steps_per_run": len(guide.trace) // 2,
+    }  # two runs: warm-up + timed
     print("  ", json.dumps(row), flush=True)
     return row
 
@@ -88,8 +108,11 @@ def bench_latent_reward_training(args, gen, sh, z_shape, text_dim, device, dtype
         out["pairs_per_s"] = round(n / out["s_per_step"], 3)
         return out
 
-    settings_list = [{"group": gc_on, "model": "latent_reward", "gradient_checkpointing": gc_on, "pairs": b}
-                     for gc_on in (True, False) for b in (2, 8)]
+    settings_list = [
+        {"group": gc_on, "model": "latent_reward", "gradient_checkpointing": gc_on, "pairs": b}
+        for gc_on in (True, False)
+        for b in (2, 8)
+    ]
     rows = sweep(settings_list, run_one, device)
     engine = model = None
     reset_peak(device)

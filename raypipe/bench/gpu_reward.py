@@ -1,5 +1,6 @@
 """`raypipe bench gpu`, part "reward": VideoReward on a Qwen2-VL-2B-shaped backbone (random weights) in a one-rank
 ZeRO-2 engine: train-reward's BTT step per pairs per step, gradient checkpointing on/off; then scoring videos/s."""
+
 from __future__ import annotations
 
 import time
@@ -15,20 +16,46 @@ def qwen2vl_2b_config(tokenizer):
 
     from raypipe.reward.backbone import IM_END, IM_START, IMAGE_PAD, PAD, VIDEO_PAD, VISION_END, VISION_START
 
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (IM_START, IM_END, PAD, IMAGE_PAD, VIDEO_PAD,
-                                                            VISION_START, VISION_END)}
+    ids = {
+        t: tokenizer.convert_tokens_to_ids(t)
+        for t in (IM_START, IM_END, PAD, IMAGE_PAD, VIDEO_PAD, VISION_START, VISION_END)
+    }
     return Qwen2VLConfig(
-        text_config=dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                         num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
-                         rms_norm_eps=1e-6, tie_word_embeddings=True,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
-                                          "mrope_section": [16, 24, 24]},
-                         bos_token_id=ids[IM_START], eos_token_id=ids[IM_END], pad_token_id=ids[PAD]),
-        vision_config=dict(depth=32, embed_dim=1280, hidden_size=1536, num_heads=16, mlp_ratio=4, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2, in_chans=3),
-        image_token_id=ids[IMAGE_PAD], video_token_id=ids[VIDEO_PAD], vision_start_token_id=ids[VISION_START],
-        vision_end_token_id=ids[VISION_END], bos_token_id=ids[IM_START], eos_token_id=ids[IM_END],
-        pad_token_id=ids[PAD], tie_word_embeddings=True)
+        text_config=dict(
+            vocab_size=151936,
+            hidden_size=1536,
+            intermediate_size=8960,
+            num_hidden_layers=28,
+            num_attention_heads=12,
+            num_key_value_heads=2,
+            max_position_embeddings=32768,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+            bos_token_id=ids[IM_START],
+            eos_token_id=ids[IM_END],
+            pad_token_id=ids[PAD],
+        ),
+        vision_config=dict(
+            depth=32,
+            embed_dim=1280,
+            hidden_size=1536,
+            num_heads=16,
+            mlp_ratio=4,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            in_chans=3,
+        ),
+        image_token_id=ids[IMAGE_PAD],
+        video_token_id=ids[VIDEO_PAD],
+        vision_start_token_id=ids[VISION_START],
+        vision_end_token_id=ids[VISION_END],
+        bos_token_id=ids[IM_START],
+        eos_token_id=ids[IM_END],
+        pad_token_id=ids[PAD],
+        tie_word_embeddings=True,
+    )
 
 
 def random_reward(size: str, device, dtype: str):
@@ -40,8 +67,10 @@ def random_reward(size: str, device, dtype: str):
     from raypipe.reward.model import RewardModelConfig, VideoReward
     from raypipe.reward.processor import RewardProcessor
 
-    cfg = RewardModelConfig(dtype=dtype, instruction="Please evaluate the video for visual quality, motion "
-                                                     "quality and alignment with the prompt:")
+    cfg = RewardModelConfig(
+        dtype=dtype,
+        instruction="Please evaluate the video for visual quality, motion quality and alignment with the prompt:",
+    )
     torch.manual_seed(0)
     if size != "real":
         import tempfile
@@ -50,8 +79,9 @@ def random_reward(size: str, device, dtype: str):
             return VideoReward.build(cfg, tiny_dir=d).to(device)
     tokenizer = build_tiny_tokenizer()
     with torch.device(device):  # 2.2B random weights drawn on the GPU: seconds, not a minute on the CPU
-        backbone = Qwen2VLForConditionalGeneration._from_config(qwen2vl_2b_config(tokenizer),
-                                                                dtype=getattr(torch, dtype))
+        backbone = Qwen2VLForConditionalGeneration._from_config(
+            qwen2vl_2b_config(tokenizer), dtype=getattr(torch, dtype)
+        )
     processor = RewardProcessor(tokenizer, cfg.dimensions, cfg.context_agnostic, cfg.head, cfg.instruction)
     model = VideoReward(backbone, processor, cfg)
     model.configure_trainable()
@@ -77,11 +107,21 @@ def bench_reward(args, size: str, device, dtype: str) -> dict:
     scoring = _scoring(args, model, engine, rng, frames_shape, sh["score_batch"], device)
     engine = model = None  # free before the next part
     reset_peak(device)
-    return {"model": "VideoReward on Qwen2-VL-2B shapes" if size == "real" else "VideoReward (tiny)",
-            "params": n_total, "trainable_params": n_train, "build_s": round(build_s, 1),
-            "video": {"frames": frames_shape[0], "height": frames_shape[1], "width": frames_shape[2],
-                      "tokens_per_sequence": tokens},
-            "zero_stage": 2, "train": train_rows, "scoring": scoring}
+    return {
+        "model": "VideoReward on Qwen2-VL-2B shapes" if size == "real" else "VideoReward (tiny)",
+        "params": n_total,
+        "trainable_params": n_train,
+        "build_s": round(build_s, 1),
+        "video": {
+            "frames": frames_shape[0],
+            "height": frames_shape[1],
+            "width": frames_shape[2],
+            "tokens_per_sequence": tokens,
+        },
+        "zero_stage": 2,
+        "train": train_rows,
+        "scoring": scoring,
+    }
 
 
 def _batch(model, rng, frames_shape, pairs: int, device):
@@ -109,7 +149,7 @@ def _train_sweep(args, model, engine, rng, frames_shape, device) -> list[dict]:
 
         def step():
             r = engine(inputs)
-            loss, _ = reward_loss("btt", r[:s["pairs"]], r[s["pairs"]:], y, mask, 5.0)
+            loss, _ = reward_loss("btt", r[: s["pairs"]], r[s["pairs"] :], y, mask, 5.0)
             engine.backward(loss)
             engine.step()
 
@@ -118,8 +158,9 @@ def _train_sweep(args, model, engine, rng, frames_shape, device) -> list[dict]:
         return out
 
     batches = [int(b) for b in args.reward_batches.split(",")]
-    settings_list = [{"group": gc_on, "gradient_checkpointing": gc_on, "pairs": b}
-                     for gc_on in (True, False) for b in batches]
+    settings_list = [
+        {"group": gc_on, "gradient_checkpointing": gc_on, "pairs": b} for gc_on in (True, False) for b in batches
+    ]
     rows = sweep(settings_list, run_one, device)
     model.disable_gradient_checkpointing()
     return rows

@@ -10,6 +10,7 @@ reward trained on clean latents only (t = 0). Cost: sampling time guided / ungui
 (VAE decode + VideoReward + backprop through both) on a few prompts, in the same run.
 Writes OUT/nrg.json and OUT/nrg.md.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,9 +43,16 @@ def run_nrg_bench(args) -> dict:
     prompts = read_prompts(str(args.prompts), args.seed)
     shape = gen.latent_shape(args.frames, args.height, args.width, check=True)
     common = dict(seed=args.seed, steps=args.steps, cfg_scale=args.cfg_scale, shape=shape)
-    report: dict = {"prompts": len(prompts), "seed": args.seed, "strength": args.strength, "steps": args.steps,
-                    "cfg_scale": args.cfg_scale, "latent_reward": args.latent_reward,
-                    "k_blocks": noisy.k_blocks, "runs": {}}
+    report: dict = {
+        "prompts": len(prompts),
+        "seed": args.seed,
+        "strength": args.strength,
+        "steps": args.steps,
+        "cfg_scale": args.cfg_scale,
+        "latent_reward": args.latent_reward,
+        "k_blocks": noisy.k_blocks,
+        "runs": {},
+    }
     runs = [(f"noisy {w}", noisy, w) for w in args.weights]
     if clean is not None:
         runs += [(f"clean {w}", clean, w) for w in args.weights[:1]]
@@ -71,9 +79,11 @@ def _sample_runs(args, gen, prompts, runs, dims, common: dict, report: dict) -> 
         print(f"guided: {name} (λ = {args.strength})", flush=True)
         result = guided_samples(gen, model, prompts, weights, args.strength, **common)
         samples[name] = result["videos"]
-        report["runs"][name] = {"weights": weights, "sample_s": round(result["sample_s"], 2),
-                                "mean_latent_reward": {d: float(v) for d, v in
-                                                       zip(model.dims, result["latent_rewards"].mean(0))}}
+        report["runs"][name] = {
+            "weights": weights,
+            "sample_s": round(result["sample_s"], 2),
+            "mean_latent_reward": {d: float(v) for d, v in zip(model.dims, result["latent_rewards"].mean(0))},
+        }
     return samples
 
 
@@ -100,7 +110,7 @@ def _cost(args, gen, noisy, prompts, common: dict) -> dict:
     reward = VideoReward.from_pretrained(args.reward)
     sampling, _ = resolve_sampling(args.reward, None)
     frames = min(8, sampling.max_frames)  # what the reward model sees of a generated clip (approximately)
-    size = max(56, int(sampling.min_pixels ** 0.5) // 28 * 28)
+    size = max(56, int(sampling.min_pixels**0.5) // 28 * 28)
     weights = _weights(args.weights[0], noisy.dims)
     cost = {}
     for label, model in (("unguided", None), ("latent", noisy)):
@@ -110,27 +120,41 @@ def _cost(args, gen, noisy, prompts, common: dict) -> dict:
     text_prompts = prompts[:k]
     pixel = PixelReward(gen, reward, text_prompts, frames=frames, size=size)
     t0 = time.perf_counter()
-    guided_samples(gen, pixel, text_prompts, _weights(args.weights[0], pixel.dims), args.strength,
-                   **common, decode=False, batch=k)
+    guided_samples(
+        gen, pixel, text_prompts, _weights(args.weights[0], pixel.dims), args.strength, **common, decode=False, batch=k
+    )
     cost["pixel"] = time.perf_counter() - t0
-    return {"prompts": k, "seconds": {key: round(v, 2) for key, v in cost.items()},
-            "latent_over_unguided": round(cost["latent"] / cost["unguided"], 3),
-            "pixel_over_unguided": round(cost["pixel"] / cost["unguided"], 3),
-            "pixel_reward_input": {"frames": frames, "size": size}, "target_latent_over_unguided": 1.5}
+    return {
+        "prompts": k,
+        "seconds": {key: round(v, 2) for key, v in cost.items()},
+        "latent_over_unguided": round(cost["latent"] / cost["unguided"], 3),
+        "pixel_over_unguided": round(cost["pixel"] / cost["unguided"], 3),
+        "pixel_reward_input": {"frames": frames, "size": size},
+        "target_latent_over_unguided": 1.5,
+    }
 
 
 def _markdown(report: dict, dims: list[str]) -> str:
-    lines = [f"# Flow-NRG in miniature ({report['prompts']} prompts, seed {report['seed']}, λ = {report['strength']}, "
-             f"K = {report['k_blocks']})", "",
-             "| run | " + " | ".join(f"{d} reward / oracle" for d in dims if d in ("VQ", "MQ", "TA")) + " | hacking |",
-             "|---" * (2 + len([d for d in dims if d in ("VQ", "MQ", "TA")])) + "|"]
+    lines = [
+        f"# Flow-NRG in miniature ({report['prompts']} prompts, seed {report['seed']}, λ = {report['strength']}, "
+        f"K = {report['k_blocks']})",
+        "",
+        "| run | " + " | ".join(f"{d} reward / oracle" for d in dims if d in ("VQ", "MQ", "TA")) + " | hacking |",
+        "|---" * (2 + len([d for d in dims if d in ("VQ", "MQ", "TA")])) + "|",
+    ]
     for name, run in report["runs"].items():
-        cells = [f"{run['reward_win_rate'][d]:.2f} / {run['oracle_win_rate'][d]:.2f}"
-                 for d in dims if d in ("VQ", "MQ", "TA")]
+        cells = [
+            f"{run['reward_win_rate'][d]:.2f} / {run['oracle_win_rate'][d]:.2f}"
+            for d in dims
+            if d in ("VQ", "MQ", "TA")
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {'; '.join(run['reward_hacking']) or '-'} |")
     c = report.get("cost")
     if c:
-        lines += ["", f"Cost on {c['prompts']} prompts: unguided {c['seconds']['unguided']} s, latent guidance "
-                      f"{c['seconds']['latent']} s ({c['latent_over_unguided']}×, target ≤ 1.5), pixel-space guidance "
-                      f"{c['seconds']['pixel']} s ({c['pixel_over_unguided']}×)."]
+        lines += [
+            "",
+            f"Cost on {c['prompts']} prompts: unguided {c['seconds']['unguided']} s, latent guidance "
+            f"{c['seconds']['latent']} s ({c['latent_over_unguided']}×, target ≤ 1.5), pixel-space guidance "
+            f"{c['seconds']['pixel']} s ({c['pixel_over_unguided']}×).",
+        ]
     return "\n".join(lines) + "\n"

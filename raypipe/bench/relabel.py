@@ -9,6 +9,7 @@ Same checkpoint (the tiny VideoReward unless --checkpoint), same SynthPref video
 Every run starts from a loaded model: (a) loads it before timing, (b)/(c) after a warm-up run that starts
 Ray's workers; actor start-up (model load) is inside (b)/(c).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +28,7 @@ TINY_SAMPLING = SamplingConfig(fps=4.0, max_frames=16)
 REFERENCE_BATCH = 8  # the public reference inference code decodes and scores 8 videos at a time
 
 
-def reference_loop(checkpoint: str, videos: list[tuple[str, str]], sampling: SamplingConfig,
-                   batch: int = 8) -> dict:
+def reference_loop(checkpoint: str, videos: list[tuple[str, str]], sampling: SamplingConfig, batch: int = 8) -> dict:
     """(a): decode 8, score 8, repeat, in this process."""
     from raypipe.reward.model import VideoReward
     from raypipe.video.decode import VideoClip, decode_video
@@ -39,58 +39,94 @@ def reference_loop(checkpoint: str, videos: list[tuple[str, str]], sampling: Sam
     decode_s = 0.0
     for i in range(0, len(videos), batch):
         t0 = time.perf_counter()
-        clips = [(decode_video(uri, sampling), prompt) for uri, prompt in videos[i:i + batch]]
+        clips = [(decode_video(uri, sampling), prompt) for uri, prompt in videos[i : i + batch]]
         decode_s += time.perf_counter() - t0
         good = [(c.frames, p) for c, p in clips if isinstance(c, VideoClip)]
         if good:
             model.score([g[0] for g in good], [g[1] for g in good])
         scored += len(clips)
     wall = time.perf_counter() - start
-    return {"videos": scored, "wall_s": round(wall, 3), "videos_per_s": round(scored / wall, 3),
-            "decode_share": round(decode_s / wall, 3)}
+    return {
+        "videos": scored,
+        "wall_s": round(wall, 3),
+        "videos_per_s": round(scored / wall, 3),
+        "decode_share": round(decode_s / wall, 3),
+    }
 
 
-def reference_process(checkpoint: str, videos: list[tuple[str, str]], sampling: SamplingConfig, batch: int,
-                      work: Path) -> dict:
+def reference_process(
+    checkpoint: str, videos: list[tuple[str, str]], sampling: SamplingConfig, batch: int, work: Path
+) -> dict:
     """(a) as users run it: a fresh Python process (imports + model load + loop), timed from its start."""
     import subprocess
     import sys
 
     spec = work / "reference_videos.json"
-    spec.write_text(json.dumps({"checkpoint": checkpoint, "videos": videos, "batch": batch,
-                                "sampling": dataclasses.asdict(sampling)}))
-    code = ("import json, sys, time; t0 = time.perf_counter()\n"
-            "from raypipe.config import SamplingConfig\n"
-            "from raypipe.bench.relabel import reference_loop\n"
-            f"spec = json.load(open({str(spec)!r}))\n"
-            "r = reference_loop(spec['checkpoint'], [tuple(v) for v in spec['videos']], "
-            "SamplingConfig(**spec['sampling']), spec['batch'])\n"
-            "r['process_wall_s'] = round(time.perf_counter() - t0, 3)\n"
-            "print('RESULT' + json.dumps(r))\n")
+    spec.write_text(
+        json.dumps(
+            {"checkpoint": checkpoint, "videos": videos, "batch": batch, "sampling": dataclasses.asdict(sampling)}
+        )
+    )
+    code = (
+        "import json, sys, time; t0 = time.perf_counter()\n"
+        "from raypipe.config import SamplingConfig\n"
+        "from raypipe.bench.relabel import reference_loop\n"
+        f"spec = json.load(open({str(spec)!r}))\n"
+        "r = reference_loop(spec['checkpoint'], [tuple(v) for v in spec['videos']], "
+        "SamplingConfig(**spec['sampling']), spec['batch'])\n"
+        "r['process_wall_s'] = round(time.perf_counter() - t0, 3)\n"
+        "print('RESULT' + json.dumps(r))\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
-    r = json.loads(line[len("RESULT"):])
+    r = json.loads(line[len("RESULT") :])
     r["steady_videos_per_s"] = r.pop("videos_per_s")  # the loop alone, model already loaded
     r["videos_per_s"] = round(r["videos"] / r["process_wall_s"], 3)  # whole process, like (b)/(c)'s job wall
     return r
 
 
-def pipeline(checkpoint: str, manifest: str, out: Path, sampling: SamplingConfig, concurrency: int,
-             batch_size: int, actor_cpus: float = 0.5, decode_cpus: float = 0.75, decode_rows: int = 32) -> dict:
+def pipeline(
+    checkpoint: str,
+    manifest: str,
+    out: Path,
+    sampling: SamplingConfig,
+    concurrency: int,
+    batch_size: int,
+    actor_cpus: float = 0.5,
+    decode_cpus: float = 0.75,
+    decode_rows: int = 32,
+) -> dict:
     from raypipe.recipes.relabel import RelabelConfig
     from raypipe.recipes.relabel import run as run_relabel
 
     shutil.rmtree(out, ignore_errors=True)
-    cfg = RelabelConfig(checkpoint=checkpoint, input=manifest, out=str(out), sampling=sampling,
-                        concurrency=concurrency, batch_size=batch_size, actor_cpus=actor_cpus,
-                        decode_cpus=decode_cpus, decode_rows=decode_rows, progress=False)
+    cfg = RelabelConfig(
+        checkpoint=checkpoint,
+        input=manifest,
+        out=str(out),
+        sampling=sampling,
+        concurrency=concurrency,
+        batch_size=batch_size,
+        actor_cpus=actor_cpus,
+        decode_cpus=decode_cpus,
+        decode_rows=decode_rows,
+        progress=False,
+    )
     start = time.perf_counter()
     summary = run_relabel(cfg)
     wall = time.perf_counter() - start
     n = summary["videos_scored_this_run"]
-    return {"videos": n, "wall_s": round(wall, 3), "videos_per_s": round(n / wall, 3),
-            "first_batch_s": summary["first_batch_s"], "rows": summary["rows"], "rows_ok": summary["rows_ok"],
-            "concurrency": concurrency, "actor_cpus": actor_cpus, "decode_cpus": decode_cpus}
+    return {
+        "videos": n,
+        "wall_s": round(wall, 3),
+        "videos_per_s": round(n / wall, 3),
+        "first_batch_s": summary["first_batch_s"],
+        "rows": summary["rows"],
+        "rows_ok": summary["rows_ok"],
+        "concurrency": concurrency,
+        "actor_cpus": actor_cpus,
+        "decode_cpus": decode_cpus,
+    }
 
 
 def run_relabel_bench(args) -> dict:
@@ -153,10 +189,12 @@ def _relabel_run(args, name: str, concurrency: int, checkpoint: str, half: str, 
     """(b)/(c): relabel with `concurrency` scoring actors on half then all of the pairs; the full run's figures
     plus the steady (marginal) rate between the two."""
     print(f"({name}) relabel, {concurrency} scoring actor(s), half then all of the pairs ...", flush=True)
-    small = pipeline(checkpoint, half, work / f"out-{name}", TINY_SAMPLING, concurrency, args.batch,
-                     decode_rows=args.decode_rows)
-    full = pipeline(checkpoint, manifest, work / f"out-{name}", TINY_SAMPLING, concurrency, args.batch,
-                    decode_rows=args.decode_rows)
+    small = pipeline(
+        checkpoint, half, work / f"out-{name}", TINY_SAMPLING, concurrency, args.batch, decode_rows=args.decode_rows
+    )
+    full = pipeline(
+        checkpoint, manifest, work / f"out-{name}", TINY_SAMPLING, concurrency, args.batch, decode_rows=args.decode_rows
+    )
     full["steady_videos_per_s"] = round((full["videos"] - small["videos"]) / (full["wall_s"] - small["wall_s"]), 3)
     full["half_run"] = {k: small[k] for k in ("videos", "wall_s", "videos_per_s")}
     print(f"    {full['videos_per_s']} videos/s end to end, {full['steady_videos_per_s']} steady", flush=True)
@@ -166,21 +204,30 @@ def _relabel_run(args, name: str, concurrency: int, checkpoint: str, half: str, 
 def _result(args, n_videos: int, checkpoint: str, cpus: int, a: dict, b: dict, c: dict) -> dict:
     return {
         "benchmark": "relabel",
-        "data": {"synthpref_pairs": args.pairs, "videos": n_videos, "seed": args.seed,
-                 "sampling": dataclasses.asdict(TINY_SAMPLING)},
-        "checkpoint": checkpoint, "batch_size": args.batch,
+        "data": {
+            "synthpref_pairs": args.pairs,
+            "videos": n_videos,
+            "seed": args.seed,
+            "sampling": dataclasses.asdict(TINY_SAMPLING),
+        },
+        "checkpoint": checkpoint,
+        "batch_size": args.batch,
         "machine": {"cpus_for_ray": cpus, "cpu_count": os.cpu_count(), "platform": platform.platform()},
-        "a_reference_loop": a, "b_relabel_1_actor": b, "c_relabel_2_actors": c,
+        "a_reference_loop": a,
+        "b_relabel_1_actor": b,
+        "c_relabel_2_actors": c,
         "ratio_b_over_a_steady": _ratio(b["steady_videos_per_s"], a["steady_videos_per_s"]),
         "ratio_b_over_a_end_to_end": _ratio(b["videos_per_s"], a["videos_per_s"]),
         "ratio_c_over_b_steady": _ratio(c["steady_videos_per_s"], b["steady_videos_per_s"]),
         "ratio_c_over_b_end_to_end": _ratio(c["videos_per_s"], b["videos_per_s"]),
         "targets": {"b_over_a": ">= 1.5", "c_over_b": "reported"},
-        "notes": ["steady: (a) the loop with the model loaded; (b)/(c) the marginal rate between a run on half the "
-                  "pairs and one on all, (videos_all - videos_half) / (wall_all - wall_half): fixed costs (actor "
-                  "start-up: importing transformers and loading the model in a new process, ~7-10 s here) cancel. "
-                  "end to end: (a) a fresh process incl. imports and model load; (b)/(c) the whole relabel job "
-                  "incl. actor start-up, resume shards and output assembly, on a running Ray."],
+        "notes": [
+            "steady: (a) the loop with the model loaded; (b)/(c) the marginal rate between a run on half the "
+            "pairs and one on all, (videos_all - videos_half) / (wall_all - wall_half): fixed costs (actor "
+            "start-up: importing transformers and loading the model in a new process, ~7-10 s here) cancel. "
+            "end to end: (a) a fresh process incl. imports and model load; (b)/(c) the whole relabel job "
+            "incl. actor start-up, resume shards and output assembly, on a running Ray."
+        ],
     }
 
 
@@ -201,4 +248,3 @@ def _tiny_checkpoint(path: Path) -> str:
     model = VideoReward.build(RewardModelConfig(), tiny_dir=path.parent / "tiny-backbone")
     model.save_pretrained(path, extra={SAMPLING_FILE: dataclasses.asdict(TINY_SAMPLING)})
     return str(path)
-

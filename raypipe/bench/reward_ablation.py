@@ -6,6 +6,7 @@ Same data, same budget (steps, batch, LR schedule, seed) for every variant:
 Each is scored on the same held-out pairs: accuracy without ties and with tie calibration (SPEC §4).
 Expectation from the paper: BTT ≈ BT without ties, BTT clearly better with ties; separate tokens ≥ last token.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,18 +37,34 @@ def run_reward_ablation(args) -> dict:
     results = {}
     for variant in variants:
         overrides = VARIANTS[variant] + [
-            f"data.manifest={data / 'train' / 'manifest.parquet'}", f"val_manifest={data / 'val' / 'manifest.parquet'}",
-            f"out={out / variant}", f"train.max_steps={args.steps}", f"train.epochs={args.epochs}",
-            f"train.eval_every={args.steps}", f"train.checkpoint_every={args.steps}", "progress=false",
-            f"train.seed={args.seed}", *args.overrides]
+            f"data.manifest={data / 'train' / 'manifest.parquet'}",
+            f"val_manifest={data / 'val' / 'manifest.parquet'}",
+            f"out={out / variant}",
+            f"train.max_steps={args.steps}",
+            f"train.epochs={args.epochs}",
+            f"train.eval_every={args.steps}",
+            f"train.checkpoint_every={args.steps}",
+            "progress=false",
+            f"train.seed={args.seed}",
+            *args.overrides,
+        ]
         cfg = load_config(RewardTrainConfig, args.config, overrides)
         print(f"\n=== {variant} ===", flush=True)
         start = time.perf_counter()
         summary = run_train_reward(cfg)
-        results[variant] = {"val": summary["val"], "steps": summary["steps"],
-                            "train_wall_s": round(time.perf_counter() - start, 1)}
-    table = {"benchmark": "reward-ablation", "train_pairs": args.pairs, "val_pairs": args.val_pairs,
-             "steps": args.steps, "seed": args.seed, "results": results}
+        results[variant] = {
+            "val": summary["val"],
+            "steps": summary["steps"],
+            "train_wall_s": round(time.perf_counter() - start, 1),
+        }
+    table = {
+        "benchmark": "reward-ablation",
+        "train_pairs": args.pairs,
+        "val_pairs": args.val_pairs,
+        "steps": args.steps,
+        "seed": args.seed,
+        "results": results,
+    }
     (out / "ablation.json").write_text(json.dumps(table, indent=2))
     (out / "ablation.md").write_text(markdown_table(results))
     print("\n" + markdown_table(results))

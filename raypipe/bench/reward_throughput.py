@@ -8,6 +8,7 @@ Per setting: pairs/s per worker and the share of step time spent waiting for dat
 steady state (the first report window, where the iterator and the workers warm up, left out), plus the one-time
 cost of the cache. Ratios are against the baseline measured in this run.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,9 +46,17 @@ def run_reward_throughput(args) -> dict:
     results = {}
     for name in [s.strip() for s in args.settings.split(",")] if args.settings else list(SETTINGS):
         overrides = SETTINGS[name] + [
-            f"data.manifest={data / 'train' / 'manifest.parquet'}", f"val_manifest={data / 'val' / 'manifest.parquet'}",
-            f"out={work / name}", f"train.max_steps={args.steps}", "train.epochs=1000", "train.max_minutes=null",
-            f"train.eval_every={every}", f"train.checkpoint_every={args.steps}", "progress=false", *args.overrides]
+            f"data.manifest={data / 'train' / 'manifest.parquet'}",
+            f"val_manifest={data / 'val' / 'manifest.parquet'}",
+            f"out={work / name}",
+            f"train.max_steps={args.steps}",
+            "train.epochs=1000",
+            "train.max_minutes=null",
+            f"train.eval_every={every}",
+            f"train.checkpoint_every={args.steps}",
+            "progress=false",
+            *args.overrides,
+        ]
         cfg = load_config(RewardTrainConfig, args.config, overrides)
         print(f"\n=== {name} ===", flush=True)
         start = time.perf_counter()
@@ -55,16 +64,28 @@ def run_reward_throughput(args) -> dict:
         curve = json.loads((work / name / "learning_curve.json").read_text())
         rate, rate_steady = _windows(curve, "pairs_per_s_per_worker")
         wait, wait_steady = _windows(curve, "data_wait_share")
-        results[name] = {"pairs_per_s_per_worker": rate, "pairs_per_s_per_worker_steady": rate_steady,
-                         "data_wait_share": wait, "data_wait_share_steady": wait_steady,
-                         "frame_cache_s": summary["frame_cache_s"], "train_wall_s": summary["wall_s"],
-                         "job_wall_s": round(time.perf_counter() - start, 1), "steps": summary["steps"],
-                         "workers": cfg.train.num_workers, "batch_pairs_per_worker": cfg.train.batch}
+        results[name] = {
+            "pairs_per_s_per_worker": rate,
+            "pairs_per_s_per_worker_steady": rate_steady,
+            "data_wait_share": wait,
+            "data_wait_share_steady": wait_steady,
+            "frame_cache_s": summary["frame_cache_s"],
+            "train_wall_s": summary["wall_s"],
+            "job_wall_s": round(time.perf_counter() - start, 1),
+            "steps": summary["steps"],
+            "workers": cfg.train.num_workers,
+            "batch_pairs_per_worker": cfg.train.batch,
+        }
     base = results.get("stream_zero2", {}).get("pairs_per_s_per_worker_steady")
     for r in results.values():
         r["speedup_vs_stream_zero2"] = round(r["pairs_per_s_per_worker_steady"] / base, 2) if base else None
-    report = {"benchmark": "reward-throughput", "train_pairs": args.pairs, "steps": args.steps,
-              "config": str(args.config), "results": results}
+    report = {
+        "benchmark": "reward-throughput",
+        "train_pairs": args.pairs,
+        "steps": args.steps,
+        "config": str(args.config),
+        "results": results,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     return report

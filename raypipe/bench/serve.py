@@ -9,6 +9,7 @@
    per replica); `--burst-concurrency` clients for `--burst-s` seconds, then idle: replica count over time, time to
    scale up, time to come back down, non-2xx during the burst.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,12 @@ def _percentiles(latencies: list[float]) -> dict:
     if not latencies:
         return {}
     q = np.percentile(np.array(latencies) * 1000, [50, 95, 99])
-    return {"p50_ms": round(float(q[0]), 1), "p95_ms": round(float(q[1]), 1), "p99_ms": round(float(q[2]), 1),
-            "mean_ms": round(statistics.fmean(latencies) * 1000, 1)}
+    return {
+        "p50_ms": round(float(q[0]), 1),
+        "p95_ms": round(float(q[1]), 1),
+        "p99_ms": round(float(q[2]), 1),
+        "mean_ms": round(statistics.fmean(latencies) * 1000, 1),
+    }
 
 
 def _post(url: str, payload: bytes, prompt: str) -> tuple[int, float]:
@@ -42,8 +47,9 @@ def _post(url: str, payload: bytes, prompt: str) -> tuple[int, float]:
 
     t0 = time.perf_counter()
     try:
-        resp = requests.post(f"{url}/score", files={"file": ("clip.mp4", payload, "video/mp4")},
-                             data={"prompt": prompt}, timeout=300)
+        resp = requests.post(
+            f"{url}/score", files={"file": ("clip.mp4", payload, "video/mp4")}, data={"prompt": prompt}, timeout=300
+        )
         code = resp.status_code
     except Exception:
         code = -1
@@ -57,9 +63,14 @@ def load(url: str, payloads: list[tuple[bytes, str]], n: int, concurrency: int) 
         results = list(pool.map(lambda job: _post(url, *job), jobs))
     wall = time.perf_counter() - t0
     ok = [lat for code, lat in results if 200 <= code < 300]
-    return {"requests": n, "concurrency": concurrency, "wall_s": round(wall, 2),
-            "throughput_rps": round(len(ok) / wall, 2),
-            "non_2xx": sum(1 for code, _ in results if not 200 <= code < 300), **_percentiles(ok)}
+    return {
+        "requests": n,
+        "concurrency": concurrency,
+        "wall_s": round(wall, 2),
+        "throughput_rps": round(len(ok) / wall, 2),
+        "non_2xx": sum(1 for code, _ in results if not 200 <= code < 300),
+        **_percentiles(ok),
+    }
 
 
 def _replicas(app: str, deployment: str) -> int:
@@ -78,8 +89,11 @@ def _reward_or_tiny(checkpoint: str | None, work: Path) -> str:
         return checkpoint
     from raypipe.reward.model import RewardModelConfig, VideoReward
 
-    return str(VideoReward.build(RewardModelConfig(), tiny_dir=work / "backbone").save_pretrained(
-        work / "ckpt", extra={"sampling.json": {"fps": 4.0, "max_frames": 16}}))
+    return str(
+        VideoReward.build(RewardModelConfig(), tiny_dir=work / "backbone").save_pretrained(
+            work / "ckpt", extra={"sampling.json": {"fps": 4.0, "max_frames": 16}}
+        )
+    )
 
 
 def _synth_payloads(work: Path) -> list[tuple[bytes, str]]:
@@ -88,8 +102,10 @@ def _synth_payloads(work: Path) -> list[tuple[bytes, str]]:
     from raypipe.video.synth import make_synthpref
 
     table = make_synthpref(work / "synth", SynthConfig(pairs=16, seed=3))
-    return [((work / "synth" / p).read_bytes(), q) for p, q in
-            zip(table.column("path_A").to_pylist(), table.column("prompt").to_pylist())]
+    return [
+        ((work / "synth" / p).read_bytes(), q)
+        for p, q in zip(table.column("path_A").to_pylist(), table.column("prompt").to_pylist())
+    ]
 
 
 def _bench_app(reward: str, batch: int, batch_wait_s: float, model_options: dict, api_options: dict):
@@ -97,9 +113,14 @@ def _bench_app(reward: str, batch: int, batch_wait_s: float, model_options: dict
     from raypipe.serve.apps import reward_app
 
     light = {"ray_actor_options": {"num_cpus": 0}}
-    return reward_app({"reward": reward, "batch": batch, "batch_wait_s": batch_wait_s,
-                       "deployment_options": {"RewardModel": {**light, **model_options},
-                                              "RewardAPI": {**light, **api_options}}})
+    return reward_app(
+        {
+            "reward": reward,
+            "batch": batch,
+            "batch_wait_s": batch_wait_s,
+            "deployment_options": {"RewardModel": {**light, **model_options}, "RewardAPI": {**light, **api_options}},
+        }
+    )
 
 
 def _batch_sizes(url: str) -> list[int]:
@@ -114,15 +135,16 @@ def _nominal_load(args, reward: str, payloads, port: int, label: str, batch: int
 
     from raypipe.serve.run import start
 
-    app = _bench_app(reward, batch, args.batch_wait_s, {"num_replicas": 1, "max_ongoing_requests": 64},
-                     {"max_ongoing_requests": 128})
+    app = _bench_app(
+        reward, batch, args.batch_wait_s, {"num_replicas": 1, "max_ongoing_requests": 64}, {"max_ongoing_requests": 128}
+    )
     url = start([(f"bench-{label}", "/", app)], port=port)
     for _ in range(3):  # warm-up (model load, first forward)
         _post(url, *payloads[0])
     before = _batch_sizes(url)
     print(f"{label}: {args.requests} requests, {args.concurrency} concurrent", flush=True)
     result = load(url, payloads, args.requests, args.concurrency)
-    sizes = _batch_sizes(url)[len(before):]
+    sizes = _batch_sizes(url)[len(before) :]
     result["forward_passes"] = len(sizes)
     result["mean_batch"] = round(float(np.mean(sizes)), 2) if sizes else None
     print(f"    {result}", flush=True)
@@ -132,11 +154,24 @@ def _nominal_load(args, reward: str, payloads, port: int, label: str, batch: int
 
 def _autoscaling_app(args, reward: str):
     """The reward app with 1..`--max-replicas` RewardModel replicas, scaling quickly so a short burst shows it."""
-    return _bench_app(reward, args.batch, args.batch_wait_s, {
-        "max_ongoing_requests": 16, "autoscaling_config": {
-            "min_replicas": 1, "max_replicas": args.max_replicas, "target_ongoing_requests": args.target_ongoing,
-            "upscale_delay_s": 1.0, "downscale_delay_s": args.downscale_delay_s, "metrics_interval_s": 0.5,
-            "look_back_period_s": 2.0}}, {"max_ongoing_requests": 256})
+    return _bench_app(
+        reward,
+        args.batch,
+        args.batch_wait_s,
+        {
+            "max_ongoing_requests": 16,
+            "autoscaling_config": {
+                "min_replicas": 1,
+                "max_replicas": args.max_replicas,
+                "target_ongoing_requests": args.target_ongoing,
+                "upscale_delay_s": 1.0,
+                "downscale_delay_s": args.downscale_delay_s,
+                "metrics_interval_s": 0.5,
+                "look_back_period_s": 2.0,
+            },
+        },
+        {"max_ongoing_requests": 256},
+    )
 
 
 class _ReplicaWatch:
@@ -182,12 +217,20 @@ def _burst_report(args, codes, timeline, burst_end: float) -> dict:
     up = next((ts for ts, n in timeline if n > 1), None)
     down = next((ts for ts, n in timeline if ts > burst_end and n == 1), None)
     ok = [lat for code, lat in codes if 200 <= code < 300]
-    return {"clients": args.burst_concurrency, "seconds": args.burst_s, "requests": len(codes),
-            "non_2xx": sum(1 for code, _ in codes if not 200 <= code < 300),
-            "throughput_rps": round(len(ok) / args.burst_s, 2), **_percentiles(ok),
-            "peak_replicas": peak, "scaled_up_at_s": up, "burst_ended_at_s": round(burst_end, 1),
-            "back_to_1_replica_at_s": down, "recovery_s": round(down - burst_end, 1) if down is not None else None,
-            "timeline": timeline[::2]}
+    return {
+        "clients": args.burst_concurrency,
+        "seconds": args.burst_s,
+        "requests": len(codes),
+        "non_2xx": sum(1 for code, _ in codes if not 200 <= code < 300),
+        "throughput_rps": round(len(ok) / args.burst_s, 2),
+        **_percentiles(ok),
+        "peak_replicas": peak,
+        "scaled_up_at_s": up,
+        "burst_ended_at_s": round(burst_end, 1),
+        "back_to_1_replica_at_s": down,
+        "recovery_s": round(down - burst_end, 1) if down is not None else None,
+        "timeline": timeline[::2],
+    }
 
 
 def _burst(args, reward: str, payloads, port: int) -> dict:
@@ -207,8 +250,11 @@ def _burst(args, reward: str, payloads, port: int) -> dict:
     while time.perf_counter() < deadline and _replicas("bench-burst", "RewardModel") > 1:
         time.sleep(1.0)
     report = _burst_report(args, codes, watch.stop(), burst_end)
-    print(f"    burst: peak {report['peak_replicas']} replicas, up at {report['scaled_up_at_s']} s, back to 1 at "
-          f"{report['back_to_1_replica_at_s']} s", flush=True)
+    print(
+        f"    burst: peak {report['peak_replicas']} replicas, up at {report['scaled_up_at_s']} s, back to 1 at "
+        f"{report['back_to_1_replica_at_s']} s",
+        flush=True,
+    )
     serve.delete("bench-burst")
     return report
 
@@ -225,12 +271,17 @@ def run_serve_bench(args) -> dict:
     if not ray.is_initialized():
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     port = _free_port()
-    report: dict = {"checkpoint": reward, "requests": args.requests, "concurrency": args.concurrency,
-                    "cpus": ray.cluster_resources().get("CPU")}
+    report: dict = {
+        "checkpoint": reward,
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "cpus": ray.cluster_resources().get("CPU"),
+    }
     for label, batch in (("batched", args.batch), ("unbatched", 1)):
         report[label] = _nominal_load(args, reward, payloads, port, label, batch)
     report["batched_over_unbatched_throughput"] = round(
-        report["batched"]["throughput_rps"] / max(report["unbatched"]["throughput_rps"], 1e-9), 3)
+        report["batched"]["throughput_rps"] / max(report["unbatched"]["throughput_rps"], 1e-9), 3
+    )
     report["burst"] = _burst(args, reward, payloads, port)
     serve.shutdown()
     out.write_text(json.dumps(report, indent=2))

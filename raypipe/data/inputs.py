@@ -13,6 +13,7 @@ every file it matches (a non-video match becomes an error row, never a silent sk
 come from a sidecar `path,prompt` table (`prompts=`, else `prompts.csv` / `prompts.parquet` in the folder); a
 sidecar path matches a video by full URI, by path relative to the folder, or by file name.
 """
+
 from __future__ import annotations
 
 import glob as globlib
@@ -26,8 +27,22 @@ from raypipe.config import ConfigError
 from raypipe.data.manifest import ManifestError, load_manifest, read_table
 from raypipe.video.source import is_local, local_path, resolve_filesystem
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv",
-                    ".3gp", ".gif", ".webp")
+VIDEO_EXTENSIONS = (
+    ".mp4",
+    ".mov",
+    ".mkv",
+    ".webm",
+    ".avi",
+    ".m4v",
+    ".mpg",
+    ".mpeg",
+    ".ts",
+    ".flv",
+    ".wmv",
+    ".3gp",
+    ".gif",
+    ".webp",
+)
 MANIFEST_EXTENSIONS = (".parquet", ".csv")
 SIDECAR_NAMES = ("prompts.csv", "prompts.parquet")
 _GLOB_CHARS = set("*?[")
@@ -92,8 +107,11 @@ def list_glob(pattern: str) -> list[str]:
 
     fs, _ = fsspec.core.url_to_fs(pattern)
     scheme = pattern.split("://", 1)[0]
-    return sorted(f"{scheme}://{p.lstrip('/')}" if not p.startswith(f"{scheme}://") else p
-                  for p in fs.glob(pattern) if fs.isfile(p))
+    return sorted(
+        f"{scheme}://{p.lstrip('/')}" if not p.startswith(f"{scheme}://") else p
+        for p in fs.glob(pattern)
+        if fs.isfile(p)
+    )
 
 
 def _exists(uri: str) -> bool:
@@ -113,8 +131,9 @@ def read_sidecar(source: str) -> dict[str, str]:
     table = read_table(source)
     for column in ("path", "prompt"):
         if column not in table.column_names:
-            raise ManifestError(source, f"prompt sidecar needs columns path, prompt (have {table.column_names})",
-                                column)
+            raise ManifestError(
+                source, f"prompt sidecar needs columns path, prompt (have {table.column_names})", column
+            )
     paths = [str(p) for p in table.column("path").to_pylist()]
     prompts = ["" if p is None else str(p) for p in table.column("prompt").to_pylist()]
     return dict(zip(paths, prompts))
@@ -132,7 +151,7 @@ def _match_prompts(uris: list[str], root: str | None, sidecar: dict[str, str]) -
         if root is not None:
             prefix = root.rstrip("/") + "/"
             if uri.startswith(prefix):
-                keys.append(uri[len(prefix):])
+                keys.append(uri[len(prefix) :])
         hit = next((k for k in keys if k in sidecar), None)
         if hit is not None:
             used.add(hit)
@@ -151,17 +170,24 @@ def _videos_table(uris: list[str], root: str | None, prompts_source: str | None,
         sidecar_path = next((p for p in (_join(root, n) for n in SIDECAR_NAMES) if _exists(p)), None)
     if sidecar_path is not None:
         prompts, unused = _match_prompts(uris, root, read_sidecar(sidecar_path))
-        notes.append(f"prompts from {sidecar_path}: {sum(1 for p in prompts if p)} of {len(uris)} videos matched"
-                     + (f", {unused} sidecar rows matched no video" if unused else ""))
+        notes.append(
+            f"prompts from {sidecar_path}: {sum(1 for p in prompts if p)} of {len(uris)} videos matched"
+            + (f", {unused} sidecar rows matched no video" if unused else "")
+        )
     else:
         prompts = [""] * len(uris)
         notes.append("no prompt sidecar: prompts are empty (context-aware dimensions such as TA see no text)")
-    return pa.table({"path": pa.array(uris, pa.string()), "prompt": pa.array(prompts, pa.string()),
-                     "row_id": pa.array(range(len(uris)), pa.int64()), "uri": pa.array(uris, pa.string())})
+    return pa.table(
+        {
+            "path": pa.array(uris, pa.string()),
+            "prompt": pa.array(prompts, pa.string()),
+            "row_id": pa.array(range(len(uris)), pa.int64()),
+            "uri": pa.array(uris, pa.string()),
+        }
+    )
 
 
-def resolve_input(source: str, dimensions, video_root: str | None = None, prompts: str | None = None
-                  ) -> RelabelInput:
+def resolve_input(source: str, dimensions, video_root: str | None = None, prompts: str | None = None) -> RelabelInput:
     """Read INPUT (manifest, folder or glob) into rows; raises ManifestError/ConfigError before any Ray work."""
     source = os.fspath(source)
     notes: list[str] = []
@@ -177,8 +203,10 @@ def resolve_input(source: str, dimensions, video_root: str | None = None, prompt
                 raise ConfigError(f"input glob {source!r} matches no file")
         else:
             if not _exists(source):
-                raise ConfigError(f"input {source!r} does not exist (expected a manifest .parquet/.csv, a folder "
-                                  f"of videos, or a glob)")
+                raise ConfigError(
+                    f"input {source!r} does not exist (expected a manifest .parquet/.csv, a folder "
+                    f"of videos, or a glob)"
+                )
             is_dir = os.path.isdir(local_path(source)) if is_local(source) else True
             if is_dir:
                 root = os.path.abspath(local_path(source)) if is_local(source) else source.rstrip("/")

@@ -5,6 +5,7 @@ the column and (where it is about one row) the 0-based row. Every input column i
 `row_id` (position in the manifest), resolved URIs and one normalised label column per dimension:
 `y_<DIM>` (int8: +1 = A preferred, -1 = B preferred, 0 = tie, null = unlabelled and masked out of losses).
 """
+
 from __future__ import annotations
 
 import math
@@ -101,8 +102,7 @@ def read_table(source: str) -> pa.Table:
                 header = pacsv.open_csv(f, parse_options=parse).schema.names
             opener = open(path, "rb") if fs is None else fs.open_input_stream(path)
             with opener as f:
-                convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in header},
-                                               strings_can_be_null=True)
+                convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in header}, strings_can_be_null=True)
                 return pacsv.read_csv(f, parse_options=parse, convert_options=convert)
         if lower.endswith((".parquet", ".pq")) or (fs is not None and fs.get_file_info(path).type == 3):
             return pq.read_table(path, filesystem=fs)
@@ -158,8 +158,12 @@ def _default_root(source: str) -> str:
     return source.rsplit("/", 1)[0]
 
 
-def load_manifest(source: str, dimensions: list[str] | tuple[str, ...] = ("VQ", "MQ", "TA"),
-                  video_root: str | None = None, require_labels: bool = True) -> Manifest:
+def load_manifest(
+    source: str,
+    dimensions: list[str] | tuple[str, ...] = ("VQ", "MQ", "TA"),
+    video_root: str | None = None,
+    require_labels: bool = True,
+) -> Manifest:
     """Read and validate a preference manifest (one row per pair) or, if it has a `path` column and no
     `path_A`, a pointwise manifest. Raises ManifestError before any cluster work."""
     source = os.fspath(source)
@@ -196,8 +200,12 @@ def load_manifest(source: str, dimensions: list[str] | tuple[str, ...] = ("VQ", 
         if n_bad == len(values):
             example = next((v for v in raw if v is not None), None)
             allowed = "A/B/same/tie or 1/-1/0" if kind == "pairs" else "numbers or Good/Normal/Bad"
-            raise ManifestError(source, f"no row has a label this reader understands "
-                                        f"(first value {example!r}; allowed: {allowed})", dim, 0)
+            raise ManifestError(
+                source,
+                f"no row has a label this reader understands (first value {example!r}; allowed: {allowed})",
+                dim,
+                0,
+            )
         masked[dim] = n_bad
         table = table.append_column(f"y_{dim}", arr)
     root = video_root or _default_root(source)
@@ -226,6 +234,9 @@ def label_shares(table: pa.Table, dimensions) -> dict[str, dict[str, float]]:
             continue
         values = [normalize_label(v) for v in table.column(dim).to_pylist()]
         n = max(1, len(values))
-        out[dim] = {"A": round(values.count(1) / n, 3), "B": round(values.count(-1) / n, 3),
-                    "tie": round(values.count(0) / n, 3)}
+        out[dim] = {
+            "A": round(values.count(1) / n, 3),
+            "B": round(values.count(-1) / n, 3),
+            "tie": round(values.count(0) / n, 3),
+        }
     return out

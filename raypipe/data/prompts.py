@@ -1,5 +1,6 @@
 """Prompt sources every sampling job takes (`prompts=`): a number of seeded SynthPref prompts, a `.txt` (one per
 line), a manifest with a `prompt` column, or prompts separated by "|"."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,14 @@ def read_prompts(spec: str | int, seed: int) -> list[str]:
     spec = str(spec)
     if spec.isdigit():
         rng = np.random.default_rng(seed)
-        return [make_prompt(COLORS[rng.integers(len(COLORS))], SHAPES[rng.integers(len(SHAPES))],
-                            DIRECTIONS[rng.integers(len(DIRECTIONS))]) for _ in range(int(spec))]
+        return [
+            make_prompt(
+                COLORS[rng.integers(len(COLORS))],
+                SHAPES[rng.integers(len(SHAPES))],
+                DIRECTIONS[rng.integers(len(DIRECTIONS))],
+            )
+            for _ in range(int(spec))
+        ]
     path = Path(spec)
     if path.exists():
         if path.suffix == ".txt":

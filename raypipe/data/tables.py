@@ -6,6 +6,7 @@ that failed) and `error_message`; error rows stay in the stream with empty frame
 exactly once (the decode stage that writes them is `raypipe.distributed.decode`). Generator clips are fixed-shape
 `frames<sfx>` columns, latent-cache rows `latents<sfx>` + `text` (see `suffix`).
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -4,6 +4,7 @@ uses (pairs from labels or margins, Flow-RWR rewards, sample-pairs' best vs wors
 Weights are written one way everywhere: a mapping `{VQ: 0.1, TA: 0.8}` (YAML in a config file, the same text as a
 `weights={VQ: 0.1, TA: 0.8}` override); dimensions left out weigh 0.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Ray's Arrow tensor columns: how decoded frames and latents travel through Ray Data blocks."""
+
 from __future__ import annotations
 
 import numpy as np

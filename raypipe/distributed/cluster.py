@@ -1,5 +1,6 @@
 """Connecting to Ray (the given cluster address, `RAY_ADDRESS`, or a new local instance) and the Ray Data settings
 our jobs share."""
+
 from __future__ import annotations
 
 import os
@@ -43,7 +44,8 @@ def configure_data_context(progress: bool = True, object_store_limit_mb: int | N
     ctx.op_resource_reservation_ratio = 0.1
     if object_store_limit_mb is not None:
         ctx.execution_options.resource_limits = ExecutionResources(
-            object_store_memory=int(object_store_limit_mb) * 1024 * 1024)
+            object_store_memory=int(object_store_limit_mb) * 1024 * 1024
+        )
 
 
 def materialize_in_order(ds):

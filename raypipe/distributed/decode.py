@@ -11,6 +11,7 @@ The three block functions are the three views of a video our jobs need: both sid
 for the reward model (`decode_pairs_block`), one video per row for scoring (`decode_videos_block`), and
 fixed-shape generator clips (`decode_clips_block`).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,8 +32,9 @@ def blocks(table: pa.Table, rows_per_block: int) -> list[pa.Table]:
     return [table.slice(start, step) for start in range(0, table.num_rows, step)] or [table]
 
 
-def decode_stage(table: pa.Table, block_fn, fn_kwargs: dict, rows_per_block: int, num_cpus: float,
-                 max_retries: int | None = None):
+def decode_stage(
+    table: pa.Table, block_fn, fn_kwargs: dict, rows_per_block: int, num_cpus: float, max_retries: int | None = None
+):
     """Lazy Ray Dataset: `block_fn(block, **fn_kwargs)` on every block of `table`, one CPU task per block.
 
     `max_retries` (Ray's task retries: a node can die mid-decode) also keeps Ray Data from fusing this stage
@@ -42,8 +44,14 @@ def decode_stage(table: pa.Table, block_fn, fn_kwargs: dict, rows_per_block: int
 
     options = {} if max_retries is None else {"max_retries": max_retries}
     return ray.data.from_arrow(blocks(table, rows_per_block)).map_batches(
-        block_fn, fn_kwargs=fn_kwargs, batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
-        num_cpus=num_cpus, **options)
+        block_fn,
+        fn_kwargs=fn_kwargs,
+        batch_format="pyarrow",
+        batch_size=None,
+        zero_copy_batch=True,
+        num_cpus=num_cpus,
+        **options,
+    )
 
 
 def decode_pairs_block(batch: pa.Table, sampling: SamplingConfig, sides=SIDES) -> pa.Table:
@@ -136,9 +144,19 @@ def pair_dataset(manifest: Manifest, cfg: DataConfig | None = None):
     cfg = cfg or DataConfig()
     if manifest.kind != "pairs":
         raise ValueError(f"pair_dataset needs a preference manifest, {manifest.source} is {manifest.kind}")
-    return decode_stage(manifest.table, decode_pairs_block, {"sampling": cfg.sampling}, cfg.rows_per_block,
-                        cfg.decode_cpus)
+    return decode_stage(
+        manifest.table, decode_pairs_block, {"sampling": cfg.sampling}, cfg.rows_per_block, cfg.decode_cpus
+    )
 
 
-__all__ = ["blocks", "decode_stage", "decode_pairs_block", "decode_videos_block", "decode_clips_block",
-           "manifest_dataset", "pair_dataset", "frames_column", "tensor_column"]
+__all__ = [
+    "blocks",
+    "decode_stage",
+    "decode_pairs_block",
+    "decode_videos_block",
+    "decode_clips_block",
+    "manifest_dataset",
+    "pair_dataset",
+    "frames_column",
+    "tensor_column",
+]

@@ -10,6 +10,7 @@ tensors; every other
 column passes through. Rows whose video failed keep their `error` kind and zero latents (the training loop skips
 and counts them), so the cache has one row per training row.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,8 +31,11 @@ class LatentEncoder:
         self.keys = list(keys)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        ok = np.array([e is None for e in batch.column("error").to_pylist()]) if "error" in batch.column_names \
+        ok = (
+            np.array([e is None for e in batch.column("error").to_pylist()])
+            if "error" in batch.column_names
             else np.ones(batch.num_rows, bool)
+        )
         for key in self.keys:
             sfx = suffix(key)
             frames = clips_of(batch, f"frames{sfx}")
@@ -43,19 +47,37 @@ class LatentEncoder:
         return batch.append_column("text", tensor_column(text))
 
 
-def latent_dataset(rows: pa.Table, family_path: str, clip, keys: dict[str, str], concurrency: int = 1,
-                   batch_size: int = 8, rows_per_block: int = 8, num_gpus: float = 0.0, actor_cpus: float = 0.5):
+def latent_dataset(
+    rows: pa.Table,
+    family_path: str,
+    clip,
+    keys: dict[str, str],
+    concurrency: int = 1,
+    batch_size: int = 8,
+    rows_per_block: int = 8,
+    num_gpus: float = 0.0,
+    actor_cpus: float = 0.5,
+):
     """Lazy Ray Dataset of encoded rows (`keys` maps a uri column to its latent key, e.g. {"uri": ""})."""
     import ray.data
 
     frames_cols = {uri: f"frames{suffix(key)}" for uri, key in keys.items()}
-    decoded = decode_stage(rows, decode_clips_block, {"clip": clip, "columns": frames_cols}, rows_per_block,
-                           num_cpus=0.75, max_retries=3)
+    decoded = decode_stage(
+        rows, decode_clips_block, {"clip": clip, "columns": frames_cols}, rows_per_block, num_cpus=0.75, max_retries=3
+    )
     return decoded.map_batches(
-        LatentEncoder, fn_constructor_kwargs={"family_path": family_path, "keys": list(keys.values()),
-                                              "device": "cuda" if num_gpus else "cpu"},
-        compute=ray.data.ActorPoolStrategy(size=max(1, concurrency)), batch_size=batch_size, num_cpus=actor_cpus,
-        num_gpus=num_gpus or None, batch_format="pyarrow")
+        LatentEncoder,
+        fn_constructor_kwargs={
+            "family_path": family_path,
+            "keys": list(keys.values()),
+            "device": "cuda" if num_gpus else "cpu",
+        },
+        compute=ray.data.ActorPoolStrategy(size=max(1, concurrency)),
+        batch_size=batch_size,
+        num_cpus=actor_cpus,
+        num_gpus=num_gpus or None,
+        batch_format="pyarrow",
+    )
 
 
 def cached_latents(rows: pa.Table, family_path: str, clip, keys: dict[str, str], path, stamp_key: dict):
@@ -73,8 +95,9 @@ def cached_latents(rows: pa.Table, family_path: str, clip, keys: dict[str, str],
     stamp = path / "_cache.json"
     if stamp.exists():
         if json.loads(stamp.read_text()) != stamp_key:
-            raise ConfigError(f"latent cache {path} was built for {stamp.read_text()}, not {stamp_key}: "
-                              "use another folder")
+            raise ConfigError(
+                f"latent cache {path} was built for {stamp.read_text()}, not {stamp_key}: use another folder"
+            )
         print(f"latent cache: reading {path}", flush=True)
     else:
         if path.exists():  # an interrupted build: start over
@@ -82,8 +105,7 @@ def cached_latents(rows: pa.Table, family_path: str, clip, keys: dict[str, str],
         t0 = time.perf_counter()
         latent_dataset(rows, family_path, clip, keys).write_parquet(str(path))
         stamp.write_text(json.dumps(stamp_key))
-        print(f"latent cache: {rows.num_rows} rows encoded into {path} in {time.perf_counter() - t0:.1f} s",
-              flush=True)
+        print(f"latent cache: {rows.num_rows} rows encoded into {path} in {time.perf_counter() - t0:.1f} s", flush=True)
     return read_cache(path)
 
 

@@ -12,6 +12,7 @@
 
 `ray.train.report` is a barrier: every rank calls `save_and_report` at the same steps.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,9 @@ def resume(engine) -> dict:
         with checkpoint.as_directory() as d:
             engine.load_checkpoint(d, tag="ds")
             progress = json.loads((Path(d) / "progress.json").read_text())
-        progress["resumes"].append({"at_step": progress["step"], "engine_global_steps": engine.global_steps,
-                                    "lr": engine.get_lr()[0]})
+        progress["resumes"].append(
+            {"at_step": progress["step"], "engine_global_steps": engine.global_steps, "lr": engine.get_lr()[0]}
+        )
     progress["nodes"] = worker_nodes()  # where this attempt's ranks run (multi-node placement checks)
     return progress
 
@@ -85,8 +87,10 @@ def all_ranks_true(flag: bool) -> bool:
 def require_finite(loss: torch.Tensor, step: int, epoch: int, index: int) -> None:
     """Raise on every rank when any rank's loss is not finite (no checkpoint of a diverged model is written)."""
     if not all_ranks_true(bool(torch.isfinite(loss))):
-        raise RuntimeError(f"non-finite loss at step {step + 1} (epoch {epoch}, batch {index}); no checkpoint is "
-                           f"written. Lower train.lr or check the data.")
+        raise RuntimeError(
+            f"non-finite loss at step {step + 1} (epoch {epoch}, batch {index}); no checkpoint is "
+            f"written. Lower train.lr or check the data."
+        )
 
 
 def zero_loss(module: torch.nn.Module) -> torch.Tensor:
@@ -146,8 +150,14 @@ def drop_error_rows(batch, progress: dict):
 
 def throughput_point(window: Window, step: int, epoch: int, engine, clock: TrainClock) -> dict:
     """A curve point: items/s per worker, lr, training seconds, and the per-step mean of every other number."""
-    return {"step": step, "epoch": epoch, "items_per_s_per_worker": window.rate("items"), "lr": engine.get_lr()[0],
-            "train_s": round(clock.train_s(), 1), **{k: window.mean(k) for k in window.sums if k != "items"}}
+    return {
+        "step": step,
+        "epoch": epoch,
+        "items_per_s_per_worker": window.rate("items"),
+        "lr": engine.get_lr()[0],
+        "train_s": round(clock.train_s(), 1),
+        **{k: window.mean(k) for k in window.sums if k != "items"},
+    }
 
 
 def record_point(progress: dict, point: dict, index: int, clock: TrainClock, writer=None) -> None:
@@ -170,8 +180,9 @@ def save_and_report(engine, progress: dict, metrics: dict, save_final=None) -> N
             save_final(Path(d) / "final")
         if world_rank() == 0:
             (Path(d) / "progress.json").write_text(json.dumps(progress, default=_json_default))
-        ray.train.report({**metrics, "final": save_final is not None},
-                         checkpoint=ray.train.Checkpoint.from_directory(d))
+        ray.train.report(
+            {**metrics, "final": save_final is not None}, checkpoint=ray.train.Checkpoint.from_directory(d)
+        )
 
 
 def tensorboard_writer(tensorboard_dir: str | None):

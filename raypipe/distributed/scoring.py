@@ -1,7 +1,8 @@
 """Ray Data batch inference with a VideoReward checkpoint: decode tasks feeding a pool of scoring actors.
 
-    ds = score_videos(table, ckpt, sampling, concurrency=2)  # decode tasks -> scoring actors: + score_<DIM>, error
+ds = score_videos(table, ckpt, sampling, concurrency=2)  # decode tasks -> scoring actors: + score_<DIM>, error
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,8 +20,14 @@ class FrameScorer:
     tokens; adds `score_<DIM>` (float64, null on error rows) and `scored_on` (the Ray node id of the actor, for
     per-node accounting) and drops the `frames` column."""
 
-    def __init__(self, checkpoint: str, device: str = "cpu", dtype: str | None = None, max_videos: int = 8,
-                 token_budget: int | None = None):
+    def __init__(
+        self,
+        checkpoint: str,
+        device: str = "cpu",
+        dtype: str | None = None,
+        max_videos: int = 8,
+        token_budget: int | None = None,
+    ):
         from raypipe.reward.model import VideoReward
 
         self.model = VideoReward.from_pretrained(checkpoint, dtype=dtype, device=device)
@@ -53,9 +60,19 @@ def fit_actor_cpus(concurrency: int, actor_cpus: float, decode_cpus: float, tota
     return max(0.25, min(actor_cpus, room))
 
 
-def score_videos(table: pa.Table, checkpoint: str, sampling: SamplingConfig, concurrency: int = 1,
-                 batch_size: int = 8, num_gpus: float = 0, dtype: str | None = None, token_budget: int | None = None,
-                 decode_rows: int = 32, actor_cpus: float = 0.5, decode_cpus: float = 0.75):
+def score_videos(
+    table: pa.Table,
+    checkpoint: str,
+    sampling: SamplingConfig,
+    concurrency: int = 1,
+    batch_size: int = 8,
+    num_gpus: float = 0,
+    dtype: str | None = None,
+    token_budget: int | None = None,
+    decode_rows: int = 32,
+    actor_cpus: float = 0.5,
+    decode_cpus: float = 0.75,
+):
     """Lazy Ray Dataset: `table` (uri, prompt, any key columns) decoded by CPU tasks (up to `decode_rows` videos
     per task) and scored by a pool of `concurrency` actors, so decoding and scoring overlap. Output rows: the input
     columns + `error`, `error_message`, `score_<DIM>`.
@@ -75,8 +92,17 @@ def score_videos(table: pa.Table, checkpoint: str, sampling: SamplingConfig, con
     decoded = decode_stage(table, decode_videos_block, {"sampling": sampling}, step, decode_cpus, max_retries=3)
     return decoded.map_batches(
         FrameScorer,
-        fn_constructor_kwargs={"checkpoint": str(checkpoint), "device": device, "dtype": dtype,
-                               "max_videos": batch_size, "token_budget": token_budget},
-        compute=ray.data.ActorPoolStrategy(size=max(1, int(concurrency))), batch_size=max(1, int(batch_size)),
-        num_gpus=num_gpus or None, num_cpus=actor_cpus, batch_format="pyarrow", zero_copy_batch=True,
+        fn_constructor_kwargs={
+            "checkpoint": str(checkpoint),
+            "device": device,
+            "dtype": dtype,
+            "max_videos": batch_size,
+            "token_budget": token_budget,
+        },
+        compute=ray.data.ActorPoolStrategy(size=max(1, int(concurrency))),
+        batch_size=max(1, int(batch_size)),
+        num_gpus=num_gpus or None,
+        num_cpus=actor_cpus,
+        batch_format="pyarrow",
+        zero_copy_batch=True,
     )

@@ -1,5 +1,6 @@
 """The Ray Train driver every training recipe shares: its settings section, `fit_trainer`, the DeepSpeed config,
 and where the ranks run. The steps inside a worker loop are `raypipe.distributed.loop`."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,6 +12,7 @@ PLACEMENT = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 class TrainerSettings:
     """Fields every DeepSpeed trainer here has (train-reward, train-flow, train-latent-reward); each job's `train`
     section extends it and may change the defaults."""
+
     num_workers: int = 2  # Ray Train workers (one DeepSpeed rank each)
     use_gpu: bool = False  # one GPU per worker (NCCL, bf16 possible)
     cpus_per_worker: float = 1.0  # CPUs reserved per worker
@@ -25,7 +27,9 @@ class TrainerSettings:
     grad_clip: float = 1.0  # gradient norm clip
     epochs: int = 1  # passes over the training rows
     max_steps: int | None = None  # stop earlier than epochs (time-boxed runs)
-    max_minutes: float | None = None  # wall-clock training budget (summed over resumes); stops at the first step past it
+    max_minutes: float | None = (
+        None  # wall-clock training budget (summed over resumes); stops at the first step past it
+    )
     checkpoint_every: int = 100  # steps; also at the end
     keep_checkpoints: int = 2  # checkpoints kept on disk (the newest)
     max_failures: int = 2  # worker deaths tolerated (resume from the last checkpoint)
@@ -65,13 +69,19 @@ def fit_trainer(loop, loop_config: dict, t: TrainerSettings, out, name: str, dat
     trainer = TorchTrainer(
         train_loop_per_worker=loop,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                     resources_per_worker={"CPU": t.cpus_per_worker},
-                                     placement_strategy=t.placement_strategy),
-        run_config=RunConfig(name=name, storage_path=str(out / "ray_results"),
-                             failure_config=FailureConfig(max_failures=t.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
-                             worker_runtime_env={"env_vars": env}),
+        scaling_config=ScalingConfig(
+            num_workers=t.num_workers,
+            use_gpu=t.use_gpu,
+            resources_per_worker={"CPU": t.cpus_per_worker},
+            placement_strategy=t.placement_strategy,
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(out / "ray_results"),
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
+            worker_runtime_env={"env_vars": env},
+        ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
     )
@@ -113,12 +123,25 @@ def deepspeed_config(t, total_steps: int, bf16: bool, micro_batch: int | None = 
         "zero_optimization": {"stage": t.zero_stage},
         "bf16": {"enabled": bf16},
         # torch_adam: a compiled FusedAdam is the default for "AdamW" and needs a CUDA toolchain.
-        "optimizer": {"type": "AdamW", "params": {"lr": t.lr, "betas": [0.9, 0.999], "eps": 1e-8,
-                                                  "weight_decay": t.weight_decay, "torch_adam": True}},
-        "scheduler": {"type": "WarmupCosineLR", "params": {"total_num_steps": max(total_steps, warmup + 1),
-                                                          "warmup_num_steps": warmup,
-                                                          "cos_min_ratio": t.min_lr_ratio}},
-        "steps_per_print": 10 ** 9,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": t.lr,
+                "betas": [0.9, 0.999],
+                "eps": 1e-8,
+                "weight_decay": t.weight_decay,
+                "torch_adam": True,
+            },
+        },
+        "scheduler": {
+            "type": "WarmupCosineLR",
+            "params": {
+                "total_num_steps": max(total_steps, warmup + 1),
+                "warmup_num_steps": warmup,
+                "cos_min_ratio": t.min_lr_ratio,
+            },
+        },
+        "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
 
@@ -145,6 +168,8 @@ def deepspeed_engine(model, t: TrainerSettings, total_steps: int, bf16: bool):
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     deepspeed.init_distributed(dist_backend="nccl" if t.use_gpu else "gloo")
     engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=deepspeed_config(t, total_steps, bf16=bf16))
+        model=model,
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=deepspeed_config(t, total_steps, bf16=bf16),
+    )
     return engine

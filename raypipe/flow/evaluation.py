@@ -1,5 +1,6 @@
 """Judging generator samples, without Ray: the reward model and the SynthPref oracle on the same samples, win
 rates of one set over another per dimension, reward hacking flagged, and a side-by-side GIF."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,8 +31,9 @@ def write_grid_gif(base: np.ndarray, aligned: np.ndarray, path: Path, scale: int
     return path
 
 
-def score_samples(samples: dict[str, np.ndarray], prompts: list[str], reward_path: str, out: Path,
-                  fps: float = 8.0) -> tuple[dict, dict, list[str]]:
+def score_samples(
+    samples: dict[str, np.ndarray], prompts: list[str], reward_path: str, out: Path, fps: float = 8.0
+) -> tuple[dict, dict, list[str]]:
     """Write each set of samples as mp4 (OUT/videos/<name>/NNNN.mp4), score them with the reward checkpoint
     exactly as relabel would see them (decoded with its sampling) and judge them with the oracle.
     Returns (scores {name: [N, D]}, oracle verdicts {name: [dict]}, reward dimensions)."""
@@ -49,18 +51,26 @@ def score_samples(samples: dict[str, np.ndarray], prompts: list[str], reward_pat
             if not isinstance(clip, VideoClip):
                 raise RuntimeError(f"a generated sample could not be read back: {clip}")
             frames_list.append(clip.frames)
-        scores[name] = np.concatenate([reward.score(frames_list[i:i + 16], prompts[i:i + 16]).numpy()
-                                       for i in range(0, len(prompts), 16)])
+        scores[name] = np.concatenate(
+            [reward.score(frames_list[i : i + 16], prompts[i : i + 16]).numpy() for i in range(0, len(prompts), 16)]
+        )
         oracle[name] = [judge(v, p) for v, p in zip(videos, prompts)]
     return scores, oracle, list(reward.dimensions)
 
 
-def compare(scores: dict, oracle: dict, dims: list[str], prompts: list[str], new: str, old: str,
-            hacking_margin: float = 0.05) -> dict:
+def compare(
+    scores: dict, oracle: dict, dims: list[str], prompts: list[str], new: str, old: str, hacking_margin: float = 0.05
+) -> dict:
     """Win rates of `new` over `old` per dimension, by the reward model and by the oracle on the same samples;
     a reward win the oracle does not confirm (by more than `hacking_margin`) is listed as reward hacking."""
-    report = {"prompts": len(prompts), "reward_win_rate": {}, "oracle_win_rate": {}, "reward_hacking": [],
-              "mean_reward": {}, "oracle_mean": {}}
+    report = {
+        "prompts": len(prompts),
+        "reward_win_rate": {},
+        "oracle_win_rate": {},
+        "reward_hacking": [],
+        "mean_reward": {},
+        "oracle_mean": {},
+    }
     for j, dim in enumerate(dims):
         report["reward_win_rate"][dim] = win_rate(scores[new][:, j], scores[old][:, j])
         report["mean_reward"][dim] = {n: float(scores[n][:, j].mean()) for n in (old, new)}
@@ -72,7 +82,8 @@ def compare(scores: dict, oracle: dict, dims: list[str], prompts: list[str], new
             r, o = report["reward_win_rate"][dim], report["oracle_win_rate"][dim]
             if r > 0.5 and r - o > hacking_margin:
                 report["reward_hacking"].append(
-                    f"{dim}: the reward model prefers the {new} samples ({r:.2f}) but the oracle does not ({o:.2f})")
+                    f"{dim}: the reward model prefers the {new} samples ({r:.2f}) but the oracle does not ({o:.2f})"
+                )
     for name in (old, new):
         report[f"oracle_{name}_attributes"] = attribute_share(oracle[name], prompts)
     return report
@@ -81,5 +92,7 @@ def compare(scores: dict, oracle: dict, dims: list[str], prompts: list[str], new
 def attribute_share(verdicts: list[dict], prompts: list[str]) -> dict[str, float]:
     """Share of samples whose oracle-seen colour / shape / direction is the one the SynthPref-style prompt
     (`a {color} {shape} moving {direction}`) names."""
-    return {key: float(np.mean([v.get(key) == p.split()[pos] for v, p in zip(verdicts, prompts)]))
-            for key, pos in (("color", 1), ("shape", 2), ("direction", 4))}
+    return {
+        key: float(np.mean([v.get(key) == p.split()[pos] for v, p in zip(verdicts, prompts)]))
+        for key, pos in (("color", 1), ("shape", 2), ("direction", 4))
+    }

@@ -11,6 +11,7 @@ A family provides: `transformer` (the module LoRA attaches to), `lora_targets`, 
 frames the VAE takes: Wan needs 1 + k·temporal_factor). Adding HunyuanVideo or LTX-Video means another class with
 these members; nothing in `raypipe.flow.losses` or the training loop changes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,13 +47,28 @@ class TinyWanConfig:
     vae_num_res_blocks: int = 1  # VAE residual blocks per level
 
     @classmethod
-    def wan21_1_3b(cls) -> "TinyWanConfig":
+    def wan21_1_3b(cls) -> TinyWanConfig:
         """Wan2.1-T2V-1.3B's transformer and VAE shapes (random weights; GPU benchmarks). The text encoder is a
         one-layer stand-in with UMT5-XXL's output width (4096): training reads cached text embeddings."""
-        return cls(vae_base_dim=96, z_dim=16, vae_dim_mult=[1, 2, 4, 4], vae_temporal_downsample=[False, True, True],
-                   num_attention_heads=12, attention_head_dim=128, num_layers=30, ffn_dim=8960, text_dim=4096,
-                   text_layers=1, text_heads=32, text_ff=256, max_text_len=226, shift=3.0, freq_dim=256,
-                   rope_max_seq_len=1024, vae_num_res_blocks=2)
+        return cls(
+            vae_base_dim=96,
+            z_dim=16,
+            vae_dim_mult=[1, 2, 4, 4],
+            vae_temporal_downsample=[False, True, True],
+            num_attention_heads=12,
+            attention_head_dim=128,
+            num_layers=30,
+            ffn_dim=8960,
+            text_dim=4096,
+            text_layers=1,
+            text_heads=32,
+            text_ff=256,
+            max_text_len=226,
+            shift=3.0,
+            freq_dim=256,
+            rope_max_seq_len=1024,
+            vae_num_res_blocks=2,
+        )
 
 
 def build_word_tokenizer():
@@ -71,8 +87,7 @@ def build_word_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK)
 
 
-def build_random_wan(cfg: TinyWanConfig | None = None, seed: int = 0, dtype: str = "float32",
-                     device: str = "cpu"):
+def build_random_wan(cfg: TinyWanConfig | None = None, seed: int = 0, dtype: str = "float32", device: str = "cpu"):
     """A WanPipeline (tokenizer, UMT5 encoder, VAE, transformer, scheduler) with random weights, built in memory
     on `device` (weights are drawn there: a 1.3B-shaped transformer takes seconds on a GPU)."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
@@ -82,24 +97,51 @@ def build_random_wan(cfg: TinyWanConfig | None = None, seed: int = 0, dtype: str
     torch.manual_seed(seed)
     tokenizer = build_word_tokenizer()
     with torch.device(device):
-        text_encoder = UMT5EncoderModel(UMT5Config(
-            vocab_size=len(tokenizer), d_model=cfg.text_dim, d_kv=cfg.text_dim // cfg.text_heads,
-            d_ff=cfg.text_ff, num_layers=cfg.text_layers, num_heads=cfg.text_heads, pad_token_id=0, eos_token_id=1,
-            decoder_start_token_id=0))
+        text_encoder = UMT5EncoderModel(
+            UMT5Config(
+                vocab_size=len(tokenizer),
+                d_model=cfg.text_dim,
+                d_kv=cfg.text_dim // cfg.text_heads,
+                d_ff=cfg.text_ff,
+                num_layers=cfg.text_layers,
+                num_heads=cfg.text_heads,
+                pad_token_id=0,
+                eos_token_id=1,
+                decoder_start_token_id=0,
+            )
+        )
         spatial = 2 ** (len(cfg.vae_dim_mult) - 1)
         temporal = 2 ** sum(bool(x) for x in cfg.vae_temporal_downsample)
-        vae = AutoencoderKLWan(base_dim=cfg.vae_base_dim, z_dim=cfg.z_dim, dim_mult=list(cfg.vae_dim_mult),
-                               num_res_blocks=cfg.vae_num_res_blocks,
-                               temperal_downsample=list(cfg.vae_temporal_downsample),
-                               latents_mean=[0.0] * cfg.z_dim, latents_std=[1.0] * cfg.z_dim,
-                               scale_factor_temporal=temporal, scale_factor_spatial=spatial)
+        vae = AutoencoderKLWan(
+            base_dim=cfg.vae_base_dim,
+            z_dim=cfg.z_dim,
+            dim_mult=list(cfg.vae_dim_mult),
+            num_res_blocks=cfg.vae_num_res_blocks,
+            temperal_downsample=list(cfg.vae_temporal_downsample),
+            latents_mean=[0.0] * cfg.z_dim,
+            latents_std=[1.0] * cfg.z_dim,
+            scale_factor_temporal=temporal,
+            scale_factor_spatial=spatial,
+        )
         transformer = WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=cfg.num_attention_heads,
-            attention_head_dim=cfg.attention_head_dim, in_channels=cfg.z_dim, out_channels=cfg.z_dim,
-            text_dim=cfg.text_dim, freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers,
-            rope_max_seq_len=cfg.rope_max_seq_len)
-    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                       scheduler=FlowMatchEulerDiscreteScheduler(shift=cfg.shift))
+            patch_size=(1, 2, 2),
+            num_attention_heads=cfg.num_attention_heads,
+            attention_head_dim=cfg.attention_head_dim,
+            in_channels=cfg.z_dim,
+            out_channels=cfg.z_dim,
+            text_dim=cfg.text_dim,
+            freq_dim=cfg.freq_dim,
+            ffn_dim=cfg.ffn_dim,
+            num_layers=cfg.num_layers,
+            rope_max_seq_len=cfg.rope_max_seq_len,
+        )
+    pipe = WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=cfg.shift),
+    )
     for model in (text_encoder, vae, transformer):
         cast_like_pretrained(model, getattr(torch, dtype))
     return pipe
@@ -132,7 +174,8 @@ def make_tiny_wan(path: str | os.PathLike, cfg: TinyWanConfig | None = None, see
     path = Path(path)
     pipe.save_pretrained(path)
     (path / "raypipe_family.json").write_text(
-        '{"family": "wan", "max_text_len": %d, "shift": %s}' % (cfg.max_text_len, cfg.shift))
+        '{"family": "wan", "max_text_len": %d, "shift": %s}' % (cfg.max_text_len, cfg.shift)
+    )
     return path
 
 
@@ -155,7 +198,7 @@ class WanFamily:
         self._std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, dtype: str = "float32", device: str = "cpu") -> "WanFamily":
+    def load(cls, path: str | os.PathLike, dtype: str = "float32", device: str = "cpu") -> WanFamily:
         """Load a WanPipeline folder (a local Wan2.1 Diffusers copy or `make_tiny_wan` output); nothing from a hub."""
         import json
 
@@ -165,8 +208,9 @@ class WanFamily:
         if not (path / "model_index.json").exists():
             raise FileNotFoundError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
         pipe = WanPipeline.from_pretrained(str(path), torch_dtype=getattr(torch, dtype), local_files_only=True)
-        extra = json.loads((path / "raypipe_family.json").read_text()) if (path / "raypipe_family.json").exists() \
-            else {}
+        extra = (
+            json.loads((path / "raypipe_family.json").read_text()) if (path / "raypipe_family.json").exists() else {}
+        )
         return cls(pipe.to(device), max_text_len=int(extra.get("max_text_len", 226)), shift=extra.get("shift"))
 
     @property
@@ -188,18 +232,27 @@ class WanFamily:
         if check and ((frames - 1) % self.temporal or height % (2 * self.spatial) or width % (2 * self.spatial)):
             from raypipe.config import ConfigError
 
-            raise ConfigError(f"frames must be 1 + k·{self.temporal} and height/width multiples of "
-                              f"{2 * self.spatial}, got {frames}x{height}x{width}")
-        return (int(self.pipeline.vae.config.z_dim), 1 + (frames - 1) // self.temporal, height // self.spatial,
-                width // self.spatial)
+            raise ConfigError(
+                f"frames must be 1 + k·{self.temporal} and height/width multiples of "
+                f"{2 * self.spatial}, got {frames}x{height}x{width}"
+            )
+        return (
+            int(self.pipeline.vae.config.z_dim),
+            1 + (frames - 1) // self.temporal,
+            height // self.spatial,
+            width // self.spatial,
+        )
 
     # --- frozen encoders ---------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         """UMT5 embeddings [B, max_text_len, text_dim] (padding zeroed, as WanPipeline does)."""
-        embeds, _ = self.pipeline.encode_prompt(list(prompts), do_classifier_free_guidance=False,
-                                                max_sequence_length=self.max_text_len,
-                                                device=self.transformer.device)
+        embeds, _ = self.pipeline.encode_prompt(
+            list(prompts),
+            do_classifier_free_guidance=False,
+            max_sequence_length=self.max_text_len,
+            device=self.transformer.device,
+        )
         return embeds
 
     @torch.no_grad()
@@ -209,7 +262,7 @@ class WanFamily:
         x = x.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
         dist = self.pipeline.vae.encode(x.to(self.pipeline.vae.dtype)).latent_dist
         z = dist.sample() if sample else dist.mode()
-        return ((z.float() - self._mean.to(z.device)) / self._std.to(z.device))
+        return (z.float() - self._mean.to(z.device)) / self._std.to(z.device)
 
     @torch.no_grad()
     def decode_latents(self, z: torch.Tensor) -> np.ndarray:
@@ -227,6 +280,10 @@ class WanFamily:
         dtype, device = compute_dtype_device(model)
         # The timestep stays float32: diffusers embeds it sinusoidally first and casts afterwards, whereas 1000·t
         # in bf16 would be rounded to steps of up to 4 (t off by 0.4 %).
-        out = model(hidden_states=z_t.to(device, dtype), timestep=(1000.0 * t).to(device, torch.float32),
-                    encoder_hidden_states=text.to(device, dtype), return_dict=False)[0]
+        out = model(
+            hidden_states=z_t.to(device, dtype),
+            timestep=(1000.0 * t).to(device, torch.float32),
+            encoder_hidden_states=text.to(device, dtype),
+            return_dict=False,
+        )[0]
         return out.float()

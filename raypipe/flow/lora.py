@@ -6,6 +6,7 @@ and adapters saved in the format `WanPipeline.load_lora_weights` reads.
         v_ref = gen.velocity(z_t, t, text)
     save_lora(gen, "out/lora")   ->  pipe.load_lora_weights("out/lora")
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,14 +18,17 @@ import torch
 ADAPTER = "raypipe"
 
 
-def add_lora(transformer, r: int = 64, alpha: int = 128, dropout: float = 0.0, targets=("to_q", "to_k", "to_v",
-             "to_out.0")) -> None:
+def add_lora(
+    transformer, r: int = 64, alpha: int = 128, dropout: float = 0.0, targets=("to_q", "to_k", "to_v", "to_out.0")
+) -> None:
     """Attach a LoRA adapter (B = 0 at init, so the policy starts equal to the reference) and freeze the rest."""
     from peft import LoraConfig
 
     transformer.requires_grad_(False)
-    transformer.add_adapter(LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
-                                       init_lora_weights=True), adapter_name=ADAPTER)
+    transformer.add_adapter(
+        LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), init_lora_weights=True),
+        adapter_name=ADAPTER,
+    )
     for name, p in transformer.named_parameters():
         p.requires_grad_("lora_" in name)
 
@@ -54,6 +58,7 @@ def save_lora(family, path: str | os.PathLike) -> Path:
     state = get_peft_model_state_dict(family.transformer, adapter_name=ADAPTER)
     config = family.transformer.peft_config[ADAPTER].to_dict()  # carries lora_alpha: the scale r/alpha survives
     config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
-    WanPipeline.save_lora_weights(str(path), transformer_lora_layers=state, safe_serialization=True,
-                                  transformer_lora_adapter_metadata=config)
+    WanPipeline.save_lora_weights(
+        str(path), transformer_lora_layers=state, safe_serialization=True, transformer_lora_adapter_metadata=config
+    )
     return path

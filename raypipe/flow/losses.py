@@ -8,6 +8,7 @@
 
 Convention (SPEC §1): t ∈ [0, 1], t = 1 is pure noise; diffusers receives timestep = 1000·t.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,9 @@ import torch.nn.functional as F
 BETA_SCHEDULES = ("constant", "derived")
 
 
-def sample_t(n: int, generator: torch.Generator | None = None, shift: float = 1.0,
-             device: str | torch.device = "cpu") -> torch.Tensor:
+def sample_t(
+    n: int, generator: torch.Generator | None = None, shift: float = 1.0, device: str | torch.device = "cpu"
+) -> torch.Tensor:
     """Logit-normal training timesteps t = sigmoid(n), n ~ N(0, 1), then the family's shift
     t' = shift·t / (1 + (shift - 1)·t) (identity for shift 1), as in SD3 / Wan."""
     t = torch.sigmoid(torch.randn(n, generator=generator, device=device))
@@ -52,8 +54,9 @@ def beta_t(beta: float, t: torch.Tensor, schedule: str = "constant") -> torch.Te
     raise ValueError(f"beta schedule must be one of {BETA_SCHEDULES}, got {schedule!r}")
 
 
-def dpo_loss(e_w: torch.Tensor, e_ref_w: torch.Tensor, e_l: torch.Tensor, e_ref_l: torch.Tensor,
-             beta: torch.Tensor) -> tuple[torch.Tensor, dict]:
+def dpo_loss(
+    e_w: torch.Tensor, e_ref_w: torch.Tensor, e_l: torch.Tensor, e_ref_l: torch.Tensor, beta: torch.Tensor
+) -> tuple[torch.Tensor, dict]:
     """Flow-DPO (SPEC §5.1): mean over pairs of -log σ(-(β_t/2)·[(e_θ^w - e_ref^w) - (e_θ^l - e_ref^l)]).
 
     The reference errors carry no gradient. Stats: `implicit_acc` (share of pairs whose logit is > 0, i.e. the
@@ -63,8 +66,12 @@ def dpo_loss(e_w: torch.Tensor, e_ref_w: torch.Tensor, e_l: torch.Tensor, e_ref_
     logit = -0.5 * beta.to(inside.dtype) * inside
     loss = -F.logsigmoid(logit).mean()
     with torch.no_grad():
-        stats = {"implicit_acc": float((logit > 0).float().mean()), "reward_margin": float(logit.mean()),
-                 "winner_gain": float((e_ref_w - e_w).mean()), "loser_gain": float((e_ref_l - e_l).mean())}
+        stats = {
+            "implicit_acc": float((logit > 0).float().mean()),
+            "reward_margin": float(logit.mean()),
+            "winner_gain": float((e_ref_w - e_w).mean()),
+            "loser_gain": float((e_ref_l - e_l).mean()),
+        }
     return loss, stats
 
 
@@ -75,8 +82,13 @@ def rwr_weights(rewards: torch.Tensor, tau: float) -> torch.Tensor:
     return torch.softmax(rewards.float() / tau, dim=0)
 
 
-def rwr_loss(errors: torch.Tensor, rewards: torch.Tensor, tau: float, real_errors: torch.Tensor | None = None,
-             lambda_real: float = 0.0) -> torch.Tensor:
+def rwr_loss(
+    errors: torch.Tensor,
+    rewards: torch.Tensor,
+    tau: float,
+    real_errors: torch.Tensor | None = None,
+    lambda_real: float = 0.0,
+) -> torch.Tensor:
     """Flow-RWR (SPEC §5.2): Σ_i softmax(r/τ)_i · e_i, plus λ_real · mean(e_real) (LiFT's real-data term)."""
     loss = (rwr_weights(rewards, tau).detach() * errors).sum()
     if real_errors is not None and lambda_real:

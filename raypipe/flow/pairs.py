@@ -11,6 +11,7 @@ dropped and counted (a tie under these weights carries no preference). A label m
 drops the pair too, as does an error row. Output columns: `uri_w`, `uri_l`, `prompt`, `r` (|scalarised|), and
 `row_id` of the source row.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,16 +40,29 @@ def _pairs(table: pa.Table, r: np.ndarray, valid: np.ndarray, min_margin: float)
     a_wins = valid & (r > min_margin)
     b_wins = valid & (r < -min_margin)
     keep = np.flatnonzero(a_wins | b_wins)
-    uri_a, uri_b = table.column("uri_A").to_numpy(zero_copy_only=False), table.column("uri_B").to_numpy(
-        zero_copy_only=False)
+    uri_a, uri_b = (
+        table.column("uri_A").to_numpy(zero_copy_only=False),
+        table.column("uri_B").to_numpy(zero_copy_only=False),
+    )
     win = np.where(a_wins, uri_a, uri_b)[keep]
     lose = np.where(a_wins, uri_b, uri_a)[keep]
-    out = pa.table({"row_id": table.column("row_id").take(pa.array(keep)),
-                    "uri_w": pa.array(win.tolist(), pa.string()), "uri_l": pa.array(lose.tolist(), pa.string()),
-                    "prompt": table.column("prompt").take(pa.array(keep)),
-                    "r": pa.array(np.abs(r[keep]), pa.float64())})
-    counts = {"rows": table.num_rows, "pairs": len(keep), "a_wins": int(a_wins.sum()), "b_wins": int(b_wins.sum()),
-              "dropped_tie": int((valid & ~a_wins & ~b_wins).sum()), "dropped_unlabelled_or_error": int((~valid).sum())}
+    out = pa.table(
+        {
+            "row_id": table.column("row_id").take(pa.array(keep)),
+            "uri_w": pa.array(win.tolist(), pa.string()),
+            "uri_l": pa.array(lose.tolist(), pa.string()),
+            "prompt": table.column("prompt").take(pa.array(keep)),
+            "r": pa.array(np.abs(r[keep]), pa.float64()),
+        }
+    )
+    counts = {
+        "rows": table.num_rows,
+        "pairs": len(keep),
+        "a_wins": int(a_wins.sum()),
+        "b_wins": int(b_wins.sum()),
+        "dropped_tie": int((valid & ~a_wins & ~b_wins).sum()),
+        "dropped_unlabelled_or_error": int((~valid).sum()),
+    }
     return out, counts
 
 
@@ -72,6 +86,7 @@ def pairs_from_margins(table: pa.Table, weights: dict[str, float], min_margin: f
 def _reward_of(table: pa.Table, side: str, weights: dict[str, float]) -> np.ndarray | None:
     """Σ_d w_d·score of each row's `side` video (relabel `score_<S>_<DIM>`, else `MOS_<S>_<DIM>`), NaN where a
     weighted score is missing; None when a weighted dimension has neither column."""
+
     def column_of(dim):
         return next((c for c in (f"score_{side}_{dim}", f"MOS_{side}_{dim}") if c in table.column_names), None)
 
@@ -91,8 +106,9 @@ def true_captions(table: pa.Table, side: str) -> list[str] | None:
     return [make_prompt(c, s, d) for c, s, d in zip(*(table.column(c).to_pylist() for c in cols))]
 
 
-def training_rows(table: pa.Table, algo: str, source: str, weights: dict[str, float],
-                  min_margin: float = 0.0) -> tuple[pa.Table, dict]:
+def training_rows(
+    table: pa.Table, algo: str, source: str, weights: dict[str, float], min_margin: float = 0.0
+) -> tuple[pa.Table, dict]:
     """The rows the workers train on, and counts of what was kept and dropped (nothing disappears silently)."""
     if algo not in ALGOS:
         raise ConfigError(f"train.algo must be one of {ALGOS}, got {algo!r}")
@@ -103,18 +119,28 @@ def training_rows(table: pa.Table, algo: str, source: str, weights: dict[str, fl
             for uri, prompt in zip(table.column(f"uri_{side}").to_pylist(), true_captions(table, side) or prompts):
                 seen.setdefault((uri, prompt), None)
         rows = pa.table({"uri": [k[0] for k in seen], "prompt": [k[1] for k in seen]})
-        return rows, {"rows": table.num_rows, "videos": rows.num_rows,
-                      "captions": "true attributes (gt_*)" if true_captions(table, "A") else "pair prompts"}
+        return rows, {
+            "rows": table.num_rows,
+            "videos": rows.num_rows,
+            "captions": "true attributes (gt_*)" if true_captions(table, "A") else "pair prompts",
+        }
     if algo == "rwr":
         ra, rb = _reward_of(table, "A", weights), _reward_of(table, "B", weights)
         if ra is None or rb is None:
-            raise ConfigError("rwr needs per-video scores: relabel output (score_A_<DIM>) or MOS_A_<DIM> columns "
-                              f"for every weighted dimension {sorted(weights)}")
+            raise ConfigError(
+                "rwr needs per-video scores: relabel output (score_A_<DIM>) or MOS_A_<DIM> columns "
+                f"for every weighted dimension {sorted(weights)}"
+            )
         uris = table.column("uri_A").to_pylist() + table.column("uri_B").to_pylist()
         reward = np.concatenate([ra, rb])
         keep = np.flatnonzero(np.isfinite(reward))
-        rows = pa.table({"uri": [uris[i] for i in keep], "prompt": [(prompts + prompts)[i] for i in keep],
-                         "reward": pa.array(reward[keep], pa.float64())})
+        rows = pa.table(
+            {
+                "uri": [uris[i] for i in keep],
+                "prompt": [(prompts + prompts)[i] for i in keep],
+                "reward": pa.array(reward[keep], pa.float64()),
+            }
+        )
         return rows, {"rows": table.num_rows, "videos": rows.num_rows, "dropped_no_score": int(len(reward) - len(keep))}
     build = pairs_from_labels if source == "labels" else pairs_from_margins
     if source not in ("labels", "margins"):

@@ -6,6 +6,7 @@ A random VAE cannot give recognisable videos, so the tiny generator is made in t
     ... then `raypipe train-flow train.algo=pretrain` (flow matching of the whole transformer, prompt dropout)
     oracle_report(gen, prompts, ...)      # colour / shape / direction right rates of CFG samples
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,9 +27,20 @@ def _weighted_mse(recon: torch.Tensor, x: torch.Tensor, fg_weight: float) -> tup
     return (weight * err).mean() / weight.mean(), err.mean()
 
 
-def fit_vae(gen, clips: np.ndarray, steps: int = 200, batch: int = 4, lr: float = 3e-4, frame_steps: int = 400,
-            frame_batch: int = 32, frame_lr: float = 2e-3, kl_weight: float = 1e-6, seed: int = 0,
-            log_every: int = 50, fg_weight: float = 10.0) -> list[dict]:
+def fit_vae(
+    gen,
+    clips: np.ndarray,
+    steps: int = 200,
+    batch: int = 4,
+    lr: float = 3e-4,
+    frame_steps: int = 400,
+    frame_batch: int = 32,
+    frame_lr: float = 2e-3,
+    kl_weight: float = 1e-6,
+    seed: int = 0,
+    log_every: int = 50,
+    fg_weight: float = 10.0,
+) -> list[dict]:
     """Train the family's VAE to reconstruct `clips` (uint8 [N, T, H, W, 3]); returns the loss history.
 
     Two phases, both deterministic (the posterior mean is decoded; the KL term only keeps it bounded):
@@ -48,7 +60,10 @@ def fit_vae(gen, clips: np.ndarray, steps: int = 200, batch: int = 4, lr: float 
     history = []
     for step in range(1, frame_steps + steps + 1):
         if step <= frame_steps:
-            idx, f = torch.randint(0, n, (frame_batch,), generator=g), torch.randint(0, frames, (frame_batch,), generator=g)
+            idx, f = (
+                torch.randint(0, n, (frame_batch,), generator=g),
+                torch.randint(0, frames, (frame_batch,), generator=g),
+            )
             x, phase = x_all[idx, :, f][:, :, None], "frames"
         else:
             if step == frame_steps + 1:
@@ -74,7 +89,7 @@ def reconstruction_mse(gen, clips: np.ndarray, batch: int = 16) -> float:
     x_all = _to_pixels(clips)
     total = 0.0
     for i in range(0, len(x_all), batch):
-        x = x_all[i:i + batch]
+        x = x_all[i : i + batch]
         total += float(((vae.decode(vae.encode(x).latent_dist.mode()).sample - x) ** 2).sum())
     return total / x_all.numel()
 
@@ -87,7 +102,7 @@ def set_latent_stats(gen, clips: np.ndarray, batch: int = 16) -> dict:
     zs = []
     x_all = _to_pixels(clips)
     for i in range(0, len(x_all), batch):
-        zs.append(vae.encode(x_all[i:i + batch]).latent_dist.mode())
+        zs.append(vae.encode(x_all[i : i + batch]).latent_dist.mode())
     z = torch.cat(zs)
     mean = z.mean(dim=(0, 2, 3, 4))
     std = z.std(dim=(0, 2, 3, 4)).clamp_min(1e-4)

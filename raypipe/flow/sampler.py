@@ -8,6 +8,7 @@ family's shift t' = shift·t / (1 + (shift−1)·t), as the diffusers FlowMatchE
 `velocity(x, t, text)` is any callable (the family's `velocity`, a LoRA policy, or a test's exact field);
 `guidance(x, t, v) -> v` (optional) lets Flow-NRG adjust the velocity at each step.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -25,9 +26,18 @@ def time_grid(steps: int, shift: float = 1.0) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(velocity: Callable, text: torch.Tensor, uncond: torch.Tensor | None, shape: tuple[int, ...],
-           steps: int = 20, cfg_scale: float = 1.0, shift: float = 1.0, generator: torch.Generator | None = None,
-           noise: torch.Tensor | None = None, guidance: Callable | None = None) -> torch.Tensor:
+def sample(
+    velocity: Callable,
+    text: torch.Tensor,
+    uncond: torch.Tensor | None,
+    shape: tuple[int, ...],
+    steps: int = 20,
+    cfg_scale: float = 1.0,
+    shift: float = 1.0,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+    guidance: Callable | None = None,
+) -> torch.Tensor:
     """Latents x0 [B, ...] from noise (given, or drawn from `generator`)."""
     # Noise is drawn on the CPU (the same samples on any device); x then moves to where the velocity comes from.
     x = noise.clone() if noise is not None else torch.randn(shape, generator=generator)
@@ -50,12 +60,12 @@ def sample(velocity: Callable, text: torch.Tensor, uncond: torch.Tensor | None, 
     return x
 
 
-def sample_videos(gen, prompts: list[str], latent_shape: tuple[int, ...], steps: int, cfg_scale: float,
-                  seed: int) -> np.ndarray:
+def sample_videos(
+    gen, prompts: list[str], latent_shape: tuple[int, ...], steps: int, cfg_scale: float, seed: int
+) -> np.ndarray:
     """CFG samples (uint8 [N, T, H, W, 3]) with seeded initial noise."""
     text = gen.encode_prompts(prompts)
     uncond = gen.encode_prompts([""])
     noise = torch.randn((len(prompts), *latent_shape), generator=torch.Generator().manual_seed(seed))
-    z = sample(gen.velocity, text, uncond, noise.shape, steps=steps, cfg_scale=cfg_scale, shift=gen.shift,
-               noise=noise)
+    z = sample(gen.velocity, text, uncond, noise.shape, steps=steps, cfg_scale=cfg_scale, shift=gen.shift, noise=noise)
     return gen.decode_latents(z)

@@ -4,6 +4,7 @@ configured algorithm (SPEC §5). `raypipe.recipes.train_flow` runs it inside its
 Per batch: frozen VAE + text encoder (or the latent cache's columns) -> shared noise and time -> the
 transformer's velocity (LoRA policy; for Flow-DPO also the reference = adapters disabled, no_grad) -> loss.
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,11 +47,16 @@ def step_loss(gen, engine, t_cfg, batch, generator: torch.Generator) -> tuple[to
     """The loss of one batch (a pyarrow batch of the Ray Data shard) for the configured algorithm, and its stats."""
     prompts = batch.column("prompt").to_pylist()
     if t_cfg.algo == "dpo":
-        tensors = {"z_w": latents_of(gen, batch, "w"), "z_l": latents_of(gen, batch, "l"),
-                   "text": text_of(gen, batch, prompts, 0.0, generator)}
+        tensors = {
+            "z_w": latents_of(gen, batch, "w"),
+            "z_l": latents_of(gen, batch, "l"),
+            "text": text_of(gen, batch, prompts, 0.0, generator),
+        }
     else:
-        tensors = {"z": latents_of(gen, batch, ""), "text": text_of(gen, batch, prompts, t_cfg.prompt_dropout,
-                                                                     generator)}
+        tensors = {
+            "z": latents_of(gen, batch, ""),
+            "text": text_of(gen, batch, prompts, t_cfg.prompt_dropout, generator),
+        }
         if t_cfg.algo == "rwr":
             tensors["reward"] = torch.tensor(batch.column("reward").to_pylist(), dtype=torch.float32)
             if t_cfg.lambda_real and "is_real" in batch.column_names:
@@ -63,7 +69,7 @@ def algo_loss(gen, engine, t_cfg, tensors: dict, generator: torch.Generator) -> 
     `z`, `text` (+ `reward`, optional `is_real` for Flow-RWR) otherwise. Noise and t are drawn on the CPU from
     `generator` (the same on any device), then everything moves to the transformer's device."""
     from raypipe.flow.lora import reference
-    from raypipe.flow.losses import (beta_t, dpo_loss, flow_error, noised, rwr_loss, sample_t, sft_loss)
+    from raypipe.flow.losses import beta_t, dpo_loss, flow_error, noised, rwr_loss, sample_t, sft_loss
 
     algo, device = t_cfg.algo, gen.device
     if algo == "dpo":

@@ -8,6 +8,7 @@
 but where t/(1 − t) is undefined (t = 1, the first step). The gradient goes through the latent reward model only:
 no VAE decode, no pixel-space model. All-zero weights or λ = 0 return v unchanged (bit for bit).
 """
+
 from __future__ import annotations
 
 import torch
@@ -51,6 +52,8 @@ class RewardGuidance:
             xg = x.detach().float().requires_grad_(True)
             value = self.objective(xg, t.to(xg.device))
             (grad,) = torch.autograd.grad(value.sum(), xg)
-        self.trace.append({"t": float(t.max()), "reward": float(value.detach().mean()), "grad_norm": float(grad.norm())})
+        self.trace.append(
+            {"t": float(t.max()), "reward": float(value.detach().mean()), "grad_norm": float(grad.norm())}
+        )
         shape = (-1,) + (1,) * (v.dim() - 1)
         return v - self.strength * scale.view(shape).to(v) * grad.to(v)

@@ -10,6 +10,7 @@ kept. Tokens after block K are mean-pooled, layer-normed, and one linear head pe
 `nn.Linear(hidden, D)`) gives the rewards. `trainable` picks what learns: "all" (trunk + heads), "blocks" (the K
 blocks + heads; patch embedding and conditioning frozen) or "heads".
 """
+
 from __future__ import annotations
 
 import json
@@ -39,7 +40,7 @@ class LatentReward(nn.Module):
         hidden = trunk.config.num_attention_heads * trunk.config.attention_head_dim
         self.norm = nn.LayerNorm(hidden)
         self.heads = nn.Linear(hidden, len(self.dims))
-        nn.init.normal_(self.heads.weight, std=hidden ** -0.5)
+        nn.init.normal_(self.heads.weight, std=hidden**-0.5)
         nn.init.zeros_(self.heads.bias)
         self.set_trainable(trainable)
 
@@ -56,7 +57,7 @@ class LatentReward(nn.Module):
         self.heads.requires_grad_(True)
 
     @classmethod
-    def from_generator(cls, transformer, dims, k_blocks: int = 2, trainable: str = "all") -> "LatentReward":
+    def from_generator(cls, transformer, dims, k_blocks: int = 2, trainable: str = "all") -> LatentReward:
         """Copy the generator transformer's embedding, conditioning and first `k_blocks` blocks into a trunk."""
         from diffusers import WanTransformer3DModel
 
@@ -67,8 +68,9 @@ class LatentReward(nn.Module):
         config["num_layers"] = k_blocks
         trunk = WanTransformer3DModel.from_config(config)
         source = transformer.state_dict()
-        missing, unexpected = trunk.load_state_dict({k: v for k, v in source.items() if k in trunk.state_dict()},
-                                                   strict=False)
+        missing, unexpected = trunk.load_state_dict(
+            {k: v for k, v in source.items() if k in trunk.state_dict()}, strict=False
+        )
         # Only the output head of the trunk (unused here) may stay at its random initialisation.
         left = [k for k in missing if not k.startswith(("proj_out", "scale_shift_table", "norm_out"))]
         if left or unexpected:
@@ -107,22 +109,29 @@ class LatentReward(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.trunk.save_pretrained(path / "trunk")
-        save_file({f"norm.{k}": v.contiguous() for k, v in self.norm.state_dict().items()}
-                  | {f"heads.{k}": v.contiguous() for k, v in self.heads.state_dict().items()},
-                  str(path / "heads.safetensors"))
-        (path / _CONFIG).write_text(json.dumps({"dims": list(self.dims), "k_blocks": self.k_blocks,
-                                                "trainable": self.trainable, **(extra or {})}, indent=2))
+        save_file(
+            {f"norm.{k}": v.contiguous() for k, v in self.norm.state_dict().items()}
+            | {f"heads.{k}": v.contiguous() for k, v in self.heads.state_dict().items()},
+            str(path / "heads.safetensors"),
+        )
+        (path / _CONFIG).write_text(
+            json.dumps(
+                {"dims": list(self.dims), "k_blocks": self.k_blocks, "trainable": self.trainable, **(extra or {})},
+                indent=2,
+            )
+        )
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype: str = "float32", device: str = "cpu") -> "LatentReward":
+    def from_pretrained(cls, path: str | os.PathLike, dtype: str = "float32", device: str = "cpu") -> LatentReward:
         from diffusers import WanTransformer3DModel
         from safetensors.torch import load_file
 
         path = Path(path)
         if not (path / _CONFIG).exists():
-            raise FileNotFoundError(f"{path} is not a latent reward model (no {_CONFIG}); train one with "
-                                    f"`raypipe train-latent-reward`")
+            raise FileNotFoundError(
+                f"{path} is not a latent reward model (no {_CONFIG}); train one with `raypipe train-latent-reward`"
+            )
         meta = json.loads((path / _CONFIG).read_text())
         trunk = WanTransformer3DModel.from_pretrained(path / "trunk", torch_dtype=getattr(torch, dtype))
         model = cls(trunk, tuple(meta["dims"]), meta.get("trainable", "all"))

@@ -4,6 +4,7 @@ pixel VideoReward, backpropagate through both to x_t. Same interface as `LatentR
 
     pixel = PixelReward(gen, VideoReward.from_pretrained(ckpt), prompts, frames=8, size=56)
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,7 +43,7 @@ class PixelReward(nn.Module):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         vae = self.gen.pipeline.vae
         video = vae.decode(x_t * self.gen._std + self.gen._mean).sample.float()  # [B, 3, T, H, W] in [-1, 1]
-        x01 = ((video.clamp(-1, 1) + 1) / 2)
+        x01 = (video.clamp(-1, 1) + 1) / 2
         b, _, t_in, _, _ = x01.shape
         idx = torch.linspace(0, t_in - 1, self.frames).round().long()
         x01 = x01[:, :, idx].permute(0, 2, 1, 3, 4).reshape(b * self.frames, 3, *x01.shape[-2:])

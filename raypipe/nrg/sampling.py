@@ -1,5 +1,6 @@
 """Sampling with and without reward guidance (Flow-NRG), without Ray: load a generator for inference, and
 `guided_samples` — the one sampler generate, sample-pairs, the NRG bench and the Serve /generate endpoint call."""
+
 from __future__ import annotations
 
 import time
@@ -14,9 +15,19 @@ from raypipe.nrg.guidance import RewardGuidance
 MAX_STEPS = 200
 
 
-def guided_samples(gen, reward_model, prompts: list[str], weights: dict[str, float], strength: float, seed: int,
-                   steps: int, cfg_scale: float, shape: tuple[int, ...], batch: int = 16,
-                   decode: bool = True) -> dict:
+def guided_samples(
+    gen,
+    reward_model,
+    prompts: list[str],
+    weights: dict[str, float],
+    strength: float,
+    seed: int,
+    steps: int,
+    cfg_scale: float,
+    shape: tuple[int, ...],
+    batch: int = 16,
+    decode: bool = True,
+) -> dict:
     """Samples for `prompts` (noise from `seed`: identical for any weights/strength), guided when `reward_model`
     is given and λ·w ≠ 0. Returns {"z0", "videos" (uint8 [N, T, H, W, 3] if decode), "latent_rewards" [N, D] at
     t = 0 (None without a reward model), "trace" (per batch, per step), "sample_s"}."""
@@ -27,11 +38,20 @@ def guided_samples(gen, reward_model, prompts: list[str], weights: dict[str, flo
     zs, rewards, traces = [], [], []
     t0 = time.perf_counter()
     for start in range(0, len(prompts), batch):
-        part = prompts[start:start + batch]
+        part = prompts[start : start + batch]
         text = gen.encode_prompts(part)
         guide = RewardGuidance(reward_model, text, weights, strength) if reward_model is not None else None
-        z = sample(gen.velocity, text, uncond, noise[start:start + len(part)].shape, steps=steps,
-                   cfg_scale=cfg_scale, shift=gen.shift, noise=noise[start:start + len(part)], guidance=guide)
+        z = sample(
+            gen.velocity,
+            text,
+            uncond,
+            noise[start : start + len(part)].shape,
+            steps=steps,
+            cfg_scale=cfg_scale,
+            shift=gen.shift,
+            noise=noise[start : start + len(part)],
+            guidance=guide,
+        )
         zs.append(z)
         if reward_model is not None:
             with torch.no_grad():
@@ -39,13 +59,17 @@ def guided_samples(gen, reward_model, prompts: list[str], weights: dict[str, flo
             traces.append(guide.trace)
     sample_s = time.perf_counter() - t0
     z0 = torch.cat(zs)
-    return {"z0": z0, "videos": gen.decode_latents(z0) if decode else None,
-            "latent_rewards": torch.cat(rewards).numpy() if rewards else None, "trace": traces,
-            "sample_s": sample_s}
+    return {
+        "z0": z0,
+        "videos": gen.decode_latents(z0) if decode else None,
+        "latent_rewards": torch.cat(rewards).numpy() if rewards else None,
+        "trace": traces,
+        "sample_s": sample_s,
+    }
 
 
 def resolve_device(device: str = "auto") -> str:
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"; "cuda" without one is an error."""
+    """ "auto" -> "cuda" when a GPU is visible, else "cpu"; "cuda" without one is an error."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda"):

@@ -1,5 +1,6 @@
 """The latent reward of Flow-NRG, without Ray: pair labels, the held-out split, one training step's loss (both
 latents noised with ONE eps and ONE t), and accuracy per t bucket (SPEC §6.1)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,8 +27,12 @@ def pair_labels(table: pa.Table, dims: list[str], source: str = "auto") -> tuple
         raise ConfigError(f"labels=model needs relabel output with model_<DIM> for {dims}")
     if source == "manifest" and not have_y:
         raise ConfigError(f"labels=manifest needs a preference manifest with labels for {dims}")
-    cols = {"row_id": table.column("row_id"), "uri_A": table.column("uri_A"), "uri_B": table.column("uri_B"),
-            "prompt": table.column("prompt")}
+    cols = {
+        "row_id": table.column("row_id"),
+        "uri_A": table.column("uri_A"),
+        "uri_B": table.column("uri_B"),
+        "prompt": table.column("prompt"),
+    }
     for d in dims:
         if source == "model":
             values = table.column(f"model_{d}").to_pylist()
@@ -93,8 +98,9 @@ def pair_loss(engine, t_cfg, z_a, z_b, text, y, mask, generator: torch.Generator
 
 # --- evaluation ----------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def bucket_accuracy(model, val: pa.Table, dims: list[str], draws: int = 4, seed: int = 0,
-                    buckets=BUCKETS, batch: int = 64) -> dict:
+def bucket_accuracy(
+    model, val: pa.Table, dims: list[str], draws: int = 4, seed: int = 0, buckets=BUCKETS, batch: int = 64
+) -> dict:
     """Pairwise accuracy (decisive labels; r_A = r_B counts wrong) per dimension per t bucket, t drawn uniformly
     inside each bucket, `draws` noise draws per pair, the same eps for both sides."""
     ok = val
@@ -124,8 +130,10 @@ def bucket_accuracy(model, val: pa.Table, dims: list[str], draws: int = 4, seed:
                 correct[bi] += (right & decisive).sum(0)
                 total[bi] += decisive.sum(0)
     for j, d in enumerate(dims):
-        out[d] = {f"[{lo:g},{hi:g})": (float(correct[bi, j] / total[bi, j]) if total[bi, j] else None)
-                  for bi, (lo, hi) in enumerate(edges)}
+        out[d] = {
+            f"[{lo:g},{hi:g})": (float(correct[bi, j] / total[bi, j]) if total[bi, j] else None)
+            for bi, (lo, hi) in enumerate(edges)
+        }
     out["n_pairs"] = int(ok.num_rows)
     out["draws"] = draws
     return out

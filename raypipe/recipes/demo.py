@@ -7,6 +7,7 @@ base by the reward model and the oracle -> Flow-NRG: a latent reward model, then
 The generator is the small asset in assets/tiny-generator (see its PROVENANCE.md); `from_scratch=true` remakes it
 with `raypipe pretrain-generator --config configs/generator_tiny.yaml` first (~25 min on 2 CPUs).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +23,18 @@ from raypipe.data.manifest import label_name, load_manifest, normalize_label
 from raypipe.demo_report import write_report
 from raypipe.distributed.cluster import configure_data_context, init_ray
 from raypipe.flow.evaluation import attribute_share, win_rate
-from raypipe.recipes import (eval_flow, eval_reward, generate, pairs, pretrain_generator, relabel, sample_pairs,
-                             train_flow, train_latent_reward, train_reward)
+from raypipe.recipes import (
+    eval_flow,
+    eval_reward,
+    generate,
+    pairs,
+    pretrain_generator,
+    relabel,
+    sample_pairs,
+    train_flow,
+    train_latent_reward,
+    train_reward,
+)
 from raypipe.video.oracle import judge_video
 from raypipe.video.synth import make_synthpref
 
@@ -34,14 +45,23 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_tiny.ya
 class DemoConfig:
     synth: SynthConfig = dataclasses.field(default_factory=lambda: SynthConfig(pairs=64))
     data: DataConfig = dataclasses.field(
-        default_factory=lambda: DataConfig(sampling=SamplingConfig(fps=4.0, max_frames=16)))
+        default_factory=lambda: DataConfig(sampling=SamplingConfig(fps=4.0, max_frames=16))
+    )
     dims: list[str] = dataclasses.field(default_factory=lambda: ["VQ", "MQ", "TA"])  # the dimensions reported
     # The reward stage: the tiny preset (configs/reward_tiny.yaml), shortened so the demo stays quick.
     reward_config: str = "configs/reward_tiny.yaml"
-    reward_overrides: list[str] = dataclasses.field(default_factory=lambda: [
-        "synth_train.pairs=1024", "synth_val.pairs=128", "train.max_steps=150", "train.eval_every=50",
-        "train.checkpoint_every=50", "data.sampling.min_pixels=3136", "train.lr=1e-3",
-        "train.dim_weights={}"])  # why: configs/demo_tiny.yaml
+    reward_overrides: list[str] = dataclasses.field(
+        default_factory=lambda: [
+            "synth_train.pairs=1024",
+            "synth_val.pairs=128",
+            "train.max_steps=150",
+            "train.eval_every=50",
+            "train.checkpoint_every=50",
+            "data.sampling.min_pixels=3136",
+            "train.lr=1e-3",
+            "train.dim_weights={}",
+        ]
+    )  # why: configs/demo_tiny.yaml
     generator: str = "assets/tiny-generator"  # a pretrained tiny WanPipeline (repo asset)
     from_scratch: bool = False  # remake the generator with pretrain-generator first (slow)
     generator_config: str = "configs/generator_tiny.yaml"  # pretrain-generator preset used with from_scratch
@@ -84,8 +104,10 @@ def run(cfg: DemoConfig) -> dict:
     report["pair_weights"] = dict(cfg.pair_weights)
     (out / "demo_summary.json").write_text(json.dumps(report, indent=2))
     md = write_report(out, report)
-    print(f"\nreport: {md}  (tables, learning curve, ε-accuracy plot, reward histograms, sample GIFs); "
-          f"total {report['total_s']:.0f} s")
+    print(
+        f"\nreport: {md}  (tables, learning curve, ε-accuracy plot, reward histograms, sample GIFs); "
+        f"total {report['total_s']:.0f} s"
+    )
     return report
 
 
@@ -100,27 +122,45 @@ def _reward_stages(cfg: DemoConfig, out: Path, synth_dir: Path) -> dict:
     manifest = load_manifest(str(synth_dir / "manifest.parquet"), cfg.dims)
     init_ray(cfg.address)
     configure_data_context(cfg.progress)
-    pairs_cfg = pairs.PairsJobConfig(data=dataclasses.replace(cfg.data, manifest=manifest.source), dims=cfg.dims,
-                                     out=str(out / "pairs"), address=cfg.address, progress=cfg.progress)
+    pairs_cfg = pairs.PairsJobConfig(
+        data=dataclasses.replace(cfg.data, manifest=manifest.source),
+        dims=cfg.dims,
+        out=str(out / "pairs"),
+        address=cfg.address,
+        progress=cfg.progress,
+    )
     report["pairs"] = pairs.run_pairs(manifest, pairs_cfg)
     report["pairs_s"] = round(time.perf_counter() - t, 2)
 
     t = _stage(f"3/{STAGES} train VideoReward (Ray Train + DeepSpeed, tiny Qwen2-VL)")
-    reward_cfg = load_config(train_reward.RewardTrainConfig, repo_path(cfg.reward_config),
-                             [*cfg.reward_overrides, f"out={out / 'reward'}", f"progress={str(cfg.progress).lower()}"])
+    reward_cfg = load_config(
+        train_reward.RewardTrainConfig,
+        repo_path(cfg.reward_config),
+        [*cfg.reward_overrides, f"out={out / 'reward'}", f"progress={str(cfg.progress).lower()}"],
+    )
     report["reward"] = train_reward.run(reward_cfg)
     report["reward_s"] = round(time.perf_counter() - t, 2)
 
     t = _stage(f"4/{STAGES} evaluate VideoReward on its held-out pairs")
-    report["eval"] = eval_reward.run(eval_reward.EvalConfig(
-        reward=str(out / "reward" / "final"), manifest=str(out / "reward" / "data" / "val" / "manifest.parquet"),
-        out=str(out / "eval"), progress=cfg.progress))
+    report["eval"] = eval_reward.run(
+        eval_reward.EvalConfig(
+            reward=str(out / "reward" / "final"),
+            manifest=str(out / "reward" / "data" / "val" / "manifest.parquet"),
+            out=str(out / "eval"),
+            progress=cfg.progress,
+        )
+    )
     report["eval_s"] = round(time.perf_counter() - t, 2)
 
     t = _stage(f"5/{STAGES} relabel the stage-1 pairs with the trained reward model (resumable Ray Data batch scoring)")
-    report["relabel"] = relabel.run(relabel.RelabelConfig(
-        reward=str(out / "reward" / "final"), input=str(synth_dir / "manifest.parquet"), out=str(out / "relabel"),
-        progress=cfg.progress))
+    report["relabel"] = relabel.run(
+        relabel.RelabelConfig(
+            reward=str(out / "reward" / "final"),
+            input=str(synth_dir / "manifest.parquet"),
+            out=str(out / "relabel"),
+            progress=cfg.progress,
+        )
+    )
     report["relabel_agreement"] = _label_agreement(out / "relabel", cfg.dims)
     report["relabel_s"] = round(time.perf_counter() - t, 2)
     return report
@@ -141,21 +181,34 @@ def _print_summary(report: dict, cfg: DemoConfig) -> None:
     print("relabel: model label = ground-truth label (A/B/same, ε* from validation):")
     for dim, share in report["relabel_agreement"].items():
         print(f"  {dim}: {share:.3f}")
-    print(f"generator alignment on {report['sample_pairs']['pairs']} generated pairs (targets {cfg.pair_weights}), "
-          f"{cfg.eval_prompts} prompts, win rate over the base — reward model / oracle:")
+    print(
+        f"generator alignment on {report['sample_pairs']['pairs']} generated pairs (targets {cfg.pair_weights}), "
+        f"{cfg.eval_prompts} prompts, win rate over the base — reward model / oracle:"
+    )
     for algo, r in report["flow"].items():
         ev = r["eval"]
-        print(f"  {algo:>4}: " + "  ".join(f"{d} {ev['reward_win_rate'].get(d, float('nan')):.2f} / "
-                                            f"{ev['oracle_win_rate'].get(d, float('nan')):.2f}"
-                                            for d in ("VQ", "MQ", "TA")))
+        print(
+            f"  {algo:>4}: "
+            + "  ".join(
+                f"{d} {ev['reward_win_rate'].get(d, float('nan')):.2f} / "
+                f"{ev['oracle_win_rate'].get(d, float('nan')):.2f}"
+                for d in ("VQ", "MQ", "TA")
+            )
+        )
         if ev["reward_hacking"]:
             print(f"        reward hacking: {ev['reward_hacking']}")
     nrg = report["nrg"]
     print(f"Flow-NRG (λ = {cfg.guidance_strength}), mean latent reward VQ/MQ/TA and oracle win rate over unguided:")
     for folder, r in nrg["runs"].items():
-        print(f"  {r['name']:>24}: " + "/".join(f"{r['mean_latent'][d]:.2f}" for d in ("VQ", "MQ", "TA")) +
-              ("" if folder == "unguided" else "   oracle " + "/".join(
-                  f"{r['oracle_win_rate'][d]:.2f}" for d in ("VQ", "MQ", "TA"))))
+        print(
+            f"  {r['name']:>24}: "
+            + "/".join(f"{r['mean_latent'][d]:.2f}" for d in ("VQ", "MQ", "TA"))
+            + (
+                ""
+                if folder == "unguided"
+                else "   oracle " + "/".join(f"{r['oracle_win_rate'][d]:.2f}" for d in ("VQ", "MQ", "TA"))
+            )
+        )
 
 
 def _generator_stages(cfg: DemoConfig, out: Path, synth_dir: Path) -> dict:
@@ -164,55 +217,113 @@ def _generator_stages(cfg: DemoConfig, out: Path, synth_dir: Path) -> dict:
     generator = str(repo_path(cfg.generator))
     if cfg.from_scratch:
         t = _stage("6a/8 pretrain the tiny generator from scratch (pretrain-generator)")
-        pretrain_generator.run(load_config(pretrain_generator.GeneratorPretrainConfig, repo_path(cfg.generator_config),
-                                           [f"out={out / 'generator'}", f"progress={str(cfg.progress).lower()}"]))
+        pretrain_generator.run(
+            load_config(
+                pretrain_generator.GeneratorPretrainConfig,
+                repo_path(cfg.generator_config),
+                [f"out={out / 'generator'}", f"progress={str(cfg.progress).lower()}"],
+            )
+        )
         generator = str(out / "generator" / "flow" / "final")
         report["generator_s"] = round(time.perf_counter() - t, 2)
     if not (Path(generator) / "model_index.json").exists():
         raise FileNotFoundError(f"no pretrained generator at {generator}: run with from_scratch=true")
 
-    t = _stage(f"6/{STAGES} pairs from the generator's own samples ({cfg.sample_prompts} prompts x {cfg.sample_k}), "
-               f"judged by the stage-3 reward model")
-    report["sample_pairs"] = sample_pairs.run(sample_pairs.SamplePairsConfig(
-        generator=generator, reward=reward, prompts=str(cfg.sample_prompts), k=cfg.sample_k,
-        weights=dict(cfg.pair_weights), out=str(out / "sample_pairs"), address=cfg.address, progress=cfg.progress))
+    t = _stage(
+        f"6/{STAGES} pairs from the generator's own samples ({cfg.sample_prompts} prompts x {cfg.sample_k}), "
+        f"judged by the stage-3 reward model"
+    )
+    report["sample_pairs"] = sample_pairs.run(
+        sample_pairs.SamplePairsConfig(
+            generator=generator,
+            reward=reward,
+            prompts=str(cfg.sample_prompts),
+            k=cfg.sample_k,
+            weights=dict(cfg.pair_weights),
+            out=str(out / "sample_pairs"),
+            address=cfg.address,
+            progress=cfg.progress,
+        )
+    )
     report["sample_pairs_s"] = round(time.perf_counter() - t, 2)
 
     algos = ["dpo", *[a for a in cfg.baselines if a != "dpo"]]
-    t = _stage(f"7/{STAGES} Flow-DPO and baselines ({', '.join(algos[1:]) or 'none'}): LoRA, Ray Train + DeepSpeed, "
-               f"{cfg.dpo_steps} steps each on those pairs, then win rates over the base")
+    t = _stage(
+        f"7/{STAGES} Flow-DPO and baselines ({', '.join(algos[1:]) or 'none'}): LoRA, Ray Train + DeepSpeed, "
+        f"{cfg.dpo_steps} steps each on those pairs, then win rates over the base"
+    )
     report["flow"] = {}
     for algo in algos:
         print(f"--- {algo} ---", flush=True)
-        flow_cfg = load_config(train_flow.FlowTrainConfig, repo_path("configs/flow_tiny.yaml"), [
-            f"generator={generator}", f"data.manifest={out / 'sample_pairs' / 'pairs'}",
-            "data.source=margins", f"data.weights={json.dumps(dict(cfg.pair_weights))}", "clip.frames=9",
-            "clip.height=32", "clip.width=32", f"train.algo={algo}", f"train.max_steps={cfg.dpo_steps}",
-            "train.epochs=100", f"out={out / 'flow' / algo}", f"progress={str(cfg.progress).lower()}",
-            *cfg.dpo_overrides])
+        flow_cfg = load_config(
+            train_flow.FlowTrainConfig,
+            repo_path("configs/flow_tiny.yaml"),
+            [
+                f"generator={generator}",
+                f"data.manifest={out / 'sample_pairs' / 'pairs'}",
+                "data.source=margins",
+                f"data.weights={json.dumps(dict(cfg.pair_weights))}",
+                "clip.frames=9",
+                "clip.height=32",
+                "clip.width=32",
+                f"train.algo={algo}",
+                f"train.max_steps={cfg.dpo_steps}",
+                "train.epochs=100",
+                f"out={out / 'flow' / algo}",
+                f"progress={str(cfg.progress).lower()}",
+                *cfg.dpo_overrides,
+            ],
+        )
         trained = train_flow.run(flow_cfg)
-        evaluated = eval_flow.run(eval_flow.FlowEvalConfig(generator=generator, lora=str(out / "flow" / algo / "final"),
-                                                 reward=reward, prompts=str(cfg.eval_prompts),
-                                                 out=str(out / "flow" / algo / "eval")))
+        evaluated = eval_flow.run(
+            eval_flow.FlowEvalConfig(
+                generator=generator,
+                lora=str(out / "flow" / algo / "final"),
+                reward=reward,
+                prompts=str(cfg.eval_prompts),
+                out=str(out / "flow" / algo / "eval"),
+            )
+        )
         report["flow"][algo] = {"train": trained, "eval": evaluated}
     report["flow_s"] = round(time.perf_counter() - t, 2)
 
-    t = _stage(f"8/{STAGES} Flow-NRG: latent reward model (first blocks of the generator) on the stage-1 pairs, "
-               f"then reward-guided sampling")
-    lr_cfg = load_config(train_latent_reward.LatentRewardConfig, repo_path("configs/latent_reward_tiny.yaml"), [
-        f"generator={generator}", f"manifest={synth_dir / 'manifest.parquet'}", "train.epochs=100",
-        f"train.max_steps={cfg.latent_reward_steps}", "train.batch=8", "train.checkpoint_every=30",
-        "eval_draws=2", f"out={out / 'latent_reward'}", f"progress={str(cfg.progress).lower()}",
-        *cfg.latent_reward_overrides])
+    t = _stage(
+        f"8/{STAGES} Flow-NRG: latent reward model (first blocks of the generator) on the stage-1 pairs, "
+        f"then reward-guided sampling"
+    )
+    lr_cfg = load_config(
+        train_latent_reward.LatentRewardConfig,
+        repo_path("configs/latent_reward_tiny.yaml"),
+        [
+            f"generator={generator}",
+            f"manifest={synth_dir / 'manifest.parquet'}",
+            "train.epochs=100",
+            f"train.max_steps={cfg.latent_reward_steps}",
+            "train.batch=8",
+            "train.checkpoint_every=30",
+            "eval_draws=2",
+            f"out={out / 'latent_reward'}",
+            f"progress={str(cfg.progress).lower()}",
+            *cfg.latent_reward_overrides,
+        ],
+    )
     lr = train_latent_reward.run(lr_cfg)
-    settings = [("unguided", {}, 0.0)] + [("guided " + ",".join(f"{d}={v:g}" for d, v in w.items()), w,
-                                            cfg.guidance_strength) for w in cfg.guidance]
+    settings = [("unguided", {}, 0.0)] + [
+        ("guided " + ",".join(f"{d}={v:g}" for d, v in w.items()), w, cfg.guidance_strength) for w in cfg.guidance
+    ]
     runs = {}
     for i, (name, weights, strength) in enumerate(settings):
         folder = "unguided" if i == 0 else f"guided_{i}"
-        summary = generate.run(generate.GenerateConfig(
-            generator=generator, latent_reward=str(out / "latent_reward" / "final"), prompts=str(cfg.guided_prompts),
-            weights=weights, strength=strength, out=str(out / "nrg" / folder)))
+        summary = generate.run(
+            generate.GenerateConfig(
+                generator=generator,
+                latent_reward=str(out / "latent_reward" / "final"),
+                prompts=str(cfg.guided_prompts),
+                weights=weights,
+                strength=strength,
+                out=str(out / "nrg" / folder),
+            )
+        )
         runs[folder] = {"name": name, "weights": weights, "samples": summary["samples"]}
     report["nrg"] = _nrg_summary(runs, lr, cfg)
     report["nrg_s"] = round(time.perf_counter() - t, 2)
@@ -224,19 +335,30 @@ def _nrg_summary(runs: dict, latent_reward: dict, cfg: DemoConfig) -> dict:
     dims = ("VQ", "MQ", "TA")
     oracle = {k: [judge_video(s["file"], s["prompt"]) for s in r["samples"]] for k, r in runs.items()}
     by_t = latent_reward.get("val_accuracy_by_t") or {}
-    summary = {"strength": cfg.guidance_strength, "prompts": cfg.guided_prompts, "runs": {},
-               "accuracy_by_t": {d: v for d, v in by_t.items() if isinstance(v, dict)},
-               "val_pairs": by_t.get("n_pairs")}
+    summary = {
+        "strength": cfg.guidance_strength,
+        "prompts": cfg.guided_prompts,
+        "runs": {},
+        "accuracy_by_t": {d: v for d, v in by_t.items() if isinstance(v, dict)},
+        "val_pairs": by_t.get("n_pairs"),
+    }
     buckets = next(iter(summary["accuracy_by_t"].values()), {})
     summary["buckets"] = list(buckets)
     for k, r in runs.items():
-        entry = {"name": r["name"], "weights": r["weights"],
-                 "mean_latent": {d: float(np.mean([s["latent_rewards"][d] for s in r["samples"]])) for d in dims},
-                 "oracle": attribute_share(oracle[k], [s["prompt"] for s in r["samples"]])}
+        entry = {
+            "name": r["name"],
+            "weights": r["weights"],
+            "mean_latent": {d: float(np.mean([s["latent_rewards"][d] for s in r["samples"]])) for d in dims},
+            "oracle": attribute_share(oracle[k], [s["prompt"] for s in r["samples"]]),
+        }
         if k != "unguided":
-            entry["oracle_win_rate"] = {d: win_rate(np.array([v.get(d, np.nan) for v in oracle[k]], float),
-                                                    np.array([v.get(d, np.nan) for v in oracle["unguided"]], float))
-                                        for d in dims}
+            entry["oracle_win_rate"] = {
+                d: win_rate(
+                    np.array([v.get(d, np.nan) for v in oracle[k]], float),
+                    np.array([v.get(d, np.nan) for v in oracle["unguided"]], float),
+                )
+                for d in dims
+            }
         summary["runs"][k] = entry
     return summary
 

@@ -9,12 +9,12 @@ Per dimension: win rate = share of prompts where aligned beats base (a tie count
 the same samples, by the SynthPref oracle (the stand-in for human raters). A reward win the oracle does not
 confirm is flagged as reward hacking. Also `grid.gif`: base | aligned side by side for the first prompts.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 from pathlib import Path
-
 
 import torch
 

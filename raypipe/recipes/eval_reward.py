@@ -18,6 +18,7 @@ Each distinct (uri, prompt) is decoded and scored once, however many pairs share
 Sampling: `sampling` in the config if set (the whole section; unset fields take SamplingConfig defaults, not the
 checkpoint's), else the checkpoint's `sampling.json`, else SamplingConfig() (fps 2) — see `resolve_sampling`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,11 +33,18 @@ import pyarrow.parquet as pq
 
 from raypipe.config import ConfigError, SamplingConfig, save_config
 from raypipe.data.manifest import Manifest, load_manifest, normalize_label
-from raypipe.reward.metrics import accuracy_curve, pairwise_report
 from raypipe.distributed.cluster import configure_data_context, init_ray
 from raypipe.distributed.scoring import score_videos
-from raypipe.reward.scoring import (TIE_EPSILON_FILE, checkpoint_dimensions, distinct_videos, normalize, overall,
-                                    read_norm_stats, resolve_sampling)
+from raypipe.reward.metrics import accuracy_curve, pairwise_report
+from raypipe.reward.scoring import (
+    TIE_EPSILON_FILE,
+    checkpoint_dimensions,
+    distinct_videos,
+    normalize,
+    overall,
+    read_norm_stats,
+    resolve_sampling,
+)
 
 SIDES = ("A", "B")
 
@@ -117,8 +125,9 @@ def pair_scores(manifest: Manifest, ids: dict[str, np.ndarray], scored: dict, di
     return table.append_column("error_message", pa.array(messages, pa.string()))
 
 
-def _labels_and_margins(scores: pa.Table, label_column: str, margin_column: str,
-                        labels: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _labels_and_margins(
+    scores: pa.Table, label_column: str, margin_column: str, labels: list | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(h, m) over rows with a label and no error."""
     h = labels if labels is not None else scores.column(label_column).to_pylist()
     m = scores.column(margin_column).to_pylist()
@@ -172,7 +181,7 @@ def plot_accuracy_vs_epsilon(used: dict, path: Path) -> Path:
         eps, acc = accuracy_curve(h, m)
         x = eps.copy()
         x[0] = 0.0  # "no ties" (ε = -1) holds until the smallest |m|: draw it from 0
-        line, = ax.step(x, acc, where="post", label=name)
+        (line,) = ax.step(x, acc, where="post", label=name)
         best = pairwise_report(h, m)
         ax.plot([max(best["epsilon"], 0.0)], [best["acc_with_ties"]], "o", color=line.get_color())
     ax.set_xlabel("ε (predict a tie when |r_A − r_B| ≤ ε)")
@@ -196,8 +205,10 @@ def print_table(metrics: dict) -> None:
     print(f"{'dim':<8} {'n':>6} {'ties':>6} {'acc w/o ties':>13} {'acc w/ ties':>12} {'eps*':>9}")
     for name, r in metrics.items():
         if isinstance(r, dict) and "acc_with_ties" in r:
-            print(f"{name:<8} {r['n']:>6} {r['n_ties']:>6} {_fmt(r['acc_without_ties'], '.3f'):>13} "
-                  f"{_fmt(r['acc_with_ties'], '.3f'):>12} {_fmt(r['epsilon'], '.4g'):>9}")
+            print(
+                f"{name:<8} {r['n']:>6} {r['n_ties']:>6} {_fmt(r['acc_without_ties'], '.3f'):>13} "
+                f"{_fmt(r['acc_with_ties'], '.3f'):>12} {_fmt(r['epsilon'], '.4g'):>9}"
+            )
     print(f"rows {metrics['n_rows']}, videos scored {metrics['n_scored_videos']}, errors {metrics['errors']}")
     for note in metrics.get("notes", []):
         print(f"note: {note}")

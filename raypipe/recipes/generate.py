@@ -8,6 +8,7 @@ of the final clean latents per dimension, and their weighted sum). With strength
 samples are bit-for-bit the unguided ones for the same seed. `guided_samples` is the function the NRG benchmark and
 the Serve /generate endpoint call.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,7 +23,6 @@ from raypipe.data.weights import scalarize, weight_vector
 from raypipe.nrg.model import LatentReward
 from raypipe.nrg.sampling import guided_samples, load_generator
 from raypipe.video.encode import write_mp4
-
 
 
 @dataclasses.dataclass
@@ -46,11 +46,15 @@ class GenerateConfig:
 
 def run(cfg: GenerateConfig) -> dict:
     gen = load_generator(cfg.generator, cfg.lora, cfg.device, cfg.dtype)
-    model = LatentReward.from_pretrained(cfg.latent_reward, dtype=cfg.dtype, device=str(gen.device)) \
-        if cfg.latent_reward else None
+    model = (
+        LatentReward.from_pretrained(cfg.latent_reward, dtype=cfg.dtype, device=str(gen.device))
+        if cfg.latent_reward
+        else None
+    )
     if model is None and (cfg.strength or cfg.weights):
-        raise ConfigError("guidance (strength, weights) needs latent_reward=PATH (train one with "
-                          "`raypipe train-latent-reward`)")
+        raise ConfigError(
+            "guidance (strength, weights) needs latent_reward=PATH (train one with `raypipe train-latent-reward`)"
+        )
     try:
         weights = weight_vector(cfg.weights, model.dims) if model is not None else {}
     except ValueError as err:
@@ -60,8 +64,9 @@ def run(cfg: GenerateConfig) -> dict:
     out = Path(cfg.out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
-    result = guided_samples(gen, model, prompts, weights, cfg.strength, cfg.seed, cfg.steps, cfg.cfg_scale, shape,
-                            cfg.batch)
+    result = guided_samples(
+        gen, model, prompts, weights, cfg.strength, cfg.seed, cfg.steps, cfg.cfg_scale, shape, cfg.batch
+    )
     rows = []
     for i, (prompt, video) in enumerate(zip(prompts, result["videos"])):
         path = out / "videos" / f"{i:04d}.mp4"
@@ -72,11 +77,20 @@ def run(cfg: GenerateConfig) -> dict:
             row["latent_rewards"] = {d: float(v) for d, v in zip(model.dims, r)}
             row["weighted_reward"] = float(scalarize(dict(zip(model.dims, r.tolist())), weights))
         rows.append(row)
-    summary = {"samples": rows, "weights": weights, "strength": cfg.strength, "steps": cfg.steps,
-               "cfg_scale": cfg.cfg_scale, "sample_s": round(result["sample_s"], 2)}
+    summary = {
+        "samples": rows,
+        "weights": weights,
+        "strength": cfg.strength,
+        "steps": cfg.steps,
+        "cfg_scale": cfg.cfg_scale,
+        "sample_s": round(result["sample_s"], 2),
+    }
     (out / "samples.json").write_text(json.dumps(summary, indent=2))
-    print(f"generate: {len(rows)} videos in {out / 'videos'} ({summary['sample_s']} s sampling); "
-          f"rewards in {out / 'samples.json'}", flush=True)
+    print(
+        f"generate: {len(rows)} videos in {out / 'videos'} ({summary['sample_s']} s sampling); "
+        f"rewards in {out / 'samples.json'}",
+        flush=True,
+    )
     if rows and "weighted_reward" in rows[0]:
         print(f"  mean weighted latent reward {np.mean([r['weighted_reward'] for r in rows]):.4f}", flush=True)
     return summary

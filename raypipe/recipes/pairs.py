@@ -5,6 +5,7 @@
 Writes to OUT: `decoded.parquet` (per decoded pair: manifest columns + sampling metadata, no frames),
 `errors.parquet` (error rows with their kind and message), `summary.json` and the resolved `config.yaml`.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -11,6 +11,7 @@ Stages (each result kept in OUT, the resolved config beside it):
 4. CFG samples for held-out prompts judged by the oracle -> OUT/report.json (colour / shape / direction right).
 Target (issue 5): colour right >= 0.9, direction right >= 0.5 (chance 0.25).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -65,8 +66,21 @@ def run(cfg: GeneratorPretrainConfig) -> dict:
     clips = np.stack([generator_clip(u, cfg.clip) for u in uris])
     report["clips"] = int(len(clips))
 
-    vae_key = {k: to_dict(cfg)[k] for k in ("synth", "clip", "tiny", "seed", "vae_frame_steps", "vae_frame_lr",
-                                             "vae_steps", "vae_lr", "vae_batch", "vae_fg_weight")}
+    vae_key = {
+        k: to_dict(cfg)[k]
+        for k in (
+            "synth",
+            "clip",
+            "tiny",
+            "seed",
+            "vae_frame_steps",
+            "vae_frame_lr",
+            "vae_steps",
+            "vae_lr",
+            "vae_batch",
+            "vae_fg_weight",
+        )
+    }
     stamp = out / "vae_fitted" / "vae_report.json"
     if stamp.exists() and json.loads(stamp.read_text()).get("key") == vae_key:
         report["vae"] = json.loads(stamp.read_text())["report"]
@@ -75,29 +89,61 @@ def run(cfg: GeneratorPretrainConfig) -> dict:
         print(f"2/4 fit the tiny VAE ({cfg.vae_frame_steps} frame steps, {cfg.vae_steps} clip steps)", flush=True)
         gen = WanFamily.load(make_tiny_wan(out / "tiny_wan", cfg.tiny, cfg.seed))
         torch.manual_seed(cfg.seed)
-        history = fit_vae(gen, clips, steps=cfg.vae_steps, batch=cfg.vae_batch, lr=cfg.vae_lr,
-                          frame_steps=cfg.vae_frame_steps, frame_lr=cfg.vae_frame_lr, seed=cfg.seed,
-                          fg_weight=cfg.vae_fg_weight)
+        history = fit_vae(
+            gen,
+            clips,
+            steps=cfg.vae_steps,
+            batch=cfg.vae_batch,
+            lr=cfg.vae_lr,
+            frame_steps=cfg.vae_frame_steps,
+            frame_lr=cfg.vae_frame_lr,
+            seed=cfg.seed,
+            fg_weight=cfg.vae_fg_weight,
+        )
         set_latent_stats(gen, clips)
         gen.pipeline.save_pretrained(out / "vae_fitted")
-        (out / "vae_fitted" / "raypipe_family.json").write_text(
-            (out / "tiny_wan" / "raypipe_family.json").read_text())
+        (out / "vae_fitted" / "raypipe_family.json").write_text((out / "tiny_wan" / "raypipe_family.json").read_text())
         recon = gen.decode_latents(gen.encode_videos(clips[:64]))
-        prompts = ((true_captions(table, "A") or table.column("prompt").to_pylist())
-                   + (true_captions(table, "B") or table.column("prompt").to_pylist()))[:64]
-        report["vae"] = {"history": history, "recon_oracle": oracle_report(recon, prompts),
-                         "source_oracle": oracle_report(clips[:64], prompts), "s": round(time.perf_counter() - t0, 1)}
+        prompts = (
+            (true_captions(table, "A") or table.column("prompt").to_pylist())
+            + (true_captions(table, "B") or table.column("prompt").to_pylist())
+        )[:64]
+        report["vae"] = {
+            "history": history,
+            "recon_oracle": oracle_report(recon, prompts),
+            "source_oracle": oracle_report(clips[:64], prompts),
+            "s": round(time.perf_counter() - t0, 1),
+        }
         stamp.write_text(json.dumps({"key": vae_key, "report": report["vae"]}, default=float))
-    print(f"    VAE mse {report['vae']['history'][-1]['mse']:.4f}; oracle on reconstructions "
-          f"{report['vae']['recon_oracle']}", flush=True)
+    print(
+        f"    VAE mse {report['vae']['history'][-1]['mse']:.4f}; oracle on reconstructions "
+        f"{report['vae']['recon_oracle']}",
+        flush=True,
+    )
 
     print("3/4 flow-matching pretraining (train-flow train.algo=pretrain)", flush=True)
-    flow_cfg = load_config(train_flow.FlowTrainConfig, None, [
-        f"generator={out / 'vae_fitted'}", "train.algo=pretrain", "train.prompt_dropout=0.1",
-        f"clip.frames={cfg.clip.frames}", f"clip.height={cfg.clip.height}", f"clip.width={cfg.clip.width}",
-        f"data.manifest={out / 'data' / 'manifest.parquet'}", "data.latent_cache=latents", "train.lr=1e-3",
-        "train.epochs=50", "train.batch=16", "train.log_every=20", "train.checkpoint_every=200",
-        f"out={out / 'flow'}", f"progress={str(cfg.progress).lower()}", *cfg.flow_overrides])
+    flow_cfg = load_config(
+        train_flow.FlowTrainConfig,
+        None,
+        [
+            f"generator={out / 'vae_fitted'}",
+            "train.algo=pretrain",
+            "train.prompt_dropout=0.1",
+            f"clip.frames={cfg.clip.frames}",
+            f"clip.height={cfg.clip.height}",
+            f"clip.width={cfg.clip.width}",
+            f"data.manifest={out / 'data' / 'manifest.parquet'}",
+            "data.latent_cache=latents",
+            "train.lr=1e-3",
+            "train.epochs=50",
+            "train.batch=16",
+            "train.log_every=20",
+            "train.checkpoint_every=200",
+            f"out={out / 'flow'}",
+            f"progress={str(cfg.progress).lower()}",
+            *cfg.flow_overrides,
+        ],
+    )
     report["flow"] = train_flow.run(flow_cfg)
 
     print("4/4 samples judged by the oracle", flush=True)

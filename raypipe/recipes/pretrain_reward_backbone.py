@@ -10,6 +10,7 @@ assets/tiny-generator: next-token captioning of freshly rendered SynthPref-style
 train/validation seeds. Plain single-process PyTorch (a few CPU minutes; no Ray needed). The output folder loads
 like any Qwen2-VL checkpoint (`model.name_or_path`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -71,20 +72,28 @@ def pretrain_captioner(out: str | Path, cfg: CaptionPretrainConfig | None = None
         step += 1
         window.append({"loss": float(result.loss.detach()), **attribute_accuracy(result.logits.detach(), batch)})
         if step % cfg.log_every == 0:
-            point = {"step": step, "seconds": round(time.time() - start, 1),
-                     **{k: round(float(np.mean([w[k] for w in window])), 4) for k in window[0]}}
+            point = {
+                "step": step,
+                "seconds": round(time.time() - start, 1),
+                **{k: round(float(np.mean([w[k] for w in window])), 4) for k in window[0]},
+            }
             curve.append(point)
             window = []
             if progress:
-                print(f"caption pretraining step {step} ({point['seconds']:.0f} s): loss {point['loss']:.3f}, "
-                      + ", ".join(f"{k} {point[k]:.2f}" for k in ATTRIBUTE_WORDS), flush=True)
+                print(
+                    f"caption pretraining step {step} ({point['seconds']:.0f} s): loss {point['loss']:.3f}, "
+                    + ", ".join(f"{k} {point[k]:.2f}" for k in ATTRIBUTE_WORDS),
+                    flush=True,
+                )
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     shutil.rmtree(out / "random_init", ignore_errors=True)
     summary = {"steps": step, "seconds": round(time.time() - start, 1), "curve": curve, "config": to_dict(cfg)}
     if earlier:  # the whole history, so that the asset's report tells how it was made
-        summary["earlier"] = [*earlier.get("earlier", []),
-                              {k: earlier[k] for k in ("steps", "seconds", "curve", "config")}]
+        summary["earlier"] = [
+            *earlier.get("earlier", []),
+            {k: earlier[k] for k in ("steps", "seconds", "curve", "config")},
+        ]
     (out / "pretrain_report.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -92,6 +101,9 @@ def pretrain_captioner(out: str | Path, cfg: CaptionPretrainConfig | None = None
 def run(cfg: CaptionPretrainConfig) -> dict:
     summary = pretrain_captioner(cfg.out, cfg, progress=cfg.progress)
     last = summary["curve"][-1] if summary["curve"] else {}
-    print(json.dumps({"out": str(cfg.out), "steps": summary["steps"],
-                      **{k: last.get(k) for k in ("loss", *ATTRIBUTE_WORDS)}}))
+    print(
+        json.dumps(
+            {"out": str(cfg.out), "steps": summary["steps"], **{k: last.get(k) for k in ("loss", *ATTRIBUTE_WORDS)}}
+        )
+    )
     return summary

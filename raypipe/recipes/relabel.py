@@ -18,6 +18,7 @@ Outputs in OUT:
 - `_config.yaml`: the resolved config; `_progress/`: resume state. Names starting with `_` are skipped by
   Parquet dataset readers, so `pq.read_table(OUT)` / `ray.data.read_parquet(OUT)` read just the rows.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,10 +35,22 @@ from raypipe.config import ConfigError, SamplingConfig, save_config
 from raypipe.data.inputs import resolve_input
 from raypipe.distributed.cluster import configure_data_context, init_ray
 from raypipe.distributed.scoring import score_videos
-from raypipe.reward.relabel import (PROGRESS_DIR, Progress, assemble, parse_tie_epsilon, video_errors, video_table,
-                                    write_parts)
-from raypipe.reward.scoring import (TIE_EPSILON_FILE, checkpoint_dimensions, read_norm_stats, read_tie_epsilon,
-                                    resolve_sampling)
+from raypipe.reward.relabel import (
+    PROGRESS_DIR,
+    Progress,
+    assemble,
+    parse_tie_epsilon,
+    video_errors,
+    video_table,
+    write_parts,
+)
+from raypipe.reward.scoring import (
+    TIE_EPSILON_FILE,
+    checkpoint_dimensions,
+    read_norm_stats,
+    read_tie_epsilon,
+    resolve_sampling,
+)
 
 SUMMARY_FILE = "_summary.json"
 CONFIG_FILE = "_config.yaml"
@@ -62,7 +75,9 @@ class RelabelConfig:
     decode_cpus: float = 0.75  # CPUs per decode task
     decode_rows: int = 32  # most videos per decode task (fewer when the input is small)
     dtype: str | None = None  # None: the checkpoint's dtype
-    tie_epsilon: float | dict[str, float] | None = None  # 0.1 (every dimension) or {VQ: 0.1, MQ: 0.2}; None: the checkpoint's ε*
+    tie_epsilon: float | dict[str, float] | None = (
+        None  # 0.1 (every dimension) or {VQ: 0.1, MQ: 0.2}; None: the checkpoint's ε*
+    )
     flush_every_s: float = 5.0  # how often finished videos are appended to OUT/_progress (what a kill can lose)
     rows_per_part: int = 100_000  # rows per output Parquet file
     address: str | None = None  # Ray cluster address; null: RAY_ADDRESS or a new local Ray
@@ -85,8 +100,10 @@ def _prepare(cfg: RelabelConfig):
     if epsilon is None:
         epsilon = stored_eps
         if not epsilon:
-            notes.append(f"no tie thresholds (checkpoint has no {TIE_EPSILON_FILE}, no tie_epsilon): model "
-                         f"labels are 'same' only for equal scores")
+            notes.append(
+                f"no tie thresholds (checkpoint has no {TIE_EPSILON_FILE}, no tie_epsilon): model "
+                f"labels are 'same' only for equal scores"
+            )
     if norm_stats is None:
         notes.append("checkpoint has no norm_stats.json: no normalised scores / Overall")
     inp = resolve_input(cfg.input, dimensions, cfg.video_root, cfg.prompts)
@@ -109,12 +126,23 @@ def _score_remaining(cfg, videos, done, dimensions, sampling, progress_state: Pr
     if todo.num_rows == 0:
         return timing
     t0 = time.perf_counter()
-    ds = score_videos(todo, cfg.reward, sampling, cfg.concurrency, cfg.batch, cfg.num_gpus, cfg.dtype,
-                      token_budget=cfg.token_budget, decode_rows=cfg.decode_rows, actor_cpus=cfg.actor_cpus,
-                      decode_cpus=cfg.decode_cpus)
+    ds = score_videos(
+        todo,
+        cfg.reward,
+        sampling,
+        cfg.concurrency,
+        cfg.batch,
+        cfg.num_gpus,
+        cfg.dtype,
+        token_budget=cfg.token_budget,
+        decode_rows=cfg.decode_rows,
+        actor_cpus=cfg.actor_cpus,
+        decode_cpus=cfg.decode_cpus,
+    )
     keep = ["video_id", "error", "error_message", *[f"score_{d}" for d in dimensions]]
-    bar = tqdm(total=n_total, initial=len(done), unit="video", desc="relabel", disable=not cfg.progress,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=n_total, initial=len(done), unit="video", desc="relabel", disable=not cfg.progress, dynamic_ncols=True
+    )
     pending: list[pa.Table] = []
     last_flush, scored = time.monotonic(), 0
     try:
@@ -147,8 +175,16 @@ def run(cfg: RelabelConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     save_config(dataclasses.replace(cfg, sampling=sampling), out, CONFIG_FILE)
     videos, per_side = video_table(inp)
-    state = Progress(out, {"fingerprint": inp.fingerprint(), "checkpoint": os.path.abspath(cfg.reward),
-                           "rows": inp.table.num_rows, "videos": videos.num_rows, "kind": inp.kind})
+    state = Progress(
+        out,
+        {
+            "fingerprint": inp.fingerprint(),
+            "checkpoint": os.path.abspath(cfg.reward),
+            "rows": inp.table.num_rows,
+            "videos": videos.num_rows,
+            "kind": inp.kind,
+        },
+    )
     done = state.done_ids()
     resumed = len(done)
     timing = _new_timing()
@@ -164,17 +200,29 @@ def run(cfg: RelabelConfig) -> dict:
     parts = write_parts(table, out, cfg.rows_per_part)
     row_errors = Counter(e for e in table.column("error").to_pylist() if e is not None)
     summary = {
-        "input": inp.source, "kind": inp.kind, "checkpoint": cfg.reward, "dimensions": dimensions,
-        "rows": table.num_rows, "rows_ok": table.num_rows - sum(row_errors.values()),
+        "input": inp.source,
+        "kind": inp.kind,
+        "checkpoint": cfg.reward,
+        "dimensions": dimensions,
+        "rows": table.num_rows,
+        "rows_ok": table.num_rows - sum(row_errors.values()),
         "rows_with_error": dict(sorted(row_errors.items())),
-        "videos": videos.num_rows, "videos_scored_this_run": scored, "videos_from_previous_runs": resumed,
-        "resumes": state.state["resumes"], "video_errors": video_errors(results),
+        "videos": videos.num_rows,
+        "videos_scored_this_run": scored,
+        "videos_from_previous_runs": resumed,
+        "resumes": state.state["resumes"],
+        "video_errors": video_errors(results),
         "videos_by_node": dict(timing["by_node"]),  # this run's videos per scoring actor's Ray node
         "videos_per_s": round(scored / score_s, 3) if scored and score_s > 0 else None,
         "first_batch_s": round(timing["first_batch_s"], 2) if timing["first_batch_s"] is not None else None,
-        "scoring_wall_s": round(score_s, 2), "wall_s": round(time.perf_counter() - t0, 2),
-        "tie_epsilon": epsilon, "sampling": dataclasses.asdict(sampling), "sampling_from": sampling_source,
-        "parts": parts, "complete": True, "notes": notes,
+        "scoring_wall_s": round(score_s, 2),
+        "wall_s": round(time.perf_counter() - t0, 2),
+        "tie_epsilon": epsilon,
+        "sampling": dataclasses.asdict(sampling),
+        "sampling_from": sampling_source,
+        "parts": parts,
+        "complete": True,
+        "notes": notes,
     }
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     _print_summary(summary)
@@ -183,8 +231,10 @@ def run(cfg: RelabelConfig) -> dict:
 
 def _print_summary(s: dict) -> None:
     rate = f", {s['videos_per_s']} videos/s" if s["videos_per_s"] else ""
-    print(f"relabel: {s['rows']} rows ({s['rows_ok']} ok, errors {s['rows_with_error'] or 'none'}); "
-          f"{s['videos']} videos ({s['videos_scored_this_run']} scored now, {s['videos_from_previous_runs']} "
-          f"from earlier runs{rate}); wall {s['wall_s']} s")
+    print(
+        f"relabel: {s['rows']} rows ({s['rows_ok']} ok, errors {s['rows_with_error'] or 'none'}); "
+        f"{s['videos']} videos ({s['videos_scored_this_run']} scored now, {s['videos_from_previous_runs']} "
+        f"from earlier runs{rate}); wall {s['wall_s']} s"
+    )
     for note in s["notes"]:
         print(f"note: {note}")

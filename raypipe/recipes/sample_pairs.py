@@ -13,6 +13,7 @@
    train-latent-reward (`labels=model`) read directly. Prompts with fewer than 2 scored samples or equal best and
    worst are counted, not paired.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-
 import pyarrow.parquet as pq
 
 from raypipe.config import ClipConfig, ConfigError, save_config
@@ -60,8 +60,11 @@ def best_vs_worst(scored: pa.Table, dims: list[str], weights: dict[str, float]) 
     unknown = sorted(set(weights) - set(dims))
     if unknown:
         raise ConfigError(f"weights name unknown dimensions {unknown} (the reward model has {dims})")
-    ok = np.array([e is None for e in scored.column("error").to_pylist()]) if "error" in scored.column_names \
+    ok = (
+        np.array([e is None for e in scored.column("error").to_pylist()])
+        if "error" in scored.column_names
         else np.ones(scored.num_rows, bool)
+    )
     values = {d: np.array(scored.column(f"{prefix}{d}").to_pylist(), dtype=np.float64) for d in dims}
     raw = {d: np.array(scored.column(f"score_{d}").to_pylist(), dtype=np.float64) for d in dims}
     r = np.zeros(scored.num_rows) + scalarize({d: np.nan_to_num(values[d]) for d in dims}, weights)
@@ -84,12 +87,14 @@ def best_vs_worst(scored: pa.Table, dims: list[str], weights: dict[str, float]) 
         rows.append((pid, best, worst))
     uris = scored.column("uri").to_pylist()
     prompts = scored.column("prompt").to_pylist()
-    cols = {"row_id": pa.array([p for p, _, _ in rows], pa.int64()),
-            "uri_A": pa.array([uris[b] for _, b, _ in rows], pa.string()),
-            "uri_B": pa.array([uris[w] for _, _, w in rows], pa.string()),
-            "prompt": pa.array([prompts[b] for _, b, _ in rows], pa.string()),
-            "error": pa.array([None] * len(rows), pa.string()),
-            "r_gap": pa.array([float(r[b] - r[w]) for _, b, w in rows], pa.float64())}
+    cols = {
+        "row_id": pa.array([p for p, _, _ in rows], pa.int64()),
+        "uri_A": pa.array([uris[b] for _, b, _ in rows], pa.string()),
+        "uri_B": pa.array([uris[w] for _, _, w in rows], pa.string()),
+        "prompt": pa.array([prompts[b] for _, b, _ in rows], pa.string()),
+        "error": pa.array([None] * len(rows), pa.string()),
+        "r_gap": pa.array([float(r[b] - r[w]) for _, b, w in rows], pa.float64()),
+    }
     for d in dims:
         a = np.array([raw[d][b] for _, b, _ in rows])
         b_ = np.array([raw[d][w] for _, _, w in rows])
@@ -97,10 +102,15 @@ def best_vs_worst(scored: pa.Table, dims: list[str], weights: dict[str, float]) 
         cols[f"score_B_{d}"] = pa.array(b_, pa.float64())
         cols[f"margin_{d}"] = pa.array(a - b_, pa.float64())
         cols[f"model_{d}"] = pa.array(["A" if m > 0 else "B" if m < 0 else "same" for m in a - b_], pa.string())
-    counts = {"prompts": len(all_ids), "pairs": len(rows), "skipped_fewer_than_2_scored": skipped_few,
-              "skipped_equal_reward": skipped_equal, "error_samples": int((~ok).sum()),
-              "scalarised_on": prefix.rstrip("_"), "mean_r_gap": float(np.mean([r[b] - r[w] for _, b, w in rows]))
-              if rows else None}
+    counts = {
+        "prompts": len(all_ids),
+        "pairs": len(rows),
+        "skipped_fewer_than_2_scored": skipped_few,
+        "skipped_equal_reward": skipped_equal,
+        "error_samples": int((~ok).sum()),
+        "scalarised_on": prefix.rstrip("_"),
+        "mean_r_gap": float(np.mean([r[b] - r[w] for _, b, w in rows])) if rows else None,
+    }
     return pa.table(cols), counts
 
 
@@ -123,8 +133,18 @@ def run(cfg: SamplePairsConfig) -> dict:
     if not manifest.exists():  # sampling is deterministic: a rerun after a kill redoes only this stage
         paths, ids, ks = [], [], []
         for k in range(cfg.k):
-            result = guided_samples(gen, None, prompts, {}, 0.0, seed=cfg.seed * cfg.k + k, steps=cfg.steps,
-                                    cfg_scale=cfg.cfg_scale, shape=shape, batch=cfg.batch)
+            result = guided_samples(
+                gen,
+                None,
+                prompts,
+                {},
+                0.0,
+                seed=cfg.seed * cfg.k + k,
+                steps=cfg.steps,
+                cfg_scale=cfg.cfg_scale,
+                shape=shape,
+                batch=cfg.batch,
+            )
             for i, video in enumerate(result["videos"]):
                 path = out / "videos" / f"p{i:05d}_k{k}.mp4"
                 write_mp4(video, path, cfg.fps)
@@ -132,18 +152,30 @@ def run(cfg: SamplePairsConfig) -> dict:
                 ids.append(i)
                 ks.append(k)
             print(f"sample-pairs: samples {k + 1}/{cfg.k} for {len(prompts)} prompts", flush=True)
-        pq.write_table(pa.table({"path": paths, "prompt": [prompts[i] for i in ids], "prompt_id": ids, "k": ks}),
-                       manifest)
-    summary_relabel = relabel.run(relabel.RelabelConfig(reward=cfg.reward, input=str(manifest), out=str(out / "relabel"),
-                                                address=cfg.address, progress=cfg.progress))
+        pq.write_table(
+            pa.table({"path": paths, "prompt": [prompts[i] for i in ids], "prompt_id": ids, "k": ks}), manifest
+        )
+    summary_relabel = relabel.run(
+        relabel.RelabelConfig(
+            reward=cfg.reward, input=str(manifest), out=str(out / "relabel"), address=cfg.address, progress=cfg.progress
+        )
+    )
     scored = pq.read_table(str(out / "relabel"))
     pairs, counts = best_vs_worst(scored, dims, cfg.weights)
     (out / "pairs").mkdir(exist_ok=True)
     pq.write_table(pairs, out / "pairs" / "part-00000.parquet")
-    summary = {"samples": scored.num_rows, "k": cfg.k, "weights": cfg.weights, **counts,
-               "relabel": {k: summary_relabel.get(k) for k in ("rows_ok", "rows_with_error", "videos_per_s")},
-               "pairs_path": str(out / "pairs")}
+    summary = {
+        "samples": scored.num_rows,
+        "k": cfg.k,
+        "weights": cfg.weights,
+        **counts,
+        "relabel": {k: summary_relabel.get(k) for k in ("rows_ok", "rows_with_error", "videos_per_s")},
+        "pairs_path": str(out / "pairs"),
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(f"sample-pairs: {counts['pairs']} pairs from {counts['prompts']} prompts x {cfg.k} samples "
-          f"(mean scalarised gap {counts['mean_r_gap']}) -> {out / 'pairs'}", flush=True)
+    print(
+        f"sample-pairs: {counts['pairs']} pairs from {counts['prompts']} prompts x {cfg.k} samples "
+        f"(mean scalarised gap {counts['mean_r_gap']}) -> {out / 'pairs'}",
+        flush=True,
+    )
     return summary

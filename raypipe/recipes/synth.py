@@ -4,6 +4,7 @@
 
 Defaults are the reference difficulty (DESIGN.md, SynthPref); the same seed gives the same data.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,7 +23,11 @@ class SynthJobConfig(SynthConfig):
 def run(cfg: SynthJobConfig) -> dict:
     table = make_synthpref(cfg.out, cfg, progress=True)
     save_config(cfg, cfg.out)
-    summary = {"out": cfg.out, "pairs": table.num_rows, "videos": 2 * table.num_rows,
-               "label_shares": label_shares(table, ("VQ", "MQ", "TA"))}
+    summary = {
+        "out": cfg.out,
+        "pairs": table.num_rows,
+        "videos": 2 * table.num_rows,
+        "label_shares": label_shares(table, ("VQ", "MQ", "TA")),
+    }
     print(json.dumps(summary, indent=2))
     return summary

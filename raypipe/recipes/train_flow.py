@@ -16,6 +16,7 @@ OUT/final is a LoRA folder loadable with `WanPipeline.load_lora_weights` (pretra
 Workers (`train_func`): batch -> `raypipe.flow.training.step_loss` -> engine.backward/step; checkpoints every
 `checkpoint_every` steps, resume with DeepSpeed state and data position, TensorBoard under OUT/tensorboard.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,16 +32,26 @@ from raypipe.data.inputs import read_pair_table
 from raypipe.distributed.cluster import configure_data_context, init_ray
 from raypipe.distributed.decode import decode_clips_block, decode_stage
 from raypipe.distributed.latents import cached_latents
-from raypipe.distributed.loop import (TrainClock, Window, drop_error_rows, record_point, require_finite, resume,
-                                      save_and_report, tensorboard_writer, throughput_point, unconsumed, world_rank,
-                                      zero_loss)
+from raypipe.distributed.loop import (
+    TrainClock,
+    Window,
+    drop_error_rows,
+    record_point,
+    require_finite,
+    resume,
+    save_and_report,
+    tensorboard_writer,
+    throughput_point,
+    unconsumed,
+    world_rank,
+    zero_loss,
+)
 from raypipe.distributed.trainer import TrainerSettings, deepspeed_engine, fit_trainer, step_count
 from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
 from raypipe.flow.lora import add_lora, save_lora
 from raypipe.flow.pairs import ALGOS, ClipConfig, training_rows
 from raypipe.flow.training import step_loss
 from raypipe.video.synth import manifest_or_synthpref
-
 
 # --- config ----------------------------------------------------------------------------------------------------
 
@@ -69,6 +80,7 @@ class FlowDataConfig:
 @dataclasses.dataclass
 class FlowTrainSettings(TrainerSettings):
     """train-flow's `train` section: the shared trainer fields (raypipe.distributed.trainer.TrainerSettings) + these."""
+
     algo: str = "dpo"  # pretrain | sft | dpo | rwr
     cpus_per_worker: float = 0.5  # CPUs reserved per training worker
     lr: float = 5e-6  # paper value for LoRA DPO
@@ -112,8 +124,14 @@ def _latent_cache(cfg: FlowTrainConfig, rows: pa.Table, out: Path):
     path = Path(cfg.data.latent_cache)
     if not path.is_absolute():
         path = out / path
-    key = {"algo": cfg.train.algo, "rows": rows.num_rows, "clip": dataclasses.asdict(cfg.clip),
-           "generator": cfg.generator, "weights": cfg.data.weights, "source": cfg.data.source}
+    key = {
+        "algo": cfg.train.algo,
+        "rows": rows.num_rows,
+        "clip": dataclasses.asdict(cfg.clip),
+        "generator": cfg.generator,
+        "weights": cfg.data.weights,
+        "source": cfg.data.source,
+    }
     keys = {"uri_w": "w", "uri_l": "l"} if cfg.train.algo == "dpo" else {"uri": ""}
     return cached_latents(rows, cfg.generator, cfg.clip, keys, path, key)
 
@@ -146,12 +164,15 @@ def run(cfg: FlowTrainConfig) -> dict:
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cfg, manifest_path = _prepare(cfg, out)
-    table = read_pair_table(manifest_path, list(cfg.data.weights), cfg.data.video_root,
-                            relabelled=cfg.data.source == "margins")
+    table = read_pair_table(
+        manifest_path, list(cfg.data.weights), cfg.data.video_root, relabelled=cfg.data.source == "margins"
+    )
     rows, counts = training_rows(table, t.algo, cfg.data.source, cfg.data.weights, cfg.data.min_margin)
     if rows.num_rows < t.num_workers * t.batch:
-        raise ConfigError(f"{rows.num_rows} training rows ({counts}) are fewer than one step needs "
-                          f"({t.num_workers} workers x {t.batch})")
+        raise ConfigError(
+            f"{rows.num_rows} training rows ({counts}) are fewer than one step needs "
+            f"({t.num_workers} workers x {t.batch})"
+        )
     save_config(cfg, out)
     init_ray(cfg.address)
     configure_data_context(cfg.progress)
@@ -159,25 +180,50 @@ def run(cfg: FlowTrainConfig) -> dict:
     if cfg.data.latent_cache:
         ds = _latent_cache(cfg, rows, out)
     else:
-        ds = decode_stage(rows, decode_clips_block, {"clip": cfg.clip, "columns": columns}, cfg.data.rows_per_block,
-                          cfg.data.decode_cpus)
+        ds = decode_stage(
+            rows,
+            decode_clips_block,
+            {"clip": cfg.clip, "columns": columns},
+            cfg.data.rows_per_block,
+            cfg.data.decode_cpus,
+        )
     _, total_steps = step_count(rows.num_rows, t, t.batch, drop_last=True)
-    print(f"train-flow {t.algo}: {rows.num_rows} rows ({counts}), {t.num_workers} workers x {t.batch}/step, "
-          f"{total_steps} steps, ZeRO-{t.zero_stage}", flush=True)
-    progress, wall = fit_trainer(train_func, {"cfg": to_dict(cfg), "total_steps": total_steps,
-                                                         "tensorboard_dir": str(out / "tensorboard")},
-                                 t, out, f"train-flow-{t.algo}", {"train": ds})
+    print(
+        f"train-flow {t.algo}: {rows.num_rows} rows ({counts}), {t.num_workers} workers x {t.batch}/step, "
+        f"{total_steps} steps, ZeRO-{t.zero_stage}",
+        flush=True,
+    )
+    progress, wall = fit_trainer(
+        train_func,
+        {"cfg": to_dict(cfg), "total_steps": total_steps, "tensorboard_dir": str(out / "tensorboard")},
+        t,
+        out,
+        f"train-flow-{t.algo}",
+        {"train": ds},
+    )
     (out / "curve.json").write_text(json.dumps(progress["curve"], indent=2))
     if progress["curve"]:
         plot_flow_curve(progress["curve"], out / "curve.png")
     last = progress["curve"][-1] if progress["curve"] else {}
-    summary = {"algo": t.algo, "steps": progress["step"], "rows": rows.num_rows, "row_counts": counts,
-               "error_rows": progress.get("error_rows", 0), "resumes": progress["resumes"], "worker_nodes": progress.get("nodes"),
-               "wall_s": round(wall, 1), "final": str(out / "final"), "last": last,
-               "generator": cfg.generator}
+    summary = {
+        "algo": t.algo,
+        "steps": progress["step"],
+        "rows": rows.num_rows,
+        "row_counts": counts,
+        "error_rows": progress.get("error_rows", 0),
+        "resumes": progress["resumes"],
+        "worker_nodes": progress.get("nodes"),
+        "wall_s": round(wall, 1),
+        "final": str(out / "final"),
+        "last": last,
+        "generator": cfg.generator,
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"train-flow {t.algo}: {summary['steps']} steps in {summary['wall_s']} s, last {last}; "
-          f"result in {out / 'final'}", flush=True)
+    print(
+        f"train-flow {t.algo}: {summary['steps']} steps in {summary['wall_s']} s, last {last}; "
+        f"result in {out / 'final'}",
+        flush=True,
+    )
     return summary
 
 
@@ -200,8 +246,9 @@ def train_func(config: dict) -> None:
     for epoch in range(progress["epoch"], t.epochs):
         if last:
             break
-        batches = shard.iter_batches(batch_size=t.batch, batch_format="pyarrow", drop_last=True,
-                                     local_shuffle_buffer_size=None)
+        batches = shard.iter_batches(
+            batch_size=t.batch, batch_format="pyarrow", drop_last=True, local_shuffle_buffer_size=None
+        )
         for index, batch, _ in unconsumed(batches, progress, epoch):
             engine.train()
             record_rows(progress, t, epoch, batch)
@@ -221,8 +268,12 @@ def train_func(config: dict) -> None:
                 record_point(progress, point, index, clock, writer)
                 window = Window()
                 if step % t.checkpoint_every == 0 or last:
-                    save_and_report(engine, progress, {"step": step, "loss": point["loss"]},
-                                    (lambda d: save_final(gen, cfg, d)) if last else None)
+                    save_and_report(
+                        engine,
+                        progress,
+                        {"step": step, "loss": point["loss"]},
+                        (lambda d: save_final(gen, cfg, d)) if last else None,
+                    )
             if last:
                 break
     if not last:  # data ran out before total_steps: a final report so the job has a result

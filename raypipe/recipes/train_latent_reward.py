@@ -14,6 +14,7 @@
 4. Evaluation on the held-out pairs: accuracy per dimension per t bucket ([0,.25), [.25,.5), [.5,.75), [.75,1])
    -> OUT/metrics.json (+ a plot), the model in OUT/final (`LatentReward.from_pretrained`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,9 +31,20 @@ from raypipe.data.inputs import read_pair_table
 from raypipe.data.tables import tensor_of
 from raypipe.distributed.cluster import configure_data_context, init_ray
 from raypipe.distributed.latents import cached_latents
-from raypipe.distributed.loop import (TrainClock, Window, drop_error_rows, record_point, require_finite, resume,
-                                      save_and_report, tensorboard_writer, throughput_point, unconsumed, world_rank,
-                                      zero_loss)
+from raypipe.distributed.loop import (
+    TrainClock,
+    Window,
+    drop_error_rows,
+    record_point,
+    require_finite,
+    resume,
+    save_and_report,
+    tensorboard_writer,
+    throughput_point,
+    unconsumed,
+    world_rank,
+    zero_loss,
+)
 from raypipe.distributed.trainer import TrainerSettings, deepspeed_engine, fit_trainer, step_count
 from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
 from raypipe.flow.pairs import ClipConfig
@@ -41,10 +53,10 @@ from raypipe.nrg.training import NOISE, bucket_accuracy, labels_of, pair_labels,
 from raypipe.video.synth import manifest_or_synthpref
 
 
-
 @dataclasses.dataclass
 class LatentRewardSettings(TrainerSettings):
     """train-latent-reward's `train` section: the shared trainer fields (raypipe.distributed.trainer) + these."""
+
     cpus_per_worker: float = 0.5  # CPUs reserved per training worker
     zero_stage: int = 0
     lr: float = 3e-4  # peak learning rate
@@ -99,16 +111,24 @@ def train_func(config: dict) -> None:
     for epoch in range(progress["epoch"], t.epochs):
         if last:
             break
-        batches = shard.iter_batches(batch_size=t.batch, batch_format="pyarrow", drop_last=True,
-                                     local_shuffle_buffer_size=None)
+        batches = shard.iter_batches(
+            batch_size=t.batch, batch_format="pyarrow", drop_last=True, local_shuffle_buffer_size=None
+        )
         for index, batch, _ in unconsumed(batches, progress, epoch):
             engine.train()
             batch = drop_error_rows(batch, progress)
             if batch.num_rows:
                 y, mask = labels_of(batch, cfg.dims)
-                loss, stats = pair_loss(engine, t, torch.from_numpy(tensor_of(batch, "latents_A")).float(),
-                                        torch.from_numpy(tensor_of(batch, "latents_B")).float(),
-                                        torch.from_numpy(tensor_of(batch, "text")).float(), y, mask, generator)
+                loss, stats = pair_loss(
+                    engine,
+                    t,
+                    torch.from_numpy(tensor_of(batch, "latents_A")).float(),
+                    torch.from_numpy(tensor_of(batch, "latents_B")).float(),
+                    torch.from_numpy(tensor_of(batch, "text")).float(),
+                    y,
+                    mask,
+                    generator,
+                )
             else:  # every row failed: a zero step keeps the ranks in lockstep
                 loss, stats = zero_loss(engine.module), {}
             require_finite(loss, step, epoch, index)
@@ -122,8 +142,12 @@ def train_func(config: dict) -> None:
                 record_point(progress, point, index, clock, writer)
                 window = Window()
                 if step % t.checkpoint_every == 0 or last:
-                    save_and_report(engine, progress, {"step": step, "loss": point["loss"]},
-                                    (lambda d: save_final(engine, cfg, d)) if last else None)
+                    save_and_report(
+                        engine,
+                        progress,
+                        {"step": step, "loss": point["loss"]},
+                        (lambda d: save_final(engine, cfg, d)) if last else None,
+                    )
             if last:
                 break
     if not last:  # data ran out before total_steps: a final report so the job has a result
@@ -135,8 +159,9 @@ def train_func(config: dict) -> None:
 def save_final(engine, cfg: LatentRewardConfig, d: Path) -> None:
     """OUT/final on rank 0: `LatentReward.from_pretrained` loads it."""
     if world_rank() == 0:
-        engine.module.save_pretrained(d, extra={"generator": cfg.generator, "noise": cfg.train.noise,
-                                                "loss": cfg.train.loss})
+        engine.module.save_pretrained(
+            d, extra={"generator": cfg.generator, "noise": cfg.train.noise, "loss": cfg.train.loss}
+        )
 
 
 def plot_bucket_accuracy(metrics: dict, dims: list[str], path: Path) -> None:
@@ -148,8 +173,9 @@ def plot_bucket_accuracy(metrics: dict, dims: list[str], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3))
     for d in dims:
         keys = list(metrics[d])
-        ax.plot(range(len(keys)), [np.nan if metrics[d][k] is None else metrics[d][k] for k in keys], marker="o",
-                label=d)
+        ax.plot(
+            range(len(keys)), [np.nan if metrics[d][k] is None else metrics[d][k] for k in keys], marker="o", label=d
+        )
         ax.set_xticks(range(len(keys)), keys)
     ax.axhline(0.5, color="grey", lw=0.5)
     ax.set_xlabel("t bucket (1 = pure noise)")
@@ -184,25 +210,40 @@ def run(cfg: LatentRewardConfig) -> dict:
     rows, source = pair_labels(read_pair_table(manifest, cfg.dims, cfg.video_root), list(cfg.dims), cfg.labels)
     train_rows, val_rows = split_rows(rows, cfg.val_fraction, t.seed)
     if train_rows.num_rows < t.num_workers * t.batch:
-        raise ConfigError(f"{train_rows.num_rows} training pairs are fewer than one step needs "
-                          f"({t.num_workers} workers x {t.batch})")
+        raise ConfigError(
+            f"{train_rows.num_rows} training pairs are fewer than one step needs ({t.num_workers} workers x {t.batch})"
+        )
     save_config(cfg, out)
     init_ray(cfg.address)
     configure_data_context(cfg.progress)
     cache = Path(cfg.latent_cache) if Path(cfg.latent_cache).is_absolute() else out / cfg.latent_cache
-    key = {"manifest": str(manifest), "generator": cfg.generator, "clip": dataclasses.asdict(cfg.clip),
-           "labels": source, "val_fraction": cfg.val_fraction, "seed": t.seed}
+    key = {
+        "manifest": str(manifest),
+        "generator": cfg.generator,
+        "clip": dataclasses.asdict(cfg.clip),
+        "labels": source,
+        "val_fraction": cfg.val_fraction,
+        "seed": t.seed,
+    }
     t0 = time.perf_counter()
     ds = _cached(train_rows, cfg, cache / "train", key | {"split": "train", "rows": train_rows.num_rows})
     if val_rows.num_rows:
         _cached(val_rows, cfg, cache / "val", key | {"split": "val", "rows": val_rows.num_rows})
     cache_s = time.perf_counter() - t0
     _, total_steps = step_count(train_rows.num_rows, t, t.batch, drop_last=True)
-    print(f"train-latent-reward: {train_rows.num_rows} train / {val_rows.num_rows} val pairs ({source} labels), "
-          f"K={cfg.k_blocks}, noise={t.noise}, {t.num_workers} workers x {t.batch}, {total_steps} steps", flush=True)
-    progress, wall = fit_trainer(train_func, {"cfg": to_dict(cfg), "total_steps": total_steps,
-                                                         "tensorboard_dir": str(out / "tensorboard")},
-                                 t, out, "train-latent-reward", {"train": ds})
+    print(
+        f"train-latent-reward: {train_rows.num_rows} train / {val_rows.num_rows} val pairs ({source} labels), "
+        f"K={cfg.k_blocks}, noise={t.noise}, {t.num_workers} workers x {t.batch}, {total_steps} steps",
+        flush=True,
+    )
+    progress, wall = fit_trainer(
+        train_func,
+        {"cfg": to_dict(cfg), "total_steps": total_steps, "tensorboard_dir": str(out / "tensorboard")},
+        t,
+        out,
+        "train-latent-reward",
+        {"train": ds},
+    )
     (out / "curve.json").write_text(json.dumps(progress["curve"], indent=2))
     metrics: dict = {}
     if val_rows.num_rows:
@@ -210,13 +251,27 @@ def run(cfg: LatentRewardConfig) -> dict:
         val = pq.read_table(str(cache / "val"))
         metrics = bucket_accuracy(model, val, list(cfg.dims), cfg.eval_draws, seed=t.seed + 1)
         plot_bucket_accuracy(metrics, list(cfg.dims), out / "accuracy_by_t.png")
-    summary = {"steps": progress["step"], "train_pairs": train_rows.num_rows, "val_pairs": val_rows.num_rows,
-               "labels": source, "noise": t.noise, "k_blocks": cfg.k_blocks, "cache_s": round(cache_s, 1),
-               "train_wall_s": round(wall, 1), "error_rows": progress.get("error_rows", 0),
-               "resumes": progress["resumes"], "last": progress["curve"][-1] if progress["curve"] else {}, "worker_nodes": progress.get("nodes"),
-               "val_accuracy_by_t": metrics, "final": str(out / "final")}
+    summary = {
+        "steps": progress["step"],
+        "train_pairs": train_rows.num_rows,
+        "val_pairs": val_rows.num_rows,
+        "labels": source,
+        "noise": t.noise,
+        "k_blocks": cfg.k_blocks,
+        "cache_s": round(cache_s, 1),
+        "train_wall_s": round(wall, 1),
+        "error_rows": progress.get("error_rows", 0),
+        "resumes": progress["resumes"],
+        "last": progress["curve"][-1] if progress["curve"] else {},
+        "worker_nodes": progress.get("nodes"),
+        "val_accuracy_by_t": metrics,
+        "final": str(out / "final"),
+    }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"train-latent-reward: {summary['steps']} steps in {summary['train_wall_s']} s; held-out accuracy by t: "
-          f"{json.dumps({d: metrics.get(d) for d in cfg.dims})}; model in {out / 'final'}", flush=True)
+    print(
+        f"train-latent-reward: {summary['steps']} steps in {summary['train_wall_s']} s; held-out accuracy by t: "
+        f"{json.dumps({d: metrics.get(d) for d in cfg.dims})}; model in {out / 'final'}",
+        flush=True,
+    )
     return summary

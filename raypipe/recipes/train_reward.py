@@ -10,6 +10,7 @@ Workers (`train_func`): batch of decoded pairs -> processor -> rewards of A and 
 (masked per dimension) -> engine.backward/step; every `eval_every` steps a validation point of the curve and a
 checkpoint (DeepSpeed state + progress); a restarted group resumes at the batch it had reached.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,16 @@ from raypipe.config import ConfigError, DataConfig, SynthConfig, build_config, r
 from raypipe.data.manifest import load_manifest
 from raypipe.distributed.cluster import configure_data_context, init_ray, materialize_in_order
 from raypipe.distributed.decode import pair_dataset
-from raypipe.distributed.loop import (TrainClock, Window, record_point, require_finite, resume, save_and_report,
-                                      unconsumed, world_rank)
+from raypipe.distributed.loop import (
+    TrainClock,
+    Window,
+    record_point,
+    require_finite,
+    resume,
+    save_and_report,
+    unconsumed,
+    world_rank,
+)
 from raypipe.distributed.trainer import TrainerSettings, deepspeed_engine, fit_trainer, step_count
 from raypipe.reward.backbone import make_tiny_backbone
 from raypipe.reward.model import RewardModelConfig, VideoReward
@@ -38,6 +47,7 @@ from raypipe.video.synth import manifest_or_synthpref
 @dataclasses.dataclass
 class TrainSettings(TrainerSettings):
     """train-reward's `train` section: the shared trainer fields (raypipe.distributed.trainer.TrainerSettings) + these."""
+
     loss: str = "btt"  # bt | btt | regression
     theta: float = 5.0  # BTT tie parameter (> 1)
     # Loss weight per dimension (unnamed dimensions weigh 1; {} = the plain masked mean of SPEC §3.2), e.g. {TA: 3}
@@ -55,6 +65,7 @@ class TrainSettings(TrainerSettings):
 @dataclasses.dataclass
 class RewardDataConfig(DataConfig):
     """train-reward's `data` section: the shared manifest/decoding fields + the frame cache."""
+
     # Decode every video once into Ray's object store before training, and stream the decoded frames each epoch
     # (spills to local disk beyond the store). For sets that fit (SynthPref: 75 KB per video): a 56x56 video costs
     # ~9 ms of CPU to decode, as much as a tiny model's training step on it. Off for large sets.
@@ -76,8 +87,9 @@ class RewardTrainConfig:
 
 # --- the driver -------------------------------------------------------------------------------------------------
 def _prepare_data(cfg: RewardTrainConfig, out: Path) -> tuple[str, str]:
-    train = manifest_or_synthpref(cfg.data.manifest, out / "data" / "train", cfg.synth_train, "data.manifest",
-                                  cfg.progress)
+    train = manifest_or_synthpref(
+        cfg.data.manifest, out / "data" / "train", cfg.synth_train, "data.manifest", cfg.progress
+    )
     val = manifest_or_synthpref(cfg.val_manifest, out / "data" / "val", cfg.synth_val, "val_manifest", cfg.progress)
     return train, val
 
@@ -112,18 +124,25 @@ def run(cfg: RewardTrainConfig) -> dict:
     unknown = set(t.dim_weights) - set(dims)
     bad = [f"{d}={w}" for d, w in t.dim_weights.items() if not (isinstance(w, (int, float)) and 0 <= w < float("inf"))]
     if unknown or bad or (t.dim_weights and not any(t.dim_weights.get(d, 1.0) > 0 for d in dims)):
-        raise ConfigError(f"train.dim_weights must map dimensions of {list(dims)} to finite weights >= 0, not all 0; "
-                         f"got {t.dim_weights}" + (f" (unknown: {sorted(unknown)})" if unknown else ""))
+        raise ConfigError(
+            f"train.dim_weights must map dimensions of {list(dims)} to finite weights >= 0, not all 0; "
+            f"got {t.dim_weights}" + (f" (unknown: {sorted(unknown)})" if unknown else "")
+        )
     train_path, val_path = _prepare_data(cfg, out)
     train_m = load_manifest(train_path, dims, cfg.data.video_root)  # validated before any Ray work
     val_m = load_manifest(val_path, dims, cfg.data.video_root)
     if cfg.model.name_or_path is None:
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(
-            cfg.model, name_or_path=str(make_tiny_backbone(out / "tiny_backbone", cfg.model.tiny,
-                                                           cfg.model.tiny_seed))))
+        cfg = dataclasses.replace(
+            cfg,
+            model=dataclasses.replace(
+                cfg.model,
+                name_or_path=str(make_tiny_backbone(out / "tiny_backbone", cfg.model.tiny, cfg.model.tiny_seed)),
+            ),
+        )
     else:  # absolute for the workers; "assets/tiny-qwen2vl" resolves from any working directory
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
-                                                                 name_or_path=str(repo_path(cfg.model.name_or_path))))
+        cfg = dataclasses.replace(
+            cfg, model=dataclasses.replace(cfg.model, name_or_path=str(repo_path(cfg.model.name_or_path)))
+        )
     save_config(cfg, out)
 
     init_ray(cfg.address)
@@ -135,24 +154,42 @@ def run(cfg: RewardTrainConfig) -> dict:
         t0 = time.perf_counter()
         train_ds = materialize_in_order(train_ds)
         cache_s = round(time.perf_counter() - t0, 1)
-        print(f"frame cache: {len(train_m)} training pairs decoded once into the object store in {cache_s} s "
-              f"({train_ds.size_bytes() / 2 ** 20:.0f} MiB)", flush=True)
+        print(
+            f"frame cache: {len(train_m)} training pairs decoded once into the object store in {cache_s} s "
+            f"({train_ds.size_bytes() / 2**20:.0f} MiB)",
+            flush=True,
+        )
     steps_per_epoch, total_steps = step_count(len(train_m), t, t.batch, drop_last=False)
-    print(f"training: {len(train_m)} pairs, {t.num_workers} workers x {t.batch} pairs/step, "
-          f"{steps_per_epoch} steps/epoch, {total_steps} steps, ZeRO-{t.zero_stage}, loss {t.loss}", flush=True)
-    progress, wall = fit_trainer(train_func, {"cfg": to_dict(cfg), "total_steps": total_steps}, t, out,
-                                 "train-reward", {"train": train_ds, "val": val_ds})
+    print(
+        f"training: {len(train_m)} pairs, {t.num_workers} workers x {t.batch} pairs/step, "
+        f"{steps_per_epoch} steps/epoch, {total_steps} steps, ZeRO-{t.zero_stage}, loss {t.loss}",
+        flush=True,
+    )
+    progress, wall = fit_trainer(
+        train_func,
+        {"cfg": to_dict(cfg), "total_steps": total_steps},
+        t,
+        out,
+        "train-reward",
+        {"train": train_ds, "val": val_ds},
+    )
     final = out / "final"
     save_config(cfg, final, "train_config.yaml")
     (final / "sampling.json").write_text(json.dumps(dataclasses.asdict(cfg.data.sampling)))
     curve = progress["curve"]
     (out / "learning_curve.json").write_text(json.dumps(curve, indent=2))
     plot_curve(curve, out / "learning_curve.png", dims)
-    summary = {"final_checkpoint": str(final), "steps": progress["step"], "wall_s": round(wall, 1),
-               "frame_cache_s": cache_s,
-               "resumes": progress["resumes"], "val": curve[-1].get("val"), "worker_nodes": progress.get("nodes"),
-               "pairs_per_s_per_worker": _mean(curve, "pairs_per_s_per_worker"),
-               "data_wait_share": _mean(curve, "data_wait_share")}
+    summary = {
+        "final_checkpoint": str(final),
+        "steps": progress["step"],
+        "wall_s": round(wall, 1),
+        "frame_cache_s": cache_s,
+        "resumes": progress["resumes"],
+        "val": curve[-1].get("val"),
+        "worker_nodes": progress.get("nodes"),
+        "pairs_per_s_per_worker": _mean(curve, "pairs_per_s_per_worker"),
+        "data_wait_share": _mean(curve, "data_wait_share"),
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _print_summary(summary, dims)
     return summary
@@ -168,8 +205,10 @@ def _print_summary(summary: dict, dims: list[str]) -> None:
     print(f"{'dim':>5} {'acc(no ties)':>13} {'acc(ties)':>10} {'eps*':>8}")
     for dim in dims:
         v = (summary["val"] or {}).get(dim, {})
-        print(f"{dim:>5} {v.get('acc_without_ties', float('nan')):13.3f} {v.get('acc_with_ties', float('nan')):10.3f}"
-              f" {v.get('epsilon', float('nan')):8.3f}")
+        print(
+            f"{dim:>5} {v.get('acc_without_ties', float('nan')):13.3f} {v.get('acc_with_ties', float('nan')):10.3f}"
+            f" {v.get('epsilon', float('nan')):8.3f}"
+        )
 
 
 # --- the worker loop -----------------------------------------------------------------------------------------
@@ -194,10 +233,13 @@ def train_func(config: dict) -> None:
     for epoch in range(progress["epoch"], t.epochs):
         if last:
             break
-        batches = shard.iter_batches(batch_size=t.batch, batch_format="pyarrow",
-                                     prefetch_batches=t.prefetch_batches,
-                                     local_shuffle_buffer_size=t.shuffle_buffer or None,
-                                     local_shuffle_seed=t.seed * 1000 + epoch)
+        batches = shard.iter_batches(
+            batch_size=t.batch,
+            batch_format="pyarrow",
+            prefetch_batches=t.prefetch_batches,
+            local_shuffle_buffer_size=t.shuffle_buffer or None,
+            local_shuffle_seed=t.seed * 1000 + epoch,
+        )
         for index, batch, wait_s in unconsumed(batches, progress, epoch):
             times = {"wait": wait_s}
             t0 = time.perf_counter()
@@ -247,17 +289,27 @@ def empty_step_inputs(model, dims) -> tuple[dict, dict]:
     """Inputs of a zero-loss step (two black clips, every label masked) for a batch whose every row failed."""
     inputs = model.processor([np.zeros((4, 56, 56, 3), np.uint8)] * 2, ["", ""])
     none = torch.zeros((1, len(dims)), dtype=bool)
-    return inputs, {"y": none.long(), "mask": none, "mos": torch.zeros((2, len(dims))),
-                    "mos_mask": torch.zeros((2, len(dims)), dtype=bool)}
+    return inputs, {
+        "y": none.long(),
+        "mask": none,
+        "mos": torch.zeros((2, len(dims))),
+        "mos_mask": torch.zeros((2, len(dims)), dtype=bool),
+    }
 
 
 def curve_point(window: Window, step: int, epoch: int, lr: float, train_s: float) -> dict:
     """A learning-curve point from the counters since the last one (the eval and checkpoint are not counted)."""
-    return {"step": step, "epoch": epoch, "loss": window.mean("loss"),
-            "pairs_per_s_per_worker": window.rate("pairs"), "data_wait_share": window.rate("wait"),
-            "error_rows": int(window.sums["errors"]),
-            "time_share": {k: round(window.rate(k), 3) for k in ("wait", "prep", "forward", "backward", "optimizer")},
-            "lr": lr, "train_s": round(train_s, 1)}
+    return {
+        "step": step,
+        "epoch": epoch,
+        "loss": window.mean("loss"),
+        "pairs_per_s_per_worker": window.rate("pairs"),
+        "data_wait_share": window.rate("wait"),
+        "error_rows": int(window.sums["errors"]),
+        "time_share": {k: round(window.rate(k), 3) for k in ("wait", "prep", "forward", "backward", "optimizer")},
+        "lr": lr,
+        "train_s": round(train_s, 1),
+    }
 
 
 def _validate(engine, model, val_batches, dims, device, point: dict) -> np.ndarray:
@@ -287,8 +339,11 @@ def save_final(engine, model, path, scores, dims, val=None) -> None:
     with ctx:
         if world_rank() == 0:
             stats = compute_norm_stats(np.asarray(scores).reshape(-1, len(dims)), dims)
-            eps = {d: r["epsilon"] for d, r in (val or {}).items()
-                   if isinstance(r.get("epsilon"), float) and np.isfinite(r["epsilon"])}
+            eps = {
+                d: r["epsilon"]
+                for d, r in (val or {}).items()
+                if isinstance(r.get("epsilon"), float) and np.isfinite(r["epsilon"])
+            }
             model.save_pretrained(path, norm_stats=stats, extra={TIE_EPSILON_FILE: eps} if eps else None)
 
 

@@ -7,6 +7,7 @@ The tiny backbone is a real `Qwen2VLForConditionalGeneration` with random weight
 whose vocabulary covers SynthPref prompts; it is saved with `save_pretrained`, so tests and the demo load it
 through exactly the code path a user's local copy of `Qwen/Qwen2-VL-2B-Instruct` takes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +38,28 @@ def tiny_vocabulary() -> list[str]:
     """Every word a SynthPref prompt (and our instruction text) uses, plus punctuation."""
     from raypipe.video.synth import COLORS, DIRECTIONS, SHAPES
 
-    words = ["a", "an", "the", "moving", "is", "video", "of", "prompt", "rate", "quality", "motion",
-             "text", "alignment", ":", ",", ".", "?", "!", "user", "assistant"]
+    words = [
+        "a",
+        "an",
+        "the",
+        "moving",
+        "is",
+        "video",
+        "of",
+        "prompt",
+        "rate",
+        "quality",
+        "motion",
+        "text",
+        "alignment",
+        ":",
+        ",",
+        ".",
+        "?",
+        "!",
+        "user",
+        "assistant",
+    ]
     return list(dict.fromkeys([*words, *COLORS, *SHAPES, *DIRECTIONS]))
 
 
@@ -52,8 +73,9 @@ def build_tiny_tokenizer():
     tok = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=UNK, pad_token=PAD, eos_token=IM_END,
-                                   bos_token=IM_START)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token=UNK, pad_token=PAD, eos_token=IM_END, bos_token=IM_START
+    )
     fast.add_special_tokens({"additional_special_tokens": TINY_SPECIALS[2:]})
     return fast
 
@@ -72,20 +94,35 @@ def make_tiny_backbone(path: str | os.PathLike, cfg: TinyBackboneConfig | None =
     mrope = [head_dim // 2 - 2 * (3 * quarter // 2), 3 * quarter // 2, 3 * quarter // 2]
     config = Qwen2VLConfig(
         text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-            num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-            num_key_value_heads=cfg.num_key_value_heads, max_position_embeddings=4096,
+            vocab_size=len(tokenizer),
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_hidden_layers,
+            num_attention_heads=cfg.num_attention_heads,
+            num_key_value_heads=cfg.num_key_value_heads,
+            max_position_embeddings=4096,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
-            bos_token_id=ids[IM_START], eos_token_id=ids[IM_END], pad_token_id=ids[PAD],
+            bos_token_id=ids[IM_START],
+            eos_token_id=ids[IM_END],
+            pad_token_id=ids[PAD],
         ),
         vision_config=dict(
-            depth=cfg.vision_depth, embed_dim=cfg.vision_embed_dim, hidden_size=cfg.hidden_size,
-            num_heads=cfg.vision_num_heads, mlp_ratio=2, patch_size=14, spatial_merge_size=2,
+            depth=cfg.vision_depth,
+            embed_dim=cfg.vision_embed_dim,
+            hidden_size=cfg.hidden_size,
+            num_heads=cfg.vision_num_heads,
+            mlp_ratio=2,
+            patch_size=14,
+            spatial_merge_size=2,
             temporal_patch_size=2,
         ),
-        image_token_id=ids[IMAGE_PAD], video_token_id=ids[VIDEO_PAD],
-        vision_start_token_id=ids[VISION_START], vision_end_token_id=ids[VISION_END],
-        bos_token_id=ids[IM_START], eos_token_id=ids[IM_END], pad_token_id=ids[PAD],
+        image_token_id=ids[IMAGE_PAD],
+        video_token_id=ids[VIDEO_PAD],
+        vision_start_token_id=ids[VISION_START],
+        vision_end_token_id=ids[VISION_END],
+        bos_token_id=ids[IM_START],
+        eos_token_id=ids[IM_END],
+        pad_token_id=ids[PAD],
     )
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config)
@@ -107,7 +144,8 @@ def load_backbone(path: str | os.PathLike, dtype: str = "float32"):
     if not Path(path).exists():
         raise FileNotFoundError(
             f"backbone {path!r} not found: give model.name_or_path as a local folder (e.g. a copy of "
-            f"Qwen/Qwen2-VL-2B-Instruct); nothing is downloaded at run time")
+            f"Qwen/Qwen2-VL-2B-Instruct); nothing is downloaded at run time"
+        )
     full = Qwen2VLForConditionalGeneration.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return full, tokenizer

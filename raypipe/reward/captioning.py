@@ -1,6 +1,7 @@
 """Caption pretraining pieces of the tiny reward backbone, without Ray: SynthPref-style clips with their TRUE
 caption, the Qwen2-VL inputs with caption labels, and attribute-word accuracy (`raypipe.recipes.
 pretrain_reward_backbone` trains with them)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,11 @@ ATTRIBUTE_WORDS = ("color", "shape", "direction")
 def render_caption_sample(rng: np.random.Generator, pixels: int = 112) -> tuple[np.ndarray, str, tuple[str, str, str]]:
     """(frames [8, pixels, pixels, 3], true caption, (colour, shape, direction)) of a random SynthPref-style clip
     at the reference difficulty, levels vq, mq ~ U[0, 1]."""
-    attrs = (synth.COLORS[rng.integers(len(synth.COLORS))], synth.SHAPES[rng.integers(len(synth.SHAPES))],
-             synth.DIRECTIONS[rng.integers(len(synth.DIRECTIONS))])
+    attrs = (
+        synth.COLORS[rng.integers(len(synth.COLORS))],
+        synth.SHAPES[rng.integers(len(synth.SHAPES))],
+        synth.DIRECTIONS[rng.integers(len(synth.DIRECTIONS))],
+    )
     video = synth.render_video(*attrs, vq=float(rng.random()), mq=float(rng.random()), rng=rng)
     idx = sample_frame_indices(len(video), 8.0, fps=4.0, min_frames=4, max_frames=16)
     return resize_frames(video[idx], pixels, pixels), synth.make_prompt(*attrs), attrs

@@ -13,6 +13,7 @@ Conventions shared by every function here:
 - Computation is in float32 at least: bf16 rewards would lose the small margins the loss is about.
 - `stats` holds plain, detached Python numbers for logging; `accuracy` is nan when no decisive entry is labelled.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,11 @@ def _prepare(r_a, r_b, y, mask):
 def _masked_mean(values: torch.Tensor, keep: torch.Tensor, weights=None) -> torch.Tensor:
     """Σ_{keep} w·values / Σ_{keep} w (w = 1 without `weights`; `weights` [D] weighs dimension columns); a
     graph-connected zero when nothing is kept."""
-    w = torch.ones_like(values) if weights is None else \
-        torch.as_tensor(weights, dtype=values.dtype, device=values.device).expand_as(values)
+    w = (
+        torch.ones_like(values)
+        if weights is None
+        else torch.as_tensor(weights, dtype=values.dtype, device=values.device).expand_as(values)
+    )
     w = torch.where(keep, w, torch.zeros_like(values))
     total = w.sum()
     return (torch.where(keep, values, torch.zeros_like(values)) * w).sum() / torch.where(total > 0, total, 1.0)
@@ -108,8 +112,9 @@ def btt_probabilities(delta, theta: float = 5.0):
     return p_a, p_b, p_tie
 
 
-def btt_loss(r_a: torch.Tensor, r_b: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, theta: float = 5.0,
-             weights=None):
+def btt_loss(
+    r_a: torch.Tensor, r_b: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, theta: float = 5.0, weights=None
+):
     """Bradley–Terry with ties (Rao–Kupper), θ > 1; the negative log-likelihood of `btt_probabilities`.
 
         win (after the swap): L = -log σ(Δ - ln θ)                                 = -log P(preferred ≻ other)
@@ -144,8 +149,15 @@ def regression_loss(r: torch.Tensor, mos: torch.Tensor, mask: torch.Tensor, weig
     return loss, {"n_labelled": n, "mae": mae}
 
 
-def reward_loss(kind: str, r_a: torch.Tensor, r_b: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-                theta: float = 5.0, weights=None):
+def reward_loss(
+    kind: str,
+    r_a: torch.Tensor,
+    r_b: torch.Tensor,
+    y: torch.Tensor,
+    mask: torch.Tensor,
+    theta: float = 5.0,
+    weights=None,
+):
     """Dispatch to `bt_loss` ("bt", θ unused) or `btt_loss` ("btt"). Returns (loss, stats).
 
     `weights` ([D], optional) weigh the dimensions' columns in the masked mean: Σ w_d·L / Σ w_d over labelled

@@ -9,6 +9,7 @@ Modern Metrics with Pairwise Accuracy and Tie Calibration"): the model predicts 
 chosen to maximise accuracy over ε ∈ {-1 (no ties)} ∪ {distinct observed |m|}. Every threshold between two
 consecutive distinct |m| gives the same predictions as the lower one, so this set covers all possible outcomes.
 """
+
 from __future__ import annotations
 
 import numpy as np

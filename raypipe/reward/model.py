@@ -9,6 +9,7 @@ Trainable parts (paper defaults): LoRA on the language model's linear layers, th
 reward-token embedding rows (kept as a separate [D, hidden] parameter written into the input embeddings, so the
 rest of the embedding table stays frozen without gradient masks), and the head.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -75,11 +76,11 @@ class VideoReward(nn.Module):
         else:
             self.reward_embeds = None
             self.head = nn.Linear(hidden, len(self.dimensions), bias=False, dtype=dtype)
-        nn.init.normal_(self.head.weight, std=hidden ** -0.5)
+        nn.init.normal_(self.head.weight, std=hidden**-0.5)
 
     # --- construction ------------------------------------------------------------------------------------
     @classmethod
-    def build(cls, cfg: RewardModelConfig, tiny_dir: str | os.PathLike | None = None) -> "VideoReward":
+    def build(cls, cfg: RewardModelConfig, tiny_dir: str | os.PathLike | None = None) -> VideoReward:
         """A fresh reward model on a backbone loaded by path (a tiny one is written to `tiny_dir` first)."""
         path = cfg.name_or_path
         if path is None:
@@ -103,8 +104,12 @@ class VideoReward(nn.Module):
             from peft import LoraConfig, get_peft_model
 
             targets = "|".join(self.cfg.lora.target_modules)
-            lora = LoraConfig(r=self.cfg.lora.r, lora_alpha=self.cfg.lora.alpha, lora_dropout=self.cfg.lora.dropout,
-                              target_modules=rf".*language_model.*\.({targets})")
+            lora = LoraConfig(
+                r=self.cfg.lora.r,
+                lora_alpha=self.cfg.lora.alpha,
+                lora_dropout=self.cfg.lora.dropout,
+                target_modules=rf".*language_model.*\.({targets})",
+            )
             self.backbone = get_peft_model(self.backbone, lora)
         if self.cfg.train_vision:
             for p in self._vlm().visual.parameters():
@@ -140,12 +145,17 @@ class VideoReward(nn.Module):
         positions = batch["reward_positions"]  # [B, D]
         rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(positions)
         if self.reward_embeds is not None:
-            embeds = embeds.index_put((rows, positions), self.reward_embeds.expand(len(input_ids), -1, -1)
-                                      .to(embeds.dtype))
+            embeds = embeds.index_put(
+                (rows, positions), self.reward_embeds.expand(len(input_ids), -1, -1).to(embeds.dtype)
+            )
         out = vlm(
-            input_ids=input_ids, inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+            input_ids=input_ids,
+            inputs_embeds=embeds,
+            attention_mask=batch["attention_mask"],
             pixel_values_videos=batch["pixel_values_videos"].to(embeds.dtype),
-            video_grid_thw=batch["video_grid_thw"], mm_token_type_ids=batch["mm_token_type_ids"], use_cache=False,
+            video_grid_thw=batch["video_grid_thw"],
+            mm_token_type_ids=batch["mm_token_type_ids"],
+            use_cache=False,
         )
         hidden = out.last_hidden_state
         if self.reward_embeds is not None:
@@ -161,8 +171,9 @@ class VideoReward(nn.Module):
             return self(batch).cpu()
 
     # --- saving / loading --------------------------------------------------------------------------------
-    def save_pretrained(self, path: str | os.PathLike, norm_stats: dict | None = None,
-                        extra: dict | None = None) -> Path:
+    def save_pretrained(
+        self, path: str | os.PathLike, norm_stats: dict | None = None, extra: dict | None = None
+    ) -> Path:
         """A folder loadable without Ray: merged backbone + tokenizer, head weights, config, norm stats."""
         from safetensors.torch import save_file
 
@@ -190,8 +201,9 @@ class VideoReward(nn.Module):
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype: str | None = None,
-                        device: str | torch.device = "cpu") -> "VideoReward":
+    def from_pretrained(
+        cls, path: str | os.PathLike, dtype: str | None = None, device: str | torch.device = "cpu"
+    ) -> VideoReward:
         """Load a folder written by `save_pretrained` (LoRA already merged; nothing from the hub)."""
         from safetensors.torch import load_file
 

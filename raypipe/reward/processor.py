@@ -9,6 +9,7 @@ Context-agnostic tokens (default VQ, MQ) sit after the video and before the prom
 they see only the video; context-aware ones (TA) come after the prompt. N = (T/2)·(H/14)·(W/14)/4 video tokens.
 The "last_token" variant (ablation) has no reward tokens and reads the final token.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -51,8 +52,9 @@ def video_patches(frames: np.ndarray) -> tuple[torch.Tensor, tuple[int, int, int
 class RewardProcessor:
     """Builds model inputs for one or many (frames, prompt) samples with a given tokenizer."""
 
-    def __init__(self, tokenizer, dimensions, context_agnostic=("VQ", "MQ"), head: str = "special_tokens",
-                 instruction: str = ""):
+    def __init__(
+        self, tokenizer, dimensions, context_agnostic=("VQ", "MQ"), head: str = "special_tokens", instruction: str = ""
+    ):
         if head not in ("special_tokens", "last_token"):
             raise ValueError(f"head must be special_tokens or last_token, got {head!r}")
         unknown = [d for d in context_agnostic if d not in dimensions]
@@ -63,12 +65,17 @@ class RewardProcessor:
         self.aware = [d for d in self.dimensions if d not in context_agnostic]
         self.instruction = instruction
         if head == "special_tokens":
-            tokenizer.add_special_tokens({"additional_special_tokens": [reward_token(d) for d in self.dimensions]},
-                                         replace_extra_special_tokens=False)
+            tokenizer.add_special_tokens(
+                {"additional_special_tokens": [reward_token(d) for d in self.dimensions]},
+                replace_extra_special_tokens=False,
+            )
         ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (IM_START, IM_END, VISION_START, VISION_END, VIDEO_PAD)}
         self.ids = ids
-        self.reward_ids = {d: tokenizer.convert_tokens_to_ids(reward_token(d)) for d in self.dimensions} \
-            if head == "special_tokens" else {}
+        self.reward_ids = (
+            {d: tokenizer.convert_tokens_to_ids(reward_token(d)) for d in self.dimensions}
+            if head == "special_tokens"
+            else {}
+        )
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ids[IM_END]
         self._user = tokenizer.encode("user", add_special_tokens=False)
 
@@ -93,13 +100,18 @@ class RewardProcessor:
             ids.append(self.reward_ids[d])
         ids.append(self.ids[IM_END])
         types = [0] * len(ids)
-        types[video_start:video_start + n_video] = [2] * n_video
+        types[video_start : video_start + n_video] = [2] * n_video
         if self.head == "special_tokens":
             reward_positions = [positions[d] for d in self.dimensions]
         else:
             reward_positions = [len(ids) - 1] * len(self.dimensions)
-        return {"input_ids": ids, "mm_token_type_ids": types, "pixel_values_videos": patches,
-                "video_grid_thw": (gt, gh, gw), "reward_positions": reward_positions}
+        return {
+            "input_ids": ids,
+            "mm_token_type_ids": types,
+            "pixel_values_videos": patches,
+            "video_grid_thw": (gt, gh, gw),
+            "reward_positions": reward_positions,
+        }
 
     def collate(self, samples: list[dict]) -> dict[str, torch.Tensor]:
         """Right-pads token sequences; concatenates video patches in sample order."""

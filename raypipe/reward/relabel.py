@@ -1,5 +1,6 @@
 """Relabel's tables, without Ray: tie thresholds, model labels from margins, the resume state under
 OUT/_progress, and the assembly of one output row per input row (`raypipe.recipes.relabel` drives them)."""
+
 from __future__ import annotations
 
 import json
@@ -72,8 +73,9 @@ class Progress:
         if path.exists():
             old = json.loads(path.read_text())
             if old.get("fingerprint") != state["fingerprint"] or old.get("checkpoint") != state["checkpoint"]:
-                raise ConfigError(f"{out} holds a different relabel run (input or checkpoint changed); use a new "
-                                  f"out or delete {out}")
+                raise ConfigError(
+                    f"{out} holds a different relabel run (input or checkpoint changed); use a new out or delete {out}"
+                )
             state = {**old, "resumes": old.get("resumes", 0) + 1}
         else:
             state = {**state, "resumes": 0}
@@ -109,12 +111,19 @@ def _float_column(values: np.ndarray) -> pa.Array:
     return pa.array(values, pa.float64(), mask=np.isnan(values))
 
 
-def assemble(inp: RelabelInput, per_side: dict[str, np.ndarray], scored: pa.Table, dimensions, norm_stats,
-             epsilon: dict[str, float]) -> pa.Table:
+def assemble(
+    inp: RelabelInput,
+    per_side: dict[str, np.ndarray],
+    scored: pa.Table,
+    dimensions,
+    norm_stats,
+    epsilon: dict[str, float],
+) -> pa.Table:
     """One output row per input row, row_id order (see the module docstring for the columns)."""
     scored = _one_result_per_video(scored, per_side)
-    raw = np.stack([scored.column(f"score_{d}").to_numpy(zero_copy_only=False).astype(np.float64)
-                    for d in dimensions], axis=1)
+    raw = np.stack(
+        [scored.column(f"score_{d}").to_numpy(zero_copy_only=False).astype(np.float64) for d in dimensions], axis=1
+    )
     sides = {side: raw[vid] for side, vid in per_side.items()}
     row_errors, row_messages = _row_errors(scored, per_side, inp.table.num_rows)
     if inp.kind != "pairs":
@@ -172,16 +181,20 @@ def _pointwise_columns(s: np.ndarray, dimensions, norm_stats) -> dict[str, pa.Ar
 
 
 def _pair_columns(a: np.ndarray, b: np.ndarray, dimensions, norm_stats, epsilon) -> dict[str, pa.Array]:
-    cols = {f"score_{side}_{d}": _float_column(s[:, j]) for side, s in (("A", a), ("B", b))
-            for j, d in enumerate(dimensions)}
+    cols = {
+        f"score_{side}_{d}": _float_column(s[:, j])
+        for side, s in (("A", a), ("B", b))
+        for j, d in enumerate(dimensions)
+    }
     margins = {d: a[:, j] - b[:, j] for j, d in enumerate(dimensions)}
     if norm_stats is not None:
         oa, ob = overall(normalize(a, norm_stats, dimensions)), overall(normalize(b, norm_stats, dimensions))
         cols["overall_A"], cols["overall_B"] = _float_column(oa), _float_column(ob)
         margins["Overall"] = oa - ob
     cols.update({f"margin_{name}": _float_column(m) for name, m in margins.items()})
-    cols.update({f"model_{name}": pa.array(model_labels(m, epsilon.get(name, 0.0)), pa.string())
-                 for name, m in margins.items()})
+    cols.update(
+        {f"model_{name}": pa.array(model_labels(m, epsilon.get(name, 0.0)), pa.string()) for name, m in margins.items()}
+    )
     return cols
 
 

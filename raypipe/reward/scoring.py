@@ -15,6 +15,7 @@ one finite float per dimension under each key, every std > 0. Normalised score `
 Sampling a checkpoint was trained with lives in `sampling.json` beside it (the fields of `SamplingConfig`); the
 training job writes it through `save_pretrained(extra=...)`. `resolve_sampling` gives the rule eval uses.
 """
+
 from __future__ import annotations
 
 import json
@@ -105,8 +106,9 @@ def read_tie_epsilon(checkpoint: str) -> dict[str, float]:
     if not path.exists():
         return {}
     data = json.loads(path.read_text())
-    bad = {k: v for k, v in data.items() if isinstance(v, bool) or not isinstance(v, (int, float))
-           or not math.isfinite(v)}
+    bad = {
+        k: v for k, v in data.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+    }
     if not isinstance(data, dict) or bad:
         raise ValueError(f"{path}: expected {{DIM: finite number}}, got {data!r}")
     return {k: float(v) for k, v in data.items()}
@@ -132,12 +134,19 @@ def distinct_videos(table: pa.Table, uri_columns) -> tuple[pa.Table, dict[str, n
     column, the video_id of every row). A video shared by many pairs is decoded and scored once."""
     prompts = table.column("prompt").to_pylist()
     ids: dict[tuple[str, str], int] = {}
-    per_column = {col: np.array([ids.setdefault((u, p), len(ids))
-                                 for u, p in zip(table.column(col).to_pylist(), prompts)], dtype=np.int64)
-                  for col in uri_columns}
-    videos = pa.table({"video_id": pa.array(range(len(ids)), pa.int64()),
-                       "uri": pa.array([k[0] for k in ids], pa.string()),
-                       "prompt": pa.array([k[1] for k in ids], pa.string())})
+    per_column = {
+        col: np.array(
+            [ids.setdefault((u, p), len(ids)) for u, p in zip(table.column(col).to_pylist(), prompts)], dtype=np.int64
+        )
+        for col in uri_columns
+    }
+    videos = pa.table(
+        {
+            "video_id": pa.array(range(len(ids)), pa.int64()),
+            "uri": pa.array([k[0] for k in ids], pa.string()),
+            "prompt": pa.array([k[1] for k in ids], pa.string()),
+        }
+    )
     return videos, per_column
 
 

@@ -1,5 +1,6 @@
 """VideoReward training pieces without Ray: decoded pairs -> model inputs and targets, the configured loss, and
 held-out metrics. `raypipe.recipes.train_reward` runs them inside its worker loop."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,7 +36,7 @@ def pairs_to_inputs(batch, processor, dimensions, with_mos: bool = False):
                 name = f"MOS_{side}_{dim}"
                 if name in good.column_names:
                     values = good.column(name).cast("float64").to_numpy(zero_copy_only=False)
-                    mos[k * good.num_rows:(k + 1) * good.num_rows, j] = torch.from_numpy(values.astype(np.float32))
+                    mos[k * good.num_rows : (k + 1) * good.num_rows, j] = torch.from_numpy(values.astype(np.float32))
         targets["mos_mask"] = torch.isfinite(mos)
         targets["mos"] = torch.nan_to_num(mos)
     inputs = processor(frames_a + frames_b, prompts + prompts) if good.num_rows else None
@@ -47,8 +48,9 @@ def batch_loss(kind, rewards, targets, theta, device, weights=None):
     if kind == "regression":
         return regression_loss(rewards, targets["mos"].to(device), targets["mos_mask"].to(device), weights)
     n = targets["y"].shape[0]
-    return reward_loss(kind, rewards[:n], rewards[n:], targets["y"].to(device), targets["mask"].to(device), theta,
-                       weights)
+    return reward_loss(
+        kind, rewards[:n], rewards[n:], targets["y"].to(device), targets["mask"].to(device), theta, weights
+    )
 
 
 def validation_metrics(margins, labels, masks, dimensions) -> dict:

@@ -14,6 +14,7 @@ named by `auth_token_env` (`raypipe/serve/ingress.py`). Every bad request gets a
 The builders below are the `import_path` targets of serve/config.yaml; their args are typed by
 `raypipe/serve/config.py` (`RewardAppConfig`, `GenerateAppConfig`).
 """
+
 from __future__ import annotations
 
 from raypipe.serve.config import generate_app_config, reward_app_config
@@ -30,8 +31,9 @@ def reward_app(args: dict):
     fields of `RewardAppConfig` (reward, batch, batch_wait_s, ..., deployment_options)."""
     cfg = reward_app_config(args)
     options = cfg.deployment_options
-    model = _with_options(RewardModel, options.get("RewardModel")).bind(cfg.reward, cfg.batch, cfg.batch_wait_s,
-                                                                        cfg.dtype)
+    model = _with_options(RewardModel, options.get("RewardModel")).bind(
+        cfg.reward, cfg.batch, cfg.batch_wait_s, cfg.dtype
+    )
     return _with_options(RewardAPI, options.get("RewardAPI")).bind(model, cfg)
 
 

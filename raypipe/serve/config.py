@@ -1,6 +1,7 @@
 """The args of the two Serve apps, typed: `serve/config.yaml`'s `args:` of each application (and the CLI's paths)
 become a `RewardAppConfig` or `GenerateAppConfig`, so an unknown key or a wrong type fails at build time with a
 `ConfigError` naming the key."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,8 +63,7 @@ GENERATE_DEPLOYMENTS = ("GenerateAPI",)
 def _check_deployment_names(options: dict, known: tuple[str, ...], app: str) -> None:
     unknown = sorted(set(options) - set(known))
     if unknown:
-        raise ConfigError(f"deployment_options: unknown deployment(s) {unknown} in the {app} app; "
-                          f"it has {list(known)}")
+        raise ConfigError(f"deployment_options: unknown deployment(s) {unknown} in the {app} app; it has {list(known)}")
 
 
 def reward_app_config(args: dict | None) -> RewardAppConfig:

@@ -47,8 +47,11 @@ class GenerateAPI(Ingress):
         from raypipe.nrg.sampling import load_generator
 
         self.generator = load_generator(cfg.generator, cfg.lora, cfg.device, cfg.dtype)
-        self.latent_reward = LatentReward.from_pretrained(
-            cfg.latent_reward, dtype=cfg.dtype, device=str(self.generator.device)) if cfg.latent_reward else None
+        self.latent_reward = (
+            LatentReward.from_pretrained(cfg.latent_reward, dtype=cfg.dtype, device=str(self.generator.device))
+            if cfg.latent_reward
+            else None
+        )
         self.auth_token_env = cfg.auth_token_env
         self.frames, self.height, self.width = cfg.clip.frames, cfg.clip.height, cfg.clip.width
         self.shape = self.generator.latent_shape(self.frames, self.height, self.width, check=True)
@@ -64,8 +67,13 @@ class GenerateAPI(Ingress):
         return list(self.latent_reward.dims) if self.latent_reward else []
 
     def version_info(self) -> dict:
-        return {**self.info, "dimensions": self.dims, "max_steps": self.max_steps,
-                "max_strength": self.max_strength, "clip": [self.frames, self.height, self.width]}
+        return {
+            **self.info,
+            "dimensions": self.dims,
+            "max_steps": self.max_steps,
+            "max_strength": self.max_strength,
+            "clip": [self.frames, self.height, self.width],
+        }
 
     @app.post("/")
     async def generate(self, request: Request, body: GenerateRequest):
@@ -75,8 +83,11 @@ class GenerateAPI(Ingress):
             result = await asyncio.to_thread(self._sample, body, weights)
         if body.output == "uri":
             return result
-        return Response(content=Path(result["uri"]).read_bytes(), media_type="video/mp4",
-                        headers={"X-Latent-Rewards": json.dumps(result["latent_rewards"])})
+        return Response(
+            content=Path(result["uri"]).read_bytes(),
+            media_type="video/mp4",
+            headers={"X-Latent-Rewards": json.dumps(result["latent_rewards"])},
+        )
 
     def _validate(self, body: GenerateRequest) -> dict[str, float]:
         """The request's weights over every dimension (0 where not given), after the range checks."""
@@ -88,8 +99,11 @@ class GenerateAPI(Ingress):
 
     def _check_ranges(self, body: GenerateRequest) -> None:
         if not 1 <= body.steps <= self.max_steps:
-            raise RequestError(422, "too_many_steps" if body.steps > self.max_steps else "invalid_request",
-                               f"steps must be in [1, {self.max_steps}], got {body.steps}")
+            raise RequestError(
+                422,
+                "too_many_steps" if body.steps > self.max_steps else "invalid_request",
+                f"steps must be in [1, {self.max_steps}], got {body.steps}",
+            )
         if not 0.0 <= body.strength <= self.max_strength or not np.isfinite(body.strength):
             raise RequestError(422, "out_of_range", f"strength must be in [0, {self.max_strength}]")
         if not 1.0 <= body.cfg_scale <= MAX_CFG_SCALE:
@@ -100,23 +114,41 @@ class GenerateAPI(Ingress):
     def _check_weights(self, weights: dict[str, float]) -> None:
         unknown = [d for d in weights if d not in self.dims]
         if unknown:
-            raise RequestError(422, "unknown_dimension", f"unknown dimensions {unknown}; the latent reward "
-                                                         f"model has {self.dims}")
+            raise RequestError(
+                422, "unknown_dimension", f"unknown dimensions {unknown}; the latent reward model has {self.dims}"
+            )
         bad = {d: w for d, w in weights.items() if not np.isfinite(w) or abs(w) > self.max_weight}
         if bad:
-            raise RequestError(422, "out_of_range", f"weights must be finite and in [-{self.max_weight}, "
-                                                    f"{self.max_weight}], got {bad}")
+            raise RequestError(
+                422, "out_of_range", f"weights must be finite and in [-{self.max_weight}, {self.max_weight}], got {bad}"
+            )
 
     def _sample(self, body: GenerateRequest, weights: dict[str, float]) -> dict:
         from raypipe.nrg.sampling import guided_samples
         from raypipe.video.encode import write_mp4
 
-        res = guided_samples(self.generator, self.latent_reward, [body.prompt], weights, body.strength, body.seed,
-                             body.steps, body.cfg_scale, self.shape)
+        res = guided_samples(
+            self.generator,
+            self.latent_reward,
+            [body.prompt],
+            weights,
+            body.strength,
+            body.seed,
+            body.steps,
+            body.cfg_scale,
+            self.shape,
+        )
         path = self.out / f"{uuid.uuid4().hex}.mp4"
         write_mp4(res["videos"][0], path, self.fps)
         rewards = None
         if res["latent_rewards"] is not None:
             rewards = {d: float(v) for d, v in zip(self.latent_reward.dims, res["latent_rewards"][0])}
-        return {"uri": str(path), "latent_rewards": rewards, "weights": weights, "strength": body.strength,
-                "seed": body.seed, "steps": body.steps, "sample_s": round(res["sample_s"], 3)}
+        return {
+            "uri": str(path),
+            "latent_rewards": rewards,
+            "weights": weights,
+            "strength": body.strength,
+            "seed": body.seed,
+            "steps": body.steps,
+            "sample_s": round(res["sample_s"], 3),
+        }

@@ -41,9 +41,12 @@ def resolve_uri(uri: str, allowed_roots: list[str]) -> str:
     if "://" in uri and not uri.startswith("file://"):
         raise RequestError(400, "uri_not_allowed", f"scheme of {uri.split('://')[0]!r} is not allowed (file only)")
     if not allowed_roots:
-        raise RequestError(403, "uri_not_allowed", "reading URIs is disabled on this server (no allowed_roots); "
-                                                   "upload the file instead")
-    path = os.path.realpath(uri[len("file://"):] if uri.startswith("file://") else uri)
+        raise RequestError(
+            403,
+            "uri_not_allowed",
+            "reading URIs is disabled on this server (no allowed_roots); upload the file instead",
+        )
+    path = os.path.realpath(uri[len("file://") :] if uri.startswith("file://") else uri)
     for root in allowed_roots:
         root = os.path.realpath(root)
         if os.path.commonpath([path, root]) == root:

@@ -16,8 +16,16 @@ from raypipe.serve.config import RewardAppConfig
 from raypipe.serve.ingress import Ingress, RequestError, ingress_app, parse_dimensions, resolve_uri
 
 # decode failures -> HTTP status: not a video at all 415, too large 413, a video we cannot use 422
-DECODE_STATUS = {"not_a_video": 415, "unsupported_codec": 415, "too_large": 413, "empty": 422, "corrupt": 422,
-                 "too_short": 422, "missing": 404, "io_error": 422}
+DECODE_STATUS = {
+    "not_a_video": 415,
+    "unsupported_codec": 415,
+    "too_large": 413,
+    "empty": 422,
+    "corrupt": 422,
+    "too_short": 422,
+    "missing": 404,
+    "io_error": 422,
+}
 # multipart framing on top of the file itself, allowed over the upload limit in Content-Length
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 UPLOAD_CHUNK_BYTES = 1 << 20
@@ -71,13 +79,18 @@ class RewardAPI(Ingress):
         self.dims = list(checkpoint_dimensions(cfg.reward))
         self.norm_stats = read_norm_stats(cfg.reward, self.dims)
         self.sampling, _ = resolve_sampling(cfg.reward, None)
-        self.max_bytes = int(float(cfg.max_upload_mb) * 2 ** 20)
+        self.max_bytes = int(float(cfg.max_upload_mb) * 2**20)
         self.allowed_roots = list(cfg.allowed_roots)
 
     def version_info(self) -> dict:
-        return {"checkpoint": self.checkpoint, "dimensions": self.dims, "normalized": self.norm_stats is not None,
-                "max_upload_mb": self.max_bytes / 2 ** 20, "uri_roots": self.allowed_roots,
-                "sampling": vars(self.sampling)}
+        return {
+            "checkpoint": self.checkpoint,
+            "dimensions": self.dims,
+            "normalized": self.norm_stats is not None,
+            "max_upload_mb": self.max_bytes / 2**20,
+            "uri_roots": self.allowed_roots,
+            "sampling": vars(self.sampling),
+        }
 
     @app.post("/score")
     async def score(self, request: Request):
@@ -103,8 +116,9 @@ class RewardAPI(Ingress):
         """Refuse a body whose declared length is over the limit before reading any of it."""
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes + MULTIPART_OVERHEAD_BYTES:
-            raise RequestError(413, "too_large", f"request body of {int(length)} bytes is over the "
-                                                 f"{self.max_bytes} byte upload limit")
+            raise RequestError(
+                413, "too_large", f"request body of {int(length)} bytes is over the {self.max_bytes} byte upload limit"
+            )
 
     async def _read_body(self, request) -> tuple[str, Any, Any, str | None]:
         """(video path, prompt, dimensions field, temp file to delete afterwards) from either kind of body."""
@@ -114,8 +128,9 @@ class RewardAPI(Ingress):
             return path, prompt, dims_field, path
         if ctype.startswith("application/json"):
             return (*await self._from_json(request), None)
-        raise RequestError(415, "unsupported_media_type", "send multipart/form-data (file + prompt) or "
-                                                          "application/json (uri + prompt)")
+        raise RequestError(
+            415, "unsupported_media_type", "send multipart/form-data (file + prompt) or application/json (uri + prompt)"
+        )
 
     async def _from_json(self, request) -> tuple[str, Any, Any]:
         try:

@@ -1,4 +1,5 @@
 """`raypipe serve` (start the apps on a local Ray from serve/config.yaml) and `raypipe score` (a small client)."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,14 @@ def load_serve_config(path: str | None) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def build_apps(config: dict, reward: str | None = None, generator: str | None = None,
-               latent_reward: str | None = None, lora: str | None = None, overrides: dict | None = None):
+def build_apps(
+    config: dict,
+    reward: str | None = None,
+    generator: str | None = None,
+    latent_reward: str | None = None,
+    lora: str | None = None,
+    overrides: dict | None = None,
+):
     """[(name, route_prefix, Application)] from a Serve config, its args overridden by the CLI values and
     `overrides` {app: {arg: value}}; each app's `deployments` list becomes its builder's deployment_options.
     The generate app is left out when it has no usable generator."""
@@ -29,8 +36,9 @@ def build_apps(config: dict, reward: str | None = None, generator: str | None = 
         name = spec["name"]
         args = dict(spec.get("args") or {})
         args.update((overrides or {}).get(name, {}))
-        args["deployment_options"] = {d["name"]: {k: v for k, v in d.items() if k != "name"}
-                                      for d in spec.get("deployments") or []}
+        args["deployment_options"] = {
+            d["name"]: {k: v for k, v in d.items() if k != "name"} for d in spec.get("deployments") or []
+        }
         if name == "reward":
             if reward:
                 args["reward"] = reward
@@ -40,8 +48,11 @@ def build_apps(config: dict, reward: str | None = None, generator: str | None = 
                 if value:
                     args[key] = value
             if not generator and not Path(str(args.get("generator"))).exists():
-                print(f"serve: no generator at {args.get('generator')!r}: the generate app is not started "
-                      f"(pass --generator and --latent-reward)", flush=True)
+                print(
+                    f"serve: no generator at {args.get('generator')!r}: the generate app is not started "
+                    f"(pass --generator and --latent-reward)",
+                    flush=True,
+                )
                 continue
             if args.get("latent_reward") and not Path(args["latent_reward"]).exists():
                 raise FileNotFoundError(f"latent reward model {args['latent_reward']} not found")
@@ -72,8 +83,11 @@ def serve_from_args(args) -> int:
     host = args.host or http.get("host", "127.0.0.1")
     apps = build_apps(config, args.reward, args.generator, args.latent_reward, args.lora)
     url = start(apps, host, port, args.address)
-    print(f"serving {[name for name, _, _ in apps]} at {url}  (POST {url}/score, POST {url}/generate, "
-          f"GET {url}/healthz); Ctrl-C stops", flush=True)
+    print(
+        f"serving {[name for name, _, _ in apps]} at {url}  (POST {url}/score, POST {url}/generate, "
+        f"GET {url}/healthz); Ctrl-C stops",
+        flush=True,
+    )
     if args.no_block:
         return 0
     try:
@@ -92,12 +106,18 @@ def score_from_args(args) -> int:
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
     url = args.url.rstrip("/") + "/score"
     if args.uri:
-        resp = requests.post(url, json={"uri": args.video, "prompt": args.prompt}, headers=headers,
-                             timeout=args.timeout)
+        resp = requests.post(
+            url, json={"uri": args.video, "prompt": args.prompt}, headers=headers, timeout=args.timeout
+        )
     else:
         with open(args.video, "rb") as f:
-            resp = requests.post(url, files={"file": (Path(args.video).name, f, "video/mp4")},
-                                 data={"prompt": args.prompt}, headers=headers, timeout=args.timeout)
+            resp = requests.post(
+                url,
+                files={"file": (Path(args.video).name, f, "video/mp4")},
+                data={"prompt": args.prompt},
+                headers=headers,
+                timeout=args.timeout,
+            )
     try:
         body = resp.json()
     except ValueError:
@@ -108,12 +128,17 @@ def score_from_args(args) -> int:
 
 def add_serve_commands(sub) -> None:
     """`raypipe serve` (start the apps) and `raypipe score` (a client) on the CLI."""
-    p = sub.add_parser("serve", help="start the reward (/score) and generate (/generate) Serve apps on a local Ray",
-                       description="Reads serve/config.yaml (autoscaling, batching, limits, auth env var) and "
-                                   "starts its applications; the paths given here override the config's args.")
+    p = sub.add_parser(
+        "serve",
+        help="start the reward (/score) and generate (/generate) Serve apps on a local Ray",
+        description="Reads serve/config.yaml (autoscaling, batching, limits, auth env var) and "
+        "starts its applications; the paths given here override the config's args.",
+    )
     p.add_argument("--reward", help="VideoReward checkpoint for /score")
-    p.add_argument("--generator", help="WanPipeline folder for /generate (omit: the generate app is skipped "
-                                       "unless the config's path exists)")
+    p.add_argument(
+        "--generator",
+        help="WanPipeline folder for /generate (omit: the generate app is skipped unless the config's path exists)",
+    )
     p.add_argument("--latent-reward", dest="latent_reward", help="latent reward model for guidance")
     p.add_argument("--lora", help="adapters to load into the generator")
     p.add_argument("--config", help="Serve config (default serve/config.yaml)")
@@ -122,9 +147,12 @@ def add_serve_commands(sub) -> None:
     p.add_argument("--address", help="Ray address (default: a local Ray)")
     p.add_argument("--no-block", action="store_true", dest="no_block", help="return after starting (tests)")
     p.set_defaults(func=serve_from_args)
-    c = sub.add_parser("score", help="client: score a video with a running reward server",
-                       description="POSTs VIDEO (multipart upload, or --uri to send the path for the server to "
-                                   "read under its allowed roots) and PROMPT to URL/score; prints the JSON.")
+    c = sub.add_parser(
+        "score",
+        help="client: score a video with a running reward server",
+        description="POSTs VIDEO (multipart upload, or --uri to send the path for the server to "
+        "read under its allowed roots) and PROMPT to URL/score; prints the JSON.",
+    )
     c.add_argument("video", metavar="VIDEO")
     c.add_argument("prompt", metavar="PROMPT")
     c.add_argument("--url", default="http://127.0.0.1:8000", help="server (default http://127.0.0.1:8000)")

@@ -8,6 +8,7 @@ PyAV (cheap, robust: sizes, codec, stream presence; refuses absurd sizes before 
 ONLY the sampled frames with decord `get_batch`. Formats decord cannot read (animated GIF/WebP, other containers)
 go through PyAV, then Pillow. Nothing here raises for a bad video; programming errors still raise.
 """
+
 from __future__ import annotations
 
 import io
@@ -88,7 +89,7 @@ def _looks_like(head: bytes) -> str:
         return "gif"
     if head.startswith(b"RIFF") and head[8:11] == b"AVI":
         return "video"
-    if any(head[off:off + len(m)] == m for off, m in _VIDEO_MAGIC):
+    if any(head[off : off + len(m)] == m for off, m in _VIDEO_MAGIC):
         return "video"
     if any(head.startswith(m) for m in _STILL_IMAGE_MAGIC):
         return "image"
@@ -103,25 +104,33 @@ def _failure_kind(kind_guess: str) -> str:
 
 def _plan(info: VideoInfo, sampling: SamplingConfig, native: bool = False) -> VideoInfo | VideoError:
     if info.source_height * info.source_width > sampling.max_source_pixels:
-        return VideoError("too_large", f"frame size {info.source_height}x{info.source_width} exceeds "
-                                       f"max_source_pixels={sampling.max_source_pixels}", info.uri)
+        return VideoError(
+            "too_large",
+            f"frame size {info.source_height}x{info.source_width} exceeds "
+            f"max_source_pixels={sampling.max_source_pixels}",
+            info.uri,
+        )
     if info.total_frames > sampling.max_source_frames:
-        return VideoError("too_large", f"{info.total_frames} frames exceed max_source_frames="
-                                       f"{sampling.max_source_frames}", info.uri)
+        return VideoError(
+            "too_large", f"{info.total_frames} frames exceed max_source_frames={sampling.max_source_frames}", info.uri
+        )
     try:
         if sampling.all_frames:
             if info.total_frames < sampling.min_frames:
-                raise SamplingError("too_short", f"{info.total_frames} frames, fewer than min_frames="
-                                                 f"{sampling.min_frames}")
+                raise SamplingError(
+                    "too_short", f"{info.total_frames} frames, fewer than min_frames={sampling.min_frames}"
+                )
             info.indices = list(range(min(info.total_frames, sampling.max_frames)))
         else:
-            info.indices = sample_frame_indices(info.total_frames, info.fps, sampling.fps,
-                                                sampling.min_frames, sampling.max_frames)
+            info.indices = sample_frame_indices(
+                info.total_frames, info.fps, sampling.fps, sampling.min_frames, sampling.max_frames
+            )
         if native:
             info.height, info.width = info.source_height, info.source_width
         else:
-            info.height, info.width = resized_size(info.source_height, info.source_width,
-                                                   sampling.min_pixels, sampling.max_pixels)
+            info.height, info.width = resized_size(
+                info.source_height, info.source_width, sampling.min_pixels, sampling.max_pixels
+            )
     except SamplingError as e:
         return VideoError(e.kind, str(e), info.uri)
     return info
@@ -172,8 +181,9 @@ def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     return out
 
 
-def _decode_decord(src, info: VideoInfo, sampling: SamplingConfig, native: bool,
-                   decode: bool) -> VideoClip | VideoError | None:
+def _decode_decord(
+    src, info: VideoInfo, sampling: SamplingConfig, native: bool, decode: bool
+) -> VideoClip | VideoError | None:
     """None when decord cannot read the file (the caller tries PyAV next, which also classifies damage)."""
     import decord
 
@@ -197,8 +207,9 @@ def _decode_decord(src, info: VideoInfo, sampling: SamplingConfig, native: bool,
     return VideoClip(planned, resize_frames(frames, planned.height, planned.width), "decord")
 
 
-def _decode_pyav(container, info: VideoInfo, sampling: SamplingConfig, native: bool,
-                 decode: bool) -> VideoClip | VideoError:
+def _decode_pyav(
+    container, info: VideoInfo, sampling: SamplingConfig, native: bool, decode: bool
+) -> VideoClip | VideoError:
     import av
 
     stream = container.streams.video[0]
@@ -225,14 +236,18 @@ def _decode_pyav(container, info: VideoInfo, sampling: SamplingConfig, native: b
         return VideoError("corrupt", f"decoding failed: {e}", info.uri)
     missing = [i for i in planned.indices if i not in picked]
     if missing:
-        return VideoError("corrupt", f"the stream ended before frame {missing[0]} "
-                                     f"(header said {planned.total_frames} frames)", info.uri)
+        return VideoError(
+            "corrupt",
+            f"the stream ended before frame {missing[0]} (header said {planned.total_frames} frames)",
+            info.uri,
+        )
     frames = np.stack([picked[i] for i in planned.indices])
     return VideoClip(planned, resize_frames(frames, planned.height, planned.width), "pyav")
 
 
-def _decode_pillow(src, uri: str, sampling: SamplingConfig, guess: str, native: bool = False,
-                   decode: bool = True) -> VideoClip | VideoError:
+def _decode_pillow(
+    src, uri: str, sampling: SamplingConfig, guess: str, native: bool = False, decode: bool = True
+) -> VideoClip | VideoError:
     from PIL import Image, ImageSequence, UnidentifiedImageError
 
     try:
@@ -253,8 +268,14 @@ def _decode_pillow(src, uri: str, sampling: SamplingConfig, guess: str, native: 
                 rgb.append(np.asarray(frame.convert("RGB")) if decode else None)
         except OSError as e:
             return VideoError("corrupt", f"decoding the animation failed: {e}", uri)
-        info = VideoInfo(uri, 1000.0 / max(float(np.mean(durations)), 1.0), len(durations), image.height,
-                         image.width, (image.format or "image").lower())
+        info = VideoInfo(
+            uri,
+            1000.0 / max(float(np.mean(durations)), 1.0),
+            len(durations),
+            image.height,
+            image.width,
+            (image.format or "image").lower(),
+        )
     planned = _plan(info, sampling, native)
     if isinstance(planned, VideoError):
         return planned
@@ -277,8 +298,9 @@ def probe_video(uri: str, sampling: SamplingConfig | None = None, filesystem=Non
     return clip.info if isinstance(clip, VideoClip) else clip
 
 
-def decode_video(uri: str, sampling: SamplingConfig | None = None, filesystem=None,
-                 decode: bool = True, native: bool = False) -> DecodeResult:
+def decode_video(
+    uri: str, sampling: SamplingConfig | None = None, filesystem=None, decode: bool = True, native: bool = False
+) -> DecodeResult:
     """Decode the sampled frames of one video. Never raises for a bad video: returns a VideoError.
 
     `decode=False` stops after planning (empty frames); `native=True` keeps the source frame size.
@@ -311,7 +333,8 @@ def _decode_video(uri: str, sampling: SamplingConfig, filesystem, decode: bool, 
     info, container = header
     try:
         if info.source_height * info.source_width > sampling.max_source_pixels or (
-                info.total_frames > sampling.max_source_frames):
+            info.total_frames > sampling.max_source_frames
+        ):
             return _plan(info, sampling, native)  # refuse before a decoder allocates anything
         clip = _decode_decord(src, info, sampling, native, decode)
         if clip is None:

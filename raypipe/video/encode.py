@@ -1,4 +1,5 @@
 """Writing videos: H.264 mp4 through PyAV's libx264 (what SynthPref and generated samples use)."""
+
 from __future__ import annotations
 
 import os
@@ -7,8 +8,7 @@ from fractions import Fraction
 import numpy as np
 
 
-def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: float, crf: int = 18,
-              gop: int | None = None) -> None:
+def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: float, crf: int = 18, gop: int | None = None) -> None:
     """Encode uint8 RGB frames [T, H, W, 3] as H.264 (yuv420p) mp4. H and W must be even.
 
     `gop` is the keyframe interval (default: libx264's own); small values make sparse seeking cheap.

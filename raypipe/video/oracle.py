@@ -7,6 +7,7 @@ It plays the human annotator, so it reads only pixels and the prompt, never the 
 any size and frame count (>= 2); pixel quantities are measured in units of min(H, W) / 56 so that a 16x16 or
 32x32 sample is judged on the same scale as the 56x56 reference. A video with no object gets the lowest scores.
 """
+
 from __future__ import annotations
 
 import re
@@ -15,16 +16,36 @@ import numpy as np
 from scipy import ndimage
 
 from raypipe.video.decode import VideoError, read_all_frames
-# The generator's vocabulary and geometry: the oracle's colour palette and shape templates match it by construction.
-from raypipe.video.synth import (COLOR_RGB, COLORS, MAX_FROZEN, MAX_JITTER, MAX_NOISE, REFERENCE_SIZE,
-                                 SHAPES, shape_sdf)
 
-_DIRECTION_WORDS = {"left": "left", "leftward": "left", "leftwards": "left", "right": "right",
-                    "rightward": "right", "rightwards": "right", "up": "up", "upward": "up", "upwards": "up",
-                    "down": "down", "downward": "down", "downwards": "down"}
-_SHAPE_WORDS = {"circle": "circle", "circles": "circle", "disc": "circle", "disk": "circle", "ball": "circle",
-                "square": "square", "squares": "square", "box": "square",
-                "triangle": "triangle", "triangles": "triangle"}
+# The generator's vocabulary and geometry: the oracle's colour palette and shape templates match it by construction.
+from raypipe.video.synth import COLOR_RGB, COLORS, MAX_FROZEN, MAX_JITTER, MAX_NOISE, REFERENCE_SIZE, SHAPES, shape_sdf
+
+_DIRECTION_WORDS = {
+    "left": "left",
+    "leftward": "left",
+    "leftwards": "left",
+    "right": "right",
+    "rightward": "right",
+    "rightwards": "right",
+    "up": "up",
+    "upward": "up",
+    "upwards": "up",
+    "down": "down",
+    "downward": "down",
+    "downwards": "down",
+}
+_SHAPE_WORDS = {
+    "circle": "circle",
+    "circles": "circle",
+    "disc": "circle",
+    "disk": "circle",
+    "ball": "circle",
+    "square": "square",
+    "squares": "square",
+    "box": "square",
+    "triangle": "triangle",
+    "triangles": "triangle",
+}
 _COLOR_WORDS = {c: c for c in COLORS} | {"violet": "purple"}
 
 
@@ -84,7 +105,7 @@ def _aligned_mean(dist: np.ndarray, centres: np.ndarray, half: int) -> np.ndarra
         if np.isfinite(centres[k]).all():
             x, y = int(round(centres[k, 0])), int(round(centres[k, 1]))
             x, y = min(max(x, 0), w - 1), min(max(y, 0), h - 1)
-            crops.append(pad[k, y:y + 2 * half + 1, x:x + 2 * half + 1])
+            crops.append(pad[k, y : y + 2 * half + 1, x : x + 2 * half + 1])
     return np.mean(crops, axis=0) if crops else None
 
 
@@ -137,7 +158,7 @@ def _jitter(centres: np.ndarray, frozen: np.ndarray) -> float:
     design = np.stack([np.ones_like(t), t], axis=1)
     coef, *_ = np.linalg.lstsq(design, centres[keep], rcond=None)
     residual = centres[keep] - design @ coef
-    return float(np.sqrt((residual ** 2).sum(axis=1).mean() * t.size / (t.size - 2)))
+    return float(np.sqrt((residual**2).sum(axis=1).mean() * t.size / (t.size - 2)))
 
 
 def _direction(centres: np.ndarray, scale: float) -> str | None:
@@ -205,9 +226,22 @@ def _normalised_object(crop: np.ndarray) -> np.ndarray:
 def _no_object(want: tuple, frames: int) -> dict:
     """Lowest scores: nothing to judge is as bad as it gets, and every attribute the prompt names is missed."""
     wrong = sum(w is not None for w in want)
-    return {"VQ": 0.0, "MQ": 0.0, "TA": float(3 - wrong), "wrong_attributes": wrong, "color": None, "shape": None,
-            "direction": None, "object_found": False, "frames": frames, "noise": None, "edge_width": None,
-            "jitter": None, "frozen_frames": None, "radius": None}
+    return {
+        "VQ": 0.0,
+        "MQ": 0.0,
+        "TA": float(3 - wrong),
+        "wrong_attributes": wrong,
+        "color": None,
+        "shape": None,
+        "direction": None,
+        "object_found": False,
+        "frames": frames,
+        "noise": None,
+        "edge_width": None,
+        "jitter": None,
+        "frozen_frames": None,
+        "radius": None,
+    }
 
 
 def judge(frames: np.ndarray, prompt: str) -> dict:
@@ -261,10 +295,22 @@ def judge(frames: np.ndarray, prompt: str) -> dict:
     shape, radius = _shape(p)
     seen = (_color(video, bg, fg, masks), shape, _direction(centres, scale))
     wrong = sum(w_ is not None and s != w_ for s, w_ in zip(seen, want))
-    return {"VQ": float(vq), "MQ": float(mq), "TA": float(3 - wrong), "wrong_attributes": int(wrong),
-            "color": seen[0], "shape": seen[1], "direction": seen[2], "object_found": True, "frames": t,
-            "noise": float(noise), "edge_width": float(width), "jitter": float(jitter),
-            "frozen_frames": int(broken.sum()), "radius": float(radius / scale)}
+    return {
+        "VQ": float(vq),
+        "MQ": float(mq),
+        "TA": float(3 - wrong),
+        "wrong_attributes": int(wrong),
+        "color": seen[0],
+        "shape": seen[1],
+        "direction": seen[2],
+        "object_found": True,
+        "frames": t,
+        "noise": float(noise),
+        "edge_width": float(width),
+        "jitter": float(jitter),
+        "frozen_frames": int(broken.sum()),
+        "radius": float(radius / scale),
+    }
 
 
 def judge_video(uri: str, prompt: str, filesystem=None) -> dict:

@@ -5,6 +5,7 @@
 - Indices: `linspace(0, total_frames - 1, n)`, rounded half up.
 - Size: aspect ratio kept, `min_pixels <= H*W <= max_pixels`, H and W multiples of 28 (patch 14 x merge 2).
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,9 @@ def round_to_multiple(x: float, m: int) -> int:
     return _round_half_up(x / m) * m
 
 
-def num_sampled_frames(total_frames: int, video_fps: float, fps: float = 2.0,
-                       min_frames: int = 4, max_frames: int = 64) -> int:
+def num_sampled_frames(
+    total_frames: int, video_fps: float, fps: float = 2.0, min_frames: int = 4, max_frames: int = 64
+) -> int:
     """How many frames the model sees of a clip of `total_frames` frames at `video_fps`.
 
     Raises SamplingError("too_short") when the video has fewer (even) frames than `min_frames`.
@@ -50,20 +52,23 @@ def num_sampled_frames(total_frames: int, video_fps: float, fps: float = 2.0,
     available = TEMPORAL_PATCH * (total_frames // TEMPORAL_PATCH)
     if available < lo:
         raise SamplingError(
-            "too_short", f"the video has {total_frames} frames; at least {lo} are needed (min_frames={min_frames})")
+            "too_short", f"the video has {total_frames} frames; at least {lo} are needed (min_frames={min_frames})"
+        )
     n = round_to_multiple(total_frames / video_fps * fps, TEMPORAL_PATCH)
     return min(max(n, lo), hi, available)
 
 
-def sample_frame_indices(total_frames: int, video_fps: float, fps: float = 2.0,
-                         min_frames: int = 4, max_frames: int = 64) -> list[int]:
+def sample_frame_indices(
+    total_frames: int, video_fps: float, fps: float = 2.0, min_frames: int = 4, max_frames: int = 64
+) -> list[int]:
     """The frame indices to decode: `linspace(0, total_frames - 1, n)` rounded half up."""
     n = num_sampled_frames(total_frames, video_fps, fps, min_frames, max_frames)
     return [_round_half_up(x) for x in np.linspace(0, total_frames - 1, n)]
 
 
-def resized_size(height: int, width: int, min_pixels: int = 56 * 56, max_pixels: int = 448 * 448,
-                 factor: int = FACTOR) -> tuple[int, int]:
+def resized_size(
+    height: int, width: int, min_pixels: int = 56 * 56, max_pixels: int = 448 * 448, factor: int = FACTOR
+) -> tuple[int, int]:
     """(H, W) after an aspect-preserving resize into the pixel budget, both multiples of `factor`.
 
     Sides are first rounded to the nearest multiple of `factor` (at least `factor`); if the area then

@@ -2,6 +2,7 @@
 
 Local files are handed to decoders by path (no copy); remote objects are read into memory once.
 """
+
 from __future__ import annotations
 
 import os

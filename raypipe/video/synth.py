@@ -7,6 +7,7 @@ Every pair draws from its own generator `default_rng([seed, i, stream])`, so pai
 number of pairs, and labels (`sample_pair`) can be drawn without rendering anything.
 Reference difficulty (the defaults here) is fixed by DESIGN.md; pixel quantities scale with min(H, W) / 56.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,7 +58,7 @@ def make_prompt(color: str, shape: str, direction: str) -> str:
 
 
 def parse_size(size: str) -> tuple[int, int]:
-    """"HxW" -> (H, W)."""
+    """ "HxW" -> (H, W)."""
     try:
         h, w = (int(v) for v in size.lower().split("x"))
     except ValueError:
@@ -118,7 +119,7 @@ def sample_ta_pair(rng: np.random.Generator, tie_share: float | None = None) -> 
         a, b = rng.choice(4, size=2, p=p)
         return int(a), int(b)
     if rng.random() < tie_share:
-        k = int(rng.choice(4, p=p ** 2 / np.sum(p ** 2)))
+        k = int(rng.choice(4, p=p**2 / np.sum(p**2)))
         return k, k
     while True:
         a, b = rng.choice(4, size=2, p=p)
@@ -127,7 +128,7 @@ def sample_ta_pair(rng: np.random.Generator, tie_share: float | None = None) -> 
 
 
 def preference_label(a: float, b: float, margin: float) -> str:
-    """"A" if a exceeds b by at least `margin`, "B" the other way round, else "same" (higher is better)."""
+    """ "A" if a exceeds b by at least `margin`, "B" the other way round, else "same" (higher is better)."""
     if a - b >= margin:
         return "A"
     if b - a >= margin:
@@ -138,8 +139,11 @@ def preference_label(a: float, b: float, margin: float) -> str:
 def sample_pair(cfg: SynthConfig, i: int) -> PairSpec:
     """Pair i of the benchmark, without rendering: prompt, both videos' specs and the (noisy) labels."""
     rng = np.random.default_rng([cfg.seed, i, 0])
-    attrs = (COLORS[rng.integers(len(COLORS))], SHAPES[rng.integers(len(SHAPES))],
-             DIRECTIONS[rng.integers(len(DIRECTIONS))])
+    attrs = (
+        COLORS[rng.integers(len(COLORS))],
+        SHAPES[rng.integers(len(SHAPES))],
+        DIRECTIONS[rng.integers(len(DIRECTIONS))],
+    )
     ta_a, ta_b = sample_ta_pair(rng, cfg.ta_tie_share)
     a = sample_video_spec(rng, attrs, ta_a)
     b = sample_video_spec(rng, attrs, ta_b)
@@ -169,8 +173,16 @@ def shape_sdf(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarra
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def object_track(direction: str, mq: float, rng: np.random.Generator, frames: int, size: tuple[int, int],
-                 radius: float, speed: float, max_jitter: float) -> tuple[np.ndarray, np.ndarray]:
+def object_track(
+    direction: str,
+    mq: float,
+    rng: np.random.Generator,
+    frames: int,
+    size: tuple[int, int],
+    radius: float,
+    speed: float,
+    max_jitter: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """Centres [T, 2] (x, y) on a constant-velocity path plus jitter of (1 - mq) * max_jitter px in a random
     direction per frame, and the frozen frames [T] bool. The start is drawn so the whole path stays inside."""
     h, w = size
@@ -196,9 +208,18 @@ def object_track(direction: str, mq: float, rng: np.random.Generator, frames: in
     return centres, frozen
 
 
-def render_video(color: str, shape: str, direction: str, vq: float, mq: float, rng: np.random.Generator,
-                 frames: int = 16, size: tuple[int, int] = (56, 56), radius: float | None = None,
-                 speed: float | None = None) -> np.ndarray:
+def render_video(
+    color: str,
+    shape: str,
+    direction: str,
+    vq: float,
+    mq: float,
+    rng: np.random.Generator,
+    frames: int = 16,
+    size: tuple[int, int] = (56, 56),
+    radius: float | None = None,
+    speed: float | None = None,
+) -> np.ndarray:
     """uint8 [T, H, W, 3]: an anti-aliased `color` `shape` moving `direction` on a dark background, degraded by
     blur sigma (1 - vq) * 1.5 and noise sigma (1 - vq) * 0.25 (VQ), per-frame jitter and frozen frames (MQ).
     A frozen frame repeats the previous frame exactly (noise included) while the path goes on, as a stutter does.
@@ -235,16 +256,24 @@ def render_pair(cfg: SynthConfig, i: int, pair: PairSpec | None = None) -> tuple
     out = []
     for k, spec in enumerate((pair.a, pair.b), start=1):
         rng = np.random.default_rng([cfg.seed, i, k])
-        out.append(render_video(spec.color, spec.shape, spec.direction, spec.vq, spec.mq, rng,
-                                frames=cfg.frames, size=size))
+        out.append(
+            render_video(spec.color, spec.shape, spec.direction, spec.vq, spec.mq, rng, frames=cfg.frames, size=size)
+        )
     return out[0], out[1]
 
 
 # Manifest schema: SPEC §2.1 columns, then the ground truth (levels and the attributes actually rendered).
 _COLUMNS = {
-    "path_A": pa.string(), "path_B": pa.string(), "prompt": pa.string(),
-    "VQ": pa.string(), "MQ": pa.string(), "TA": pa.string(),
-    "fps_A": pa.float64(), "num_frames_A": pa.int64(), "fps_B": pa.float64(), "num_frames_B": pa.int64(),
+    "path_A": pa.string(),
+    "path_B": pa.string(),
+    "prompt": pa.string(),
+    "VQ": pa.string(),
+    "MQ": pa.string(),
+    "TA": pa.string(),
+    "fps_A": pa.float64(),
+    "num_frames_A": pa.int64(),
+    "fps_B": pa.float64(),
+    "num_frames_B": pa.int64(),
     **{f"gt_{k}_{s}": t for s in "AB" for k, t in (("vq", pa.float64()), ("mq", pa.float64()), ("ta", pa.int64()))},
     **{f"gt_{k}_{s}": pa.string() for s in "AB" for k in ATTRIBUTES},
     # Pointwise 1-5 opinion scores derived from the ground truth (SPEC §2.1 MOS columns, for regression training).
@@ -267,11 +296,20 @@ def _render_rows(out: str, cfg: SynthConfig, indices) -> list[dict]:
         for side, spec, frames in (("A", pair.a, videos[0]), ("B", pair.b, videos[1])):
             rel = f"videos/{i:06d}_{side}.mp4"
             write_mp4(frames, Path(out) / rel, cfg.fps)
-            row.update({f"path_{side}": rel, f"fps_{side}": float(cfg.fps), f"num_frames_{side}": len(frames),
-                        f"gt_vq_{side}": spec.vq, f"gt_mq_{side}": spec.mq, f"gt_ta_{side}": spec.ta,
-                        f"gt_color_{side}": spec.color, f"gt_shape_{side}": spec.shape,
-                        f"gt_direction_{side}": spec.direction,
-                        **{f"MOS_{side}_{d}": v for d, v in mos_from_levels(spec.vq, spec.mq, spec.ta).items()}})
+            row.update(
+                {
+                    f"path_{side}": rel,
+                    f"fps_{side}": float(cfg.fps),
+                    f"num_frames_{side}": len(frames),
+                    f"gt_vq_{side}": spec.vq,
+                    f"gt_mq_{side}": spec.mq,
+                    f"gt_ta_{side}": spec.ta,
+                    f"gt_color_{side}": spec.color,
+                    f"gt_shape_{side}": spec.shape,
+                    f"gt_direction_{side}": spec.direction,
+                    **{f"MOS_{side}_{d}": v for d, v in mos_from_levels(spec.vq, spec.mq, spec.ta).items()},
+                }
+            )
         rows.append(row)
     return rows
 
@@ -290,8 +328,9 @@ def check_config(cfg: SynthConfig) -> tuple[int, int]:
     return h, w
 
 
-def make_synthpref(out_dir: str | os.PathLike, cfg: SynthConfig, progress: bool = False,
-                   workers: int | None = None) -> pa.Table:
+def make_synthpref(
+    out_dir: str | os.PathLike, cfg: SynthConfig, progress: bool = False, workers: int | None = None
+) -> pa.Table:
     """Render cfg.pairs pairs to `out_dir/videos/{i:06d}_{A,B}.mp4` and write `out_dir/manifest.parquet`
     (SPEC §2.1 columns with paths relative to out_dir, plus gt_* ground truth). Returns the manifest."""
     check_config(cfg)
@@ -303,6 +342,7 @@ def make_synthpref(out_dir: str | os.PathLike, cfg: SynthConfig, progress: bool 
     bar = None
     if progress:
         from tqdm import tqdm
+
         bar = tqdm(total=cfg.pairs, desc="synthpref", unit="pair")
     results: list[list[dict]] = []
     if workers == 1:
@@ -315,8 +355,9 @@ def make_synthpref(out_dir: str | os.PathLike, cfg: SynthConfig, progress: bool 
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            for chunk, part in zip(chunks, pool.map(_render_rows, [str(out)] * len(chunks), [cfg] * len(chunks),
-                                                    chunks)):
+            for chunk, part in zip(
+                chunks, pool.map(_render_rows, [str(out)] * len(chunks), [cfg] * len(chunks), chunks)
+            ):
                 results.append(part)
                 if bar:
                     bar.update(len(chunk))
@@ -328,8 +369,9 @@ def make_synthpref(out_dir: str | os.PathLike, cfg: SynthConfig, progress: bool 
     return table
 
 
-def manifest_or_synthpref(manifest: str | None, folder: str | os.PathLike, cfg: SynthConfig, key: str,
-                          progress: bool = False) -> str:
+def manifest_or_synthpref(
+    manifest: str | None, folder: str | os.PathLike, cfg: SynthConfig, key: str, progress: bool = False
+) -> str:
     """`manifest` when one is given, else a seeded SynthPref set written to `folder` (what the tiny presets train
     on when the config names no data); `key` is the config key that was left empty, for the message."""
     if manifest is not None:
