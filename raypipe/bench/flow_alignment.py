@@ -24,10 +24,19 @@ VARIANTS = {
 }
 
 
+_TRAIN_SUMMARY_KEYS = ("steps", "rows", "row_counts", "last", "wall_s")
+_EVAL_RESULT_KEYS = (
+    "reward_win_rate",
+    "oracle_win_rate",
+    "reward_hacking",
+    "oracle_aligned_attributes",
+    "oracle_base_attributes",
+)
+
+
 def run_flow_alignment_bench(args) -> dict:
-    from raypipe.config import ClipConfig, load_config
+    from raypipe.config import load_config
     from raypipe.data.weights import weight_vector
-    from raypipe.recipes.eval_flow import FlowEvalConfig
     from raypipe.recipes.eval_flow import run as run_eval_flow
     from raypipe.recipes.train_flow import FlowTrainConfig
     from raypipe.recipes.train_flow import run as run_train_flow
@@ -37,7 +46,26 @@ def run_flow_alignment_bench(args) -> dict:
     weights = weight_vector(args.weights, ("VQ", "MQ", "TA"))
     weights = {d: w for d, w in weights.items() if w}
     variants = args.variants.split(",") if args.variants else list(VARIANTS)
-    report = {
+    report = _empty_report(args, weights)
+    for name in variants:
+        if name not in VARIANTS:
+            raise ValueError(f"unknown variant {name!r}; choose from {list(VARIANTS)}")
+        print(f"== {name}: train-flow", flush=True)
+        t0 = time.perf_counter()
+        cfg = load_config(FlowTrainConfig, args.config, _train_overrides(args, weights, out, name))
+        train = run_train_flow(cfg)
+        print(f"== {name}: eval-flow", flush=True)
+        ev = run_eval_flow(_eval_config(args, out, name))
+        report["variants"][name] = _variant_summary(train, ev, t0)
+        (out / "flow_alignment.json").write_text(json.dumps(report, indent=2, default=str))
+    (out / "flow_alignment.md").write_text(_markdown(report))
+    print(_markdown(report), flush=True)
+    return report
+
+
+def _empty_report(args, weights: dict) -> dict:
+    """The report's shared inputs, with no variant run yet."""
+    return {
         "generator": args.generator,
         "reward": args.reward,
         "pairs": args.pairs,
@@ -47,58 +75,52 @@ def run_flow_alignment_bench(args) -> dict:
         "prompts": args.prompts,
         "variants": {},
     }
-    for name in variants:
-        if name not in VARIANTS:
-            raise ValueError(f"unknown variant {name!r}; choose from {list(VARIANTS)}")
-        print(f"== {name}: train-flow", flush=True)
-        t0 = time.perf_counter()
-        cfg = load_config(
-            FlowTrainConfig,
-            args.config,
-            [
-                f"generator={args.generator}",
-                f"data.manifest={args.pairs}",
-                "data.source=margins",
-                f"data.weights={json.dumps(weights)}",
-                f"clip.frames={args.frames}",
-                f"clip.height={args.height}",
-                f"clip.width={args.width}",
-                f"train.max_steps={args.steps}",
-                "train.epochs=1000",
-                f"train.seed={args.seed}",
-                "data.latent_cache=latents",
-                f"out={out / name}",
-                "progress=false",
-                *VARIANTS[name],
-                *(args.overrides or []),
-            ],
-        )
-        train = run_train_flow(cfg)
-        print(f"== {name}: eval-flow", flush=True)
-        ev = run_eval_flow(
-            FlowEvalConfig(
-                generator=args.generator,
-                lora=str(out / name / "final"),
-                reward=args.reward,
-                prompts=str(args.prompts),
-                out=str(out / name / "eval"),
-                clip=ClipConfig(args.frames, args.height, args.width),
-                seed=args.seed,
-            )
-        )
-        report["variants"][name] = {
-            "train": {k: train[k] for k in ("steps", "rows", "row_counts", "last", "wall_s")},
-            "reward_win_rate": ev["reward_win_rate"],
-            "oracle_win_rate": ev["oracle_win_rate"],
-            "reward_hacking": ev["reward_hacking"],
-            "oracle_aligned_attributes": ev["oracle_aligned_attributes"],
-            "oracle_base_attributes": ev["oracle_base_attributes"],
-            "wall_s": round(time.perf_counter() - t0, 1),
-        }
-        (out / "flow_alignment.json").write_text(json.dumps(report, indent=2, default=str))
-    (out / "flow_alignment.md").write_text(_markdown(report))
-    print(_markdown(report), flush=True)
-    return report
+
+
+def _train_overrides(args, weights: dict, out: Path, name: str) -> list[str]:
+    """`train-flow` overrides for variant `name`: the shared setup, the variant's own, then the user's."""
+    return [
+        f"generator={args.generator}",
+        f"data.manifest={args.pairs}",
+        "data.source=margins",
+        f"data.weights={json.dumps(weights)}",
+        f"clip.frames={args.frames}",
+        f"clip.height={args.height}",
+        f"clip.width={args.width}",
+        f"train.max_steps={args.steps}",
+        "train.epochs=1000",
+        f"train.seed={args.seed}",
+        "data.latent_cache=latents",
+        f"out={out / name}",
+        "progress=false",
+        *VARIANTS[name],
+        *(args.overrides or []),
+    ]
+
+
+def _eval_config(args, out: Path, name: str):
+    """`eval-flow` config of variant `name`'s final LoRA against the pretrained generator."""
+    from raypipe.config import ClipConfig
+    from raypipe.recipes.eval_flow import FlowEvalConfig
+
+    return FlowEvalConfig(
+        generator=args.generator,
+        lora=str(out / name / "final"),
+        reward=args.reward,
+        prompts=str(args.prompts),
+        out=str(out / name / "eval"),
+        clip=ClipConfig(args.frames, args.height, args.width),
+        seed=args.seed,
+    )
+
+
+def _variant_summary(train: dict, ev: dict, t0: float) -> dict:
+    """One variant's report entry: its training summary, its eval results and its wall time since `t0`."""
+    return {
+        "train": {k: train[k] for k in _TRAIN_SUMMARY_KEYS},
+        **{k: ev[k] for k in _EVAL_RESULT_KEYS},
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
 
 
 def _markdown(report: dict) -> str:

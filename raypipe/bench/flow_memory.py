@@ -37,14 +37,43 @@ def run_variant(variant: str, size: str, pairs: int, steps: int, seed: int = 0) 
     import torch
     from diffusers import WanTransformer3DModel
 
-    from raypipe.flow.lora import add_lora, lora_parameters, reference
-    from raypipe.flow.losses import beta_t, dpo_loss, flow_error, noised, sample_t, sft_loss
+    from raypipe.flow.lora import add_lora, lora_parameters
+    from raypipe.flow.losses import noised, sample_t
 
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     s = SIZES[size]
     base_rss = _rss_peak_mb()
-    model = WanTransformer3DModel(
+    model = WanTransformer3DModel(**_transformer_kwargs(s))
+    ref_copy = copy.deepcopy(model).requires_grad_(False).eval() if variant == "dpo_ref_copy" else None
+    add_lora(model, r=64, alpha=128)
+    opt = torch.optim.AdamW(lora_parameters(model), lr=1e-5)
+    g = torch.Generator().manual_seed(seed)
+    z_w = torch.randn(pairs, 16, 3, 16, 16, generator=g)  # latents of 9 frames at 128x128 (Wan VAE: /4, /8)
+    z_l = torch.randn(pairs, 16, 3, 16, 16, generator=g)
+    text = torch.randn(pairs, 32, s["text_dim"], generator=g)
+
+    times = []
+    for i in range(steps + 2):
+        t0 = time.perf_counter()
+        t = sample_t(pairs, g, 3.0)
+        eps = torch.randn(z_w.shape, generator=g)
+        xw, vw = noised(z_w, eps, t)
+        xl, vl = noised(z_l, eps, t)
+        x, target = torch.cat([xw, xl]), torch.cat([vw, vl])
+        tt, cc = torch.cat([t, t]), torch.cat([text, text])
+        loss = _variant_loss(variant, model, ref_copy, x, target, tt, cc, t, pairs)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i >= 2:  # two warm-up steps
+            times.append(time.perf_counter() - t0)
+    return _variant_result(variant, size, pairs, model, base_rss, times)
+
+
+def _transformer_kwargs(s: dict) -> dict:
+    """WanTransformer3DModel arguments of a Wan2.1-shaped transformer with the dimensions of SIZES entry `s`."""
+    return dict(
         patch_size=(1, 2, 2),
         num_attention_heads=s["heads"],
         attention_head_dim=s["head_dim"],
@@ -56,42 +85,36 @@ def run_variant(variant: str, size: str, pairs: int, steps: int, seed: int = 0) 
         num_layers=s["layers"],
         rope_max_seq_len=64,
     )
-    ref_copy = copy.deepcopy(model).requires_grad_(False).eval() if variant == "dpo_ref_copy" else None
-    add_lora(model, r=64, alpha=128)
-    opt = torch.optim.AdamW(lora_parameters(model), lr=1e-5)
-    g = torch.Generator().manual_seed(seed)
-    z_w = torch.randn(pairs, 16, 3, 16, 16, generator=g)  # latents of 9 frames at 128x128 (Wan VAE: /4, /8)
-    z_l = torch.randn(pairs, 16, 3, 16, 16, generator=g)
-    text = torch.randn(pairs, 32, s["text_dim"], generator=g)
 
-    def v(m, x, t, c):
-        return m(hidden_states=x, timestep=1000 * t, encoder_hidden_states=c, return_dict=False)[0]
 
-    times = []
-    for i in range(steps + 2):
-        t0 = time.perf_counter()
-        t = sample_t(pairs, g, 3.0)
-        eps = torch.randn(z_w.shape, generator=g)
-        xw, vw = noised(z_w, eps, t)
-        xl, vl = noised(z_l, eps, t)
-        x, target = torch.cat([xw, xl]), torch.cat([vw, vl])
-        tt, cc = torch.cat([t, t]), torch.cat([text, text])
-        if variant == "sft":
-            loss = sft_loss(flow_error(v(model, x, tt, cc), target))
-        else:
-            err = flow_error(v(model, x, tt, cc), target)
-            if ref_copy is None:
-                with reference(model):
-                    err_ref = flow_error(v(model, x, tt, cc), target)
-            else:
-                with torch.no_grad():
-                    err_ref = flow_error(v(ref_copy, x, tt, cc), target)
-            loss, _ = dpo_loss(err[:pairs], err_ref[:pairs], err[pairs:], err_ref[pairs:], beta_t(500, t))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if i >= 2:  # two warm-up steps
-            times.append(time.perf_counter() - t0)
+def _velocity(m, x, t, c):
+    """Transformer `m`'s predicted velocity for noised latents `x` at times `t` (in [0, 1]) and text `c`."""
+    return m(hidden_states=x, timestep=1000 * t, encoder_hidden_states=c, return_dict=False)[0]
+
+
+def _variant_loss(variant: str, model, ref_copy, x, target, tt, cc, t, pairs: int):
+    """The step's loss: SFT on all 2P videos, or Flow-DPO on the P pairs against the adapters-disabled
+    reference (`ref_copy` None) or the frozen copy `ref_copy`."""
+    import torch
+
+    from raypipe.flow.lora import reference
+    from raypipe.flow.losses import beta_t, dpo_loss, flow_error, sft_loss
+
+    if variant == "sft":
+        return sft_loss(flow_error(_velocity(model, x, tt, cc), target))
+    err = flow_error(_velocity(model, x, tt, cc), target)
+    if ref_copy is None:
+        with reference(model):
+            err_ref = flow_error(_velocity(model, x, tt, cc), target)
+    else:
+        with torch.no_grad():
+            err_ref = flow_error(_velocity(ref_copy, x, tt, cc), target)
+    loss, _ = dpo_loss(err[:pairs], err_ref[:pairs], err[pairs:], err_ref[pairs:], beta_t(500, t))
+    return loss
+
+
+def _variant_result(variant: str, size: str, pairs: int, model, base_rss: float, times: list) -> dict:
+    """The variant's JSON row: transformer size, peak RSS (absolute and above `base_rss`), median step time."""
     params = sum(p.numel() for p in model.parameters())
     return {
         "variant": variant,

@@ -35,7 +35,8 @@ def frames_of(table: pa.Table, side: str) -> list[np.ndarray]:
 
 
 def column_frames(table: pa.Table, column: str) -> list[np.ndarray]:
-    """A frames column (see `raypipe.distributed.arrow.frames_column`) of a pyarrow batch as a list of uint8 [T, H, W, 3] arrays."""
+    """A frames column (see `raypipe.distributed.arrow.frames_column`) of a pyarrow batch as a list of uint8
+    [T, H, W, 3] arrays."""
     out: list[np.ndarray] = []
     for chunk in table.column(column).chunks:
         values = chunk.to_numpy(zero_copy_only=False)

@@ -5,10 +5,9 @@ latents.
     ds.write_parquet(cache_dir)                                                    # what train-flow reads back
 
 Pipeline: Ray Data CPU tasks decode fixed-shape clips -> a pool of actors holding the frozen VAE and text encoder
-(`LatentEncoder`) -> rows with `latents<suffix>` (float32 [C, T', H', W']; `latents_w`/`latents_l` for pairs) and `text` ([L, D])
-tensors; every other
-column passes through. Rows whose video failed keep their `error` kind and zero latents (the training loop skips
-and counts them), so the cache has one row per training row.
+(`LatentEncoder`) -> rows with `latents<suffix>` (float32 [C, T', H', W']; `latents_w`/`latents_l` for pairs) and
+`text` ([L, D]) tensors; every other column passes through. Rows whose video failed keep their `error` kind and
+zero latents (the training loop skips and counts them), so the cache has one row per training row.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ these members; nothing in `raypipe.flow.losses` or the training loop changes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -174,7 +175,7 @@ def make_tiny_wan(path: str | os.PathLike, cfg: TinyWanConfig | None = None, see
     path = Path(path)
     pipe.save_pretrained(path)
     (path / "raypipe_family.json").write_text(
-        '{"family": "wan", "max_text_len": %d, "shift": %s}' % (cfg.max_text_len, cfg.shift)
+        json.dumps({"family": "wan", "max_text_len": cfg.max_text_len, "shift": cfg.shift})
     )
     return path
 

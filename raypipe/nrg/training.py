@@ -96,6 +96,15 @@ def pair_loss(engine, t_cfg, z_a, z_b, text, y, mask, generator: torch.Generator
     return loss, ({"accuracy": acc} if acc == acc else {})
 
 
+def batch_pair_loss(engine, t_cfg, batch: pa.Table, dims, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    """`pair_loss` of a latent-cache batch (latents_A, latents_B, text, y_<DIM>)."""
+    y, mask = labels_of(batch, list(dims))
+    z_a = torch.from_numpy(tensor_of(batch, "latents_A")).float()
+    z_b = torch.from_numpy(tensor_of(batch, "latents_B")).float()
+    text = torch.from_numpy(tensor_of(batch, "text")).float()
+    return pair_loss(engine, t_cfg, z_a, z_b, text, y, mask, generator)
+
+
 # --- evaluation ----------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def bucket_accuracy(

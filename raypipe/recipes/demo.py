@@ -212,8 +212,18 @@ def _print_summary(report: dict, cfg: DemoConfig) -> None:
 
 
 def _generator_stages(cfg: DemoConfig, out: Path, synth_dir: Path) -> dict:
+    """Stages 6-8 from the tiny pretrained generator: pairs from its samples, Flow-DPO + baselines, Flow-NRG."""
     report: dict = {}
     reward = str(out / "reward" / "final")
+    generator = _pretrained_generator(cfg, out, report)
+    report.update(_sample_pairs_stage(cfg, out, generator, reward))
+    report.update(_flow_stage(cfg, out, generator, reward))
+    report.update(_nrg_stage(cfg, out, synth_dir, generator))
+    return report
+
+
+def _pretrained_generator(cfg: DemoConfig, out: Path, report: dict) -> str:
+    """The repo's tiny generator, or (from_scratch) one made now with pretrain-generator."""
     generator = str(repo_path(cfg.generator))
     if cfg.from_scratch:
         t = _stage("6a/8 pretrain the tiny generator from scratch (pretrain-generator)")
@@ -228,7 +238,11 @@ def _generator_stages(cfg: DemoConfig, out: Path, synth_dir: Path) -> dict:
         report["generator_s"] = round(time.perf_counter() - t, 2)
     if not (Path(generator) / "model_index.json").exists():
         raise FileNotFoundError(f"no pretrained generator at {generator}: run with from_scratch=true")
+    return generator
 
+
+def _sample_pairs_stage(cfg: DemoConfig, out: Path, generator: str, reward: str) -> dict:
+    report: dict = {}
     t = _stage(
         f"6/{STAGES} pairs from the generator's own samples ({cfg.sample_prompts} prompts x {cfg.sample_k}), "
         f"judged by the stage-3 reward model"
@@ -246,7 +260,11 @@ def _generator_stages(cfg: DemoConfig, out: Path, synth_dir: Path) -> dict:
         )
     )
     report["sample_pairs_s"] = round(time.perf_counter() - t, 2)
+    return report
 
+
+def _flow_stage(cfg: DemoConfig, out: Path, generator: str, reward: str) -> dict:
+    report: dict = {}
     algos = ["dpo", *[a for a in cfg.baselines if a != "dpo"]]
     t = _stage(
         f"7/{STAGES} Flow-DPO and baselines ({', '.join(algos[1:]) or 'none'}): LoRA, Ray Train + DeepSpeed, "
@@ -286,7 +304,11 @@ def _generator_stages(cfg: DemoConfig, out: Path, synth_dir: Path) -> dict:
         )
         report["flow"][algo] = {"train": trained, "eval": evaluated}
     report["flow_s"] = round(time.perf_counter() - t, 2)
+    return report
 
+
+def _nrg_stage(cfg: DemoConfig, out: Path, synth_dir: Path, generator: str) -> dict:
+    report: dict = {}
     t = _stage(
         f"8/{STAGES} Flow-NRG: latent reward model (first blocks of the generator) on the stage-1 pairs, "
         f"then reward-guided sampling"

@@ -58,93 +58,18 @@ def run(cfg: GeneratorPretrainConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
     report: dict = {"config": str(out / "config.yaml")}
-
     t0 = time.perf_counter()
     print(f"1/4 SynthPref {cfg.synth.pairs} pairs (seed {cfg.synth.seed}) -> clips {cfg.clip}", flush=True)
     table = make_synthpref(out / "data", cfg.synth, progress=cfg.progress)
     uris = [str(out / "data" / p) for p in table.column("path_A").to_pylist() + table.column("path_B").to_pylist()]
     clips = np.stack([generator_clip(u, cfg.clip) for u in uris])
     report["clips"] = int(len(clips))
-
-    vae_key = {
-        k: to_dict(cfg)[k]
-        for k in (
-            "synth",
-            "clip",
-            "tiny",
-            "seed",
-            "vae_frame_steps",
-            "vae_frame_lr",
-            "vae_steps",
-            "vae_lr",
-            "vae_batch",
-            "vae_fg_weight",
-        )
-    }
-    stamp = out / "vae_fitted" / "vae_report.json"
-    if stamp.exists() and json.loads(stamp.read_text()).get("key") == vae_key:
-        report["vae"] = json.loads(stamp.read_text())["report"]
-        print(f"2/4 fitted VAE found in {out / 'vae_fitted'} (same settings): reused", flush=True)
-    else:
-        print(f"2/4 fit the tiny VAE ({cfg.vae_frame_steps} frame steps, {cfg.vae_steps} clip steps)", flush=True)
-        gen = WanFamily.load(make_tiny_wan(out / "tiny_wan", cfg.tiny, cfg.seed))
-        torch.manual_seed(cfg.seed)
-        history = fit_vae(
-            gen,
-            clips,
-            steps=cfg.vae_steps,
-            batch=cfg.vae_batch,
-            lr=cfg.vae_lr,
-            frame_steps=cfg.vae_frame_steps,
-            frame_lr=cfg.vae_frame_lr,
-            seed=cfg.seed,
-            fg_weight=cfg.vae_fg_weight,
-        )
-        set_latent_stats(gen, clips)
-        gen.pipeline.save_pretrained(out / "vae_fitted")
-        (out / "vae_fitted" / "raypipe_family.json").write_text((out / "tiny_wan" / "raypipe_family.json").read_text())
-        recon = gen.decode_latents(gen.encode_videos(clips[:64]))
-        prompts = (
-            (true_captions(table, "A") or table.column("prompt").to_pylist())
-            + (true_captions(table, "B") or table.column("prompt").to_pylist())
-        )[:64]
-        report["vae"] = {
-            "history": history,
-            "recon_oracle": oracle_report(recon, prompts),
-            "source_oracle": oracle_report(clips[:64], prompts),
-            "s": round(time.perf_counter() - t0, 1),
-        }
-        stamp.write_text(json.dumps({"key": vae_key, "report": report["vae"]}, default=float))
-    print(
-        f"    VAE mse {report['vae']['history'][-1]['mse']:.4f}; oracle on reconstructions "
-        f"{report['vae']['recon_oracle']}",
-        flush=True,
-    )
+    report["vae"] = fitted_vae(cfg, out, table, clips, t0)
+    vae = report["vae"]
+    print(f"    VAE mse {vae['history'][-1]['mse']:.4f}; oracle on reconstructions {vae['recon_oracle']}", flush=True)
 
     print("3/4 flow-matching pretraining (train-flow train.algo=pretrain)", flush=True)
-    flow_cfg = load_config(
-        train_flow.FlowTrainConfig,
-        None,
-        [
-            f"generator={out / 'vae_fitted'}",
-            "train.algo=pretrain",
-            "train.prompt_dropout=0.1",
-            f"clip.frames={cfg.clip.frames}",
-            f"clip.height={cfg.clip.height}",
-            f"clip.width={cfg.clip.width}",
-            f"data.manifest={out / 'data' / 'manifest.parquet'}",
-            "data.latent_cache=latents",
-            "train.lr=1e-3",
-            "train.epochs=50",
-            "train.batch=16",
-            "train.log_every=20",
-            "train.checkpoint_every=200",
-            f"out={out / 'flow'}",
-            f"progress={str(cfg.progress).lower()}",
-            *cfg.flow_overrides,
-        ],
-    )
-    report["flow"] = train_flow.run(flow_cfg)
+    report["flow"] = train_flow.run(flow_config(cfg, out))
 
     print("4/4 samples judged by the oracle", flush=True)
     gen = WanFamily.load(out / "flow" / "final")
@@ -157,3 +82,83 @@ def run(cfg: GeneratorPretrainConfig) -> dict:
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
     print(f"samples: {report['samples']}", flush=True)
     return report
+
+
+VAE_KEYS = (
+    "synth",
+    "clip",
+    "tiny",
+    "seed",
+    "vae_frame_steps",
+    "vae_frame_lr",
+    "vae_steps",
+    "vae_lr",
+    "vae_batch",
+    "vae_fg_weight",
+)
+
+
+def fitted_vae(cfg: GeneratorPretrainConfig, out: Path, table, clips: np.ndarray, t0: float) -> dict:
+    """Stage 2: a tiny random WanPipeline with its VAE fitted to the clips, saved as OUT/vae_fitted; a fit made
+    with the same settings (stamped in vae_report.json) is reused. Returns the fit's report."""
+    vae_key = {k: to_dict(cfg)[k] for k in VAE_KEYS}
+    stamp = out / "vae_fitted" / "vae_report.json"
+    if stamp.exists() and json.loads(stamp.read_text()).get("key") == vae_key:
+        print(f"2/4 fitted VAE found in {out / 'vae_fitted'} (same settings): reused", flush=True)
+        return json.loads(stamp.read_text())["report"]
+    print(f"2/4 fit the tiny VAE ({cfg.vae_frame_steps} frame steps, {cfg.vae_steps} clip steps)", flush=True)
+    gen = WanFamily.load(make_tiny_wan(out / "tiny_wan", cfg.tiny, cfg.seed))
+    torch.manual_seed(cfg.seed)
+    history = fit_vae(
+        gen,
+        clips,
+        steps=cfg.vae_steps,
+        batch=cfg.vae_batch,
+        lr=cfg.vae_lr,
+        frame_steps=cfg.vae_frame_steps,
+        frame_lr=cfg.vae_frame_lr,
+        seed=cfg.seed,
+        fg_weight=cfg.vae_fg_weight,
+    )
+    set_latent_stats(gen, clips)
+    gen.pipeline.save_pretrained(out / "vae_fitted")
+    (out / "vae_fitted" / "raypipe_family.json").write_text((out / "tiny_wan" / "raypipe_family.json").read_text())
+    recon = gen.decode_latents(gen.encode_videos(clips[:64]))
+    prompts = (
+        (true_captions(table, "A") or table.column("prompt").to_pylist())
+        + (true_captions(table, "B") or table.column("prompt").to_pylist())
+    )[:64]
+    report = {
+        "history": history,
+        "recon_oracle": oracle_report(recon, prompts),
+        "source_oracle": oracle_report(clips[:64], prompts),
+        "s": round(time.perf_counter() - t0, 1),
+    }
+    stamp.write_text(json.dumps({"key": vae_key, "report": report}, default=float))
+    return report
+
+
+# Stage 3's train-flow settings: flow matching of the whole transformer on cached latents, prompt dropout for CFG.
+FLOW_PRETRAIN = (
+    "train.algo=pretrain train.prompt_dropout=0.1 data.latent_cache=latents train.lr=1e-3 train.epochs=50 "
+    "train.batch=16 train.log_every=20 train.checkpoint_every=200"
+).split()
+
+
+def flow_config(cfg: GeneratorPretrainConfig, out: Path):
+    c = cfg.clip
+    return load_config(
+        train_flow.FlowTrainConfig,
+        None,
+        [
+            f"generator={out / 'vae_fitted'}",
+            f"data.manifest={out / 'data' / 'manifest.parquet'}",
+            f"clip.frames={c.frames}",
+            f"clip.height={c.height}",
+            f"clip.width={c.width}",
+            *FLOW_PRETRAIN,
+            f"out={out / 'flow'}",
+            f"progress={str(cfg.progress).lower()}",
+            *cfg.flow_overrides,
+        ],
+    )

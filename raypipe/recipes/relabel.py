@@ -194,10 +194,24 @@ def run(cfg: RelabelConfig) -> dict:
         configure_data_context(progress=False)  # our own bar counts videos; Ray Data's would interleave with it
         timing = _score_remaining(cfg, videos, done, dimensions, sampling, state, videos.num_rows)
     score_s = time.perf_counter() - score_t0
-    scored = timing["scored"]
     results = state.read_all()
     table = assemble(inp, per_side, results, dimensions, norm_stats, epsilon)
     parts = write_parts(table, out, cfg.rows_per_part)
+    run_info = {"resumed": resumed, "score_s": score_s, "t0": t0, "sampling_source": sampling_source}
+    summary = _summary(
+        cfg, inp, table, videos, state, results, timing, run_info, dimensions, epsilon, sampling, parts, notes
+    )
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    _print_summary(summary)
+    return summary
+
+
+def _summary(
+    cfg, inp, table, videos, state, results, timing, run_info, dimensions, epsilon, sampling, parts, notes
+) -> dict:
+    """What `OUT/_summary.json` holds: rows by outcome, videos (this run / resumed), errors, throughput, wall time."""
+    resumed, score_s, t0 = run_info["resumed"], run_info["score_s"], run_info["t0"]
+    sampling_source, scored = run_info["sampling_source"], timing["scored"]
     row_errors = Counter(e for e in table.column("error").to_pylist() if e is not None)
     summary = {
         "input": inp.source,
@@ -224,8 +238,6 @@ def run(cfg: RelabelConfig) -> dict:
         "complete": True,
         "notes": notes,
     }
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    _print_summary(summary)
     return summary
 
 

@@ -131,30 +131,7 @@ def run(cfg: SamplePairsConfig) -> dict:
     save_config(cfg, out)
     manifest = out / "samples.parquet"
     if not manifest.exists():  # sampling is deterministic: a rerun after a kill redoes only this stage
-        paths, ids, ks = [], [], []
-        for k in range(cfg.k):
-            result = guided_samples(
-                gen,
-                None,
-                prompts,
-                {},
-                0.0,
-                seed=cfg.seed * cfg.k + k,
-                steps=cfg.steps,
-                cfg_scale=cfg.cfg_scale,
-                shape=shape,
-                batch=cfg.batch,
-            )
-            for i, video in enumerate(result["videos"]):
-                path = out / "videos" / f"p{i:05d}_k{k}.mp4"
-                write_mp4(video, path, cfg.fps)
-                paths.append(str(path))
-                ids.append(i)
-                ks.append(k)
-            print(f"sample-pairs: samples {k + 1}/{cfg.k} for {len(prompts)} prompts", flush=True)
-        pq.write_table(
-            pa.table({"path": paths, "prompt": [prompts[i] for i in ids], "prompt_id": ids, "k": ks}), manifest
-        )
+        _write_samples(cfg, gen, prompts, shape, out, manifest)
     summary_relabel = relabel.run(
         relabel.RelabelConfig(
             reward=cfg.reward, input=str(manifest), out=str(out / "relabel"), address=cfg.address, progress=cfg.progress
@@ -179,3 +156,29 @@ def run(cfg: SamplePairsConfig) -> dict:
         flush=True,
     )
     return summary
+
+
+def _write_samples(cfg: SamplePairsConfig, gen, prompts: list[str], shape, out: Path, manifest: Path) -> None:
+    """K unguided samples per prompt (noise seed seed·K + k) as mp4s, listed in a pointwise manifest."""
+    paths, ids, ks = [], [], []
+    for k in range(cfg.k):
+        result = guided_samples(
+            gen,
+            None,
+            prompts,
+            {},
+            0.0,
+            seed=cfg.seed * cfg.k + k,
+            steps=cfg.steps,
+            cfg_scale=cfg.cfg_scale,
+            shape=shape,
+            batch=cfg.batch,
+        )
+        for i, video in enumerate(result["videos"]):
+            path = out / "videos" / f"p{i:05d}_k{k}.mp4"
+            write_mp4(video, path, cfg.fps)
+            paths.append(str(path))
+            ids.append(i)
+            ks.append(k)
+        print(f"sample-pairs: samples {k + 1}/{cfg.k} for {len(prompts)} prompts", flush=True)
+    pq.write_table(pa.table({"path": paths, "prompt": [prompts[i] for i in ids], "prompt_id": ids, "k": ks}), manifest)

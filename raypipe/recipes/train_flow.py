@@ -164,9 +164,8 @@ def run(cfg: FlowTrainConfig) -> dict:
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cfg, manifest_path = _prepare(cfg, out)
-    table = read_pair_table(
-        manifest_path, list(cfg.data.weights), cfg.data.video_root, relabelled=cfg.data.source == "margins"
-    )
+    relabelled = cfg.data.source == "margins"
+    table = read_pair_table(manifest_path, list(cfg.data.weights), cfg.data.video_root, relabelled=relabelled)
     rows, counts = training_rows(table, t.algo, cfg.data.source, cfg.data.weights, cfg.data.min_margin)
     if rows.num_rows < t.num_workers * t.batch:
         raise ConfigError(
@@ -176,31 +175,15 @@ def run(cfg: FlowTrainConfig) -> dict:
     save_config(cfg, out)
     init_ray(cfg.address)
     configure_data_context(cfg.progress)
-    columns = {"uri_w": "frames_w", "uri_l": "frames_l"} if t.algo == "dpo" else {"uri": "frames"}
-    if cfg.data.latent_cache:
-        ds = _latent_cache(cfg, rows, out)
-    else:
-        ds = decode_stage(
-            rows,
-            decode_clips_block,
-            {"clip": cfg.clip, "columns": columns},
-            cfg.data.rows_per_block,
-            cfg.data.decode_cpus,
-        )
+    ds = _latent_cache(cfg, rows, out) if cfg.data.latent_cache else _decoded_clips(cfg, rows)
     _, total_steps = step_count(rows.num_rows, t, t.batch, drop_last=True)
     print(
         f"train-flow {t.algo}: {rows.num_rows} rows ({counts}), {t.num_workers} workers x {t.batch}/step, "
         f"{total_steps} steps, ZeRO-{t.zero_stage}",
         flush=True,
     )
-    progress, wall = fit_trainer(
-        train_func,
-        {"cfg": to_dict(cfg), "total_steps": total_steps, "tensorboard_dir": str(out / "tensorboard")},
-        t,
-        out,
-        f"train-flow-{t.algo}",
-        {"train": ds},
-    )
+    loop_config = {"cfg": to_dict(cfg), "total_steps": total_steps, "tensorboard_dir": str(out / "tensorboard")}
+    progress, wall = fit_trainer(train_func, loop_config, t, out, f"train-flow-{t.algo}", {"train": ds})
     (out / "curve.json").write_text(json.dumps(progress["curve"], indent=2))
     if progress["curve"]:
         plot_flow_curve(progress["curve"], out / "curve.png")
@@ -227,6 +210,14 @@ def run(cfg: FlowTrainConfig) -> dict:
     return summary
 
 
+def _decoded_clips(cfg: FlowTrainConfig, rows: pa.Table):
+    """The training rows with their clips decoded by the Ray Data decode stage (the VAE runs on the workers)."""
+    columns = {"uri_w": "frames_w", "uri_l": "frames_l"} if cfg.train.algo == "dpo" else {"uri": "frames"}
+    return decode_stage(
+        rows, decode_clips_block, {"clip": cfg.clip, "columns": columns}, cfg.data.rows_per_block, cfg.data.decode_cpus
+    )
+
+
 # --- the worker loop -----------------------------------------------------------------------------------------
 def train_func(config: dict) -> None:
     import ray.train
@@ -237,6 +228,7 @@ def train_func(config: dict) -> None:
     gen = WanFamily.load(cfg.generator, dtype=cfg.dtype, device="cuda" if t.use_gpu else "cpu")
     trainable(gen, cfg)
     engine = deepspeed_engine(gen.transformer, t, total_steps, bf16=t.use_gpu and cfg.dtype == "bfloat16")
+    final = lambda d: save_final(gen, cfg, d)  # OUT/final, written with the last report
     progress = resume(engine)
     writer = tensorboard_writer(config.get("tensorboard_dir"))
     generator = torch.Generator().manual_seed(t.seed * 1000 + world_rank() * 7919 + progress["step"])
@@ -268,16 +260,11 @@ def train_func(config: dict) -> None:
                 record_point(progress, point, index, clock, writer)
                 window = Window()
                 if step % t.checkpoint_every == 0 or last:
-                    save_and_report(
-                        engine,
-                        progress,
-                        {"step": step, "loss": point["loss"]},
-                        (lambda d: save_final(gen, cfg, d)) if last else None,
-                    )
+                    save_and_report(engine, progress, {"step": step, "loss": point["loss"]}, final if last else None)
             if last:
                 break
     if not last:  # data ran out before total_steps: a final report so the job has a result
-        save_and_report(engine, progress, {"step": step, "loss": None}, lambda d: save_final(gen, cfg, d))
+        save_and_report(engine, progress, {"step": step, "loss": None}, final)
     if writer is not None:
         writer.close()
 

@@ -28,7 +28,6 @@ import torch
 
 from raypipe.config import ConfigError, SynthConfig, build_config, save_config, to_dict
 from raypipe.data.inputs import read_pair_table
-from raypipe.data.tables import tensor_of
 from raypipe.distributed.cluster import configure_data_context, init_ray
 from raypipe.distributed.latents import cached_latents
 from raypipe.distributed.loop import (
@@ -49,7 +48,7 @@ from raypipe.distributed.trainer import TrainerSettings, deepspeed_engine, fit_t
 from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
 from raypipe.flow.pairs import ClipConfig
 from raypipe.nrg.model import TRAINABLE, LatentReward
-from raypipe.nrg.training import NOISE, bucket_accuracy, labels_of, pair_labels, pair_loss, split_rows
+from raypipe.nrg.training import NOISE, batch_pair_loss, bucket_accuracy, pair_labels, split_rows
 from raypipe.video.synth import manifest_or_synthpref
 
 
@@ -102,6 +101,7 @@ def train_func(config: dict) -> None:
     model.gradient_checkpointing = t.gradient_checkpointing
     del gen
     engine = deepspeed_engine(model, t, total_steps, bf16=t.use_gpu and cfg.dtype == "bfloat16")
+    final = lambda d: save_final(engine, cfg, d)  # OUT/final, written with the last report
     progress = resume(engine)
     writer = tensorboard_writer(config.get("tensorboard_dir"))
     generator = torch.Generator().manual_seed(t.seed * 1000 + world_rank() * 7919 + progress["step"])
@@ -118,17 +118,7 @@ def train_func(config: dict) -> None:
             engine.train()
             batch = drop_error_rows(batch, progress)
             if batch.num_rows:
-                y, mask = labels_of(batch, cfg.dims)
-                loss, stats = pair_loss(
-                    engine,
-                    t,
-                    torch.from_numpy(tensor_of(batch, "latents_A")).float(),
-                    torch.from_numpy(tensor_of(batch, "latents_B")).float(),
-                    torch.from_numpy(tensor_of(batch, "text")).float(),
-                    y,
-                    mask,
-                    generator,
-                )
+                loss, stats = batch_pair_loss(engine, t, batch, cfg.dims, generator)
             else:  # every row failed: a zero step keeps the ranks in lockstep
                 loss, stats = zero_loss(engine.module), {}
             require_finite(loss, step, epoch, index)
@@ -142,16 +132,11 @@ def train_func(config: dict) -> None:
                 record_point(progress, point, index, clock, writer)
                 window = Window()
                 if step % t.checkpoint_every == 0 or last:
-                    save_and_report(
-                        engine,
-                        progress,
-                        {"step": step, "loss": point["loss"]},
-                        (lambda d: save_final(engine, cfg, d)) if last else None,
-                    )
+                    save_and_report(engine, progress, {"step": step, "loss": point["loss"]}, final if last else None)
             if last:
                 break
     if not last:  # data ran out before total_steps: a final report so the job has a result
-        save_and_report(engine, progress, {"step": step, "loss": None}, lambda d: save_final(engine, cfg, d))
+        save_and_report(engine, progress, {"step": step, "loss": None}, final)
     if writer is not None:
         writer.close()
 
@@ -193,15 +178,8 @@ def _cached(rows: pa.Table, cfg: LatentRewardConfig, path: Path, key: dict):
 
 
 def run(cfg: LatentRewardConfig) -> dict:
-    import pyarrow.parquet as pq
-
     t = cfg.train
-    if t.noise not in NOISE:
-        raise ConfigError(f"train.noise must be one of {NOISE}, got {t.noise!r}")
-    if cfg.trainable not in TRAINABLE:
-        raise ConfigError(f"trainable must be one of {TRAINABLE}, got {cfg.trainable!r}")
-    if t.loss not in ("bt", "btt"):
-        raise ConfigError(f"train.loss must be bt or btt, got {t.loss!r}")
+    _check(cfg)
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     manifest = manifest_or_synthpref(cfg.manifest, out / "data", cfg.synth, "manifest", cfg.progress)
@@ -236,29 +214,25 @@ def run(cfg: LatentRewardConfig) -> dict:
         f"K={cfg.k_blocks}, noise={t.noise}, {t.num_workers} workers x {t.batch}, {total_steps} steps",
         flush=True,
     )
-    progress, wall = fit_trainer(
-        train_func,
-        {"cfg": to_dict(cfg), "total_steps": total_steps, "tensorboard_dir": str(out / "tensorboard")},
-        t,
-        out,
-        "train-latent-reward",
-        {"train": ds},
-    )
+    loop_config = {"cfg": to_dict(cfg), "total_steps": total_steps, "tensorboard_dir": str(out / "tensorboard")}
+    progress, wall = fit_trainer(train_func, loop_config, t, out, "train-latent-reward", {"train": ds})
     (out / "curve.json").write_text(json.dumps(progress["curve"], indent=2))
-    metrics: dict = {}
-    if val_rows.num_rows:
-        model = LatentReward.from_pretrained(out / "final")
-        val = pq.read_table(str(cache / "val"))
-        metrics = bucket_accuracy(model, val, list(cfg.dims), cfg.eval_draws, seed=t.seed + 1)
-        plot_bucket_accuracy(metrics, list(cfg.dims), out / "accuracy_by_t.png")
-    summary = {
-        "steps": progress["step"],
+    metrics = _held_out_accuracy(cfg, out, cache / "val") if val_rows.num_rows else {}
+    sizes = {
         "train_pairs": train_rows.num_rows,
         "val_pairs": val_rows.num_rows,
         "labels": source,
-        "noise": t.noise,
-        "k_blocks": cfg.k_blocks,
         "cache_s": round(cache_s, 1),
+    }
+    return _write_summary(cfg, out, progress, wall, sizes, metrics)
+
+
+def _write_summary(cfg: LatentRewardConfig, out: Path, progress: dict, wall: float, sizes: dict, metrics: dict) -> dict:
+    summary = {
+        "steps": progress["step"],
+        **sizes,
+        "noise": cfg.train.noise,
+        "k_blocks": cfg.k_blocks,
         "train_wall_s": round(wall, 1),
         "error_rows": progress.get("error_rows", 0),
         "resumes": progress["resumes"],
@@ -275,3 +249,26 @@ def run(cfg: LatentRewardConfig) -> dict:
         flush=True,
     )
     return summary
+
+
+def _check(cfg: LatentRewardConfig) -> None:
+    """Refuse unknown choices before any work."""
+    t = cfg.train
+    if t.noise not in NOISE:
+        raise ConfigError(f"train.noise must be one of {NOISE}, got {t.noise!r}")
+    if cfg.trainable not in TRAINABLE:
+        raise ConfigError(f"trainable must be one of {TRAINABLE}, got {cfg.trainable!r}")
+    if t.loss not in ("bt", "btt"):
+        raise ConfigError(f"train.loss must be bt or btt, got {t.loss!r}")
+
+
+def _held_out_accuracy(cfg: LatentRewardConfig, out: Path, val_cache: Path) -> dict:
+    """Accuracy per dimension per t bucket of OUT/final on the held-out latents (+ OUT/accuracy_by_t.png)."""
+    import pyarrow.parquet as pq
+
+    model = LatentReward.from_pretrained(out / "final")
+    metrics = bucket_accuracy(
+        model, pq.read_table(str(val_cache)), list(cfg.dims), cfg.eval_draws, seed=cfg.train.seed + 1
+    )
+    plot_bucket_accuracy(metrics, list(cfg.dims), out / "accuracy_by_t.png")
+    return metrics

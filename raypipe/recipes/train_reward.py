@@ -46,7 +46,7 @@ from raypipe.video.synth import manifest_or_synthpref
 # --- config ----------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class TrainSettings(TrainerSettings):
-    """train-reward's `train` section: the shared trainer fields (raypipe.distributed.trainer.TrainerSettings) + these."""
+    """train-reward's `train` section: the shared trainer fields (distributed.trainer.TrainerSettings) + these."""
 
     loss: str = "btt"  # bt | btt | regression
     theta: float = 5.0  # BTT tie parameter (> 1)
@@ -117,38 +117,17 @@ def plot_curve(curve: list[dict], path: Path, dims: list[str]) -> None:
 def run(cfg: RewardTrainConfig) -> dict:
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    t = cfg.train
-    if t.loss not in ("bt", "btt", "regression"):
-        raise ConfigError(f"train.loss must be bt, btt or regression (MOS_<side>_<DIM> columns), got {t.loss!r}")
-    dims = cfg.model.dimensions
-    unknown = set(t.dim_weights) - set(dims)
-    bad = [f"{d}={w}" for d, w in t.dim_weights.items() if not (isinstance(w, (int, float)) and 0 <= w < float("inf"))]
-    if unknown or bad or (t.dim_weights and not any(t.dim_weights.get(d, 1.0) > 0 for d in dims)):
-        raise ConfigError(
-            f"train.dim_weights must map dimensions of {list(dims)} to finite weights >= 0, not all 0; "
-            f"got {t.dim_weights}" + (f" (unknown: {sorted(unknown)})" if unknown else "")
-        )
+    t, dims = cfg.train, cfg.model.dimensions
+    _check(cfg)
     train_path, val_path = _prepare_data(cfg, out)
     train_m = load_manifest(train_path, dims, cfg.data.video_root)  # validated before any Ray work
     val_m = load_manifest(val_path, dims, cfg.data.video_root)
-    if cfg.model.name_or_path is None:
-        cfg = dataclasses.replace(
-            cfg,
-            model=dataclasses.replace(
-                cfg.model,
-                name_or_path=str(make_tiny_backbone(out / "tiny_backbone", cfg.model.tiny, cfg.model.tiny_seed)),
-            ),
-        )
-    else:  # absolute for the workers; "assets/tiny-qwen2vl" resolves from any working directory
-        cfg = dataclasses.replace(
-            cfg, model=dataclasses.replace(cfg.model, name_or_path=str(repo_path(cfg.model.name_or_path)))
-        )
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name_or_path=_backbone(cfg, out)))
     save_config(cfg, out)
 
     init_ray(cfg.address)
     configure_data_context(cfg.progress)
-    train_ds = pair_dataset(train_m, cfg.data)
-    val_ds = pair_dataset(val_m, cfg.data)
+    train_ds, val_ds = pair_dataset(train_m, cfg.data), pair_dataset(val_m, cfg.data)
     cache_s = None
     if cfg.data.cache_frames:
         t0 = time.perf_counter()
@@ -165,14 +144,8 @@ def run(cfg: RewardTrainConfig) -> dict:
         f"{steps_per_epoch} steps/epoch, {total_steps} steps, ZeRO-{t.zero_stage}, loss {t.loss}",
         flush=True,
     )
-    progress, wall = fit_trainer(
-        train_func,
-        {"cfg": to_dict(cfg), "total_steps": total_steps},
-        t,
-        out,
-        "train-reward",
-        {"train": train_ds, "val": val_ds},
-    )
+    loop_config = {"cfg": to_dict(cfg), "total_steps": total_steps}
+    progress, wall = fit_trainer(train_func, loop_config, t, out, "train-reward", {"train": train_ds, "val": val_ds})
     final = out / "final"
     save_config(cfg, final, "train_config.yaml")
     (final / "sampling.json").write_text(json.dumps(dataclasses.asdict(cfg.data.sampling)))
@@ -193,6 +166,28 @@ def run(cfg: RewardTrainConfig) -> dict:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _print_summary(summary, dims)
     return summary
+
+
+def _check(cfg: RewardTrainConfig) -> None:
+    """Refuse an unknown loss or bad per-dimension weights before any work."""
+    t, dims = cfg.train, cfg.model.dimensions
+    if t.loss not in ("bt", "btt", "regression"):
+        raise ConfigError(f"train.loss must be bt, btt or regression (MOS_<side>_<DIM> columns), got {t.loss!r}")
+    unknown = set(t.dim_weights) - set(dims)
+    bad = [f"{d}={w}" for d, w in t.dim_weights.items() if not (isinstance(w, (int, float)) and 0 <= w < float("inf"))]
+    if unknown or bad or (t.dim_weights and not any(t.dim_weights.get(d, 1.0) > 0 for d in dims)):
+        raise ConfigError(
+            f"train.dim_weights must map dimensions of {list(dims)} to finite weights >= 0, not all 0; "
+            f"got {t.dim_weights}" + (f" (unknown: {sorted(unknown)})" if unknown else "")
+        )
+
+
+def _backbone(cfg: RewardTrainConfig, out: Path) -> str:
+    """The backbone folder the workers load: the configured one as an absolute path ("assets/tiny-qwen2vl" resolves
+    from any working directory), or a tiny random Qwen2-VL written to OUT/tiny_backbone."""
+    if cfg.model.name_or_path is None:
+        return str(make_tiny_backbone(out / "tiny_backbone", cfg.model.tiny, cfg.model.tiny_seed))
+    return str(repo_path(cfg.model.name_or_path))
 
 
 def _mean(curve, key):
@@ -219,9 +214,7 @@ def train_func(config: dict) -> None:
     t, total_steps = cfg.train, config["total_steps"]
     torch.manual_seed(t.seed)  # identical init on every rank (DeepSpeed also broadcasts rank 0's weights)
     device = torch.device("cuda", torch.cuda.current_device()) if t.use_gpu else torch.device("cpu")
-    model = VideoReward.build(cfg.model)
-    if t.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
+    model = _model(cfg)
     dims = model.dimensions
     weights = None if not t.dim_weights else torch.tensor([float(t.dim_weights.get(d, 1.0)) for d in dims])
     engine = deepspeed_engine(model, t, total_steps, bf16=t.use_gpu and cfg.model.dtype == "bfloat16")
@@ -244,8 +237,7 @@ def train_func(config: dict) -> None:
             times = {"wait": wait_s}
             t0 = time.perf_counter()
             inputs, targets, n_err = pairs_to_inputs(batch, model.processor, dims, with_mos=t.loss == "regression")
-            if t.record_rows and world_rank() == 0:
-                progress.setdefault("rows", {}).setdefault(str(epoch), []).extend(batch.column("row_id").to_pylist())
+            _record_rows(progress, t, epoch, batch)
             if inputs is None:  # every row of this batch failed to decode: a zero step keeps ranks in lockstep
                 inputs, targets = empty_step_inputs(model, dims)
             t1 = time.perf_counter()
@@ -273,6 +265,19 @@ def train_func(config: dict) -> None:
         scores = _validate(engine, model, val_batches, dims, device, point)
         progress["curve"].append(point)
         _checkpoint(engine, model, progress, point, True, scores, dims)
+
+
+def _model(cfg: RewardTrainConfig) -> VideoReward:
+    model = VideoReward.build(cfg.model)
+    if cfg.train.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    return model
+
+
+def _record_rows(progress: dict, t, epoch: int, batch) -> None:
+    """With `train.record_rows`, the row_ids rank 0 consumed per epoch (the resume tests check them)."""
+    if t.record_rows and world_rank() == 0:
+        progress.setdefault("rows", {}).setdefault(str(epoch), []).extend(batch.column("row_id").to_pylist())
 
 
 def validation_batches(shard, model, dims, batch: int) -> list:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass, field
-from typing import Union
 
 import numpy as np
 
@@ -77,7 +76,7 @@ class VideoClip:
     backend: str  # decord | pyav | pillow
 
 
-DecodeResult = Union[VideoClip, VideoError]
+DecodeResult = VideoClip | VideoError
 logger = logging.getLogger(__name__)
 _NO_FRAMES = np.zeros((0, 0, 0, 3), np.uint8)
 

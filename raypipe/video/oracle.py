@@ -256,17 +256,12 @@ def judge(frames: np.ndarray, prompt: str) -> dict:
     At the reference difficulty VQ and MQ read as estimates of the generator's vq and mq levels. Also returned:
     what was seen (`color`, `shape`, `direction`, `radius` in reference px) and the raw measurements.
     """
-    video = np.asarray(frames)
-    if video.ndim == 3:
-        video = video[..., None]
-    if video.ndim != 4:
-        raise ValueError(f"judge wants frames [T, H, W, 3], got shape {video.shape}")
+    video = _frames_array(frames)
     want = parse_prompt(prompt)
     t, h, w = video.shape[:3]
     if video.size == 0 or min(h, w) < 4:
         return _no_object(want, t)
-    video = np.repeat(video, 3, axis=-1) if video.shape[-1] == 1 else video[..., :3]
-    video = video.astype(np.float32) / (255.0 if video.dtype == np.uint8 else 1.0)
+    video = _rgb_float(video)
     scale = min(h, w) / REFERENCE_SIZE
     bg = np.median(video.reshape(-1, 3), axis=0)
     fg = _foreground(video, bg, scale)
@@ -274,24 +269,9 @@ def judge(frames: np.ndarray, prompt: str) -> dict:
     if not masks.any():
         return _no_object(want, t)
     centres = _centroids(fg, masks)
-
-    # The crop must hold the object with a margin whatever its size (a grown blob is something to see, not miss).
-    radius_px = np.sqrt(masks.sum(axis=(1, 2)).max() / np.pi)
-    half = max(int(np.ceil(2 * radius_px + 3)), 4)
-    p = _normalised_object(_aligned_mean(np.linalg.norm(video - bg, axis=-1), centres, half))
-    noise = _noise_level(video, masks, scale)
-    width = _edge_width(p) / scale
-    d_noise = min(noise / MAX_NOISE, 1.0)
-    d_blur = float(np.clip((width - SHARP_WIDTH) / (BLUR_WIDTH - SHARP_WIDTH), 0.0, 1.0))
-    vq = 1.0 - (NOISE_WEIGHT * d_noise + (1.0 - NOISE_WEIGHT) * d_blur)
-
-    # A frame without an object breaks the motion as a frozen one does.
-    broken = _frozen_steps(video, centres, scale) | ~np.isfinite(centres[1:]).all(axis=1)
-    jitter = _jitter(centres, broken) / scale
-    # Not capped: a clip frozen throughout must score as low as one that shakes the most.
-    d_frozen = broken.sum() / (MAX_FROZEN * (t - 1) / 15.0) if t > 1 else np.inf
-    mq = max(1.0 - ((1.0 - FROZEN_WEIGHT) * jitter / MAX_JITTER + FROZEN_WEIGHT * d_frozen), 0.0)
-
+    p = _aligned_object(video, bg, masks, centres)
+    vq, noise, width = _visual_quality(video, masks, p, scale)
+    mq, jitter, broken = _motion_quality(video, centres, scale)
     shape, radius = _shape(p)
     seen = (_color(video, bg, fg, masks), shape, _direction(centres, scale))
     wrong = sum(w_ is not None and s != w_ for s, w_ in zip(seen, want))
@@ -311,6 +291,52 @@ def judge(frames: np.ndarray, prompt: str) -> dict:
         "frozen_frames": int(broken.sum()),
         "radius": float(radius / scale),
     }
+
+
+def _frames_array(frames) -> np.ndarray:
+    """`frames` as a [T, H, W, C] array (a grey [T, H, W] video gets a channel axis); ValueError for other shapes."""
+    video = np.asarray(frames)
+    if video.ndim == 3:
+        video = video[..., None]
+    if video.ndim != 4:
+        raise ValueError(f"judge wants frames [T, H, W, 3], got shape {video.shape}")
+    return video
+
+
+def _rgb_float(video: np.ndarray) -> np.ndarray:
+    """[T, H, W, 3] float32: grey repeated to three channels, extra channels dropped, uint8 scaled to [0, 1]."""
+    video = np.repeat(video, 3, axis=-1) if video.shape[-1] == 1 else video[..., :3]
+    return video.astype(np.float32) / (255.0 if video.dtype == np.uint8 else 1.0)
+
+
+def _aligned_object(video: np.ndarray, bg: np.ndarray, masks: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """The normalised aligned object: the mean of crops centred on the object, sized from its largest mask."""
+    # The crop must hold the object with a margin whatever its size (a grown blob is something to see, not miss).
+    radius_px = np.sqrt(masks.sum(axis=(1, 2)).max() / np.pi)
+    half = max(int(np.ceil(2 * radius_px + 3)), 4)
+    return _normalised_object(_aligned_mean(np.linalg.norm(video - bg, axis=-1), centres, half))
+
+
+def _visual_quality(video: np.ndarray, masks: np.ndarray, p: np.ndarray, scale: float) -> tuple[float, float, float]:
+    """(VQ, noise sigma, edge width in reference px) from the background noise and the aligned object `p`."""
+    noise = _noise_level(video, masks, scale)
+    width = _edge_width(p) / scale
+    d_noise = min(noise / MAX_NOISE, 1.0)
+    d_blur = float(np.clip((width - SHARP_WIDTH) / (BLUR_WIDTH - SHARP_WIDTH), 0.0, 1.0))
+    vq = 1.0 - (NOISE_WEIGHT * d_noise + (1.0 - NOISE_WEIGHT) * d_blur)
+    return vq, noise, width
+
+
+def _motion_quality(video: np.ndarray, centres: np.ndarray, scale: float) -> tuple[float, float, np.ndarray]:
+    """(MQ, jitter in reference px, [T-1] bool broken steps) from the object's centres and repeated frames."""
+    t = len(video)
+    # A frame without an object breaks the motion as a frozen one does.
+    broken = _frozen_steps(video, centres, scale) | ~np.isfinite(centres[1:]).all(axis=1)
+    jitter = _jitter(centres, broken) / scale
+    # Not capped: a clip frozen throughout must score as low as one that shakes the most.
+    d_frozen = broken.sum() / (MAX_FROZEN * (t - 1) / 15.0) if t > 1 else np.inf
+    mq = max(1.0 - ((1.0 - FROZEN_WEIGHT) * jitter / MAX_JITTER + FROZEN_WEIGHT * d_frozen), 0.0)
+    return mq, jitter, broken
 
 
 def judge_video(uri: str, prompt: str, filesystem=None) -> dict:
