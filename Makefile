@@ -22,8 +22,8 @@ demo: setup
 # The architecture contracts (ARCHITECTURE.md; pyproject.toml [tool.importlinter]) and lint, then the tests.
 lint: setup
 	$(BIN)/lint-imports
-	$(BIN)/ruff check raypipe tests
-	$(BIN)/ruff format --check raypipe tests
+	$(BIN)/ruff check raypipe tests jobs
+	$(BIN)/ruff format --check raypipe tests jobs
 
 test: lint
 	$(BIN)/python -m pytest -q tests

@@ -1,4 +1,8 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/demo.py ...` (= `raypipe demo ...`)."""
+"""Ray job entrypoint of `raypipe demo` (the same code, the same arguments):
+
+ray job submit --working-dir . -- python jobs/demo.py --config FILE --out DIR [key=value ...]
+"""
+
 import sys
 
 from raypipe.cli import main

@@ -1,4 +1,8 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/eval_flow.py ...` (= `raypipe eval-flow ...`)."""
+"""Ray job entrypoint of `raypipe eval-flow` (the same code, the same arguments):
+
+ray job submit --working-dir . -- python jobs/eval_flow.py --config FILE --out DIR [key=value ...]
+"""
+
 import sys
 
 from raypipe.cli import main

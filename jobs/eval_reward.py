@@ -1,4 +1,8 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/eval_reward.py ...` (= `raypipe eval-reward ...`)."""
+"""Ray job entrypoint of `raypipe eval-reward` (the same code, the same arguments):
+
+ray job submit --working-dir . -- python jobs/eval_reward.py --config FILE --out DIR [key=value ...]
+"""
+
 import sys
 
 from raypipe.cli import main

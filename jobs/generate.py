@@ -1,4 +1,8 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/generate.py ...` (= `raypipe generate ...`)."""
+"""Ray job entrypoint of `raypipe generate` (the same code, the same arguments):
+
+ray job submit --working-dir . -- python jobs/generate.py --config FILE --out DIR [key=value ...]
+"""
+
 import sys
 
 from raypipe.cli import main

@@ -1,4 +1,8 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/pairs.py ...` (= `raypipe pairs ...`)."""
+"""Ray job entrypoint of `raypipe pairs` (the same code, the same arguments):
+
+ray job submit --working-dir . -- python jobs/pairs.py --config FILE --out DIR [key=value ...]
+"""
+
 import sys
 
 from raypipe.cli import main

@@ -1,4 +1,8 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/pretrain_generator.py ...` (= `raypipe pretrain-generator ...`)."""
+"""Ray job entrypoint of `raypipe pretrain-generator` (the same code, the same arguments):
+
+ray job submit --working-dir . -- python jobs/pretrain_generator.py --config FILE --out DIR [key=value ...]
+"""
+
 import sys
 
 from raypipe.cli import main

@@ -1,4 +1,8 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/pretrain_reward_backbone.py ...` (= `raypipe pretrain-reward-backbone ...`)."""
+"""Ray job entrypoint of `raypipe pretrain-reward-backbone` (the same code, the same arguments):
+
+ray job submit --working-dir . -- python jobs/pretrain_reward_backbone.py --config FILE --out DIR [key=value ...]
+"""
+
 import sys
 
 from raypipe.cli import main

@@ -1,4 +1,8 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/relabel.py ...` (= `raypipe relabel ...`)."""
+"""Ray job entrypoint of `raypipe relabel` (the same code, the same arguments):
+
+ray job submit --working-dir . -- python jobs/relabel.py --config FILE --out DIR [key=value ...]
+"""
+
 import sys
 
 from raypipe.cli import main

@@ -1,4 +1,8 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/sample_pairs.py ...` (= `raypipe sample-pairs ...`)."""
+"""Ray job entrypoint of `raypipe sample-pairs` (the same code, the same arguments):
+
+ray job submit --working-dir . -- python jobs/sample_pairs.py --config FILE --out DIR [key=value ...]
+"""
+
 import sys
 
 from raypipe.cli import main

@@ -1,4 +1,8 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/synth.py ...` (= `raypipe synth ...`)."""
+"""Ray job entrypoint of `raypipe synth` (the same code, the same arguments):
+
+ray job submit --working-dir . -- python jobs/synth.py --config FILE --out DIR [key=value ...]
+"""
+
 import sys
 
 from raypipe.cli import main

@@ -1,4 +1,8 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/train_flow.py ...` (= `raypipe train-flow ...`)."""
+"""Ray job entrypoint of `raypipe train-flow` (the same code, the same arguments):
+
+ray job submit --working-dir . -- python jobs/train_flow.py --config FILE --out DIR [key=value ...]
+"""
+
 import sys
 
 from raypipe.cli import main

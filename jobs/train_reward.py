@@ -1,4 +1,8 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/train_reward.py ...` (= `raypipe train-reward ...`)."""
+"""Ray job entrypoint of `raypipe train-reward` (the same code, the same arguments):
+
+ray job submit --working-dir . -- python jobs/train_reward.py --config FILE --out DIR [key=value ...]
+"""
+
 import sys
 
 from raypipe.cli import main

@@ -90,7 +90,8 @@ def _run_job(args) -> int:
     from raypipe.config import load_config
 
     module, cls = recipe(args.command)
-    path = args.config or getattr(module, "DEFAULT_CONFIG", None)
+    default = getattr(module, "DEFAULT_CONFIG", None)  # a preset in the checkout (absent from a plain install)
+    path = args.config or (default if default is not None and default.exists() else None)
     extra = [f"out={json.dumps(args.out)}"] if args.out else []
     module.run(load_config(cls, path, [*args.overrides, *extra]))
     return 0

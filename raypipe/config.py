@@ -182,7 +182,13 @@ def parse_overrides(overrides: list[str]) -> dict:
         key = key.strip()
         if not key:
             raise ConfigError(f"override {item!r} has an empty key")
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(
+                f"override {key}: {raw!r} is not a YAML value ({_yaml_problem(e)}); quote a mapping "
+                f"for the shell, e.g. '{key}={{VQ: 1}}'"
+            ) from None
         node = tree
         parts = key.split(".")
         for part in parts[:-1]:
@@ -191,6 +197,13 @@ def parse_overrides(overrides: list[str]) -> dict:
                 raise ConfigError(f"override {item!r} conflicts with an earlier override of {part}")
         node[parts[-1]] = value
     return tree
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
 def _section_type(cls, key: str):
@@ -233,7 +246,7 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
         try:
             loaded = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"config {path} is not valid YAML: {e}") from e
+            raise ConfigError(f"config {path} is not valid YAML: {_yaml_problem(e)}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config {path} must be a mapping at the top level")
         data = _merge(data, loaded, cls)

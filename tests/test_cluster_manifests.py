@@ -220,7 +220,7 @@ def test_real_size_configs_load():
     assert (flow.lora.r, flow.lora.alpha, flow.train.lr, flow.train.beta) == (64, 128, 5e-6, 500.0)
     assert flow.train.num_workers * flow.train.batch == 64  # the paper's batch
     assert flow.clip.frames % 4 == 1  # Wan's VAE: 4k + 1 frames
-    assert latent.train.use_gpu and latent.labels == "model"
+    assert latent.train.use_gpu and latent.data.labels == "model"
     # bf16 everywhere, and gradient checkpointing where `raypipe bench gpu` ran out of 80 GB without it
     assert reward.model.dtype == flow.dtype == latent.dtype == "bfloat16"
     assert reward.train.gradient_checkpointing and flow.train.gradient_checkpointing

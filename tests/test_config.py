@@ -76,3 +76,14 @@ def test_frame_cache_is_a_train_reward_setting_only():
     assert load_config(RewardTrainConfig, "configs/reward_tiny.yaml", []).data.cache_frames is True
     with pytest.raises(ConfigError, match="cache_frames"):
         load_config(PairsJobConfig, None, ["data.cache_frames=true"])
+
+
+def test_bad_yaml_is_one_line_naming_the_key_or_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"override data.sampling.fps: .* is not a YAML value") as e:
+        parse_overrides(["data.sampling.fps={4:"])
+    assert "\n" not in str(e.value)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [1,\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml is not valid YAML: .* line 2") as e:
+        load_config(PairsJobConfig, bad)
+    assert "\n" not in str(e.value)

@@ -23,6 +23,18 @@ def test_read_prompts(tmp_path):
     assert read_prompts(str(tmp_path / "p.txt"), 0) == ["a red circle moving left", "a blue square moving up"]
 
 
+def test_prompts_given_as_text_and_a_missing_file(tmp_path):
+    from raypipe.config import ConfigError
+
+    assert read_prompts("a red circle moving left", 0) == ["a red circle moving left"]
+    assert read_prompts("a red circle moving left| a blue square moving up", 0) == [
+        "a red circle moving left",
+        "a blue square moving up",
+    ]
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_prompts(str(tmp_path / "missing.txt"), 0)
+
+
 def test_tiny_base_vs_lora(reward_checkpoint, tmp_path):
     from raypipe.flow.family import WanFamily, make_tiny_wan
     from raypipe.flow.lora import add_lora, lora_parameters, save_lora

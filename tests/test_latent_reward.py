@@ -117,7 +117,7 @@ def test_train_latent_reward_end_to_end(ray_local, tmp_path):
             "train.epochs=2",
             "train.checkpoint_every=4",
             "train.log_every=2",
-            "val_fraction=0.2",
+            "data.val_fraction=0.2",
             "eval_draws=1",
             "progress=false",
         ],

@@ -1,7 +1,7 @@
 """`raypipe bench flow-alignment`: the paper's Table 3 in miniature.
 
     raypipe bench flow-alignment --generator gen-out/flow/final --reward reward-out/final \\
-        --pairs gen-pairs/pairs --weights VQ=1 --out bench-out/flow-alignment
+        --pairs gen-pairs/pairs --weights '{VQ: 1}' --out bench-out/flow-alignment
 
 From ONE pretrained tiny generator, ONE reward model and ONE pair set (e.g. `raypipe sample-pairs`, relabel-shaped):
 SFT (winners), Flow-RWR (all samples, softmax(r/τ) weights), Flow-DPO with β_t = β(1−t)² and Flow-DPO with constant

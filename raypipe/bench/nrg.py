@@ -17,8 +17,6 @@ import json
 import time
 from pathlib import Path
 
-DEFAULT_WEIGHTS = ("{TA: 1}", "{VQ: 0.1, MQ: 0.1, TA: 0.8}", "{VQ: 0.5, MQ: 0.5}")
-
 
 def _weights(spec: str, dims) -> dict[str, float]:
     from raypipe.data.weights import weight_vector

@@ -1,10 +1,10 @@
 """`raypipe bench relabel`: videos/s of (a) the reference-style loop, (b) relabel with 1 actor, (c) with 2.
 
-Same checkpoint (the tiny VideoReward unless --checkpoint), same SynthPref videos, one run:
+Same checkpoint (the tiny VideoReward unless --reward), same SynthPref videos, one run:
   (a) one process, like the public reference inference code: decode a batch of 8 videos, score them, repeat
       (torch with its default threads, i.e. every core; decoding and scoring never overlap);
-  (b) `run_relabel` with 1 scoring actor: Ray Data decode tasks and the actor overlap, forward passes of up to
-      --batch-size videos; includes writing the resume shards and assembling the output parts;
+  (b) `raypipe relabel` with 1 scoring actor: Ray Data decode tasks and the actor overlap, forward passes of up to
+      --batch videos; includes writing the resume shards and assembling the output parts;
   (c) the same with 2 scoring actors (on a 2-core machine they share the cores with decoding).
 Every run starts from a loaded model: (a) loads it before timing, (b)/(c) after a warm-up run that starts
 Ray's workers; actor start-up (model load) is inside (b)/(c).
@@ -101,12 +101,12 @@ def pipeline(
 
     shutil.rmtree(out, ignore_errors=True)
     cfg = RelabelConfig(
-        checkpoint=checkpoint,
+        reward=checkpoint,
         input=manifest,
         out=str(out),
         sampling=sampling,
         concurrency=concurrency,
-        batch_size=batch_size,
+        batch=batch_size,
         actor_cpus=actor_cpus,
         decode_cpus=decode_cpus,
         decode_rows=decode_rows,

@@ -24,9 +24,9 @@ SETTINGS = {
 
 def _windows(curve: list[dict], key: str) -> tuple[float | None, float | None]:
     """(mean over every report window, mean without the first) — train-reward's own summary mean, twice."""
-    from raypipe.recipes.train_reward import _mean
+    from raypipe.recipes.train_reward import curve_mean
 
-    return _mean(curve, key), _mean(curve[1:] or curve, key)
+    return curve_mean(curve, key), curve_mean(curve[1:] or curve, key)
 
 
 def run_reward_throughput(args) -> dict:

@@ -1,9 +1,9 @@
 """`raypipe bench serve`: load test of the reward app on loopback.
 
-    raypipe bench serve --out bench-out/serve.json [--checkpoint reward-out/final]
+    raypipe bench serve --out bench-out/serve.json [--reward reward-out/final]
 
 1. Nominal load: `--concurrency` clients send `--requests` uploads of SynthPref clips to a local deployment with
-   ONE RewardModel replica, once with `@serve.batch` (max batch `--batch-size`) and once with batch size 1:
+   ONE RewardModel replica, once with `@serve.batch` (max batch `--batch`) and once with batch size 1:
    throughput, p50/p95/p99 latency, non-2xx count (target 0), and the forward-pass sizes the replica ran.
 2. Burst: the same app with autoscaling (1..`--max-replicas` replicas, target `--target-ongoing` ongoing requests
    per replica); `--burst-concurrency` clients for `--burst-s` seconds, then idle: replica count over time, time to

@@ -1,5 +1,5 @@
 """Prompt sources every sampling job takes (`prompts=`): a number of seeded SynthPref prompts, a `.txt` (one per
-line), a manifest with a `prompt` column, or prompts separated by "|"."""
+line), a manifest with a `prompt` column, or the prompt text itself (several separated by "|")."""
 
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ def read_prompts(spec: str | int, seed: int) -> list[str]:
         if path.suffix == ".txt":
             return [line.strip() for line in path.read_text().splitlines() if line.strip()]
         return [str(p) for p in read_table(str(path)).column("prompt").to_pylist()]
+    if path.suffix.lower() in (".txt", ".csv", ".parquet"):
+        raise ConfigError(f"prompts: file {spec!r} does not exist")
     prompts = [p.strip() for p in spec.split("|") if p.strip()]
-    if "|" not in spec or not prompts:
-        raise ConfigError(f"prompts: {spec!r} is neither a number, an existing file, nor prompts separated by '|'")
+    if not prompts:
+        raise ConfigError("prompts: give a number, a file, or prompts separated by '|'")
     return prompts

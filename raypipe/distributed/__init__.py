@@ -5,6 +5,6 @@
 - `decode`: THE decode stage (manifest rows in blocks -> CPU tasks decoding videos), used by the pair pipeline,
   the latent cache and scoring.
 - `scoring`, `latents`: the actor pools (reward scoring, VAE/text encoding) behind that stage.
-- `trainer`: the TorchTrainer driver, DeepSpeed config, rank agreement; `loop`: the small named steps every
-  worker loop uses (resume, skip what was consumed, save-and-report, out of time).
+- `trainer`: the TorchTrainer driver, the DeepSpeed config and engine, step counting; `loop`: the small named steps
+  every worker loop uses (resume, skip what was consumed, rank agreement, save-and-report, out of time).
 """

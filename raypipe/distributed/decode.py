@@ -20,7 +20,7 @@ import pyarrow as pa
 from raypipe.config import DataConfig, SamplingConfig
 from raypipe.data.manifest import Manifest
 from raypipe.data.tables import SIDES, replace_column
-from raypipe.distributed.arrow import frames_column, tensor_column
+from raypipe.distributed.arrow import frames_column
 from raypipe.video.decode import VideoClip, VideoError, decode_video
 
 _NO_FRAMES = np.zeros((0, 0, 0, 3), np.uint8)
@@ -147,16 +147,3 @@ def pair_dataset(manifest: Manifest, cfg: DataConfig | None = None):
     return decode_stage(
         manifest.table, decode_pairs_block, {"sampling": cfg.sampling}, cfg.rows_per_block, cfg.decode_cpus
     )
-
-
-__all__ = [
-    "blocks",
-    "decode_stage",
-    "decode_pairs_block",
-    "decode_videos_block",
-    "decode_clips_block",
-    "manifest_dataset",
-    "pair_dataset",
-    "frames_column",
-    "tensor_column",
-]

@@ -148,24 +148,31 @@ def drop_error_rows(batch, progress: dict):
     return batch
 
 
-def throughput_point(window: Window, step: int, epoch: int, engine, clock: TrainClock) -> dict:
+def throughput_point(window: Window, step: int, epoch: int, engine, train_s: float) -> dict:
     """A curve point: items/s per worker, lr, training seconds, and the per-step mean of every other number."""
     return {
         "step": step,
         "epoch": epoch,
         "items_per_s_per_worker": window.rate("items"),
         "lr": engine.get_lr()[0],
-        "train_s": round(clock.train_s(), 1),
+        "train_s": round(train_s, 1),
         **{k: window.mean(k) for k in window.sums if k != "items"},
     }
 
 
-def record_point(progress: dict, point: dict, index: int, clock: TrainClock, writer=None) -> None:
+def record_point(progress: dict, point: dict, index: int, train_s: float, writer=None) -> None:
     """Append `point` to the curve (and TensorBoard) and remember the position reached: a restart resumes after
-    batch `index` of `point["epoch"]`."""
+    batch `index` of `point["epoch"]` with `train_s` seconds of training spent."""
     progress["curve"].append(point)
     log_scalars(writer, point)
-    progress.update(step=point["step"], epoch=point["epoch"], batch_in_epoch=index + 1, train_s=clock.train_s())
+    progress.update(step=point["step"], epoch=point["epoch"], batch_in_epoch=index + 1, train_s=train_s)
+
+
+def record_rows(progress: dict, epoch: int, batch, columns: tuple[str, ...]) -> None:
+    """The first of `columns` the batch has, for every row consumed in `epoch` (`train.record_rows`: the resume
+    tests check that nothing is consumed twice or skipped)."""
+    key = next(k for k in columns if k in batch.column_names)
+    progress.setdefault("rows", {}).setdefault(str(epoch), []).extend(batch.column(key).to_pylist())
 
 
 def save_and_report(engine, progress: dict, metrics: dict, save_final=None) -> None:

@@ -27,9 +27,8 @@ class TrainerSettings:
     grad_clip: float = 1.0  # gradient norm clip
     epochs: int = 1  # passes over the training rows
     max_steps: int | None = None  # stop earlier than epochs (time-boxed runs)
-    max_minutes: float | None = (
-        None  # wall-clock training budget (summed over resumes); stops at the first step past it
-    )
+    # wall-clock training budget (summed over resumes); stops at the first step past it
+    max_minutes: float | None = None
     checkpoint_every: int = 100  # steps; also at the end
     keep_checkpoints: int = 2  # checkpoints kept on disk (the newest)
     max_failures: int = 2  # worker deaths tolerated (resume from the last checkpoint)

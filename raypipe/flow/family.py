@@ -214,6 +214,14 @@ class WanFamily:
         )
         return cls(pipe.to(device), max_text_len=int(extra.get("max_text_len", 226)), shift=extra.get("shift"))
 
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """The pipeline folder plus raypipe_family.json (prompt length, time shift), which `load` reads back."""
+        path = Path(path)
+        self.pipeline.save_pretrained(path)
+        family = {"family": "wan", "max_text_len": self.max_text_len, "shift": self.shift}
+        (path / "raypipe_family.json").write_text(json.dumps(family))
+        return path
+
     @property
     def device(self) -> torch.device:
         """Where the transformer lives (inputs of `velocity` are moved there; its output stays there)."""

@@ -24,9 +24,9 @@ def pair_labels(table: pa.Table, dims: list[str], source: str = "auto") -> tuple
     if source == "auto":
         source = "model" if have_model else "manifest"
     if source == "model" and not have_model:
-        raise ConfigError(f"labels=model needs relabel output with model_<DIM> for {dims}")
+        raise ConfigError(f"data.labels=model needs relabel output with model_<DIM> for {dims}")
     if source == "manifest" and not have_y:
-        raise ConfigError(f"labels=manifest needs a preference manifest with labels for {dims}")
+        raise ConfigError(f"data.labels=manifest needs a preference manifest with labels for {dims}")
     cols = {
         "row_id": table.column("row_id"),
         "uri_A": table.column("uri_A"),

@@ -47,7 +47,8 @@ class DemoConfig:
     data: DataConfig = dataclasses.field(
         default_factory=lambda: DataConfig(sampling=SamplingConfig(fps=4.0, max_frames=16))
     )
-    dims: list[str] = dataclasses.field(default_factory=lambda: ["VQ", "MQ", "TA"])  # the dimensions reported
+    # label columns the pair and reward stages read (the generator stages report VQ, MQ, TA)
+    dims: list[str] = dataclasses.field(default_factory=lambda: ["VQ", "MQ", "TA"])
     # The reward stage: the tiny preset (configs/reward_tiny.yaml), shortened so the demo stays quick.
     reward_config: str = "configs/reward_tiny.yaml"
     reward_overrides: list[str] = dataclasses.field(
@@ -318,7 +319,7 @@ def _nrg_stage(cfg: DemoConfig, out: Path, synth_dir: Path, generator: str) -> d
         repo_path("configs/latent_reward_tiny.yaml"),
         [
             f"generator={generator}",
-            f"manifest={synth_dir / 'manifest.parquet'}",
+            f"data.manifest={synth_dir / 'manifest.parquet'}",
             "train.epochs=100",
             f"train.max_steps={cfg.latent_reward_steps}",
             "train.batch=8",

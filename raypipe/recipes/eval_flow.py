@@ -21,8 +21,8 @@ import torch
 from raypipe.config import ClipConfig, ConfigError, save_config
 from raypipe.data.prompts import read_prompts
 from raypipe.flow.evaluation import compare, score_samples, write_grid_gif
-from raypipe.flow.family import WanFamily
 from raypipe.flow.sampler import sample_videos
+from raypipe.nrg.sampling import load_generator
 
 
 @dataclasses.dataclass
@@ -51,10 +51,8 @@ def run(cfg: FlowEvalConfig) -> dict:
     save_config(cfg, out)
     samples = {}
     for name in ("base", "aligned"):
-        gen = WanFamily.load(cfg.generator)
-        if name == "aligned":
-            gen.pipeline.load_lora_weights(cfg.lora)
-        shape = gen.latent_shape(cfg.clip.frames, cfg.clip.height, cfg.clip.width)
+        gen = load_generator(cfg.generator, cfg.lora if name == "aligned" else None)
+        shape = gen.latent_shape(cfg.clip.frames, cfg.clip.height, cfg.clip.width, check=True)
         torch.manual_seed(cfg.seed)
         samples[name] = sample_videos(gen, prompts, shape, cfg.steps, cfg.cfg_scale, cfg.seed)  # same noise
     scores, oracle, dims = score_samples(samples, prompts, cfg.reward, out, cfg.fps)

@@ -5,8 +5,8 @@
 
 Writes OUT/videos/NNNN.mp4 and OUT/samples.json (per sample: prompt, seed, file, the latent reward model's rewards
 of the final clean latents per dimension, and their weighted sum). With strength=0 or all-zero weights the
-samples are bit-for-bit the unguided ones for the same seed. `guided_samples` is the function the NRG benchmark and
-the Serve /generate endpoint call.
+samples are bit-for-bit the unguided ones for the same seed. The sampler is `raypipe.nrg.sampling.guided_samples`,
+the one the NRG benchmark, sample-pairs and the Serve /generate endpoint call.
 """
 
 from __future__ import annotations

@@ -102,4 +102,6 @@ def run(cfg: PairsJobConfig) -> dict:
     manifest = load_manifest(cfg.data.manifest, cfg.dims, cfg.data.video_root)  # before Ray
     init_ray(cfg.address)
     configure_data_context(cfg.progress)
-    return run_pairs(manifest, cfg)
+    summary = run_pairs(manifest, cfg)
+    print(json.dumps(summary, indent=2))
+    return summary

@@ -74,7 +74,7 @@ def run(cfg: GeneratorPretrainConfig) -> dict:
     print("4/4 samples judged by the oracle", flush=True)
     gen = WanFamily.load(out / "flow" / "final")
     eval_prompts = read_prompts(cfg.eval_prompts, cfg.seed + 1)
-    latent_shape = gen.latent_shape(cfg.clip.frames, cfg.clip.height, cfg.clip.width)
+    latent_shape = gen.latent_shape(cfg.clip.frames, cfg.clip.height, cfg.clip.width, check=True)
     videos = sample_videos(gen, eval_prompts, latent_shape, cfg.sample_steps, cfg.cfg_scale, cfg.seed)
     report["samples"] = oracle_report(videos, eval_prompts)
     report["targets"] = {"color_right": ">= 0.9", "direction_right": ">= 0.5 (chance 0.25)"}
@@ -121,8 +121,7 @@ def fitted_vae(cfg: GeneratorPretrainConfig, out: Path, table, clips: np.ndarray
         fg_weight=cfg.vae_fg_weight,
     )
     set_latent_stats(gen, clips)
-    gen.pipeline.save_pretrained(out / "vae_fitted")
-    (out / "vae_fitted" / "raypipe_family.json").write_text((out / "tiny_wan" / "raypipe_family.json").read_text())
+    gen.save_pretrained(out / "vae_fitted")
     recon = gen.decode_latents(gen.encode_videos(clips[:64]))
     prompts = (
         (true_captions(table, "A") or table.column("prompt").to_pylist())
@@ -159,6 +158,7 @@ def flow_config(cfg: GeneratorPretrainConfig, out: Path):
             *FLOW_PRETRAIN,
             f"out={out / 'flow'}",
             f"progress={str(cfg.progress).lower()}",
+            f"address={json.dumps(cfg.address)}",
             *cfg.flow_overrides,
         ],
     )

@@ -1,4 +1,5 @@
-"""Caption pretraining of the tiny Qwen2-VL backbone: our miniature of the VLM pretraining a real checkpoint has.
+"""`raypipe pretrain-reward-backbone`: caption pretraining of the tiny Qwen2-VL backbone, our miniature of the VLM
+pretraining a real checkpoint has.
 
     raypipe pretrain-reward-backbone --out assets/tiny-qwen2vl minutes=10
 

@@ -75,9 +75,8 @@ class RelabelConfig:
     decode_cpus: float = 0.75  # CPUs per decode task
     decode_rows: int = 32  # most videos per decode task (fewer when the input is small)
     dtype: str | None = None  # None: the checkpoint's dtype
-    tie_epsilon: float | dict[str, float] | None = (
-        None  # 0.1 (every dimension) or {VQ: 0.1, MQ: 0.2}; None: the checkpoint's ε*
-    )
+    # 'same' when |margin| <= ε: 0.1 (every dimension) or {VQ: 0.1, MQ: 0.2}; None: the checkpoint's ε*
+    tie_epsilon: float | dict[str, float] | None = None
     flush_every_s: float = 5.0  # how often finished videos are appended to OUT/_progress (what a kill can lose)
     rows_per_part: int = 100_000  # rows per output Parquet file
     address: str | None = None  # Ray cluster address; null: RAY_ADDRESS or a new local Ray
@@ -197,39 +196,13 @@ def run(cfg: RelabelConfig) -> dict:
     results = state.read_all()
     table = assemble(inp, per_side, results, dimensions, norm_stats, epsilon)
     parts = write_parts(table, out, cfg.rows_per_part)
-    run_info = {"resumed": resumed, "score_s": score_s, "t0": t0, "sampling_source": sampling_source}
-    summary = _summary(
-        cfg, inp, table, videos, state, results, timing, run_info, dimensions, epsilon, sampling, parts, notes
-    )
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    _print_summary(summary)
-    return summary
-
-
-def _summary(
-    cfg, inp, table, videos, state, results, timing, run_info, dimensions, epsilon, sampling, parts, notes
-) -> dict:
-    """What `OUT/_summary.json` holds: rows by outcome, videos (this run / resumed), errors, throughput, wall time."""
-    resumed, score_s, t0 = run_info["resumed"], run_info["score_s"], run_info["t0"]
-    sampling_source, scored = run_info["sampling_source"], timing["scored"]
-    row_errors = Counter(e for e in table.column("error").to_pylist() if e is not None)
     summary = {
         "input": inp.source,
         "kind": inp.kind,
         "checkpoint": cfg.reward,
         "dimensions": dimensions,
-        "rows": table.num_rows,
-        "rows_ok": table.num_rows - sum(row_errors.values()),
-        "rows_with_error": dict(sorted(row_errors.items())),
-        "videos": videos.num_rows,
-        "videos_scored_this_run": scored,
-        "videos_from_previous_runs": resumed,
-        "resumes": state.state["resumes"],
-        "video_errors": video_errors(results),
-        "videos_by_node": dict(timing["by_node"]),  # this run's videos per scoring actor's Ray node
-        "videos_per_s": round(scored / score_s, 3) if scored and score_s > 0 else None,
-        "first_batch_s": round(timing["first_batch_s"], 2) if timing["first_batch_s"] is not None else None,
-        "scoring_wall_s": round(score_s, 2),
+        **_row_outcomes(table),
+        **_video_outcomes(videos, results, timing, resumed, score_s, state.state["resumes"]),
         "wall_s": round(time.perf_counter() - t0, 2),
         "tie_epsilon": epsilon,
         "sampling": dataclasses.asdict(sampling),
@@ -238,7 +211,35 @@ def _summary(
         "complete": True,
         "notes": notes,
     }
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    _print_summary(summary)
     return summary
+
+
+def _row_outcomes(table) -> dict:
+    """Rows written, rows without an error, rows with an error by kind."""
+    row_errors = Counter(e for e in table.column("error").to_pylist() if e is not None)
+    return {
+        "rows": table.num_rows,
+        "rows_ok": table.num_rows - sum(row_errors.values()),
+        "rows_with_error": dict(sorted(row_errors.items())),
+    }
+
+
+def _video_outcomes(videos, results, timing: dict, resumed: int, score_s: float, resumes: int) -> dict:
+    """Videos scored now and in earlier runs, errors by kind, per-node counts and throughput."""
+    scored = timing["scored"]
+    return {
+        "videos": videos.num_rows,
+        "videos_scored_this_run": scored,
+        "videos_from_previous_runs": resumed,
+        "resumes": resumes,
+        "video_errors": video_errors(results),
+        "videos_by_node": dict(timing["by_node"]),  # this run's videos per scoring actor's Ray node
+        "videos_per_s": round(scored / score_s, 3) if scored and score_s > 0 else None,
+        "first_batch_s": round(timing["first_batch_s"], 2) if timing["first_batch_s"] is not None else None,
+        "scoring_wall_s": round(score_s, 2),
+    }
 
 
 def _print_summary(s: dict) -> None:

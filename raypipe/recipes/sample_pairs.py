@@ -1,4 +1,4 @@
-"""`raypipe sample-pairs`: preference pairs from the generator's own samples .
+"""`raypipe sample-pairs`: preference pairs from the generator's own samples.
 
     raypipe sample-pairs --out gen-pairs generator=gen-out/flow/final reward=reward-out/final prompts=128 k=4 \\
         "weights={MQ: 1}"
@@ -10,7 +10,7 @@
 3. per prompt, the scalarised reward r = Σ_d w_d · norm_d (score_d without norm stats): best vs worst -> OUT/pairs/
    part-00000.parquet shaped like relabel output on a preference manifest (row_id, uri_A = best, uri_B = worst,
    prompt, error, score_A_/score_B_/margin_/model_<DIM>), which train-flow (`data.source=margins`) and
-   train-latent-reward (`labels=model`) read directly. Prompts with fewer than 2 scored samples or equal best and
+   train-latent-reward (`data.labels=model`) read directly. Prompts with fewer than 2 scored samples or equal best and
    worst are counted, not paired.
 """
 
@@ -29,6 +29,7 @@ from raypipe.data.prompts import read_prompts
 from raypipe.data.weights import scalarize
 from raypipe.nrg.sampling import guided_samples, load_generator
 from raypipe.recipes import relabel
+from raypipe.reward.relabel import model_labels
 from raypipe.reward.scoring import checkpoint_dimensions
 from raypipe.video.encode import write_mp4
 
@@ -101,7 +102,7 @@ def best_vs_worst(scored: pa.Table, dims: list[str], weights: dict[str, float]) 
         cols[f"score_A_{d}"] = pa.array(a, pa.float64())
         cols[f"score_B_{d}"] = pa.array(b_, pa.float64())
         cols[f"margin_{d}"] = pa.array(a - b_, pa.float64())
-        cols[f"model_{d}"] = pa.array(["A" if m > 0 else "B" if m < 0 else "same" for m in a - b_], pa.string())
+        cols[f"model_{d}"] = pa.array(model_labels(a - b_, 0.0), pa.string())
     counts = {
         "prompts": len(all_ids),
         "pairs": len(rows),

@@ -37,6 +37,7 @@ from raypipe.distributed.loop import (
     Window,
     drop_error_rows,
     record_point,
+    record_rows,
     require_finite,
     resume,
     save_and_report,
@@ -243,7 +244,8 @@ def train_func(config: dict) -> None:
         )
         for index, batch, _ in unconsumed(batches, progress, epoch):
             engine.train()
-            record_rows(progress, t, epoch, batch)
+            if t.record_rows:
+                record_rows(progress, epoch, batch, ("uri_w", "uri_A", "uri"))
             batch = drop_error_rows(batch, progress)
             if batch.num_rows:
                 loss, stats = step_loss(gen, engine, t, batch, generator)
@@ -256,8 +258,9 @@ def train_func(config: dict) -> None:
             window.step(loss=float(loss.detach()), items=batch.num_rows, **stats)
             last = step >= total_steps or clock.out_of_time()
             if step % t.log_every == 0 or step % t.checkpoint_every == 0 or last:
-                point = throughput_point(window, step, epoch, engine, clock)
-                record_point(progress, point, index, clock, writer)
+                train_s = clock.train_s()
+                point = throughput_point(window, step, epoch, engine, train_s)
+                record_point(progress, point, index, train_s, writer)
                 window = Window()
                 if step % t.checkpoint_every == 0 or last:
                     save_and_report(engine, progress, {"step": step, "loss": point["loss"]}, final if last else None)
@@ -270,24 +273,15 @@ def train_func(config: dict) -> None:
 
 
 def trainable(gen, cfg: FlowTrainConfig) -> None:
-    """What trains: LoRA adapters (sft/dpo/rwr with model.lora.enabled), else the whole transformer."""
+    """What trains: LoRA adapters (sft/dpo/rwr with lora.enabled), else the whole transformer."""
     t = cfg.train
     if t.gradient_checkpointing:
         gen.transformer.enable_gradient_checkpointing()
     if t.algo != "pretrain" and cfg.lora.enabled:
         lora = cfg.lora
         add_lora(gen.transformer, lora.r, lora.alpha, lora.dropout, gen.lora_targets)
-    elif t.algo == "dpo":
-        raise ValueError("Flow-DPO needs LoRA (its reference is the model with adapters disabled)")
-    else:
+    else:  # pretrain (run() refuses Flow-DPO without LoRA: its reference is the model with adapters disabled)
         gen.transformer.requires_grad_(True)
-
-
-def record_rows(progress: dict, t, epoch: int, batch) -> None:
-    """With `train.record_rows`, the first uri of every consumed row per epoch (the resume tests check them)."""
-    if t.record_rows:
-        key = next(k for k in ("uri_w", "uri_A", "uri") if k in batch.column_names)
-        progress.setdefault("rows", {}).setdefault(str(epoch), []).extend(batch.column(key).to_pylist())
 
 
 def save_final(gen, cfg: FlowTrainConfig, d: Path) -> None:
@@ -295,9 +289,6 @@ def save_final(gen, cfg: FlowTrainConfig, d: Path) -> None:
     if world_rank() != 0:
         return
     if cfg.train.algo == "pretrain":
-        gen.pipeline.save_pretrained(d)
-        extra = Path(cfg.generator) / "raypipe_family.json"
-        if extra.exists():
-            (d / "raypipe_family.json").write_text(extra.read_text())
+        gen.save_pretrained(d)
     else:
         save_lora(gen, d)

@@ -35,6 +35,7 @@ from raypipe.distributed.loop import (
     Window,
     drop_error_rows,
     record_point,
+    record_rows,
     require_finite,
     resume,
     save_and_report,
@@ -68,6 +69,17 @@ class LatentRewardSettings(TrainerSettings):
 
 
 @dataclasses.dataclass
+class LatentDataConfig:
+    """train-latent-reward's `data` section (train-flow's names for the same things)."""
+
+    manifest: str | None = None  # preference manifest or relabel output (a folder or part file); None: SynthPref
+    labels: str = "auto"  # auto | manifest (y_<DIM>) | model (relabel's model_<DIM>)
+    video_root: str | None = None  # relative video paths resolve against this (default: the manifest's folder)
+    val_fraction: float = 0.15  # share of pairs held out (by row_id)
+    latent_cache: str = "latents"  # folder of the latent cache, relative to OUT unless absolute
+
+
+@dataclasses.dataclass
 class LatentRewardConfig:
     generator: str | None = None  # a WanPipeline folder (the generator the guidance will steer); None: tiny random
     tiny: TinyWanConfig = dataclasses.field(default_factory=TinyWanConfig)
@@ -75,11 +87,7 @@ class LatentRewardConfig:
     k_blocks: int = 2  # generator transformer blocks in the trunk
     trainable: str = "all"  # all | blocks | heads
     dtype: str = "float32"  # bfloat16 on GPUs (train.use_gpu): the trunk's weights and DeepSpeed's bf16 mode
-    manifest: str | None = None  # preference manifest or relabel output (a folder or part file)
-    labels: str = "auto"  # auto | manifest (y_<DIM>) | model (relabel's model_<DIM>)
-    video_root: str | None = None  # relative video paths resolve against this
-    val_fraction: float = 0.15  # share of pairs held out (by row_id)
-    latent_cache: str = "latents"  # relative to OUT unless absolute
+    data: LatentDataConfig = dataclasses.field(default_factory=LatentDataConfig)
     clip: ClipConfig = dataclasses.field(default_factory=ClipConfig)
     synth: SynthConfig = dataclasses.field(default_factory=lambda: SynthConfig(pairs=512, seed=31))
     train: LatentRewardSettings = dataclasses.field(default_factory=LatentRewardSettings)
@@ -116,6 +124,8 @@ def train_func(config: dict) -> None:
         )
         for index, batch, _ in unconsumed(batches, progress, epoch):
             engine.train()
+            if t.record_rows:
+                record_rows(progress, epoch, batch, ("uri_w", "uri_A", "uri"))
             batch = drop_error_rows(batch, progress)
             if batch.num_rows:
                 loss, stats = batch_pair_loss(engine, t, batch, cfg.dims, generator)
@@ -128,8 +138,9 @@ def train_func(config: dict) -> None:
             window.step(loss=float(loss.detach()), items=batch.num_rows, **stats)
             last = step >= total_steps or clock.out_of_time()
             if step % t.log_every == 0 or step % t.checkpoint_every == 0 or last:
-                point = throughput_point(window, step, epoch, engine, clock)
-                record_point(progress, point, index, clock, writer)
+                train_s = clock.train_s()
+                point = throughput_point(window, step, epoch, engine, train_s)
+                record_point(progress, point, index, train_s, writer)
                 window = Window()
                 if step % t.checkpoint_every == 0 or last:
                     save_and_report(engine, progress, {"step": step, "loss": point["loss"]}, final if last else None)
@@ -182,11 +193,13 @@ def run(cfg: LatentRewardConfig) -> dict:
     _check(cfg)
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    manifest = manifest_or_synthpref(cfg.manifest, out / "data", cfg.synth, "manifest", cfg.progress)
+    manifest = manifest_or_synthpref(cfg.data.manifest, out / "data", cfg.synth, "data.manifest", cfg.progress)
     if cfg.generator is None:
         cfg = dataclasses.replace(cfg, generator=str(make_tiny_wan(out / "tiny_wan", cfg.tiny, 0)))
-    rows, source = pair_labels(read_pair_table(manifest, cfg.dims, cfg.video_root), list(cfg.dims), cfg.labels)
-    train_rows, val_rows = split_rows(rows, cfg.val_fraction, t.seed)
+    rows, source = pair_labels(
+        read_pair_table(manifest, cfg.dims, cfg.data.video_root), list(cfg.dims), cfg.data.labels
+    )
+    train_rows, val_rows = split_rows(rows, cfg.data.val_fraction, t.seed)
     if train_rows.num_rows < t.num_workers * t.batch:
         raise ConfigError(
             f"{train_rows.num_rows} training pairs are fewer than one step needs ({t.num_workers} workers x {t.batch})"
@@ -194,13 +207,13 @@ def run(cfg: LatentRewardConfig) -> dict:
     save_config(cfg, out)
     init_ray(cfg.address)
     configure_data_context(cfg.progress)
-    cache = Path(cfg.latent_cache) if Path(cfg.latent_cache).is_absolute() else out / cfg.latent_cache
+    cache = Path(cfg.data.latent_cache) if Path(cfg.data.latent_cache).is_absolute() else out / cfg.data.latent_cache
     key = {
         "manifest": str(manifest),
         "generator": cfg.generator,
         "clip": dataclasses.asdict(cfg.clip),
         "labels": source,
-        "val_fraction": cfg.val_fraction,
+        "val_fraction": cfg.data.val_fraction,
         "seed": t.seed,
     }
     t0 = time.perf_counter()

@@ -29,6 +29,7 @@ from raypipe.distributed.loop import (
     TrainClock,
     Window,
     record_point,
+    record_rows,
     require_finite,
     resume,
     save_and_report,
@@ -160,8 +161,8 @@ def run(cfg: RewardTrainConfig) -> dict:
         "resumes": progress["resumes"],
         "val": curve[-1].get("val"),
         "worker_nodes": progress.get("nodes"),
-        "pairs_per_s_per_worker": _mean(curve, "pairs_per_s_per_worker"),
-        "data_wait_share": _mean(curve, "data_wait_share"),
+        "pairs_per_s_per_worker": curve_mean(curve, "pairs_per_s_per_worker"),
+        "data_wait_share": curve_mean(curve, "data_wait_share"),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _print_summary(summary, dims)
@@ -190,7 +191,8 @@ def _backbone(cfg: RewardTrainConfig, out: Path) -> str:
     return str(repo_path(cfg.model.name_or_path))
 
 
-def _mean(curve, key):
+def curve_mean(curve: list[dict], key: str) -> float | None:
+    """The mean of `key` over the curve points that have it (None when none does)."""
     vals = [p[key] for p in curve if key in p]
     return round(sum(vals) / len(vals), 4) if vals else None
 
@@ -237,7 +239,8 @@ def train_func(config: dict) -> None:
             times = {"wait": wait_s}
             t0 = time.perf_counter()
             inputs, targets, n_err = pairs_to_inputs(batch, model.processor, dims, with_mos=t.loss == "regression")
-            _record_rows(progress, t, epoch, batch)
+            if t.record_rows and world_rank() == 0:
+                record_rows(progress, epoch, batch, ("row_id",))
             if inputs is None:  # every row of this batch failed to decode: a zero step keeps ranks in lockstep
                 inputs, targets = empty_step_inputs(model, dims)
             t1 = time.perf_counter()
@@ -253,9 +256,10 @@ def train_func(config: dict) -> None:
             window.step(loss=float(loss.detach()), pairs=int(targets["y"].shape[0]), errors=n_err, **times)
             last = step >= total_steps or clock.out_of_time()
             if step % t.eval_every == 0 or step % t.checkpoint_every == 0 or last:
-                point = curve_point(window, step, epoch, engine.get_lr()[0], clock.train_s())
+                train_s = clock.train_s()
+                point = curve_point(window, step, epoch, engine.get_lr()[0], train_s)
                 scores = _validate(engine, model, val_batches, dims, device, point)
-                record_point(progress, point, index, clock)
+                record_point(progress, point, index, train_s)
                 window = Window()
                 _checkpoint(engine, model, progress, point, last, scores, dims)
             if last:
@@ -272,12 +276,6 @@ def _model(cfg: RewardTrainConfig) -> VideoReward:
     if cfg.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     return model
-
-
-def _record_rows(progress: dict, t, epoch: int, batch) -> None:
-    """With `train.record_rows`, the row_ids rank 0 consumed per epoch (the resume tests check them)."""
-    if t.record_rows and world_rank() == 0:
-        progress.setdefault("rows", {}).setdefault(str(epoch), []).extend(batch.column("row_id").to_pylist())
 
 
 def validation_batches(shard, model, dims, batch: int) -> list:
