@@ -4,7 +4,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from raypipe.flow.pairs import ClipConfig, generator_clip, pairs_from_labels, pairs_from_margins
+from raypipe.config import ClipConfig
+from raypipe.flow.pairs import generator_clip, pairs_from_labels, pairs_from_margins
 from raypipe.video.decode import VideoError
 
 
@@ -77,7 +78,8 @@ def test_generator_clip_shape_and_errors(make_mp4, tmp_path):
 def test_generator_clip_keeps_odd_frame_counts(tmp_path):
     """A 9-frame clip (the tiny generator's own samples) gives its 9 frames: reading every frame must not go
     through the reward model's even frame-count rounding."""
-    from raypipe.flow.pairs import ClipConfig, generator_clip
+    from raypipe.config import ClipConfig
+    from raypipe.flow.pairs import generator_clip
     from raypipe.video.encode import write_mp4
     from tests.conftest import moving_square_frames
 

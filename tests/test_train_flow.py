@@ -97,9 +97,10 @@ def test_tiny_flow_dpo_end_to_end(ray_local, tmp_path):
 @pytest.mark.slow
 def test_latent_cache_built_once_then_streamed(ray_local, tmp_path):
     """Way (b): SFT from a latent cache; the cache equals encoding on the fly; a mismatched reuse is refused."""
+    from raypipe.config import ClipConfig
     from raypipe.data.tables import tensor_of
     from raypipe.flow.family import WanFamily
-    from raypipe.flow.pairs import ClipConfig, generator_clip
+    from raypipe.flow.pairs import generator_clip
 
     common = [
         "synth.pairs=16",

@@ -1,6 +1,8 @@
 """Ray Data batch inference with a VideoReward checkpoint: decode tasks feeding a pool of scoring actors.
 
-ds = score_videos(table, ckpt, sampling, concurrency=2)  # decode tasks -> scoring actors: + score_<DIM>, error
+    ds = score_videos(table, reward, sampling, concurrency=2)  # decode tasks -> scoring actors: + score_<DIM>
+
+`reward` is the checkpoint folder; every output row also has `error` and `error_message`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ class FrameScorer:
 
     def __init__(
         self,
-        checkpoint: str,
+        reward: str,
         device: str = "cpu",
         dtype: str | None = None,
         max_videos: int = 8,
@@ -30,7 +32,7 @@ class FrameScorer:
     ):
         from raypipe.reward.model import VideoReward
 
-        self.model = VideoReward.from_pretrained(checkpoint, dtype=dtype, device=device)
+        self.model = VideoReward.from_pretrained(reward, dtype=dtype, device=device)
         self.dimensions = list(self.model.dimensions)
         self.max_videos, self.token_budget = max(1, int(max_videos)), token_budget
         import ray
@@ -62,10 +64,10 @@ def fit_actor_cpus(concurrency: int, actor_cpus: float, decode_cpus: float, tota
 
 def score_videos(
     table: pa.Table,
-    checkpoint: str,
+    reward: str,
     sampling: SamplingConfig,
     concurrency: int = 1,
-    batch_size: int = 8,
+    batch: int = 8,
     num_gpus: float = 0,
     dtype: str | None = None,
     token_budget: int | None = None,
@@ -77,7 +79,7 @@ def score_videos(
     per task) and scored by a pool of `concurrency` actors, so decoding and scoring overlap. Output rows: the input
     columns + `error`, `error_message`, `score_<DIM>`.
 
-    The checkpoint folder must be readable from every node (shared filesystem or the same path everywhere).
+    The `reward` checkpoint folder must be readable from every node (shared filesystem or the same path everywhere).
     Output order is not guaranteed: join on a key column.
     """
     import ray.data
@@ -93,14 +95,14 @@ def score_videos(
     return decoded.map_batches(
         FrameScorer,
         fn_constructor_kwargs={
-            "checkpoint": str(checkpoint),
+            "reward": str(reward),
             "device": device,
             "dtype": dtype,
-            "max_videos": batch_size,
+            "max_videos": batch,
             "token_budget": token_budget,
         },
         compute=ray.data.ActorPoolStrategy(size=max(1, int(concurrency))),
-        batch_size=max(1, int(batch_size)),
+        batch_size=max(1, int(batch)),
         num_gpus=num_gpus or None,
         num_cpus=actor_cpus,
         batch_format="pyarrow",

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raypipe.config import SynthConfig, load_config, save_config, to_dict
+from raypipe.config import ClipConfig, SynthConfig, load_config, save_config, to_dict
 from raypipe.data.prompts import read_prompts
 from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
-from raypipe.flow.pairs import ClipConfig, generator_clip, true_captions
+from raypipe.flow.pairs import generator_clip, true_captions
 from raypipe.flow.pretrain import fit_vae, oracle_report, set_latent_stats
 from raypipe.flow.sampler import sample_videos
 from raypipe.recipes import train_flow

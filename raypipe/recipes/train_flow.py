@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from raypipe.config import ConfigError, SynthConfig, build_config, save_config, to_dict
+from raypipe.config import ClipConfig, ConfigError, SynthConfig, build_config, save_config, to_dict
 from raypipe.data.inputs import read_pair_table
 from raypipe.distributed.cluster import configure_data_context, init_ray
 from raypipe.distributed.decode import decode_clips_block, decode_stage
@@ -50,7 +50,7 @@ from raypipe.distributed.loop import (
 from raypipe.distributed.trainer import TrainerSettings, deepspeed_engine, fit_trainer, step_count
 from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
 from raypipe.flow.lora import add_lora, save_lora
-from raypipe.flow.pairs import ALGOS, ClipConfig, training_rows
+from raypipe.flow.pairs import ALGOS, training_rows
 from raypipe.flow.training import step_loss
 from raypipe.video.synth import manifest_or_synthpref
 

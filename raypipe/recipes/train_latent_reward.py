@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from raypipe.config import ConfigError, SynthConfig, build_config, save_config, to_dict
+from raypipe.config import ClipConfig, ConfigError, SynthConfig, build_config, save_config, to_dict
 from raypipe.data.inputs import read_pair_table
 from raypipe.distributed.cluster import configure_data_context, init_ray
 from raypipe.distributed.latents import cached_latents
@@ -47,7 +47,6 @@ from raypipe.distributed.loop import (
 )
 from raypipe.distributed.trainer import TrainerSettings, deepspeed_engine, fit_trainer, step_count
 from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
-from raypipe.flow.pairs import ClipConfig
 from raypipe.nrg.model import TRAINABLE, LatentReward
 from raypipe.nrg.training import NOISE, batch_pair_loss, bucket_accuracy, pair_labels, split_rows
 from raypipe.video.synth import manifest_or_synthpref
