@@ -73,6 +73,11 @@ def unconsumed(batches, progress: dict, epoch: int):
             yield index, batch, time.perf_counter() - t0
 
 
+def noise_generator(seed: int, progress: dict) -> torch.Generator:
+    """The CPU generator of a rank's noise and t draws: different on every rank, continued after a resume."""
+    return torch.Generator().manual_seed(seed * 1000 + world_rank() * 7919 + progress["step"])
+
+
 def all_ranks_true(flag: bool) -> bool:
     """True on every rank iff `flag` is true on every rank (one all-reduce), so all ranks take the same branch."""
     import torch.distributed as dist

@@ -172,3 +172,11 @@ def deepspeed_engine(model, t: TrainerSettings, total_steps: int, bf16: bool):
         config=deepspeed_config(t, total_steps, bf16=bf16),
     )
     return engine
+
+
+def require_one_step(rows: int, t: TrainerSettings, what: str = "training rows", detail: str = "") -> None:
+    """ConfigError before any Ray work when `rows` cannot fill one step of `t.num_workers` x `t.batch`."""
+    from raypipe.config import ConfigError
+
+    if rows < t.num_workers * t.batch:
+        raise ConfigError(f"{rows} {what}{detail} are fewer than one step needs ({t.num_workers} workers x {t.batch})")

@@ -36,6 +36,7 @@ from raypipe.distributed.loop import (
     TrainClock,
     Window,
     drop_error_rows,
+    noise_generator,
     record_point,
     record_rows,
     require_finite,
@@ -47,7 +48,7 @@ from raypipe.distributed.loop import (
     world_rank,
     zero_loss,
 )
-from raypipe.distributed.trainer import TrainerSettings, deepspeed_engine, fit_trainer, step_count
+from raypipe.distributed.trainer import TrainerSettings, deepspeed_engine, fit_trainer, require_one_step, step_count
 from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
 from raypipe.flow.lora import add_lora, save_lora
 from raypipe.flow.pairs import ALGOS, training_rows
@@ -168,11 +169,7 @@ def run(cfg: FlowTrainConfig) -> dict:
     relabelled = cfg.data.source == "margins"
     table = read_pair_table(manifest_path, list(cfg.data.weights), cfg.data.video_root, relabelled=relabelled)
     rows, counts = training_rows(table, t.algo, cfg.data.source, cfg.data.weights, cfg.data.min_margin)
-    if rows.num_rows < t.num_workers * t.batch:
-        raise ConfigError(
-            f"{rows.num_rows} training rows ({counts}) are fewer than one step needs "
-            f"({t.num_workers} workers x {t.batch})"
-        )
+    require_one_step(rows.num_rows, t, "training rows", f" ({counts})")
     save_config(cfg, out)
     init_ray(cfg.address)
     configure_data_context(cfg.progress)
@@ -232,7 +229,7 @@ def train_func(config: dict) -> None:
     final = lambda d: save_final(gen, cfg, d)  # OUT/final, written with the last report
     progress = resume(engine)
     writer = tensorboard_writer(config.get("tensorboard_dir"))
-    generator = torch.Generator().manual_seed(t.seed * 1000 + world_rank() * 7919 + progress["step"])
+    generator = noise_generator(t.seed, progress)
     shard = ray.train.get_dataset_shard("train")
     clock, window, step = TrainClock(progress, t.max_minutes), Window(), progress["step"]
     last = step >= total_steps

@@ -34,6 +34,7 @@ from raypipe.distributed.loop import (
     TrainClock,
     Window,
     drop_error_rows,
+    noise_generator,
     record_point,
     record_rows,
     require_finite,
@@ -45,7 +46,7 @@ from raypipe.distributed.loop import (
     world_rank,
     zero_loss,
 )
-from raypipe.distributed.trainer import TrainerSettings, deepspeed_engine, fit_trainer, step_count
+from raypipe.distributed.trainer import TrainerSettings, deepspeed_engine, fit_trainer, require_one_step, step_count
 from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
 from raypipe.nrg.model import TRAINABLE, LatentReward
 from raypipe.nrg.training import NOISE, batch_pair_loss, bucket_accuracy, pair_labels, split_rows
@@ -111,7 +112,7 @@ def train_func(config: dict) -> None:
     final = lambda d: save_final(engine, cfg, d)  # OUT/final, written with the last report
     progress = resume(engine)
     writer = tensorboard_writer(config.get("tensorboard_dir"))
-    generator = torch.Generator().manual_seed(t.seed * 1000 + world_rank() * 7919 + progress["step"])
+    generator = noise_generator(t.seed, progress)
     shard = ray.train.get_dataset_shard("train")
     clock, window, step = TrainClock(progress, t.max_minutes), Window(), progress["step"]
     last = step >= total_steps
@@ -199,10 +200,7 @@ def run(cfg: LatentRewardConfig) -> dict:
         read_pair_table(manifest, cfg.dims, cfg.data.video_root), list(cfg.dims), cfg.data.labels
     )
     train_rows, val_rows = split_rows(rows, cfg.data.val_fraction, t.seed)
-    if train_rows.num_rows < t.num_workers * t.batch:
-        raise ConfigError(
-            f"{train_rows.num_rows} training pairs are fewer than one step needs ({t.num_workers} workers x {t.batch})"
-        )
+    require_one_step(train_rows.num_rows, t, "training pairs")
     save_config(cfg, out)
     init_ray(cfg.address)
     configure_data_context(cfg.progress)
