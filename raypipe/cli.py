@@ -24,6 +24,11 @@ JOBS: dict[str, tuple[str, str, str]] = {
     "pairs": ("pairs", "PairsJobConfig", "decode a preference manifest through the Ray Data pair pipeline"),
     "train-reward": ("train_reward", "RewardTrainConfig", "train VideoReward on Ray Train + DeepSpeed (BT/BTT)"),
     "eval-reward": ("eval_reward", "EvalConfig", "accuracy of a reward checkpoint on a labelled preference manifest"),
+    "export-reward": (
+        "export_reward",
+        "ExportConfig",
+        "write a reward checkpoint in the released VideoAlign layout (or ours, from either)",
+    ),
     "relabel": ("relabel", "RelabelConfig", "score videos / pairs with a reward checkpoint (Ray Data, resumable)"),
     "train-flow": ("train_flow", "FlowTrainConfig", "align the generator: pretrain / SFT / Flow-DPO / Flow-RWR (LoRA)"),
     "pretrain-generator": (
@@ -181,6 +186,29 @@ def _add_bench(sub):
     add_bench(sub)
 
 
+# `--checkpoint X` is the released tools' word for our `reward` key; the job parser's own options stay options.
+OPTION_ALIASES = {"checkpoint": "reward"}
+JOB_OPTIONS = ("config", "out", "help")
+
+
+def option_overrides(extra: list[str]) -> list[str]:
+    """`--key VALUE` / `--key=VALUE` after a job command is the override `key=VALUE` (dashes -> underscores,
+    `--checkpoint` -> `reward`); anything else is returned unchanged for the caller to judge."""
+    out, i = [], 0
+    while i < len(extra):
+        item = extra[i]
+        if item.startswith("--") and len(item) > 2 and item[2:].partition("=")[0] not in JOB_OPTIONS:
+            name, eq, value = item[2:].partition("=")
+            if not eq and i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+                value, eq, i = extra[i + 1], "=", i + 1
+            if eq:
+                name = name.replace("-", "_")
+                item = f"{OPTION_ALIASES.get(name, name)}={value}"
+        out.append(item)
+        i += 1
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raypipe",
@@ -203,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     from raypipe.data.manifest import ManifestError
 
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in JOBS:
+        argv = [argv[0], *option_overrides(argv[1:])]
     args, extra = parser.parse_known_args(argv)
     if extra:  # `key=value` overrides after an option (`... --out DIR a=1 b=2`) belong to the job
         stray = [e for e in extra if e.startswith("-") or "=" not in e]

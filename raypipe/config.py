@@ -42,6 +42,10 @@ class ConfigError(ValueError):
 EPILOG_OVERRIDES = "Overrides: section.key=value (YAML values), e.g. data.sampling.fps=4 data.rows_per_block=8"
 
 
+# How frames are counted, picked and resized (SamplingConfig.convention): ours, or qwen-vl-utils 0.0.8's.
+SAMPLING_CONVENTIONS = ("raypipe", "qwen")
+
+
 @dataclasses.dataclass
 class SamplingConfig:
     """What the reward model sees of a video (SPEC §2.3)."""
@@ -54,6 +58,15 @@ class SamplingConfig:
     max_source_pixels: int = 4096 * 4096  # larger decoded frames are refused as `too_large`
     max_source_frames: int = 1_000_000  # a header claiming more frames is refused as `too_large`
     all_frames: bool = False  # every frame (min_frames still applies), not the fps plan: the generator's view
+    # "raypipe" (SPEC §2.3) or "qwen" (qwen-vl-utils 0.0.8, as the released VideoReward was trained: banker's
+    # rounding, torch bicubic-antialias resize; set max_frames=768, min_pixels=128*28*28 for released checkpoints)
+    convention: str = "raypipe"
+
+    def __post_init__(self):
+        if self.convention not in SAMPLING_CONVENTIONS:
+            raise ConfigError(
+                f"sampling.convention: unknown value {self.convention!r}; one of {list(SAMPLING_CONVENTIONS)}"
+            )
 
 
 @dataclasses.dataclass

@@ -1,4 +1,5 @@
-"""Pairwise accuracy (SPEC §4): hand-worked cases and a brute-force O(N²) tie-calibration sweep."""
+"""Pairwise accuracy (SPEC §4): hand-worked cases and a brute-force O(N²) tie-calibration sweep; the official
+VideoAlign numbers against a plain transcription of its calc_accuracy.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import math
 import numpy as np
 import pytest
 
-from raypipe.reward.metrics import accuracy_curve, accuracy_with_ties, accuracy_without_ties, pairwise_report
+from raypipe.reward.metrics import (
+    accuracy_curve,
+    accuracy_with_ties,
+    accuracy_without_ties,
+    official_accuracy_with_ties,
+    official_accuracy_without_ties,
+    official_report,
+    pairwise_report,
+)
 
 
 def _sgn(x: float) -> int:
@@ -135,7 +144,15 @@ def test_float_labels_accepted():
     ],
 )
 def test_bad_values_raise(h, m, match):
-    for fn in (accuracy_without_ties, accuracy_with_ties, accuracy_curve, pairwise_report):
+    for fn in (
+        accuracy_without_ties,
+        accuracy_with_ties,
+        accuracy_curve,
+        pairwise_report,
+        official_accuracy_with_ties,
+        official_accuracy_without_ties,
+        official_report,
+    ):
         with pytest.raises(ValueError, match=match):
             fn(h, m)
 
@@ -162,3 +179,109 @@ def test_matches_brute_force_with_heavy_duplicates(n):
             assert got == sum(_sgn(mi) == hi for hi, mi in decisive) / len(decisive), seed
         else:
             assert math.isnan(got), seed
+
+
+# ---------- the official script's numbers (VideoAlign calc_accuracy.py) ----------
+
+
+def official_transcription(h, m):
+    """VideoAlign calc_accuracy.py, transcribed statement by statement (suff_stats at ε = -1, then the sweep over
+    pairs sorted by |m| with Python's stable sort, scoring after each single pair). Returns (with, without)."""
+
+    def suff_stats(eps):
+        c = d = th = tm = thm = 0
+        for hi, mi in zip(h, m):
+            if hi == 0 and abs(mi) <= eps:
+                thm += 1
+            elif hi == 0:
+                th += 1
+            elif abs(mi) <= eps:
+                tm += 1
+            elif hi * mi > 0:
+                c += 1
+            else:
+                d += 1
+        return c, d, th, tm, thm
+
+    c, d, th, tm, thm = suff_stats(-1)
+    without = c / (c + d + tm) if c + d + tm else float("nan")  # the official raises ZeroDivisionError
+    stat = {"C": c, "D": d, "Th": th, "Tm": tm, "Thm": thm}
+    acc_star, eps_curr = float("-inf"), -1
+    for hi, mi in sorted(zip(h, m), key=lambda x: abs(x[1])):
+        if hi == 0 and abs(mi) < eps_curr:  # remove the pair from its current cell
+            stat["Thm"] -= 1
+        elif hi == 0:
+            stat["Th"] -= 1
+        elif abs(mi) < eps_curr:
+            stat["Tm"] -= 1
+        elif hi * mi > 0:
+            stat["C"] -= 1
+        else:
+            stat["D"] -= 1
+        eps_curr = abs(mi)
+        if hi == 0 and abs(mi) <= eps_curr:  # add it back at the new threshold
+            stat["Thm"] += 1
+        elif hi == 0:
+            stat["Th"] += 1
+        elif abs(mi) <= eps_curr:
+            stat["Tm"] += 1
+        elif hi * mi > 0:
+            stat["C"] += 1
+        else:
+            stat["D"] += 1
+        acc = (stat["C"] + stat["Thm"]) / sum(stat.values())
+        acc_star = max(acc_star, acc)
+    return acc_star, without
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 40])
+def test_official_matches_transcription_with_heavy_duplicates(n):
+    for seed in range(200):
+        rng = np.random.default_rng(seed * 1000 + n + 7)
+        levels = rng.choice([0.0, 0.25, 0.5, 1.0, 1.5], size=int(rng.integers(1, 5)), replace=False)
+        m = rng.choice(levels, size=n) * rng.choice([-1.0, 1.0], size=n)
+        h = rng.choice([-1, 0, 1], size=n, p=rng.dirichlet([1.0, 1.0, 1.0]))
+        want_with, want_without = official_transcription(h.tolist(), m.tolist())
+        assert official_accuracy_with_ties(h, m) == want_with, seed  # integer counts / n: exact
+        assert _same(official_accuracy_without_ties(h, m), want_without), seed
+        assert _same(official_accuracy_without_ties(h, m), accuracy_without_ties(h, m)), seed  # same number
+        report = official_report(h, m)
+        assert report["accuracy_with_ties"] == want_with and _same(report["accuracy_without_ties"], want_without)
+
+
+def test_official_splits_equal_margins_and_depends_on_row_order():
+    # |m| = .5 .5 .9; pair 0 a human tie, pair 1 right, pair 2 right.
+    # exact (thresholds): ε=-1: pairs 1, 2 right = 2/3; ε=.5 (pairs 0 AND 1 predicted ties): pair 0 right,
+    #   pair 1 lost, pair 2 right = 2/3; ε=.9: only pair 0 right = 1/3.  max = 2/3
+    # official: start C=2 Th=1 (not scored); move pair 0 -> Thm=1: (2 + 1)/3 = 1.0 <- the split no ε makes;
+    #           move pair 1 -> C=1: 2/3; move pair 2 -> C=0: 1/3.  max = 1.0
+    h, m = [0, -1, 1], [0.5, -0.5, 0.9]
+    assert accuracy_with_ties(h, m) == (pytest.approx(2 / 3), -1.0)
+    assert official_accuracy_with_ties(h, m) == 1.0
+    # same pairs, pair 1 first: move it -> C=1: 1/3; pair 0 -> Thm=1: 2/3; pair 2: 1/3. max = 2/3
+    assert official_accuracy_with_ties([-1, 0, 1], [-0.5, 0.5, 0.9]) == pytest.approx(2 / 3)
+    assert accuracy_with_ties([-1, 0, 1], [-0.5, 0.5, 0.9])[0] == pytest.approx(2 / 3)
+    assert official_accuracy_without_ties(h, m) == 1.0  # pairs 1, 2 decisive and right
+
+
+def test_official_never_scores_the_no_ties_state():
+    # both right: exact 1.0 at ε=-1; official: move |.1| -> C=1: 1/2; move |.3| -> 0. max = 1/2
+    assert accuracy_with_ties([1, -1], [0.3, -0.1]) == (1.0, -1.0)
+    assert official_accuracy_with_ties([1, -1], [0.3, -0.1]) == 0.5
+    assert official_accuracy_without_ties([1, -1], [0.3, -0.1]) == 1.0
+
+
+def test_official_empty_and_all_ties():
+    # empty: the official returns -inf (with ties) and raises ZeroDivisionError (without); we give NaN
+    assert math.isnan(official_accuracy_with_ties([], [])) and math.isnan(official_accuracy_without_ties([], []))
+    # all human ties: every pair moved to "tie" is right -> 1.0; without ties has no decisive pair -> NaN
+    assert official_accuracy_with_ties([0, 0, 0], [0.2, -0.5, 0.2]) == 1.0
+    assert math.isnan(official_accuracy_without_ties([0, 0, 0], [0.2, -0.5, 0.2]))
+    report = official_report([], [])
+    assert set(report) == {"accuracy_with_ties", "accuracy_without_ties"} and math.isnan(report["accuracy_with_ties"])
+    # m = 0 on a decisive pair is discordant (h·m > 0 fails), as in ours
+    assert official_accuracy_without_ties([1, -1, 1], [0.0, -0.0, 2.0]) == pytest.approx(1 / 3)

@@ -13,7 +13,8 @@ from raypipe.data.manifest import ManifestError, normalize_label
 from raypipe.recipes import eval_reward as eval_job
 from raypipe.recipes.eval_reward import EvalConfig, compute_metrics
 from raypipe.recipes.eval_reward import run as run_eval
-from raypipe.reward.metrics import pairwise_report
+from raypipe.reward.leaderboard import leaderboard_markdown
+from raypipe.reward.metrics import official_report, pairwise_report
 from raypipe.reward.model import VideoReward
 from raypipe.reward.scoring import compute_norm_stats, normalize, overall, resolve_sampling, validate_norm_stats
 from raypipe.video.decode import decode_video
@@ -66,6 +67,8 @@ def manifest(tmp_path_factory):
     rows.append({**rows[3], "path_A": rows[0]["path_A"], "prompt": rows[0]["prompt"], "MQ": "garbled"})
     out = pa.Table.from_pylist(rows, schema=table.schema)
     out = out.append_column("Overall", pa.array([r["VQ"] for r in rows], pa.string()))
+    out = out.append_column("A_model", pa.array([f"gen{i % 3}" for i in range(len(rows))], pa.string()))
+    out = out.append_column("B_model", pa.array([f"gen{(i + 1) % 3}" for i in range(len(rows))], pa.string()))
     pq.write_table(out, root / "manifest.parquet")
     return str(root / "manifest.parquet")
 
@@ -88,7 +91,7 @@ def test_every_row_once_with_error_kinds(evaluated, manifest):
     # 12 videos of the 6 pairs + 3 new (gone.mp4, notes.mp4, pair 3's B): pair 8's A is pair 0's, scored once
     assert metrics["n_scored_videos"] == 15
     assert scores.column("score_A_TA")[8].as_py() == scores.column("score_A_TA")[0].as_py()
-    for name in ("gt_vq_A", "y_VQ", "uri_A", "Overall"):  # input and derived columns travel along
+    for name in ("gt_vq_A", "y_VQ", "uri_A", "Overall", "A_model", "B_model"):  # input and derived columns travel along
         assert name in scores.column_names
 
 
@@ -122,7 +125,17 @@ def test_metrics_match_independent_computation(evaluated):
         rows = [r for r in scores if r["error"] is None and normalize_label(r[name]) is not None]
         h = [normalize_label(r[name]) for r in rows]
         m = [r[f"margin_{name}"] for r in rows]
-        assert saved[name] == pairwise_report(h, m), name
+        report = dict(saved[name])
+        official, by_model = report.pop("official"), report.pop("by_model")
+        assert report == pairwise_report(h, m), name
+        assert official == eval_job._nan_to_none(official_report(h, m)), name
+        assert sorted(by_model) == ["gen0", "gen1", "gen2"]
+        for model, got in by_model.items():
+            sub = [i for i, r in enumerate(rows) if model in (r["A_model"], r["B_model"])]
+            hs, ms = [h[i] for i in sub], [m[i] for i in sub]
+            want = pairwise_report(hs, ms) | {"official": official_report(hs, ms)}
+            assert got == eval_job._nan_to_none(want), (name, model)
+    assert (out / "leaderboard.md").read_text() == leaderboard_markdown(saved)
     assert saved["MQ"]["n"] == 6 and saved["VQ"]["n"] == 7  # the garbled MQ label is masked
     png = out / "accuracy_vs_epsilon.png"
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"

@@ -29,10 +29,11 @@ class FrameScorer:
         dtype: str | None = None,
         max_videos: int = 8,
         token_budget: int | None = None,
+        options: dict | None = None,
     ):
         from raypipe.reward.model import VideoReward
 
-        self.model = VideoReward.from_pretrained(reward, dtype=dtype, device=device)
+        self.model = VideoReward.from_pretrained(reward, dtype=dtype, device=device, **(options or {}))
         self.dimensions = list(self.model.dimensions)
         self.max_videos, self.token_budget = max(1, int(max_videos)), token_budget
         import ray
@@ -74,10 +75,12 @@ def score_videos(
     decode_rows: int = 32,
     actor_cpus: float = 0.5,
     decode_cpus: float = 0.75,
+    reward_options: dict | None = None,
 ):
     """Lazy Ray Dataset: `table` (uri, prompt, any key columns) decoded by CPU tasks (up to `decode_rows` videos
     per task) and scored by a pool of `concurrency` actors, so decoding and scoring overlap. Output rows: the input
-    columns + `error`, `error_message`, `score_<DIM>`.
+    columns + `error`, `error_message`, `score_<DIM>`. `reward_options`: `from_pretrained` keywords (`base`,
+    `template_file`, from `reward.scoring.reward_options`).
 
     The `reward` checkpoint folder must be readable from every node (shared filesystem or the same path everywhere).
     Output order is not guaranteed: join on a key column.
@@ -100,6 +103,7 @@ def score_videos(
             "dtype": dtype,
             "max_videos": batch,
             "token_budget": token_budget,
+            "options": reward_options,
         },
         compute=ray.data.ActorPoolStrategy(size=max(1, int(concurrency))),
         batch_size=max(1, int(batch)),

@@ -1,19 +1,26 @@
 """`raypipe eval-reward`: pairwise accuracy of a VideoReward checkpoint on a labelled preference manifest (SPEC §4).
 
     raypipe eval-reward --out eval-out reward=reward-out/final manifest=pairs.parquet [sampling.fps=4]
+    raypipe eval-reward --checkpoint VideoReward --manifest videogen-rewardbench.csv video_root=DIR   # released
 
 Writes to OUT:
 - `scores.parquet`: every manifest row once, in row_id order: the manifest columns (incl. `row_id`, `uri_*`,
   `y_<DIM>`), `score_A_<DIM>`, `score_B_<DIM>` (raw), `margin_<DIM>` = A − B, and when the checkpoint has norm
   stats `overall_A`, `overall_B`, `margin_Overall` (sums of normalised scores); `error` (null, or the kind of the
   first failing side) and `error_message` (every failing side).
-- `metrics.json`: `{DIM: pairwise_report, ..., "Overall": ... (manifest has `Overall` labels and checkpoint has
+- `metrics.json`: `{DIM: report, ..., "Overall": ... (manifest has `Overall` labels and checkpoint has
   norm stats), "errors": {kind: rows}, "n_rows", "n_scored_videos"}` (+ `"notes"` when something was left out);
-  accuracy counts rows with a label for that dimension and no error. NaN is written as null.
+  accuracy counts rows with a label for that dimension and no error. NaN is written as null. A report is
+  `pairwise_report` + `"official": {"accuracy_with_ties", "accuracy_without_ties"}` (VideoAlign's
+  calc_accuracy.py on the same rows; off with `official_accuracy=false`) + `"by_model": {generator: report
+  without by_model}` when the manifest has `A_model` and `B_model` (pairs where the generator is A or B).
+- `leaderboard.md`: the VideoGen-RewardBench leaderboard (Overall/VQ/MQ/TA in %, ours and the official
+  script's) and the per-generator table, also printed at the end (`reward/leaderboard.py`).
 - `accuracy_vs_epsilon.png` (ties-included accuracy against ε, ε* marked) and the resolved `config.yaml`.
 - `tie_epsilon.json` ({DIM: ε*}); with `save_epsilon=true` also written into the checkpoint, where `relabel`
   reads it to label a pair `same` when |margin| ≤ ε*.
 
+The official script (eval_videogen_rewardbench.py) counts every row; a row that failed to decode here is left out.
 Each distinct (uri, prompt) is decoded and scored once, however many pairs share it.
 Sampling: `sampling` in the config if set (the whole section; unset fields take SamplingConfig defaults, not the
 checkpoint's), else the checkpoint's `sampling.json`, else SamplingConfig() (fps 2) — see `resolve_sampling`.
@@ -35,6 +42,7 @@ from raypipe.config import ConfigError, SamplingConfig, save_config
 from raypipe.data.manifest import Manifest, load_manifest, normalize_label
 from raypipe.distributed.cluster import configure_data_context, init_ray
 from raypipe.distributed.scoring import score_videos
+from raypipe.reward.leaderboard import by_model_reports, dimension_report, leaderboard_markdown
 from raypipe.reward.metrics import accuracy_curve, pairwise_report
 from raypipe.reward.scoring import (
     TIE_EPSILON_FILE,
@@ -44,15 +52,22 @@ from raypipe.reward.scoring import (
     overall,
     read_norm_stats,
     resolve_sampling,
+    reward_options,
 )
 
 SIDES = ("A", "B")
+MODEL_COLUMNS = ("A_model", "B_model")  # VideoGen-RewardBench: the generator of each side
+LEADERBOARD_FILE = "leaderboard.md"
 
 
 @dataclasses.dataclass
 class EvalConfig:
-    reward: str = ""  # a VideoReward checkpoint folder (train-reward OUT/final)
-    manifest: str = ""  # labelled preference manifest (.parquet or .csv)
+    reward: str = ""  # a VideoReward checkpoint folder (train-reward OUT/final, or the released VideoAlign layout)
+    manifest: str = ""  # labelled preference manifest (.parquet or .csv), e.g. VideoGen-RewardBench's CSV
+    # base model folder for a checkpoint in the released VideoAlign layout (default: its model_name_or_path)
+    base: str | None = None
+    # the official prompt_template.py (or a text file) for the videoalign template; default $RAYPIPE_VIDEOALIGN_TEMPLATE
+    template_file: str | None = None
     out: str = "eval-out"  # output folder
     video_root: str | None = None  # relative video paths resolve against this (default: the manifest's folder)
     sampling: SamplingConfig | None = None  # None: the checkpoint's sampling.json, else SamplingConfig()
@@ -63,6 +78,7 @@ class EvalConfig:
     address: str | None = None  # Ray cluster address; None: RAY_ADDRESS or a local Ray
     progress: bool = True  # progress bars
     save_epsilon: bool = False  # also store ε* per dimension in the checkpoint (tie_epsilon.json), used by relabel
+    official_accuracy: bool = True  # also report the official VideoAlign script's accuracies (metrics, leaderboard)
 
 
 def _prepare(cfg: EvalConfig) -> tuple[Manifest, list[str], dict | None]:
@@ -72,6 +88,7 @@ def _prepare(cfg: EvalConfig) -> tuple[Manifest, list[str], dict | None]:
     try:
         dimensions = checkpoint_dimensions(cfg.reward)
         norm_stats = read_norm_stats(cfg.reward, dimensions)
+        reward_options(cfg.reward, cfg.base, cfg.template_file)  # a missing base or template fails here
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"checkpoint: {e}") from None
     manifest = load_manifest(cfg.manifest, dimensions, cfg.video_root, require_labels=True)
@@ -127,29 +144,38 @@ def pair_scores(manifest: Manifest, ids: dict[str, np.ndarray], scored: dict, di
 
 def _labels_and_margins(
     scores: pa.Table, label_column: str, margin_column: str, labels: list | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(h, m) over rows with a label and no error."""
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(h, m, kept row positions) over rows with a label and no error."""
     h = labels if labels is not None else scores.column(label_column).to_pylist()
     m = scores.column(margin_column).to_pylist()
     err = scores.column("error").to_pylist()
     keep = [i for i in range(len(h)) if h[i] is not None and err[i] is None and m[i] is not None]
-    return np.array([h[i] for i in keep], dtype=np.int64), np.array([m[i] for i in keep], dtype=np.float64)
+    h_arr, m_arr = np.array([h[i] for i in keep], dtype=np.int64), np.array([m[i] for i in keep], dtype=np.float64)
+    return h_arr, m_arr, keep
 
 
-def compute_metrics(scores: pa.Table, dimensions, n_scored_videos: int) -> tuple[dict, dict]:
+def _report(scores: pa.Table, label_column, margin_column, official: bool, labels=None) -> tuple[dict, tuple]:
+    """(report with `official` and, when the table has A_model/B_model, `by_model`; (h, m) it used)."""
+    h, m, keep = _labels_and_margins(scores, label_column, margin_column, labels)
+    report = dimension_report(h, m, official)
+    if all(c in scores.column_names for c in MODEL_COLUMNS):
+        a, b = ([col[i] for i in keep] for col in (scores.column(c).to_pylist() for c in MODEL_COLUMNS))
+        report["by_model"] = by_model_reports(h, m, a, b, official)
+    return report, (h, m)
+
+
+def compute_metrics(scores: pa.Table, dimensions, n_scored_videos: int, official: bool = True) -> tuple[dict, dict]:
     """(metrics.json content, {name: (h, m)} used) for a table written by `pair_scores`."""
     metrics, used, notes = {}, {}, []
     for dim in dimensions:
         if f"y_{dim}" not in scores.column_names:
             notes.append(f"{dim}: the manifest has no {dim} label column")
             continue
-        used[dim] = _labels_and_margins(scores, f"y_{dim}", f"margin_{dim}")
-        metrics[dim] = pairwise_report(*used[dim])
+        metrics[dim], used[dim] = _report(scores, f"y_{dim}", f"margin_{dim}", official)
     if "Overall" in scores.column_names:
         if "margin_Overall" in scores.column_names:
             labels = [normalize_label(v) for v in scores.column("Overall").to_pylist()]
-            used["Overall"] = _labels_and_margins(scores, "Overall", "margin_Overall", labels)
-            metrics["Overall"] = pairwise_report(*used["Overall"])
+            metrics["Overall"], used["Overall"] = _report(scores, "Overall", "margin_Overall", official, labels)
         else:
             notes.append("Overall: omitted, the checkpoint has no norm_stats.json (Overall sums normalised scores)")
     errors = Counter(e for e in scores.column("error").to_pylist() if e is not None)
@@ -200,15 +226,13 @@ def _fmt(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def print_table(metrics: dict) -> None:
-    """A small human-readable summary on stdout."""
-    print(f"{'dim':<8} {'n':>6} {'ties':>6} {'acc w/o ties':>13} {'acc w/ ties':>12} {'eps*':>9}")
+def print_table(metrics: dict, leaderboard: str) -> None:
+    """The leaderboard (`leaderboard_markdown`), then ties and ε* per dimension, rows, errors and notes."""
+    print(leaderboard)
+    print(f"{'dim':<8} {'n':>6} {'ties':>6} {'eps*':>9}")
     for name, r in metrics.items():
         if isinstance(r, dict) and "acc_with_ties" in r:
-            print(
-                f"{name:<8} {r['n']:>6} {r['n_ties']:>6} {_fmt(r['acc_without_ties'], '.3f'):>13} "
-                f"{_fmt(r['acc_with_ties'], '.3f'):>12} {_fmt(r['epsilon'], '.4g'):>9}"
-            )
+            print(f"{name:<8} {r['n']:>6} {r['n_ties']:>6} {_fmt(r['epsilon'], '.4g'):>9}")
     print(f"rows {metrics['n_rows']}, videos scored {metrics['n_scored_videos']}, errors {metrics['errors']}")
     for note in metrics.get("notes", []):
         print(f"note: {note}")
@@ -225,16 +249,21 @@ def run(cfg: EvalConfig) -> dict:
     init_ray(cfg.address)
     configure_data_context(cfg.progress)
     videos, ids = distinct_videos(manifest.table, [f"uri_{side}" for side in SIDES])
-    ds = score_videos(videos, cfg.reward, sampling, cfg.concurrency, cfg.batch, cfg.num_gpus, cfg.dtype)
+    options = reward_options(cfg.reward, cfg.base, cfg.template_file)
+    ds = score_videos(
+        videos, cfg.reward, sampling, cfg.concurrency, cfg.batch, cfg.num_gpus, cfg.dtype, reward_options=options
+    )
     scored = collect_scores(ds, dimensions)
     scores = pair_scores(manifest, ids, scored, dimensions, norm_stats)
     pq.write_table(scores, out / "scores.parquet")
-    metrics, used = compute_metrics(scores, dimensions, n_scored_videos=len(scored))
+    metrics, used = compute_metrics(scores, dimensions, n_scored_videos=len(scored), official=cfg.official_accuracy)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    leaderboard = leaderboard_markdown(metrics, official=cfg.official_accuracy)
+    (out / LEADERBOARD_FILE).write_text(leaderboard)
     plot_accuracy_vs_epsilon(used, out / "accuracy_vs_epsilon.png")
     eps = {k: v["epsilon"] for k, v in metrics.items() if isinstance(v, dict) and v.get("epsilon") is not None}
     (out / TIE_EPSILON_FILE).write_text(json.dumps(eps, indent=2))
     if cfg.save_epsilon:
         (Path(cfg.reward) / TIE_EPSILON_FILE).write_text(json.dumps(eps, indent=2))
-    print_table(metrics)
+    print_table(metrics, leaderboard)
     return metrics

@@ -50,6 +50,7 @@ from raypipe.reward.scoring import (
     read_norm_stats,
     read_tie_epsilon,
     resolve_sampling,
+    reward_options,
 )
 
 SUMMARY_FILE = "_summary.json"
@@ -61,6 +62,10 @@ __all__ = ["RelabelConfig", "run", "PROGRESS_DIR", "SUMMARY_FILE", "CONFIG_FILE"
 class RelabelConfig:
     reward: str = ""  # a VideoReward checkpoint folder (train-reward OUT/final)
     input: str = ""  # preference manifest, pointwise manifest, folder of videos, or glob
+    # base model folder for a checkpoint in the released VideoAlign layout (default: its model_name_or_path)
+    base: str | None = None
+    # the official prompt_template.py (or a text file) for the videoalign template; default $RAYPIPE_VIDEOALIGN_TEMPLATE
+    template_file: str | None = None
     out: str = "relabel-out"  # output folder
     video_root: str | None = None  # relative manifest paths resolve against this (default: the manifest's folder)
     prompts: str | None = None  # `path,prompt` sidecar for a folder/glob (default: prompts.csv|parquet in it)
@@ -92,6 +97,7 @@ def _prepare(cfg: RelabelConfig):
         dimensions = checkpoint_dimensions(cfg.reward)
         norm_stats = read_norm_stats(cfg.reward, dimensions)
         stored_eps = read_tie_epsilon(cfg.reward)
+        reward_options(cfg.reward, cfg.base, cfg.template_file)  # a missing base or template fails here
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"checkpoint: {e}") from None
     epsilon = parse_tie_epsilon(cfg.tie_epsilon, dimensions)
@@ -137,6 +143,7 @@ def _score_remaining(cfg, videos, done, dimensions, sampling, progress_state: Pr
         decode_rows=cfg.decode_rows,
         actor_cpus=cfg.actor_cpus,
         decode_cpus=cfg.decode_cpus,
+        reward_options=reward_options(cfg.reward, cfg.base, cfg.template_file),
     )
     keep = ["video_id", "error", "error_message", *[f"score_{d}" for d in dimensions]]
     bar = tqdm(

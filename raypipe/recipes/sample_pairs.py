@@ -30,7 +30,7 @@ from raypipe.data.weights import scalarize
 from raypipe.nrg.sampling import guided_samples, load_generator
 from raypipe.recipes import relabel
 from raypipe.reward.relabel import model_labels
-from raypipe.reward.scoring import checkpoint_dimensions
+from raypipe.reward.scoring import checkpoint_dimensions, reward_options
 from raypipe.video.encode import write_mp4
 
 
@@ -38,7 +38,11 @@ from raypipe.video.encode import write_mp4
 class SamplePairsConfig:
     generator: str = ""  # a WanPipeline folder (the generator whose samples become pairs)
     lora: str | None = None  # optional adapters from train-flow
-    reward: str = ""  # VideoReward checkpoint
+    reward: str = ""  # VideoReward checkpoint (ours, or the released VideoAlign layout)
+    # base model folder for a checkpoint in the released VideoAlign layout (default: its model_name_or_path)
+    base: str | None = None
+    # the official prompt_template.py (or a text file) for the videoalign template; default $RAYPIPE_VIDEOALIGN_TEMPLATE
+    template_file: str | None = None
     prompts: str = "64"  # a number (seeded SynthPref prompts), a .txt / manifest, or prompts separated by "|"
     k: int = 4  # samples per prompt (>= 2)
     # r = sum_d w_d score_d picks best vs worst, e.g. {VQ: 1}
@@ -121,6 +125,7 @@ def run(cfg: SamplePairsConfig) -> dict:
     if cfg.k < 2:
         raise ConfigError(f"k must be >= 2 samples per prompt, got {cfg.k}")
     dims = list(checkpoint_dimensions(cfg.reward))
+    reward_options(cfg.reward, cfg.base, cfg.template_file)  # a missing base or template fails before sampling
     unknown = sorted(set(cfg.weights) - set(dims))
     if unknown:
         raise ConfigError(f"weights name unknown dimensions {unknown} (the reward model has {dims})")
@@ -135,7 +140,13 @@ def run(cfg: SamplePairsConfig) -> dict:
         _write_samples(cfg, gen, prompts, shape, out, manifest)
     summary_relabel = relabel.run(
         relabel.RelabelConfig(
-            reward=cfg.reward, input=str(manifest), out=str(out / "relabel"), address=cfg.address, progress=cfg.progress
+            reward=cfg.reward,
+            base=cfg.base,
+            template_file=cfg.template_file,
+            input=str(manifest),
+            out=str(out / "relabel"),
+            address=cfg.address,
+            progress=cfg.progress,
         )
     )
     scored = pq.read_table(str(out / "relabel"))

@@ -1,6 +1,7 @@
 """Pairwise accuracy of a reward model against human labels (SPEC §4). Pure numpy.
 
     report = pairwise_report(h, m)   # {"acc_without_ties", "acc_with_ties", "epsilon", "n", "n_ties"}
+    official = official_report(h, m)  # {"accuracy_with_ties", "accuracy_without_ties"}: the official script's
 
 `h` is the human label per pair: +1 (A preferred), -1 (B preferred), 0 (tie); `m = r_A - r_B` the model margin.
 
@@ -8,13 +9,26 @@ Ties-included accuracy uses tie calibration (Deutsch, Foster & Freitag, 2023, "T
 Modern Metrics with Pairwise Accuracy and Tie Calibration"): the model predicts a tie when |m| ≤ ε, and ε is
 chosen to maximise accuracy over ε ∈ {-1 (no ties)} ∪ {distinct observed |m|}. Every threshold between two
 consecutive distinct |m| gives the same predictions as the lower one, so this set covers all possible outcomes.
+
+`official_*` reproduce VideoAlign's `calc_accuracy.py` (the VideoGen-RewardBench leaderboard numbers), which
+differs from the exact metric in two ways: it sweeps pair by pair after a stable sort by |m|, so it may score a
+"threshold" that splits pairs of equal |m| (row order decides which side each lands on), and it never scores the
+starting state ε = -1 (no predicted ties). It can therefore be higher or lower than `accuracy_with_ties`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["accuracy_without_ties", "accuracy_with_ties", "accuracy_curve", "pairwise_report"]
+__all__ = [
+    "accuracy_without_ties",
+    "accuracy_with_ties",
+    "accuracy_curve",
+    "pairwise_report",
+    "official_accuracy_with_ties",
+    "official_accuracy_without_ties",
+    "official_report",
+]
 
 NO_TIES = -1.0  # the ε meaning "the model never predicts a tie" (|m| ≥ 0 > -1)
 
@@ -121,4 +135,51 @@ def pairwise_report(h, m) -> dict:
         "epsilon": float(eps),
         "n": int(len(h_v)),
         "n_ties": int((h_v == 0).sum()),
+    }
+
+
+# --- the official script's numbers (VideoAlign calc_accuracy.py) ---------------------------------------------
+def official_accuracy_with_ties(h, m) -> float:
+    """The official script's accuracy with ties (`calc_accuracy_with_ties`), reproduced exactly.
+
+    The official sweep: start from the counts at ε = -1 (no pair predicted a tie), sort the pairs by |m| with
+    Python's stable sort (equal |m| keep their input order), move them ONE AT A TIME to "model predicts a tie"
+    and take the best accuracy seen after each move: max_{k=1..N} (base + Σ_{j≤k} gain_(j)) / N, with gain as in
+    `_sweep`. Two consequences, both unlike `accuracy_with_ties`: a group of equal |m| can be split after any
+    of its pairs (so the result depends on row order and may exceed every real threshold), and the state
+    k = 0 (ε = -1, no ties predicted) is never scored. Ties at k = N (every pair a tie) always are, so the
+    result is ≥ (human ties) / N.
+
+    Empty input gives NaN (the official code returns -inf there, and 0 when it raises).
+    """
+    h, m = _validate(h, m)
+    if len(h) == 0:
+        return float("nan")
+    correct = _correct_decisive(h, m)
+    order = np.argsort(np.abs(m), kind="stable")  # stable, like Python's sorted(): equal |m| in input order
+    gain = (h[order] == 0).astype(np.int64) - correct[order].astype(np.int64)
+    counts = int(correct.sum()) + np.cumsum(gain)  # after moving 1, 2, ..., N pairs; k = 0 is not a candidate
+    return int(counts.max()) / len(h)
+
+
+def official_accuracy_without_ties(h, m) -> float:
+    """The official script's accuracy without ties (`calc_accuracy_without_ties`): C / (C + D + Tm) at ε = -1.
+
+    At ε = -1 the model predicts no tie, so Tm = 0 and this is #{h ≠ 0, h·m > 0} / #{h ≠ 0}: the same number as
+    `accuracy_without_ties` (m = 0 counts as discordant there too). No pair with h ≠ 0 gives NaN (the official
+    code raises ZeroDivisionError).
+    """
+    h, m = _validate(h, m)
+    c = int(((h != 0) & (h * m > 0)).sum())  # consistent
+    d = int(((h != 0) & ~(h * m > 0)).sum())  # discordant, m = 0 included
+    tm = 0  # model ties at ε = -1: |m| ≤ -1 never holds
+    return c / (c + d + tm) if c + d + tm else float("nan")
+
+
+def official_report(h, m) -> dict:
+    """The official script's two numbers, JSON-ready: `accuracy_with_ties`, `accuracy_without_ties`."""
+    h_v, m_v = _validate(h, m)
+    return {
+        "accuracy_with_ties": float(official_accuracy_with_ties(h_v, m_v)),
+        "accuracy_without_ties": float(official_accuracy_without_ties(h_v, m_v)),
     }

@@ -53,6 +53,11 @@ class RewardModelConfig:
     train_language_model: bool = False
     dtype: str = "float32"  # bfloat16 on GPUs
     instruction: str = ""  # text before the prompt, e.g. "Rate this video for the prompt:"
+    # input template: "raypipe" (ours, SPEC §3.1) or "videoalign" (the released VideoReward's instruction text in
+    # the base model's chat template; the text is read at run time from template_file / RAYPIPE_VIDEOALIGN_TEMPLATE)
+    template: str = "raypipe"
+    positions: str = "mrope"  # "mrope" (Qwen2-VL's 3-D rotary positions) or "1d" (0..L-1 on all axes: released)
+    head_per_dimension: bool = False  # a head row per dimension read at its own token (VideoAlign output_dim=3)
 
 
 class VideoReward(nn.Module):
@@ -72,7 +77,8 @@ class VideoReward(nn.Module):
                 base = embed.weight.float().mean(0, keepdim=True).repeat(len(self.dimensions), 1)
                 base += torch.randn_like(base) * embed.weight.float().std() * 0.1
             self.reward_embeds = nn.Parameter(base.to(dtype))
-            self.head = nn.Linear(hidden, 1, bias=False, dtype=dtype)
+            rows = len(self.dimensions) if cfg.head_per_dimension else 1
+            self.head = nn.Linear(hidden, rows, bias=False, dtype=dtype)
         else:
             self.reward_embeds = None
             self.head = nn.Linear(hidden, len(self.dimensions), bias=False, dtype=dtype)
@@ -80,7 +86,9 @@ class VideoReward(nn.Module):
 
     # --- construction ------------------------------------------------------------------------------------
     @classmethod
-    def build(cls, cfg: RewardModelConfig, tiny_dir: str | os.PathLike | None = None) -> VideoReward:
+    def build(
+        cls, cfg: RewardModelConfig, tiny_dir: str | os.PathLike | None = None, template_file: str | None = None
+    ) -> VideoReward:
         """A fresh reward model on a backbone loaded by path (a tiny one is written to `tiny_dir` first)."""
         path = cfg.name_or_path
         if path is None:
@@ -88,8 +96,7 @@ class VideoReward(nn.Module):
                 raise ValueError("model.name_or_path is None: give tiny_dir to write the tiny backbone to")
             path = make_tiny_backbone(tiny_dir, cfg.tiny, cfg.tiny_seed)
         backbone, tokenizer = load_backbone(path, cfg.dtype)
-        processor = RewardProcessor(tokenizer, cfg.dimensions, cfg.context_agnostic, cfg.head, cfg.instruction)
-        model = cls(backbone, processor, cfg)
+        model = cls(backbone, make_processor(tokenizer, cfg, template_file), cfg)
         model.configure_trainable()
         return model
 
@@ -155,12 +162,20 @@ class VideoReward(nn.Module):
             pixel_values_videos=batch["pixel_values_videos"].to(embeds.dtype),
             video_grid_thw=batch["video_grid_thw"],
             mm_token_type_ids=batch["mm_token_type_ids"],
+            position_ids=self._position_ids(input_ids),
             use_cache=False,
         )
         hidden = out.last_hidden_state
-        if self.reward_embeds is not None:
-            return self.head(hidden[rows, positions]).squeeze(-1).float()  # [B, D, H] -> [B, D]
-        return self.head(hidden[rows[:, 0], positions[:, 0]]).float()
+        if self.reward_embeds is None:
+            return self.head(hidden[rows[:, 0], positions[:, 0]]).float()
+        values = self.head(hidden[rows, positions])  # [B, D, H] -> [B, D, 1] (shared head) or [B, D, D] (per dim)
+        return (values.diagonal(dim1=1, dim2=2) if self.cfg.head_per_dimension else values.squeeze(-1)).float()
+
+    def _position_ids(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """None: Qwen2-VL computes its 3-D M-RoPE positions; "1d": 0..L-1 on every axis (the released model)."""
+        if self.cfg.positions == "mrope":
+            return None
+        return torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
 
     def score(self, frames_list, prompts) -> torch.Tensor:
         """Raw rewards [N, D] for decoded videos, in eval mode without gradients."""
@@ -202,21 +217,32 @@ class VideoReward(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, dtype: str | None = None, device: str | torch.device = "cpu"
+        cls,
+        path: str | os.PathLike,
+        dtype: str | None = None,
+        device: str | torch.device = "cpu",
+        base: str | None = None,
+        template_file: str | None = None,
     ) -> VideoReward:
-        """Load a folder written by `save_pretrained` (LoRA already merged; nothing from the hub)."""
+        """Load a folder written by `save_pretrained` (LoRA already merged), or a checkpoint folder in the released
+        VideoAlign layout (`model_config.json` + `checkpoint-<step>/`; `base` overrides its base model path).
+        `template_file`: the official prompt_template.py for the videoalign template. Nothing from the hub."""
         from safetensors.torch import load_file
 
+        from raypipe.reward import videoalign
+
         path = Path(path)
+        if videoalign.is_videoalign(path):
+            return videoalign.load(cls, path, dtype=dtype, device=device, base=base, template_file=template_file)
         if not (path / "reward_config.json").exists():
-            raise FileNotFoundError(f"{path} is not a VideoReward checkpoint (no reward_config.json)")
-        raw = json.loads((path / "reward_config.json").read_text())
-        cfg = _dataclass_from(RewardModelConfig, raw)
+            raise FileNotFoundError(
+                f"{path} is not a VideoReward checkpoint (no reward_config.json, nor model_config.json + checkpoint-*/)"
+            )
+        cfg = _dataclass_from(RewardModelConfig, json.loads((path / "reward_config.json").read_text()))
         if dtype:
             cfg.dtype = dtype
         backbone, tokenizer = load_backbone(path / "backbone", cfg.dtype)
-        processor = RewardProcessor(tokenizer, cfg.dimensions, cfg.context_agnostic, cfg.head, cfg.instruction)
-        model = cls(backbone, processor, cfg)
+        model = cls(backbone, make_processor(tokenizer, cfg, template_file), cfg)
         state = load_file(str(path / "reward_head.safetensors"))
         with torch.no_grad():
             model.head.weight.copy_(state["head.weight"])
@@ -225,6 +251,20 @@ class VideoReward(nn.Module):
         stats = path / "norm_stats.json"
         model.norm_stats = json.loads(stats.read_text()) if stats.exists() else None
         return model.to(device).eval()
+
+
+def make_processor(tokenizer, cfg: RewardModelConfig, template_file: str | None = None) -> RewardProcessor:
+    """The processor for a config; the videoalign template's text is read from the user's copy now."""
+    text = None
+    if cfg.template == "videoalign":
+        from raypipe.reward.videoalign import read_template
+
+        text = read_template(template_file)
+    if cfg.positions not in ("mrope", "1d"):
+        raise ValueError(f"positions must be mrope or 1d, got {cfg.positions!r}")
+    return RewardProcessor(
+        tokenizer, cfg.dimensions, cfg.context_agnostic, cfg.head, cfg.instruction, cfg.template, text
+    )
 
 
 def _dataclass_from(cls, data: dict):

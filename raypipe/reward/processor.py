@@ -8,6 +8,12 @@ Template (one sequence per video; reward tokens as the paper places them):
 Context-agnostic tokens (default VQ, MQ) sit after the video and before the prompt, so under causal attention
 they see only the video; context-aware ones (TA) come after the prompt. N = (T/2)·(H/14)·(W/14)/4 video tokens.
 The "last_token" variant (ablation) has no reward tokens and reads the final token.
+
+`template="videoalign"` is the released VideoReward's input instead: one user turn holding the video and the
+official "detailed_special" instruction text (read from the user's copy, `reward/videoalign.py read_template`) with
+the prompt inserted, rendered with the base model's own chat template (`add_generation_prompt=True`, which adds
+Qwen2-VL's default system turn). The reward tokens sit where that text puts them; a dimension's score is read at
+its own token.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from raypipe.reward.backbone import IM_END, IM_START, VIDEO_PAD, VISION_END, VIS
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 PATCH, MERGE, TEMPORAL = 14, 2, 2
+TEMPLATES = ("raypipe", "videoalign")
 
 
 def reward_token(dim: str) -> str:
@@ -53,17 +60,28 @@ class RewardProcessor:
     """Builds model inputs for one or many (frames, prompt) samples with a given tokenizer."""
 
     def __init__(
-        self, tokenizer, dimensions, context_agnostic=("VQ", "MQ"), head: str = "special_tokens", instruction: str = ""
+        self,
+        tokenizer,
+        dimensions,
+        context_agnostic=("VQ", "MQ"),
+        head: str = "special_tokens",
+        instruction: str = "",
+        template: str = "raypipe",
+        template_text: str | None = None,
     ):
         if head not in ("special_tokens", "last_token"):
             raise ValueError(f"head must be special_tokens or last_token, got {head!r}")
+        if template not in TEMPLATES:
+            raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
+        if template == "videoalign" and (head != "special_tokens" or not template_text):
+            raise ValueError("template videoalign needs head=special_tokens and the template text (template_file)")
         unknown = [d for d in context_agnostic if d not in dimensions]
         if unknown:
             raise ValueError(f"context_agnostic {unknown} not among dimensions {list(dimensions)}")
         self.tokenizer, self.dimensions, self.head = tokenizer, list(dimensions), head
         self.agnostic = [d for d in self.dimensions if d in context_agnostic]
         self.aware = [d for d in self.dimensions if d not in context_agnostic]
-        self.instruction = instruction
+        self.instruction, self.template, self.template_text = instruction, template, template_text
         if head == "special_tokens":
             tokenizer.add_special_tokens(
                 {"additional_special_tokens": [reward_token(d) for d in self.dimensions]},
@@ -87,6 +105,8 @@ class RewardProcessor:
         """One sample: token ids, video token types, patches, grid and the reward-token positions."""
         patches, (gt, gh, gw) = video_patches(frames)
         n_video = gt * gh * gw // (MERGE * MERGE)
+        if self.template == "videoalign":
+            return self._encode_chat(patches, (gt, gh, gw), n_video, prompt)
         ids = [self.ids[IM_START], *self._user, self.ids[VISION_START]]
         video_start = len(ids)
         ids += [self.ids[VIDEO_PAD]] * n_video + [self.ids[VISION_END]]
@@ -111,6 +131,34 @@ class RewardProcessor:
             "pixel_values_videos": patches,
             "video_grid_thw": (gt, gh, gw),
             "reward_positions": reward_positions,
+        }
+
+    def chat_text(self, prompt: str) -> str:
+        """The released model's input text: the instruction with the prompt in one user turn after the video,
+        rendered with the tokenizer's chat template (one `<|video_pad|>`, expanded to the video's tokens later)."""
+        text = self.template_text.format(text_prompt=prompt or "")
+        messages = [{"role": "user", "content": [{"type": "video", "video": "video"}, {"type": "text", "text": text}]}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _encode_chat(self, patches, grid, n_video: int, prompt: str) -> dict:
+        ids = self.tokenizer(self.chat_text(prompt))["input_ids"]
+        pad = self.ids[VIDEO_PAD]
+        if ids.count(pad) != 1:
+            raise ValueError(f"the chat template must render exactly one {VIDEO_PAD} per video, got {ids.count(pad)}")
+        k = ids.index(pad)
+        ids = ids[:k] + [pad] * n_video + ids[k + 1 :]
+        found = {d: [i for i, t in enumerate(ids) if t == self.reward_ids[d]] for d in self.dimensions}
+        bad = {d: len(p) for d, p in found.items() if len(p) != 1}
+        if bad:
+            raise ValueError(f"the template must hold each reward token exactly once; counts {bad}")
+        types = [0] * len(ids)
+        types[k : k + n_video] = [2] * n_video
+        return {
+            "input_ids": ids,
+            "mm_token_type_ids": types,
+            "pixel_values_videos": patches,
+            "video_grid_thw": grid,
+            "reward_positions": [found[d][0] for d in self.dimensions],
         }
 
     def collate(self, samples: list[dict]) -> dict[str, torch.Tensor]:

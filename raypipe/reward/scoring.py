@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from raypipe.config import SamplingConfig, build_config
+from raypipe.reward import videoalign
 
 SAMPLING_FILE = "sampling.json"
 NORM_STATS_FILE = "norm_stats.json"
@@ -82,15 +83,23 @@ def overall(normalized: np.ndarray) -> np.ndarray:
 
 # --- checkpoint side files (read in the driver, without loading weights) --------------------------------------
 def checkpoint_dimensions(checkpoint: str) -> list[str]:
-    """The dimensions a checkpoint scores, from its reward_config.json (no weights loaded)."""
+    """The dimensions a checkpoint scores, from its reward_config.json (no weights loaded); either layout."""
+    if videoalign.is_videoalign(checkpoint):
+        return videoalign.dimensions(checkpoint)
     path = Path(checkpoint) / "reward_config.json"
     if not path.exists():
-        raise FileNotFoundError(f"{checkpoint} is not a VideoReward checkpoint (no reward_config.json)")
+        raise FileNotFoundError(
+            f"{checkpoint} is not a VideoReward checkpoint (no reward_config.json, nor the released layout's "
+            f"model_config.json + checkpoint-<step>/)"
+        )
     return list(json.loads(path.read_text())["dimensions"])
 
 
 def read_norm_stats(checkpoint: str, dimensions) -> dict | None:
-    """The checkpoint's validated norm stats, or None when it has no norm_stats.json."""
+    """The checkpoint's validated norm stats, or None when it has none (released layout: its inference_config)."""
+    if videoalign.is_videoalign(checkpoint):
+        stats = videoalign.norm_stats(checkpoint)
+        return None if stats is None else validate_norm_stats(stats, dimensions)
     path = Path(checkpoint) / NORM_STATS_FILE
     if not path.exists():
         return None
@@ -114,6 +123,27 @@ def read_tie_epsilon(checkpoint: str) -> dict[str, float]:
     return {k: float(v) for k, v in data.items()}
 
 
+def reward_options(checkpoint: str, base: str | None = None, template_file: str | None = None) -> dict:
+    """`VideoReward.from_pretrained` keyword arguments for a job's `base` / `template_file` keys, checked in the
+    driver: a checkpoint with the videoalign template fails here with one line when its text cannot be read
+    (template_file, else $RAYPIPE_VIDEOALIGN_TEMPLATE, resolved now so every actor reads the same file)."""
+    import os
+
+    template_file = template_file or os.environ.get(videoalign.TEMPLATE_ENV) or None
+    if checkpoint_template(checkpoint) == "videoalign":
+        videoalign.read_template(template_file)
+    options = {"base": base, "template_file": str(template_file) if template_file else None}
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def checkpoint_template(checkpoint: str) -> str:
+    """The input template a checkpoint was trained with ("raypipe" or "videoalign")."""
+    if videoalign.is_videoalign(checkpoint):
+        return "videoalign"
+    path = Path(checkpoint) / "reward_config.json"
+    return json.loads(path.read_text()).get("template", "raypipe") if path.exists() else "raypipe"
+
+
 def resolve_sampling(checkpoint: str, override: SamplingConfig | None) -> tuple[SamplingConfig, str]:
     """The sampling to score with, and where it came from.
 
@@ -122,6 +152,8 @@ def resolve_sampling(checkpoint: str, override: SamplingConfig | None) -> tuple[
     """
     if override is not None:
         return override, "config"
+    if videoalign.is_videoalign(checkpoint):
+        return videoalign.sampling(checkpoint), str(Path(checkpoint) / videoalign.CONFIG_FILE)
     path = Path(checkpoint) / SAMPLING_FILE
     if path.exists():
         return build_config(SamplingConfig, json.loads(path.read_text())), str(path)

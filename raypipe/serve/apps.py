@@ -29,10 +29,13 @@ def _with_options(deployment, options: dict | None):
 def reward_app(args: dict):
     """Builder for `serve run` / `serve deploy` (import path raypipe.serve.apps:reward_app); `args` are the
     fields of `RewardAppConfig` (reward, batch, batch_wait_s, ..., deployment_options)."""
+    from raypipe.reward.scoring import reward_options
+
     cfg = reward_app_config(args)
     options = cfg.deployment_options
+    load = reward_options(cfg.reward, cfg.base, cfg.template_file)  # fails here, not in a replica, when unreadable
     model = _with_options(RewardModel, options.get("RewardModel")).bind(
-        cfg.reward, cfg.batch, cfg.batch_wait_s, cfg.dtype
+        cfg.reward, cfg.batch, cfg.batch_wait_s, cfg.dtype, load
     )
     return _with_options(RewardAPI, options.get("RewardAPI")).bind(model, cfg)
 

@@ -17,7 +17,11 @@ DEFAULT_TOKEN_ENV = "RAYPIPE_SERVE_TOKEN"
 class RewardAppConfig:
     """The reward app (`POST /score`): a VideoReward behind an upload/URI-checking ingress."""
 
-    reward: str = ""  # VideoReward checkpoint folder
+    reward: str = ""  # VideoReward checkpoint folder (ours, or the released VideoAlign layout)
+    # base model folder for a checkpoint in the released VideoAlign layout (default: its model_name_or_path)
+    base: str | None = None
+    # the official prompt_template.py (or a text file) for the videoalign template; default $RAYPIPE_VIDEOALIGN_TEMPLATE
+    template_file: str | None = None
     batch: int = 8  # videos per forward pass: the @serve.batch max batch size
     batch_wait_s: float = 0.01  # how long a batch waits to fill
     dtype: str | None = None  # model dtype (None: the checkpoint's)

@@ -35,13 +35,20 @@ UPLOAD_CHUNK_BYTES = 1 << 20
 class RewardModel:
     """Holds one VideoReward; `score` calls are batched dynamically (`@serve.batch`)."""
 
-    def __init__(self, reward: str, batch: int = 8, batch_wait_s: float = 0.01, dtype: str | None = None):
+    def __init__(
+        self,
+        reward: str,
+        batch: int = 8,
+        batch_wait_s: float = 0.01,
+        dtype: str | None = None,
+        options: dict | None = None,
+    ):
         import torch
 
         from raypipe.reward.model import VideoReward
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = VideoReward.from_pretrained(reward, dtype=dtype).to(device).eval()
+        self.model = VideoReward.from_pretrained(reward, dtype=dtype, device=device, **(options or {})).eval()
         self.batch_sizes: list[int] = []
         self.score_batch.set_max_batch_size(max(1, int(batch)))
         self.score_batch.set_batch_wait_timeout_s(float(batch_wait_s))

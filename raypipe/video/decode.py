@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from raypipe.config import SamplingConfig
-from raypipe.video.sampling import SamplingError, resized_size, sample_frame_indices
+from raypipe.video.sampling import SamplingError, check_convention, plan_frames, plan_size
 from raypipe.video.source import SourceError, open_source
 
 ERROR_KINDS = (
@@ -114,22 +114,11 @@ def _plan(info: VideoInfo, sampling: SamplingConfig, native: bool = False) -> Vi
             "too_large", f"{info.total_frames} frames exceed max_source_frames={sampling.max_source_frames}", info.uri
         )
     try:
-        if sampling.all_frames:
-            if info.total_frames < sampling.min_frames:
-                raise SamplingError(
-                    "too_short", f"{info.total_frames} frames, fewer than min_frames={sampling.min_frames}"
-                )
-            info.indices = list(range(min(info.total_frames, sampling.max_frames)))
-        else:
-            info.indices = sample_frame_indices(
-                info.total_frames, info.fps, sampling.fps, sampling.min_frames, sampling.max_frames
-            )
+        info.indices = plan_frames(info.total_frames, info.fps, sampling)
         if native:
             info.height, info.width = info.source_height, info.source_width
         else:
-            info.height, info.width = resized_size(
-                info.source_height, info.source_width, sampling.min_pixels, sampling.max_pixels
-            )
+            info.height, info.width = plan_size(info.source_height, info.source_width, sampling)
     except SamplingError as e:
         return VideoError(e.kind, str(e), info.uri)
     return info
@@ -168,16 +157,37 @@ def _pyav_header(src, uri: str, guess: str) -> tuple[VideoInfo, object] | VideoE
         raise
 
 
-def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """uint8 [T, H, W, 3] resized (bicubic) to height x width; unchanged when already that size."""
-    if frames.shape[1:3] == (height, width):
+def resize_frames(frames: np.ndarray, height: int, width: int, convention: str = "raypipe") -> np.ndarray:
+    """uint8 [T, H, W, 3] resized to height x width; unchanged when already that size (in both conventions).
+
+    "raypipe": PIL bicubic per frame. "qwen": `_resize_torch_bicubic_aa`, what qwen-vl-utils 0.0.8 does.
+    """
+    check_convention(convention)
+    if frames.shape[1:3] == (height, width):  # torchvision's resize returns its input unchanged too
         return np.ascontiguousarray(frames)
+    if convention == "qwen":
+        return _resize_torch_bicubic_aa(frames, height, width)
     from PIL import Image
 
     out = np.empty((frames.shape[0], height, width, 3), np.uint8)
     for i, frame in enumerate(frames):
         out[i] = np.asarray(Image.fromarray(frame).resize((width, height), Image.BICUBIC))
     return out
+
+
+def _resize_torch_bicubic_aa(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """torchvision `transforms.functional.resize(video, [h, w], BICUBIC, antialias=True)` on a uint8 TCHW tensor,
+    as qwen-vl-utils 0.0.8 `fetch_video` calls it: the tensor path casts to float32, interpolates (bicubic,
+    align_corners=False, antialias), clamps to [0, 255], rounds (half to even) and casts back to uint8. The TCHW
+    tensor is a permuted view of the decoded THWC array, as qwen's decord reader makes it."""
+    import torch
+
+    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).to(torch.float32)
+    out = torch.nn.functional.interpolate(
+        video, size=[height, width], mode="bicubic", align_corners=False, antialias=True
+    )
+    out = out.clamp(min=0, max=255).round().to(torch.uint8)
+    return np.ascontiguousarray(out.permute(0, 2, 3, 1).numpy())
 
 
 def _decode_decord(
@@ -203,7 +213,7 @@ def _decode_decord(
             return None
     finally:
         del reader
-    return VideoClip(planned, resize_frames(frames, planned.height, planned.width), "decord")
+    return VideoClip(planned, resize_frames(frames, planned.height, planned.width, sampling.convention), "decord")
 
 
 def _decode_pyav(
@@ -241,7 +251,7 @@ def _decode_pyav(
             info.uri,
         )
     frames = np.stack([picked[i] for i in planned.indices])
-    return VideoClip(planned, resize_frames(frames, planned.height, planned.width), "pyav")
+    return VideoClip(planned, resize_frames(frames, planned.height, planned.width, sampling.convention), "pyav")
 
 
 def _decode_pillow(
@@ -281,7 +291,7 @@ def _decode_pillow(
     if not decode:
         return VideoClip(planned, _NO_FRAMES, "pillow")
     frames = np.stack([rgb[i] for i in planned.indices])
-    return VideoClip(planned, resize_frames(frames, planned.height, planned.width), "pillow")
+    return VideoClip(planned, resize_frames(frames, planned.height, planned.width, sampling.convention), "pillow")
 
 
 def _open(uri: str, filesystem=None) -> tuple[object, bytes] | VideoError:

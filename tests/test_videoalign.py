@@ -1,0 +1,324 @@
+"""The released VideoReward layout: a tiny Qwen2-VL written the way VideoAlign's training code writes it (4.45 key
+names, PEFT prefixes and LoRA, model.pth or adapter + non-LoRA files, model_config.json, an inference_config), loaded
+by our code and checked against a forward pass assembled here by hand from the same tensors; export round trip;
+the weights_only refusal; the template reader."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from raypipe.config import ConfigError, SamplingConfig
+from raypipe.reward import videoalign
+from raypipe.reward.backbone import build_tiny_tokenizer, make_tiny_backbone
+from raypipe.reward.model import RewardModelConfig, VideoReward
+from raypipe.reward.processor import video_patches
+from raypipe.reward.scoring import checkpoint_dimensions, read_norm_stats, resolve_sampling
+
+# Our own template text with the official one's structure (VQ and MQ tokens before the prompt, TA after it).
+TEMPLATE = (
+    "rate the video quality : <|VQ_reward|> . rate the motion quality : <|MQ_reward|> . "
+    "the prompt : {text_prompt} . rate the text alignment : <|TA_reward|> ."
+)
+# A chat template of our own, shaped like Qwen2-VL's: a default system turn, the video placeholder, the text.
+SYSTEM = "rate the video ."
+CHAT = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\n" + SYSTEM + "<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% for c in message['content'] %}{% if c['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+STATS = {"VQ_mean": 0.1, "VQ_std": 2.0, "MQ_mean": -0.3, "MQ_std": 0.5, "TA_mean": 0.0, "TA_std": 1.5}
+LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+R, ALPHA = 4, 8
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    path = make_tiny_backbone(tmp_path_factory.mktemp("base") / "qwen2vl")
+    tok = build_tiny_tokenizer()
+    tok.chat_template = CHAT
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def template_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tpl") / "prompt_template.py"
+    path.write_text(f'OTHER = "x"\n{videoalign.TEMPLATE_CONSTANT} = """\n{TEMPLATE}\n"""\n')
+    return path
+
+
+def official_tensors(base, output_dim: int, seed: int = 0):
+    """What VideoAlign's training would leave: every weight changed, the three token rows, LoRA on the language
+    model's linear layers, the rm_head; in transformers 5 names (renamed below), plus the LoRA factors."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    g = torch.Generator().manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(base)
+    n_tokens = len(build_tiny_tokenizer()) + 3
+    model.resize_token_embeddings(n_tokens)
+    state = {k: v + 0.02 * torch.randn(v.shape, generator=g) for k, v in model.state_dict().items()}
+    state["lm_head.weight"] = state["model.language_model.embed_tokens.weight"]  # tied, as in Qwen2-VL-2B
+    lora = {}
+    for key, w in state.items():
+        if key.startswith("model.language_model.") and key.endswith(".weight") and key.split(".")[-2] in LINEAR:
+            a = 0.1 * torch.randn(R, w.shape[1], generator=g)
+            b = 0.1 * torch.randn(w.shape[0], R, generator=g)
+            lora[key[: -len(".weight")]] = (a, b)
+    hidden = state["model.language_model.embed_tokens.weight"].shape[1]
+    head = 0.3 * torch.randn(output_dim, hidden, generator=g)
+    return state, lora, head
+
+
+def released_key(key: str, lora_modules) -> str:
+    """transformers 5 name -> the 4.45 name under PEFT's prefix (base_layer for adapted modules)."""
+    old = re.sub(r"^model\.visual\.", "visual.", key)
+    old = re.sub(r"^model\.language_model\.", "model.", old)
+    module, leaf = key.rsplit(".", 1)
+    if module in lora_modules:
+        old = old.rsplit(".", 1)[0] + f".base_layer.{leaf}"
+    return "base_model.model." + old
+
+
+def write_released(folder, base, output_dim=1, layout="full", seed=0):
+    state, lora, head = official_tensors(base, output_dim, seed)
+    out = {released_key(k, lora): v for k, v in state.items()}
+    adapters = {}
+    for module, (a, b) in lora.items():
+        old = "base_model.model." + re.sub(r"^model\.language_model\.", "model.", module)
+        adapters[f"{old}.lora_A.weight"], adapters[f"{old}.lora_B.weight"] = a, b
+    out["base_model.model.rm_head.weight"] = head
+    stale = folder / "checkpoint-5"  # a lower step: must not be the one loaded
+    stale.mkdir(parents=True)
+    torch.save({"garbage": torch.zeros(1)}, stale / "model.pth")
+    ckpt = folder / "checkpoint-12"
+    ckpt.mkdir()
+    if layout == "full":
+        out.update({k.replace(".lora_A.", ".lora_A.default.").replace(".lora_B.", ".lora_B.default."): v
+                    for k, v in adapters.items()})  # fmt: skip
+        torch.save(out, ckpt / "model.pth")
+    else:  # adapter files + the trained non-LoRA weights; the base supplies the rest
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in adapters.items()}, str(ckpt / "adapter_model.safetensors"))
+        trained = {k: v for k, v in out.items() if "base_layer" not in k}
+        torch.save(trained, ckpt / "non_lora_state_dict.pth")
+        for module in lora:  # the adapted layers' own weights and biases stay the base's in this layout
+            for leaf in ("weight", "bias"):
+                if f"{module}.{leaf}" in state:
+                    state[f"{module}.{leaf}"] = None
+    config = {
+        "data_config": {"meta_data": "x.csv", "data_dir": "/x", "fps": 2.0, "max_frame_pixels": 112 * 112,
+                        "num_frames": None, "eval_dim": ["VQ", "MQ", "TA"], "prompt_template_type": "detailed_special",
+                        "sample_type": "uniform"},
+        "training_args": {"output_dir": str(folder)},
+        "model_config": {"model_name_or_path": str(base), "output_dim": output_dim, "use_special_tokens": True,
+                         "reward_token": "special", "torch_dtype": "bfloat16"},
+        "peft_lora_config": {"lora_enable": True, "lora_r": R, "lora_alpha": ALPHA, "lora_dropout": 0.05,
+                             "lora_namespan_exclude": ["lm_head", "rm_head", "embed_tokens", "visual"]},
+        "inference_config": STATS,
+    }  # fmt: skip
+    (folder / "model_config.json").write_text(json.dumps(config))
+    return state, lora, head
+
+
+def by_hand(base, state, lora, head, frames_list, prompts):
+    """The released model's forward, assembled from the tensors: LoRA merged by hand, the chat text written out,
+    1-D positions, rm_head at the reward tokens (row d at token d for output_dim 3)."""
+    from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
+
+    model = Qwen2VLForConditionalGeneration.from_pretrained(base)
+    tok = AutoTokenizer.from_pretrained(base)
+    tok.add_special_tokens({"additional_special_tokens": ["<|VQ_reward|>", "<|MQ_reward|>", "<|TA_reward|>"]})
+    model.resize_token_embeddings(len(tok))
+    current = model.state_dict()
+    weights = {k: (current[k] if v is None else v) for k, v in state.items()}
+    for module, (a, b) in lora.items():
+        weights[module + ".weight"] = weights[module + ".weight"] + (ALPHA / R) * b @ a
+    model.load_state_dict(weights)
+    model.eval()
+    out = []
+    for frames, prompt in zip(frames_list, prompts):
+        text = TEMPLATE.replace("{text_prompt}", prompt)
+        chat = (
+            f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>"
+            f"{text}<|im_end|>\n<|im_start|>assistant\n"
+        )
+        ids = tok(chat)["input_ids"]
+        patches, grid = video_patches(frames)
+        n_video = grid[0] * grid[1] * grid[2] // 4
+        k = ids.index(tok.convert_tokens_to_ids("<|video_pad|>"))
+        ids = torch.tensor(ids[:k] + ids[k : k + 1] * n_video + ids[k + 1 :])
+        with torch.no_grad():
+            embeds = model.model.language_model.embed_tokens(ids)[None]
+            video = model.model.visual(patches, grid_thw=torch.tensor([grid])).pooler_output
+            embeds[0, k : k + n_video] = video
+            hidden = model.model.language_model(inputs_embeds=embeds, position_ids=torch.arange(len(ids))[None])
+            hidden = hidden.last_hidden_state[0]
+        rows = [int((ids == tok.convert_tokens_to_ids(f"<|{d}_reward|>")).nonzero()) for d in ("VQ", "MQ", "TA")]
+        values = hidden[rows] @ head.T  # [3, output_dim]
+        out.append(values.diagonal() if head.shape[0] == 3 else values[:, 0])
+    return torch.stack(out)
+
+
+def clips():
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 255, (4, 56, 84, 3), dtype=np.uint8), rng.integers(0, 255, (2, 28, 56, 3), dtype=np.uint8)]
+
+
+@pytest.mark.parametrize("output_dim,layout", [(1, "full"), (3, "full"), (1, "adapter")])
+def test_released_layout_scores_equal_the_hand_assembled_forward(tmp_path, base, template_file, output_dim, layout):
+    state, lora, head = write_released(tmp_path, base, output_dim, layout)
+    model = VideoReward.from_pretrained(tmp_path, template_file=str(template_file))
+    assert model.cfg.template == "videoalign" and model.cfg.positions == "1d"
+    assert model.cfg.head_per_dimension == (output_dim == 3)
+    frames, prompts = clips(), ["a red circle moving left", "a blue square"]
+    ours = model.score(frames, prompts)  # one padded batch of two lengths
+    expected = by_hand(base, state, lora, head, frames, prompts)
+    torch.testing.assert_close(ours, expected.float(), atol=1e-5, rtol=1e-5)
+    one = model.score(frames[1:], prompts[1:])  # alone: padding changes nothing
+    torch.testing.assert_close(one, expected[1:].float(), atol=1e-5, rtol=1e-5)
+
+
+def test_side_files_of_the_released_layout(tmp_path, base):
+    write_released(tmp_path, base)
+    assert checkpoint_dimensions(str(tmp_path)) == ["VQ", "MQ", "TA"]
+    stats = read_norm_stats(str(tmp_path), ["VQ", "MQ", "TA"])
+    assert stats == {"mean": {"VQ": 0.1, "MQ": -0.3, "TA": 0.0}, "std": {"VQ": 2.0, "MQ": 0.5, "TA": 1.5}}
+    sampling, source = resolve_sampling(str(tmp_path), None)
+    assert source.endswith("model_config.json")
+    assert (sampling.convention, sampling.fps, sampling.max_pixels) == ("qwen", 2.0, 112 * 112)
+    assert (sampling.min_pixels, sampling.min_frames, sampling.max_frames) == (128 * 28 * 28, 4, 768)
+
+
+def test_export_round_trip_gives_identical_scores(tmp_path, base, template_file):
+    cfg = RewardModelConfig(name_or_path=str(base), template="videoalign", positions="1d", head_per_dimension=True)
+    torch.manual_seed(3)
+    model = VideoReward.build(cfg, template_file=str(template_file))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.norm_stats = {"mean": {"VQ": 1.0, "MQ": 2.0, "TA": 3.0}, "std": {"VQ": 1.0, "MQ": 0.5, "TA": 2.0}}
+    sampling = videoalign.sampling_defaults(fps=2.0, max_pixels=112 * 112)
+    out = videoalign.export(model, tmp_path / "exported", base=str(base), sampling_cfg=sampling, step=7)
+    state = torch.load(out / "checkpoint-7" / "model.pth", weights_only=True)
+    assert "rm_head.weight" in state and "visual.patch_embed.proj.weight" in state
+    assert not any(k.startswith(("model.language_model", "model.visual", "base_model")) for k in state)
+    config = json.loads((out / "model_config.json").read_text())
+    assert config["model_config"]["output_dim"] == 3 and config["inference_config"]["MQ_std"] == 0.5
+    loaded = VideoReward.from_pretrained(out, template_file=str(template_file))
+    frames, prompts = clips(), ["a red circle moving left", "a blue square"]
+    torch.testing.assert_close(loaded.score(frames, prompts), model.score(frames, prompts), atol=1e-6, rtol=1e-6)
+    assert loaded.norm_stats == model.norm_stats
+
+
+class _NeedsCode:
+    pass
+
+
+def test_a_pickle_that_needs_code_is_refused(tmp_path, base, template_file):
+    write_released(tmp_path, base)
+    torch.save({"w": torch.zeros(1), "obj": _NeedsCode()}, tmp_path / "checkpoint-12" / "model.pth")
+    with pytest.raises(ConfigError, match="refusing to load"):
+        VideoReward.from_pretrained(tmp_path, template_file=str(template_file))
+
+
+def test_template_reader(tmp_path, template_file, monkeypatch):
+    assert videoalign.read_template(template_file).strip() == TEMPLATE
+    plain = tmp_path / "t.txt"
+    plain.write_text(TEMPLATE)
+    assert videoalign.read_template(plain) == TEMPLATE
+    monkeypatch.setenv(videoalign.TEMPLATE_ENV, str(plain))
+    assert videoalign.read_template(None) == TEMPLATE
+    monkeypatch.delenv(videoalign.TEMPLATE_ENV)
+    with pytest.raises(ConfigError, match="template_file=PATH"):
+        videoalign.read_template(None)
+    plain.write_text("no tokens {text_prompt}")
+    with pytest.raises(ConfigError, match="lacks"):
+        videoalign.read_template(plain)
+    (tmp_path / "p.py").write_text("X = 1\n")
+    with pytest.raises(ConfigError, match=videoalign.TEMPLATE_CONSTANT):
+        videoalign.read_template(tmp_path / "p.py")
+
+
+def test_missing_base_says_how_to_give_it(tmp_path, base, template_file):
+    write_released(tmp_path, base)
+    config = json.loads((tmp_path / "model_config.json").read_text())
+    config["model_config"]["model_name_or_path"] = "Qwen/Qwen2-VL-2B-Instruct"
+    (tmp_path / "model_config.json").write_text(json.dumps(config))
+    with pytest.raises(FileNotFoundError, match="base=PATH"):
+        VideoReward.from_pretrained(tmp_path, template_file=str(template_file))
+    assert VideoReward.from_pretrained(tmp_path, base=str(base), template_file=str(template_file)) is not None
+
+
+def test_sampling_defaults_are_a_sampling_config():
+    s = videoalign.sampling_defaults(fps=1.0, max_pixels=448 * 448)
+    assert isinstance(s, SamplingConfig) and s.convention == "qwen" and s.max_pixels == 448 * 448
+
+
+# --- through the CLI, on Ray ---------------------------------------------------------------------------------
+def test_relabel_cli_on_a_released_folder_matches_direct_scoring(
+    tmp_path, base, template_file, make_mp4, ray_local, monkeypatch
+):
+    """`raypipe relabel --checkpoint FOLDER --input POINTWISE --out OUT` with the template from the environment:
+    raw scores equal the model's own scores of the qwen-sampled frames; norm_ / Overall follow inference_config."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raypipe.cli import main
+    from raypipe.video.decode import decode_video
+
+    folder = tmp_path / "VideoReward"
+    write_released(folder, base)
+    videos = [  # sizes and rates of real generators, scaled down: odd sizes, upscaled small ones, fps above 2
+        make_mp4("a.mp4", t=20, h=56, w=84, fps=8.0),
+        make_mp4("b.mp4", t=9, h=40, w=30, fps=24.0, seed=1),
+        make_mp4("c.mp4", t=13, h=120, w=64, fps=5.0, seed=2),
+    ]
+    prompts = ["a red circle moving left", "a blue square", "a green triangle moving up"]
+    pq.write_table(pa.table({"path": videos, "prompt": prompts}), tmp_path / "points.parquet")
+    monkeypatch.setenv(videoalign.TEMPLATE_ENV, str(template_file))
+    out = tmp_path / "out"
+    rc = main(["relabel", "--checkpoint", str(folder), "--input", str(tmp_path / "points.parquet"), "--out", str(out),
+               "progress=false"])  # fmt: skip
+    assert rc == 0
+    got = pq.read_table(out).to_pylist()
+    model = VideoReward.from_pretrained(folder)
+    sampling = videoalign.sampling(folder)
+    clips_ = [decode_video(v, sampling).frames for v in videos]
+    assert clips_[0].shape[0] == 4  # 20 frames at 8 fps: 5 -> 4 (Python's round), upscaled to min_pixels
+    direct = model.score(clips_, prompts).numpy()
+    by_path = {r["path"]: r for r in got}
+    for i, v in enumerate(videos):
+        row = by_path[v]
+        assert row["error"] is None
+        raw = [row[f"score_{d}"] for d in videoalign.DIMENSIONS]
+        np.testing.assert_allclose(raw, direct[i], atol=1e-5)
+        norm = [(raw[j] - STATS[f"{d}_mean"]) / STATS[f"{d}_std"] for j, d in enumerate(videoalign.DIMENSIONS)]
+        np.testing.assert_allclose([row[f"norm_{d}"] for d in videoalign.DIMENSIONS], norm, atol=1e-9)
+        assert row["Overall"] == pytest.approx(sum(norm))
+
+
+def test_export_cli_and_conversion(tmp_path, base, template_file, capsys):
+    from raypipe.cli import main
+
+    cfg = RewardModelConfig(name_or_path=str(base), template="videoalign", positions="1d")
+    model = VideoReward.build(cfg, template_file=str(template_file))
+    model.save_pretrained(tmp_path / "ours", norm_stats={"mean": dict.fromkeys("VQ MQ TA".split(), 0.0),
+                                                          "std": dict.fromkeys("VQ MQ TA".split(), 1.0)})  # fmt: skip
+    args = ["--template-file", str(template_file), "--format", "videoalign"]
+    assert main(["export-reward", "--checkpoint", str(tmp_path / "ours"), *args, "--out", str(tmp_path / "va")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["notes"] and "frame sampling" in summary["notes"][0]  # trained with our sampling: said so
+    assert videoalign.is_videoalign(tmp_path / "va")
+    # ...and back to our layout, from the released one
+    back = ["--checkpoint", str(tmp_path / "va"), "--format", "raypipe", "--template-file", str(template_file)]
+    assert main(["export-reward", *back, "--out", str(tmp_path / "back")]) == 0
+    frames, prompts = clips(), ["a red circle", "a blue square"]
+    again = VideoReward.from_pretrained(tmp_path / "back", template_file=str(template_file))
+    torch.testing.assert_close(again.score(frames, prompts), model.score(frames, prompts), atol=1e-6, rtol=1e-6)
+    assert main(["export-reward", "--checkpoint", str(tmp_path / "ours"), "--format", "onnx"]) == 2
