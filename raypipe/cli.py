@@ -121,6 +121,13 @@ def _add_probe(sub):
     p.add_argument("--min-pixels", type=int, default=56 * 56, help="minimum pixels per frame (default 56*56)")
     p.add_argument("--min-frames", type=int, default=4, help="fewer sampled frames: too_short (default 4)")
     p.add_argument("--max-frames", type=int, default=64, help="cap on sampled frames (default 64)")
+    p.add_argument(
+        "--convention",
+        choices=("raypipe", "qwen"),
+        default="raypipe",
+        help="raypipe (SPEC §2.3) or qwen (qwen-vl-utils 0.0.8, the released VideoReward's)",
+    )
+    p.add_argument("--reward", help="use this reward checkpoint's sampling instead (either layout)")
     p.set_defaults(func=_run_probe)
 
 
@@ -134,7 +141,12 @@ def _run_probe(args) -> int:
         max_frames=args.max_frames,
         min_pixels=args.min_pixels,
         max_pixels=args.max_pixels,
+        convention=args.convention,
     )
+    if args.reward:
+        from raypipe.reward.scoring import resolve_sampling
+
+        sampling, _ = resolve_sampling(args.reward, None)
     info = probe_video(args.video, sampling)
     if isinstance(info, VideoError):
         _print_json({"error": info.kind, "message": info.message})

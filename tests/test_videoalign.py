@@ -322,3 +322,75 @@ def test_export_cli_and_conversion(tmp_path, base, template_file, capsys):
     again = VideoReward.from_pretrained(tmp_path / "back", template_file=str(template_file))
     torch.testing.assert_close(again.score(frames, prompts), model.score(frames, prompts), atol=1e-6, rtol=1e-6)
     assert main(["export-reward", "--checkpoint", str(tmp_path / "ours"), "--format", "onnx"]) == 2
+
+
+@pytest.mark.slow
+def test_train_reward_continues_from_the_released_checkpoint(tmp_path, base, template_file, ray_local):
+    """init_from a released folder: its weights are the start, its conventions are kept in what is saved."""
+    from raypipe.config import load_config
+    from raypipe.recipes.train_reward import RewardTrainConfig
+    from raypipe.recipes.train_reward import run as run_train_reward
+
+    folder = tmp_path / "VideoReward"
+    write_released(folder, base, output_dim=3)
+    overrides = [
+        f"init_from={folder}",
+        f"template_file={template_file}",
+        f"out={tmp_path / 'out'}",
+        "synth_train.pairs=12",
+        "synth_val.pairs=4",
+        "train.batch=2",
+        "train.max_steps=3",  # a warm-up step at lr 0, one at lr > 0, the cosine's last at lr 0
+        "train.eval_every=3",
+        "train.checkpoint_every=3",
+        "train.cpus_per_worker=0.5",
+        "train.max_failures=0",
+        "train.lr=1e-3",
+        "progress=false",
+    ]
+    summary = run_train_reward(load_config(RewardTrainConfig, None, overrides))
+    assert summary["steps"] == 3
+    final = tmp_path / "out" / "final"
+    saved = json.loads((final / "reward_config.json").read_text())
+    assert (saved["template"], saved["positions"], saved["head_per_dimension"]) == ("videoalign", "1d", True)
+    assert json.loads((final / "sampling.json").read_text())["convention"] == "qwen"
+    start = VideoReward.from_pretrained(folder, template_file=str(template_file))
+    tuned = VideoReward.from_pretrained(final, template_file=str(template_file))
+    frames, prompts = clips(), ["a red circle moving left", "a blue square"]
+    a, b = start.score(frames, prompts), tuned.score(frames, prompts)
+    assert torch.isfinite(b).all() and not torch.allclose(a, b)
+    assert (a - b).abs().max() < 5.0  # moved from the released weights, not re-initialised
+
+
+def test_chat_template_from_the_processor_file(tmp_path, base):
+    """Qwen2-VL ships its chat template in chat_template.json too; a tokenizer without one takes it from there."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "b"
+    tok = build_tiny_tokenizer()
+    tok.save_pretrained(folder)
+    loaded = AutoTokenizer.from_pretrained(folder)
+    with pytest.raises(ConfigError, match="no chat template"):
+        videoalign.ensure_chat_template(loaded, str(folder))
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": CHAT}))
+    videoalign.ensure_chat_template(loaded, str(folder))
+    assert loaded.chat_template == CHAT
+
+
+def test_consumers_fail_fast_without_the_template(tmp_path, base, monkeypatch, capsys):
+    """No template anywhere: relabel exits 2 with one line saying where to get it; the serve builder refuses
+    before any replica starts; with template_file= the builder binds."""
+    from raypipe.cli import main
+    from raypipe.serve.apps import reward_app
+
+    folder = tmp_path / "VideoReward"
+    write_released(folder, base)
+    monkeypatch.delenv(videoalign.TEMPLATE_ENV, raising=False)
+    capsys.readouterr()
+    assert main(["relabel", "--checkpoint", str(folder), "--input", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "template_file=PATH" in err[0] and "VideoAlign" in err[0]
+    with pytest.raises(ConfigError, match="template_file=PATH"):
+        reward_app({"reward": str(folder)})
+    (tmp_path / "t.txt").write_text(TEMPLATE)
+    assert reward_app({"reward": str(folder), "template_file": str(tmp_path / "t.txt")}) is not None

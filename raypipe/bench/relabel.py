@@ -177,8 +177,9 @@ def _videos(manifest: str, checkpoint: str) -> list[tuple[str, str]]:
     from raypipe.data.inputs import resolve_input
     from raypipe.data.manifest import load_manifest
     from raypipe.reward.relabel import video_table
+    from raypipe.reward.scoring import checkpoint_dimensions
 
-    dims = json.loads((Path(checkpoint) / "reward_config.json").read_text())["dimensions"]
+    dims = checkpoint_dimensions(checkpoint)
     videos_table, _ = video_table(resolve_input(manifest, dims))
     videos = list(zip(videos_table.column("uri").to_pylist(), videos_table.column("prompt").to_pylist()))
     load_manifest(manifest, dims)

@@ -40,7 +40,7 @@ from raypipe.distributed.trainer import TrainerSettings, deepspeed_engine, fit_t
 from raypipe.reward.backbone import make_tiny_backbone
 from raypipe.reward.model import RewardModelConfig, VideoReward
 from raypipe.reward.scoring import TIE_EPSILON_FILE, compute_norm_stats
-from raypipe.reward.training import batch_loss, pairs_to_inputs, validation_metrics
+from raypipe.reward.training import batch_loss, init_conventions, model_from_init, pairs_to_inputs, validation_metrics
 from raypipe.video.synth import manifest_or_synthpref
 
 
@@ -84,6 +84,11 @@ class RewardTrainConfig:
     out: str = "reward-out"  # output folder
     address: str | None = None  # Ray cluster address; null: RAY_ADDRESS or a new local Ray
     progress: bool = True  # progress bars
+    # continue from a VideoReward checkpoint (ours or the released layout), keeping its conventions and sampling
+    init_from: str | None = None
+    base: str | None = None  # base model folder for a released-layout init_from (default: its model_name_or_path)
+    # the official prompt_template.py (or a text file) for the videoalign template; default $RAYPIPE_VIDEOALIGN_TEMPLATE
+    template_file: str | None = None
 
 
 # --- the driver -------------------------------------------------------------------------------------------------
@@ -118,6 +123,7 @@ def plot_curve(curve: list[dict], path: Path, dims: list[str]) -> None:
 def run(cfg: RewardTrainConfig) -> dict:
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    cfg = _adopt_init(cfg)
     t, dims = cfg.train, cfg.model.dimensions
     _check(cfg)
     train_path, val_path = _prepare_data(cfg, out)
@@ -181,6 +187,18 @@ def _check(cfg: RewardTrainConfig) -> None:
             f"train.dim_weights must map dimensions of {list(dims)} to finite weights >= 0, not all 0; "
             f"got {t.dim_weights}" + (f" (unknown: {sorted(unknown)})" if unknown else "")
         )
+
+
+def _adopt_init(cfg: RewardTrainConfig) -> RewardTrainConfig:
+    """With `init_from`: the checkpoint's conventions and sampling replace the configured ones (see
+    `reward.training.init_conventions`); the template file is resolved in the driver for every worker."""
+    try:
+        model, sampling, template_file = init_conventions(cfg.model, cfg.init_from, cfg.base, cfg.template_file)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"init_from: {e}") from None
+    init_from = str(Path(cfg.init_from).resolve()) if cfg.init_from else None
+    data = dataclasses.replace(cfg.data, sampling=sampling) if sampling else cfg.data
+    return dataclasses.replace(cfg, init_from=init_from, template_file=template_file, model=model, data=data)
 
 
 def _backbone(cfg: RewardTrainConfig, out: Path) -> str:
@@ -272,7 +290,10 @@ def train_func(config: dict) -> None:
 
 
 def _model(cfg: RewardTrainConfig) -> VideoReward:
-    model = VideoReward.build(cfg.model)
+    if cfg.init_from:  # the checkpoint's weights and conventions, this run's trainable parts
+        model = model_from_init(cfg.init_from, cfg.model, cfg.base, cfg.template_file)
+    else:
+        model = VideoReward.build(cfg.model, template_file=cfg.template_file)
     if cfg.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     return model

@@ -253,13 +253,29 @@ class VideoReward(nn.Module):
         return model.to(device).eval()
 
 
+def checkpoint_config(path: str | os.PathLike, base: str | None = None) -> RewardModelConfig:
+    """A checkpoint's model config (dimensions, template, positions, head), either layout, without its weights."""
+    from raypipe.reward import videoalign
+
+    if videoalign.is_videoalign(path):
+        config = videoalign.read_config(path)
+        return videoalign.reward_config(config, videoalign.resolve_base(config, base), "float32")
+    cfg_path = Path(path) / "reward_config.json"
+    if not cfg_path.exists():
+        raise FileNotFoundError(
+            f"{path} is not a VideoReward checkpoint (no reward_config.json, nor model_config.json)"
+        )
+    return _dataclass_from(RewardModelConfig, json.loads(cfg_path.read_text()))
+
+
 def make_processor(tokenizer, cfg: RewardModelConfig, template_file: str | None = None) -> RewardProcessor:
     """The processor for a config; the videoalign template's text is read from the user's copy now."""
     text = None
     if cfg.template == "videoalign":
-        from raypipe.reward.videoalign import read_template
+        from raypipe.reward.videoalign import ensure_chat_template, read_template
 
         text = read_template(template_file)
+        ensure_chat_template(tokenizer, tokenizer.name_or_path)
     if cfg.positions not in ("mrope", "1d"):
         raise ValueError(f"positions must be mrope or 1d, got {cfg.positions!r}")
     return RewardProcessor(

@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 
+from raypipe.config import SamplingConfig
 from raypipe.data.tables import frames_of, split_errors
 from raypipe.reward.losses import regression_loss, reward_loss
 from raypipe.reward.metrics import pairwise_report
@@ -60,3 +61,49 @@ def validation_metrics(margins, labels, masks, dimensions) -> dict:
         sel = masks[:, j].astype(bool)
         out[dim] = pairwise_report(labels[sel, j], margins[sel, j])
     return out
+
+
+# --- continuing from a checkpoint (train-reward init_from) -------------------------------------------------
+def init_conventions(model_cfg, init_from: str | None, base: str | None, template_file: str | None):
+    """(model config, sampling or None, template file) for a run. With `init_from` (either layout) the checkpoint's
+    conventions replace the configured ones: dimensions, context-agnostic set, head, instruction, template,
+    positions, per-dimension head, base path, and its frame sampling; LoRA / what trains stay this run's. The
+    template file (template_file, else $RAYPIPE_VIDEOALIGN_TEMPLATE) is read now when the template needs it."""
+    import dataclasses
+    import os
+    from pathlib import Path
+
+    from raypipe.reward.model import checkpoint_config
+    from raypipe.reward.scoring import resolve_sampling
+    from raypipe.reward.videoalign import TEMPLATE_ENV, read_template
+
+    sampling: SamplingConfig | None = None
+    if init_from:
+        init = checkpoint_config(init_from, base)
+        keep = ("dimensions", "context_agnostic", "head", "instruction", "template", "positions", "head_per_dimension")
+        model_cfg = dataclasses.replace(
+            model_cfg, name_or_path=init.name_or_path, **{f: getattr(init, f) for f in keep}
+        )
+        sampling, _ = resolve_sampling(init_from, None)
+    if model_cfg.template == "videoalign":
+        template_file = template_file or os.environ.get(TEMPLATE_ENV)
+        read_template(template_file)
+        template_file = str(Path(template_file).resolve())
+    return model_cfg, sampling, template_file
+
+
+def model_from_init(init_from: str, model_cfg, base: str | None, template_file: str | None):
+    """The checkpoint's weights (LoRA merged) with this run's trainable parts: fresh LoRA, vision tower, rows, head."""
+    import dataclasses
+
+    from raypipe.reward.model import VideoReward
+
+    model = VideoReward.from_pretrained(init_from, dtype=model_cfg.dtype, base=base, template_file=template_file)
+    model.cfg = dataclasses.replace(
+        model.cfg,
+        lora=model_cfg.lora,
+        train_vision=model_cfg.train_vision,
+        train_language_model=model_cfg.train_language_model,
+    )
+    model.configure_trainable()
+    return model.train()

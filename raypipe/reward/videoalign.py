@@ -216,7 +216,7 @@ def lora_scale(peft: dict) -> float:
     return alpha / math.sqrt(r) if peft.get("use_rslora") else alpha / r
 
 
-def _reward_config(config: dict, base: str, dtype: str):
+def reward_config(config: dict, base: str, dtype: str):
     from raypipe.reward.model import LoraSettings, RewardModelConfig
 
     model_cfg, data_cfg, peft = config["model_config"], config["data_config"], config["peft_lora_config"]
@@ -252,6 +252,20 @@ def resolve_base(config: dict, base: str | None) -> str:
     return str(base)
 
 
+def ensure_chat_template(tokenizer, base: str) -> None:
+    """The base model's chat template on its tokenizer: from tokenizer_config.json, else the processor's
+    `chat_template.json` / `chat_template.jinja` beside it (Qwen2-VL ships the template in both places)."""
+    if getattr(tokenizer, "chat_template", None):
+        return
+    folder = Path(base)
+    if (folder / "chat_template.jinja").is_file():
+        tokenizer.chat_template = (folder / "chat_template.jinja").read_text()
+    elif (folder / "chat_template.json").is_file():
+        tokenizer.chat_template = json.loads((folder / "chat_template.json").read_text())["chat_template"]
+    else:
+        raise ConfigError(f"base model {base} has no chat template (tokenizer_config.json / chat_template.json)")
+
+
 def load(cls, path, dtype=None, device="cpu", base=None, template_file=None):
     """A VideoReward (our class) holding the released checkpoint's weights and conventions."""
     from raypipe.reward.backbone import load_backbone
@@ -260,7 +274,7 @@ def load(cls, path, dtype=None, device="cpu", base=None, template_file=None):
     path = Path(path)
     config = read_config(path)
     dtype = dtype or ("float32" if str(device) == "cpu" else config["model_config"].get("torch_dtype") or "bfloat16")
-    cfg = _reward_config(config, resolve_base(config, base), dtype)
+    cfg = reward_config(config, resolve_base(config, base), dtype)
     backbone, tokenizer = load_backbone(cfg.name_or_path, dtype)
     processor = make_processor(tokenizer, cfg, template_file)  # adds the three tokens to the base tokenizer
     plain, lora = split_state(read_state(latest_checkpoint(path)))
@@ -271,7 +285,7 @@ def load(cls, path, dtype=None, device="cpu", base=None, template_file=None):
     n_rows = rows.shape[0] if rows is not None else len(tokenizer)
     if n_rows < len(tokenizer):
         raise ConfigError(f"{path}: embedding has {n_rows} rows, fewer than the tokenizer's {len(tokenizer)}")
-    backbone.resize_token_embeddings(n_rows)
+    backbone.resize_token_embeddings(n_rows, mean_resizing=False)  # every row is overwritten just below
     base_state = backbone.state_dict()
     merge_lora(plain, lora, base_state, lora_scale(config["peft_lora_config"]))
     unexpected = sorted(set(plain) - set(base_state))

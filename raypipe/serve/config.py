@@ -73,8 +73,10 @@ def _check_deployment_names(options: dict, known: tuple[str, ...], app: str) -> 
 def reward_app_config(args: dict | None) -> RewardAppConfig:
     """The checked config of the reward app from its Serve args."""
     cfg = build_config(RewardAppConfig, dict(args or {}))
-    if not cfg.reward or not (Path(cfg.reward) / "reward_config.json").exists():
-        raise ConfigError(f"reward: {cfg.reward!r} is not a VideoReward checkpoint folder")
+    from raypipe.reward.videoalign import is_videoalign
+
+    if not cfg.reward or not ((Path(cfg.reward) / "reward_config.json").exists() or is_videoalign(cfg.reward)):
+        raise ConfigError(f"reward: {cfg.reward!r} is not a VideoReward checkpoint folder (ours or the released)")
     _check_deployment_names(cfg.deployment_options, REWARD_DEPLOYMENTS, "reward")
     return cfg
 

@@ -81,7 +81,8 @@ def serve_from_args(args) -> int:
     http = config.get("http_options") or {}
     port = args.port or int(http.get("port", 8000))
     host = args.host or http.get("host", "127.0.0.1")
-    apps = build_apps(config, args.reward, args.generator, args.latent_reward, args.lora)
+    load = {k: v for k, v in (("base", args.base), ("template_file", args.template_file)) if v}
+    apps = build_apps(config, args.reward, args.generator, args.latent_reward, args.lora, {"reward": load})
     url = start(apps, host, port, args.address)
     print(
         f"serving {[name for name, _, _ in apps]} at {url}  (POST {url}/score, POST {url}/generate, "
@@ -134,7 +135,13 @@ def add_serve_commands(sub) -> None:
         description="Reads serve/config.yaml (autoscaling, batching, limits, auth env var) and "
         "starts its applications; the paths given here override the config's args.",
     )
-    p.add_argument("--reward", help="VideoReward checkpoint for /score")
+    p.add_argument("--reward", help="VideoReward checkpoint for /score (ours, or the released VideoAlign layout)")
+    p.add_argument("--base", help="base model folder for a released-layout checkpoint (default: its own path)")
+    p.add_argument(
+        "--template-file",
+        dest="template_file",
+        help="the official prompt_template.py for the videoalign template (default: $RAYPIPE_VIDEOALIGN_TEMPLATE)",
+    )
     p.add_argument(
         "--generator",
         help="WanPipeline folder for /generate (omit: the generate app is skipped unless the config's path exists)",
