@@ -139,6 +139,8 @@ def test_bench_gpu_tiny_runs_every_part_on_cpu(tmp_path):
             "1",
             "--nrg-steps",
             "2",
+            "--reward-conventions",  # the released model's inputs (a stand-in instruction text of its length)
+            "videoalign",
         ],
         capture_output=True,
         text=True,
@@ -159,6 +161,8 @@ def test_bench_gpu_tiny_runs_every_part_on_cpu(tmp_path):
         for r in reward["train"]
     )
     assert reward["scoring"]["videos_per_s"] > 0 and 0 < reward["trainable_params"] < reward["params"]
+    assert (reward["conventions"]["template"], reward["conventions"]["positions"]) == ("videoalign", "1d")
+    assert reward["video"]["tokens_per_sequence"] > 600  # the stand-in is as long as the official text
     # LoRA r=64 on to_q/k/v/out of both attentions of the 2 tiny blocks, every one 32 -> 32: 16 x 64 x (32 + 32)
     assert flow["trainable_params"] == 16 * 64 * 64
     assert [(r["algo"], r["gradient_checkpointing"]) for r in flow["train"]] == [

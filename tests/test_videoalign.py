@@ -194,6 +194,11 @@ def test_side_files_of_the_released_layout(tmp_path, base):
     assert source.endswith("model_config.json")
     assert (sampling.convention, sampling.fps, sampling.max_pixels) == ("qwen", 2.0, 112 * 112)
     assert (sampling.min_pixels, sampling.min_frames, sampling.max_frames) == (128 * 28 * 28, 4, 768)
+    config = json.loads((tmp_path / "model_config.json").read_text())
+    config["data_config"]["sample_type"] = "multi_pts"  # the official code's other mode: refused, not ignored
+    (tmp_path / "model_config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="sample_type"):
+        resolve_sampling(str(tmp_path), None)
 
 
 def test_export_round_trip_gives_identical_scores(tmp_path, base, template_file):

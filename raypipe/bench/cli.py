@@ -253,6 +253,16 @@ BENCHES: dict[str, Bench] = {
                 help="pairs (DPO) per step to try for the generator (default 1,2,4; SFT/RWR use 2x videos)",
             ),
             arg("--nrg-steps", type=int, default=4, dest="nrg_steps", help="denoising steps timed (default 4)"),
+            arg(
+                "--reward-conventions",
+                choices=["raypipe", "videoalign"],
+                default="raypipe",
+                dest="reward_conventions",
+                help="reward inputs: ours, or the released VideoReward's (chat template + instruction text, 1-D "
+                "positions; the text from --template-file / $RAYPIPE_VIDEOALIGN_TEMPLATE, else a stand-in of the "
+                "same length)",
+            ),
+            arg("--template-file", dest="template_file", help="the official prompt_template.py (videoalign)"),
         ),
         print_json=False,
     ),  # `python -m raypipe.bench.gpu` reads these arguments from here too

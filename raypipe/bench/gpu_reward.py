@@ -3,11 +3,28 @@ ZeRO-2 engine: train-reward's BTT step per pairs per step, gradient checkpointin
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from raypipe.bench.gpu_harness import engine_for, param_counts, reset_peak, shapes, sweep, timed
 
 PROMPT = "a red circle moving left"
+# For --reward-conventions videoalign without the user's copy of the official text: a chat template shaped like
+# Qwen2-VL's and an instruction of our own words, as long as the official one (~620 words), tokens placed alike.
+STANDIN_CHAT = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
+    "you are a rater .<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n{% for c in message['content'] %}"
+    "{% if c['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+STANDIN_TEXT = (
+    "rate the video quality . " * 50
+    + "<|VQ_reward|> . "
+    + "rate the motion quality . " * 50
+    + "<|MQ_reward|> . "
+    + "rate the text alignment . " * 40
+    + "the prompt : {text_prompt} . <|TA_reward|> ."
+)
 
 
 def qwen2vl_2b_config(tokenizer):
@@ -58,32 +75,55 @@ def qwen2vl_2b_config(tokenizer):
     )
 
 
-def random_reward(size: str, device, dtype: str):
+def reward_conventions(args) -> tuple[dict, str | None]:
+    """RewardModelConfig fields and the template file for `--reward-conventions` (a stand-in text if none)."""
+    import os
+    import tempfile
+
+    from raypipe.reward.videoalign import TEMPLATE_ENV
+
+    if getattr(args, "reward_conventions", "raypipe") != "videoalign":
+        return {}, None
+    path = getattr(args, "template_file", None) or os.environ.get(TEMPLATE_ENV)
+    if not path:
+        path = os.path.join(tempfile.mkdtemp(), "standin_template.txt")
+        with open(path, "w") as f:
+            f.write(STANDIN_TEXT)
+    return {"template": "videoalign", "positions": "1d"}, path
+
+
+def random_reward(size: str, device, dtype: str, conventions: dict | None = None, template_file: str | None = None):
     """A VideoReward (trainable parts configured as in training) on a random backbone built on `device`."""
     import torch
     from transformers import Qwen2VLForConditionalGeneration
 
     from raypipe.reward.backbone import build_tiny_tokenizer
-    from raypipe.reward.model import RewardModelConfig, VideoReward
-    from raypipe.reward.processor import RewardProcessor
+    from raypipe.reward.model import RewardModelConfig, VideoReward, make_processor
 
     cfg = RewardModelConfig(
         dtype=dtype,
         instruction="Please evaluate the video for visual quality, motion quality and alignment with the prompt:",
+        **(conventions or {}),
     )
     torch.manual_seed(0)
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.chat_template = STANDIN_CHAT
     if size != "real":
         import tempfile
 
         with tempfile.TemporaryDirectory() as d:
-            return VideoReward.build(cfg, tiny_dir=d).to(device)
-    tokenizer = build_tiny_tokenizer()
+            from raypipe.reward.backbone import make_tiny_backbone
+
+            backbone_dir = make_tiny_backbone(d)
+            tokenizer.save_pretrained(backbone_dir)  # the tiny backbone with a chat template
+            return VideoReward.build(
+                dataclasses.replace(cfg, name_or_path=str(backbone_dir)), template_file=template_file
+            ).to(device)
     with torch.device(device):  # 2.2B random weights drawn on the GPU: seconds, not a minute on the CPU
         backbone = Qwen2VLForConditionalGeneration._from_config(
             qwen2vl_2b_config(tokenizer), dtype=getattr(torch, dtype)
         )
-    processor = RewardProcessor(tokenizer, cfg.dimensions, cfg.context_agnostic, cfg.head, cfg.instruction)
-    model = VideoReward(backbone, processor, cfg)
+    model = VideoReward(backbone, make_processor(tokenizer, cfg, template_file), cfg)
     model.configure_trainable()
     return model.to(device)
 
@@ -95,7 +135,8 @@ def bench_reward(args, size: str, device, dtype: str) -> dict:
 
     sh = shapes(size)
     t0 = time.perf_counter()
-    model = random_reward(size, device, dtype)
+    conventions, template_file = reward_conventions(args)
+    model = random_reward(size, device, dtype, conventions, template_file)
     build_s = time.perf_counter() - t0
     n_total, n_train = param_counts(model)
     settings = TrainSettings(zero_stage=2, lr=2e-6, warmup_ratio=0.05, batch=4)
@@ -105,10 +146,12 @@ def bench_reward(args, size: str, device, dtype: str) -> dict:
     tokens = int(model.processor([np.zeros(frames_shape, np.uint8)], [PROMPT])["input_ids"].shape[1])
     train_rows = _train_sweep(args, model, engine, rng, frames_shape, device)
     scoring = _scoring(args, model, engine, rng, frames_shape, sh["score_batch"], device)
+    used = {"template": model.cfg.template, "positions": model.cfg.positions, "template_file": template_file}
     engine = model = None  # free before the next part
     reset_peak(device)
     return {
         "model": "VideoReward on Qwen2-VL-2B shapes" if size == "real" else "VideoReward (tiny)",
+        "conventions": used,
         "params": n_total,
         "trainable_params": n_train,
         "build_s": round(build_s, 1),

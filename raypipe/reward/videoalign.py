@@ -126,6 +126,8 @@ def sampling_defaults(fps: float = 2.0, max_pixels: int = 448 * 448) -> Sampling
 def sampling(path) -> SamplingConfig:
     """How the released model sees a video: its data_config fps and pixel budget, qwen-vl-utils conventions."""
     data = read_config(path)["data_config"]
+    if data.get("sample_type", "uniform") != "uniform":
+        raise ConfigError(f"{path}: data_config.sample_type={data['sample_type']!r}; only 'uniform' is supported")
     cfg = sampling_defaults(float(data.get("fps") or 2.0), int(data.get("max_frame_pixels") or 240 * 320))
     if data.get("num_frames"):  # fixed-count mode: that many frames (even), fewer only if the clip is shorter
         n = 2 * round(float(data["num_frames"]) / 2)
