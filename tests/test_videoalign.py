@@ -401,3 +401,47 @@ def test_consumers_fail_fast_without_the_template(tmp_path, base, monkeypatch, c
         reward_app({"reward": str(folder)})
     (tmp_path / "t.txt").write_text(TEMPLATE)
     assert reward_app({"reward": str(folder), "template_file": str(tmp_path / "t.txt")}) is not None
+
+
+def test_eval_reward_on_a_benchmark_csv_with_the_released_folder(
+    tmp_path, base, template_file, make_mp4, ray_local, capsys
+):
+    """`raypipe eval-reward --checkpoint RELEASED --manifest BENCH.csv video_root=DIR`: the leaderboard printed and
+    written, margins equal to the model's own scores, Overall from the inference_config."""
+    from raypipe.cli import main
+    from raypipe.video.decode import decode_video
+
+    folder = tmp_path / "VideoReward"
+    write_released(folder, base)
+    videos = [make_mp4(f"v{i}.mp4", t=12 + 2 * i, h=56, w=56 + 28 * (i % 2), fps=8.0, seed=i) for i in range(4)]
+    names = [v.rsplit("/", 1)[1] for v in videos]
+    rows = [  # path_A, path_B, A_model, B_model, prompt, labels VQ MQ TA Overall
+        (names[0], names[1], "genA", "genB", "a red circle moving left", "A", "B", "same", "A"),
+        (names[2], names[3], "genB", "genC", "a blue square", "B", "A", "A", "B"),
+        (names[1], names[2], "genA", "genC", "a green triangle", "same", "same", "B", "same"),
+    ]
+    header = "path_A,path_B,A_model,B_model,prompt,fps_A,num_frames_A,fps_B,num_frames_B,VQ,MQ,TA,Overall\n"
+    body = "".join(f"{a},{b},{ma},{mb},{p},8,0,8,0,{vq},{mq},{ta},{ov}\n" for a, b, ma, mb, p, vq, mq, ta, ov in rows)
+    (tmp_path / "bench.csv").write_text(header + body)
+    capsys.readouterr()
+    argv = ["eval-reward", "--checkpoint", str(folder), "--manifest", str(tmp_path / "bench.csv"),
+            f"video_root={tmp_path}", f"template_file={template_file}", "--out", str(tmp_path / "eval"),
+            "progress=false"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "official w/ ties" in printed and "genC" in printed
+    assert (tmp_path / "eval" / "leaderboard.md").read_text().strip() in printed
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(metrics["Overall"]["by_model"]) == {"genA", "genB", "genC"}
+    model = VideoReward.from_pretrained(folder, template_file=str(template_file))
+    sampling = videoalign.sampling(folder)
+    import pyarrow.parquet as pq
+
+    got = pq.read_table(tmp_path / "eval" / "scores.parquet").to_pylist()
+    for row, (a, b, *_rest) in zip(got, rows):
+        prompt = row["prompt"]
+        sa = model.score([decode_video(str(tmp_path / a), sampling).frames], [prompt])[0]
+        sb = model.score([decode_video(str(tmp_path / b), sampling).frames], [prompt])[0]
+        np.testing.assert_allclose([row[f"margin_{d}"] for d in DIMS3], (sa - sb).numpy(), atol=1e-5)
+        norm = [(sa[j] - sb[j]).item() / STATS[f"{d}_std"] for j, d in enumerate(DIMS3)]
+        assert row["margin_Overall"] == pytest.approx(sum(norm), abs=1e-5)
