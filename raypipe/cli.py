@@ -1,10 +1,10 @@
 """The `raypipe` command: a table of jobs. Adding a job = its recipe module + one line in `JOBS`.
 
 Every job takes `--config FILE.yaml`, `--out DIR` (= the `out` key) and any number of `key=value` overrides
-(`data.sampling.fps=4`); `raypipe JOB --help` lists every key with its default and meaning, read from the
-recipe's config dataclass. The resolved config is written next to the outputs. Any config error (unknown key,
-wrong type, missing value, bad input manifest) exits 2 with one line naming it. `jobs/<job>.py` calls the same
-code as a Ray job entrypoint.
+(`data.sampling.fps=4`; `--key VALUE` is the same, `--checkpoint` naming `reward`); `raypipe JOB --help` lists
+every key with its default and meaning, read from the recipe's config dataclass. The resolved config is written
+next to the outputs. Any config error (unknown key, wrong type, missing value, bad input manifest) exits 2 with
+one line naming it. `jobs/<job>.py` calls the same code as a Ray job entrypoint.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
 import sys
 
 from raypipe import __version__
@@ -201,6 +202,7 @@ def _add_bench(sub):
 # `--checkpoint X` is the released tools' word for our `reward` key; the job parser's own options stay options.
 OPTION_ALIASES = {"checkpoint": "reward"}
 JOB_OPTIONS = ("config", "out", "help")
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # a `key=value` after a bare `--flag` stays an override
 
 
 def option_overrides(extra: list[str]) -> list[str]:
@@ -211,7 +213,8 @@ def option_overrides(extra: list[str]) -> list[str]:
         item = extra[i]
         if item.startswith("--") and len(item) > 2 and item[2:].partition("=")[0] not in JOB_OPTIONS:
             name, eq, value = item[2:].partition("=")
-            if not eq and i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+            nxt = extra[i + 1] if i + 1 < len(extra) else None
+            if not eq and nxt is not None and not nxt.startswith("--") and not _OVERRIDE.match(nxt):
                 value, eq, i = extra[i + 1], "=", i + 1
             if eq:
                 name = name.replace("-", "_")

@@ -39,7 +39,10 @@ class ConfigError(ValueError):
 
 
 # The `--help` epilog of every config-driven command (the override syntax `load_config` parses).
-EPILOG_OVERRIDES = "Overrides: section.key=value (YAML values), e.g. data.sampling.fps=4 data.rows_per_block=8"
+EPILOG_OVERRIDES = (
+    "Overrides: section.key=value (YAML values), e.g. data.sampling.fps=4 data.rows_per_block=8; "
+    "--key VALUE is the same as key=VALUE (--checkpoint = reward)"
+)
 
 
 # How frames are counted, picked and resized (SamplingConfig.convention): ours, or qwen-vl-utils 0.0.8's.

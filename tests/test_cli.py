@@ -138,3 +138,23 @@ def test_overrides_may_follow_options(tmp_path, capsys):
     assert e.value.code == 2 and "--bogus" in capsys.readouterr().err
     args = build_parser().parse_args(["relabel", "reward=r", "--out", "o"])
     assert args.overrides == ["reward=r"] and args.out == "o"
+
+
+def test_key_value_options_become_overrides():
+    from raypipe.cli import option_overrides
+
+    assert option_overrides(["--checkpoint", "F", "--input=x.parquet", "--tie-epsilon", "-1", "a=1"]) == [
+        "reward=F",
+        "input=x.parquet",
+        "tie_epsilon=-1",
+        "a=1",
+    ]
+    # a bare flag followed by an override does not swallow it; the job parser's own options stay options
+    assert option_overrides(["--save-epsilon", "reward=X", "--out", "D", "--config", "c.yaml"]) == [
+        "--save-epsilon",
+        "reward=X",
+        "--out",
+        "D",
+        "--config",
+        "c.yaml",
+    ]

@@ -266,70 +266,6 @@ def test_sampling_defaults_are_a_sampling_config():
     assert isinstance(s, SamplingConfig) and s.convention == "qwen" and s.max_pixels == 448 * 448
 
 
-# --- through the CLI, on Ray ---------------------------------------------------------------------------------
-def test_relabel_cli_on_a_released_folder_matches_direct_scoring(
-    tmp_path, base, template_file, make_mp4, ray_local, monkeypatch
-):
-    """`raypipe relabel --checkpoint FOLDER --input POINTWISE --out OUT` with the template from the environment:
-    raw scores equal the model's own scores of the qwen-sampled frames; norm_ / Overall follow inference_config."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from raypipe.cli import main
-    from raypipe.video.decode import decode_video
-
-    folder = tmp_path / "VideoReward"
-    write_released(folder, base)
-    videos = [  # sizes and rates of real generators, scaled down: odd sizes, upscaled small ones, fps above 2
-        make_mp4("a.mp4", t=20, h=56, w=84, fps=8.0),
-        make_mp4("b.mp4", t=9, h=40, w=30, fps=24.0, seed=1),
-        make_mp4("c.mp4", t=13, h=120, w=64, fps=5.0, seed=2),
-    ]
-    prompts = ["a red circle moving left", "a blue square", "a green triangle moving up"]
-    pq.write_table(pa.table({"path": videos, "prompt": prompts}), tmp_path / "points.parquet")
-    monkeypatch.setenv(videoalign.TEMPLATE_ENV, str(template_file))
-    out = tmp_path / "out"
-    rc = main(["relabel", "--checkpoint", str(folder), "--input", str(tmp_path / "points.parquet"), "--out", str(out),
-               "progress=false"])  # fmt: skip
-    assert rc == 0
-    got = pq.read_table(out).to_pylist()
-    model = VideoReward.from_pretrained(folder)
-    sampling = videoalign.sampling(folder)
-    clips_ = [decode_video(v, sampling).frames for v in videos]
-    assert clips_[0].shape[0] == 4  # 20 frames at 8 fps: 5 -> 4 (Python's round), upscaled to min_pixels
-    direct = model.score(clips_, prompts).numpy()
-    by_path = {r["path"]: r for r in got}
-    for i, v in enumerate(videos):
-        row = by_path[v]
-        assert row["error"] is None
-        raw = [row[f"score_{d}"] for d in videoalign.DIMENSIONS]
-        np.testing.assert_allclose(raw, direct[i], atol=1e-5)
-        norm = [(raw[j] - STATS[f"{d}_mean"]) / STATS[f"{d}_std"] for j, d in enumerate(videoalign.DIMENSIONS)]
-        np.testing.assert_allclose([row[f"norm_{d}"] for d in videoalign.DIMENSIONS], norm, atol=1e-9)
-        assert row["Overall"] == pytest.approx(sum(norm))
-
-
-def test_export_cli_and_conversion(tmp_path, base, template_file, capsys):
-    from raypipe.cli import main
-
-    cfg = RewardModelConfig(name_or_path=str(base), template="videoalign", positions="1d")
-    model = VideoReward.build(cfg, template_file=str(template_file))
-    model.save_pretrained(tmp_path / "ours", norm_stats={"mean": dict.fromkeys("VQ MQ TA".split(), 0.0),
-                                                          "std": dict.fromkeys("VQ MQ TA".split(), 1.0)})  # fmt: skip
-    args = ["--template-file", str(template_file), "--format", "videoalign"]
-    assert main(["export-reward", "--checkpoint", str(tmp_path / "ours"), *args, "--out", str(tmp_path / "va")]) == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["notes"] and "frame sampling" in summary["notes"][0]  # trained with our sampling: said so
-    assert videoalign.is_videoalign(tmp_path / "va")
-    # ...and back to our layout, from the released one
-    back = ["--checkpoint", str(tmp_path / "va"), "--format", "raypipe", "--template-file", str(template_file)]
-    assert main(["export-reward", *back, "--out", str(tmp_path / "back")]) == 0
-    frames, prompts = clips(), ["a red circle", "a blue square"]
-    again = VideoReward.from_pretrained(tmp_path / "back", template_file=str(template_file))
-    torch.testing.assert_close(again.score(frames, prompts), model.score(frames, prompts), atol=1e-6, rtol=1e-6)
-    assert main(["export-reward", "--checkpoint", str(tmp_path / "ours"), "--format", "onnx"]) == 2
-
-
 def test_init_from_keeps_the_released_conventions_and_trains(tmp_path, base, template_file):
     """train-reward init_from=RELEASED: the driver adopts the checkpoint's conventions and sampling; the worker's
     model starts as the released function (fresh LoRA, B = 0), trains, and saves them in our layout."""
@@ -384,64 +320,66 @@ def test_chat_template_from_the_processor_file(tmp_path, base):
     assert loaded.chat_template == CHAT
 
 
-def test_consumers_fail_fast_without_the_template(tmp_path, base, monkeypatch, capsys):
-    """No template anywhere: relabel exits 2 with one line saying where to get it; the serve builder refuses
-    before any replica starts; with template_file= the builder binds."""
-    from raypipe.cli import main
-    from raypipe.serve.apps import reward_app
+def test_export_of_a_tied_model_loads_strictly_the_official_way(tmp_path, base, template_file):
+    """Qwen2-VL-2B ties lm_head to the embeddings. The official loader builds the base, adds the three tokens,
+    resizes and loads model.pth strictly, lm_head after embed_tokens into the one table: the reward rows must
+    survive that. Exported without norm stats (no inference_config)."""
+    from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
 
-    folder = tmp_path / "VideoReward"
-    write_released(folder, base)
-    monkeypatch.delenv(videoalign.TEMPLATE_ENV, raising=False)
-    capsys.readouterr()
-    assert main(["relabel", "--checkpoint", str(folder), "--input", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "template_file=PATH" in err[0] and "VideoAlign" in err[0]
-    with pytest.raises(ConfigError, match="template_file=PATH"):
-        reward_app({"reward": str(folder)})
-    (tmp_path / "t.txt").write_text(TEMPLATE)
-    assert reward_app({"reward": str(folder), "template_file": str(tmp_path / "t.txt")}) is not None
+    tied = tmp_path / "tied"
+    m = Qwen2VLForConditionalGeneration.from_pretrained(base)
+    m.config.tie_word_embeddings = True
+    m.tie_weights()
+    m.save_pretrained(tied)
+    AutoTokenizer.from_pretrained(base).save_pretrained(tied)
+    torch.manual_seed(1)
+    model = VideoReward.build(RewardModelConfig(name_or_path=str(tied), template="videoalign", positions="1d"),
+                              template_file=str(template_file))  # fmt: skip
+    with torch.no_grad():
+        model.reward_embeds.add_(torch.randn_like(model.reward_embeds))  # trained rows, unlike the table's
+    out = videoalign.export(model, tmp_path / "va", base=str(tied), sampling_cfg=videoalign.sampling_defaults())
+    assert "inference_config" not in json.loads((out / "model_config.json").read_text())
+    state = torch.load(out / "checkpoint-0" / "model.pth", weights_only=True)
+    official = Qwen2VLForConditionalGeneration.from_pretrained(tied)  # the official steps, in 5's names
+    tok = AutoTokenizer.from_pretrained(tied)
+    tok.add_special_tokens({"additional_special_tokens": [f"<|{d}_reward|>" for d in DIMS3]})
+    official.resize_token_embeddings(len(tok))
+    head = state.pop("rm_head.weight")
+    official.load_state_dict({videoalign.current_name(k): v for k, v in state.items()}, strict=True)
+    ids = tok.convert_tokens_to_ids([f"<|{d}_reward|>" for d in DIMS3])
+    rows = official.get_input_embeddings().weight[ids]
+    torch.testing.assert_close(rows, model.reward_embeds.detach())
+    torch.testing.assert_close(head, model.head.weight.detach())
+    loaded = VideoReward.from_pretrained(out, template_file=str(template_file))
+    frames, prompts = clips(), ["a red circle moving left", "a blue square"]
+    torch.testing.assert_close(loaded.score(frames, prompts), model.score(frames, prompts), atol=1e-6, rtol=1e-6)
 
 
-def test_eval_reward_on_a_benchmark_csv_with_the_released_folder(
-    tmp_path, base, template_file, make_mp4, ray_local, capsys
-):
-    """`raypipe eval-reward --checkpoint RELEASED --manifest BENCH.csv video_root=DIR`: the leaderboard printed and
-    written, margins equal to the model's own scores, Overall from the inference_config."""
-    from raypipe.cli import main
-    from raypipe.video.decode import decode_video
+def test_lora_on_the_head_and_a_missing_embedding_table(tmp_path, base, template_file):
+    """The official default puts LoRA on rm_head too (only `visual` excluded): merged like the others. A checkpoint
+    without the embedding table (the reward rows) is refused instead of scoring with random rows."""
+    state, lora, head = write_released(tmp_path / "a", base)
+    path = tmp_path / "a" / "checkpoint-12" / "model.pth"
+    sd = torch.load(path, weights_only=True)
+    a, b = 0.1 * torch.randn(R, head.shape[1]), 0.1 * torch.randn(head.shape[0], R)
+    sd["base_model.model.rm_head.base_layer.weight"] = sd.pop("base_model.model.rm_head.weight")
+    sd["base_model.model.rm_head.lora_A.default.weight"], sd["base_model.model.rm_head.lora_B.default.weight"] = a, b
+    torch.save(sd, path)
+    model = VideoReward.from_pretrained(tmp_path / "a", template_file=str(template_file))
+    torch.testing.assert_close(model.head.weight.detach(), head + (ALPHA / R) * b @ a)
+    del sd["base_model.model.model.embed_tokens.weight"]
+    torch.save(sd, path)
+    with pytest.raises(ConfigError, match="no embed_tokens"):
+        VideoReward.from_pretrained(tmp_path / "a", template_file=str(template_file))
 
-    folder = tmp_path / "VideoReward"
-    write_released(folder, base)
-    videos = [make_mp4(f"v{i}.mp4", t=12 + 2 * i, h=56, w=56 + 28 * (i % 2), fps=8.0, seed=i) for i in range(4)]
-    names = [v.rsplit("/", 1)[1] for v in videos]
-    rows = [  # path_A, path_B, A_model, B_model, prompt, labels VQ MQ TA Overall
-        (names[0], names[1], "genA", "genB", "a red circle moving left", "A", "B", "same", "A"),
-        (names[2], names[3], "genB", "genC", "a blue square", "B", "A", "A", "B"),
-        (names[1], names[2], "genA", "genC", "a green triangle", "same", "same", "B", "same"),
-    ]
-    header = "path_A,path_B,A_model,B_model,prompt,fps_A,num_frames_A,fps_B,num_frames_B,VQ,MQ,TA,Overall\n"
-    body = "".join(f"{a},{b},{ma},{mb},{p},8,0,8,0,{vq},{mq},{ta},{ov}\n" for a, b, ma, mb, p, vq, mq, ta, ov in rows)
-    (tmp_path / "bench.csv").write_text(header + body)
-    capsys.readouterr()
-    argv = ["eval-reward", "--checkpoint", str(folder), "--manifest", str(tmp_path / "bench.csv"),
-            f"video_root={tmp_path}", f"template_file={template_file}", "--out", str(tmp_path / "eval"),
-            "progress=false"]  # fmt: skip
-    assert main(argv) == 0
-    printed = capsys.readouterr().out
-    assert "official w/ ties" in printed and "genC" in printed
-    assert (tmp_path / "eval" / "leaderboard.md").read_text().strip() in printed
-    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert set(metrics["Overall"]["by_model"]) == {"genA", "genB", "genC"}
-    model = VideoReward.from_pretrained(folder, template_file=str(template_file))
-    sampling = videoalign.sampling(folder)
-    import pyarrow.parquet as pq
 
-    got = pq.read_table(tmp_path / "eval" / "scores.parquet").to_pylist()
-    for row, (a, b, *_rest) in zip(got, rows):
-        prompt = row["prompt"]
-        sa = model.score([decode_video(str(tmp_path / a), sampling).frames], [prompt])[0]
-        sb = model.score([decode_video(str(tmp_path / b), sampling).frames], [prompt])[0]
-        np.testing.assert_allclose([row[f"margin_{d}"] for d in DIMS3], (sa - sb).numpy(), atol=1e-5)
-        norm = [(sa[j] - sb[j]).item() / STATS[f"{d}_std"] for j, d in enumerate(DIMS3)]
-        assert row["margin_Overall"] == pytest.approx(sum(norm), abs=1e-5)
+def test_template_order_and_braces_are_checked(tmp_path):
+    bad = tmp_path / "t.txt"
+    bad.write_text(
+        TEMPLATE.replace("<|VQ_reward|>", "X").replace("<|TA_reward|>", "<|VQ_reward|>").replace("X", "<|TA_reward|>")
+    )
+    with pytest.raises(ConfigError, match="order"):
+        videoalign.read_template(bad)
+    bad.write_text(TEMPLATE + " {other}")
+    with pytest.raises(ConfigError, match="format string"):
+        videoalign.read_template(bad)

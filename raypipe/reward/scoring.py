@@ -85,7 +85,7 @@ def overall(normalized: np.ndarray) -> np.ndarray:
 def checkpoint_dimensions(checkpoint: str) -> list[str]:
     """The dimensions a checkpoint scores, from its reward_config.json (no weights loaded); either layout."""
     if videoalign.is_videoalign(checkpoint):
-        return videoalign.dimensions(checkpoint)
+        return list(videoalign.DIMENSIONS)
     path = Path(checkpoint) / "reward_config.json"
     if not path.exists():
         raise FileNotFoundError(
@@ -132,7 +132,8 @@ def reward_options(checkpoint: str, base: str | None = None, template_file: str 
     template_file = template_file or os.environ.get(videoalign.TEMPLATE_ENV) or None
     if checkpoint_template(checkpoint) == "videoalign":
         videoalign.read_template(template_file)
-    options = {"base": base, "template_file": str(template_file) if template_file else None}
+    resolved = {k: str(Path(v).resolve()) if v else None for k, v in (("base", base), ("template_file", template_file))}
+    options = resolved
     return {k: v for k, v in options.items() if v is not None}
 
 
@@ -147,10 +148,18 @@ def checkpoint_template(checkpoint: str) -> str:
 def resolve_sampling(checkpoint: str, override: SamplingConfig | None) -> tuple[SamplingConfig, str]:
     """The sampling to score with, and where it came from.
 
-    Rule: an explicit `override` (the job config's `sampling`, whole) wins; else the checkpoint's `sampling.json`
+    Rule: an explicit `override` (the job config's `sampling`, whole; a note when it drops the released
+    model's qwen convention) wins; else the checkpoint's `sampling.json`
     (how it was trained — the model should see videos the same way); else `SamplingConfig()` defaults (fps 2).
     """
     if override is not None:
+        if checkpoint_template(checkpoint) == "videoalign" and override.convention != "qwen":
+            print(
+                "note: this checkpoint was trained with qwen-vl-utils sampling, but the sampling section given "
+                "replaces it whole (convention=raypipe): set sampling.convention=qwen (and min_pixels=100352, "
+                "max_frames=768) to score as the official code does",
+                flush=True,
+            )
         return override, "config"
     if videoalign.is_videoalign(checkpoint):
         return videoalign.sampling(checkpoint), str(Path(checkpoint) / videoalign.CONFIG_FILE)

@@ -60,6 +60,13 @@ def read_template(path: str | os.PathLike | None = None) -> str:
     missing = [t for t in ["{text_prompt}", *(f"<|{d}_reward|>" for d in DIMENSIONS)] if t not in text]
     if missing:
         raise ConfigError(f"{path}: the template lacks {missing}")
+    order = [text.index(f"<|{d}_reward|>") for d in DIMENSIONS]
+    if order != sorted(order):  # the official model reads its scores in sequence order as VQ, MQ, TA
+        raise ConfigError(f"{path}: the reward tokens must appear in the order {DIMENSIONS}")
+    try:
+        text.format(text_prompt="")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(f"{path}: not a format string with only {{text_prompt}}: {e!r}") from None
     return text
 
 
@@ -94,10 +101,6 @@ def latest_checkpoint(path: str | os.PathLike) -> Path:
     if not steps:
         raise FileNotFoundError(f"{path}: no checkpoint-<step> folder")
     return max(steps)[1]
-
-
-def dimensions(path) -> list[str]:
-    return list(DIMENSIONS)
 
 
 def norm_stats(path) -> dict | None:
@@ -210,7 +213,8 @@ def merge_lora(plain: dict, lora: dict, base: dict, scale: float) -> None:
             delta = parts["B"].float() @ parts["A"].float()
         else:
             delta = (parts["embedding_B"].float() @ parts["embedding_A"].float()).T
-        plain[key] = (weight.float() + scale * delta).to(weight.dtype)
+        dtype = base[key].dtype if key in base else weight.dtype  # the model's dtype: no bf16 detour on CPU
+        plain[key] = (weight.float() + scale * delta).to(dtype)
 
 
 def lora_scale(peft: dict) -> float:
@@ -257,14 +261,12 @@ def resolve_base(config: dict, base: str | None) -> str:
 def ensure_chat_template(tokenizer, base: str) -> None:
     """The base model's chat template on its tokenizer: from tokenizer_config.json, else the processor's
     `chat_template.json` / `chat_template.jinja` beside it (Qwen2-VL ships the template in both places)."""
-    if getattr(tokenizer, "chat_template", None):
-        return
-    folder = Path(base)
-    if (folder / "chat_template.jinja").is_file():
-        tokenizer.chat_template = (folder / "chat_template.jinja").read_text()
-    elif (folder / "chat_template.json").is_file():
+    folder = Path(base)  # the official renders with the processor's template: prefer its files
+    if (folder / "chat_template.json").is_file():
         tokenizer.chat_template = json.loads((folder / "chat_template.json").read_text())["chat_template"]
-    else:
+    elif (folder / "chat_template.jinja").is_file():
+        tokenizer.chat_template = (folder / "chat_template.jinja").read_text()
+    elif not getattr(tokenizer, "chat_template", None):
         raise ConfigError(f"base model {base} has no chat template (tokenizer_config.json / chat_template.json)")
 
 
@@ -280,16 +282,18 @@ def load(cls, path, dtype=None, device="cpu", base=None, template_file=None):
     backbone, tokenizer = load_backbone(cfg.name_or_path, dtype)
     processor = make_processor(tokenizer, cfg, template_file)  # adds the three tokens to the base tokenizer
     plain, lora = split_state(read_state(latest_checkpoint(path)))
-    head = plain.pop("rm_head.weight", None)
+    rows = plain.get("model.language_model.embed_tokens.weight")
+    if rows is None:  # the reward tokens' trained rows live there
+        raise ConfigError(f"{path}: the checkpoint has no embed_tokens weight (the reward tokens' rows)")
+    if rows.shape[0] < len(tokenizer):
+        raise ConfigError(f"{path}: embedding has {rows.shape[0]} rows, fewer than the tokenizer's {len(tokenizer)}")
+    backbone.resize_token_embeddings(rows.shape[0], mean_resizing=False)  # every row is loaded just below
+    base_state = backbone.state_dict()
+    merge_lora(plain, lora, {**base_state, **{k: v for k, v in plain.items() if k not in base_state}},
+               lora_scale(config["peft_lora_config"]))  # fmt: skip
+    head = plain.pop("rm_head.weight", None)  # after the merge: LoRA may adapt the head too
     if head is None:
         raise ConfigError(f"{path}: the checkpoint has no rm_head.weight")
-    rows = plain.get("model.language_model.embed_tokens.weight")
-    n_rows = rows.shape[0] if rows is not None else len(tokenizer)
-    if n_rows < len(tokenizer):
-        raise ConfigError(f"{path}: embedding has {n_rows} rows, fewer than the tokenizer's {len(tokenizer)}")
-    backbone.resize_token_embeddings(n_rows, mean_resizing=False)  # every row is overwritten just below
-    base_state = backbone.state_dict()
-    merge_lora(plain, lora, base_state, lora_scale(config["peft_lora_config"]))
     unexpected = sorted(set(plain) - set(base_state))
     if unexpected:
         raise ConfigError(f"{path}: weights with no place in a Qwen2-VL model: {unexpected[:5]}")
@@ -331,21 +335,25 @@ def released_state(model) -> dict[str, torch.Tensor]:
     ids = [model.processor.reward_ids[d] for d in DIMENSIONS]
     embed[ids] = model.reward_embeds.detach().cpu().to(embed.dtype)
     state["model.embed_tokens.weight"] = embed
-    state["lm_head.weight"] = state["lm_head.weight"][:n].clone()
+    out_embed, in_embed = backbone.get_output_embeddings(), backbone.get_input_embeddings()
+    tied = out_embed is not None and out_embed.weight.data_ptr() == in_embed.weight.data_ptr()
+    # tied (Qwen2-VL-2B): the official load writes lm_head into the same table after embed_tokens
+    state["lm_head.weight"] = embed if tied else state["lm_head.weight"][:n].clone()
     state["rm_head.weight"] = model.head.weight.detach().cpu().clone()
     return state
 
 
 def released_config(model, base: str, sampling_cfg: SamplingConfig) -> dict:
     stats = getattr(model, "norm_stats", None) or {}
-    inference = {f"{d}_{k}": stats[key][d] for d in DIMENSIONS for k, key in (("mean", "mean"), ("std", "std"))}
+    inference = {f"{d}_{k}": stats[k][d] for d in DIMENSIONS for k in ("mean", "std")} if stats else {}
+    fixed = sampling_cfg.min_frames == sampling_cfg.max_frames  # count mode (sampling() makes it from num_frames)
     return {
         "data_config": {
             "meta_data": "",
             "data_dir": "",
             "meta_data_test": None,
             "max_frame_pixels": int(sampling_cfg.max_pixels),
-            "num_frames": None,
+            "num_frames": sampling_cfg.max_frames if fixed else None,
             "fps": float(sampling_cfg.fps),
             "p_shuffle_frames": 0.0,
             "p_color_jitter": 0.0,
@@ -355,7 +363,11 @@ def released_config(model, base: str, sampling_cfg: SamplingConfig) -> dict:
             "sample_type": "uniform",
             "use_tied_data": True,
         },
-        "training_args": {"exported_by": "raypipe export-reward", "conventions": _conventions(model, sampling_cfg)},
+        "training_args": {
+            "exported_by": "raypipe export-reward",
+            "conventions": {"template": model.cfg.template, "positions": model.cfg.positions},
+            "sampling": dataclasses.asdict(sampling_cfg),
+        },
         "model_config": {
             "model_name_or_path": str(base),
             "output_dim": len(DIMENSIONS) if model.cfg.head_per_dimension else 1,
@@ -369,14 +381,6 @@ def released_config(model, base: str, sampling_cfg: SamplingConfig) -> dict:
     }
 
 
-def _conventions(model, sampling_cfg: SamplingConfig) -> dict:
-    return {
-        "template": model.cfg.template,
-        "positions": model.cfg.positions,
-        "sampling": dataclasses.asdict(sampling_cfg),
-    }
-
-
 def convention_mismatches(model, sampling_cfg: SamplingConfig) -> list[str]:
     """Where a raypipe checkpoint's inputs differ from what the official inference.py will feed it."""
     notes = []
@@ -384,6 +388,9 @@ def convention_mismatches(model, sampling_cfg: SamplingConfig) -> list[str]:
         notes.append(f"template {model.cfg.template!r} (official: the detailed_special text in the chat template)")
     if model.cfg.positions != "1d":
         notes.append(f"positions {model.cfg.positions!r} (official: 1-D)")
-    if sampling_cfg.convention != "qwen" or sampling_cfg.min_pixels != VIDEO_MIN_PIXELS:
+    s = sampling_cfg
+    if s.convention != "qwen" or s.min_pixels != VIDEO_MIN_PIXELS or s.all_frames:
         notes.append("frame sampling (official: qwen-vl-utils 0.0.8, min_pixels 128*28*28)")
+    if s.min_frames != s.max_frames and (s.min_frames != 4 or s.max_frames != FPS_MAX_FRAMES):
+        notes.append(f"frame count limits {s.min_frames}..{s.max_frames} (official: 4..{FPS_MAX_FRAMES})")
     return notes
