@@ -127,13 +127,8 @@ def reward_options(checkpoint: str, base: str | None = None, template_file: str 
     """`VideoReward.from_pretrained` keyword arguments for a job's `base` / `template_file` keys, checked in the
     driver: a checkpoint with the videoalign template fails here with one line when its text cannot be read
     (template_file, else $RAYPIPE_VIDEOALIGN_TEMPLATE, resolved now so every actor reads the same file)."""
-    import os
-
-    template_file = template_file or os.environ.get(videoalign.TEMPLATE_ENV) or None
-    if checkpoint_template(checkpoint) == "videoalign":
-        videoalign.read_template(template_file)
-    resolved = {k: str(Path(v).resolve()) if v else None for k, v in (("base", base), ("template_file", template_file))}
-    options = resolved
+    template_file = videoalign.template_path(template_file, check=checkpoint_template(checkpoint) == "videoalign")
+    options = {"base": str(Path(base).resolve()) if base else None, "template_file": template_file}
     return {k: v for k, v in options.items() if v is not None}
 
 

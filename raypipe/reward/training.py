@@ -70,12 +70,10 @@ def init_conventions(model_cfg, init_from: str | None, base: str | None, templat
     positions, per-dimension head, base path, and its frame sampling; LoRA / what trains stay this run's. The
     template file (template_file, else $RAYPIPE_VIDEOALIGN_TEMPLATE) is read now when the template needs it."""
     import dataclasses
-    import os
-    from pathlib import Path
 
     from raypipe.reward.model import checkpoint_config
     from raypipe.reward.scoring import resolve_sampling
-    from raypipe.reward.videoalign import TEMPLATE_ENV, read_template
+    from raypipe.reward.videoalign import template_path
 
     sampling: SamplingConfig | None = None
     if init_from:
@@ -85,11 +83,7 @@ def init_conventions(model_cfg, init_from: str | None, base: str | None, templat
             model_cfg, name_or_path=init.name_or_path, **{f: getattr(init, f) for f in keep}
         )
         sampling, _ = resolve_sampling(init_from, None)
-    if model_cfg.template == "videoalign":
-        template_file = template_file or os.environ.get(TEMPLATE_ENV)
-        read_template(template_file)
-        template_file = str(Path(template_file).resolve())
-    return model_cfg, sampling, template_file
+    return model_cfg, sampling, template_path(template_file, check=model_cfg.template == "videoalign")
 
 
 def model_from_init(init_from: str, model_cfg, base: str | None, template_file: str | None):

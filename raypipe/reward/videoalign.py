@@ -30,12 +30,12 @@ from pathlib import Path
 import torch
 
 from raypipe.config import ConfigError, SamplingConfig
+from raypipe.video.sampling import QWEN_MAX_FRAMES as FPS_MAX_FRAMES
+from raypipe.video.sampling import QWEN_VIDEO_MIN_PIXELS as VIDEO_MIN_PIXELS
 
 TEMPLATE_ENV = "RAYPIPE_VIDEOALIGN_TEMPLATE"
 TEMPLATE_CONSTANT = "DETAILED_PROMPT_WITH_SPECIAL_TOKEN"  # the "detailed_special" text in prompt_template.py
 DIMENSIONS = ["VQ", "MQ", "TA"]  # the official model's three reward tokens, in this order
-VIDEO_MIN_PIXELS = 128 * 28 * 28  # qwen-vl-utils' video minimum: smaller videos are upscaled
-FPS_MAX_FRAMES = 768
 CONFIG_FILE = "model_config.json"
 
 
@@ -68,6 +68,15 @@ def read_template(path: str | os.PathLike | None = None) -> str:
     except (KeyError, IndexError, ValueError) as e:
         raise ConfigError(f"{path}: not a format string with only {{text_prompt}}: {e!r}") from None
     return text
+
+
+def template_path(path: str | os.PathLike | None, check: bool) -> str | None:
+    """`path`, else $RAYPIPE_VIDEOALIGN_TEMPLATE, as an absolute path (None when neither), so every worker reads the
+    same file; with `check` it is read now (`read_template`), failing in the driver with one line."""
+    path = path or os.environ.get(TEMPLATE_ENV) or None
+    if check:
+        read_template(path)
+    return str(Path(path).resolve()) if path else None
 
 
 def _python_constant(source: str, name: str) -> str | None:
@@ -108,22 +117,13 @@ def norm_stats(path) -> dict | None:
     inference = read_config(path).get("inference_config")
     if not inference:
         return None
-    return {
-        "mean": {d: inference[f"{d}_mean"] for d in DIMENSIONS},
-        "std": {d: inference[f"{d}_std"] for d in DIMENSIONS},
-    }
+    return {k: {d: inference[f"{d}_{k}"] for d in DIMENSIONS} for k in ("mean", "std")}
 
 
 def sampling_defaults(fps: float = 2.0, max_pixels: int = 448 * 448) -> SamplingConfig:
     """qwen-vl-utils 0.0.8's video sampling as the released model used it (min 4 frames, at most 768)."""
-    return SamplingConfig(
-        fps=fps,
-        min_frames=4,
-        max_frames=FPS_MAX_FRAMES,
-        min_pixels=VIDEO_MIN_PIXELS,
-        max_pixels=max_pixels,
-        convention="qwen",
-    )
+    qwen = {"min_frames": 4, "max_frames": FPS_MAX_FRAMES, "min_pixels": VIDEO_MIN_PIXELS, "convention": "qwen"}
+    return SamplingConfig(fps=fps, max_pixels=max_pixels, **qwen)
 
 
 def sampling(path) -> SamplingConfig:

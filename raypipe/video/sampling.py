@@ -45,6 +45,22 @@ def round_to_multiple(x: float, m: int) -> int:
     return _round_half_up(x / m) * m
 
 
+def _check_clip(total_frames: int, video_fps: float) -> None:
+    """What a clip's header must say before any count is planned (both conventions)."""
+    if total_frames <= 0:
+        raise SamplingError("empty", f"the video has {total_frames} frames")
+    if not (video_fps > 0 and math.isfinite(video_fps)):
+        raise SamplingError("corrupt", f"the video reports an invalid frame rate {video_fps!r}")
+
+
+def _check_frame_size(height: int, width: int) -> None:
+    """What a frame size must be before any resize is planned (both conventions)."""
+    if height <= 0 or width <= 0:
+        raise SamplingError("corrupt", f"invalid frame size {height}x{width}")
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        raise SamplingError("too_large", f"aspect ratio of {height}x{width} exceeds {MAX_ASPECT_RATIO}:1")
+
+
 def num_sampled_frames(
     total_frames: int, video_fps: float, fps: float = 2.0, min_frames: int = 4, max_frames: int = 64
 ) -> int:
@@ -52,10 +68,7 @@ def num_sampled_frames(
 
     Raises SamplingError("too_short") when the video has fewer (even) frames than `min_frames`.
     """
-    if total_frames <= 0:
-        raise SamplingError("empty", f"the video has {total_frames} frames")
-    if not (video_fps > 0 and math.isfinite(video_fps)):
-        raise SamplingError("corrupt", f"the video reports an invalid frame rate {video_fps!r}")
+    _check_clip(total_frames, video_fps)
     if fps <= 0 or min_frames < TEMPORAL_PATCH or max_frames < min_frames:
         raise ValueError(f"bad sampling settings fps={fps} min_frames={min_frames} max_frames={max_frames}")
     lo = TEMPORAL_PATCH * math.ceil(min_frames / TEMPORAL_PATCH)
@@ -86,10 +99,7 @@ def resized_size(
     exceeds `max_pixels` both sides are scaled down by sqrt(area / max_pixels) and floored, if it is below
     `min_pixels` they are scaled up and ceiled. Floors never go below one `factor`.
     """
-    if height <= 0 or width <= 0:
-        raise SamplingError("corrupt", f"invalid frame size {height}x{width}")
-    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
-        raise SamplingError("too_large", f"aspect ratio of {height}x{width} exceeds {MAX_ASPECT_RATIO}:1")
+    _check_frame_size(height, width)
     if max_pixels < factor * factor or min_pixels > max_pixels:
         raise ValueError(f"bad pixel budget min_pixels={min_pixels} max_pixels={max_pixels}")
     h = max(factor, round_to_multiple(height, factor))
@@ -120,10 +130,7 @@ def qwen_num_frames(
     even: 20 frames at 8 fps, fps 2 -> 5 -> 4 frames). `hi` wins over `lo`, so a 3-frame clip gives 2 frames.
     Raises SamplingError("too_short") unless `2 <= n <= total_frames` (as qwen raises its ValueError).
     """
-    if total_frames <= 0:
-        raise SamplingError("empty", f"the video has {total_frames} frames")
-    if not (video_fps > 0 and math.isfinite(video_fps)):
-        raise SamplingError("corrupt", f"the video reports an invalid frame rate {video_fps!r}")
+    _check_clip(total_frames, video_fps)
     if not fps > 0 or max_frames < TEMPORAL_PATCH:
         raise ValueError(f"bad sampling settings fps={fps} max_frames={max_frames}")
     lo = math.ceil(min_frames / TEMPORAL_PATCH) * TEMPORAL_PATCH
@@ -159,10 +166,7 @@ def qwen_resized_size(
     ratio above 200 (qwen's ValueError) and where a side floors to 0 (qwen returns it and its resize then fails).
     """
     factor = FACTOR
-    if height <= 0 or width <= 0:
-        raise SamplingError("corrupt", f"invalid frame size {height}x{width}")
-    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
-        raise SamplingError("too_large", f"aspect ratio of {height}x{width} exceeds {MAX_ASPECT_RATIO}:1")
+    _check_frame_size(height, width)
     if max_pixels < factor * factor:
         raise ValueError(f"bad pixel budget max_pixels={max_pixels} (below one {factor}x{factor} patch)")
     h = max(factor, round(height / factor) * factor)
