@@ -30,6 +30,11 @@ JOBS: dict[str, tuple[str, str, str]] = {
         "ExportConfig",
         "write a reward checkpoint in the released VideoAlign layout (or ours, from either)",
     ),
+    "train-critic": (
+        "train_critic",
+        "CriticTrainConfig",
+        "LiFT: train the generative critic (ratings with reasons) on Ray Train + DeepSpeed",
+    ),
     "relabel": ("relabel", "RelabelConfig", "score videos / pairs with a reward checkpoint (Ray Data, resumable)"),
     "train-flow": ("train_flow", "FlowTrainConfig", "align the generator: pretrain / SFT / Flow-DPO / Flow-RWR (LoRA)"),
     "pretrain-generator": (

@@ -104,6 +104,8 @@ class SynthConfig:
     label_noise: float = 0.0  # probability that a label is replaced by one of the other two
     tie_margin: float = 0.16  # VQ/MQ tie when |level_A - level_B| < tie_margin (~30% ties)
     ta_tie_share: float | None = None  # TA tie probability; None: the natural ~30% of independent draws
+    # ratings.parquet (LiFT-style Good/Normal/Bad + reasons per video): probability a rating is replaced by another
+    rating_noise: float = 0.0
 
 
 def _type_name(tp: Any) -> str:

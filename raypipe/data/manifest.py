@@ -152,7 +152,7 @@ def _resolve_uris(table: pa.Table, columns: tuple[str, ...], root: str) -> pa.Ta
     return table
 
 
-def _default_root(source: str) -> str:
+def default_root(source: str) -> str:
     if is_local(source):
         return os.path.dirname(os.path.abspath(local_path(source)))
     return source.rsplit("/", 1)[0]
@@ -208,7 +208,7 @@ def load_manifest(
             )
         masked[dim] = n_bad
         table = table.append_column(f"y_{dim}", arr)
-    root = video_root or _default_root(source)
+    root = video_root or default_root(source)
     table = _resolve_uris(table, ("path_A", "path_B") if kind == "pairs" else ("path",), root)
     return Manifest(table, source, kind, list(dimensions), masked)
 

@@ -56,6 +56,15 @@ def video_patches(frames: np.ndarray) -> tuple[torch.Tensor, tuple[int, int, int
     return x.reshape(gt * gh * gw, 3 * TEMPORAL * PATCH * PATCH).contiguous(), (gt, gh, gw)
 
 
+def expand_video_pad(ids: list[int], pad: int, n_video: int) -> tuple[list[int], int]:
+    """A chat-rendered sequence holding exactly one video pad token with that token repeated `n_video` times (the
+    video's merged patches); returns (ids, position of the first video token)."""
+    if ids.count(pad) != 1:
+        raise ValueError(f"the chat template must render exactly one {VIDEO_PAD} per video, got {ids.count(pad)}")
+    k = ids.index(pad)
+    return ids[:k] + [pad] * n_video + ids[k + 1 :], k
+
+
 class RewardProcessor:
     """Builds model inputs for one or many (frames, prompt) samples with a given tokenizer."""
 
@@ -141,12 +150,7 @@ class RewardProcessor:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def _encode_chat(self, patches, grid, n_video: int, prompt: str) -> dict:
-        ids = self.tokenizer(self.chat_text(prompt))["input_ids"]
-        pad = self.ids[VIDEO_PAD]
-        if ids.count(pad) != 1:
-            raise ValueError(f"the chat template must render exactly one {VIDEO_PAD} per video, got {ids.count(pad)}")
-        k = ids.index(pad)
-        ids = ids[:k] + [pad] * n_video + ids[k + 1 :]
+        ids, k = expand_video_pad(self.tokenizer(self.chat_text(prompt))["input_ids"], self.ids[VIDEO_PAD], n_video)
         found = {d: [i for i, t in enumerate(ids) if t == self.reward_ids[d]] for d in self.dimensions}
         bad = {d: len(p) for d, p in found.items() if len(p) != 1}
         if bad:

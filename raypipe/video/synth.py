@@ -323,6 +323,8 @@ def check_config(cfg: SynthConfig) -> tuple[int, int]:
         raise ValueError(f"need pairs >= 0, frames >= 2, fps > 0; got {cfg.pairs}, {cfg.frames}, {cfg.fps}")
     if not 0.0 <= cfg.label_noise <= 1.0 or not 0.0 <= cfg.tie_margin <= 1.0:
         raise ValueError(f"label_noise and tie_margin must lie in [0, 1]; got {cfg.label_noise}, {cfg.tie_margin}")
+    if not 0.0 <= cfg.rating_noise <= 1.0:
+        raise ValueError(f"rating_noise must lie in [0, 1]; got {cfg.rating_noise}")
     if cfg.ta_tie_share is not None and not 0.0 <= cfg.ta_tie_share <= 1.0:
         raise ValueError(f"ta_tie_share must lie in [0, 1] or be None; got {cfg.ta_tie_share}")
     return h, w
@@ -332,7 +334,10 @@ def make_synthpref(
     out_dir: str | os.PathLike, cfg: SynthConfig, progress: bool = False, workers: int | None = None
 ) -> pa.Table:
     """Render cfg.pairs pairs to `out_dir/videos/{i:06d}_{A,B}.mp4` and write `out_dir/manifest.parquet`
-    (SPEC §2.1 columns with paths relative to out_dir, plus gt_* ground truth). Returns the manifest."""
+    (SPEC §2.1 columns with paths relative to out_dir, plus gt_* ground truth) and `out_dir/ratings.parquet` (the
+    same videos one per row, rated Good/Normal/Bad with reasons: `synth_ratings`). Returns the manifest."""
+    from raypipe.video.synth_ratings import pointwise_ratings
+
     check_config(cfg)
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
@@ -366,6 +371,7 @@ def make_synthpref(
     rows: dict[str, list] = {k: [r[k] for part in results for r in part] for k in _COLUMNS}
     table = pa.table({k: pa.array(v, type=_COLUMNS[k]) for k, v in rows.items()})
     pq.write_table(table, out / "manifest.parquet")
+    pq.write_table(pointwise_ratings(table, cfg.rating_noise, cfg.seed), out / "ratings.parquet")
     return table
 
 
