@@ -94,3 +94,52 @@ def kill_a_train_worker_after_first_checkpoint(run_dir: Path, killed: list, time
                 killed.append(pids[-1])
                 return
         time.sleep(0.2)
+
+
+CRITIC_ANSWERS = {
+    "VQ": "Good. The video is sharp and clean.",
+    "MQ": "Bad. The motion jitters and stutters.",
+    "TA": "Normal. It is a square, not a circle.",
+}
+
+
+@pytest.fixture(scope="session")
+def critic_checkpoint(tmp_path_factory):
+    """A tiny saved critic fitted (in-process, 100 steps) to give CRITIC_ANSWERS whatever the video, with the tiny
+    sampling recorded beside it: a critic whose answers a test can predict."""
+    import json
+
+    import torch
+
+    from raypipe.critic.model import Critic, CriticModelConfig
+    from raypipe.critic.processor import unknown_words
+    from raypipe.reward.backbone import load_backbone
+    from raypipe.reward.scoring import SAMPLING_FILE
+
+    _, tok = load_backbone("assets/tiny-qwen2vl")
+    cfg = CriticModelConfig(name_or_path="assets/tiny-qwen2vl", train_language_model=True, max_new_tokens=16)
+    cfg.added_words = unknown_words(tok, [*cfg.questions.values(), *CRITIC_ANSWERS.values()])
+    torch.manual_seed(0)
+    critic = Critic.build(cfg)
+    opt = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=2e-3)
+    rng = np.random.default_rng(0)
+    dims = list(CRITIC_ANSWERS)
+    from raypipe.video import synth
+
+    def clip():  # SynthPref-like clips (what the tests score) and noise
+        if rng.random() < 0.3:
+            return rng.integers(0, 255, (4, 56, 56, 3), dtype=np.uint8)
+        attrs = (rng.choice(synth.COLORS), rng.choice(synth.SHAPES), rng.choice(synth.DIRECTIONS))
+        return synth.render_video(*attrs, vq=rng.random(), mq=rng.random(), rng=rng)[::2]
+
+    for _ in range(100):
+        frames = [clip() for _ in range(6)]
+        answers = list(CRITIC_ANSWERS.values()) * 2
+        batch = critic.processor.train_batch(frames, ["a red circle moving left"] * 6, dims * 2, answers)
+        critic(batch).backward()
+        opt.step()
+        opt.zero_grad()
+    path = tmp_path_factory.mktemp("critic") / "final"
+    critic.save_pretrained(path)
+    (path / SAMPLING_FILE).write_text(json.dumps(TINY_SAMPLING_FIELDS))
+    return str(path)

@@ -98,3 +98,39 @@ def test_scalarize():
     assert scalarize({"VQ": 1.0, "MQ": 2.0, "TA": -1.0}, {"VQ": 0.5, "TA": 2.0}) == pytest.approx(-1.5)
     with pytest.raises(KeyError, match="MQ"):
         scalarize({"VQ": 1.0}, {"MQ": 1.0})
+
+
+def test_lift_v_prediction_against_a_hand_made_batch_and_the_scheduler():
+    from diffusers import CogVideoXDPMScheduler
+
+    from raypipe.flow.losses import lift_v_loss, v_prediction_noised, x0_from_v
+
+    x0 = torch.tensor([[1.0, -2.0], [0.5, 0.0]])
+    eps = torch.tensor([[0.0, 1.0], [-1.0, 2.0]])
+    ab = torch.tensor([0.64, 0.36])  # sqrt: 0.8 / 0.6 and 0.6 / 0.8
+    x_t, v = v_prediction_noised(x0, eps, ab)
+    assert torch.allclose(x_t, torch.tensor([[0.8, -1.0], [-0.5, 1.6]]))
+    assert torch.allclose(v, torch.tensor([[-0.6, 2.0], [-1.0, 1.2]]))
+    assert torch.allclose(x0_from_v(x_t, v, ab), x0, atol=1e-6)  # exact v gives back x0
+    v_hat = v + torch.tensor([[0.5, 0.0], [0.0, -1.0]])  # x̂0 error = -sqrt(1-ᾱ)·δ: (-0.3, 0) and (0, 0.8)
+    x0_hat = x0_from_v(x_t, v_hat, ab)
+    per = torch.tensor([(0.3**2) / 2 / 0.36, (0.8**2) / 2 / 0.64])  # mean sq error / (1 - ᾱ)
+    w = torch.tensor([0.9, 0.05])
+    assert lift_v_loss(x0_hat, x0, ab, w).item() == pytest.approx(float((w * per).mean()), rel=1e-6)
+    # diffusers: add_noise is x_t, and get_velocity(v̂, x_t, t) is LiFT's x̂0 (its arguments swapped)
+    sched = CogVideoXDPMScheduler(prediction_type="v_prediction")
+    t = torch.tensor([100, 700])
+    ab = sched.alphas_cumprod[t].float()
+    x_t, v = v_prediction_noised(x0, eps, ab)
+    assert torch.allclose(x_t, sched.add_noise(x0, eps, t), atol=1e-5)
+    assert torch.allclose(v, sched.get_velocity(x0, eps, t), atol=1e-5)
+    assert torch.allclose(x0_from_v(x_t, v_hat, ab), sched.get_velocity(v_hat, x_t, t), atol=1e-5)
+
+
+def test_lift_flow_loss_weights_the_flow_error():
+    from raypipe.flow.losses import lift_flow_loss
+
+    e = torch.tensor([0.2, 0.4, 1.0])
+    w = torch.tensor([0.9, 0.2, 0.05])
+    assert lift_flow_loss(e, w).item() == pytest.approx((0.18 + 0.08 + 0.05) / 3)
+    assert lift_flow_loss(e, torch.ones(3)).item() == pytest.approx(float(e.mean()))  # weight 1 = flow matching

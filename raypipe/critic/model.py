@@ -204,6 +204,14 @@ class Critic(nn.Module):
         return cls(*_load(path, cfg), cfg).to(device).eval()
 
 
+def critic_dimensions(path: str | os.PathLike) -> list[str]:
+    """The dimensions a critic checkpoint answers (its critic_config.json; no weights loaded)."""
+    config = Path(path) / CONFIG_FILE
+    if not config.exists():
+        raise FileNotFoundError(f"{path} is not a critic checkpoint (no {CONFIG_FILE})")
+    return list(json.loads(config.read_text())["dimensions"])
+
+
 def grow_embeddings(vlm: nn.Module, rows: int, seed: int = 0) -> None:
     """Resize the input (and untied output) embeddings to `rows`; every new row is the mean of the old rows plus
     Gaussian noise of their per-coordinate std (seeded). Distinct rows matter: transformers' mean resizing gives

@@ -56,6 +56,56 @@ class FrameScorer:
         return replace_column(batch, "scored_on", pa.array([self.node_id] * batch.num_rows, pa.string()))
 
 
+class FrameCritic:
+    """Like `FrameScorer`, for a LiFT critic checkpoint: one generation per (video, dimension) in batches of at most
+    `max_videos` videos; adds `rating_<DIM>` (Good/Normal/Bad) and `reason_<DIM>` (null on error rows), and turns a
+    video whose answer does not start with a rating into an `unparsable_answer` error row (never a silent Good)."""
+
+    def __init__(self, critic: str, device: str = "cpu", dtype: str | None = None, max_videos: int = 8, seed: int = 0):
+        import torch
+
+        from raypipe.critic.model import Critic
+
+        self.model = Critic.from_pretrained(critic, dtype=dtype, device=device)
+        self.dimensions = list(self.model.dimensions)
+        self.max_videos = max(1, int(max_videos))
+        self.generator = torch.Generator().manual_seed(seed)
+        import ray
+
+        self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from raypipe.data.ratings import AnswerError, parse_answer
+
+        frames = column_frames(batch, "frames")
+        prompts = batch.column("prompt").to_pylist()
+        errors, messages = batch.column("error").to_pylist(), batch.column("error_message").to_pylist()
+        good = [i for i, e in enumerate(errors) if e is None]
+        out = {f"{k}_{d}": [None] * batch.num_rows for d in self.dimensions for k in ("rating", "reason")}
+        for start in range(0, len(good), self.max_videos):
+            rows = good[start : start + self.max_videos]
+            for dim in self.dimensions:
+                answers = self.model.answer(
+                    [frames[i] for i in rows], [prompts[i] for i in rows], [dim] * len(rows), self.generator
+                )
+                for i, text in zip(rows, answers):
+                    try:
+                        out[f"rating_{dim}"][i], out[f"reason_{dim}"][i] = parse_answer(text)
+                    except AnswerError as e:
+                        errors[i] = errors[i] or AnswerError.kind
+                        messages[i] = (messages[i] + " | " if messages[i] else "") + f"{dim}: {e}"
+        for i in range(batch.num_rows):
+            if errors[i] is not None:
+                for name in out:
+                    out[name][i] = None
+        batch = batch.drop_columns(["frames"])
+        batch = replace_column(batch, "error", pa.array(errors, pa.string()))
+        batch = replace_column(batch, "error_message", pa.array(messages, pa.string()))
+        for name, values in out.items():
+            batch = replace_column(batch, name, pa.array(values, pa.string()))
+        return replace_column(batch, "scored_on", pa.array([self.node_id] * batch.num_rows, pa.string()))
+
+
 def fit_actor_cpus(concurrency: int, actor_cpus: float, decode_cpus: float, total_cpus: float) -> float:
     """CPUs per scoring actor such that the pool leaves room for at least one decode task (a pool holding every
     CPU would starve decoding and stall the stream); never below 0.25."""
@@ -76,11 +126,13 @@ def score_videos(
     actor_cpus: float = 0.5,
     decode_cpus: float = 0.75,
     reward_options: dict | None = None,
+    kind: str = "reward",
 ):
     """Lazy Ray Dataset: `table` (uri, prompt, any key columns) decoded by CPU tasks (up to `decode_rows` videos
     per task) and scored by a pool of `concurrency` actors, so decoding and scoring overlap. Output rows: the input
     columns + `error`, `error_message`, `score_<DIM>`. `reward_options`: `from_pretrained` keywords (`base`,
-    `template_file`, from `reward.scoring.reward_options`).
+    `template_file`, from `reward.scoring.reward_options`). `kind="critic"`: `reward` is a LiFT critic checkpoint
+    and the rows get `rating_<DIM>` / `reason_<DIM>` instead (`FrameCritic`).
 
     The `reward` checkpoint folder must be readable from every node (shared filesystem or the same path everywhere).
     Output order is not guaranteed: join on a key column.
@@ -95,16 +147,15 @@ def score_videos(
     device = "cuda" if num_gpus and num_gpus > 0 else "cpu"
     # max_retries: decode tasks retry, and are not fused into the scoring actors (see decode_stage)
     decoded = decode_stage(table, decode_videos_block, {"sampling": sampling}, step, decode_cpus, max_retries=3)
+    if kind == "critic":
+        actor, kwargs = FrameCritic, {"critic": str(reward), "device": device, "dtype": dtype, "max_videos": batch}
+    else:
+        actor = FrameScorer
+        kwargs = {"reward": str(reward), "device": device, "dtype": dtype, "max_videos": batch}
+        kwargs.update(token_budget=token_budget, options=reward_options)
     return decoded.map_batches(
-        FrameScorer,
-        fn_constructor_kwargs={
-            "reward": str(reward),
-            "device": device,
-            "dtype": dtype,
-            "max_videos": batch,
-            "token_budget": token_budget,
-            "options": reward_options,
-        },
+        actor,
+        fn_constructor_kwargs=kwargs,
         compute=ray.data.ActorPoolStrategy(size=max(1, int(concurrency))),
         batch_size=max(1, int(batch)),
         num_gpus=num_gpus or None,

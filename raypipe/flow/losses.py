@@ -102,3 +102,31 @@ def sft_loss(errors: torch.Tensor) -> torch.Tensor:
 
 
 LOG2 = math.log(2.0)
+
+
+# --- LiFT (SPEC §8) ---------------------------------------------------------------------------------------------
+def v_prediction_noised(
+    x0: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Diffusion (v-prediction, e.g. CogVideoX): x_t = sqrt(ᾱ)·x0 + sqrt(1−ᾱ)·eps and the target
+    v = sqrt(ᾱ)·eps − sqrt(1−ᾱ)·x0, for ᾱ_t [B] per sample."""
+    a = _expand(alpha_bar, x0)
+    return a.sqrt() * x0 + (1 - a).sqrt() * eps, a.sqrt() * eps - (1 - a).sqrt() * x0
+
+
+def x0_from_v(x_t: torch.Tensor, v_hat: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """x̂0 = sqrt(ᾱ)·x_t − sqrt(1−ᾱ)·v̂ (exact when v̂ = v)."""
+    a = _expand(alpha_bar, x_t)
+    return a.sqrt() * x_t - (1 - a).sqrt() * v_hat
+
+
+def lift_v_loss(x0_hat: torch.Tensor, x0: torch.Tensor, alpha_bar: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """LiFT's reward-weighted loss for a v-prediction model (SPEC §8):
+    L = mean_i  w_i · mean( (1/(1−ᾱ_t,i)) · (x̂0_i − x0_i)² ), real videos entering with their own w_i."""
+    per = ((x0_hat.float() - x0.float()) ** 2).flatten(1).mean(1) / (1 - alpha_bar.float())
+    return (weights.float() * per).mean()
+
+
+def lift_flow_loss(errors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """LiFT's weighting on a flow model (SPEC §8): L = mean_i w_i · e_i with e the per-sample flow error of §1."""
+    return (weights.float() * errors.float()).mean()

@@ -1,6 +1,8 @@
-"""`raypipe relabel`: score a manifest, a folder or a glob of videos with a VideoReward checkpoint on Ray.
+"""`raypipe relabel`: score a manifest, a folder or a glob of videos with a VideoReward checkpoint on Ray — or
+rate them with a LiFT critic.
 
     raypipe relabel --out relabeled reward=reward-out/final input=pairs.parquet [concurrency=2]
+    raypipe relabel --out rated --critic critic-out/final input=pairs.parquet
 
 Pipeline: distinct (uri, prompt) videos -> Ray Data decode tasks (CPU) -> a pool of scoring actors (one model
 each, GPUs per actor on a cluster) -> the driver, which appends finished videos to `OUT/_progress/` every few
@@ -14,6 +16,9 @@ Outputs in OUT:
   - pairs: `score_A_<DIM>`, `score_B_<DIM>`, `margin_<DIM>` = A − B, `model_<DIM>` in A/B/same (`same` when
     |margin| ≤ ε* of the dimension), and with norm stats `overall_A`, `overall_B`, `margin_Overall`,
     `model_Overall`; the original label columns stay beside them.
+  - with `critic=`: `rating_<DIM>` / `reason_<DIM>` / `lift_weight` (pairs: `rating_A_<DIM>`, ..., `lift_weight_A`,
+    `lift_weight_B`), `raypipe.critic.relabel`; an answer that does not start with a rating is an
+    `unparsable_answer` error row.
 - `_summary.json`: rows by outcome, videos (this run / resumed), errors by kind, throughput, wall time.
 - `_config.yaml`: the resolved config; `_progress/`: resume state. Names starting with `_` are skipped by
   Parquet dataset readers, so `pq.read_table(OUT)` / `ray.data.read_parquet(OUT)` read just the rows.
@@ -32,7 +37,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raypipe.config import ConfigError, SamplingConfig, save_config
+from raypipe.critic.model import critic_dimensions
+from raypipe.critic.relabel import assemble_critic
 from raypipe.data.inputs import resolve_input
+from raypipe.data.ratings import DEFAULT_WEIGHT_MAP, check_weight_map
 from raypipe.distributed.cluster import configure_data_context, init_ray
 from raypipe.distributed.scoring import score_videos
 from raypipe.reward.relabel import (
@@ -61,6 +69,9 @@ __all__ = ["RelabelConfig", "run", "PROGRESS_DIR", "SUMMARY_FILE", "CONFIG_FILE"
 @dataclasses.dataclass
 class RelabelConfig:
     reward: str = ""  # a VideoReward checkpoint folder (train-reward OUT/final)
+    critic: str = ""  # or a LiFT critic checkpoint (train-critic OUT/final): ratings, reasons and lift_weight
+    # the critic's rating -> weight map for lift_weight (SPEC §8; default Good 0.9, Normal 0.2, Bad 0.05)
+    weight_map: dict[str, float] | None = None
     input: str = ""  # preference manifest, pointwise manifest, folder of videos, or glob
     # base model folder for a checkpoint in the released VideoAlign layout (default: its model_name_or_path)
     base: str | None = None
@@ -91,8 +102,13 @@ class RelabelConfig:
 # --- the job -----------------------------------------------------------------------------------------------
 def _prepare(cfg: RelabelConfig):
     """Everything that can fail on bad input, before any Ray work."""
-    if not cfg.reward or not cfg.input:
-        raise ConfigError("reward and input are required (reward=CHECKPOINT input=MANIFEST|FOLDER|GLOB)")
+    if bool(cfg.reward) == bool(cfg.critic) or not cfg.input:
+        raise ConfigError(
+            "one of reward / critic, and input, are required (reward=CHECKPOINT or critic=CHECKPOINT, "
+            "input=MANIFEST|FOLDER|GLOB)"
+        )
+    if cfg.critic:
+        return _prepare_critic(cfg)
     try:
         dimensions = checkpoint_dimensions(cfg.reward)
         norm_stats = read_norm_stats(cfg.reward, dimensions)
@@ -115,6 +131,16 @@ def _prepare(cfg: RelabelConfig):
     return inp, dimensions, norm_stats, epsilon, notes
 
 
+def _prepare_critic(cfg: RelabelConfig):
+    try:
+        dimensions = critic_dimensions(cfg.critic)
+        check_weight_map(cfg.weight_map or DEFAULT_WEIGHT_MAP)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"critic: {e}") from None
+    inp = resolve_input(cfg.input, dimensions, cfg.video_root, cfg.prompts)
+    return inp, dimensions, None, {}, []
+
+
 def _new_timing() -> dict:
     """Scoring counters: videos scored, seconds to the first result, videos per scoring node."""
     return {"scored": 0, "first_batch_s": None, "by_node": Counter()}
@@ -133,7 +159,7 @@ def _score_remaining(cfg, videos, done, dimensions, sampling, progress_state: Pr
     t0 = time.perf_counter()
     ds = score_videos(
         todo,
-        cfg.reward,
+        cfg.critic or cfg.reward,
         sampling,
         cfg.concurrency,
         cfg.batch,
@@ -143,9 +169,11 @@ def _score_remaining(cfg, videos, done, dimensions, sampling, progress_state: Pr
         decode_rows=cfg.decode_rows,
         actor_cpus=cfg.actor_cpus,
         decode_cpus=cfg.decode_cpus,
-        reward_options=reward_options(cfg.reward, cfg.base, cfg.template_file),
+        reward_options=None if cfg.critic else reward_options(cfg.reward, cfg.base, cfg.template_file),
+        kind="critic" if cfg.critic else "reward",
     )
-    keep = ["video_id", "error", "error_message", *[f"score_{d}" for d in dimensions]]
+    outputs = [f"{k}_{d}" for d in dimensions for k in ("rating", "reason")] if cfg.critic else []
+    keep = ["video_id", "error", "error_message", *(outputs or [f"score_{d}" for d in dimensions])]
     bar = tqdm(
         total=n_total, initial=len(done), unit="video", desc="relabel", disable=not cfg.progress, dynamic_ncols=True
     )
@@ -176,7 +204,8 @@ def run(cfg: RelabelConfig) -> dict:
     t0 = time.perf_counter()
     inp, dimensions, norm_stats, epsilon, notes = _prepare(cfg)  # before Ray: bad input fails fast
     notes = inp.notes + notes
-    sampling, sampling_source = resolve_sampling(cfg.reward, cfg.sampling)
+    checkpoint = cfg.critic or cfg.reward
+    sampling, sampling_source = resolve_sampling(checkpoint, cfg.sampling)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(dataclasses.replace(cfg, sampling=sampling), out, CONFIG_FILE)
@@ -185,7 +214,7 @@ def run(cfg: RelabelConfig) -> dict:
         out,
         {
             "fingerprint": inp.fingerprint(),
-            "checkpoint": os.path.abspath(cfg.reward),
+            "checkpoint": os.path.abspath(checkpoint),
             "rows": inp.table.num_rows,
             "videos": videos.num_rows,
             "kind": inp.kind,
@@ -201,12 +230,16 @@ def run(cfg: RelabelConfig) -> dict:
         timing = _score_remaining(cfg, videos, done, dimensions, sampling, state, videos.num_rows)
     score_s = time.perf_counter() - score_t0
     results = state.read_all()
-    table = assemble(inp, per_side, results, dimensions, norm_stats, epsilon)
+    if cfg.critic:
+        table = assemble_critic(inp, per_side, results, dimensions, cfg.weight_map)
+    else:
+        table = assemble(inp, per_side, results, dimensions, norm_stats, epsilon)
     parts = write_parts(table, out, cfg.rows_per_part)
     summary = {
         "input": inp.source,
         "kind": inp.kind,
-        "checkpoint": cfg.reward,
+        "checkpoint": checkpoint,
+        "model": "critic" if cfg.critic else "reward",
         "dimensions": dimensions,
         **_row_outcomes(table),
         **_video_outcomes(videos, results, timing, resumed, score_s, state.state["resumes"]),

@@ -48,6 +48,7 @@ from raypipe.distributed.loop import (
 )
 from raypipe.distributed.trainer import TrainerSettings, deepspeed_engine, fit_trainer, require_one_step, step_count
 from raypipe.reward.backbone import make_tiny_backbone
+from raypipe.reward.scoring import SAMPLING_FILE
 from raypipe.video.synth import make_synthpref
 
 
@@ -172,6 +173,7 @@ def run(cfg: CriticTrainConfig) -> dict:
     )
     loop_config = {"cfg": to_dict(cfg), "total_steps": total_steps}
     progress, wall = fit_trainer(train_func, loop_config, t, out, "train-critic", {"train": train_ds, "val": val_ds})
+    (out / "final" / SAMPLING_FILE).write_text(json.dumps(dataclasses.asdict(cfg.data.sampling)))
     curve = progress["curve"]
     (out / "learning_curve.json").write_text(json.dumps(curve, indent=2))
     plot_curve(curve, out / "learning_curve.png", cfg.model.dimensions)

@@ -120,12 +120,12 @@ def assemble(
     epsilon: dict[str, float],
 ) -> pa.Table:
     """One output row per input row, row_id order (see the module docstring for the columns)."""
-    scored = _one_result_per_video(scored, per_side)
+    scored = one_result_per_video(scored, per_side)
     raw = np.stack(
         [scored.column(f"score_{d}").to_numpy(zero_copy_only=False).astype(np.float64) for d in dimensions], axis=1
     )
     sides = {side: raw[vid] for side, vid in per_side.items()}
-    row_errors, row_messages = _row_errors(scored, per_side, inp.table.num_rows)
+    row_errors, row_messages = row_errors_of(scored, per_side, inp.table.num_rows)
     if inp.kind != "pairs":
         cols = _pointwise_columns(sides[""], dimensions, norm_stats)
     else:
@@ -141,7 +141,7 @@ def assemble(
     return table
 
 
-def _one_result_per_video(scored: pa.Table, per_side: dict[str, np.ndarray]) -> pa.Table:
+def one_result_per_video(scored: pa.Table, per_side: dict[str, np.ndarray]) -> pa.Table:
     """The scored videos in video_id order, one row each (a resumed run may hold a video twice); every video the
     input needs must be there."""
     ids = scored.column("video_id").to_numpy()
@@ -156,7 +156,7 @@ def _one_result_per_video(scored: pa.Table, per_side: dict[str, np.ndarray]) -> 
     return scored
 
 
-def _row_errors(scored: pa.Table, per_side: dict[str, np.ndarray], n_rows: int) -> tuple[list, list]:
+def row_errors_of(scored: pa.Table, per_side: dict[str, np.ndarray], n_rows: int) -> tuple[list, list]:
     """Per input row: the first failing side's error kind, and every failing side's message."""
     errors = scored.column("error").to_pylist()
     messages = scored.column("error_message").to_pylist()

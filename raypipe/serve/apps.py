@@ -1,4 +1,5 @@
-"""Ray Serve applications: reward scoring (`POST /score`) and Flow-NRG generation (`POST /generate`).
+"""Ray Serve applications: reward scoring (`POST /score`, and `POST /critique` with a LiFT critic) and Flow-NRG
+generation (`POST /generate`).
 
     serve run serve/config.yaml          # or: raypipe serve --reward reward-out/final
     curl -F file=@clip.mp4 -F prompt="a red circle moving left" localhost:8000/score
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from raypipe.serve.config import generate_app_config, reward_app_config
 from raypipe.serve.generate import GenerateAPI
-from raypipe.serve.reward import RewardAPI, RewardModel
+from raypipe.serve.reward import CriticModel, RewardAPI, RewardModel
 
 
 def _with_options(deployment, options: dict | None):
@@ -37,7 +38,12 @@ def reward_app(args: dict):
     model = _with_options(RewardModel, options.get("RewardModel")).bind(
         cfg.reward, cfg.batch, cfg.batch_wait_s, cfg.dtype, load
     )
-    return _with_options(RewardAPI, options.get("RewardAPI")).bind(model, cfg)
+    critic = None
+    if cfg.critic:
+        critic = _with_options(CriticModel, options.get("CriticModel")).bind(
+            cfg.critic, cfg.batch, cfg.batch_wait_s, cfg.dtype
+        )
+    return _with_options(RewardAPI, options.get("RewardAPI")).bind(model, cfg, critic)
 
 
 def generate_app(args: dict):

@@ -25,6 +25,10 @@ class RewardAppConfig:
     batch: int = 8  # videos per forward pass: the @serve.batch max batch size
     batch_wait_s: float = 0.01  # how long a batch waits to fill
     dtype: str | None = None  # model dtype (None: the checkpoint's)
+    critic: str | None = (
+        None  # a LiFT critic checkpoint (train-critic OUT/final) for POST /critique; None: no /critique
+    )
+    weight_map: dict[str, float] | None = None  # the critic's rating -> weight map for lift_weight (None: LiFT's)
     max_upload_mb: float = 256.0
     allowed_roots: list[str] = dataclasses.field(default_factory=list)  # folders a {"uri"} may read; empty: none
     auth_token_env: str | None = DEFAULT_TOKEN_ENV  # env var holding the bearer token (unset or empty: no auth)
@@ -60,7 +64,7 @@ class GenerateAppConfig:
     deployment_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
-REWARD_DEPLOYMENTS = ("RewardModel", "RewardAPI")
+REWARD_DEPLOYMENTS = ("RewardModel", "CriticModel", "RewardAPI")
 GENERATE_DEPLOYMENTS = ("GenerateAPI",)
 
 
@@ -77,6 +81,15 @@ def reward_app_config(args: dict | None) -> RewardAppConfig:
 
     if not cfg.reward or not ((Path(cfg.reward) / "reward_config.json").exists() or is_videoalign(cfg.reward)):
         raise ConfigError(f"reward: {cfg.reward!r} is not a VideoReward checkpoint folder (ours or the released)")
+    if cfg.critic is not None and not (Path(cfg.critic) / "critic_config.json").exists():
+        raise ConfigError(f"critic: {cfg.critic!r} is not a critic checkpoint folder (no critic_config.json)")
+    if cfg.weight_map is not None:
+        from raypipe.data.ratings import check_weight_map
+
+        try:
+            check_weight_map(cfg.weight_map)
+        except ValueError as e:
+            raise ConfigError(f"weight_map: {e}") from None
     _check_deployment_names(cfg.deployment_options, REWARD_DEPLOYMENTS, "reward")
     return cfg
 

@@ -1,5 +1,6 @@
-"""The reward app's deployments: `RewardModel` (one VideoReward per replica, `@serve.batch` dynamic batching) and
-its ingress `RewardAPI` (`POST /score`: validation, auth, upload limits, decoding with the checkpoint's sampling)."""
+"""The reward app's deployments: `RewardModel` (one VideoReward per replica, `@serve.batch` dynamic batching), an
+optional `CriticModel` (one LiFT critic per replica, batched generation) and the ingress `RewardAPI` (`POST /score`,
+`POST /critique`: validation, auth, upload limits, decoding with each checkpoint's sampling)."""
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations (Request) at definition time.
 
 import asyncio
@@ -66,6 +67,45 @@ class RewardModel:
         return list(self.batch_sizes)
 
 
+@serve.deployment(name="CriticModel")
+class CriticModel:
+    """Holds one LiFT critic; `answer` calls (one per video and dimension) are generated in dynamic batches."""
+
+    def __init__(self, critic: str, batch: int = 8, batch_wait_s: float = 0.01, dtype: str | None = None):
+        import torch
+
+        from raypipe.critic.model import Critic
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = Critic.from_pretrained(critic, dtype=dtype, device=device)
+        self.answer_batch.set_max_batch_size(max(1, int(batch)))
+        self.answer_batch.set_batch_wait_timeout_s(float(batch_wait_s))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def answer_batch(self, frames_list: list[np.ndarray], prompts: list[str], dims: list[str]) -> list[str]:
+        return await asyncio.to_thread(self.model.answer, list(frames_list), list(prompts), list(dims))
+
+    async def answer(self, frames: np.ndarray, prompt: str, dim: str) -> str:
+        return await self.answer_batch(frames, prompt, dim)
+
+
+def critique_response(dims: list[str], answers: list[str], all_dims: list[str], weight_map=None) -> dict:
+    """Ratings, reasons and raw answers per dimension; an answer that does not start with a rating is reported
+    under `errors` with a null rating (never a silent Good); `lift_weight` when every dimension was rated."""
+    from raypipe.data.ratings import AnswerError, lift_weight, parse_answer
+
+    out: dict[str, Any] = {"ratings": {}, "reasons": {}, "answers": dict(zip(dims, answers)), "errors": {}}
+    for dim, text in zip(dims, answers):
+        try:
+            out["ratings"][dim], out["reasons"][dim] = parse_answer(text)
+        except AnswerError as e:
+            out["ratings"][dim], out["reasons"][dim] = None, None
+            out["errors"][dim] = {"error": AnswerError.kind, "message": str(e)}
+    complete = sorted(dims) == sorted(all_dims)
+    out["lift_weight"] = lift_weight(out["ratings"], weight_map) if complete else None
+    return out
+
+
 app = ingress_app("raypipe reward")
 
 
@@ -77,10 +117,16 @@ class RewardAPI(Ingress):
 
     app_name = "reward"
 
-    def __init__(self, model, cfg: RewardAppConfig):
+    def __init__(self, model, cfg: RewardAppConfig, critic=None):
         from raypipe.reward.scoring import checkpoint_dimensions, read_norm_stats, resolve_sampling
 
-        self.model = model
+        self.model, self.critic = model, critic
+        if critic is not None:
+            from raypipe.critic.model import critic_dimensions
+
+            self.critic_dims = critic_dimensions(cfg.critic)
+            self.critic_sampling, _ = resolve_sampling(cfg.critic, None)
+            self.critic_path, self.weight_map = cfg.critic, cfg.weight_map
         self.checkpoint = cfg.reward
         self.auth_token_env = cfg.auth_token_env
         self.dims = list(checkpoint_dimensions(cfg.reward))
@@ -97,6 +143,7 @@ class RewardAPI(Ingress):
             "max_upload_mb": self.max_bytes / 2**20,
             "uri_roots": self.allowed_roots,
             "sampling": vars(self.sampling),
+            "critic": None if self.critic is None else {"checkpoint": self.critic_path, "dimensions": self.critic_dims},
         }
 
     @app.post("/score")
@@ -112,6 +159,23 @@ class RewardAPI(Ingress):
                 Path(cleanup).unlink(missing_ok=True)
         raw = await self.model.score.remote(frames, prompt)
         return self._response(raw, dims)
+
+    @app.post("/critique")
+    async def critique(self, request: Request):
+        """A video and a prompt (as for /score) -> the critic's rating and reason per dimension, and lift_weight."""
+        self.authorize(request)
+        if self.critic is None:
+            raise RequestError(404, "no_critic", "this server has no critic: start it with --critic CHECKPOINT")
+        self._check_length(request)
+        path, prompt, dims_field, cleanup = await self._read_body(request)
+        try:
+            dims = self._check_fields(prompt, dims_field, self.critic_dims)
+            frames = await asyncio.to_thread(self._decode, path, self.critic_sampling)
+        finally:
+            if cleanup:
+                Path(cleanup).unlink(missing_ok=True)
+        answers = await asyncio.gather(*[self.critic.answer.remote(frames, prompt, d) for d in dims])
+        return critique_response(dims, list(answers), self.critic_dims, self.weight_map)
 
     @app.get("/batches")
     async def batches(self, request: Request):
@@ -181,17 +245,17 @@ class RewardAPI(Ingress):
             raise
         return path
 
-    def _check_fields(self, prompt, dims_field) -> list[str]:
+    def _check_fields(self, prompt, dims_field, known: list[str] | None = None) -> list[str]:
         if prompt is None:
             raise RequestError(422, "invalid_request", "missing field 'prompt'")
         if not isinstance(prompt, str):
             raise RequestError(422, "invalid_request", f"prompt must be a string, got {type(prompt).__name__}")
-        return parse_dimensions(dims_field, self.dims)
+        return parse_dimensions(dims_field, known or self.dims)
 
-    def _decode(self, path: str) -> np.ndarray:
+    def _decode(self, path: str, sampling=None) -> np.ndarray:
         from raypipe.video.decode import VideoError, decode_video
 
-        result = decode_video(path, self.sampling)
+        result = decode_video(path, sampling or self.sampling)
         if isinstance(result, VideoError):
             raise RequestError(DECODE_STATUS.get(result.kind, 422), result.kind, result.message)
         return result.frames

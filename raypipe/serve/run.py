@@ -81,11 +81,13 @@ def serve_from_args(args) -> int:
     http = config.get("http_options") or {}
     port = args.port or int(http.get("port", 8000))
     host = args.host or http.get("host", "127.0.0.1")
-    load = {k: v for k, v in (("base", args.base), ("template_file", args.template_file)) if v}
+    pairs = (("base", args.base), ("template_file", args.template_file), ("critic", args.critic))
+    load = {k: v for k, v in pairs if v}
     apps = build_apps(config, args.reward, args.generator, args.latent_reward, args.lora, {"reward": load})
     url = start(apps, host, port, args.address)
     print(
-        f"serving {[name for name, _, _ in apps]} at {url}  (POST {url}/score, POST {url}/generate, "
+        f"serving {[name for name, _, _ in apps]} at {url}  (POST {url}/score, /critique with --critic, "
+        f"POST {url}/generate, "
         f"GET {url}/healthz); Ctrl-C stops",
         flush=True,
     )
@@ -137,6 +139,7 @@ def add_serve_commands(sub) -> None:
     )
     p.add_argument("--reward", help="VideoReward checkpoint for /score (ours, or the released VideoAlign layout)")
     p.add_argument("--base", help="base model folder for a released-layout checkpoint (default: its own path)")
+    p.add_argument("--critic", help="a LiFT critic checkpoint (train-critic OUT/final) for POST /critique")
     p.add_argument(
         "--template-file",
         dest="template_file",
