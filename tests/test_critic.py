@@ -173,3 +173,16 @@ def test_added_words_get_distinct_rows(critic):
     for table in (critic.vlm.get_input_embeddings().weight, critic.vlm.get_output_embeddings().weight):
         rows = table[ids].detach()
         assert torch.cdist(rows, rows)[~torch.eye(3, dtype=bool)].min() > 0.1  # mean resizing made them equal
+
+
+def test_video_after_the_question_when_asked(critic):
+    from raypipe.critic.processor import CriticProcessor
+
+    p = CriticProcessor(critic.processor.tokenizer, critic.processor.questions, video_first=False)
+    sample = p.encode(_clips(1)[0], "a red circle", "VQ")
+    ids, types = sample["input_ids"], sample["mm_token_type_ids"]
+    first_video = types.index(2)
+    question = p.tokenizer("rate it", add_special_tokens=False)["input_ids"][0]
+    assert ids.index(question) < first_video  # the question, then the video, then the generation prompt
+    default = critic.processor.encode(_clips(1)[0], "a red circle", "VQ")  # LiFT's order: the video first
+    assert default["input_ids"].index(question) > default["mm_token_type_ids"].index(2)

@@ -53,6 +53,7 @@ class CriticModelConfig:
     added_words: list[str] = dataclasses.field(default_factory=list)
     # loss weight of the rating token against 1 for every other answer token (1: plain SFT, as LiFT)
     rating_weight: float = 1.0
+    video_first: bool = True  # the video before the question in the user turn (LiFT's order); false: after it
     max_new_tokens: int = 48  # answer length cap when generating
     temperature: float = 0.0  # 0: greedy; LiFT samples at 0.2
 
@@ -266,4 +267,6 @@ def _load(path, cfg: CriticModelConfig):
     if missing:
         raise ValueError(f"no question for dimensions {missing}: set questions.<DIM>")
     vlm, tokenizer = load_backbone(path, cfg.dtype)
-    return vlm, CriticProcessor(tokenizer, {d: cfg.questions[d] for d in cfg.dimensions}, cfg.added_words)
+    return vlm, CriticProcessor(
+        tokenizer, {d: cfg.questions[d] for d in cfg.dimensions}, cfg.added_words, cfg.video_first
+    )

@@ -56,14 +56,14 @@ def add_words(tokenizer, words) -> int:
 class CriticProcessor:
     """Builds the critic's training and generation inputs with one tokenizer and one question per dimension."""
 
-    def __init__(self, tokenizer, questions: dict[str, str], added_words=()):
+    def __init__(self, tokenizer, questions: dict[str, str], added_words=(), video_first: bool = True):
         if not questions or not all(isinstance(q, str) and q.strip() for q in questions.values()):
             raise ValueError(f"questions must give every dimension a non-empty question, got {questions}")
         if not getattr(tokenizer, "chat_template", None):
             tokenizer.chat_template = TINY_CHAT_TEMPLATE
         if added_words:
             add_words(tokenizer, added_words)
-        self.tokenizer, self.questions = tokenizer, dict(questions)
+        self.tokenizer, self.questions, self.video_first = tokenizer, dict(questions), video_first
         self.video_pad = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
         self.end_id = tokenizer.convert_tokens_to_ids(IM_END)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_id
@@ -76,6 +76,8 @@ class CriticProcessor:
     def prompt_text(self, prompt: str, dim: str) -> str:
         """The rendered conversation up to the assistant's answer (one video pad token, expanded later)."""
         content = [{"type": "video", "video": "video"}, {"type": "text", "text": self.user_text(prompt, dim)}]
+        if not self.video_first:
+            content.reverse()
         messages = [{"role": "user", "content": content}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
