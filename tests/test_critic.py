@@ -186,3 +186,15 @@ def test_video_after_the_question_when_asked(critic):
     assert ids.index(question) < first_video  # the question, then the video, then the generation prompt
     default = critic.processor.encode(_clips(1)[0], "a red circle", "VQ")  # LiFT's order: the video first
     assert default["input_ids"].index(question) > default["mm_token_type_ids"].index(2)
+
+
+def test_sampled_answers_repeat_with_the_same_generator(critic):
+    import dataclasses
+
+    critic.cfg = dataclasses.replace(critic.cfg, temperature=1.0)
+    try:
+        clips, prompts = _clips(2, seed=9), ["a red circle moving left"] * 2
+        runs = [critic.answer(clips, prompts, ["VQ", "TA"], torch.Generator().manual_seed(s)) for s in (3, 3, 4)]
+    finally:
+        critic.cfg = dataclasses.replace(critic.cfg, temperature=0.0)
+    assert runs[0] == runs[1] and runs[0] != runs[2]  # seeded sampling, not greedy

@@ -140,8 +140,7 @@ class Critic(nn.Module):
         base = self._base()
         dtype = base.get_input_embeddings().weight.dtype
         sample = self.cfg.temperature > 0
-        kwargs = {"do_sample": True, "temperature": self.cfg.temperature, "top_k": 0} if sample else {}
-        if generator is not None and sample:
+        if generator is not None and sample:  # generate() draws from torch's global generator
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
         out = base.generate(
             **{k: v for k, v in batch.items() if k != "pixel_values_videos"},
@@ -150,7 +149,7 @@ class Critic(nn.Module):
             do_sample=sample,
             eos_token_id=self.processor.end_id,
             pad_token_id=self.processor.pad_id,
-            **{k: v for k, v in kwargs.items() if k != "do_sample"},
+            **({"temperature": self.cfg.temperature, "top_k": 0} if sample else {}),
         )
         return out[:, batch["input_ids"].shape[1] :]
 

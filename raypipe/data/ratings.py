@@ -164,7 +164,8 @@ def by_video(ratings: pa.Table, dimensions) -> pa.Table:
 def load_ratings(source: str, dimensions, questions: Mapping[str, str], video_root: str | None = None) -> pa.Table:
     """Ratings from a LiFT-HRA JSON (`.json`) or a pointwise manifest (.parquet / .csv), as `by_video` rows (one per
     video: `path`, `prompt`, `rating_<DIM>`, `reason_<DIM>`) plus the resolved `uri`, and `row_id`. Extra columns of a
-    manifest (e.g. SynthPref's gt_*) are kept. ManifestError before any cluster work if unusable."""
+    manifest with one row per video (e.g. SynthPref's gt_*) are kept.
+    ManifestError before any cluster work if unusable."""
     from raypipe.data.hra import read_hra_json
     from raypipe.data.manifest import ManifestError, default_root, read_table
     from raypipe.video.source import join_uri
