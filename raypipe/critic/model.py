@@ -26,7 +26,7 @@ from torch import nn
 from raypipe.critic.processor import IGNORE, CriticProcessor
 from raypipe.data.ratings import RATINGS
 from raypipe.reward.backbone import TinyBackboneConfig, load_backbone, make_tiny_backbone
-from raypipe.reward.model import LoraSettings
+from raypipe.reward.model import LoraSettings, with_lora
 
 CONFIG_FILE = "critic_config.json"
 SUPPORTED_TYPES = ("qwen2_vl",)
@@ -85,16 +85,7 @@ class Critic(nn.Module):
             for p in self._base().model.language_model.parameters():
                 p.requires_grad_(True)
         elif self.cfg.lora.enabled:
-            from peft import LoraConfig, get_peft_model
-
-            targets = "|".join(self.cfg.lora.target_modules)
-            lora = LoraConfig(
-                r=self.cfg.lora.r,
-                lora_alpha=self.cfg.lora.alpha,
-                lora_dropout=self.cfg.lora.dropout,
-                target_modules=rf".*language_model.*\.({targets})",
-            )
-            self.vlm = get_peft_model(self.vlm, lora)
+            self.vlm = with_lora(self.vlm, self.cfg.lora)
         base = self._base()
         if self.cfg.train_language_model or self.cfg.added_words:  # new words need their input and output rows
             for p in (*base.get_input_embeddings().parameters(), *base.get_output_embeddings().parameters()):

@@ -108,16 +108,7 @@ class VideoReward(nn.Module):
             for name, p in self._vlm().language_model.named_parameters():
                 p.requires_grad_("embed_tokens" not in name)  # the table stays frozen; reward rows train apart
         elif self.cfg.lora.enabled:
-            from peft import LoraConfig, get_peft_model
-
-            targets = "|".join(self.cfg.lora.target_modules)
-            lora = LoraConfig(
-                r=self.cfg.lora.r,
-                lora_alpha=self.cfg.lora.alpha,
-                lora_dropout=self.cfg.lora.dropout,
-                target_modules=rf".*language_model.*\.({targets})",
-            )
-            self.backbone = get_peft_model(self.backbone, lora)
+            self.backbone = with_lora(self.backbone, self.cfg.lora)
         if self.cfg.train_vision:
             for p in self._vlm().visual.parameters():
                 p.requires_grad_(True)
@@ -251,6 +242,18 @@ class VideoReward(nn.Module):
         stats = path / "norm_stats.json"
         model.norm_stats = json.loads(stats.read_text()) if stats.exists() else None
         return model.to(device).eval()
+
+
+def with_lora(vlm: nn.Module, lora: LoraSettings) -> nn.Module:
+    """`vlm` wrapped by peft with LoRA adapters on the language model's `lora.target_modules` (the vision tower
+    and heads untouched)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = "|".join(lora.target_modules)
+    config = LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=rf".*language_model.*\.({targets})"
+    )
+    return get_peft_model(vlm, config)
 
 
 def checkpoint_config(path: str | os.PathLike, base: str | None = None) -> RewardModelConfig:
