@@ -101,6 +101,7 @@ STAGES = (
     ("sample_pairs_s", "6 pairs from generated samples"),
     ("flow_s", "7 Flow-DPO + baselines"),
     ("nrg_s", "8 latent reward + Flow-NRG"),
+    ("lift_s", "9 LiFT: critic, critic relabel, fine-tuning"),
 )
 
 
@@ -120,6 +121,7 @@ def write_report(out: Path, report: dict | None = None) -> Path:
     lines += _relabel(report, out)
     lines += _flow(report, out)
     lines += _nrg(report, out)
+    lines += _lift(report, out)
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -232,6 +234,44 @@ def _flow(report: dict, out: Path) -> list[str]:
     return lines
 
 
+def _lift(report: dict, out: Path) -> list[str]:
+    lift = report.get("lift")
+    if not lift:
+        return []
+    samples, val, ev = lift["samples"], lift["critic"]["val"], lift["eval"]
+    lines = [
+        "",
+        "## LiFT: a critic's ratings and reasons drive the fine-tuning",
+        "",
+        f"Critic ({lift['critic']['steps']} steps): held-out rating accuracy "
+        + ", ".join(f"{d} {_f(val.get(d, {}).get('accuracy'), 2)}" for d in DIMS)
+        + " (chance 0.33). It rated the stage-6 samples "
+        f"({samples['videos']} videos, {samples['error_rows']} error rows); mean LiFT weight "
+        f"{_f(samples['mean_lift_weight'], 3)}.",
+        "",
+        "| dim | critic's ratings (Good/Normal/Bad) | oracle's ratings | agreement |",
+        "|---|---|---|---|",
+    ]
+    for d in DIMS:
+        c, o = samples["ratings"][d], samples["oracle_ratings"][d]
+        counts = lambda x: "/".join(str(x.get(k, 0)) for k in ("Good", "Normal", "Bad"))  # noqa: E731
+        lines.append(f"| {d} | {counts(c)} | {counts(o)} | {_f(samples['agreement_with_oracle'][d], 2)} |")
+    lines += ["", "What it said (first samples):", ""]
+    for e in samples["examples"]:
+        lines.append(f"- *{e['prompt']}* — " + "; ".join(f"{d}: {e[d]}" for d in DIMS))
+    t = lift["train"]
+    lines += [
+        "",
+        f"LiFT fine-tuning: {t['steps']} steps on {t['rows']} videos ({t['row_counts']}). Win rate over the base, "
+        f"reward model / oracle ({ev.get('prompts')} prompts): "
+        + ", ".join(f"{d} {_f(ev['reward_win_rate'].get(d), 2)} / {_f(ev['oracle_win_rate'].get(d), 2)}" for d in DIMS),
+    ]
+    gif = out / "lift" / "finetune" / "eval" / "grid.gif"
+    if gif.exists():
+        lines += ["", "base (left) | LiFT (right)", "", f"![LiFT samples]({_rel(gif, out)})"]
+    return lines
+
+
 def _nrg(report: dict, out: Path) -> list[str]:
     nrg = report.get("nrg", {})
     if not nrg:
@@ -293,3 +333,58 @@ def _nrg_runs(nrg: dict) -> list[str]:
 
 if __name__ == "__main__":
     print(write_report(Path(sys.argv[1] if len(sys.argv) > 1 else "demo-out")))
+
+
+def print_summary(report: dict, cfg) -> None:
+    """The demo's closing summary on stdout (`cfg`: the DemoConfig)."""
+    s = report["pairs"]
+    print("\n=== summary ===")
+    print(f"pairs: {s['rows']}  decoded: {s['decoded']}  error rows: {s['error_rows']} {s['errors']}")
+    print(f"frames decoded: {s['frames_decoded']}  throughput: {s['pairs_per_s']} pairs/s")
+    print("labels (A/B/tie/masked):")
+    for dim, c in s["labels"].items():
+        print(f"  {dim}: {c['A']}/{c['B']}/{c['tie']}/{c['masked']}")
+    print("reward model (held-out, ties excluded / included):")
+    for dim in cfg.dims:
+        m = report["eval"].get(dim) or {}
+        print(f"  {dim}: {m.get('acc_without_ties', float('nan')):.3f} / {m.get('acc_with_ties', float('nan')):.3f}")
+    print("relabel: model label = ground-truth label (A/B/same, ε* from validation):")
+    for dim, share in report["relabel_agreement"].items():
+        print(f"  {dim}: {share:.3f}")
+    print(
+        f"generator alignment on {report['sample_pairs']['pairs']} generated pairs (targets {cfg.pair_weights}), "
+        f"{cfg.eval_prompts} prompts, win rate over the base — reward model / oracle:"
+    )
+    for algo, r in report["flow"].items():
+        ev = r["eval"]
+        print(
+            f"  {algo:>4}: "
+            + "  ".join(
+                f"{d} {ev['reward_win_rate'].get(d, float('nan')):.2f} / "
+                f"{ev['oracle_win_rate'].get(d, float('nan')):.2f}"
+                for d in ("VQ", "MQ", "TA")
+            )
+        )
+        if ev["reward_hacking"]:
+            print(f"        reward hacking: {ev['reward_hacking']}")
+    nrg = report["nrg"]
+    print(f"Flow-NRG (λ = {cfg.guidance_strength}), mean latent reward VQ/MQ/TA and oracle win rate over unguided:")
+    for folder, r in nrg["runs"].items():
+        print(
+            f"  {r['name']:>24}: "
+            + "/".join(f"{r['mean_latent'][d]:.2f}" for d in ("VQ", "MQ", "TA"))
+            + (
+                ""
+                if folder == "unguided"
+                else "   oracle " + "/".join(f"{r['oracle_win_rate'][d]:.2f}" for d in ("VQ", "MQ", "TA"))
+            )
+        )
+    lift = report.get("lift")
+    if lift:
+        s, ev = lift["samples"], lift["eval"]
+        print("LiFT: critic ratings of the generated samples vs the oracle's (agreement), then win rate over the base:")
+        print("  agreement " + "  ".join(f"{d} {s['agreement_with_oracle'][d]:.2f}" for d in ("VQ", "MQ", "TA")))
+        rates = [
+            (d, ev["reward_win_rate"].get(d, float("nan")), ev["oracle_win_rate"].get(d, float("nan"))) for d in DIMS
+        ]
+        print("  LiFT " + "  ".join(f"{d} {r:.2f} / {o:.2f}" for d, r, o in rates))

@@ -62,3 +62,17 @@ def test_tiny_base_vs_lora(reward_checkpoint, tmp_path):
     assert len(list((tmp_path / "eval" / "videos" / "aligned").glob("*.mp4"))) == 4
     assert (tmp_path / "eval" / "grid.gif").stat().st_size > 0
     assert json.loads((tmp_path / "eval" / "report.json").read_text())["prompts"] == 4
+
+
+def test_a_whole_aligned_pipeline_of_either_family(reward_checkpoint, tmp_path):
+    """`aligned=` takes a whole pipeline (LiFT's full fine-tuning); the same weights as the base tie everywhere
+    (win rate exactly ½), for a CogVideoX pipeline as for Wan; lora and aligned together are refused."""
+    from raypipe.config import ConfigError
+    from raypipe.flow.families import make_tiny_generator
+
+    base = make_tiny_generator("cogvideox", tmp_path / "cog")
+    common = {"generator": str(base), "reward": reward_checkpoint, "prompts": "2", "steps": 2, "grid": 1}
+    report = run_eval_flow(FlowEvalConfig(aligned=str(base), out=str(tmp_path / "eval"), **common))
+    assert set(report["oracle_win_rate"].values()) == {0.5} and set(report["reward_win_rate"].values()) == {0.5}
+    with pytest.raises(ConfigError, match="one of lora"):
+        run_eval_flow(FlowEvalConfig(aligned=str(base), lora=str(base), out=str(tmp_path / "x"), **common))

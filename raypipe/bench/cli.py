@@ -161,6 +161,37 @@ BENCHES: dict[str, Bench] = {
         ),
         epilog=EPILOG_OVERRIDES,
     ),
+    "lift": Bench(
+        "lift",
+        "run_lift_bench",
+        "LiFT's findings in miniature over seeds, 95% intervals: critic with reasons vs score only; LiFT "
+        "fine-tuning vs base; with vs without real videos",
+        "(a) train-critic with reasons and score-only per seed, held-out rating accuracy on an untuned SynthPref seed; "
+        "(b) train-flow --algo lift vs the base generator, oracle and VideoReward win rates; (c) the same without the "
+        "real videos, oracle MQ. Writes OUT/lift.json and OUT/lift.md (which findings hold here, which do not).",
+        (
+            OUT_DIR,
+            arg("--seeds", default="0,1,2", help="comma list of seeds (default 0,1,2)"),
+            arg("--parts", default="critic,finetune", help="critic, finetune or both (default both)"),
+            arg("--critic-config", default="configs/critic_tiny.yaml", help="base train-critic config"),
+            arg("--critic-minutes", type=float, default=10.0, help="training budget per critic (default 10)"),
+            arg("--val-pairs", type=int, default=96, help="held-out SynthPref pairs per seed (default 96)"),
+            arg(
+                "--critic-override",
+                action="append",
+                default=[],
+                dest="critic_overrides",
+                help="train-critic key=value for every critic (repeatable)",
+            ),
+            arg("--generator", default="assets/tiny-generator", help="the base generator (default the tiny asset)"),
+            arg("--flow-config", default="configs/lift_tiny.yaml", help="base train-flow config"),
+            arg("--steps", type=int, default=60, help="LiFT steps per run (default 60)"),
+            arg("--prompts", default="48", help="eval prompts (default 48)"),
+            arg("--reward", default=None, help="VideoReward judge (default: a tiny one trained once, as the demo)"),
+            arg("overrides", nargs="*", help="train-flow key=value overrides for every fine-tuning run"),
+        ),
+        epilog=EPILOG_OVERRIDES,
+    ),
     "serve": Bench(
         "serve",
         "run_serve_bench",

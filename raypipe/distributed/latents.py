@@ -24,9 +24,9 @@ class LatentEncoder:
     """Callable class for `map_batches(batch_format="pyarrow")`: frames_<key> -> latents_<key>, prompt -> text."""
 
     def __init__(self, family_path: str, keys: list[str], dtype: str = "float32", device: str = "cpu"):
-        from raypipe.flow.family import WanFamily
+        from raypipe.flow.families import load_family
 
-        self.gen = WanFamily.load(family_path, dtype=dtype, device=device)
+        self.gen = load_family(family_path, dtype=dtype, device=device)
         self.keys = list(keys)
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -183,6 +183,8 @@ def make_tiny_wan(path: str | os.PathLike, cfg: TinyWanConfig | None = None, see
 class WanFamily:
     """Wan2.1 through diffusers' WanPipeline components. Text encoder and VAE are frozen."""
 
+    name = "wan"
+    prediction = "flow"  # the transformer predicts the flow velocity itself (CogVideoX: "v")
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
 
     def __init__(self, pipeline, max_text_len: int = 226, shift: float | None = None):
@@ -208,7 +210,7 @@ class WanFamily:
         path = Path(path)
         if not (path / "model_index.json").exists():
             raise FileNotFoundError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
-        pipe = WanPipeline.from_pretrained(str(path), torch_dtype=getattr(torch, dtype), local_files_only=True)
+        pipe = WanPipeline.from_pretrained(str(path), dtype=getattr(torch, dtype), local_files_only=True)
         extra = (
             json.loads((path / "raypipe_family.json").read_text()) if (path / "raypipe_family.json").exists() else {}
         )

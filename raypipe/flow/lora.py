@@ -1,5 +1,5 @@
 """LoRA on the generator's transformer (peft through diffusers' adapter API), the reference model without a copy,
-and adapters saved in the format `WanPipeline.load_lora_weights` reads.
+and adapters saved in the format the family's pipeline (`WanPipeline` / `CogVideoXPipeline`) `load_lora_weights` reads.
 
     add_lora(gen.transformer, r=64, alpha=128, targets=gen.lora_targets)   # only adapter weights train
     with reference(gen.transformer):                                        # adapters off, no_grad: the base model
@@ -49,8 +49,8 @@ def reference(transformer):
 
 
 def save_lora(family, path: str | os.PathLike) -> Path:
-    """Adapter weights as `pytorch_lora_weights.safetensors`, loadable with `WanPipeline.load_lora_weights`."""
-    from diffusers import WanPipeline
+    """Adapter weights as `pytorch_lora_weights.safetensors`, loadable with the family pipeline's
+    `load_lora_weights` (written by that pipeline class's own `save_lora_weights`)."""
     from peft.utils import get_peft_model_state_dict
 
     path = Path(path)
@@ -58,7 +58,7 @@ def save_lora(family, path: str | os.PathLike) -> Path:
     state = get_peft_model_state_dict(family.transformer, adapter_name=ADAPTER)
     config = family.transformer.peft_config[ADAPTER].to_dict()  # carries lora_alpha: the scale r/alpha survives
     config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
-    WanPipeline.save_lora_weights(
+    type(family.pipeline).save_lora_weights(
         str(path), transformer_lora_layers=state, safe_serialization=True, transformer_lora_adapter_metadata=config
     )
     return path

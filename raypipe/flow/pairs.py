@@ -22,7 +22,7 @@ from raypipe.data.weights import require_nonzero, scalarize_columns
 from raypipe.video.decode import VideoError, read_all_frames, resize_frames
 from raypipe.video.synth import make_prompt
 
-ALGOS = ("pretrain", "sft", "dpo", "rwr")
+ALGOS = ("pretrain", "sft", "dpo", "rwr", "lift")  # lift's rows: raypipe.flow.lift
 
 
 def generator_clip(uri: str, cfg: ClipConfig) -> np.ndarray | VideoError:
@@ -110,8 +110,8 @@ def training_rows(
     table: pa.Table, algo: str, source: str, weights: dict[str, float], min_margin: float = 0.0
 ) -> tuple[pa.Table, dict]:
     """The rows the workers train on, and counts of what was kept and dropped (nothing disappears silently)."""
-    if algo not in ALGOS:
-        raise ConfigError(f"train.algo must be one of {ALGOS}, got {algo!r}")
+    if algo not in ALGOS or algo == "lift":
+        raise ConfigError(f"training_rows builds {[a for a in ALGOS if a != 'lift']}, got {algo!r}")
     prompts = table.column("prompt").to_pylist()
     if algo == "pretrain":
         seen = {}

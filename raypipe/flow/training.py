@@ -57,6 +57,10 @@ def step_loss(gen, engine, t_cfg, batch, generator: torch.Generator) -> tuple[to
             "z": latents_of(gen, batch, ""),
             "text": text_of(gen, batch, prompts, t_cfg.prompt_dropout, generator),
         }
+        if t_cfg.algo == "lift":
+            tensors["weight"] = torch.tensor(batch.column("weight").to_pylist(), dtype=torch.float32)
+            if "is_real" in batch.column_names:
+                tensors["is_real"] = torch.tensor(batch.column("is_real").to_pylist(), dtype=torch.bool)
         if t_cfg.algo == "rwr":
             tensors["reward"] = torch.tensor(batch.column("reward").to_pylist(), dtype=torch.float32)
             if t_cfg.lambda_real and "is_real" in batch.column_names:
@@ -66,8 +70,9 @@ def step_loss(gen, engine, t_cfg, batch, generator: torch.Generator) -> tuple[to
 
 def algo_loss(gen, engine, t_cfg, tensors: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
     """The loss of one batch given as tensors (see raypipe.flow.losses): `z_w`, `z_l`, `text` for Flow-DPO;
-    `z`, `text` (+ `reward`, optional `is_real` for Flow-RWR) otherwise. Noise and t are drawn on the CPU from
-    `generator` (the same on any device), then everything moves to the transformer's device."""
+    `z`, `text` (+ `reward`, optional `is_real` for Flow-RWR; `weight`, optional `is_real` for LiFT) otherwise.
+    Noise and t are drawn on the CPU from `generator` (the same on any device), then everything moves to the
+    transformer's device."""
     from raypipe.flow.lora import reference
     from raypipe.flow.losses import beta_t, dpo_loss, flow_error, noised, rwr_loss, sample_t, sft_loss
 
@@ -88,6 +93,8 @@ def algo_loss(gen, engine, t_cfg, tensors: dict, generator: torch.Generator) -> 
         loss, stats = dpo_loss(err[:n], err_ref[:n], err[n:], err_ref[n:], beta_t(t_cfg.beta, t, t_cfg.beta_schedule))
         return loss, stats
     z, text = tensors["z"].to(device), tensors["text"].to(device)
+    if algo == "lift":
+        return lift_step_loss(gen, engine, z, text, tensors, generator)
     t = sample_t(z.shape[0], generator, gen.shift)
     eps = torch.randn(z.shape, generator=generator).to(device)
     xt, v = noised(z, eps, t.to(device))
@@ -98,3 +105,38 @@ def algo_loss(gen, engine, t_cfg, tensors: dict, generator: torch.Generator) -> 
         real = err[mask.to(device)] if mask is not None and bool(mask.any()) else None
         return rwr_loss(err, rewards, t_cfg.tau, real, t_cfg.lambda_real), {"mean_reward": float(rewards.mean())}
     return sft_loss(err), {}
+
+
+def lift_step_loss(gen, engine, z, text, tensors: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    """LiFT's weighted loss (SPEC §8) in the family's own parameterisation: a v-prediction family (CogVideoX)
+    draws integer timesteps τ ~ U{0..N−1}, ᾱ = ᾱ(τ), and takes mean_i w_i·mean((x̂0 − x0)²)/(1 − ᾱ); a flow family
+    (Wan) draws t as for the other algorithms and takes mean_i w_i·e_i."""
+    from raypipe.flow.losses import (
+        flow_error,
+        lift_flow_loss,
+        lift_v_loss,
+        noised,
+        sample_t,
+        v_prediction_noised,
+        x0_from_v,
+    )
+
+    device = gen.device
+    weight = tensors["weight"].to(device)
+    if getattr(gen, "prediction", "flow") == "v":
+        tau = torch.randint(0, gen.num_train_timesteps, (z.shape[0],), generator=generator)
+        eps = torch.randn(z.shape, generator=generator).to(device)
+        alpha_bar = gen.alphas_cumprod[tau].to(device)
+        x_t, _ = v_prediction_noised(z, eps, alpha_bar)
+        x0_hat = x0_from_v(x_t, gen.predict_v(x_t, tau.float(), text, model=engine), alpha_bar)
+        loss = lift_v_loss(x0_hat, z, alpha_bar, weight)
+    else:
+        t = sample_t(z.shape[0], generator, gen.shift)
+        eps = torch.randn(z.shape, generator=generator).to(device)
+        xt, v = noised(z, eps, t.to(device))
+        loss = lift_flow_loss(flow_error(gen.velocity(xt, t, text, model=engine), v), weight)
+    stats = {"mean_weight": float(weight.mean())}
+    real = tensors.get("is_real")
+    if real is not None:
+        stats["real_share"] = float(real.float().mean())
+    return loss, stats

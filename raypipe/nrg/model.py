@@ -133,7 +133,7 @@ class LatentReward(nn.Module):
                 f"{path} is not a latent reward model (no {_CONFIG}); train one with `raypipe train-latent-reward`"
             )
         meta = json.loads((path / _CONFIG).read_text())
-        trunk = WanTransformer3DModel.from_pretrained(path / "trunk", torch_dtype=getattr(torch, dtype))
+        trunk = WanTransformer3DModel.from_pretrained(path / "trunk", dtype=getattr(torch, dtype))
         model = cls(trunk, tuple(meta["dims"]), meta.get("trainable", "all"))
         state = load_file(str(path / "heads.safetensors"))
         model.norm.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("norm.")})

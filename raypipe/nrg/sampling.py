@@ -8,7 +8,7 @@ import time
 import torch
 
 from raypipe.config import ConfigError
-from raypipe.flow.family import WanFamily
+from raypipe.flow.families import load_family
 from raypipe.flow.sampler import sample
 from raypipe.nrg.guidance import RewardGuidance
 
@@ -81,8 +81,10 @@ def resolve_device(device: str = "auto") -> str:
 
 def load_generator(path: str, lora: str | None = None, device: str = "auto", dtype: str = "float32"):
     if not path:
-        raise ConfigError("generator is required (generator=PATH, a WanPipeline folder, e.g. gen-out/flow/final)")
-    gen = WanFamily.load(path, dtype=dtype, device=resolve_device(device))
+        raise ConfigError(
+            "generator is required (generator=PATH, a WanPipeline or CogVideoXPipeline folder, e.g. gen-out/flow/final)"
+        )
+    gen = load_family(path, dtype=dtype, device=resolve_device(device))
     if lora:
         gen.pipeline.load_lora_weights(lora)
     gen.transformer.eval().requires_grad_(False)

@@ -3,7 +3,9 @@
 Stages: SynthPref -> Ray Data pair pipeline -> train VideoReward (Ray Train + DeepSpeed) -> evaluate it (accuracy
 table, accuracy-vs-epsilon plot) -> relabel the pairs with it (model labels with ties) -> pairs from the tiny
 pretrained generator's own samples, judged by that reward model -> Flow-DPO with LoRA on them, win rates over the
-base by the reward model and the oracle -> Flow-NRG: a latent reward model, then guided vs unguided samples.
+base by the reward model and the oracle -> Flow-NRG: a latent reward model, then guided vs unguided samples ->
+LiFT: a tiny critic rates the generator's samples, which then fine-tune it weighted by those ratings
+(`raypipe.recipes.demo_lift`).
 The generator is the small asset in assets/tiny-generator (see its PROVENANCE.md); `from_scratch=true` remakes it
 with `raypipe pretrain-generator --config configs/generator_tiny.yaml` first (~25 min on 2 CPUs).
 """
@@ -20,7 +22,7 @@ import pyarrow.parquet as pq
 
 from raypipe.config import DataConfig, SamplingConfig, SynthConfig, load_config, repo_path, save_config
 from raypipe.data.manifest import label_name, load_manifest, normalize_label
-from raypipe.demo_report import write_report
+from raypipe.demo_report import print_summary, write_report
 from raypipe.distributed.cluster import configure_data_context, init_ray
 from raypipe.flow.evaluation import attribute_share, win_rate
 from raypipe.recipes import (
@@ -35,6 +37,7 @@ from raypipe.recipes import (
     train_latent_reward,
     train_reward,
 )
+from raypipe.recipes.demo_lift import lift_stage
 from raypipe.video.oracle import judge_video
 from raypipe.video.synth import make_synthpref
 
@@ -80,12 +83,19 @@ class DemoConfig:
     # Flow-NRG runs beside the unguided one: weight settings (the same prompts and noise for every run)
     guidance: list[dict[str, float]] = dataclasses.field(default_factory=lambda: [{"VQ": 1.0}, {"MQ": 0.5, "TA": 0.5}])
     guidance_strength: float = 2.0  # Flow-NRG strength λ
+    lift: bool = True  # stage 9: LiFT (critic -> critic relabel of the stage-6 samples -> LiFT fine-tuning)
+    critic_minutes: float = 3.0  # stage 9: the critic's training budget
+    critic_overrides: list[str] = dataclasses.field(
+        default_factory=lambda: ["synth_train.pairs=256", "synth_val.pairs=32", "train.eval_every=50"]
+    )  # extra train-critic key=value
+    lift_steps: int = 40  # stage 9: LiFT fine-tuning steps
+    lift_real: int = 32  # stage 9: clean SynthPref renders mixed in as the real videos
     out: str = "demo-out"  # output folder
     address: str | None = None  # Ray cluster address; null: RAY_ADDRESS or a new local Ray
     progress: bool = True  # progress bars
 
 
-STAGES = 8
+STAGES = 9
 
 
 def _stage(name: str):
@@ -100,7 +110,7 @@ def run(cfg: DemoConfig) -> dict:
     synth_dir = out / "synthpref"
     report = _reward_stages(cfg, out, synth_dir)
     report.update(_generator_stages(cfg, out, synth_dir))
-    _print_summary(report, cfg)
+    print_summary(report, cfg)
     report["total_s"] = round(time.perf_counter() - t_start, 1)
     report["pair_weights"] = dict(cfg.pair_weights)
     (out / "demo_summary.json").write_text(json.dumps(report, indent=2))
@@ -167,59 +177,16 @@ def _reward_stages(cfg: DemoConfig, out: Path, synth_dir: Path) -> dict:
     return report
 
 
-def _print_summary(report: dict, cfg: DemoConfig) -> None:
-    s = report["pairs"]
-    print("\n=== summary ===")
-    print(f"pairs: {s['rows']}  decoded: {s['decoded']}  error rows: {s['error_rows']} {s['errors']}")
-    print(f"frames decoded: {s['frames_decoded']}  throughput: {s['pairs_per_s']} pairs/s")
-    print("labels (A/B/tie/masked):")
-    for dim, c in s["labels"].items():
-        print(f"  {dim}: {c['A']}/{c['B']}/{c['tie']}/{c['masked']}")
-    print("reward model (held-out, ties excluded / included):")
-    for dim in cfg.dims:
-        m = report["eval"].get(dim) or {}
-        print(f"  {dim}: {m.get('acc_without_ties', float('nan')):.3f} / {m.get('acc_with_ties', float('nan')):.3f}")
-    print("relabel: model label = ground-truth label (A/B/same, ε* from validation):")
-    for dim, share in report["relabel_agreement"].items():
-        print(f"  {dim}: {share:.3f}")
-    print(
-        f"generator alignment on {report['sample_pairs']['pairs']} generated pairs (targets {cfg.pair_weights}), "
-        f"{cfg.eval_prompts} prompts, win rate over the base — reward model / oracle:"
-    )
-    for algo, r in report["flow"].items():
-        ev = r["eval"]
-        print(
-            f"  {algo:>4}: "
-            + "  ".join(
-                f"{d} {ev['reward_win_rate'].get(d, float('nan')):.2f} / "
-                f"{ev['oracle_win_rate'].get(d, float('nan')):.2f}"
-                for d in ("VQ", "MQ", "TA")
-            )
-        )
-        if ev["reward_hacking"]:
-            print(f"        reward hacking: {ev['reward_hacking']}")
-    nrg = report["nrg"]
-    print(f"Flow-NRG (λ = {cfg.guidance_strength}), mean latent reward VQ/MQ/TA and oracle win rate over unguided:")
-    for folder, r in nrg["runs"].items():
-        print(
-            f"  {r['name']:>24}: "
-            + "/".join(f"{r['mean_latent'][d]:.2f}" for d in ("VQ", "MQ", "TA"))
-            + (
-                ""
-                if folder == "unguided"
-                else "   oracle " + "/".join(f"{r['oracle_win_rate'][d]:.2f}" for d in ("VQ", "MQ", "TA"))
-            )
-        )
-
-
 def _generator_stages(cfg: DemoConfig, out: Path, synth_dir: Path) -> dict:
-    """Stages 6-8 from the tiny pretrained generator: pairs from its samples, Flow-DPO + baselines, Flow-NRG."""
+    """Stages 6-9 from the tiny pretrained generator: pairs from its samples, Flow-DPO + baselines, Flow-NRG, LiFT."""
     report: dict = {}
     reward = str(out / "reward" / "final")
     generator = _pretrained_generator(cfg, out, report)
     report.update(_sample_pairs_stage(cfg, out, generator, reward))
     report.update(_flow_stage(cfg, out, generator, reward))
     report.update(_nrg_stage(cfg, out, synth_dir, generator))
+    if cfg.lift:
+        report.update(lift_stage(cfg, out, generator, reward, f"9/{STAGES}"))
     return report
 
 

@@ -2,6 +2,7 @@
 
     raypipe eval-flow --out eval-flow-out generator=gen-out/flow/final lora=dpo-out/final reward=reward-out/final \\
         prompts=64
+    raypipe eval-flow --out eval-lift generator=assets/tiny-generator aligned=lift-out/final reward=...  # full FT
 
 Identical prompts and initial noise for both models; each sample is written as an mp4 (OUT/videos/{base,aligned})
 and scored by the reward checkpoint exactly as relabel would see it (decoded with the checkpoint's sampling).
@@ -27,8 +28,11 @@ from raypipe.nrg.sampling import load_generator
 
 @dataclasses.dataclass
 class FlowEvalConfig:
-    generator: str = ""  # a WanPipeline folder (the pretrained generator, the base of the comparison)
+    generator: str = (
+        ""  # a WanPipeline / CogVideoXPipeline folder (the pretrained generator, the base of the comparison)
+    )
     lora: str = ""  # an adapter folder written by train-flow (OUT/final)
+    aligned: str = ""  # or a whole aligned pipeline folder (train-flow with lora.enabled=false)
     reward: str = ""  # a VideoReward checkpoint
     prompts: str = "64"  # a number (seeded SynthPref prompts), a .txt (one per line) or a manifest with `prompt`
     out: str = "eval-flow-out"  # output folder
@@ -42,16 +46,21 @@ class FlowEvalConfig:
 
 
 def run(cfg: FlowEvalConfig) -> dict:
-    for name in ("generator", "lora", "reward"):
+    for name in ("generator", "reward"):
         if not getattr(cfg, name):
             raise ConfigError(f"{name} is required ({name}=PATH)")
+    if bool(cfg.lora) == bool(cfg.aligned):
+        raise ConfigError("one of lora=PATH (adapters on the generator) or aligned=PATH (a whole pipeline) is required")
     prompts = read_prompts(cfg.prompts, cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
     samples = {}
     for name in ("base", "aligned"):
-        gen = load_generator(cfg.generator, cfg.lora if name == "aligned" else None)
+        if name == "aligned" and cfg.aligned:
+            gen = load_generator(cfg.aligned)
+        else:
+            gen = load_generator(cfg.generator, cfg.lora if name == "aligned" else None)
         shape = gen.latent_shape(cfg.clip.frames, cfg.clip.height, cfg.clip.width, check=True)
         torch.manual_seed(cfg.seed)
         samples[name] = sample_videos(gen, prompts, shape, cfg.steps, cfg.cfg_scale, cfg.seed)  # same noise

@@ -1,6 +1,7 @@
-"""`raypipe train-flow` (train.algo = pretrain | sft | dpo | rwr): the generator on Ray Train + DeepSpeed.
+"""`raypipe train-flow` (train.algo = pretrain | sft | dpo | rwr | lift): the generator on Ray Train + DeepSpeed.
 
     raypipe train-flow --config configs/flow_tiny.yaml --out flow-out train.algo=dpo [generator=PATH]
+    raypipe train-flow --config configs/lift_tiny.yaml --out lift-out data.manifest=rated/   # critic relabel output
 
 Driver (`run`): resolve the generator (a WanPipeline folder, or a tiny random one written to OUT/tiny_wan), the
 data (a manifest, or a seeded SynthPref set when none is given), build the training rows for the algorithm,
@@ -11,7 +12,13 @@ Rows per algorithm (from a preference manifest; `data.source` = labels | margins
 - pretrain: every distinct (video, prompt) — plain flow matching on the whole transformer (prompt dropout for CFG)
 - sft: the winners of the scalarised pairs;  dpo: (winner, loser, prompt);
 - rwr: both videos of every pair with reward Σ_d w_d·score (relabel output `score_<S>_<DIM>`, else `MOS_<S>_<DIM>`).
-OUT/final is a LoRA folder loadable with `WanPipeline.load_lora_weights` (pretrain: a whole WanPipeline folder).
+- lift (SPEC §8, `raypipe.flow.lift`): every video with a weight — `data.source=weights`: a column (default
+  `lift_weight` of `relabel --critic` output; any relabel column with `data.weight_column`), `data.source=ratings`:
+  human ratings (a LiFT-HRA JSON or a pointwise manifest with Good/Normal/Bad) mapped by `data.weight_map`; with
+  no manifest, SynthPref's ratings.parquet. Real videos (`data.real_manifest`, or `data.real_synth` clean SynthPref
+  renders) join with `train.real_weight`. The loss follows the family: v-prediction (CogVideoX) or flow (Wan).
+OUT/final is a LoRA folder loadable with the pipeline's `load_lora_weights` (pretrain, and any algorithm with
+lora.enabled=false: a whole pipeline folder). `family` picks the tiny random generator built when none is given.
 
 Workers (`train_func`): batch -> `raypipe.flow.training.step_loss` -> engine.backward/step; checkpoints every
 `checkpoint_every` steps, resume with DeepSpeed state and data position, TensorBoard under OUT/tensorboard.
@@ -25,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
-from raypipe.config import ClipConfig, ConfigError, SynthConfig, build_config, save_config, to_dict
+from raypipe.config import ClipConfig, ConfigError, SynthConfig, build_config, repo_path, save_config, to_dict
 from raypipe.data.inputs import read_pair_table
 from raypipe.distributed.cluster import configure_data_context, init_ray
 from raypipe.distributed.decode import decode_clips_block, decode_stage
@@ -49,7 +57,9 @@ from raypipe.distributed.loop import (
     zero_loss,
 )
 from raypipe.distributed.trainer import TrainerSettings, deepspeed_engine, fit_trainer, require_one_step, step_count
-from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
+from raypipe.flow.cogvideox import TinyCogVideoXConfig
+from raypipe.flow.families import FAMILIES, load_family, make_tiny_generator
+from raypipe.flow.family import TinyWanConfig
 from raypipe.flow.lora import add_lora, save_lora
 from raypipe.flow.pairs import ALGOS, training_rows
 from raypipe.flow.training import step_loss
@@ -69,7 +79,19 @@ class FlowLoraSettings:
 @dataclasses.dataclass
 class FlowDataConfig:
     manifest: str | None = None  # preference manifest (labels), relabel output (margins/scores), or pointwise
-    source: str = "labels"  # labels | margins (relabel output): how winners are chosen / rewards read
+    # labels | margins (relabel output): how winners are chosen / rewards read; lift: ratings | weights (labels =
+    # pick: ratings for a .json, no manifest, or a table without the weight column, else weights)
+    source: str = "labels"
+    weight_column: str = (
+        "lift_weight"  # lift, source=weights: the per-video weight ("{side}" for pairs, e.g. score_{side}_MQ)
+    )
+    weight_transform: str = "none"  # lift: none | sigmoid (maps any score into (0, 1))
+    weight_map: dict[str, float] | None = (
+        None  # lift, source=ratings: rating -> weight (default Good .9, Normal .2, Bad .05)
+    )
+    questions: dict[str, str] | None = None  # lift, a LiFT-HRA JSON: the question text of each dimension
+    real_manifest: str | None = None  # lift: real videos (path, prompt) mixed in at train.real_weight
+    real_synth: int = 0  # lift: without real_manifest, this many clean SynthPref renders as the real videos
     # r = sum_d w_d r_d over these dimensions, e.g. {MQ: 1}
     weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"VQ": 1.0, "MQ": 1.0, "TA": 1.0})
     min_margin: float = 0.0  # |scalarised preference| must exceed this to make a pair
@@ -83,7 +105,7 @@ class FlowDataConfig:
 class FlowTrainSettings(TrainerSettings):
     """train-flow's `train` section: the shared trainer fields (raypipe.distributed.trainer.TrainerSettings) + these."""
 
-    algo: str = "dpo"  # pretrain | sft | dpo | rwr
+    algo: str = "dpo"  # pretrain | sft | dpo | rwr | lift
     cpus_per_worker: float = 0.5  # CPUs reserved per training worker
     lr: float = 5e-6  # paper value for LoRA DPO
     batch: int = 4  # pairs (dpo) or videos (others) per worker per step
@@ -93,13 +115,16 @@ class FlowTrainSettings(TrainerSettings):
     beta_schedule: str = "constant"  # constant | derived (β·(1-t)², ablation)
     tau: float = 1.0  # Flow-RWR temperature
     lambda_real: float = 0.0  # Flow-RWR: weight of plain flow matching on real videos (LiFT)
+    real_weight: float = 0.9  # lift: the weight of every real video (LiFT: as a Good rating)
     prompt_dropout: float = 0.0  # share of prompts replaced by "" (classifier-free guidance); pretrain: 0.1
 
 
 @dataclasses.dataclass
 class FlowTrainConfig:
-    generator: str | None = None  # a WanPipeline folder (local Wan2.1-T2V-1.3B-Diffusers); None: a tiny random one
-    tiny: TinyWanConfig = dataclasses.field(default_factory=TinyWanConfig)  # the random generator's shape
+    generator: str | None = None  # a WanPipeline or CogVideoXPipeline folder (local copy); None: a tiny random one
+    family: str = "wan"  # wan | cogvideox: the tiny random generator built when generator is null
+    tiny: TinyWanConfig = dataclasses.field(default_factory=TinyWanConfig)  # the random Wan's shape
+    tiny_cogvideox: TinyCogVideoXConfig = dataclasses.field(default_factory=TinyCogVideoXConfig)  # the random CogVideoX
     tiny_seed: int = 0  # seed of the tiny random model built when no path is given
     dtype: str = "float32"  # bfloat16 on GPUs
     lora: FlowLoraSettings = dataclasses.field(default_factory=FlowLoraSettings)
@@ -116,8 +141,13 @@ class FlowTrainConfig:
 def _prepare(cfg: FlowTrainConfig, out: Path) -> tuple[FlowTrainConfig, str]:
     manifest = manifest_or_synthpref(cfg.data.manifest, out / "data", cfg.synth, "data.manifest", cfg.progress)
     if cfg.generator is None:
-        path = make_tiny_wan(out / "tiny_wan", cfg.tiny, cfg.tiny_seed)
+        if cfg.family not in FAMILIES:
+            raise ConfigError(f"family must be one of {sorted(FAMILIES)}, got {cfg.family!r}")
+        tiny = cfg.tiny if cfg.family == "wan" else cfg.tiny_cogvideox
+        path = make_tiny_generator(cfg.family, out / f"tiny_{cfg.family}", tiny, cfg.tiny_seed)
         cfg = dataclasses.replace(cfg, generator=str(path))
+    else:  # absolute for the workers; a repo asset (assets/tiny-generator) resolves from any working directory
+        cfg = dataclasses.replace(cfg, generator=str(repo_path(cfg.generator)))
     return cfg, manifest
 
 
@@ -133,9 +163,20 @@ def _latent_cache(cfg: FlowTrainConfig, rows: pa.Table, out: Path):
         "generator": cfg.generator,
         "weights": cfg.data.weights,
         "source": cfg.data.source,
+        "digest": rows_digest(rows),
     }
     keys = {"uri_w": "w", "uri_l": "l"} if cfg.train.algo == "dpo" else {"uri": ""}
     return cached_latents(rows, cfg.generator, cfg.clip, keys, path, key)
+
+
+def rows_digest(rows: pa.Table) -> str:
+    """Identifies the training rows (every column's values), so a latent cache is never reused for other rows."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in rows.column_names:
+        h.update(name.encode() + b"\0" + repr(rows.column(name).to_pylist()).encode())
+    return h.hexdigest()[:16]
 
 
 def plot_flow_curve(curve: list[dict], path: Path) -> None:
@@ -144,7 +185,7 @@ def plot_flow_curve(curve: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in ("loss", "implicit_acc", "reward_margin") if any(k in p for p in curve)]
+    keys = [k for k in ("loss", "implicit_acc", "reward_margin", "mean_weight") if any(k in p for p in curve)]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3))
     for ax, key in zip(np.atleast_1d(axes), keys):
         pts = [(p["step"], p[key]) for p in curve if key in p]
@@ -166,9 +207,12 @@ def run(cfg: FlowTrainConfig) -> dict:
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cfg, manifest_path = _prepare(cfg, out)
-    relabelled = cfg.data.source == "margins"
-    table = read_pair_table(manifest_path, list(cfg.data.weights), cfg.data.video_root, relabelled=relabelled)
-    rows, counts = training_rows(table, t.algo, cfg.data.source, cfg.data.weights, cfg.data.min_margin)
+    if t.algo == "lift":
+        rows, counts = lift_rows(cfg, manifest_path, out)
+    else:
+        relabelled = cfg.data.source == "margins"
+        table = read_pair_table(manifest_path, list(cfg.data.weights), cfg.data.video_root, relabelled=relabelled)
+        rows, counts = training_rows(table, t.algo, cfg.data.source, cfg.data.weights, cfg.data.min_margin)
     require_one_step(rows.num_rows, t, "training rows", f" ({counts})")
     save_config(cfg, out)
     init_ray(cfg.address)
@@ -208,6 +252,52 @@ def run(cfg: FlowTrainConfig) -> dict:
     return summary
 
 
+def lift_rows(cfg: FlowTrainConfig, manifest_path: str, out: Path) -> tuple[pa.Table, dict]:
+    """LiFT's rows (`raypipe.flow.lift`) from the configured source, plus the real videos."""
+    from raypipe.critic.model import DEFAULT_QUESTIONS
+    from raypipe.data.manifest import default_root, read_table
+    from raypipe.data.ratings import load_ratings
+    from raypipe.flow.lift import rating_rows, weight_rows, with_real
+    from raypipe.video.source import join_uri
+    from raypipe.video.synth_real import make_real_synthpref
+
+    d = cfg.data
+    source = d.source
+    if source not in ("labels", "ratings", "weights"):
+        raise ConfigError(f"train.algo=lift reads data.source = ratings | weights, got {source!r}")
+    if d.manifest is None:  # SynthPref: its ratings.parquet stands in for human ratings
+        manifest_path, source = str(Path(manifest_path).parent / "ratings.parquet"), "ratings"
+    table = None
+    if source != "ratings" and not manifest_path.lower().endswith(".json"):
+        table = pq.read_table(manifest_path) if Path(manifest_path).is_dir() else read_table(manifest_path)
+        if source == "labels":
+            name = d.weight_column.format(side="A") if "{side}" in d.weight_column else d.weight_column
+            source = "weights" if {name, f"{name}_A"} & set(table.column_names) else "ratings"
+    if source == "labels" or source == "ratings":
+        ratings = load_ratings(manifest_path, list(d.weights), d.questions or DEFAULT_QUESTIONS, d.video_root)
+        rows, counts = rating_rows(ratings, d.weights, d.weight_map)
+    else:
+        root = d.video_root or default_root(manifest_path)
+        for side in ("", "_A", "_B"):  # a manifest's relative paths; relabel output has its uri columns already
+            if f"path{side}" in table.column_names and f"uri{side}" not in table.column_names:
+                uris = [join_uri(root, p) for p in table.column(f"path{side}").to_pylist()]
+                table = table.append_column(f"uri{side}", pa.array(uris, pa.string()))
+        rows, counts = weight_rows(table, d.weight_column, d.weight_transform)
+    counts["source"] = source
+    if d.real_manifest or d.real_synth:
+        if d.real_manifest:
+            real, root = read_table(d.real_manifest), default_root(d.real_manifest)
+        else:
+            folder = out / "real"
+            if not (folder / "manifest.parquet").exists():
+                make_real_synthpref(folder, d.real_synth, dataclasses.replace(cfg.synth, seed=cfg.synth.seed + 1))
+            real, root = pq.read_table(folder / "manifest.parquet"), str(folder)
+        uris = [join_uri(root, p) for p in real.column("path").to_pylist()]
+        real = pa.table({"uri": uris, "prompt": real.column("prompt")})
+        rows, counts = with_real(rows, counts, real, cfg.train.real_weight)
+    return rows, counts
+
+
 def _decoded_clips(cfg: FlowTrainConfig, rows: pa.Table):
     """The training rows with their clips decoded by the Ray Data decode stage (the VAE runs on the workers)."""
     columns = {"uri_w": "frames_w", "uri_l": "frames_l"} if cfg.train.algo == "dpo" else {"uri": "frames"}
@@ -223,7 +313,7 @@ def train_func(config: dict) -> None:
     cfg = build_config(FlowTrainConfig, config["cfg"])
     t, total_steps = cfg.train, config["total_steps"]
     torch.manual_seed(t.seed)
-    gen = WanFamily.load(cfg.generator, dtype=cfg.dtype, device="cuda" if t.use_gpu else "cpu")
+    gen = load_family(cfg.generator, dtype=cfg.dtype, device="cuda" if t.use_gpu else "cpu")
     trainable(gen, cfg)
     engine = deepspeed_engine(gen.transformer, t, total_steps, bf16=t.use_gpu and cfg.dtype == "bfloat16")
     final = lambda d: save_final(gen, cfg, d)  # OUT/final, written with the last report
@@ -270,7 +360,7 @@ def train_func(config: dict) -> None:
 
 
 def trainable(gen, cfg: FlowTrainConfig) -> None:
-    """What trains: LoRA adapters (sft/dpo/rwr with lora.enabled), else the whole transformer."""
+    """What trains: LoRA adapters (sft/dpo/rwr/lift with lora.enabled), else the whole transformer."""
     t = cfg.train
     if t.gradient_checkpointing:
         gen.transformer.enable_gradient_checkpointing()
@@ -282,10 +372,11 @@ def trainable(gen, cfg: FlowTrainConfig) -> None:
 
 
 def save_final(gen, cfg: FlowTrainConfig, d: Path) -> None:
-    """OUT/final on rank 0: the LoRA adapters (pretrain: the whole pipeline with its new transformer weights)."""
+    """OUT/final on rank 0: the LoRA adapters (pretrain or lora.enabled=false: the whole pipeline with its new
+    transformer weights)."""
     if world_rank() != 0:
         return
-    if cfg.train.algo == "pretrain":
+    if cfg.train.algo == "pretrain" or not cfg.lora.enabled:
         gen.save_pretrained(d)
     else:
         save_lora(gen, d)

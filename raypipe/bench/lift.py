@@ -1,0 +1,215 @@
+"""`raypipe bench lift`: LiFT's three findings in miniature on SynthPref, over several seeds, with 95% intervals.
+
+    raypipe bench lift --out bench-out/lift [--seeds 0,1,2] [--reward reward-out/final] [--parts critic,finetune]
+
+(a) the critic trained on ratings WITH reasons vs on the rating word alone (`train.score_only`): held-out 3-class
+    rating accuracy per dimension, on a SynthPref seed the preset was not tuned on (validation seed 1000 + s);
+(b) LiFT fine-tuning (`train-flow --algo lift`, SynthPref ratings as the human ratings, real videos mixed in) vs
+    the base generator: win rates by the oracle and by a VideoReward model, on the same prompts and noise;
+(c) with vs without the real videos: the oracle's MQ (temporal fidelity) win rate of (b) minus that of the run
+    without them, paired by seed.
+Every number is the mean over seeds with a Student-t 95% interval (`raypipe.bench.stats`); a finding "holds" here
+only when its interval excludes the null (0.5 for a win rate, 0 for a difference). Writes OUT/lift.json and
+OUT/lift.md; each run's own output stays in OUT/<part>/<variant>_s<seed>.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from raypipe.bench.stats import excludes, fmt, mean_ci, paired_ci
+
+DIMS = ("VQ", "MQ", "TA")
+CRITIC_VARIANTS = {"reasons": [], "score_only": ["train.score_only=true"]}
+FLOW_VARIANTS = {"lift": [], "lift_no_real": ["data.real_synth=0"]}
+
+
+def run_lift_bench(args) -> dict:
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in str(args.seeds).split(",")]
+    parts = args.parts.split(",")
+    report: dict = {"seeds": seeds, "parts": parts, "critic": {}, "finetune": {}}
+    t0 = time.perf_counter()
+    if "critic" in parts:
+        report["critic"] = _critic_part(args, out, seeds)
+        _write(out, report)
+    if "finetune" in parts:
+        report["finetune"] = _finetune_part(args, out, seeds)
+    report["findings"] = findings(report)
+    report["wall_s"] = round(time.perf_counter() - t0, 1)
+    _write(out, report)
+    print((out / "lift.md").read_text())
+    return report
+
+
+def _critic_part(args, out: Path, seeds: list[int]) -> dict:
+    from raypipe.config import load_config
+    from raypipe.recipes.train_critic import CriticTrainConfig
+    from raypipe.recipes.train_critic import run as run_train_critic
+
+    runs: dict = {v: {} for v in CRITIC_VARIANTS}
+    for seed in seeds:
+        for name, extra in CRITIC_VARIANTS.items():
+            print(f"== (a) critic {name}, seed {seed}", flush=True)
+            overrides = [
+                f"train.seed={seed}",
+                f"synth_train.seed={1 + 10 * seed}",
+                f"synth_val.seed={1000 + seed}",
+                f"synth_val.pairs={args.val_pairs}",
+                f"train.max_minutes={args.critic_minutes}",
+                f"out={out / 'critic' / f'{name}_s{seed}'}",
+                "progress=false",
+                *extra,
+                *args.critic_overrides,
+            ]
+            summary = run_train_critic(load_config(CriticTrainConfig, args.critic_config, overrides))
+            val = summary["val"]
+            runs[name][seed] = {
+                "steps": summary["steps"],
+                "accuracy": {d: val[d]["accuracy"] for d in DIMS if d in val},
+                "ta_reasons": (val.get("TA") or {}).get("reasons"),
+            }
+    table = {name: {d: mean_ci([r["accuracy"].get(d) for r in runs[name].values()]) for d in DIMS} for name in runs}
+    diff = {
+        d: paired_ci(
+            [runs["reasons"][s]["accuracy"].get(d) for s in seeds],
+            [runs["score_only"][s]["accuracy"].get(d) for s in seeds],
+        )
+        for d in DIMS
+    }
+    return {"runs": runs, "accuracy": table, "reasons_minus_score_only": diff}
+
+
+def _reward_for_bench(args, out: Path) -> str:
+    """The judge: --reward, else a tiny VideoReward trained once as the demo does (150 steps at the 56-px view)."""
+    if args.reward:
+        return args.reward
+    from raypipe.config import load_config
+    from raypipe.recipes.demo import DemoConfig
+    from raypipe.recipes.train_reward import RewardTrainConfig
+    from raypipe.recipes.train_reward import run as run_train_reward
+
+    final = out / "reward" / "final"
+    if not (final / "reward_config.json").exists():
+        print("== a tiny VideoReward judge (the demo's settings)", flush=True)
+        overrides = [*DemoConfig().reward_overrides, f"out={out / 'reward'}", "progress=false"]
+        run_train_reward(load_config(RewardTrainConfig, "configs/reward_tiny.yaml", overrides))
+    return str(final)
+
+
+def _finetune_part(args, out: Path, seeds: list[int]) -> dict:
+    from raypipe.config import load_config
+    from raypipe.recipes.eval_flow import FlowEvalConfig
+    from raypipe.recipes.eval_flow import run as run_eval_flow
+    from raypipe.recipes.train_flow import FlowTrainConfig
+    from raypipe.recipes.train_flow import run as run_train_flow
+
+    reward = _reward_for_bench(args, out)
+    runs: dict = {v: {} for v in FLOW_VARIANTS}
+    base = str(Path(args.generator).resolve())
+    for seed in seeds:
+        for name, extra in FLOW_VARIANTS.items():
+            print(f"== (b/c) {name}, seed {seed}: train-flow --algo lift, then eval-flow", flush=True)
+            run_dir = out / "finetune" / f"{name}_s{seed}"
+            overrides = [
+                f"generator={base}",
+                f"train.seed={seed}",
+                f"synth.seed={11 + seed}",
+                f"train.max_steps={args.steps}",
+                f"out={run_dir}",
+                "progress=false",
+                *extra,
+                *args.overrides,
+            ]
+            train = run_train_flow(load_config(FlowTrainConfig, args.flow_config, overrides))
+            ev = run_eval_flow(
+                FlowEvalConfig(
+                    generator=base,
+                    lora=str(run_dir / "final"),
+                    reward=reward,
+                    prompts=str(args.prompts),
+                    seed=500 + seed,
+                    out=str(run_dir / "eval"),
+                )
+            )
+            runs[name][seed] = {
+                "steps": train["steps"],
+                "rows": train["row_counts"],
+                "oracle_win_rate": ev["oracle_win_rate"],
+                "reward_win_rate": ev["reward_win_rate"],
+                "reward_hacking": ev["reward_hacking"],
+            }
+    summary = {
+        name: {
+            judge: {d: mean_ci([r[f"{judge}_win_rate"].get(d) for r in runs[name].values()]) for d in DIMS}
+            for judge in ("oracle", "reward")
+        }
+        for name in runs
+    }
+    real_effect = {
+        d: paired_ci(
+            [runs["lift"][s]["oracle_win_rate"].get(d) for s in seeds],
+            [runs["lift_no_real"][s]["oracle_win_rate"].get(d) for s in seeds],
+        )
+        for d in DIMS
+    }
+    return {"reward": reward, "runs": runs, "win_rate": summary, "real_minus_no_real": real_effect}
+
+
+def findings(report: dict) -> list[str]:
+    """Plain statements: which of LiFT's findings hold here (the interval excludes the null), which do not."""
+    lines = []
+    critic = report.get("critic") or {}
+    if critic:
+        for d, ci in critic["reasons_minus_score_only"].items():
+            side = excludes(ci, 0.0)
+            verdict = {"above": "holds", "below": "is reversed", "overlaps": "is not shown"}.get(side, "untested")
+            lines.append(f"(a) reasons help the critic's {d} accuracy: {verdict} (difference {fmt(ci, 3)})")
+    tune = report.get("finetune") or {}
+    if tune:
+        for judge in ("oracle", "reward"):
+            for d, ci in tune["win_rate"]["lift"][judge].items():
+                side = excludes(ci, 0.5)
+                verdict = {"above": "holds", "below": "is reversed", "overlaps": "is not shown"}.get(side, "untested")
+                lines.append(f"(b) LiFT beats the base on {d} by the {judge}: {verdict} (win rate {fmt(ci)})")
+        ci = tune["real_minus_no_real"]["MQ"]
+        side = excludes(ci, 0.0)
+        verdict = {"above": "holds", "below": "is reversed", "overlaps": "is not shown"}.get(side, "untested")
+        lines.append(f"(c) real videos help temporal fidelity (oracle MQ win rate): {verdict} (difference {fmt(ci)})")
+    return lines
+
+
+def _write(out: Path, report: dict) -> None:
+    (out / "lift.json").write_text(json.dumps(report, indent=2, default=str))
+    (out / "lift.md").write_text(markdown(report))
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# LiFT in miniature ({len(report['seeds'])} seeds: {report['seeds']}; mean [95% interval])", ""]
+    critic = report.get("critic") or {}
+    if critic:
+        lines += [
+            "## (a) critic: held-out rating accuracy (chance 0.33)",
+            "",
+            "| variant | VQ | MQ | TA |",
+            "|---|---|---|---|",
+        ]
+        for name, per in critic["accuracy"].items():
+            lines.append(f"| {name} | " + " | ".join(fmt(per[d], 3) for d in DIMS) + " |")
+        diff = critic["reasons_minus_score_only"]
+        lines += ["| reasons − score only | " + " | ".join(fmt(diff[d], 3) for d in DIMS) + " |", ""]
+    tune = report.get("finetune") or {}
+    if tune:
+        lines += ["## (b, c) fine-tuning: win rate over the base generator", ""]
+        lines += ["| variant | judge | VQ | MQ | TA |", "|---|---|---|---|---|"]
+        for name, per in tune["win_rate"].items():
+            for judge in ("oracle", "reward"):
+                lines.append(f"| {name} | {judge} | " + " | ".join(fmt(per[judge][d]) for d in DIMS) + " |")
+        diff = tune["real_minus_no_real"]
+        lines += ["| with − without real | oracle | " + " | ".join(fmt(diff[d]) for d in DIMS) + " |", ""]
+    if report.get("findings"):
+        lines += ["## What holds here", "", *[f"- {f}" for f in report["findings"]], ""]
+    return "\n".join(lines)

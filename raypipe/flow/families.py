@@ -1,0 +1,52 @@
+"""Which generator family a pipeline folder is, and loading it: the one door recipes use.
+
+    gen = load_family("gen/")                 # WanFamily or CogVideoXFamily, from the folder's own files
+    path = make_tiny_generator("cogvideox", "/tmp/tiny-cog", seed=0)
+
+A folder names its family in `raypipe_family.json` (written by our tiny builders and `save_pretrained`), else by
+the pipeline class in diffusers' `model_index.json` (a downloaded Wan2.1 or CogVideoX-2b copy).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from raypipe.flow.cogvideox import CogVideoXFamily, TinyCogVideoXConfig, make_tiny_cogvideox
+from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
+
+FAMILIES = {"wan": WanFamily, "cogvideox": CogVideoXFamily}
+PIPELINE_CLASSES = {"WanPipeline": "wan", "CogVideoXPipeline": "cogvideox"}
+TINY_CONFIGS = {"wan": TinyWanConfig, "cogvideox": TinyCogVideoXConfig}
+
+
+def family_of(path: str | os.PathLike) -> str:
+    """The family name of a pipeline folder; a clear error for anything else."""
+    path = Path(path)
+    extra = path / "raypipe_family.json"
+    if extra.exists():
+        name = json.loads(extra.read_text()).get("family", "wan")
+        if name in FAMILIES:
+            return name
+        raise ValueError(f"{path}: unknown generator family {name!r} (supported: {sorted(FAMILIES)})")
+    index = path / "model_index.json"
+    if not index.exists():
+        raise FileNotFoundError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
+    cls = json.loads(index.read_text()).get("_class_name")
+    if cls not in PIPELINE_CLASSES:
+        raise ValueError(f"{path}: pipeline class {cls!r} is not a supported family ({sorted(PIPELINE_CLASSES)})")
+    return PIPELINE_CLASSES[cls]
+
+
+def load_family(path: str | os.PathLike, dtype: str = "float32", device: str = "cpu"):
+    """The family object of a pipeline folder (nothing is fetched from a hub)."""
+    return FAMILIES[family_of(path)].load(path, dtype=dtype, device=device)
+
+
+def make_tiny_generator(family: str, path: str | os.PathLike, cfg=None, seed: int = 0) -> Path:
+    """Write a tiny random pipeline of `family` to `path` (`cfg`: its Tiny*Config, default shape)."""
+    if family not in FAMILIES:
+        raise ValueError(f"generator family must be one of {sorted(FAMILIES)}, got {family!r}")
+    build = make_tiny_wan if family == "wan" else make_tiny_cogvideox
+    return build(path, cfg or TINY_CONFIGS[family](), seed)
