@@ -164,7 +164,7 @@ BENCHES: dict[str, Bench] = {
     "lift": Bench(
         "lift",
         "run_lift_bench",
-        "LiFT's findings in miniature over seeds, 95% intervals: critic with reasons vs score only; LiFT "
+        "LiFT's findings in miniature over seeds, 95%% intervals: critic with reasons vs score only; LiFT "
         "fine-tuning vs base; with vs without real videos",
         "(a) train-critic with reasons and score-only per seed, held-out rating accuracy on an untuned SynthPref seed; "
         "(b) train-flow --algo lift vs the base generator, oracle and VideoReward win rates; (c) the same without the "

@@ -48,8 +48,8 @@ class TinyCogVideoXConfig:
     text_ff: int = 64  # T5 feed-forward width
     max_text_len: int = 16  # prompt tokens kept
     sample_frames: int = 9  # the clip the positional table is built for (others are computed on the fly)
-    sample_height: int = 56
-    sample_width: int = 56
+    sample_height: int = 56  # pixel height the positional table is built for
+    sample_width: int = 56  # pixel width the positional table is built for
     snr_shift_scale: float = 3.0  # the scheduler's SNR shift (2B: 3.0)
     scaling_factor: float = 1.0  # VAE latent scale (the 2B's VAE: 1.15258426)
 

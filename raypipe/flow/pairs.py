@@ -111,7 +111,7 @@ def training_rows(
 ) -> tuple[pa.Table, dict]:
     """The rows the workers train on, and counts of what was kept and dropped (nothing disappears silently)."""
     if algo not in ALGOS or algo == "lift":
-        raise ConfigError(f"training_rows builds {[a for a in ALGOS if a != 'lift']}, got {algo!r}")
+        raise ConfigError(f"training_rows builds algo in {[a for a in ALGOS if a != 'lift']}, got {algo!r}")
     prompts = table.column("prompt").to_pylist()
     if algo == "pretrain":
         seen = {}
