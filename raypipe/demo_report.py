@@ -243,9 +243,14 @@ def _lift(report: dict, out: Path) -> list[str]:
         "",
         "## LiFT: a critic's ratings and reasons drive the fine-tuning",
         "",
-        f"Critic ({lift['critic']['steps']} steps): held-out rating accuracy "
-        + ", ".join(f"{d} {_f(val.get(d, {}).get('accuracy'), 2)}" for d in DIMS)
-        + " (chance 0.33). It rated the stage-6 samples "
+        (
+            f"Critic ({lift['critic']['steps']} steps): held-out rating accuracy "
+            + ", ".join(f"{d} {_f(val.get(d, {}).get('accuracy'), 2)}" for d in DIMS)
+            + " (chance 0.33)."
+            if val
+            else f"Critic: {lift['critic'].get('checkpoint')}."
+        )
+        + " It rated the stage-6 samples "
         f"({samples['videos']} videos, {samples['error_rows']} error rows); mean LiFT weight "
         f"{_f(samples['mean_lift_weight'], 3)}.",
         "",

@@ -1,8 +1,9 @@
-"""`raypipe demo` end to end (all eight stages, tiny sizes), on the shared local Ray."""
+"""`raypipe demo` end to end (all nine stages, tiny sizes), on the shared local Ray."""
 
 import dataclasses
 import json
 
+import pyarrow.parquet as pq
 import pytest
 
 from raypipe.config import load_config
@@ -11,7 +12,7 @@ from raypipe.recipes.demo import run as run_demo
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end(ray_local, tmp_path, capsys):
+def test_demo_runs_end_to_end(ray_local, critic_checkpoint, tmp_path, capsys):
     small = (
         '["synth_train.pairs=32", "synth_val.pairs=16", "train.max_steps=4", "train.eval_every=2", '
         '"train.checkpoint_every=4", "train.batch=4", "train.cpus_per_worker=0.5", '
@@ -33,6 +34,9 @@ def test_demo_runs_end_to_end(ray_local, tmp_path, capsys):
             'latent_reward_overrides=["train.batch=2"]',
             "guided_prompts=2",
             "baselines=[]",
+            f"critic={critic_checkpoint}",  # train-critic itself: tests/test_train_critic.py
+            "lift_steps=2",
+            "lift_real=2",
         ],
     )  # the SFT/RWR baselines run the same stage-7 loop as Flow-DPO (each ~45 s here)
     report = run_demo(dataclasses.replace(cfg, out=str(tmp_path / "demo")))
@@ -64,9 +68,30 @@ def test_demo_runs_end_to_end(ray_local, tmp_path, capsys):
         assert len(list((tmp_path / "demo" / "nrg" / name / "videos").glob("*.mp4"))) == 2
         assert all(v == v for v in r["mean_latent"].values())  # numbers, not NaN
     assert set(runs["guided_1"]["oracle_win_rate"]) == {"VQ", "MQ", "TA"}
+    # LiFT: the critic rated every stage-6 sample on every dimension (its answers on the critic's own test videos:
+    # tests/test_critic_relabel.py); the report's mean weight is LiFT's map of those ratings; the weighted
+    # fine-tuning ran on them plus the real videos, and was judged against the base
+    lift = report["lift"]
+    assert lift["samples"]["videos"] == 8 and lift["samples"]["error_rows"] == 0
+    assert all(sum(lift["samples"]["ratings"][d].values()) == 8 for d in ("VQ", "MQ", "TA"))
+    rated = pq.read_table(tmp_path / "demo" / "lift" / "rated").to_pylist()
+    lift_map = {"Good": 0.9, "Normal": 0.2, "Bad": 0.05}
+    by_hand = [sum(lift_map[r[f"rating_{d}"]] for d in ("VQ", "MQ", "TA")) / 3 for r in rated]
+    assert [r["lift_weight"] for r in rated] == pytest.approx(by_hand)
+    assert lift["samples"]["mean_lift_weight"] == pytest.approx(sum(by_hand) / 8, abs=1e-4)
+    assert sum(lift["samples"]["oracle_ratings"]["VQ"].values()) == 8
+    assert lift["train"]["steps"] == 2 and lift["train"]["row_counts"] == {
+        "videos": 8,
+        "kept": 8,
+        "dropped_error": 0,
+        "dropped_no_weight": 0,
+        "source": "weights",
+        "real": 2,
+    }
+    assert set(lift["eval"]["oracle_win_rate"]) == {"VQ", "MQ", "TA"}
     # the report links pictures that exist
     md = (tmp_path / "demo" / "report.md").read_text()
-    for section in ("## VideoReward", "## Relabel", "## Aligning the generator", "## Flow-NRG", "| dpo |"):
+    for section in ("## VideoReward", "## Relabel", "## Aligning the generator", "## Flow-NRG", "| dpo |", "## LiFT"):
         assert section in md, section
     import re
 

@@ -200,15 +200,24 @@ def test_relabel_job_spread_over_nodes_survives_a_lost_node(cluster, reward_chec
     client = JobSubmissionClient(cluster["dashboard"])
     job = _submit(client, entry, runtime_env)
 
-    # Once a quarter of the videos are on disk (both actors have delivered by then), take one worker node away:
-    # its raylet, object store and every worker process on it.
+    # Once a quarter of the videos are on disk and both worker nodes' actors have delivered some (the progress
+    # shards say where each video was scored), take one worker node away: its raylet, object store and every
+    # worker process on it.
+    def progress() -> tuple[int, set]:
+        shards = list((out / "_progress").glob("videos-*.parquet"))
+        nodes = set()
+        for p in shards:
+            nodes.update(pq.read_table(p, columns=["scored_on"]).column("scored_on").to_pylist())
+        return sum(pq.read_metadata(p).num_rows for p in shards), nodes
+
     def done() -> int:
-        return sum(pq.read_metadata(p).num_rows for p in (out / "_progress").glob("videos-*.parquet"))
+        return progress()[0]
 
     deadline = time.time() + 300
-    while time.time() < deadline and done() < 20:
+    while time.time() < deadline and (lambda n, nodes: n < 20 or len(nodes) < 2)(*progress()):
         assert client.get_job_status(job) in (JobStatus.PENDING, JobStatus.RUNNING), client.get_job_logs(job)[-3000:]
         time.sleep(0.1)
+    assert len(progress()[1]) == 2, f"both worker nodes had not scored within 300 s: {progress()}"
     lost = cluster["workers"][1]
     cluster["cluster"].remove_node(lost, allow_graceful=False)
     assert done() < 80, "the node was lost after the work was done"

@@ -84,6 +84,7 @@ class DemoConfig:
     guidance: list[dict[str, float]] = dataclasses.field(default_factory=lambda: [{"VQ": 1.0}, {"MQ": 0.5, "TA": 0.5}])
     guidance_strength: float = 2.0  # Flow-NRG strength λ
     lift: bool = True  # stage 9: LiFT (critic -> critic relabel of the stage-6 samples -> LiFT fine-tuning)
+    critic: str = ""  # stage 9: a LiFT critic checkpoint to use; empty: train a tiny one (configs/critic_tiny.yaml)
     critic_minutes: float = 3.0  # stage 9: the critic's training budget
     critic_overrides: list[str] = dataclasses.field(
         default_factory=lambda: ["synth_train.pairs=256", "synth_val.pairs=32", "train.eval_every=50"]

@@ -31,23 +31,11 @@ def lift_stage(cfg, out: Path, generator: str, reward: str, stage: str) -> dict:
         flush=True,
     )
     progress = str(cfg.progress).lower()
-    critic_out = out / "lift" / "critic"
-    critic = train_critic.run(
-        load_config(
-            train_critic.CriticTrainConfig,
-            repo_path("configs/critic_tiny.yaml"),
-            [
-                *cfg.critic_overrides,
-                f"train.max_minutes={cfg.critic_minutes}",
-                f"out={critic_out}",
-                f"progress={progress}",
-            ],
-        )
-    )
+    critic_path, critic = _critic(cfg, out, progress)
     rated = out / "lift" / "rated"
     relabel.run(
         relabel.RelabelConfig(
-            critic=str(critic_out / "final"),
+            critic=critic_path,
             input=str(out / "sample_pairs" / "samples.parquet"),
             out=str(rated),
             progress=cfg.progress,
@@ -81,13 +69,27 @@ def lift_stage(cfg, out: Path, generator: str, reward: str, stage: str) -> dict:
     )
     return {
         "lift": {
-            "critic": {"steps": critic["steps"], "val": critic["val"], "examples": critic["examples"][:3]},
+            "critic": critic,
             "samples": rated_samples(rated),
             "train": trained,
             "eval": evaluated,
         },
         "lift_s": round(time.perf_counter() - t, 2),
     }
+
+
+def _critic(cfg, out: Path, progress: str) -> tuple[str, dict]:
+    """The critic checkpoint (`cfg.critic`, else a tiny one trained now) and what the report says about it."""
+    if cfg.critic:
+        return str(repo_path(cfg.critic)), {"checkpoint": cfg.critic, "steps": None, "val": {}, "examples": []}
+    critic_out = out / "lift" / "critic"
+    overrides = [*cfg.critic_overrides, f"train.max_minutes={cfg.critic_minutes}", f"out={critic_out}"]
+    config = load_config(
+        train_critic.CriticTrainConfig, repo_path("configs/critic_tiny.yaml"), [*overrides, f"progress={progress}"]
+    )
+    summary = train_critic.run(config)
+    report = {"steps": summary["steps"], "val": summary["val"], "examples": summary["examples"][:3]}
+    return str(critic_out / "final"), report
 
 
 def oracle_ratings(verdict: dict) -> dict[str, str | None]:

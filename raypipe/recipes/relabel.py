@@ -173,7 +173,8 @@ def _score_remaining(cfg, videos, done, dimensions, sampling, progress_state: Pr
         kind="critic" if cfg.critic else "reward",
     )
     outputs = [f"{k}_{d}" for d in dimensions for k in ("rating", "reason")] if cfg.critic else []
-    keep = ["video_id", "error", "error_message", *(outputs or [f"score_{d}" for d in dimensions])]
+    # scored_on (the actor's node) stays in the progress shards: which node did the work survives a restart
+    keep = ["video_id", "scored_on", "error", "error_message", *(outputs or [f"score_{d}" for d in dimensions])]
     bar = tqdm(
         total=n_total, initial=len(done), unit="video", desc="relabel", disable=not cfg.progress, dynamic_ncols=True
     )
