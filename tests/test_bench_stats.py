@@ -2,10 +2,11 @@
 
 import math
 
+import numpy as np
 import pytest
 
-from raypipe.bench.lift import findings, markdown
-from raypipe.bench.stats import excludes, fmt, mean_ci, paired_ci
+from raypipe.bench.lift import findings, finetune_intervals, markdown
+from raypipe.bench.stats import bootstrap_means, excludes, fmt, mean_ci, outcomes, paired_ci, verdict, win_rate_ci
 
 
 def test_mean_ci_by_hand():
@@ -41,10 +42,85 @@ def test_lift_findings_say_what_holds():
     }
     lines = findings(report)
     assert "(a) reasons help the critic's VQ accuracy: holds" in lines[0]
-    assert "MQ accuracy: is not shown" in lines[1]
+    assert "MQ accuracy: undecided at this budget" in lines[1]
     assert any(line.startswith("(b) LiFT beats the base on VQ by the oracle: holds") for line in lines)
-    assert any(line.startswith("(b) LiFT beats the base on MQ by the reward: is not shown") for line in lines)
+    assert any(line.startswith("(b) LiFT beats the base on MQ by the reward: undecided") for line in lines)
     assert lines[-1].startswith("(c) real videos help temporal fidelity (oracle MQ win rate): holds")
     report["findings"] = lines
     md = markdown(report)
     assert "| reasons | 0.710 [" in md and "| with − without real | oracle |" in md
+
+
+def test_outcomes_and_win_rate_counts():
+    assert outcomes([3, 1, 2], [1, 1, 5]) == [1.0, 0.5, 0.0]
+    with pytest.raises(ValueError, match="paired"):
+        outcomes([1, 2], [1])
+    ci = win_rate_ci([[1.0, 0.5, 0.0, 1.0], [0.5, 1.0]])
+    assert ci["mean"] == pytest.approx(4.0 / 6) and ci["n"] == 6 and ci["seeds"] == 2
+    assert ci["decisive"] == 4 and ci["ties"] == 2 and "ties count 1/2" in ci["method"]
+    assert "prompts only" in win_rate_ci([[1.0, 0.0]])["method"]
+    assert win_rate_ci([[1.0]])["low"] is None  # one outcome: no interval
+
+
+def test_bootstrap_matches_the_binomial_closed_form():
+    """One seed, 400 prompts, 240 wins: the bootstrap of a proportion is the normal interval p ± 1.96·√(p(1−p)/n)."""
+    ci = win_rate_ci([[1.0] * 240 + [0.0] * 160], n_boot=4000, seed=3)
+    half = 1.959964 * math.sqrt(0.6 * 0.4 / 400)
+    assert ci["mean"] == pytest.approx(0.6)
+    assert ci["low"] == pytest.approx(0.6 - half, abs=0.006) and ci["high"] == pytest.approx(0.6 + half, abs=0.006)
+
+
+def test_two_level_bootstrap_against_brute_force_enumeration():
+    """Seeds [[1, 0], [1]]: every way of drawing 2 seeds, then each drawn seed's prompts, enumerated exactly."""
+    import itertools
+    from collections import Counter
+
+    groups = [[1.0, 0.0], [1.0]]
+    exact: Counter = Counter()
+    for picks in itertools.product(range(2), repeat=2):  # each (1/2)^2
+        per_seed = [list(itertools.product(groups[g], repeat=len(groups[g]))) for g in picks]
+        for draws in itertools.product(*per_seed):
+            p = 0.25 * np.prod([1.0 / len(s) for s in per_seed])
+            values = [v for d in draws for v in d]
+            exact[round(sum(values) / len(values), 6)] += p
+    assert sum(exact.values()) == pytest.approx(1.0)
+    means = bootstrap_means(groups, n_boot=20000, seed=0)
+    seen = Counter(np.round(means, 6).tolist())
+    assert set(seen) == set(exact)
+    for value, p in exact.items():
+        assert seen[value] / 20000 == pytest.approx(p, abs=0.012), value
+
+
+def test_verdict_rule():
+    better, worse, unclear = (
+        {"mean": 0.65, "low": 0.6, "high": 0.7},
+        {"mean": 0.35, "low": 0.3, "high": 0.4},
+        {"mean": 0.52, "low": 0.45, "high": 0.6},
+    )
+    assert verdict(better) == "holds" and verdict(worse) == "contradicted"
+    assert verdict(unclear) == "undecided at this budget"
+    assert verdict(worse, better="below") == "holds" and verdict(better, 0.0) == "holds"
+    assert verdict({"mean": 0.7, "low": None, "high": None}) == "undecided at this budget"  # one seed
+    with pytest.raises(ValueError, match="above"):
+        verdict(better, better="up")
+
+
+def test_lift_finetune_intervals_pool_seeds_and_pair_prompts():
+    def run(vq, mq):
+        return {"outcomes": {"oracle": {"VQ": vq, "MQ": mq, "TA": [0.5] * len(vq)}, "reward": {"VQ": vq}}}
+
+    runs = {
+        "lift": {0: run([1, 1, 0.5, 1], [1, 0, 1, 1]), 1: run([1, 0, 1, 1], [1, 1, 1, 0.5])},
+        "lift_no_real": {0: run([0, 1, 0.5, 1], [0, 0, 0, 1]), 1: run([1, 0, 0, 0], [0, 1, 0, 0])},
+    }
+    got = finetune_intervals(runs, [0, 1])
+    vq = got["win_rate"]["lift"]["oracle"]["VQ"]
+    assert vq["mean"] == pytest.approx(6.5 / 8) and vq["n"] == 8 and vq["seeds"] == 2
+    assert vq["decisive"] == 7 and vq["ties"] == 1 and vq["low"] <= vq["mean"] <= vq["high"]
+    # (c) pairs prompt by prompt: MQ differences 1,0,1,0 and 1,0,1,0.5 -> mean 4.5/8
+    assert got["real_minus_no_real"]["MQ"]["mean"] == pytest.approx(4.5 / 8)
+    assert got["real_minus_no_real"]["TA"]["mean"] == 0.0 and got["real_minus_no_real"]["TA"]["low"] == 0.0
+    assert got["win_rate"]["lift"]["reward"]["MQ"]["n"] == 0  # the judge gave no MQ: no number, not a zero
+    runs["lift_no_real"][1] = run([1, 0], [0, 1])
+    with pytest.raises(ValueError, match="different prompts"):
+        finetune_intervals(runs, [0, 1])

@@ -59,6 +59,10 @@ def test_tiny_base_vs_lora(reward_checkpoint, tmp_path):
     assert report["prompts"] == 4
     assert set(report["reward_win_rate"]) == {"VQ", "MQ", "TA"}
     assert all(0.0 <= v <= 1.0 for v in [*report["reward_win_rate"].values(), *report["oracle_win_rate"].values()])
+    for judge in ("reward", "oracle"):  # the per-prompt outcomes behind each win rate (what intervals resample)
+        for dim, rate in report[f"{judge}_win_rate"].items():
+            kept = report["outcomes"][judge][dim]
+            assert len(kept) == 4 and set(kept) <= {0.0, 0.5, 1.0} and sum(kept) / 4 == pytest.approx(rate)
     assert len(list((tmp_path / "eval" / "videos" / "aligned").glob("*.mp4"))) == 4
     assert (tmp_path / "eval" / "grid.gif").stat().st_size > 0
     assert json.loads((tmp_path / "eval" / "report.json").read_text())["prompts"] == 4
@@ -74,5 +78,6 @@ def test_a_whole_aligned_pipeline_of_either_family(reward_checkpoint, tmp_path):
     common = {"generator": str(base), "reward": reward_checkpoint, "prompts": "2", "steps": 2, "grid": 1}
     report = run_eval_flow(FlowEvalConfig(aligned=str(base), out=str(tmp_path / "eval"), **common))
     assert set(report["oracle_win_rate"].values()) == {0.5} and set(report["reward_win_rate"].values()) == {0.5}
+    assert report["outcomes"]["oracle"]["MQ"] == [0.5, 0.5]  # every prompt a tie
     with pytest.raises(ConfigError, match="one of lora"):
         run_eval_flow(FlowEvalConfig(aligned=str(base), lora=str(base), out=str(tmp_path / "x"), **common))

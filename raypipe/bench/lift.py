@@ -8,9 +8,13 @@
     the base generator: win rates by the oracle and by a VideoReward model, on the same prompts and noise;
 (c) with vs without the real videos: the oracle's MQ (temporal fidelity) win rate of (b) minus that of the run
     without them, paired by seed.
-Every number is the mean over seeds with a Student-t 95% interval (`raypipe.bench.stats`); a finding "holds" here
-only when its interval excludes the null (0.5 for a win rate, 0 for a difference). Writes OUT/lift.json and
-OUT/lift.md; each run's own output stays in OUT/<part>/<variant>_s<seed>.
+Intervals (`raypipe.bench.stats`): critic accuracies are means over seeds with a Student-t 95% interval; win rates
+and their differences pool every seed's eval prompts in a two-level bootstrap (seeds, then prompts within a seed;
+ties count ½; (c) pairs the two variants prompt by prompt, same prompts and noise). A finding holds here only when
+its interval excludes the null (0.5 for a win rate, 0 for a difference), is contradicted when the interval lies
+on the other side, and is undecided at this budget otherwise. Writes OUT/lift.json and OUT/lift.md; each run's own
+output stays in OUT/<part>/<variant>_s<seed>. Resumable: a run whose outputs are complete (its metrics.json, or
+its summary.json and eval/report.json) is read back instead of rerun, so a killed bench continues where it was.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import json
 import time
 from pathlib import Path
 
-from raypipe.bench.stats import excludes, fmt, mean_ci, paired_ci
+from raypipe.bench.stats import bootstrap_ci, fmt, mean_ci, paired_ci, verdict, win_rate_ci
 
 DIMS = ("VQ", "MQ", "TA")
 CRITIC_VARIANTS = {"reasons": [], "score_only": ["train.score_only=true"]}
@@ -65,7 +69,12 @@ def _critic_part(args, out: Path, seeds: list[int]) -> dict:
                 *extra,
                 *args.critic_overrides,
             ]
-            summary = run_train_critic(load_config(CriticTrainConfig, args.critic_config, overrides))
+            metrics = out / "critic" / f"{name}_s{seed}" / "metrics.json"
+            if metrics.exists():
+                print(f"   done before: {metrics}", flush=True)
+                summary = json.loads(metrics.read_text())
+            else:
+                summary = run_train_critic(load_config(CriticTrainConfig, args.critic_config, overrides))
             val = summary["val"]
             runs[name][seed] = {
                 "steps": summary["steps"],
@@ -124,61 +133,76 @@ def _finetune_part(args, out: Path, seeds: list[int]) -> dict:
                 *extra,
                 *args.overrides,
             ]
-            train = run_train_flow(load_config(FlowTrainConfig, args.flow_config, overrides))
-            ev = run_eval_flow(
-                FlowEvalConfig(
-                    generator=base,
-                    lora=str(run_dir / "final"),
-                    reward=reward,
-                    prompts=str(args.prompts),
-                    seed=500 + seed,
-                    out=str(run_dir / "eval"),
+            if (run_dir / "summary.json").exists():
+                print(f"   trained before: {run_dir}", flush=True)
+                train = json.loads((run_dir / "summary.json").read_text())
+            else:
+                train = run_train_flow(load_config(FlowTrainConfig, args.flow_config, overrides))
+            if (run_dir / "eval" / "report.json").exists():
+                ev = json.loads((run_dir / "eval" / "report.json").read_text())
+            else:
+                ev = run_eval_flow(
+                    FlowEvalConfig(
+                        generator=base,
+                        lora=str(run_dir / "final"),
+                        reward=reward,
+                        prompts=str(args.prompts),
+                        seed=500 + seed,
+                        out=str(run_dir / "eval"),
+                    )
                 )
-            )
             runs[name][seed] = {
                 "steps": train["steps"],
                 "rows": train["row_counts"],
                 "oracle_win_rate": ev["oracle_win_rate"],
                 "reward_win_rate": ev["reward_win_rate"],
                 "reward_hacking": ev["reward_hacking"],
+                "outcomes": ev["outcomes"],
             }
-    summary = {
+    return {"reward": reward, "runs": runs, **finetune_intervals(runs, seeds)}
+
+
+def finetune_intervals(runs: dict, seeds: list[int]) -> dict:
+    """Win rates over the base per variant and judge, and (c) with minus without real videos paired prompt by
+    prompt (the oracle's outcomes), each pooled over seeds x prompts in the two-level bootstrap."""
+    win_rate = {
         name: {
-            judge: {d: mean_ci([r[f"{judge}_win_rate"].get(d) for r in runs[name].values()]) for d in DIMS}
+            judge: {d: win_rate_ci([r["outcomes"][judge].get(d, []) for r in per_seed.values()]) for d in DIMS}
             for judge in ("oracle", "reward")
         }
-        for name in runs
+        for name, per_seed in runs.items()
     }
-    real_effect = {
-        d: paired_ci(
-            [runs["lift"][s]["oracle_win_rate"].get(d) for s in seeds],
-            [runs["lift_no_real"][s]["oracle_win_rate"].get(d) for s in seeds],
-        )
-        for d in DIMS
-    }
-    return {"reward": reward, "runs": runs, "win_rate": summary, "real_minus_no_real": real_effect}
+    real_effect = {}
+    for d in DIMS:
+        diffs = []
+        for s in seeds:
+            a, b = (
+                runs["lift"][s]["outcomes"]["oracle"].get(d, []),
+                runs["lift_no_real"][s]["outcomes"]["oracle"].get(d, []),
+            )
+            if len(a) != len(b):
+                raise ValueError(f"seed {s}: the two variants were judged on different prompts ({len(a)} vs {len(b)})")
+            diffs.append([x - y for x, y in zip(a, b)])
+        real_effect[d] = bootstrap_ci(diffs)
+    return {"win_rate": win_rate, "real_minus_no_real": real_effect}
 
 
 def findings(report: dict) -> list[str]:
-    """Plain statements: which of LiFT's findings hold here (the interval excludes the null), which do not."""
+    """Plain statements: which of LiFT's findings hold here, which are contradicted, which are undecided."""
     lines = []
     critic = report.get("critic") or {}
     if critic:
         for d, ci in critic["reasons_minus_score_only"].items():
-            side = excludes(ci, 0.0)
-            verdict = {"above": "holds", "below": "is reversed", "overlaps": "is not shown"}.get(side, "untested")
-            lines.append(f"(a) reasons help the critic's {d} accuracy: {verdict} (difference {fmt(ci, 3)})")
+            lines.append(f"(a) reasons help the critic's {d} accuracy: {verdict(ci, 0.0)} (difference {fmt(ci, 3)})")
     tune = report.get("finetune") or {}
     if tune:
         for judge in ("oracle", "reward"):
             for d, ci in tune["win_rate"]["lift"][judge].items():
-                side = excludes(ci, 0.5)
-                verdict = {"above": "holds", "below": "is reversed", "overlaps": "is not shown"}.get(side, "untested")
-                lines.append(f"(b) LiFT beats the base on {d} by the {judge}: {verdict} (win rate {fmt(ci)})")
+                lines.append(f"(b) LiFT beats the base on {d} by the {judge}: {verdict(ci)} (win rate {fmt(ci)})")
         ci = tune["real_minus_no_real"]["MQ"]
-        side = excludes(ci, 0.0)
-        verdict = {"above": "holds", "below": "is reversed", "overlaps": "is not shown"}.get(side, "untested")
-        lines.append(f"(c) real videos help temporal fidelity (oracle MQ win rate): {verdict} (difference {fmt(ci)})")
+        lines.append(
+            f"(c) real videos help temporal fidelity (oracle MQ win rate): {verdict(ci, 0.0)} (difference {fmt(ci)})"
+        )
     return lines
 
 
@@ -210,6 +234,13 @@ def markdown(report: dict) -> str:
                 lines.append(f"| {name} | {judge} | " + " | ".join(fmt(per[judge][d]) for d in DIMS) + " |")
         diff = tune["real_minus_no_real"]
         lines += ["| with − without real | oracle | " + " | ".join(fmt(diff[d]) for d in DIMS) + " |", ""]
+        some = next(iter(tune["win_rate"].get("lift", {}).get("oracle", {}).values()), None)
+        if some and "method" in some:
+            lines += [
+                f"Each cell pools {some['n']} prompt comparisons ({some['seeds']} seeds; e.g. lift/oracle/VQ: "
+                f"{some['decisive']} decisive, {some['ties']} ties). Interval: {some['method']}.",
+                "",
+            ]
     if report.get("findings"):
         lines += ["## What holds here", "", *[f"- {f}" for f in report["findings"]], ""]
     return "\n".join(lines)

@@ -1,10 +1,20 @@
-"""Error bars for claims made over seeds: a mean with its 95% Student-t interval, and a paired difference.
+"""Error bars for claims made over seeds and prompts, and the verdict a claim gets from them.
 
     mean_ci([0.61, 0.55, 0.58])            # {"mean": 0.58, "low": ..., "high": ..., "n": 3, "values": [...]}
     paired_ci([0.61, 0.55], [0.50, 0.52])  # the same for the per-seed differences a − b
+    outcomes(new_scores, old_scores)       # per prompt: 1 new wins, ½ tie, 0 old wins
+    win_rate_ci([seed0_outcomes, seed1_outcomes, ...])  # mean, 95% bootstrap interval, decisive pairs, ties
+    bootstrap_ci([seed0_diffs, seed1_diffs, ...])        # the same interval for any per-item values
+    verdict(ci, null=0.5)                  # "holds" / "contradicted" / "undecided at this budget"
 
-With n values the half-width is t_{0.975, n−1}·s/√n (s the sample standard deviation); n = 1 gives no interval
-(low = high = None): one seed is not a result.
+t-interval (`mean_ci`): with n values the half-width is t_{0.975, n−1}·s/√n (s the sample standard deviation);
+n = 1 gives no interval (low = high = None): one seed is not a result.
+
+Bootstrap (`win_rate_ci`, `BOOTSTRAP_METHOD`): a two-level percentile bootstrap. Each of B resamples draws the
+seeds with replacement, then within every drawn seed its prompts with replacement, and takes the mean outcome over
+all drawn prompts; the interval is the 2.5th and 97.5th percentiles of the B means. Both sources of noise — which
+seed trained the model, which prompts judged it — are in the interval. With one seed only the prompts are resampled
+(said in `method`).
 """
 
 from __future__ import annotations
@@ -49,3 +59,76 @@ def fmt(ci: dict, digits: int = 2) -> str:
     if ci["low"] is None:
         return f"{ci['mean']:.{digits}f}"
     return f"{ci['mean']:.{digits}f} [{ci['low']:.{digits}f}, {ci['high']:.{digits}f}]"
+
+
+BOOTSTRAP_METHOD = (
+    "two-level percentile bootstrap ({b} resamples): seeds with replacement, then prompts with replacement within "
+    "each drawn seed; the mean outcome over the drawn prompts; ties count 1/2"
+)
+
+
+def outcomes(new, old) -> list[float]:
+    """Per item: 1.0 where `new` scores above `old`, 0.5 on a tie, 0.0 below (the win rate is their mean)."""
+    a, b = np.asarray(new, float), np.asarray(old, float)
+    if a.shape != b.shape:
+        raise ValueError(f"outcomes needs paired scores, got {a.shape} vs {b.shape}")
+    return ((a > b) + 0.5 * (a == b)).astype(float).tolist()
+
+
+def bootstrap_means(groups, n_boot: int = 2000, seed: int = 0) -> np.ndarray:
+    """The B bootstrap means of the two-level resampling described in the module docstring."""
+    groups = [np.asarray(g, float) for g in groups if len(g)]
+    if not groups:
+        raise ValueError("bootstrap needs at least one non-empty group")
+    rng = np.random.default_rng(seed)
+    sizes = np.array([len(g) for g in groups])
+    flat = np.concatenate(groups)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    means = np.empty(n_boot)
+    for b in range(n_boot):
+        picked = rng.integers(0, len(groups), len(groups)) if len(groups) > 1 else np.zeros(1, int)
+        idx = np.concatenate([starts[g] + rng.integers(0, sizes[g], sizes[g]) for g in picked])
+        means[b] = flat[idx].mean()
+    return means
+
+
+def bootstrap_ci(groups, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> dict:
+    """The mean over seeds x items with its two-level bootstrap interval: `groups` holds one list of per-item values
+    per seed (win outcomes, or paired differences of them). Returns mean, low, high, n items, seeds, method."""
+    groups = [list(g) for g in groups if len(g)]
+    flat = np.concatenate([np.asarray(g, float) for g in groups]) if groups else np.zeros(0)
+    out = {
+        "mean": float(flat.mean()) if len(flat) else None,
+        "low": None,
+        "high": None,
+        "n": int(len(flat)),
+        "seeds": len(groups),
+        "method": BOOTSTRAP_METHOD.format(b=n_boot) + ("" if len(groups) > 1 else " (one seed: prompts only)"),
+    }
+    if len(flat) >= 2:
+        means = bootstrap_means(groups, n_boot, seed)
+        lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
+        out["low"], out["high"] = float(lo), float(hi)
+    return out
+
+
+def win_rate_ci(groups, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> dict:
+    """A win rate over seeds x prompts (`groups`: per seed, the per-prompt outcomes 1 / ½ / 0): `bootstrap_ci`
+    plus the number of decisive pairs (outcome ≠ ½) and of ties."""
+    out = bootstrap_ci(groups, level, n_boot, seed)
+    flat = np.concatenate([np.asarray(g, float) for g in groups if len(g)]) if out["n"] else np.zeros(0)
+    return {**out, "decisive": int((flat != 0.5).sum()), "ties": int((flat == 0.5).sum())}
+
+
+VERDICTS = ("holds", "contradicted", "undecided at this budget")
+
+
+def verdict(ci: dict, null: float = 0.5, better: str = "above") -> str:
+    """A claim "the effect is `better` (above / below) `null`" against an interval: holds when the interval lies
+    wholly on the claimed side, contradicted when wholly on the other side, else undecided at this budget."""
+    if better not in ("above", "below"):
+        raise ValueError(f"better must be 'above' or 'below', got {better!r}")
+    side = excludes(ci, null)
+    if side in ("above", "below"):
+        return "holds" if side == better else "contradicted"
+    return "undecided at this budget"

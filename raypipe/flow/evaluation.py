@@ -14,10 +14,15 @@ from raypipe.video.encode import write_mp4
 from raypipe.video.oracle import judge
 
 
+def win_outcomes(aligned: np.ndarray, base: np.ndarray) -> list[float]:
+    """Per item: 1 where aligned > base, ½ on a tie, 0 below (what a bootstrap over prompts resamples)."""
+    a, b = np.asarray(aligned, float), np.asarray(base, float)
+    return ((a > b) + 0.5 * (a == b)).astype(float).tolist()
+
+
 def win_rate(aligned: np.ndarray, base: np.ndarray) -> float:
     """Share of items where aligned > base, ties counting one half."""
-    a, b = np.asarray(aligned, float), np.asarray(base, float)
-    return float(np.mean((a > b) + 0.5 * (a == b)))
+    return float(np.mean(win_outcomes(aligned, base)))
 
 
 def write_grid_gif(base: np.ndarray, aligned: np.ndarray, path: Path, scale: int = 4, fps: float = 8.0) -> Path:
@@ -62,7 +67,8 @@ def compare(
     scores: dict, oracle: dict, dims: list[str], prompts: list[str], new: str, old: str, hacking_margin: float = 0.05
 ) -> dict:
     """Win rates of `new` over `old` per dimension, by the reward model and by the oracle on the same samples;
-    a reward win the oracle does not confirm (by more than `hacking_margin`) is listed as reward hacking."""
+    a reward win the oracle does not confirm (by more than `hacking_margin`) is listed as reward hacking.
+    `outcomes` keeps the per-prompt results (1 / ½ / 0, prompt order) for intervals over prompts and seeds."""
     report = {
         "prompts": len(prompts),
         "reward_win_rate": {},
@@ -70,13 +76,16 @@ def compare(
         "reward_hacking": [],
         "mean_reward": {},
         "oracle_mean": {},
+        "outcomes": {"reward": {}, "oracle": {}},
     }
     for j, dim in enumerate(dims):
+        report["outcomes"]["reward"][dim] = win_outcomes(scores[new][:, j], scores[old][:, j])
         report["reward_win_rate"][dim] = win_rate(scores[new][:, j], scores[old][:, j])
         report["mean_reward"][dim] = {n: float(scores[n][:, j].mean()) for n in (old, new)}
         if dim in ("VQ", "MQ", "TA"):
             o_new = np.array([v[dim] for v in oracle[new]])
             o_old = np.array([v[dim] for v in oracle[old]])
+            report["outcomes"]["oracle"][dim] = win_outcomes(o_new, o_old)
             report["oracle_win_rate"][dim] = win_rate(o_new, o_old)
             report["oracle_mean"][dim] = {old: float(o_old.mean()), new: float(o_new.mean())}
             r, o = report["reward_win_rate"][dim], report["oracle_win_rate"][dim]
