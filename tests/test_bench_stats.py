@@ -124,3 +124,50 @@ def test_lift_finetune_intervals_pool_seeds_and_pair_prompts():
     runs["lift_no_real"][1] = run([1, 0], [0, 1])
     with pytest.raises(ValueError, match="different prompts"):
         finetune_intervals(runs, [0, 1])
+
+
+def test_flow_alignment_claims_pair_the_variants_prompt_by_prompt():
+    from raypipe.bench.flow_alignment import _markdown, alignment_intervals
+
+    def run(vq):
+        return {"outcomes": {j: {"VQ": vq, "MQ": [0.5] * len(vq), "TA": [0.5] * len(vq)} for j in ("reward", "oracle")}}
+
+    runs = {
+        "sft": {0: run([0, 1, 0, 0.5] * 10), 1: run([0, 0, 1, 0] * 10)},
+        "dpo": {0: run([1, 1, 1, 0.5] * 10), 1: run([1, 1, 1, 0] * 10)},
+    }
+    got = alignment_intervals(runs, ["VQ"])
+    assert got["win_rate"]["dpo"]["oracle"]["VQ"]["mean"] == pytest.approx((3.5 + 3) / 8)
+    claims = {c["claim"]: c for c in got["claims"]}
+    beats = claims["dpo beats sft on VQ by the oracle"]
+    # per prompt: seed 0 differences 1,0,1,0 (x10), seed 1: 1,1,0,0 (x10): mean 0.5, every resample > 0
+    assert beats["difference"]["mean"] == pytest.approx(0.5) and beats["verdict"] == "holds"
+    assert claims["dpo beats the base on VQ by the reward"]["verdict"] == "holds"
+    assert len(got["claims"]) == 4  # (beats base, beats sft) x (reward, oracle) on the one targeted dimension
+    report = {"weights": {"VQ": 1}, "steps": 2, "seeds": [0, 1], "prompts": 40, **got}
+    report["runs"] = {n: {s: {"reward_hacking": []} for s in (0, 1)} for n in runs}
+    md = _markdown(report)
+    assert "| dpo beats sft on VQ by the oracle | holds | 0.50 [" in md and "0 of 2" in md
+    runs["sft"][1] = run([0, 1])
+    with pytest.raises(ValueError, match="different prompts"):
+        alignment_intervals(runs, ["VQ"])
+
+
+def test_cells_resume_and_seeds(tmp_path):
+    from raypipe.bench.cells import cell, parse_seeds
+
+    calls = []
+
+    def job():
+        calls.append(1)
+        (tmp_path / "r.json").write_text('{"x": 1}')
+        return {"x": 1}
+
+    assert cell(tmp_path / "r.json", job) == {"x": 1} and cell(tmp_path / "r.json", job) == {"x": 1}
+    assert len(calls) == 1  # the second time it was read back
+    with pytest.raises(RuntimeError, match="without writing"):
+        cell(tmp_path / "never.json", lambda: {})
+    assert parse_seeds("0, 1,2") == [0, 1, 2] and parse_seeds(3) == [3]
+    for bad in ("0,0", "a", ""):
+        with pytest.raises(ValueError, match="--seeds"):
+            parse_seeds(bad)

@@ -143,8 +143,9 @@ BENCHES: dict[str, Bench] = {
         "run_flow_alignment_bench",
         "Table 3 in miniature: SFT / Flow-RWR / Flow-DPO β_t / Flow-DPO constant β win rates over the pretrained "
         "generator",
-        "Train each variant with the same LoRA, lr, steps and seed on one pair set, then eval-flow each against the "
-        "pretrained generator (reward model + oracle win rates). Writes OUT/flow_alignment.json and .md.",
+        "Train each variant with the same LoRA, lr and steps on one pair set, then eval-flow each against the "
+        "pretrained generator (reward model + oracle win rates), per seed; pooled 95% bootstrap intervals and a "
+        "verdict per claim of Table 3. Writes OUT/flow_alignment.json and .md; rerun the same command to resume.",
         (
             OUT_DIR,
             arg("--generator", required=True, help="pretrained WanPipeline folder (e.g. gen-out/flow/final)"),
@@ -154,9 +155,9 @@ BENCHES: dict[str, Bench] = {
             arg("--config", default="configs/flow_tiny.yaml", help="base train-flow config"),
             arg("--variants", default=None, help="comma list (default sft,rwr,dpo_beta_t,dpo)"),
             arg("--steps", type=int, default=200, help="optimizer steps per variant (default 200)"),
-            arg("--prompts", default="48", help="eval prompts (default 48)"),
+            arg("--prompts", default="48", help="eval prompts per seed (default 48)"),
             *CLIP,
-            SEED,
+            arg("--seeds", default="0", help="comma list of seeds; each repeats training and eval (default 0)"),
             arg("overrides", nargs="*", help="train-flow key=value overrides for every variant"),
         ),
         epilog=EPILOG_OVERRIDES,

@@ -23,7 +23,8 @@ import json
 import time
 from pathlib import Path
 
-from raypipe.bench.stats import bootstrap_ci, fmt, mean_ci, paired_ci, verdict, win_rate_ci
+from raypipe.bench.cells import cell, parse_seeds
+from raypipe.bench.stats import bootstrap_ci, fmt, mean_ci, paired_ci, paired_differences, verdict, win_rate_ci
 
 DIMS = ("VQ", "MQ", "TA")
 CRITIC_VARIANTS = {"reasons": [], "score_only": ["train.score_only=true"]}
@@ -33,7 +34,7 @@ FLOW_VARIANTS = {"lift": [], "lift_no_real": ["data.real_synth=0"]}
 def run_lift_bench(args) -> dict:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    seeds = [int(s) for s in str(args.seeds).split(",")]
+    seeds = parse_seeds(args.seeds)
     parts = args.parts.split(",")
     report: dict = {"seeds": seeds, "parts": parts, "critic": {}, "finetune": {}}
     t0 = time.perf_counter()
@@ -69,12 +70,8 @@ def _critic_part(args, out: Path, seeds: list[int]) -> dict:
                 *extra,
                 *args.critic_overrides,
             ]
-            metrics = out / "critic" / f"{name}_s{seed}" / "metrics.json"
-            if metrics.exists():
-                print(f"   done before: {metrics}", flush=True)
-                summary = json.loads(metrics.read_text())
-            else:
-                summary = run_train_critic(load_config(CriticTrainConfig, args.critic_config, overrides))
+            cfg = load_config(CriticTrainConfig, args.critic_config, overrides)
+            summary = cell(out / "critic" / f"{name}_s{seed}" / "metrics.json", lambda cfg=cfg: run_train_critic(cfg))
             val = summary["val"]
             runs[name][seed] = {
                 "steps": summary["steps"],
@@ -133,24 +130,17 @@ def _finetune_part(args, out: Path, seeds: list[int]) -> dict:
                 *extra,
                 *args.overrides,
             ]
-            if (run_dir / "summary.json").exists():
-                print(f"   trained before: {run_dir}", flush=True)
-                train = json.loads((run_dir / "summary.json").read_text())
-            else:
-                train = run_train_flow(load_config(FlowTrainConfig, args.flow_config, overrides))
-            if (run_dir / "eval" / "report.json").exists():
-                ev = json.loads((run_dir / "eval" / "report.json").read_text())
-            else:
-                ev = run_eval_flow(
-                    FlowEvalConfig(
-                        generator=base,
-                        lora=str(run_dir / "final"),
-                        reward=reward,
-                        prompts=str(args.prompts),
-                        seed=500 + seed,
-                        out=str(run_dir / "eval"),
-                    )
-                )
+            cfg = load_config(FlowTrainConfig, args.flow_config, overrides)
+            train = cell(run_dir / "summary.json", lambda cfg=cfg: run_train_flow(cfg))
+            ecfg = FlowEvalConfig(
+                generator=base,
+                lora=str(run_dir / "final"),
+                reward=reward,
+                prompts=str(args.prompts),
+                seed=500 + seed,
+                out=str(run_dir / "eval"),
+            )
+            ev = cell(run_dir / "eval" / "report.json", lambda ecfg=ecfg: run_eval_flow(ecfg))
             runs[name][seed] = {
                 "steps": train["steps"],
                 "rows": train["row_counts"],
@@ -172,18 +162,7 @@ def finetune_intervals(runs: dict, seeds: list[int]) -> dict:
         }
         for name, per_seed in runs.items()
     }
-    real_effect = {}
-    for d in DIMS:
-        diffs = []
-        for s in seeds:
-            a, b = (
-                runs["lift"][s]["outcomes"]["oracle"].get(d, []),
-                runs["lift_no_real"][s]["outcomes"]["oracle"].get(d, []),
-            )
-            if len(a) != len(b):
-                raise ValueError(f"seed {s}: the two variants were judged on different prompts ({len(a)} vs {len(b)})")
-            diffs.append([x - y for x, y in zip(a, b)])
-        real_effect[d] = bootstrap_ci(diffs)
+    real_effect = {d: bootstrap_ci(paired_differences(runs["lift"], runs["lift_no_real"], "oracle", d)) for d in DIMS}
     return {"win_rate": win_rate, "real_minus_no_real": real_effect}
 
 

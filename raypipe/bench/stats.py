@@ -120,6 +120,18 @@ def win_rate_ci(groups, level: float = 0.95, n_boot: int = 2000, seed: int = 0) 
     return {**out, "decisive": int((flat != 0.5).sum()), "ties": int((flat == 0.5).sum())}
 
 
+def paired_differences(a_runs: dict, b_runs: dict, judge: str, dim: str) -> list[list[float]]:
+    """Per seed both variants ran (`{seed: {"outcomes": {judge: {dim: [...]}}}}`, eval-flow's per-prompt outcomes):
+    outcome of a minus outcome of b, prompt by prompt (both judged on the same prompts and noise)."""
+    diffs = []
+    for seed in sorted(set(a_runs) & set(b_runs)):
+        a, b = (runs[seed]["outcomes"][judge].get(dim, []) for runs in (a_runs, b_runs))
+        if len(a) != len(b):
+            raise ValueError(f"seed {seed}: the variants were judged on different prompts ({len(a)} vs {len(b)})")
+        diffs.append([x - y for x, y in zip(a, b)])
+    return diffs
+
+
 VERDICTS = ("holds", "contradicted", "undecided at this budget")
 
 
