@@ -223,8 +223,9 @@ def test_differentiable_patches_equal_the_processor_layout():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_bench_nrg_smoke(gen, tmp_path, reward_checkpoint):
-    """Tiny everything: the benchmark runs every part and reports win rates by reward and oracle and the costs."""
+def test_bench_nrg_smoke(gen, tmp_path, reward_checkpoint, capsys):
+    """Tiny everything, two seeds and a two-λ sweep: every run is judged by reward and oracle on every seed's
+    prompts, pooled with intervals, claims get verdicts, the cost is measured; a rerun reads the seeds back."""
     import argparse
     import json
 
@@ -243,21 +244,39 @@ def test_bench_nrg_smoke(gen, tmp_path, reward_checkpoint):
         reward=str(reward_checkpoint),
         prompts="3",
         weights=["{TA: 1}", "{VQ: 0.5, MQ: 0.5}"],
-        strength=1.0,
+        strength="0,1,2",
         steps=3,
         cfg_scale=2.0,
         frames=9,
         height=16,
         width=16,
-        seed=0,
+        seeds="0,1",
         cost_prompts=2,
         hacking_margin=0.05,
     )
     report = run_nrg_bench(args)
-    assert set(report["runs"]) == {"noisy {TA: 1}", "noisy {VQ: 0.5, MQ: 0.5}", "clean {TA: 1}"}
-    run = report["runs"]["noisy {TA: 1}"]
-    assert run["weights"] == {"VQ": 0.0, "MQ": 0.0, "TA": 1.0}
-    assert set(run["reward_win_rate"]) >= {"VQ", "MQ", "TA"} and set(run["oracle_win_rate"]) == {"VQ", "MQ", "TA"}
-    assert all(0.0 <= v <= 1.0 for v in run["reward_win_rate"].values())
+    assert report["strengths"] == [1.0, 2.0]  # λ = 0 is the unguided baseline, not a run
+    assert set(report["runs"]) == {
+        *(f"noisy {w} λ={lam}" for w in ("{TA: 1}", "{VQ: 0.5, MQ: 0.5}") for lam in (1, 2)),
+        "clean {TA: 1} λ=1",
+        "clean {TA: 1} λ=2",
+    }
+    run = report["runs"]["noisy {TA: 1} λ=2"]
+    assert run["weights"] == {"VQ": 0.0, "MQ": 0.0, "TA": 1.0} and run["strength"] == 2.0
+    for judge in ("reward", "oracle"):
+        ci = run["win_rate"][judge]["TA"]
+        assert ci["n"] == 6 and ci["seeds"] == 2 and 0.0 <= ci["mean"] <= 1.0  # 3 prompts x 2 seeds
+    seed1 = json.loads((tmp_path / "b" / "s1" / "nrg.json").read_text())["runs"]["noisy {TA: 1} λ=2"]
+    seed0 = json.loads((tmp_path / "b" / "s0" / "nrg.json").read_text())["runs"]["noisy {TA: 1} λ=2"]
+    pooled = (sum(seed0["outcomes"]["oracle"]["TA"]) + sum(seed1["outcomes"]["oracle"]["TA"])) / 6
+    assert run["win_rate"]["oracle"]["TA"]["mean"] == pytest.approx(pooled)
+    claims = {c["claim"]: c["verdict"] for c in report["claims"]}
+    assert "noisy {TA: 1} λ=1 raises TA (its heaviest weight) by the oracle" in claims
+    assert "noise-aware guides TA better than clean ({TA: 1} λ=2, oracle)" in claims
+    assert set(claims.values()) <= {"holds", "contradicted", "undecided at this budget"}
     assert report["cost"]["latent_over_unguided"] > 0 and report["cost"]["pixel_over_unguided"] > 0
     assert (tmp_path / "b" / "nrg.md").read_text().startswith("# Flow-NRG")
+    assert (tmp_path / "b" / "s0" / "grid.gif").exists()
+    capsys.readouterr()
+    again = run_nrg_bench(args)  # both seeds read back: the same numbers, nothing sampled
+    assert again["runs"] == report["runs"] and capsys.readouterr().out.count("done before") == 2

@@ -219,28 +219,29 @@ BENCHES: dict[str, Bench] = {
         "nrg",
         "run_nrg_bench",
         "Flow-NRG Table 5 in miniature: guided vs unguided win rates (reward model + oracle), clean-latent "
-        "ablation, guidance cost vs pixel-space guidance",
+        "ablation, guidance cost vs pixel-space guidance; seeds, λ sweep, 95%% intervals",
         "Guided and unguided samples from the same noise for each weight vector, judged by the pixel VideoReward "
         "and the SynthPref oracle side by side; the same with a clean-latent reward (ablation); sampling time "
-        "guided/unguided and pixel-space guidance. Writes OUT/nrg.json, OUT/nrg.md, OUT/grid.gif.",
+        "guided/unguided and pixel-space guidance. Writes OUT/nrg.json, OUT/nrg.md (verdict per claim) and per seed "
+        "OUT/s<seed>/ (its report and grid.gif); rerun the same command to resume.",
         (
             OUT_DIR,
             arg("--generator", required=True, help="WanPipeline folder (e.g. gen-out/flow/final)"),
             arg("--latent-reward", required=True, dest="latent_reward", help="noise-aware latent reward"),
             arg("--clean-latent-reward", dest="clean_latent_reward", help="latent reward trained on t = 0 only"),
             arg("--reward", required=True, help="pixel VideoReward checkpoint (the judge)"),
-            arg("--prompts", default="48", help="number of seeded SynthPref prompts or a file (default 48)"),
+            arg("--prompts", default="48", help="seeded SynthPref prompts per seed, or a file (default 48)"),
             arg(
                 "--weights",
                 nargs="+",
                 default=NRG_WEIGHTS,
                 help=f"weight mappings, one per guided run (default {' '.join(NRG_WEIGHTS)})",
             ),
-            arg("--strength", type=float, default=1.0, help="λ (default 1)"),
+            arg("--strength", default="1", help="λ, or a comma list for a sweep, e.g. 0.5,1,2,4 (default 1)"),
             arg("--steps", type=int, default=20),
             arg("--cfg-scale", type=float, default=4.0, dest="cfg_scale"),
             *CLIP,
-            SEED,
+            arg("--seeds", default="0", help="comma list of seeds: prompts and noise per seed (default 0)"),
             arg(
                 "--cost-prompts",
                 type=int,
