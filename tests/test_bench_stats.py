@@ -171,3 +171,29 @@ def test_cells_resume_and_seeds(tmp_path):
     for bad in ("0,0", "a", ""):
         with pytest.raises(ValueError, match="--seeds"):
             parse_seeds(bad)
+
+
+def test_reward_ablation_intervals_and_claims():
+    from raypipe.bench.reward_ablation import ablation_intervals, markdown_table
+
+    def val(with_ties):
+        return {"val": {d: {"acc_without_ties": 0.9, "acc_with_ties": with_ties} for d in ("VQ", "MQ", "TA")}}
+
+    per_seed = {
+        0: {"btt": val(0.80), "bt": val(0.70)},
+        1: {"btt": val(0.82), "bt": val(0.71)},
+        2: {"btt": val(0.79), "bt": val(0.70)},
+    }
+    got = ablation_intervals(per_seed, ["bt", "btt"])
+    assert got["accuracy"]["btt"]["VQ"]["acc_with_ties"]["mean"] == pytest.approx(2.41 / 3)
+    assert [c["claim"] for c in got["claims"]] == [
+        f"btt beats bt on {d} accuracy with ties" for d in ("VQ", "MQ", "TA")
+    ]
+    beats = got["claims"][0]
+    # differences 0.10, 0.11, 0.09: mean 0.10, s = 0.01, half-width t_{.975,2}·0.01/√3 = 0.0248
+    assert beats["difference"]["mean"] == pytest.approx(0.10)
+    assert beats["difference"]["low"] == pytest.approx(0.10 - 4.302653 * 0.01 / math.sqrt(3), abs=1e-6)
+    assert beats["verdict"] == "holds"
+    md = markdown_table({"seeds": [0, 1, 2], **got})
+    assert "| btt beats bt on TA accuracy with ties | holds | 0.100 [" in md
+    assert "| btt | 0.900 [0.900, 0.900] | 0.803 [" in md

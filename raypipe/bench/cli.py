@@ -65,7 +65,7 @@ BENCHES: dict[str, Bench] = {
         "run_reward_ablation",
         "Table 6 in miniature: regression / BT / BTT / BTT last-token",
         "Train each reward variant with the same data and budget on SynthPref (with ties) and write ablation.json + "
-        "ablation.md (accuracy with/without ties).",
+        "ablation.md (accuracy with/without ties over seeds, t-intervals, a verdict per claim); rerun to resume.",
         (
             OUT_DIR,
             REWARD_TINY,
@@ -73,7 +73,7 @@ BENCHES: dict[str, Bench] = {
             arg("--val-pairs", type=int, default=256, dest="val_pairs", help="held-out pairs (default 256)"),
             arg("--steps", type=int, default=150, help="optimizer steps per variant (default 150)"),
             arg("--epochs", type=int, default=2),
-            SEED,
+            arg("--seeds", default="0", help="comma list of seeds: data and training per seed (default 0)"),
             arg("--variants", default=None, help="comma list (default: regression,bt,btt,btt_last_token)"),
             arg("overrides", nargs="*", help="key=value overrides applied to every variant"),
         ),
