@@ -3,6 +3,7 @@ in `BENCHES` (its run function, help, description and arguments as data)."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 from dataclasses import dataclass
@@ -193,6 +194,27 @@ BENCHES: dict[str, Bench] = {
         ),
         epilog=EPILOG_OVERRIDES,
     ),
+    "paper": Bench(
+        "paper",
+        "run_paper_bench",
+        "every miniature table of the paper (Tables 3, 5, 6, App. E) over seeds, 95%% intervals, a verdict per claim",
+        "Builds a judge, pairs and latent rewards once (OUT/inputs), then runs reward-ablation, flow-alignment (VQ "
+        "pairs; DPO on VQ+MQ pairs) and nrg (λ sweep, clean-latent ablation) with --seeds, and writes "
+        "OUT/paper_tables.md (each table beside the paper's claim, verdicts: holds / contradicted / undecided) and "
+        "OUT/paper.json. --budget small: about 30 min on 2 cores; full: about 3 hours. Rerun the same command to "
+        "resume.",
+        (
+            OUT_DIR,
+            arg("--budget", choices=["small", "full"], default="small", help="sizes of every table (default small)"),
+            arg("--seeds", default=None, help="comma list of seeds (default: small 0,1; full 0,1,2)"),
+            arg(
+                "--prompts", type=int, default=None, help="held-out eval prompts per seed (default: small 32; full 128)"
+            ),
+            arg("--tables", default=None, help="comma list of reward,alignment,alignment_vq_mq,nrg (default all)"),
+            arg("--generator", default="assets/tiny-generator", help="the pretrained generator (default the asset)"),
+            arg("--progress", action=argparse.BooleanOptionalAction, default=True, help="a progress bar over stages"),
+        ),
+    ),
     "serve": Bench(
         "serve",
         "run_serve_bench",
@@ -300,6 +322,15 @@ BENCHES: dict[str, Bench] = {
         print_json=False,
     ),  # `python -m raypipe.bench.gpu` reads these arguments from here too
 }
+
+
+def bench_args(name: str, argv: list[str]) -> argparse.Namespace:
+    """The arguments `raypipe bench NAME ARGV...` would get (a bench composing other benches uses this)."""
+    bench = BENCHES[name]
+    p = argparse.ArgumentParser(prog=f"raypipe bench {name}")
+    for flags, kwargs in bench.args:
+        p.add_argument(*flags, **kwargs)
+    return p.parse_args(argv)
 
 
 def add_bench(sub) -> None:
