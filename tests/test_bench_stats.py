@@ -148,6 +148,14 @@ def test_flow_alignment_claims_pair_the_variants_prompt_by_prompt():
     report["runs"] = {n: {s: {"reward_hacking": []} for s in (0, 1)} for n in runs}
     md = _markdown(report)
     assert "| dpo beats sft on VQ by the oracle | holds | 0.50 [" in md and "0 of 2" in md
+    # the SFT-term remedy is judged on what the pairs do not target: dpo_sft's MQ outcomes minus dpo's
+    runs["dpo_sft"] = {s: run([0.5] * 40) for s in (0, 1)}
+    for s in (0, 1):
+        runs["dpo_sft"][s]["outcomes"]["oracle"]["MQ"] = [1.0] * 40
+    claims = {c["claim"]: c for c in alignment_intervals(runs, ["VQ"])["claims"]}
+    assert claims["dpo_sft keeps MQ better than dpo by the oracle"]["verdict"] == "holds"
+    assert claims["dpo_sft keeps TA better than dpo by the reward"]["verdict"] == "undecided at this budget"
+    assert "dpo beats dpo_sft on VQ by the oracle" not in claims
     runs["sft"][1] = run([0, 1])
     with pytest.raises(ValueError, match="different prompts"):
         alignment_intervals(runs, ["VQ"])

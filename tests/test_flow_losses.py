@@ -134,3 +134,25 @@ def test_lift_flow_loss_weights_the_flow_error():
     w = torch.tensor([0.9, 0.2, 0.05])
     assert lift_flow_loss(e, w).item() == pytest.approx((0.18 + 0.08 + 0.05) / 3)
     assert lift_flow_loss(e, torch.ones(3)).item() == pytest.approx(float(e.mean()))  # weight 1 = flow matching
+
+
+def test_dpo_with_sft_term_against_the_formula_and_its_edges():
+    """L = L_DPO(pairs) + λ·mean(e_w over real rows); all-real and no-real batches have no NaN."""
+    from raypipe.flow.losses import dpo_sft_loss
+
+    g = torch.Generator().manual_seed(3)
+    e_w, e_rw, e_l, e_rl = (torch.rand(5, generator=g) for _ in range(4))
+    beta = beta_t(100, torch.rand(5, generator=g), "derived")
+    real = torch.tensor([False, True, False, True, False])
+    loss, stats = dpo_sft_loss(e_w, e_rw, e_l, e_rl, beta, real, 0.5)
+    pairs = [0, 2, 4]
+    dpo = sum(
+        math.log(1 + math.exp((beta[i].item() / 2) * ((e_w[i] - e_rw[i]) - (e_l[i] - e_rl[i])).item())) for i in pairs
+    ) / len(pairs)  # -log σ(z) = log(1 + e^{-z})
+    sft = (e_w[1].item() + e_w[3].item()) / 2
+    assert loss.item() == pytest.approx(dpo + 0.5 * sft, rel=1e-6)
+    assert stats["sft_loss"] == pytest.approx(sft) and stats["real_share"] == pytest.approx(0.4)
+    everything_real, _ = dpo_sft_loss(e_w, e_rw, e_l, e_rl, beta, torch.ones(5, dtype=torch.bool), 2.0)
+    assert everything_real.item() == pytest.approx(2.0 * e_w.mean().item(), rel=1e-6)
+    no_real, stats = dpo_sft_loss(e_w, e_rw, e_l, e_rl, beta, torch.zeros(5, dtype=torch.bool), 2.0)
+    assert no_real.item() == pytest.approx(dpo_loss(e_w, e_rw, e_l, e_rl, beta)[0].item()) and "sft_loss" not in stats

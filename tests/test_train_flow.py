@@ -178,3 +178,53 @@ def test_flow_training_survives_a_killed_worker(ray_local, tmp_path):
     rows = json.loads((ckpts[-1] / "progress.json").read_text())["rows"]
     for epoch, consumed in rows.items():
         assert len(consumed) == len(set(consumed)) == per_worker // 2 * 2, (epoch, consumed)
+
+
+def test_dpo_step_with_real_videos_mixed_in(tmp_path):
+    """At init (policy = reference) the DPO part is log 2 exactly, so the loss is log 2 + λ·(the real rows' flow
+    error); real rows come from with_real_pairs with themselves on both sides."""
+    from types import SimpleNamespace
+
+    from raypipe.flow.families import load_family, make_tiny_generator
+    from raypipe.flow.lora import add_lora
+    from raypipe.flow.pairs import with_real_pairs
+    from raypipe.flow.training import algo_loss
+
+    rows, counts = with_real_pairs(
+        pa.table({"uri_w": ["w0"], "uri_l": ["l0"], "prompt": ["p"], "r": [1.0]}),
+        {"videos": 2},
+        pa.table({"uri": ["real0", "real1"], "prompt": ["q0", "q1"]}),
+    )
+    assert rows.to_pydict() == {
+        "uri_w": ["w0", "real0", "real1"],
+        "uri_l": ["l0", "real0", "real1"],
+        "prompt": ["p", "q0", "q1"],
+        "is_real": [False, True, True],
+    }
+    assert counts == {"videos": 2, "real": 2}
+    gen = load_family(make_tiny_generator("wan", tmp_path / "wan"))
+    add_lora(gen.transformer, r=4, alpha=4)
+
+    class Engine(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, **kwargs):
+            return self.module(**kwargs)
+
+    z_w, z_l = torch.randn(3, 4, 3, 8, 8), torch.randn(3, 4, 3, 8, 8)
+    real = torch.tensor(rows.column("is_real").to_pylist())
+    tensors = {"z_w": z_w, "z_l": z_l, "text": gen.encode_prompts(["p", "q0", "q1"]), "is_real": real}
+    t_cfg = SimpleNamespace(algo="dpo", beta=500.0, beta_schedule="constant", lambda_sft=0.5)
+    loss, stats = algo_loss(gen, Engine(gen.transformer), t_cfg, tensors, torch.Generator().manual_seed(0))
+    assert stats["real_share"] == pytest.approx(2 / 3) and stats["sft_loss"] > 0
+    assert float(loss.detach()) == pytest.approx(np.log(2) + 0.5 * stats["sft_loss"], rel=1e-5)
+
+
+def test_lambda_sft_needs_real_videos(tmp_path):
+    cfg = load_config(
+        FlowTrainConfig, "configs/flow_tiny.yaml", ["synth.pairs=4", "train.lambda_sft=0.5", f"out={tmp_path}"]
+    )
+    with pytest.raises(ConfigError, match="lambda_sft needs real videos"):
+        run_train_flow(cfg)

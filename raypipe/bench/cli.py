@@ -154,7 +154,12 @@ BENCHES: dict[str, Bench] = {
             arg("--pairs", required=True, help="relabel-shaped pairs (e.g. sample-pairs OUT/pairs)"),
             arg("--weights", default="{VQ: 1}", help="dimensions the pairs target (default {VQ: 1})"),
             arg("--config", default="configs/flow_tiny.yaml", help="base train-flow config"),
-            arg("--variants", default=None, help="comma list (default sft,rwr,dpo_beta_t,dpo)"),
+            arg(
+                "--variants",
+                default=None,
+                help="comma list of sft, rwr, dpo_beta_t, dpo, dpo_sft (DPO + an SFT term on clean videos, "
+                "λ_sft = 1) (default sft,rwr,dpo_beta_t,dpo)",
+            ),
             arg("--steps", type=int, default=200, help="optimizer steps per variant (default 200)"),
             arg("--prompts", default="48", help="eval prompts per seed (default 48)"),
             *CLIP,

@@ -101,6 +101,36 @@ def sft_loss(errors: torch.Tensor) -> torch.Tensor:
     return errors.mean()
 
 
+def dpo_sft_loss(
+    e_w: torch.Tensor,
+    e_ref_w: torch.Tensor,
+    e_l: torch.Tensor,
+    e_ref_l: torch.Tensor,
+    beta: torch.Tensor,
+    is_real: torch.Tensor,
+    lambda_sft: float,
+) -> tuple[torch.Tensor, dict]:
+    """Flow-DPO with an SFT term on real / high-quality videos mixed into the same batch (the paper's suggested
+    remedy for what DPO costs the dimensions it does not target):
+
+        L = L_DPO(pairs: rows with is_real = 0) + λ_sft · mean_{rows with is_real = 1} e_θ^w
+
+    where a real row carries its video as the "winner" (e^w is plain flow matching on it, SPEC §5.3) and its loser
+    side is ignored. A batch without pairs has no DPO term (0), one without real rows no SFT term."""
+    real = is_real.to(e_w.device).bool()
+    pairs = ~real
+    if bool(pairs.any()):
+        loss, stats = dpo_loss(e_w[pairs], e_ref_w[pairs], e_l[pairs], e_ref_l[pairs], beta[pairs])
+    else:
+        loss, stats = e_w.sum() * 0.0, {}
+    if bool(real.any()) and lambda_sft:
+        sft = e_w[real].mean()
+        loss = loss + lambda_sft * sft
+        stats["sft_loss"] = float(sft.detach())
+    stats["real_share"] = float(real.float().mean())
+    return loss, stats
+
+
 LOG2 = math.log(2.0)
 
 

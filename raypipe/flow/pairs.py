@@ -152,3 +152,23 @@ def training_rows(
     if algo == "sft":
         return pa.table({"uri": pairs.column("uri_w"), "prompt": pairs.column("prompt")}), counts
     return pairs.select(["uri_w", "uri_l", "prompt"]), counts
+
+
+def with_real_pairs(rows: pa.Table, counts: dict, real: pa.Table) -> tuple[pa.Table, dict]:
+    """Flow-DPO rows plus real videos for the SFT term (`train.lambda_sft`, `losses.dpo_sft_loss`): each real video
+    becomes a row with itself on both sides (`uri_w` = `uri_l`; the loser side is ignored) and `is_real` true;
+    the pairs get `is_real` false. `counts["real"]` says how many were added."""
+    if {"uri_w", "uri_l", "prompt"} - set(rows.column_names):
+        raise ValueError(f"with_real_pairs takes Flow-DPO rows (uri_w, uri_l, prompt), got {rows.column_names}")
+    uris = real.column("uri").to_pylist()
+    added = pa.table(
+        {
+            "uri_w": pa.array(uris, pa.string()),
+            "uri_l": pa.array(uris, pa.string()),
+            "prompt": real.column("prompt").cast(pa.string()),
+            "is_real": pa.array([True] * len(uris), pa.bool_()),
+        }
+    )
+    pairs = rows.select(["uri_w", "uri_l", "prompt"])
+    pairs = pairs.append_column("is_real", pa.array([False] * pairs.num_rows, pa.bool_()))
+    return pa.concat_tables([pairs.cast(added.schema), added]), {**counts, "real": len(uris)}

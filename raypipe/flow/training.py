@@ -52,6 +52,8 @@ def step_loss(gen, engine, t_cfg, batch, generator: torch.Generator) -> tuple[to
             "z_l": latents_of(gen, batch, "l"),
             "text": text_of(gen, batch, prompts, 0.0, generator),
         }
+        if t_cfg.lambda_sft and "is_real" in batch.column_names:
+            tensors["is_real"] = torch.tensor(batch.column("is_real").to_pylist(), dtype=torch.bool)
     else:
         tensors = {
             "z": latents_of(gen, batch, ""),
@@ -69,12 +71,13 @@ def step_loss(gen, engine, t_cfg, batch, generator: torch.Generator) -> tuple[to
 
 
 def algo_loss(gen, engine, t_cfg, tensors: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-    """The loss of one batch given as tensors (see raypipe.flow.losses): `z_w`, `z_l`, `text` for Flow-DPO;
+    """The loss of one batch given as tensors (see raypipe.flow.losses): `z_w`, `z_l`, `text` (+ optional `is_real`
+    with train.lambda_sft) for Flow-DPO;
     `z`, `text` (+ `reward`, optional `is_real` for Flow-RWR; `weight`, optional `is_real` for LiFT) otherwise.
     Noise and t are drawn on the CPU from `generator` (the same on any device), then everything moves to the
     transformer's device."""
     from raypipe.flow.lora import reference
-    from raypipe.flow.losses import beta_t, dpo_loss, flow_error, noised, rwr_loss, sample_t, sft_loss
+    from raypipe.flow.losses import beta_t, dpo_loss, dpo_sft_loss, flow_error, noised, rwr_loss, sample_t, sft_loss
 
     algo, device = t_cfg.algo, gen.device
     if algo == "dpo":
@@ -90,8 +93,10 @@ def algo_loss(gen, engine, t_cfg, tensors: dict, generator: torch.Generator) -> 
         err = flow_error(gen.velocity(xt, tt, tx, model=engine), v)
         with reference(engine.module):
             err_ref = flow_error(gen.velocity(xt, tt, tx, model=engine), v)
-        loss, stats = dpo_loss(err[:n], err_ref[:n], err[n:], err_ref[n:], beta_t(t_cfg.beta, t, t_cfg.beta_schedule))
-        return loss, stats
+        beta = beta_t(t_cfg.beta, t, t_cfg.beta_schedule)
+        if "is_real" in tensors:  # real videos mixed in (train.lambda_sft)
+            return dpo_sft_loss(err[:n], err_ref[:n], err[n:], err_ref[n:], beta, tensors["is_real"], t_cfg.lambda_sft)
+        return dpo_loss(err[:n], err_ref[:n], err[n:], err_ref[n:], beta)
     z, text = tensors["z"].to(device), tensors["text"].to(device)
     if algo == "lift":
         return lift_step_loss(gen, engine, z, text, tensors, generator)

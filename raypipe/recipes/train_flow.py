@@ -61,7 +61,7 @@ from raypipe.flow.cogvideox import TinyCogVideoXConfig
 from raypipe.flow.families import FAMILIES, load_family, make_tiny_generator
 from raypipe.flow.family import TinyWanConfig
 from raypipe.flow.lora import add_lora, save_lora
-from raypipe.flow.pairs import ALGOS, training_rows
+from raypipe.flow.pairs import ALGOS, training_rows, with_real_pairs
 from raypipe.flow.training import step_loss
 from raypipe.video.synth import manifest_or_synthpref
 
@@ -90,8 +90,9 @@ class FlowDataConfig:
         None  # lift, source=ratings: rating -> weight (default Good .9, Normal .2, Bad .05)
     )
     questions: dict[str, str] | None = None  # lift, a LiFT-HRA JSON: the question text of each dimension
-    real_manifest: str | None = None  # lift: real videos (path, prompt) mixed in at train.real_weight
-    real_synth: int = 0  # lift: without real_manifest, this many clean SynthPref renders as the real videos
+    # lift: real videos (path, prompt) mixed in at train.real_weight; dpo with train.lambda_sft: its SFT videos
+    real_manifest: str | None = None
+    real_synth: int = 0  # lift / dpo+lambda_sft: without real_manifest, this many clean SynthPref renders as real
     # r = sum_d w_d r_d over these dimensions, e.g. {MQ: 1}
     weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"VQ": 1.0, "MQ": 1.0, "TA": 1.0})
     min_margin: float = 0.0  # |scalarised preference| must exceed this to make a pair
@@ -115,6 +116,7 @@ class FlowTrainSettings(TrainerSettings):
     beta_schedule: str = "constant"  # constant | derived (β·(1-t)², ablation)
     tau: float = 1.0  # Flow-RWR temperature
     lambda_real: float = 0.0  # Flow-RWR: weight of plain flow matching on real videos (LiFT)
+    lambda_sft: float = 0.0  # Flow-DPO: weight of flow matching on the real videos (data.real_*) in every update
     real_weight: float = 0.9  # lift: the weight of every real video (LiFT: as a Good rating)
     prompt_dropout: float = 0.0  # share of prompts replaced by "" (classifier-free guidance); pretrain: 0.1
 
@@ -213,6 +215,10 @@ def run(cfg: FlowTrainConfig) -> dict:
         relabelled = cfg.data.source == "margins"
         table = read_pair_table(manifest_path, list(cfg.data.weights), cfg.data.video_root, relabelled=relabelled)
         rows, counts = training_rows(table, t.algo, cfg.data.source, cfg.data.weights, cfg.data.min_margin)
+        if t.algo == "dpo" and t.lambda_sft:
+            if not (cfg.data.real_manifest or cfg.data.real_synth):
+                raise ConfigError("train.lambda_sft needs real videos: data.real_manifest=PATH or data.real_synth=N")
+            rows, counts = with_real_pairs(rows, counts, real_videos(cfg, out))
     require_one_step(rows.num_rows, t, "training rows", f" ({counts})")
     save_config(cfg, out)
     init_ray(cfg.address)
@@ -259,7 +265,6 @@ def lift_rows(cfg: FlowTrainConfig, manifest_path: str, out: Path) -> tuple[pa.T
     from raypipe.data.ratings import load_ratings
     from raypipe.flow.lift import rating_rows, weight_rows, with_real
     from raypipe.video.source import join_uri
-    from raypipe.video.synth_real import make_real_synthpref
 
     d = cfg.data
     source = d.source
@@ -285,17 +290,29 @@ def lift_rows(cfg: FlowTrainConfig, manifest_path: str, out: Path) -> tuple[pa.T
         rows, counts = weight_rows(table, d.weight_column, d.weight_transform)
     counts["source"] = source
     if d.real_manifest or d.real_synth:
-        if d.real_manifest:
-            real, root = read_table(d.real_manifest), default_root(d.real_manifest)
-        else:
-            folder = out / "real"
-            if not (folder / "manifest.parquet").exists():
-                make_real_synthpref(folder, d.real_synth, dataclasses.replace(cfg.synth, seed=cfg.synth.seed + 1))
-            real, root = pq.read_table(folder / "manifest.parquet"), str(folder)
-        uris = [join_uri(root, p) for p in real.column("path").to_pylist()]
-        real = pa.table({"uri": uris, "prompt": real.column("prompt")})
-        rows, counts = with_real(rows, counts, real, cfg.train.real_weight)
+        rows, counts = with_real(rows, counts, real_videos(cfg, out), cfg.train.real_weight)
     return rows, counts
+
+
+def real_videos(cfg: FlowTrainConfig, out: Path) -> pa.Table:
+    """The real videos (`uri`, `prompt`): data.real_manifest (path, prompt), else data.real_synth clean renders."""
+    from raypipe.data.manifest import default_root, read_table
+    from raypipe.video.source import join_uri
+    from raypipe.video.synth_real import make_real_synthpref
+
+    d = cfg.data
+    if d.real_manifest:
+        real, root = read_table(d.real_manifest), default_root(d.real_manifest)
+    else:
+        folder = out / "real"
+        if not (folder / "manifest.parquet").exists():
+            make_real_synthpref(folder, d.real_synth, dataclasses.replace(cfg.synth, seed=cfg.synth.seed + 1))
+        real, root = pq.read_table(folder / "manifest.parquet"), str(folder)
+    missing = sorted({"path", "prompt"} - set(real.column_names))
+    if missing:
+        raise ConfigError(f"the real videos' manifest lacks columns {missing} (needs path, prompt)")
+    uris = [join_uri(root, p) for p in real.column("path").to_pylist()]
+    return pa.table({"uri": uris, "prompt": real.column("prompt")})
 
 
 def _decoded_clips(cfg: FlowTrainConfig, rows: pa.Table):
