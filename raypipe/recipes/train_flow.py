@@ -219,6 +219,8 @@ def run(cfg: FlowTrainConfig) -> dict:
             if not (cfg.data.real_manifest or cfg.data.real_synth):
                 raise ConfigError("train.lambda_sft needs real videos: data.real_manifest=PATH or data.real_synth=N")
             rows, counts = with_real_pairs(rows, counts, real_videos(cfg, out))
+    if "is_real" in rows.column_names:  # real rows were appended last: spread them over every worker's shard
+        rows = rows.take(pa.array(np.random.default_rng(t.seed).permutation(rows.num_rows)))
     require_one_step(rows.num_rows, t, "training rows", f" ({counts})")
     save_config(cfg, out)
     init_ray(cfg.address)
