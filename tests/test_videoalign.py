@@ -218,7 +218,9 @@ def test_export_round_trip_gives_identical_scores(tmp_path, base, template_file)
     assert config["model_config"]["output_dim"] == 3 and config["inference_config"]["MQ_std"] == 0.5
     loaded = VideoReward.from_pretrained(out, template_file=str(template_file))
     frames, prompts = clips(), ["a red circle moving left", "a blue square"]
-    torch.testing.assert_close(loaded.score(frames, prompts), model.score(frames, prompts), atol=1e-6, rtol=1e-6)
+    # the same scores up to float32 rounding (the export's weight arithmetic and the CPU's matmul kernels: 2.8e-6
+    # was seen on an AVX-512 machine)
+    torch.testing.assert_close(loaded.score(frames, prompts), model.score(frames, prompts), atol=1e-5, rtol=1e-5)
     assert loaded.norm_stats == model.norm_stats
 
 
