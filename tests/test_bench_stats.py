@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from raypipe.bench.lift import findings, finetune_intervals, markdown
+from raypipe.bench.lift import critic_intervals, findings, finetune_intervals, markdown
 from raypipe.bench.stats import bootstrap_means, excludes, fmt, mean_ci, outcomes, paired_ci, verdict, win_rate_ci
 
 
@@ -34,6 +34,12 @@ def test_lift_findings_say_what_holds():
                 "score_only": {d: flat for d in ("VQ", "MQ", "TA")},
             },
             "reasons_minus_score_only": {"VQ": zero_up, "MQ": zero_flat, "TA": zero_flat},
+            "runs": {
+                "reasons": {
+                    s: {"ta_reasons": {"names_wrong_attributes": e, "names_some_wrong_attribute": o}}
+                    for s, e, o in ((0, 0.1, 0.4), (1, 0.2, 0.5), (2, 0.3, 0.6))
+                }
+            },
         },
         "finetune": {
             "win_rate": {"lift": {j: {"VQ": hold, "MQ": flat, "TA": flat} for j in ("oracle", "reward")}},
@@ -49,6 +55,8 @@ def test_lift_findings_say_what_holds():
     report["findings"] = lines
     md = markdown(report)
     assert "| reasons | 0.710 [" in md and "| with − without real | oracle |" in md
+    assert "name exactly the wrong attributes 0.200 [" in md and "nothing false 0.500 [" in md
+    assert "Student-t over the per-seed accuracies" in md  # these intervals carry no bootstrap method
 
 
 def test_outcomes_and_win_rate_counts():
@@ -205,3 +213,51 @@ def test_reward_ablation_intervals_and_claims():
     md = markdown_table({"seeds": [0, 1, 2], **got})
     assert "| btt beats bt on TA accuracy with ties | holds | 0.100 [" in md
     assert "| btt | 0.900 [0.900, 0.900] | 0.803 [" in md
+
+
+def test_lift_critic_intervals_pool_videos_and_pair_them_by_path():
+    def run(vq, order=None):
+        paths = [f"v{i}.mp4" for i in range(len(vq))]
+        pick = order or range(len(vq))
+        return {
+            "accuracy": {"VQ": np.mean([v for v in vq if v is not None])},
+            "correct": {d: {paths[i]: vq[i] for i in pick} for d in ("VQ", "MQ", "TA")},
+        }
+
+    runs = {
+        "reasons": {0: run([1, 1, 0, None]), 1: run([1, 1, 1, 0])},
+        "score_only": {0: run([0, 1, 0, 1], order=[3, 2, 1, 0]), 1: run([0, 0, 1, 0])},
+    }
+    got = critic_intervals(runs, [0, 1])
+    vq = got["accuracy"]["reasons"]["VQ"]
+    assert vq["mean"] == pytest.approx(5 / 7) and vq["n"] == 7 and vq["seeds"] == 2 and "bootstrap" in vq["method"]
+    # paired by path whatever the order; the unrated video of seed 0 drops out: 1,0,0 and 1,1,0,0 -> 3/7
+    diff = got["reasons_minus_score_only"]["VQ"]
+    assert diff["mean"] == pytest.approx(3 / 7) and diff["n"] == 7 and diff["low"] <= diff["mean"] <= diff["high"]
+    runs["score_only"][1]["correct"]["VQ"] = {"other.mp4": 1}
+    with pytest.raises(ValueError, match="different held-out videos"):
+        critic_intervals(runs, [0, 1])
+    old = {
+        n: {s: {"accuracy": {"VQ": a}, "correct": None} for s, a in zip((0, 1, 2), v)}
+        for n, v in (("reasons", (0.7, 0.8, 0.75)), ("score_only", (0.6, 0.7, 0.65)))
+    }
+    got = critic_intervals(old, [0, 1, 2])  # runs from before per-video outcomes: t-interval over seeds
+    assert got["reasons_minus_score_only"]["VQ"]["mean"] == pytest.approx(0.1)
+    assert got["reasons_minus_score_only"]["VQ"]["low"] == pytest.approx(0.1)  # identical differences: zero width
+
+
+def test_heaviest_dimensions_and_clipped_t_intervals():
+    from raypipe.bench.nrg import heaviest
+
+    assert heaviest({"VQ": 0.1, "MQ": 0.1, "TA": 0.8}) == ["TA"]
+    assert heaviest({"MQ": 0.5, "VQ": 0.5, "TA": 0.0}) == ["VQ", "MQ"]  # both tied ones, in judged order
+    assert heaviest({"VQ": 1 / 3, "MQ": 1 - 2 / 3, "TA": 1 / 3}) == ["VQ", "MQ", "TA"]  # float noise is a tie
+    assert heaviest({"Overall": 1.0}) == []
+    # two seeds: t_{.975,1}·s/√2 = 12.706·0.1414/1.414 = 1.27 around 0.8 -> cut at 1 (and at 0)
+    ci = mean_ci([0.7, 0.9], bounds=(0.0, 1.0))
+    assert ci["low"] == 0.0 and ci["high"] == 1.0 and ci["clipped"] and ci["mean"] == pytest.approx(0.8)
+    inside = mean_ci([0.70, 0.71, 0.72], bounds=(0.0, 1.0))
+    assert "clipped" not in inside and inside["high"] == pytest.approx(0.71 + 4.302653 * 0.01 / math.sqrt(3))
+    d = paired_ci([0.9, 0.1], [0.1, 0.9], bounds=(-1.0, 1.0))
+    assert d["low"] == -1.0 and d["high"] == 1.0 and d["mean"] == 0.0
+    assert paired_ci([0.9, 0.1], [0.1, 0.9])["high"] > 1.0  # without bounds nothing is cut

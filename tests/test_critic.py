@@ -163,6 +163,8 @@ def test_critic_report_counts_unparsable_as_wrong():
     assert r["VQ"]["confusion"]["Good"] == {"Good": 1, "Normal": 0, "Bad": 0, "unparsable": 1}
     assert r["TA"]["accuracy"] == 0.5
     assert r["TA"]["reasons"]["names_wrong_attributes"] == 1.0 and r["TA"]["reasons"]["no_false_claims"] == 1.0
+    assert r["TA"]["reasons"]["names_some_wrong_attribute"] == 1.0
+    assert r["VQ"]["correct"] == [1, 1, 0, None] and r["TA"]["correct"] == [1, 0]
     assert r["mean_accuracy"] == pytest.approx((2 / 3 + 0.5) / 2)
     assert math.isnan(critic_report({"VQ": []}, {"VQ": []}, ["VQ"])["VQ"]["accuracy"])
 

@@ -226,6 +226,15 @@ def test_synth_reason_by_hand_and_its_check():
         "the circle is blue, not red, and moves up, not left.", ("red", "circle", "left"), ("blue", "circle", "left")
     )
     assert sr.reason_check("It is a red circle moving left.", ("red", "circle", "left"), ("red", "circle", "left"))
+    # the looser reading: at least one wrong attribute named right, no false claim; a partial answer passes
+    p, s = ("red", "circle", "left"), ("blue", "square", "left")
+    assert sr.reason_names_some("the circle is blue, not red.", p, s) and not sr.reason_check(
+        "the circle is blue, not red.", p, s
+    )
+    assert sr.reason_names_some("It is a square, not a circle, and the square is blue, not red.", p, s)
+    assert not sr.reason_names_some("the circle is green, not red.", p, s)  # wrong value shown
+    assert not sr.reason_names_some("the circle is blue, not red, and moves up, not left.", p, s)  # a false claim
+    assert not sr.reason_names_some("It is a red circle moving left.", p, s)  # names nothing
 
 
 def test_rating_noise_flips_the_expected_share_and_keeps_the_truth(tmp_path):

@@ -8,7 +8,9 @@
     the base generator: win rates by the oracle and by a VideoReward model, on the same prompts and noise;
 (c) with vs without the real videos: the oracle's MQ (temporal fidelity) win rate of (b) minus that of the run
     without them, paired by seed.
-Intervals (`raypipe.bench.stats`): critic accuracies are means over seeds with a Student-t 95% interval; win rates
+Intervals (`raypipe.bench.stats`): critic accuracies pool every seed's held-out videos in the two-level bootstrap
+(seeds, then videos; reasons − score-only paired video by video: both variants of a seed answer one held-out set;
+runs without per-video outcomes fall back to a Student-t interval over seeds); win rates
 and their differences pool every seed's eval prompts in a two-level bootstrap (seeds, then prompts within a seed;
 ties count ½; (c) pairs the two variants prompt by prompt, same prompts and noise). A finding holds here only when
 its interval excludes the null (0.5 for a win rate, 0 for a difference), is contradicted when the interval lies
@@ -76,17 +78,49 @@ def _critic_part(args, out: Path, seeds: list[int]) -> dict:
             runs[name][seed] = {
                 "steps": summary["steps"],
                 "accuracy": {d: val[d]["accuracy"] for d in DIMS if d in val},
+                "correct": {d: dict(zip(val["paths"], val[d]["correct"])) for d in DIMS if d in val}
+                if "paths" in val
+                else None,
                 "ta_reasons": (val.get("TA") or {}).get("reasons"),
             }
-    table = {name: {d: mean_ci([r["accuracy"].get(d) for r in runs[name].values()]) for d in DIMS} for name in runs}
-    diff = {
-        d: paired_ci(
-            [runs["reasons"][s]["accuracy"].get(d) for s in seeds],
-            [runs["score_only"][s]["accuracy"].get(d) for s in seeds],
-        )
-        for d in DIMS
-    }
-    return {"runs": runs, "accuracy": table, "reasons_minus_score_only": diff}
+    return {"runs": runs, **critic_intervals(runs, seeds)}
+
+
+def critic_intervals(runs: dict, seeds: list[int]) -> dict:
+    """Held-out accuracy per variant and dimension, and reasons − score-only. With every run's per-video outcomes
+    (`correct`: {path: 1/0/None}) both pool seeds x held-out videos in the two-level bootstrap, the difference
+    paired video by video (both variants of a seed answer the same held-out set); otherwise a Student-t interval
+    over the per-seed accuracies."""
+    per_video = all(r.get("correct") for per in runs.values() for r in per.values())
+    if not per_video:
+        table = {
+            n: {d: mean_ci([r["accuracy"].get(d) for r in runs[n].values()], bounds=(0.0, 1.0)) for d in DIMS}
+            for n in runs
+        }
+        diff = {
+            d: paired_ci(
+                [runs["reasons"][s]["accuracy"].get(d) for s in seeds],
+                [runs["score_only"][s]["accuracy"].get(d) for s in seeds],
+                bounds=(-1.0, 1.0),
+            )
+            for d in DIMS
+        }
+        return {"accuracy": table, "reasons_minus_score_only": diff}
+
+    def outcomes(run: dict, d: str) -> list[float]:
+        return [float(v) for _, v in sorted(run["correct"].get(d, {}).items()) if v is not None]
+
+    table = {n: {d: bootstrap_ci([outcomes(r, d) for r in runs[n].values()]) for d in DIMS} for n in runs}
+    diff = {}
+    for d in DIMS:
+        groups = []
+        for s in seeds:
+            a, b = (runs[v][s]["correct"].get(d, {}) for v in ("reasons", "score_only"))
+            if set(a) != set(b):
+                raise ValueError(f"seed {s}: the critic variants answered different held-out videos")
+            groups.append([float(a[p] - b[p]) for p in sorted(a) if a[p] is not None and b[p] is not None])
+        diff[d] = bootstrap_ci(groups)
+    return {"accuracy": table, "reasons_minus_score_only": diff}
 
 
 def _reward_for_bench(args, out: Path) -> str:
@@ -204,6 +238,23 @@ def markdown(report: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(fmt(per[d], 3) for d in DIMS) + " |")
         diff = critic["reasons_minus_score_only"]
         lines += ["| reasons − score only | " + " | ".join(fmt(diff[d], 3) for d in DIMS) + " |", ""]
+        method = diff["TA"].get("method")
+        lines += [
+            f"Interval: {method}; the difference is paired video by video."
+            if method
+            else "Interval: Student-t over the per-seed accuracies.",
+            "",
+        ]
+        reasons = [r["ta_reasons"] for r in critic.get("runs", {}).get("reasons", {}).values() if r.get("ta_reasons")]
+        if reasons:
+            exact = mean_ci([r["names_wrong_attributes"] for r in reasons])
+            some = mean_ci([r.get("names_some_wrong_attribute") for r in reasons])
+            lines += [
+                "TA reasons of the critic with reasons, on held-out videos with a wrong attribute (mean over seeds, "
+                f"t-interval): name exactly the wrong attributes {fmt(exact, 3)}; name at least one of them and "
+                f"nothing false {fmt(some, 3)} (LiFT's goal: 0.70).",
+                "",
+            ]
     tune = report.get("finetune") or {}
     if tune:
         lines += ["## (b, c) fine-tuning: win rate over the base generator", ""]

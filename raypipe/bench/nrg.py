@@ -20,6 +20,7 @@ Writes OUT/nrg.json and OUT/nrg.md; each seed's own report in OUT/s<seed>/nrg.js
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -109,6 +110,16 @@ def run_name(kind: str, weights: str, strength: float) -> str:
     return f"{kind} {weights} λ={strength:g}"
 
 
+def heaviest(weights: dict) -> list[str]:
+    """The judged dimensions that carry the largest weight: every one of them when the top weight is shared
+    ({VQ: .5, MQ: .5} makes a claim about VQ and one about MQ), none when no judged dimension is weighted."""
+    judged = {d: float(w) for d, w in weights.items() if d in JUDGED}
+    if not judged:
+        return []
+    top = max(judged.values())
+    return [d for d in JUDGED if d in judged and math.isclose(judged[d], top, rel_tol=1e-9, abs_tol=1e-12)]
+
+
 def nrg_intervals(per_seed: dict) -> dict:
     """Every run's win rates pooled over seeds x prompts; the claims of Table 5 and of the clean-latent ablation."""
     names = list(next(iter(per_seed.values()))["runs"])
@@ -126,14 +137,13 @@ def nrg_intervals(per_seed: dict) -> dict:
             "win_rate": win,
             "hacking_seeds": sum(bool(r["reward_hacking"]) for r in seed_runs.values()),
         }
-        top = max((d for d in JUDGED if d in first["weights"]), key=lambda d: first["weights"][d], default=None)
-        if name.startswith("noisy") and top is not None:
-            for judge in ("reward", "oracle"):
-                text = f"{name} raises {top} (its heaviest weight) by the {judge}"
-                claims.append({"claim": text, "verdict": verdict(win[judge][top]), "win rate": win[judge][top]})
-        if name.startswith("clean") and top is not None:
+        for top in heaviest(first["weights"]):
+            if name.startswith("noisy"):
+                for judge in ("reward", "oracle"):
+                    text = f"{name} raises {top} (its heaviest weight) by the {judge}"
+                    claims.append({"claim": text, "verdict": verdict(win[judge][top]), "win rate": win[judge][top]})
             noisy_name = "noisy" + name[len("clean") :]
-            if noisy_name in names:
+            if name.startswith("clean") and noisy_name in names:
                 noisy_runs = {s: r["runs"][noisy_name] for s, r in per_seed.items()}
                 ci = bootstrap_ci(paired_differences(noisy_runs, seed_runs, "oracle", top))
                 text = f"noise-aware guides {top} better than clean ({name[len('clean ') :]}, oracle)"

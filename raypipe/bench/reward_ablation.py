@@ -7,11 +7,11 @@ Each is scored on the same held-out pairs: accuracy without ties and with tie ca
 Expectation from the paper: BTT ≈ BT without ties, BTT clearly better with ties; separate tokens ≥ last token.
 
 `--seeds 0,1,2` repeats everything per seed (its own SynthPref train/held-out sets, seeds 1+10s / 2+10s, and
-training seed s; OUT/s<seed>/<variant>, read back on a rerun). Accuracies are means over seeds with a Student-t
-95% interval; the claims (BTT beats BT, regression and the last-token head on accuracy with ties) are per-seed
-paired differences with a verdict each. The held-out pairs differ per seed, so the interval covers both the
-training noise and the choice of held-out pairs; tie calibration (ε*) is fitted on each held-out set, which is why
-the pairs are not resampled individually.
+training seed s; OUT/s<seed>/<variant>, read back on a rerun). Accuracies are means over seeds with a Student-t 95%
+interval (cut at [0, 1]; differences at [−1, 1]); the claims (BTT beats BT, regression and the last-token head on
+accuracy with ties) are per-seed paired differences with a verdict each. The held-out pairs differ per seed, so the
+interval covers both the training noise and the choice of held-out pairs; tie calibration (ε*) is fitted on each
+held-out set, which is why the pairs are not resampled individually.
 """
 
 from __future__ import annotations
@@ -102,14 +102,17 @@ def ablation_intervals(per_seed: dict, variants: list[str]) -> dict:
         return [((r.get(variant) or {}).get("val") or {}).get(dim, {}).get(key) for r in per_seed.values()]
 
     accuracy = {
-        v: {d: {k: mean_ci(acc(v, d, k)) for k in ("acc_without_ties", "acc_with_ties")} for d in DIMS}
+        v: {
+            d: {k: mean_ci(acc(v, d, k), bounds=(0.0, 1.0)) for k in ("acc_without_ties", "acc_with_ties")}
+            for d in DIMS
+        }
         for v in variants
     }
     claims = []
     for better, worse in CLAIMS:
         if better in variants and worse in variants:
             for d in DIMS:
-                ci = paired_ci(acc(better, d, "acc_with_ties"), acc(worse, d, "acc_with_ties"))
+                ci = paired_ci(acc(better, d, "acc_with_ties"), acc(worse, d, "acc_with_ties"), bounds=(-1.0, 1.0))
                 text = f"{better} beats {worse} on {d} accuracy with ties"
                 claims.append({"claim": text, "verdict": verdict(ci, 0.0), "difference": ci})
     return {"accuracy": accuracy, "claims": claims}
@@ -119,7 +122,7 @@ def markdown_table(table: dict) -> str:
     seeds = table["seeds"]
     head = "| variant | " + " | ".join(f"{d} w/o ties | {d} w/ ties" for d in DIMS) + " |"
     lines = [
-        f"Held-out accuracy, mean over {len(seeds)} seeds {seeds} [Student-t 95% interval]",
+        f"Held-out accuracy, mean over {len(seeds)} seeds {seeds} [Student-t 95% interval, cut at [0, 1]]",
         "",
         head,
         "|---|" + "---|---|" * len(DIMS),

@@ -8,7 +8,8 @@
     verdict(ci, null=0.5)                  # "holds" / "contradicted" / "undecided at this budget"
 
 t-interval (`mean_ci`): with n values the half-width is t_{0.975, n−1}·s/√n (s the sample standard deviation);
-n = 1 gives no interval (low = high = None): one seed is not a result.
+n = 1 gives no interval (low = high = None): one seed is not a result. An accuracy's interval is cut at [0, 1]
+(a difference's at [−1, 1]) and marked `clipped`: with two seeds t_{0.975,1} = 12.7 can reach past them.
 
 Bootstrap (`win_rate_ci`, `BOOTSTRAP_METHOD`): a two-level percentile bootstrap. Each of B resamples draws the
 seeds with replacement, then within every drawn seed its prompts with replacement, and takes the mean outcome over
@@ -24,7 +25,9 @@ import math
 import numpy as np
 
 
-def mean_ci(values, level: float = 0.95) -> dict:
+def mean_ci(values, level: float = 0.95, bounds: tuple[float, float] | None = None) -> dict:
+    """The mean with its Student-t interval. `bounds`: the values the quantity can take (an accuracy: (0, 1)); an
+    interval reaching past them (few seeds: t_{0.975,1} = 12.7) is cut at them and says so (`clipped`)."""
     from scipy import stats
 
     x = np.asarray([v for v in values if v is not None and math.isfinite(v)], float)
@@ -33,13 +36,17 @@ def mean_ci(values, level: float = 0.95) -> dict:
     if len(x) >= 2:
         half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
         out["low"], out["high"] = out["mean"] - half, out["mean"] + half
+        if bounds is not None and (out["low"] < bounds[0] or out["high"] > bounds[1]):
+            out["low"], out["high"] = max(out["low"], bounds[0]), min(out["high"], bounds[1])
+            out["clipped"] = True
     return out
 
 
-def paired_ci(a, b, level: float = 0.95) -> dict:
-    """The interval of the mean per-seed difference a_i − b_i (pairs with a missing side are left out)."""
+def paired_ci(a, b, level: float = 0.95, bounds: tuple[float, float] | None = None) -> dict:
+    """The interval of the mean per-seed difference a_i − b_i (pairs with a missing side are left out); `bounds`
+    as in `mean_ci` (a difference of accuracies: (−1, 1))."""
     pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
-    return mean_ci([x - y for x, y in pairs], level)
+    return mean_ci([x - y for x, y in pairs], level, bounds)
 
 
 def excludes(ci: dict, value: float) -> str:

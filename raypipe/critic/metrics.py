@@ -23,30 +23,39 @@ def parse_all(answers: list[str]) -> tuple[list[str | None], list[str | None], i
 
 def rating_accuracy(predicted: list[str | None], truth: list[str | None]) -> dict:
     """Accuracy over the rows that have a true rating (an unparsable answer counts as wrong), the number of such
-    rows, and the confusion matrix {true: {predicted | "unparsable": count}}."""
+    rows, the confusion matrix {true: {predicted | "unparsable": count}}, and `correct`: per input row 1 / 0, or
+    None where the row has no true rating (aligned with the input, so a bench can bootstrap over videos)."""
     rows = [(p, t) for p, t in zip(predicted, truth) if t in RATINGS]
     confusion = {t: {p: 0 for p in (*RATINGS, "unparsable")} for t in RATINGS}
     for p, t in rows:
         confusion[t][p if p in RATINGS else "unparsable"] += 1
-    correct = sum(p == t for p, t in rows)
-    return {"accuracy": correct / len(rows) if rows else float("nan"), "n": len(rows), "confusion": confusion}
+    correct = [int(p == t) if t in RATINGS else None for p, t in zip(predicted, truth)]
+    return {
+        "accuracy": sum(p == t for p, t in rows) / len(rows) if rows else float("nan"),
+        "n": len(rows),
+        "confusion": confusion,
+        "correct": correct,
+    }
 
 
 def reason_quality(reasons: list[str | None], prompt_attrs: list, shown: list) -> dict:
     """On videos with at least one wrong attribute: the share whose reason names exactly the wrong attributes with
-    the values shown (`reason_check`); on videos with none: the share whose reason claims nothing wrong."""
-    from raypipe.video.synth_ratings import reason_check, reason_claims
+    the values shown (`reason_check`), and the looser share whose reason names at least one of them correctly and
+    nothing that is not wrong; on videos with none: the share whose reason claims nothing wrong."""
+    from raypipe.video.synth_ratings import reason_check, reason_claims, reason_names_some
 
-    wrong_ok, wrong_n, clean_ok, clean_n = 0, 0, 0, 0
+    wrong_ok, some_ok, wrong_n, clean_ok, clean_n = 0, 0, 0, 0, 0
     for reason, p, s in zip(reasons, prompt_attrs, shown):
         if tuple(p) != tuple(s):
             wrong_n += 1
             wrong_ok += reason is not None and reason_check(reason, p, s)
+            some_ok += reason is not None and reason_names_some(reason, p, s)
         else:
             clean_n += 1
             clean_ok += reason is not None and not reason_claims(reason)
     return {
         "names_wrong_attributes": wrong_ok / wrong_n if wrong_n else float("nan"),
+        "names_some_wrong_attribute": some_ok / wrong_n if wrong_n else float("nan"),
         "videos_with_wrong_attributes": wrong_n,
         "no_false_claims": clean_ok / clean_n if clean_n else float("nan"),
         "videos_without": clean_n,

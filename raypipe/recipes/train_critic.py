@@ -324,7 +324,10 @@ def held_out_report(critic, rows: list[dict], dims, limit: int | None, progress:
             {"prompt": m["prompt"], "path": m["path"], **{d: merged[d][i] for d in dims}}
             for i, m in enumerate(meta[:8])
         ]
-    return critic_report(merged, truth_of(meta, dims), dims, synth_truth(meta))
+    report = critic_report(merged, truth_of(meta, dims), dims, synth_truth(meta))
+    if limit is None:
+        report["paths"] = [m["path"] for m in meta]  # the order of every dimension's `correct`
+    return report
 
 
 def curve_point(window: Window, step: int, epoch: int, lr: float, train_s: float) -> dict:

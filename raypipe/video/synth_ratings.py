@@ -121,3 +121,12 @@ def reason_check(reason: str, prompt_attrs, shown) -> bool:
     """True when the reason names exactly the wrong attributes, each with the value the video really shows."""
     truth = {k: (s, p) for k, p, s in zip(ATTRIBUTES, prompt_attrs, shown) if p != s}
     return reason_claims(reason) == truth
+
+
+def reason_names_some(reason: str, prompt_attrs, shown) -> bool:
+    """True when the reason names at least one wrong attribute with the value shown and every claim it makes is
+    true; unlike `reason_check` it may leave other wrong attributes out (the looser reading of "names the wrong
+    attribute")."""
+    truth = {k: (s, p) for k, p, s in zip(ATTRIBUTES, prompt_attrs, shown) if p != s}
+    claims = reason_claims(reason)
+    return bool(claims) and all(truth.get(k) == v for k, v in claims.items())
