@@ -20,9 +20,20 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     kwargs = dict(ignore_reinit_error=True, include_dashboard=False, log_to_driver=not quiet)
     if address:
         ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+    else:  # our own local Ray: its workers start with the framework's unactionable warnings silenced
+        ray.init(num_cpus=num_cpus, runtime_env={"worker_process_setup_hook": f"{__name__}.quiet_worker"}, **kwargs)
     return ray
+
+
+def quiet_worker() -> None:
+    """Run in every worker process of a local Ray: silences what a user can do nothing about. Ray Train's detached
+    placement-group cleaner warns whenever one state query times out (every busy second on a 2-core machine), and
+    DeepSpeed calls a torch collective that torch has deprecated (a FutureWarning on every step)."""
+    import logging
+    import warnings
+
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated")
 
 
 def configure_data_context(progress: bool = True, object_store_limit_mb: int | None = None) -> None:
