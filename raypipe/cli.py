@@ -248,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from raypipe.config import ConfigError
+    from raypipe.data.location import LocationError
     from raypipe.data.manifest import ManifestError
 
     parser = build_parser()
@@ -265,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ManifestError, FileNotFoundError) as e:
         print(f"raypipe {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except LocationError as e:  # an output store that failed mid-run: what was written stays, rerun to resume
+        print(f"raypipe {args.command}: storage error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

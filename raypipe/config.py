@@ -273,12 +273,17 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
     return _build(cls, data)
 
 
+def config_yaml(cfg: Any) -> str:
+    """The resolved config as the YAML text `save_config` writes (for outputs that are not local folders)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def save_config(cfg: Any, out_dir: str | os.PathLike, name: str = "config.yaml") -> Path:
     """Write the resolved config next to an output, so every result says how it was made."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / name
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    path.write_text(config_yaml(cfg))
     return path
 
 

@@ -14,6 +14,48 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Object storage in tests is a real S3-protocol server on loopback (moto, the `s3` fixture), reached through the
+# ordinary AWS variables, set here before any Ray worker starts so that decode tasks see them too. Never real S3.
+S3_PORT = _free_port()
+os.environ.update(
+    AWS_ENDPOINT_URL=f"http://127.0.0.1:{S3_PORT}",
+    AWS_ACCESS_KEY_ID="raypipe-test",
+    AWS_SECRET_ACCESS_KEY="raypipe-test",
+    AWS_DEFAULT_REGION="us-east-1",
+    AWS_REGION="us-east-1",
+    AWS_EC2_METADATA_DISABLED="true",
+)
+for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SHARED_CREDENTIALS_FILE"):
+    os.environ.pop(_name, None)
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3-protocol endpoint (moto's standalone server) on 127.0.0.1 with the bucket `raypipe-test`;
+    yields a function that makes a fresh `s3://raypipe-test/<name>-<n>` prefix per use."""
+    import itertools
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
+    server.start()
+    boto3.client("s3").create_bucket(Bucket="raypipe-test")
+    counter = itertools.count()
+    yield lambda name="t": f"s3://raypipe-test/{name}-{next(counter)}"
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray instance (2 CPUs) shared by every test that needs a cluster."""

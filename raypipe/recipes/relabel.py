@@ -22,6 +22,8 @@ Outputs in OUT:
 - `_summary.json`: rows by outcome, videos (this run / resumed), errors by kind, throughput, wall time.
 - `_config.yaml`: the resolved config; `_progress/`: resume state. Names starting with `_` are skipped by
   Parquet dataset readers, so `pq.read_table(OUT)` / `ray.data.read_parquet(OUT)` read just the rows.
+OUT may be a local folder or an object-store prefix (`s3://bucket/relabeled`, `gs://…`; `raypipe.data.location`):
+parts, summary and resume state all go there, so a job on a cluster without a shared filesystem resumes from it.
 """
 
 from __future__ import annotations
@@ -31,15 +33,15 @@ import json
 import os
 import time
 from collections import Counter
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raypipe.config import ConfigError, SamplingConfig, save_config
+from raypipe.config import ConfigError, SamplingConfig, config_yaml
 from raypipe.critic.model import critic_dimensions
 from raypipe.critic.relabel import assemble_critic
 from raypipe.data.inputs import resolve_input
+from raypipe.data.location import Location, LocationError
 from raypipe.data.ratings import DEFAULT_WEIGHT_MAP, check_weight_map
 from raypipe.distributed.cluster import configure_data_context, init_ray
 from raypipe.distributed.scoring import score_videos
@@ -77,7 +79,7 @@ class RelabelConfig:
     base: str | None = None
     # the official prompt_template.py (or a text file) for the videoalign template; default $RAYPIPE_VIDEOALIGN_TEMPLATE
     template_file: str | None = None
-    out: str = "relabel-out"  # output folder
+    out: str = "relabel-out"  # output folder, or an object-store prefix (s3://bucket/relabeled)
     video_root: str | None = None  # relative manifest paths resolve against this (default: the manifest's folder)
     prompts: str | None = None  # `path,prompt` sidecar for a folder/glob (default: prompts.csv|parquet in it)
     sampling: SamplingConfig | None = None  # None: the checkpoint's sampling.json
@@ -207,9 +209,11 @@ def run(cfg: RelabelConfig) -> dict:
     notes = inp.notes + notes
     checkpoint = cfg.critic or cfg.reward
     sampling, sampling_source = resolve_sampling(checkpoint, cfg.sampling)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(dataclasses.replace(cfg, sampling=sampling), out, CONFIG_FILE)
+    try:
+        out = Location(cfg.out).mkdir()  # a local folder or an object-store prefix (s3://bucket/relabeled)
+        out.write_text(CONFIG_FILE, config_yaml(dataclasses.replace(cfg, sampling=sampling)))
+    except LocationError as e:
+        raise ConfigError(f"out: {e}") from None
     videos, per_side = video_table(inp)
     state = Progress(
         out,
@@ -252,7 +256,9 @@ def run(cfg: RelabelConfig) -> dict:
         "complete": True,
         "notes": notes,
     }
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    if state.skipped:
+        summary["notes"].append(f"unreadable progress shards set aside and their videos scored again: {state.skipped}")
+    out.write_text(SUMMARY_FILE, json.dumps(summary, indent=2))
     _print_summary(summary)
     return summary
 

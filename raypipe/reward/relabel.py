@@ -4,22 +4,21 @@ OUT/_progress, and the assembly of one output row per input row (`raypipe.recipe
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 
 from raypipe.config import ConfigError
 from raypipe.data.inputs import RelabelInput
+from raypipe.data.location import Location
 from raypipe.data.manifest import label_name
 from raypipe.reward.scoring import distinct_videos, normalize, overall
 
 PROGRESS_DIR = "_progress"
 STATE_FILE = "state.json"
+SHARD_GLOB = "videos-*.parquet"
 
 
 # --- pure pieces -------------------------------------------------------------------------------------------
@@ -63,15 +62,15 @@ def video_table(inp: RelabelInput) -> tuple[pa.Table, dict[str, np.ndarray]]:
 
 # --- resume state ------------------------------------------------------------------------------------------
 class Progress:
-    """Finished videos under OUT/_progress: `state.json` (what run this is) + `videos-NNNNNN.parquet` shards,
-    each written to a temporary name and renamed, so a kill leaves whole shards only."""
+    """Finished videos under OUT/_progress (a local folder or an object-store prefix): `state.json` (what run this
+    is) + `videos-NNNNNN.parquet` shards, each written whole (`Location`), so a kill leaves whole shards only. A
+    shard that cannot be read all the same (cut by a crash of the disk or the store) is set aside: its videos are
+    scored again, and `skipped` names it."""
 
-    def __init__(self, out: Path, state: dict):
-        self.dir = out / PROGRESS_DIR
-        self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / STATE_FILE
-        if path.exists():
-            old = json.loads(path.read_text())
+    def __init__(self, out: Location, state: dict):
+        self.dir = out.child(PROGRESS_DIR).mkdir()
+        if self.dir.exists(STATE_FILE):
+            old = json.loads(self.dir.read_text(STATE_FILE))
             if old.get("fingerprint") != state["fingerprint"] or old.get("checkpoint") != state["checkpoint"]:
                 raise ConfigError(
                     f"{out} holds a different relabel run (input or checkpoint changed); use a new out or delete {out}"
@@ -80,29 +79,37 @@ class Progress:
         else:
             state = {**state, "resumes": 0}
         self.state = state
-        path.write_text(json.dumps(state, indent=2))
-        self.next_index = 1 + max([int(p.stem.split("-")[1]) for p in self.dir.glob("videos-*.parquet")] or [-1])
+        self.dir.write_text(STATE_FILE, json.dumps(state, indent=2))
+        self.skipped: list[str] = []
+        names = self.dir.names(SHARD_GLOB)
+        self.next_index = 1 + max([int(n[len("videos-") : -len(".parquet")]) for n in names] or [-1])
 
-    def shards(self) -> list[Path]:
-        return sorted(self.dir.glob("videos-*.parquet"))
+    def shards(self) -> list[str]:
+        return [n for n in self.dir.names(SHARD_GLOB) if n not in self.skipped]
+
+    def _read(self, name: str, columns=None) -> pa.Table | None:
+        try:
+            return self.dir.read_parquet(name, columns=columns)
+        except pa.ArrowInvalid:  # not a whole Parquet file; a store that cannot be reached raises LocationError
+            self.skipped.append(name)
+            return None
 
     def done_ids(self) -> set[int]:
         done: set[int] = set()
         for shard in self.shards():
-            done.update(pq.read_table(shard, columns=["video_id"]).column("video_id").to_pylist())
+            table = self._read(shard, ["video_id"])
+            if table is not None:
+                done.update(table.column("video_id").to_pylist())
         return done
 
     def append(self, table: pa.Table) -> None:
         if table.num_rows == 0:
             return
-        final = self.dir / f"videos-{self.next_index:06d}.parquet"
-        tmp = self.dir / f".tmp-{final.name}"
-        pq.write_table(table, tmp)
-        os.replace(tmp, final)
+        self.dir.write_parquet(f"videos-{self.next_index:06d}.parquet", table)
         self.next_index += 1
 
     def read_all(self) -> pa.Table:
-        tables = [pq.read_table(s) for s in self.shards()]
+        tables = [t for t in (self._read(s) for s in self.shards()) if t is not None]
         return pa.concat_tables(tables, promote_options="default") if tables else None
 
 
@@ -198,18 +205,16 @@ def _pair_columns(a: np.ndarray, b: np.ndarray, dimensions, norm_stats, epsilon)
     return cols
 
 
-def write_parts(table: pa.Table, out: Path, rows_per_part: int) -> list[str]:
-    """Row-ordered Parquet parts (old parts removed first; each written then renamed)."""
-    for old in out.glob("part-*.parquet"):
-        old.unlink()
+def write_parts(table: pa.Table, out: Location, rows_per_part: int) -> list[str]:
+    """Row-ordered Parquet parts (old parts removed first; each written whole)."""
+    for old in out.names("part-*.parquet"):
+        out.delete(old)
     step = max(1, int(rows_per_part))
     n = max(1, -(-table.num_rows // step))
     names = []
     for k in range(n):
         name = f"part-{k:05d}.parquet"
-        tmp = out / f".tmp-{name}"
-        pq.write_table(table.slice(k * step, step), tmp)
-        os.replace(tmp, out / name)
+        out.write_parquet(name, table.slice(k * step, step))
         names.append(name)
     return names
 
