@@ -108,3 +108,43 @@ def test_relabel_reads_and_writes_s3_and_resumes_there(ray_local, reward_checkpo
 
     with pytest.raises(ConfigError, match="out: s3://no-such-bucket/r: bucket 'no-such-bucket' does not exist"):
         run_relabel(RelabelConfig(input=f"{prefix}/manifest.parquet", out="s3://no-such-bucket/r", **common))
+
+
+def test_pairs_and_eval_reward_write_to_s3(ray_local, reward_checkpoint, synth_on_s3, s3, tmp_path):
+    from raypipe.recipes.eval_reward import EvalConfig
+    from raypipe.recipes.eval_reward import run as run_eval
+    from raypipe.recipes.pairs import PairsJobConfig
+    from raypipe.recipes.pairs import run as run_pairs_job
+
+    root, prefix = synth_on_s3
+    cfg = PairsJobConfig(out=s3("pairs"), progress=False)
+    cfg.data.manifest = f"{prefix}/manifest.parquet"
+    summary = run_pairs_job(cfg)
+    loc = Location(cfg.out)
+    assert loc.names() == ["config.yaml", "decoded.parquet", "errors.parquet", "summary.json"]
+    assert summary["decoded"] == 6 and loc.parquet_rows("decoded.parquet") == 6
+    assert loc.parquet_rows("errors.parquet") == 0  # no bad videos: the file is there with its schema
+    assert summary["outputs"]["decoded"] == f"{cfg.out}/decoded.parquet"
+
+    out = s3("eval")
+    metrics = run_eval(
+        EvalConfig(
+            reward=reward_checkpoint, manifest=f"{prefix}/manifest.parquet", out=out, sampling=SAMPLING, progress=False
+        )
+    )
+    loc = Location(out)
+    assert {"scores.parquet", "metrics.json", "accuracy_vs_epsilon.png", "config.yaml"} <= set(loc.names())
+    assert json.loads(loc.read_text("metrics.json"))["n_rows"] == metrics["n_rows"] == 6
+    assert loc.read_parquet("scores.parquet").num_rows == 6
+    local = run_eval(
+        EvalConfig(
+            reward=reward_checkpoint,
+            manifest=str(root / "manifest.parquet"),
+            out=str(tmp_path / "eval"),
+            sampling=SAMPLING,
+            progress=False,
+        )
+    )
+    assert local["VQ"]["acc_with_ties"] == metrics["VQ"]["acc_with_ties"]
+    with pytest.raises(ConfigError, match="out: s3://no-such-bucket/p: bucket"):
+        run_pairs_job(PairsJobConfig(out="s3://no-such-bucket/p", data=cfg.data, progress=False))

@@ -31,6 +31,17 @@ class LocationError(OSError):
     """An output location that cannot be used: one line with the URI and what went wrong."""
 
 
+def output_location(uri: str, key: str = "out") -> Location:
+    """A job's output folder, made (or its bucket checked) before any Ray work; a location that cannot be used
+    is a `ConfigError` naming the key, so the command exits 2 with one line."""
+    from raypipe.config import ConfigError
+
+    try:
+        return Location(uri).mkdir()
+    except LocationError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
 class Location:
     def __init__(self, uri: str, _fs=None, _root: str | None = None):
         import pyarrow.fs as pafs
@@ -107,7 +118,15 @@ class Location:
         return self
 
     def write_text(self, name: str, text: str) -> str:
-        return self._write(name, lambda path: self._put(path, text.encode("utf-8")))
+        return self.write_bytes(name, text.encode("utf-8"))
+
+    def write_bytes(self, name: str, data: bytes) -> str:
+        return self._write(name, lambda path: self._put(path, data))
+
+    def parquet_writer(self, name: str, schema: pa.Schema) -> pq.ParquetWriter:
+        """A streaming writer straight to `name` (for outputs too large to hold; an object store publishes the
+        object when the writer is closed)."""
+        return self._call(lambda: pq.ParquetWriter(self.path(name), schema, filesystem=self.fs), name)
 
     def write_parquet(self, name: str, table: pa.Table) -> str:
         return self._write(name, lambda path: pq.write_table(table, path, filesystem=self.fs))

@@ -29,6 +29,7 @@ checkpoint's), else the checkpoint's `sampling.json`, else SamplingConfig() (fps
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 from collections import Counter
@@ -36,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from raypipe.config import ConfigError, SamplingConfig, save_config
+from raypipe.config import ConfigError, SamplingConfig, config_yaml
+from raypipe.data.location import output_location
 from raypipe.data.manifest import Manifest, load_manifest, normalize_label
 from raypipe.distributed.cluster import configure_data_context, init_ray
 from raypipe.distributed.scoring import score_videos
@@ -68,7 +69,7 @@ class EvalConfig:
     base: str | None = None
     # the official prompt_template.py (or a text file) for the videoalign template; default $RAYPIPE_VIDEOALIGN_TEMPLATE
     template_file: str | None = None
-    out: str = "eval-out"  # output folder
+    out: str = "eval-out"  # output folder, or an object-store prefix (s3://bucket/eval)
     video_root: str | None = None  # relative video paths resolve against this (default: the manifest's folder)
     sampling: SamplingConfig | None = None  # None: the checkpoint's sampling.json, else SamplingConfig()
     concurrency: int = 1  # scoring actors (each holds one model)
@@ -193,7 +194,7 @@ def _nan_to_none(obj):
     return None if isinstance(obj, float) and math.isnan(obj) else obj
 
 
-def plot_accuracy_vs_epsilon(used: dict, path: Path) -> Path:
+def plot_accuracy_vs_epsilon(used: dict, path) -> object:
     """Ties-included accuracy against ε per dimension, ε* marked (the point tie calibration picks)."""
     import matplotlib
 
@@ -217,7 +218,7 @@ def plot_accuracy_vs_epsilon(used: dict, path: Path) -> Path:
     if ax.lines:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100)  # a path, or a file object (bytes for an object store)
     plt.close(fig)
     return path
 
@@ -243,9 +244,8 @@ def run(cfg: EvalConfig) -> dict:
     manifest, dimensions, norm_stats = _prepare(cfg)  # before Ray: bad input fails fast
     sampling, _ = resolve_sampling(cfg.reward, cfg.sampling)
     resolved = dataclasses.replace(cfg, sampling=sampling)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(resolved, out)
+    out = output_location(cfg.out)  # a folder or an object-store prefix; unusable: one line, before Ray
+    out.write_text("config.yaml", config_yaml(resolved))
     init_ray(cfg.address)
     configure_data_context(cfg.progress)
     videos, ids = distinct_videos(manifest.table, [f"uri_{side}" for side in SIDES])
@@ -255,14 +255,16 @@ def run(cfg: EvalConfig) -> dict:
     )
     scored = collect_scores(ds, dimensions)
     scores = pair_scores(manifest, ids, scored, dimensions, norm_stats)
-    pq.write_table(scores, out / "scores.parquet")
+    out.write_parquet("scores.parquet", scores)
     metrics, used = compute_metrics(scores, dimensions, n_scored_videos=len(scored), official=cfg.official_accuracy)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    out.write_text("metrics.json", json.dumps(metrics, indent=2))
     leaderboard = leaderboard_markdown(metrics, official=cfg.official_accuracy)
-    (out / LEADERBOARD_FILE).write_text(leaderboard)
-    plot_accuracy_vs_epsilon(used, out / "accuracy_vs_epsilon.png")
+    out.write_text(LEADERBOARD_FILE, leaderboard)
+    png = io.BytesIO()
+    plot_accuracy_vs_epsilon(used, png)
+    out.write_bytes("accuracy_vs_epsilon.png", png.getvalue())
     eps = {k: v["epsilon"] for k, v in metrics.items() if isinstance(v, dict) and v.get("epsilon") is not None}
-    (out / TIE_EPSILON_FILE).write_text(json.dumps(eps, indent=2))
+    out.write_text(TIE_EPSILON_FILE, json.dumps(eps, indent=2))
     if cfg.save_epsilon:
         (Path(cfg.reward) / TIE_EPSILON_FILE).write_text(json.dumps(eps, indent=2))
     print_table(metrics, leaderboard)

@@ -41,7 +41,7 @@ from raypipe.config import ConfigError, SamplingConfig, config_yaml
 from raypipe.critic.model import critic_dimensions
 from raypipe.critic.relabel import assemble_critic
 from raypipe.data.inputs import resolve_input
-from raypipe.data.location import Location, LocationError
+from raypipe.data.location import output_location
 from raypipe.data.ratings import DEFAULT_WEIGHT_MAP, check_weight_map
 from raypipe.distributed.cluster import configure_data_context, init_ray
 from raypipe.distributed.scoring import score_videos
@@ -209,11 +209,8 @@ def run(cfg: RelabelConfig) -> dict:
     notes = inp.notes + notes
     checkpoint = cfg.critic or cfg.reward
     sampling, sampling_source = resolve_sampling(checkpoint, cfg.sampling)
-    try:
-        out = Location(cfg.out).mkdir()  # a local folder or an object-store prefix (s3://bucket/relabeled)
-        out.write_text(CONFIG_FILE, config_yaml(dataclasses.replace(cfg, sampling=sampling)))
-    except LocationError as e:
-        raise ConfigError(f"out: {e}") from None
+    out = output_location(cfg.out)  # a local folder or an object-store prefix (s3://bucket/relabeled)
+    out.write_text(CONFIG_FILE, config_yaml(dataclasses.replace(cfg, sampling=sampling)))
     videos, per_side = video_table(inp)
     state = Progress(
         out,
