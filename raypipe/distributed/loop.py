@@ -45,16 +45,62 @@ def resume(engine) -> dict:
     from raypipe.distributed.trainer import worker_nodes
 
     progress = new_progress()
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            engine.load_checkpoint(d, tag="ds")
-            progress = json.loads((Path(d) / "progress.json").read_text())
+    latest = ray.train.get_checkpoint()
+    if latest is not None:
+        skipped = []
+        for checkpoint in [latest, *older_checkpoints(latest)]:
+            loaded = _load(engine, checkpoint)
+            if all_ranks_true(loaded is not None):  # every rank loads the same checkpoint, or none does
+                progress = loaded
+                break
+            skipped.append(checkpoint.path.rstrip("/").rsplit("/", 1)[-1])
+        else:
+            raise RuntimeError(
+                f"no checkpoint under {latest.path.rsplit('/', 1)[0]} could be loaded ({skipped}); "
+                "delete that folder to start over"
+            )
+        if skipped and world_rank() == 0:
+            print(f"resume: unreadable checkpoints skipped (cut mid-write?): {skipped}", flush=True)
         progress["resumes"].append(
-            {"at_step": progress["step"], "engine_global_steps": engine.global_steps, "lr": engine.get_lr()[0]}
+            {
+                "at_step": progress["step"],
+                "engine_global_steps": engine.global_steps,
+                "lr": engine.get_lr()[0],
+                **({"skipped": skipped} if skipped else {}),
+            }
         )
     progress["nodes"] = worker_nodes()  # where this attempt's ranks run (multi-node placement checks)
     return progress
+
+
+def older_checkpoints(checkpoint) -> list:
+    """The run's other checkpoints older than `checkpoint` (its siblings `checkpoint_<time>`), newest first, on
+    whatever filesystem Ray Train stores them (local, NFS, an object store)."""
+    import posixpath
+
+    import pyarrow.fs as pafs
+    import ray.train
+
+    parent, name = posixpath.split(checkpoint.path.rstrip("/"))
+    infos = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
+    names = sorted(
+        (i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")),
+        reverse=True,
+    )
+    return [ray.train.Checkpoint(posixpath.join(parent, n), checkpoint.filesystem) for n in names if n < name]
+
+
+def _load(engine, checkpoint) -> dict | None:
+    """This rank's DeepSpeed state and the progress from `checkpoint`, or None when any of it cannot be read (a
+    checkpoint cut mid-write: truncated or missing files)."""
+    try:
+        with checkpoint.as_directory() as d:
+            path, _ = engine.load_checkpoint(d, tag="ds")
+            if path is None:  # DeepSpeed found no state for this tag
+                return None
+            return json.loads((Path(d) / "progress.json").read_text())
+    except Exception:  # noqa: BLE001 - torch, DeepSpeed, json and the filesystem each raise their own kinds
+        return None
 
 
 def unconsumed(batches, progress: dict, epoch: int):
