@@ -84,6 +84,31 @@ def test_directory_is_not_a_video(tmp_path):
     assert _kind(decode_video(str(tmp_path))) == "not_a_video"
 
 
+def test_fifo_socket_and_device_are_refused_without_blocking(tmp_path):
+    """Opening a FIFO for reading blocks until a writer comes (a relabel would stall on it); a device never ends."""
+    import os
+    import socket
+    import threading
+
+    fifo = tmp_path / "clip.mp4"
+    os.mkfifo(fifo)
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(r=decode_video(str(fifo))), daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    if worker.is_alive():  # unblock the open so the test process can end, then fail
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("decode_video blocked on a FIFO")
+    assert _kind(result["r"]) == "not_a_video" and "a FIFO" in result["r"].message
+    sock_path = tmp_path / "s.mp4"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(sock_path))
+        assert "a socket" in decode_video(str(sock_path)).message
+    assert "a character device" in decode_video("/dev/zero").message
+    assert _kind(decode_video("file:///dev/urandom")) == "not_a_video"
+
+
 def test_truncated_mp4_is_corrupt(make_mp4, tmp_path):
     data = open(make_mp4("full.mp4", t=32), "rb").read()
     p = tmp_path / "cut.mp4"

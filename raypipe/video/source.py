@@ -6,6 +6,7 @@ Local files are handed to decoders by path (no copy); remote objects are read in
 from __future__ import annotations
 
 import os
+import stat
 from urllib.parse import urlparse
 
 HEAD_BYTES = 512
@@ -49,6 +50,13 @@ def join_uri(root: str, relative: str) -> str:
     return root.rstrip("/") + "/" + relative
 
 
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device")):
+        if test(mode):
+            return name
+    return "a block device" if stat.S_ISBLK(mode) else "not a plain file"
+
+
 def open_source(uri: str, filesystem=None) -> tuple[str | bytes, bytes]:
     """(a local path or the object's bytes, its first bytes). Raises SourceError(kind) on failure."""
     if not isinstance(uri, str) or not uri.strip():
@@ -56,9 +64,12 @@ def open_source(uri: str, filesystem=None) -> tuple[str | bytes, bytes]:
     if filesystem is None and is_local(uri):
         path = local_path(uri)
         try:
-            size = os.stat(path).st_size
-            if os.path.isdir(path):
+            st = os.stat(path)
+            size = st.st_size
+            if stat.S_ISDIR(st.st_mode):
                 raise SourceError("not_a_video", f"{path} is a directory")
+            if not stat.S_ISREG(st.st_mode):  # opening a FIFO blocks until a writer comes; a device never ends
+                raise SourceError("not_a_video", f"{path} is not a regular file ({_file_kind(st.st_mode)})")
             with open(path, "rb") as f:
                 head = f.read(HEAD_BYTES)
         except FileNotFoundError:
