@@ -148,3 +148,39 @@ def test_pairs_and_eval_reward_write_to_s3(ray_local, reward_checkpoint, synth_o
     assert local["VQ"]["acc_with_ties"] == metrics["VQ"]["acc_with_ties"]
     with pytest.raises(ConfigError, match="out: s3://no-such-bucket/p: bucket"):
         run_pairs_job(PairsJobConfig(out="s3://no-such-bucket/p", data=cfg.data, progress=False))
+
+
+@pytest.mark.slow
+def test_train_reward_to_s3_resumes_from_the_store_on_a_fresh_machine(ray_local, s3, tmp_path, monkeypatch):
+    """--out s3://…: checkpoints live in the store (Ray Train's storage), the outputs are published there at the
+    end; a rerun with an empty local staging folder (another machine) resumes from the store's checkpoint."""
+    from raypipe.config import load_config
+    from raypipe.recipes.train_reward import RewardTrainConfig
+    from raypipe.recipes.train_reward import run as run_train_reward
+    from raypipe.reward.model import VideoReward
+    from tests.test_train_reward import TINY
+
+    out = s3("reward")
+    monkeypatch.setenv("RAYPIPE_STAGING", str(tmp_path / "machine-1"))
+    common = [*TINY, f"out={out}", "train.checkpoint_every=2", "train.eval_every=2", "train.max_failures=0"]
+    first = run_train_reward(load_config(RewardTrainConfig, "configs/reward_tiny.yaml", [*common, "train.max_steps=2"]))
+    assert first["steps"] == 2 and first["final_checkpoint"] == f"{out}/final"
+    loc = Location(out)
+    assert {"summary.json", "learning_curve.json", "learning_curve.png", "config.yaml"} <= set(loc.names())
+    assert loc.child("final").exists("reward_config.json")
+    runs = loc.child("ray_results").child("train-reward")
+    assert any(n.startswith("checkpoint_") for n in _dirs(runs)), "no checkpoint in the store"
+
+    monkeypatch.setenv("RAYPIPE_STAGING", str(tmp_path / "machine-2"))  # nothing local: only the store
+    again = run_train_reward(load_config(RewardTrainConfig, "configs/reward_tiny.yaml", [*common, "train.max_steps=4"]))
+    assert again["steps"] == 4 and [r["at_step"] for r in again["resumes"]] == [2]
+    assert json.loads(loc.read_text("summary.json"))["steps"] == 4
+    local = tmp_path / "final"
+    fs, path = pafs.FileSystem.from_uri(f"{out}/final")
+    pafs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    VideoReward.from_pretrained(local)  # what was published loads
+
+
+def _dirs(loc: Location) -> list[str]:
+    infos = loc.fs.get_file_info(pafs.FileSelector(loc.root, allow_not_found=True))
+    return [i.base_name for i in infos if i.type == pafs.FileType.Directory]

@@ -176,3 +176,48 @@ def one_line(error: BaseException) -> str:
     """The first line of an error's message, without the request ids object stores append."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return text.split(" (Request ID")[0]
+
+
+class StagedOutput:
+    """The output folder of a job that writes with plain files (training: checkpoints, models, curves), wherever
+    OUT is. A local OUT is used as it is. For an object-store OUT the job writes into a local staging folder
+    (`$RAYPIPE_STAGING`, default ~/.cache/raypipe/staging/<hash of OUT>), Ray Train keeps its checkpoints in
+    `OUT/ray_results` on the store itself (`storage`: so a rerun anywhere resumes from there), and `publish()`
+    copies the staging folder up to OUT when the job is done.
+
+        stage = StagedOutput(cfg.out)        # before any Ray work: an unusable OUT is a ConfigError here
+        out = stage.dir                      # a local Path in every case
+        fit_trainer(..., out, ..., storage=stage.storage)
+        stage.publish()                      # no-op for a local OUT
+    """
+
+    def __init__(self, uri: str):
+        import hashlib
+        from pathlib import Path
+
+        self.location = output_location(uri)
+        if self.location.local:
+            self.dir, self.storage = Path(self.location.root), None
+        else:
+            root = Path(os.environ.get("RAYPIPE_STAGING") or Path.home() / ".cache" / "raypipe" / "staging")
+            self.dir = root / hashlib.sha1(self.location.uri.encode()).hexdigest()[:16]
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.storage = self.location.uri_of("ray_results")
+
+    def uri_of(self, name: str) -> str:
+        return str(self.dir / name) if self.storage is None else self.location.uri_of(name)
+
+    def publish(self) -> str:
+        """Copy everything in the staging folder to OUT (an object store); returns OUT."""
+        import pyarrow.fs as pafs
+
+        if self.storage is not None:
+            self.location._call(
+                lambda: pafs.copy_files(
+                    str(self.dir),
+                    self.location.root,
+                    source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=self.location.fs,
+                )
+            )
+        return str(self.location)

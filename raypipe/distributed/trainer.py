@@ -40,12 +40,15 @@ class TrainerSettings:
     gradient_checkpointing: bool = False
 
 
-def fit_trainer(loop, loop_config: dict, t: TrainerSettings, out, name: str, datasets: dict) -> tuple[dict, float]:
+def fit_trainer(
+    loop, loop_config: dict, t: TrainerSettings, out, name: str, datasets: dict, storage: str | None = None
+) -> tuple[dict, float]:
     """Run a `TorchTrainer` for one of our jobs and collect its result.
 
     Workers: `t.num_workers` x {CPU: t.cpus_per_worker} (+1 GPU each with `t.use_gpu`), placed by
     `t.placement_strategy`; DS_ACCELERATOR reaches them through the run's runtime env. Checkpoints go to
-    OUT/ray_results/NAME (on a cluster OUT must be on a filesystem every node sees); a dead worker restarts the
+    OUT/ray_results/NAME, or `storage`/NAME (an object-store URI: `data.location.StagedOutput`; on a cluster
+    without one, OUT must be on a filesystem every node sees); a dead worker restarts the
     group from the last checkpoint up to `t.max_failures` times. Every dataset is streamed in the same order on
     every run (preserve_order), so a restarted worker skips exactly what it had consumed. Returns (the final
     checkpoint's progress.json, wall seconds) after copying its `final/` folder to OUT/final."""
@@ -76,7 +79,7 @@ def fit_trainer(loop, loop_config: dict, t: TrainerSettings, out, name: str, dat
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=str(out / "ray_results"),
+            storage_path=storage or str(out / "ray_results"),
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
             worker_runtime_env={"env_vars": env},

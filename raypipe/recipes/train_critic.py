@@ -29,6 +29,7 @@ from raypipe.critic.metrics import critic_report
 from raypipe.critic.model import Critic, CriticModelConfig
 from raypipe.critic.processor import unknown_words
 from raypipe.critic.training import answer_texts, conversations, generate_answers, synth_truth, truth_of
+from raypipe.data.location import StagedOutput
 from raypipe.data.manifest import ManifestError
 from raypipe.data.ratings import load_ratings
 from raypipe.data.tables import column_frames, without_errors
@@ -84,7 +85,7 @@ class CriticTrainConfig:
     synth_train: SynthConfig = dataclasses.field(default_factory=lambda: SynthConfig(pairs=1024, seed=1))
     synth_val: SynthConfig = dataclasses.field(default_factory=lambda: SynthConfig(pairs=128, seed=2))
     train: CriticSettings = dataclasses.field(default_factory=CriticSettings)
-    out: str = "critic-out"  # output folder
+    out: str = "critic-out"  # output folder, or an object-store prefix (s3://bucket/run; checkpoints kept there)
     address: str | None = None  # Ray cluster address; null: RAY_ADDRESS or a new local Ray
     progress: bool = True  # progress bars
 
@@ -153,8 +154,8 @@ def video_dataset(table, data: CriticDataConfig, cache: bool):
 
 
 def run(cfg: CriticTrainConfig) -> dict:
-    out = Path(cfg.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    stage = StagedOutput(cfg.out)  # a local folder, or staged locally and published to an object store
+    out = stage.dir
     cfg, train, val = prepare(cfg, out)
     t = cfg.train
     save_config(cfg, out)
@@ -172,14 +173,16 @@ def run(cfg: CriticTrainConfig) -> dict:
         flush=True,
     )
     loop_config = {"cfg": to_dict(cfg), "total_steps": total_steps}
-    progress, wall = fit_trainer(train_func, loop_config, t, out, "train-critic", {"train": train_ds, "val": val_ds})
+    progress, wall = fit_trainer(
+        train_func, loop_config, t, out, "train-critic", {"train": train_ds, "val": val_ds}, stage.storage
+    )
     (out / "final" / SAMPLING_FILE).write_text(json.dumps(dataclasses.asdict(cfg.data.sampling)))
     curve = progress["curve"]
     (out / "learning_curve.json").write_text(json.dumps(curve, indent=2))
     plot_curve(curve, out / "learning_curve.png", cfg.model.dimensions)
     report = curve[-1]["val"]
     summary = {
-        "final_checkpoint": str(out / "final"),
+        "final_checkpoint": stage.uri_of("final"),
         "steps": progress["step"],
         "wall_s": round(wall, 1),
         "decode_s": decode_s,
@@ -190,6 +193,7 @@ def run(cfg: CriticTrainConfig) -> dict:
         "examples": progress.get("examples", []),
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    stage.publish()
     _print_summary(summary, cfg.model.dimensions)
     return summary
 

@@ -37,6 +37,7 @@ import torch
 
 from raypipe.config import ClipConfig, ConfigError, SynthConfig, build_config, repo_path, save_config, to_dict
 from raypipe.data.inputs import read_pair_table
+from raypipe.data.location import StagedOutput
 from raypipe.distributed.cluster import configure_data_context, init_ray
 from raypipe.distributed.decode import decode_clips_block, decode_stage
 from raypipe.distributed.latents import cached_latents
@@ -134,7 +135,7 @@ class FlowTrainConfig:
     data: FlowDataConfig = dataclasses.field(default_factory=FlowDataConfig)
     synth: SynthConfig = dataclasses.field(default_factory=lambda: SynthConfig(pairs=512, seed=11))
     train: FlowTrainSettings = dataclasses.field(default_factory=FlowTrainSettings)
-    out: str = "flow-out"  # output folder
+    out: str = "flow-out"  # output folder, or an object-store prefix (s3://bucket/run; checkpoints kept there)
     address: str | None = None  # Ray cluster address; null: RAY_ADDRESS or a new local Ray
     progress: bool = True  # progress bars
 
@@ -206,8 +207,8 @@ def run(cfg: FlowTrainConfig) -> dict:
         raise ConfigError(f"train.algo must be one of {ALGOS}, got {t.algo!r}")
     if t.algo == "dpo" and not cfg.lora.enabled:
         raise ConfigError("Flow-DPO needs LoRA (lora.enabled=true): its reference is the model with adapters disabled")
-    out = Path(cfg.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    stage = StagedOutput(cfg.out)  # a local folder, or staged locally and published to an object store
+    out = stage.dir
     cfg, manifest_path = _prepare(cfg, out)
     if t.algo == "lift":
         rows, counts = lift_rows(cfg, manifest_path, out)
@@ -233,7 +234,7 @@ def run(cfg: FlowTrainConfig) -> dict:
         flush=True,
     )
     loop_config = {"cfg": to_dict(cfg), "total_steps": total_steps, "tensorboard_dir": str(out / "tensorboard")}
-    progress, wall = fit_trainer(train_func, loop_config, t, out, f"train-flow-{t.algo}", {"train": ds})
+    progress, wall = fit_trainer(train_func, loop_config, t, out, f"train-flow-{t.algo}", {"train": ds}, stage.storage)
     (out / "curve.json").write_text(json.dumps(progress["curve"], indent=2))
     if progress["curve"]:
         plot_flow_curve(progress["curve"], out / "curve.png")
@@ -247,11 +248,12 @@ def run(cfg: FlowTrainConfig) -> dict:
         "resumes": progress["resumes"],
         "worker_nodes": progress.get("nodes"),
         "wall_s": round(wall, 1),
-        "final": str(out / "final"),
+        "final": stage.uri_of("final"),
         "last": last,
         "generator": cfg.generator,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    stage.publish()
     print(
         f"train-flow {t.algo}: {summary['steps']} steps in {summary['wall_s']} s, last {last}; "
         f"result in {out / 'final'}",

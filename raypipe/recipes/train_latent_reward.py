@@ -28,6 +28,7 @@ import torch
 
 from raypipe.config import ClipConfig, ConfigError, SynthConfig, build_config, save_config, to_dict
 from raypipe.data.inputs import read_pair_table
+from raypipe.data.location import StagedOutput
 from raypipe.distributed.cluster import configure_data_context, init_ray
 from raypipe.distributed.latents import cached_latents
 from raypipe.distributed.loop import (
@@ -92,7 +93,7 @@ class LatentRewardConfig:
     synth: SynthConfig = dataclasses.field(default_factory=lambda: SynthConfig(pairs=512, seed=31))
     train: LatentRewardSettings = dataclasses.field(default_factory=LatentRewardSettings)
     eval_draws: int = 4  # noise draws per held-out pair and t bucket
-    out: str = "latent-reward-out"  # output folder
+    out: str = "latent-reward-out"  # output folder, or an object-store prefix (s3://bucket/run)
     address: str | None = None  # Ray cluster address; null: RAY_ADDRESS or a new local Ray
     progress: bool = True  # progress bars
 
@@ -191,8 +192,8 @@ def _cached(rows: pa.Table, cfg: LatentRewardConfig, path: Path, key: dict):
 def run(cfg: LatentRewardConfig) -> dict:
     t = cfg.train
     _check(cfg)
-    out = Path(cfg.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    stage = StagedOutput(cfg.out)  # a local folder, or staged locally and published to an object store
+    out = stage.dir
     manifest = manifest_or_synthpref(cfg.data.manifest, out / "data", cfg.synth, "data.manifest", cfg.progress)
     if cfg.generator is None:
         cfg = dataclasses.replace(cfg, generator=str(make_tiny_wan(out / "tiny_wan", cfg.tiny, 0)))
@@ -225,7 +226,7 @@ def run(cfg: LatentRewardConfig) -> dict:
         flush=True,
     )
     loop_config = {"cfg": to_dict(cfg), "total_steps": total_steps, "tensorboard_dir": str(out / "tensorboard")}
-    progress, wall = fit_trainer(train_func, loop_config, t, out, "train-latent-reward", {"train": ds})
+    progress, wall = fit_trainer(train_func, loop_config, t, out, "train-latent-reward", {"train": ds}, stage.storage)
     (out / "curve.json").write_text(json.dumps(progress["curve"], indent=2))
     metrics = _held_out_accuracy(cfg, out, cache / "val") if val_rows.num_rows else {}
     sizes = {
@@ -234,10 +235,14 @@ def run(cfg: LatentRewardConfig) -> dict:
         "labels": source,
         "cache_s": round(cache_s, 1),
     }
-    return _write_summary(cfg, out, progress, wall, sizes, metrics)
+    summary = _write_summary(cfg, out, progress, wall, sizes, metrics, stage.uri_of("final"))
+    stage.publish()
+    return summary
 
 
-def _write_summary(cfg: LatentRewardConfig, out: Path, progress: dict, wall: float, sizes: dict, metrics: dict) -> dict:
+def _write_summary(
+    cfg: LatentRewardConfig, out: Path, progress: dict, wall: float, sizes: dict, metrics: dict, final: str
+) -> dict:
     summary = {
         "steps": progress["step"],
         **sizes,
@@ -249,7 +254,7 @@ def _write_summary(cfg: LatentRewardConfig, out: Path, progress: dict, wall: flo
         "last": progress["curve"][-1] if progress["curve"] else {},
         "worker_nodes": progress.get("nodes"),
         "val_accuracy_by_t": metrics,
-        "final": str(out / "final"),
+        "final": final,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

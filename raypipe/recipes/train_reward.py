@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from raypipe.config import ConfigError, DataConfig, SynthConfig, build_config, repo_path, save_config, to_dict
+from raypipe.data.location import StagedOutput
 from raypipe.data.manifest import load_manifest
 from raypipe.distributed.cluster import configure_data_context, init_ray, materialize_in_order
 from raypipe.distributed.decode import pair_dataset
@@ -81,7 +82,7 @@ class RewardTrainConfig:
     synth_train: SynthConfig = dataclasses.field(default_factory=lambda: SynthConfig(pairs=2048, seed=1))
     synth_val: SynthConfig = dataclasses.field(default_factory=lambda: SynthConfig(pairs=256, seed=2))
     train: TrainSettings = dataclasses.field(default_factory=TrainSettings)
-    out: str = "reward-out"  # output folder
+    out: str = "reward-out"  # output folder, or an object-store prefix (s3://bucket/run; checkpoints kept there)
     address: str | None = None  # Ray cluster address; null: RAY_ADDRESS or a new local Ray
     progress: bool = True  # progress bars
     # continue from a VideoReward checkpoint (ours or the released layout), keeping its conventions and sampling
@@ -121,8 +122,8 @@ def plot_curve(curve: list[dict], path: Path, dims: list[str]) -> None:
 
 
 def run(cfg: RewardTrainConfig) -> dict:
-    out = Path(cfg.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    stage = StagedOutput(cfg.out)  # a local folder, or staged locally and published to an object store
+    out = stage.dir
     cfg = _adopt_init(cfg)
     t, dims = cfg.train, cfg.model.dimensions
     _check(cfg)
@@ -152,7 +153,9 @@ def run(cfg: RewardTrainConfig) -> dict:
         flush=True,
     )
     loop_config = {"cfg": to_dict(cfg), "total_steps": total_steps}
-    progress, wall = fit_trainer(train_func, loop_config, t, out, "train-reward", {"train": train_ds, "val": val_ds})
+    progress, wall = fit_trainer(
+        train_func, loop_config, t, out, "train-reward", {"train": train_ds, "val": val_ds}, stage.storage
+    )
     final = out / "final"
     save_config(cfg, final, "train_config.yaml")
     (final / "sampling.json").write_text(json.dumps(dataclasses.asdict(cfg.data.sampling)))
@@ -160,7 +163,7 @@ def run(cfg: RewardTrainConfig) -> dict:
     (out / "learning_curve.json").write_text(json.dumps(curve, indent=2))
     plot_curve(curve, out / "learning_curve.png", dims)
     summary = {
-        "final_checkpoint": str(final),
+        "final_checkpoint": stage.uri_of("final"),
         "steps": progress["step"],
         "wall_s": round(wall, 1),
         "frame_cache_s": cache_s,
@@ -171,6 +174,7 @@ def run(cfg: RewardTrainConfig) -> dict:
         "data_wait_share": curve_mean(curve, "data_wait_share"),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    stage.publish()
     _print_summary(summary, dims)
     return summary
 
