@@ -184,3 +184,52 @@ def test_train_reward_to_s3_resumes_from_the_store_on_a_fresh_machine(ray_local,
 def _dirs(loc: Location) -> list[str]:
     infos = loc.fs.get_file_info(pafs.FileSelector(loc.root, allow_not_found=True))
     return [i.base_name for i in infos if i.type == pafs.FileType.Directory]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs mounted for the test (root only; skipped where mounting is not allowed)."""
+    import subprocess
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_relabel_on_a_full_disk_stops_with_one_line_and_resumes(ray_local, reward_checkpoint, synth_on_s3, small_disk):
+    """OUT on a disk with 20 KiB left: relabel stops with a LocationError naming the file (the CLI prints it as
+    one line), keeps only whole progress shards, and after space is freed the same command resumes and writes
+    every row once."""
+    import os
+
+    root, _ = synth_on_s3
+    out = small_disk / "relabeled"
+    filler = small_disk / "filler"
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    filler.write_bytes(b"\0" * (free - 20 * 1024))
+    cfg = RelabelConfig(
+        reward=reward_checkpoint,
+        input=str(root / "manifest.parquet"),
+        out=str(out),
+        sampling=SAMPLING,
+        batch=1,
+        decode_rows=1,
+        flush_every_s=0.0,
+        progress=False,
+    )
+    with pytest.raises(LocationError, match="no space left on the device") as err:
+        run_relabel(cfg)
+    assert "\n" not in str(err.value) and str(out) in str(err.value)
+    progress = Location(str(out)).child(PROGRESS_DIR)
+    shards = progress.names("videos-*.parquet")
+    kept = sum(progress.parquet_rows(s) for s in shards)  # every shard left is whole (it reads)
+    assert 0 < kept < 12  # it stopped mid-run: some videos were in, some not
+    assert not [p for p in out.rglob("*") if p.name.startswith(".tmp")]  # no half-written file left behind
+    filler.unlink()
+    summary = run_relabel(cfg)
+    assert summary["videos_from_previous_runs"] == kept and summary["videos_scored_this_run"] == 12 - kept
+    table = pq.read_table(out).sort_by("row_id")
+    assert table.column("row_id").to_pylist() == list(range(6)) and table.column("error").null_count == 6

@@ -16,6 +16,7 @@ bucket, no credentials, a denied key) raises `LocationError` with one line namin
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import posixpath
@@ -167,9 +168,12 @@ class Location:
         except FileNotFoundError:
             raise
         except OSError as e:
+            where = self.uri_of(name) if name else self.uri
+            if self.local and getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+                raise LocationError(f"{where}: no space left on the device (what was written before is kept)") from None
             if self.local:
                 raise
-            raise LocationError(f"{self.uri_of(name) if name else self.uri}: {one_line(e)}") from None
+            raise LocationError(f"{where}: {one_line(e)}") from None
 
 
 def one_line(error: BaseException) -> str:
