@@ -2,6 +2,7 @@
 `ingress_app` with `/healthz` (open) and `/version` (behind the token), answered by the `Ingress` base class."""
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations (Request) at definition time.
 
+import hmac
 import os
 
 from fastapi import FastAPI, Request
@@ -9,6 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from raypipe import __version__
+
+MAX_URI_CHARS = 4096
+MAX_PROMPT_CHARS = 4096  # a prompt is a sentence or a paragraph; past this it is refused, not tokenised
 
 
 class RequestError(Exception):
@@ -29,7 +33,7 @@ def check_auth(headers, token_env: str | None) -> None:
     if not token:
         return
     given = headers.get("authorization", "")
-    if given != f"Bearer {token}":
+    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), f"Bearer {token}".encode()):  # constant time
         raise RequestError(401, "unauthorized", "missing or wrong bearer token (Authorization: Bearer <token>)")
 
 
@@ -38,6 +42,8 @@ def resolve_uri(uri: str, allowed_roots: list[str]) -> str:
     is refused: other schemes, paths outside the roots, or URIs at all when no root is configured."""
     if not isinstance(uri, str) or not uri:
         raise RequestError(422, "invalid_request", "uri must be a non-empty string")
+    if "\x00" in uri or len(uri) > MAX_URI_CHARS:
+        raise RequestError(422, "invalid_request", f"uri must be at most {MAX_URI_CHARS} characters without NUL")
     if "://" in uri and not uri.startswith("file://"):
         raise RequestError(400, "uri_not_allowed", f"scheme of {uri.split('://')[0]!r} is not allowed (file only)")
     if not allowed_roots:

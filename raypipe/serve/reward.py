@@ -5,6 +5,7 @@ optional `CriticModel` (one LiFT critic per replica, batched generation) and the
 
 import asyncio
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from fastapi import Request
 from ray import serve
 
 from raypipe.serve.config import RewardAppConfig
-from raypipe.serve.ingress import Ingress, RequestError, ingress_app, parse_dimensions, resolve_uri
+from raypipe.serve.ingress import MAX_PROMPT_CHARS, Ingress, RequestError, ingress_app, parse_dimensions, resolve_uri
 
 # decode failures -> HTTP status: not a video at all 415, too large 413, a video we cannot use 422
 DECODE_STATUS = {
@@ -231,7 +232,10 @@ class RewardAPI(Ingress):
 
     async def _save_upload(self, upload) -> str:
         """The uploaded file in a temp file, read in chunks so an oversize upload stops at the limit."""
-        fd, path = tempfile.mkstemp(suffix=Path(upload.filename or "upload").suffix or ".bin")
+        suffix = Path(str(upload.filename or "upload")).suffix.lower()
+        if not re.fullmatch(r"\.[a-z0-9]{1,8}", suffix):  # a client's file name never reaches the filesystem as is
+            suffix = ".bin"
+        fd, path = tempfile.mkstemp(suffix=suffix)
         size = 0
         try:
             with os.fdopen(fd, "wb") as f:
@@ -250,6 +254,12 @@ class RewardAPI(Ingress):
             raise RequestError(422, "invalid_request", "missing field 'prompt'")
         if not isinstance(prompt, str):
             raise RequestError(422, "invalid_request", f"prompt must be a string, got {type(prompt).__name__}")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise RequestError(422, "invalid_request", f"prompt is over {MAX_PROMPT_CHARS} characters")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800" in JSON): no tokenizer takes it
+            raise RequestError(422, "invalid_request", "prompt is not valid Unicode text (a lone surrogate)") from None
         return parse_dimensions(dims_field, known or self.dims)
 
     def _decode(self, path: str, sampling=None) -> np.ndarray:
