@@ -261,3 +261,22 @@ def test_heaviest_dimensions_and_clipped_t_intervals():
     d = paired_ci([0.9, 0.1], [0.1, 0.9], bounds=(-1.0, 1.0))
     assert d["low"] == -1.0 and d["high"] == 1.0 and d["mean"] == 0.0
     assert paired_ci([0.9, 0.1], [0.1, 0.9])["high"] > 1.0  # without bounds nothing is cut
+
+
+def test_soak_report_per_minute_and_rss_drift():
+    from raypipe.bench.serve import soak_report
+
+    # minute 1: 3 requests (one 503), minute 2: 2 requests; RSS of two deployments sampled twice a minute
+    results = [(1.0, 200, 0.1), (20.0, 503, 0.2), (59.0, 200, 0.3), (61.0, 200, 0.4), (119.0, 200, 0.5)]
+    mb = 2**20
+    rss = [(0, "RewardAPI", 100 * mb), (30, "RewardAPI", 104 * mb), (70, "RewardAPI", 110 * mb)]
+    rss += [(0, "RewardModel", 500 * mb), (65, "RewardModel", 520 * mb), (90, "RewardModel", float("nan"))]
+    got = soak_report(results, rss, 120.0)
+    assert [r["requests"] for r in got["per_minute"]] == [3, 2] and got["per_minute"][0]["non_2xx"] == 1
+    assert got["per_minute"][0]["rss_mb_RewardAPI"] == 104.0 and got["per_minute"][1]["rss_mb_RewardModel"] == 520.0
+    assert got["per_minute"][1]["p99_ms"] == pytest.approx(np.percentile([400, 500], 99))
+    assert got["rss_drift"]["RewardAPI"] == pytest.approx(110 / 104 - 1, abs=1e-4)  # 5.8%
+    assert got["rss_drift"]["RewardModel"] == pytest.approx(0.04)
+    assert got["rss_flat_within_10pct"] is True and got["non_2xx"] == 1 and got["requests"] == 5
+    rss.append((100, "RewardAPI", 130 * mb))
+    assert soak_report(results, rss, 120.0)["rss_flat_within_10pct"] is False  # 130 / 104: 25% up

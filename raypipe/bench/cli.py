@@ -240,6 +240,20 @@ BENCHES: dict[str, Bench] = {
             arg("--downscale-delay-s", type=float, default=5.0, dest="downscale_delay_s"),
             arg("--recovery-timeout-s", type=float, default=90.0, dest="recovery_timeout_s"),
             arg("--num-cpus", type=int, default=None, dest="num_cpus"),
+            arg(
+                "--soak-minutes",
+                type=float,
+                default=0.0,
+                dest="soak_minutes",
+                help="then this many minutes at the nominal load: non-2xx, p99 and replica RSS per minute (default 0)",
+            ),
+            arg(
+                "--fuzz-requests",
+                type=int,
+                default=0,
+                dest="fuzz_requests",
+                help="then this many hostile requests on loopback; every one must be a 4xx or a closed connection",
+            ),
         ),
     ),
     "nrg": Bench(

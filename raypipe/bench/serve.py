@@ -8,6 +8,10 @@
 2. Burst: the same app with autoscaling (1..`--max-replicas` replicas, target `--target-ongoing` ongoing requests
    per replica); `--burst-concurrency` clients for `--burst-s` seconds, then idle: replica count over time, time to
    scale up, time to come back down, non-2xx during the burst.
+3. Soak and fuzz (`--soak-minutes N`, `--fuzz-requests M`; off by default): the batched app under the nominal load
+   for N minutes — per minute the requests, non-2xx, p99 latency and each replica's RSS (drift of the last minutes
+   against the first, target within 10%) — then M hostile requests (`raypipe.bench.serve_fuzz`: every one a 4xx
+   or a closed connection, a valid request after every 24 answered 200) and whether any replica restarted.
 """
 
 from __future__ import annotations
@@ -108,7 +112,9 @@ def _synth_payloads(work: Path) -> list[tuple[bytes, str]]:
     ]
 
 
-def _bench_app(reward: str, batch: int, batch_wait_s: float, model_options: dict, api_options: dict):
+def _bench_app(
+    reward: str, batch: int, batch_wait_s: float, model_options: dict, api_options: dict, roots: list | None = None
+):
     """The reward app with Serve options for its two deployments; no CPUs reserved, so it fits any machine."""
     from raypipe.serve.apps import reward_app
 
@@ -118,6 +124,7 @@ def _bench_app(reward: str, batch: int, batch_wait_s: float, model_options: dict
             "reward": reward,
             "batch": batch,
             "batch_wait_s": batch_wait_s,
+            "allowed_roots": list(roots or []),
             "deployment_options": {"RewardModel": {**light, **model_options}, "RewardAPI": {**light, **api_options}},
         }
     )
@@ -283,6 +290,123 @@ def run_serve_bench(args) -> dict:
         report["batched"]["throughput_rps"] / max(report["unbatched"]["throughput_rps"], 1e-9), 3
     )
     report["burst"] = _burst(args, reward, payloads, port)
+    if args.soak_minutes > 0 or args.fuzz_requests > 0:
+        report["soak"] = _soak_and_fuzz(args, reward, payloads, port, work)
     serve.shutdown()
     out.write_text(json.dumps(report, indent=2))
     return report
+
+
+def _replica_processes(app: str) -> dict[str, tuple[int, int]]:
+    """{actor name: (pid, restarts)} of the live Serve replicas of `app` (from the GCS; no dashboard needed)."""
+    import ray._private.state as state
+
+    return {
+        v["Name"]: (v["Pid"], v["NumRestarts"])
+        for v in state.actors().values()
+        if v["State"] == "ALIVE" and (v.get("Name") or "").startswith(f"SERVE_REPLICA::{app}#")
+    }
+
+
+def _soak_and_fuzz(args, reward: str, payloads, port: int, work: Path) -> dict:
+    import psutil
+    from ray import serve
+
+    from raypipe.bench.serve_fuzz import fuzz, hostile_files
+    from raypipe.serve.run import start
+
+    roots = work / "synth"
+    (work / "outside.mp4").write_bytes(payloads[0][0])
+    app = _bench_app(
+        reward,
+        args.batch,
+        args.batch_wait_s,
+        {"num_replicas": 1, "max_ongoing_requests": 64},
+        {"max_ongoing_requests": 128},
+        roots=[str(roots)],
+    )
+    url = start([("bench-soak", "/", app)], port=port)
+    for _ in range(3):
+        _post(url, *payloads[0])
+    replicas = _replica_processes("bench-soak")
+    report: dict = {"minutes": args.soak_minutes, "concurrency": args.concurrency, "replicas": sorted(replicas)}
+    if args.soak_minutes > 0:
+        report.update(_soak(url, payloads, replicas, args.soak_minutes * 60.0, args.concurrency, psutil))
+    if args.fuzz_requests > 0:
+        print(f"fuzz: {args.fuzz_requests} hostile requests", flush=True)
+        report["fuzz"] = fuzz(
+            url,
+            payloads[0][0],
+            hostile_files(roots, work / "outside.mp4"),
+            args.fuzz_requests,
+            lambda: _post(url, *payloads[1])[0] == 200,
+        )
+        report["fuzz"]["failures"] = report["fuzz"]["failures"][:20]
+    report["replicas_restarted"] = _replica_processes("bench-soak") != replicas
+    serve.delete("bench-soak")
+    return report
+
+
+def _soak(url: str, payloads, replicas: dict, seconds: float, clients: int, psutil) -> dict:
+    """`clients` uploading back to back for `seconds`; RSS of every replica sampled every 5 s."""
+    results: list[tuple[float, int, float]] = []
+    rss: list[tuple[float, str, float]] = []
+    t0 = time.monotonic()
+    stop = t0 + seconds
+
+    def client(i: int) -> None:
+        k = i
+        while time.monotonic() < stop:
+            code, latency = _post(url, *payloads[k % len(payloads)])
+            results.append((time.monotonic() - t0, code, latency))
+            k += clients
+
+    def sampler() -> None:
+        while time.monotonic() < stop:
+            for name, (pid, _) in replicas.items():
+                try:
+                    rss.append((time.monotonic() - t0, name.split("#")[1], psutil.Process(pid).memory_info().rss))
+                except psutil.Error:
+                    rss.append((time.monotonic() - t0, name.split("#")[1], float("nan")))
+            time.sleep(5.0)
+
+    print(f"soak: {clients} clients for {seconds / 60:.1f} min", flush=True)
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    threads.append(threading.Thread(target=sampler))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return soak_report(results, rss, seconds)
+
+
+def soak_report(results: list[tuple[float, int, float]], rss: list[tuple[float, str, float]], seconds: float) -> dict:
+    """Per minute: requests, non-2xx, p99 latency, max RSS (MB) per deployment; the RSS drift of every later minute
+    against the first (max |rss_m / rss_1 − 1|; target ≤ 0.10), and the totals."""
+    minutes = max(1, int(np.ceil(seconds / 60.0)))
+    per_minute = []
+    deployments = sorted({d for _, d, _ in rss})
+    for m in range(minutes):
+        done = [(c, lat) for t, c, lat in results if m * 60 <= t < (m + 1) * 60]
+        ok = [lat for c, lat in done if 200 <= c < 300]
+        row = {
+            "minute": m + 1,
+            "requests": len(done),
+            "non_2xx": sum(1 for c, _ in done if not 200 <= c < 300),
+            "p99_ms": _percentiles(ok).get("p99_ms"),
+        }
+        for d in deployments:
+            values = [v for t, dd, v in rss if dd == d and m * 60 <= t < (m + 1) * 60 and v == v]
+            row[f"rss_mb_{d}"] = round(max(values) / 2**20, 1) if values else None
+        per_minute.append(row)
+    drift = {}
+    for d in deployments:
+        series = [r[f"rss_mb_{d}"] for r in per_minute if r[f"rss_mb_{d}"] is not None]
+        drift[d] = round(max(abs(v / series[0] - 1) for v in series), 4) if series else None
+    return {
+        "per_minute": per_minute,
+        "requests": len(results),
+        "non_2xx": sum(1 for _, c, _ in results if not 200 <= c < 300),
+        "rss_drift": drift,
+        "rss_flat_within_10pct": all(v is not None and v <= 0.10 for v in drift.values()) if drift else None,
+    }

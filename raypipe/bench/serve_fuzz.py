@@ -1,7 +1,11 @@
-"""Hostile requests for a reward app's /score (tests/test_serve.py runs them; `raypipe bench serve` could too).
+"""Hostile requests for a reward app's /score: `tests/test_serve.py` sends 240 in `make test`, `raypipe bench
+serve --fuzz-requests N` as many as asked (loopback only).
 
-Every case returns what came back: ("status", code, body bytes) or ("closed", reason). A case never loops
-unbounded: each has its own socket timeout and sends a bounded number of bytes.
+    roots = hostile_files(allowed_root, outside_file)        # FIFO, socket, symlinks out, under the allowed root
+    report = fuzz(url, video_bytes, roots, n=1000, valid=lambda: post_one_good_video() == 200)
+
+Every case returns what came back: ("status", code, body bytes), ("closed", reason) or ("timeout", reason). A
+case never loops unbounded: each has its own socket timeout and sends a bounded number of bytes.
 """
 
 from __future__ import annotations
@@ -253,5 +257,58 @@ def acceptable(result) -> tuple[bool, str]:
     return ok, "" if ok else f"status {code} body {parsed!r}"
 
 
-def rng_for(seed: int) -> np.random.Generator:
-    return np.random.default_rng(seed)
+def hostile_files(allowed_root, outside_file) -> dict[str, str]:
+    """Under `allowed_root`/hostile: a FIFO, a UNIX socket, a symlink to `outside_file` and one to /dev/zero; the
+    paths `cases` needs ("inside", "outside", "fifo", "socket", "link_out", "link_dev")."""
+    from pathlib import Path
+
+    hostile = Path(allowed_root) / "hostile"
+    hostile.mkdir(exist_ok=True)
+    fifo, sock_path = hostile / "fifo.mp4", hostile / "sock.mp4"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    if not sock_path.exists():
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(str(sock_path))
+    for name, target in (("out.mp4", Path(outside_file)), ("dev.mp4", Path("/dev/zero"))):
+        if not (hostile / name).is_symlink():
+            (hostile / name).symlink_to(target)
+    return {
+        "inside": str(allowed_root),
+        "outside": str(outside_file),
+        "fifo": str(fifo),
+        "socket": str(sock_path),
+        "link_out": str(hostile / "out.mp4"),
+        "link_dev": str(hostile / "dev.mp4"),
+    }
+
+
+def fuzz(url: str, video: bytes, roots: dict, n: int, valid, burst: int = 24, seed: int = 0) -> dict:
+    """`n` hostile requests cycling through every case (seeded); after every `burst` of them `valid()` must be
+    true (a good request answered 200). Returns counts: by case, by answer (status code or closed/timeout), the
+    failures (what `acceptable` refused) and the bursts after which the valid request failed."""
+    kinds = cases(video, roots)
+    rng = np.random.default_rng(seed)
+    by_case: dict[str, int] = {}
+    answers: dict[str, int] = {}
+    failures, bad_bursts = [], []
+    t0 = time.perf_counter()
+    for i in range(n):
+        case = kinds[i % len(kinds)]
+        result = case(url, rng)
+        by_case[case.__name__] = by_case.get(case.__name__, 0) + 1
+        key = str(result[1]) if result[0] == "status" else result[0]
+        answers[key] = answers.get(key, 0) + 1
+        ok, why = acceptable(result)
+        if not ok:
+            failures.append(f"{case.__name__}: {why}")
+        if i % burst == burst - 1 and not valid():
+            bad_bursts.append(i // burst)
+    return {
+        "requests": n,
+        "by_case": by_case,
+        "answers": dict(sorted(answers.items())),
+        "failures": failures,
+        "valid_failed_after_bursts": bad_bursts,
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
