@@ -66,7 +66,7 @@ def test_outcomes_and_win_rate_counts():
     ci = win_rate_ci([[1.0, 0.5, 0.0, 1.0], [0.5, 1.0]])
     assert ci["mean"] == pytest.approx(4.0 / 6) and ci["n"] == 6 and ci["seeds"] == 2
     assert ci["decisive"] == 4 and ci["ties"] == 2 and "ties count 1/2" in ci["method"]
-    assert "prompts only" in win_rate_ci([[1.0, 0.0]])["method"]
+    assert "items only" in win_rate_ci([[1.0, 0.0]])["method"]
     assert win_rate_ci([[1.0]])["low"] is None  # one outcome: no interval
 
 

@@ -247,8 +247,8 @@ def markdown(report: dict) -> str:
         ]
         reasons = [r["ta_reasons"] for r in critic.get("runs", {}).get("reasons", {}).values() if r.get("ta_reasons")]
         if reasons:
-            exact = mean_ci([r["names_wrong_attributes"] for r in reasons])
-            some = mean_ci([r.get("names_some_wrong_attribute") for r in reasons])
+            exact = mean_ci([r["names_wrong_attributes"] for r in reasons], bounds=(0.0, 1.0))
+            some = mean_ci([r.get("names_some_wrong_attribute") for r in reasons], bounds=(0.0, 1.0))
             lines += [
                 "TA reasons of the critic with reasons, on held-out videos with a wrong attribute (mean over seeds, "
                 f"t-interval): name exactly the wrong attributes {fmt(exact, 3)}; name at least one of them and "

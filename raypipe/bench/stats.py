@@ -69,8 +69,8 @@ def fmt(ci: dict, digits: int = 2) -> str:
 
 
 BOOTSTRAP_METHOD = (
-    "two-level percentile bootstrap ({b} resamples): seeds with replacement, then prompts with replacement within "
-    "each drawn seed; the mean outcome over the drawn prompts; ties count 1/2"
+    "two-level percentile bootstrap ({b} resamples): seeds with replacement, then the items (prompts, or held-out "
+    "videos) with replacement within each drawn seed; the mean outcome over the drawn items; ties count 1/2"
 )
 
 
@@ -110,7 +110,7 @@ def bootstrap_ci(groups, level: float = 0.95, n_boot: int = 2000, seed: int = 0)
         "high": None,
         "n": int(len(flat)),
         "seeds": len(groups),
-        "method": BOOTSTRAP_METHOD.format(b=n_boot) + ("" if len(groups) > 1 else " (one seed: prompts only)"),
+        "method": BOOTSTRAP_METHOD.format(b=n_boot) + ("" if len(groups) > 1 else " (one seed: items only)"),
     }
     if len(flat) >= 2:
         means = bootstrap_means(groups, n_boot, seed)
