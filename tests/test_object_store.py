@@ -153,7 +153,8 @@ def test_pairs_and_eval_reward_write_to_s3(ray_local, reward_checkpoint, synth_o
 @pytest.mark.slow
 def test_train_reward_to_s3_resumes_from_the_store_on_a_fresh_machine(ray_local, s3, tmp_path, monkeypatch):
     """--out s3://…: checkpoints live in the store (Ray Train's storage), the outputs are published there at the
-    end; a rerun with an empty local staging folder (another machine) resumes from the store's checkpoint."""
+    end. The newest checkpoint is then cut mid-write (every object halved) and a rerun with an empty local
+    staging folder (another machine) resumes from the one before it, says which it skipped, and trains on."""
     from raypipe.config import load_config
     from raypipe.recipes.train_reward import RewardTrainConfig
     from raypipe.recipes.train_reward import run as run_train_reward
@@ -163,18 +164,28 @@ def test_train_reward_to_s3_resumes_from_the_store_on_a_fresh_machine(ray_local,
     out = s3("reward")
     monkeypatch.setenv("RAYPIPE_STAGING", str(tmp_path / "machine-1"))
     common = [*TINY, f"out={out}", "train.checkpoint_every=2", "train.eval_every=2", "train.max_failures=0"]
-    first = run_train_reward(load_config(RewardTrainConfig, "configs/reward_tiny.yaml", [*common, "train.max_steps=2"]))
-    assert first["steps"] == 2 and first["final_checkpoint"] == f"{out}/final"
+    common += ["train.keep_checkpoints=3"]
+    first = run_train_reward(load_config(RewardTrainConfig, "configs/reward_tiny.yaml", [*common, "train.max_steps=4"]))
+    assert first["steps"] == 4 and first["final_checkpoint"] == f"{out}/final"
     loc = Location(out)
     assert {"summary.json", "learning_curve.json", "learning_curve.png", "config.yaml"} <= set(loc.names())
     assert loc.child("final").exists("reward_config.json")
     runs = loc.child("ray_results").child("train-reward")
-    assert any(n.startswith("checkpoint_") for n in _dirs(runs)), "no checkpoint in the store"
+    ckpts = sorted(n for n in _dirs(runs) if n.startswith("checkpoint_"))
+    assert len(ckpts) == 2, ckpts  # steps 2 and 4, in the store
+    torn = runs.child(ckpts[-1])
+    for info in torn.fs.get_file_info(pafs.FileSelector(torn.root, recursive=True)):
+        if info.type == pafs.FileType.File:
+            with torn.fs.open_input_stream(info.path) as f:
+                data = f.read()
+            with torn.fs.open_output_stream(info.path) as f:
+                f.write(data[: len(data) // 2])
 
     monkeypatch.setenv("RAYPIPE_STAGING", str(tmp_path / "machine-2"))  # nothing local: only the store
-    again = run_train_reward(load_config(RewardTrainConfig, "configs/reward_tiny.yaml", [*common, "train.max_steps=4"]))
-    assert again["steps"] == 4 and [r["at_step"] for r in again["resumes"]] == [2]
-    assert json.loads(loc.read_text("summary.json"))["steps"] == 4
+    again = run_train_reward(load_config(RewardTrainConfig, "configs/reward_tiny.yaml", [*common, "train.max_steps=6"]))
+    assert again["steps"] == 6
+    assert [(r["at_step"], r.get("skipped")) for r in again["resumes"]] == [(2, [ckpts[-1]])]
+    assert json.loads(loc.read_text("summary.json"))["steps"] == 6
     local = tmp_path / "final"
     fs, path = pafs.FileSystem.from_uri(f"{out}/final")
     pafs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
