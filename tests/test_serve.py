@@ -380,28 +380,18 @@ def test_requests_keep_being_answered_when_a_replica_is_killed(server):
     assert after and all(code == 200 for code in after), after
 
 
-def _replicas() -> dict[str, tuple[int, int]]:
-    """{actor id: (pid, restarts)} of the live Serve replica actors of the reward app."""
-    import ray._private.state as state
-
-    return {
-        k: (v["Pid"], v["NumRestarts"])
-        for k, v in state.actors().items()
-        if v["State"] == "ALIVE" and "reward" in (v.get("Name") or "") and "SERVE_REPLICA" in (v.get("Name") or "")
-    }
-
-
 def test_fuzz_every_hostile_request_is_a_4xx_or_a_closed_connection(server):
     """240 hostile requests (random bytes, cut and nested multipart, lying Content-Length, huge headers, slow
     bodies, JSON bombs, NUL and unicode in fields, traversal, symlinks out, FIFOs, sockets, devices): each is
     answered with a 4xx JSON or a closed connection (or a 200 where it was odd but valid), none a 5xx or a hang; a
     valid request after every burst of 24 succeeds, and no replica restarts. (Before its fixes it found: NUL in a
     URI and a lone surrogate in a prompt were 500s; a FIFO under the allowed root is opened no more.)"""
+    from raypipe.bench.serve import _replica_processes as replicas
     from raypipe.bench.serve_fuzz import fuzz, hostile_files
 
     url, videos, root = server["url"], server["videos"], server["root"]
     roots = hostile_files(videos, root / "secret.mp4")
-    before = _replicas()
+    before = replicas("reward")
     assert before, "no reward replica found"
     report = fuzz(url, (videos / "v0.mp4").read_bytes(), roots, 240, lambda: _upload(url, videos / "v1.mp4").ok)
     assert not report["failures"], "\n".join(report["failures"][:20])
@@ -409,4 +399,4 @@ def test_fuzz_every_hostile_request_is_a_4xx_or_a_closed_connection(server):
     assert len(report["by_case"]) == 15 and min(report["by_case"].values()) >= 16
     four_xx = sum(n for k, n in report["answers"].items() if k.startswith("4"))
     assert four_xx >= 120 and not any(k.startswith("5") for k in report["answers"]), report["answers"]
-    assert _replicas() == before  # same processes, no restarts
+    assert replicas("reward") == before  # same processes, no restarts

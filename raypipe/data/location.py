@@ -65,9 +65,8 @@ class Location:
 
     # --- naming ---
     def child(self, name: str) -> Location:
-        sub = os.path.join(self.root, name) if self.local else posixpath.join(self.root, name)
-        uri = sub if self.local else f"{self.uri}/{name}"
-        return Location(uri, _fs=self.fs, _root=sub)
+        sub = self.path(name)
+        return Location(self.uri_of(name), _fs=self.fs, _root=sub)
 
     def path(self, name: str) -> str:
         """The path of `name` inside the filesystem (a local absolute path, or `bucket/key`)."""
