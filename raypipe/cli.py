@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from raypipe.config import ConfigError
-    from raypipe.data.location import LocationError
+    from raypipe.data.location import LocationError, full_disk
     from raypipe.data.manifest import ManifestError
 
     parser = build_parser()
@@ -268,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except LocationError as e:  # an output store that failed mid-run: what was written stays, rerun to resume
         print(f"raypipe {args.command}: storage error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a full disk met by a plain file write (curves, reports): one line, not a traceback
+        full = full_disk(e, getattr(e, "filename", None) or "output")
+        if full is None:
+            raise
+        print(f"raypipe {args.command}: storage error: {full}", file=sys.stderr)
         return 1
 
 

@@ -244,3 +244,64 @@ def test_relabel_on_a_full_disk_stops_with_one_line_and_resumes(ray_local, rewar
     assert summary["videos_from_previous_runs"] == kept and summary["videos_scored_this_run"] == 12 - kept
     table = pq.read_table(out).sort_by("row_id")
     assert table.column("row_id").to_pylist() == list(range(6)) and table.column("error").null_count == 6
+
+
+@pytest.fixture(scope="module")
+def s3_checking_keys(tmp_path_factory):
+    """A second S3-protocol server on loopback that checks credentials (moto with INITIAL_NO_AUTH_ACTION_COUNT=0:
+    every request must be signed by a key it knows; ours are unknown to it). Yields the environment a user with
+    a wrong key would have."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            assert time.time() < deadline and server.poll() is None, "the credential-checking server did not start"
+            time.sleep(0.1)
+    yield {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_SECRET_ACCESS_KEY": "wrong-secret"}
+    server.terminate()
+    server.wait()
+
+
+def test_a_refused_key_is_one_clear_line_from_every_door(s3_checking_keys, reward_checkpoint, tmp_path):
+    """As a user with a wrong key runs them: relabel reading its manifest from the store, and writing its output
+    there; train-reward's checkpoints there. Each exits 2 before any Ray work with one line that says the
+    credentials were refused — no traceback."""
+    import subprocess
+    import sys
+
+    local = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"path_A": ["a.mp4"], "path_B": ["b.mp4"], "prompt": ["p"]}), local)
+    runs = {
+        "manifest on the store": ["relabel", f"reward={reward_checkpoint}", "input=s3://raypipe-test/m.parquet"],
+        "relabel out on the store": ["relabel", f"reward={reward_checkpoint}", f"input={local}"],
+        "train-reward out on the store": ["train-reward", "--config", "configs/reward_tiny.yaml"],
+    }
+    for what, args in runs.items():
+        proc = subprocess.run(
+            [sys.executable, "-m", "raypipe.cli", *args, "--out", "s3://raypipe-test/out"],
+            env=s3_checking_keys,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        lines = [x for x in proc.stderr.splitlines() if x.strip()]
+        assert proc.returncode == 2, (what, proc.stderr[-2000:])
+        assert len(lines) == 1 and "Traceback" not in proc.stderr, (what, proc.stderr[-2000:])
+        assert "refused the credentials" in lines[0] and "s3://raypipe-test/" in lines[0], (what, lines[0])

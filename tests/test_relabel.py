@@ -11,16 +11,19 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv  # noqa: F401 - pa.csv
 import pyarrow.parquet as pq
 import pytest
 
 from raypipe.config import ConfigError, SamplingConfig, SynthConfig
 from raypipe.data.inputs import resolve_input
+from raypipe.data.location import output_location
+from raypipe.data.manifest import ManifestError
 from raypipe.recipes.relabel import PROGRESS_DIR, RelabelConfig
 from raypipe.recipes.relabel import run as run_relabel
 from raypipe.reward.model import VideoReward
-from raypipe.reward.relabel import model_labels, parse_tie_epsilon
-from raypipe.reward.scoring import TIE_EPSILON_FILE, plan_batches, video_tokens
+from raypipe.reward.relabel import PartWriter, model_labels, parse_tie_epsilon, scan, write_parts
+from raypipe.reward.scoring import TIE_EPSILON_FILE, VideoIndex, distinct_videos, plan_batches, video_tokens
 from raypipe.video.decode import decode_video
 from raypipe.video.synth import make_synthpref
 
@@ -33,10 +36,86 @@ EPS = {"VQ": 0.05, "MQ": -1.0, "TA": 0.02, "Overall": 0.1}
 # --- pure pieces ---------------------------------------------------------------------------------------------
 def test_model_labels_by_hand():
     m = np.array([0.3, -0.3, 0.1, -0.1, 0.0, np.nan, 0.1000001])
-    assert model_labels(m, 0.1) == ["A", "B", "same", "same", "same", None, "A"]
+    assert model_labels(m, 0.1).to_pylist() == ["A", "B", "same", "same", "same", None, "A"]
     # ε = -1 (no tie threshold): only exactly equal scores are "same".
-    assert model_labels(m, -1.0) == ["A", "B", "A", "B", "same", None, "A"]
-    assert model_labels(np.array([1e-12, -1e-12]), 0.0) == ["A", "B"]
+    assert model_labels(m, -1.0).to_pylist() == ["A", "B", "A", "B", "same", None, "A"]
+    assert model_labels(np.array([1e-12, -1e-12]), 0.0).to_pylist() == ["A", "B"]
+
+
+def _pairs_table(n: int, seed: int = 0) -> pa.Table:
+    """n pair rows over few videos, with repeats across rows and sides."""
+    rng = np.random.default_rng(seed)
+    return pa.table(
+        {
+            "path_A": [f"v{int(i)}.mp4" for i in rng.integers(0, 6, n)],
+            "path_B": [f"v{int(i)}.mp4" for i in rng.integers(0, 6, n)],
+            "prompt": [f"p{int(i)}" for i in rng.integers(0, 3, n)],
+            "VQ": ["A"] * n,
+        }
+    )
+
+
+def test_video_index_numbers_videos_row_by_row_whatever_the_batches():
+    table = _pairs_table(40)
+    # brute force: first meeting, row by row, side A before side B
+    want: dict = {}
+    for row in table.to_pylist():
+        for side in ("A", "B"):
+            want.setdefault((row[f"path_{side}"], row["prompt"]), len(want))
+    for size in (1, 3, 7, 40):
+        index = VideoIndex()
+        ids = [index.ids(table.slice(i, size), ["path_A", "path_B"]) for i in range(0, 40, size)]
+        got = index.table().to_pylist()
+        assert [(r["uri"], r["prompt"]) for r in got] == list(want)
+        assert [r["video_id"] for r in got] == list(range(len(want)))
+        for side in ("A", "B"):
+            per_row = np.concatenate([i[f"path_{side}"] for i in ids])
+            expect = [want[(r[f"path_{side}"], r["prompt"])] for r in table.to_pylist()]
+            assert per_row.tolist() == expect
+
+
+def test_input_is_walked_in_batches_with_one_fingerprint(tmp_path):
+    path = tmp_path / "pairs.parquet"
+    pq.write_table(_pairs_table(10), path)
+    walks = {size: resolve_input(str(path), batch_rows=size) for size in (1, 3, 100)}
+    assert [b.num_rows for b in walks[3].batches()] == [3, 3, 3, 1]
+    assert walks[3].table.column("row_id").to_pylist() == list(range(10))
+    prints = {size: scan(inp)[2] for size, inp in walks.items()}
+    assert len(set(prints.values())) == 1
+    index, rows, _ = scan(walks[3])
+    assert rows == 10 and len(index) == len(distinct_videos(walks[100].table, ["uri_A", "uri_B"])[0])
+    changed = _pairs_table(10).to_pylist()
+    changed[9]["prompt"] += "!"
+    pq.write_table(pa.Table.from_pylist(changed), path)
+    assert scan(resolve_input(str(path), batch_rows=3))[2] != prints[3]
+
+
+def test_a_bad_row_is_named_by_its_place_in_the_whole_file(tmp_path):
+    path = tmp_path / "pairs.csv"
+    rows = _pairs_table(10).to_pylist()
+    rows[7]["path_B"] = " "
+    pa.csv.write_csv(pa.Table.from_pylist(rows), path)
+    inp = resolve_input(str(path), batch_rows=3)  # CSV batches are blocks of the file; the row is counted all the same
+    with pytest.raises(ManifestError, match="column 'path_B', row 7: is an empty string"):
+        scan(inp)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pairs.parquet")
+    with pytest.raises(ManifestError, match="row 7"):
+        scan(resolve_input(str(tmp_path / "pairs.parquet"), batch_rows=3))
+
+
+def test_part_writer_cuts_rows_into_whole_parts_in_order(tmp_path):
+    out = output_location(str(tmp_path / "out"))
+    out.write_parquet("part-00009.parquet", pa.table({"row_id": [99]}))  # an earlier run's part: removed
+    writer = PartWriter(out, 4)
+    start = 0
+    for size in (3, 5, 1, 7):
+        writer.append(pa.table({"row_id": list(range(start, start + size))}))
+        start += size
+    names = writer.close()
+    assert names == [f"part-{k:05d}.parquet" for k in range(4)] == out.names("part-*.parquet")
+    parts = [out.read_parquet(n).column("row_id").to_pylist() for n in names]
+    assert parts == [list(range(k, k + 4)) for k in range(0, 16, 4)]
+    assert write_parts(pa.table({"row_id": list(range(5))}), out, 100) == ["part-00000.parquet"]
 
 
 def test_parse_tie_epsilon():
@@ -307,10 +386,20 @@ def test_driver_killed_mid_run_resumes_to_the_same_output(ray_local, checkpoint,
     done_before = sum(pq.read_metadata(p).num_rows for p in (out / PROGRESS_DIR).glob("videos-*.parquet"))
     assert 0 < done_before < 22
 
+    # The rerun walks the input in batches of 4 rows and writes parts of 5: the video numbering and the input's
+    # fingerprint do not depend on batch sizes, so it resumes all the same.
     cfg = RelabelConfig(
-        reward=checkpoint, input=data["pairs"], out=str(out), sampling=SAMPLING, batch=1, progress=False
+        reward=checkpoint,
+        input=data["pairs"],
+        out=str(out),
+        sampling=SAMPLING,
+        batch=1,
+        progress=False,
+        read_rows=4,
+        rows_per_part=5,
     )
     summary = run_relabel(cfg)
+    assert summary["parts"] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     assert summary["resumes"] == 1
     assert summary["videos_from_previous_runs"] == done_before
     assert summary["videos_scored_this_run"] == 22 - done_before

@@ -122,6 +122,12 @@ BENCHES: dict[str, Bench] = {
                 dest="decode_rows",
                 help="most videos per decode task in (b)/(c) (default 32)",
             ),
+            arg(
+                "--rows",
+                default=None,
+                help="instead of (a)-(c): comma list of pair-row counts (e.g. 1000,1000000,10000000), each relabelled "
+                "over the same 100 videos by a fresh process: driver peak RSS and the row side's rows/s",
+            ),
             CHECKPOINT,
             NUM_CPUS,
         ),

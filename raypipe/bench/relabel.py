@@ -130,6 +130,8 @@ def pipeline(
 
 
 def run_relabel_bench(args) -> dict:
+    if args.rows:
+        return run_rows_bench(args)
     from raypipe.distributed.cluster import configure_data_context, init_ray
 
     out = Path(args.out)
@@ -176,11 +178,11 @@ def _videos(manifest: str, checkpoint: str) -> list[tuple[str, str]]:
     """(uri, prompt) of every video of the manifest, in relabel's order; the manifest validated like the job does."""
     from raypipe.data.inputs import resolve_input
     from raypipe.data.manifest import load_manifest
-    from raypipe.reward.relabel import video_table
+    from raypipe.reward.relabel import scan
     from raypipe.reward.scoring import checkpoint_dimensions
 
     dims = checkpoint_dimensions(checkpoint)
-    videos_table, _ = video_table(resolve_input(manifest, dims))
+    videos_table = scan(resolve_input(manifest))[0].table()
     videos = list(zip(videos_table.column("uri").to_pylist(), videos_table.column("prompt").to_pylist()))
     load_manifest(manifest, dims)
     return videos
@@ -249,3 +251,112 @@ def _tiny_checkpoint(path: Path) -> str:
     model = VideoReward.build(RewardModelConfig(), tiny_dir=path.parent / "tiny-backbone")
     model.save_pretrained(path, extra={SAMPLING_FILE: dataclasses.asdict(TINY_SAMPLING)})
     return str(path)
+
+
+# --- the row side: driver memory and rows/s as pair rows grow over the same videos -------------------------
+ROWS_PAIRS = 50  # SynthPref pairs whose 100 videos every row count reuses
+
+
+def run_rows_bench(args) -> dict:
+    """`--rows N1,N2,...`: for each N, a manifest of N pair rows cycling over the same 100 videos, relabelled by a
+    fresh `raypipe relabel` process (its own local Ray); its peak RSS (the driver's own ru_maxrss), the row side's
+    rows/s (the walk that finds the videos + the walk that writes the parts), and a check that the parts hold
+    row_id 0..N-1 once each, in order. The smallest N is the baseline of the ratios."""
+    import subprocess
+    import sys
+
+    counts = sorted(int(float(n)) for n in str(args.rows).split(","))
+    out = Path(args.out)
+    work = out.parent / "relabel-rows-work"
+    work.mkdir(parents=True, exist_ok=True)
+    data = _synthpref(work, ROWS_PAIRS, args.seed)
+    checkpoint = args.reward or _tiny_checkpoint(work / "tiny-checkpoint")
+    runs = []
+    for n in counts:
+        manifest = _tiled_manifest(data, n)
+        target = work / f"out-{n}"
+        shutil.rmtree(target, ignore_errors=True)
+        code = (
+            "import json, resource, time; t0 = time.perf_counter()\n"
+            "from raypipe.config import SamplingConfig\n"
+            "from raypipe.recipes.relabel import RelabelConfig, run\n"
+            f"s = run(RelabelConfig(reward={checkpoint!r}, input={manifest!r}, out={str(target)!r}, "
+            f"sampling=SamplingConfig(**{dataclasses.asdict(TINY_SAMPLING)!r}), batch={args.batch}, progress=False))\n"
+            "s['process_wall_s'] = time.perf_counter() - t0\n"
+            "s['driver_peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+            "print('RESULT' + json.dumps(s))\n"
+        )
+        print(f"relabel of {n:,} pair rows over {2 * ROWS_PAIRS} videos ...", flush=True)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"relabel of {n} rows failed:\n{proc.stderr[-3000:]}")
+        s = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))[len("RESULT") :])
+        check = _check_parts(target, n)
+        row_s = s["rows_scan_s"] + s["rows_write_s"]
+        runs.append(
+            {
+                "rows": n,
+                "videos": s["videos"],
+                "driver_peak_rss_mb": round(s["driver_peak_rss_mb"], 1),
+                "rows_per_s": round(n / row_s, 1) if row_s > 0 else None,
+                "rows_scan_s": s["rows_scan_s"],
+                "rows_write_s": s["rows_write_s"],
+                "scoring_wall_s": s["scoring_wall_s"],
+                "wall_s": round(s["process_wall_s"], 2),
+                "parts": len(s["parts"]),
+                **check,
+            }
+        )
+        print(f"    {json.dumps(runs[-1])}", flush=True)
+        shutil.rmtree(target, ignore_errors=True)
+    base = runs[0]
+    result = {
+        "benchmark": "relabel-rows",
+        "data": {"videos": 2 * ROWS_PAIRS, "seed": args.seed, "rows": counts},
+        "checkpoint": checkpoint,
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "runs": runs,
+        "baseline_rows": base["rows"],
+        "rss_ratio_over_baseline": {
+            r["rows"]: round(r["driver_peak_rss_mb"] / base["driver_peak_rss_mb"], 3) for r in runs
+        },
+        "notes": [
+            "driver_peak_rss_mb: the relabel process's own peak resident memory (ru_maxrss), which includes "
+            "starting a local Ray and holding the scored videos; flat in rows means the row side streams.",
+            "rows_per_s: rows / (rows_scan_s + rows_write_s), the two walks over the input on the driver.",
+            "every_row_once: the output parts hold row_id 0..N-1 exactly once, in order.",
+        ],
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _tiled_manifest(data: Path, n: int) -> str:
+    """data/rows-N.parquet: N rows cycling over the SynthPref manifest's rows (written a million rows at a time)."""
+    import numpy as np
+    import pyarrow as pa
+
+    path = data / f"rows-{n}.parquet"
+    if path.exists():
+        return str(path)
+    base = pq.read_table(data / "manifest.parquet")
+    tmp = path.with_suffix(".tmp")
+    with pq.ParquetWriter(tmp, base.schema) as writer:
+        for start in range(0, n, 1_000_000):
+            idx = np.arange(start, min(n, start + 1_000_000)) % base.num_rows
+            writer.write_table(base.take(pa.array(idx)))
+    tmp.rename(path)
+    return str(path)
+
+
+def _check_parts(folder: Path, n: int) -> dict:
+    """Every row once and in order: row_id over the parts is exactly 0..n-1."""
+    import numpy as np
+
+    expected, ok = 0, True
+    for part in sorted(folder.glob("part-*.parquet")):
+        ids = pq.read_table(part, columns=["row_id"]).column("row_id").to_numpy()
+        ok = ok and bool(np.array_equal(ids, np.arange(expected, expected + len(ids))))
+        expected += len(ids)
+    return {"every_row_once": ok and expected == n, "rows_written": expected}

@@ -1,6 +1,7 @@
 """Critic relabelling's table assembly (the critic's side of `raypipe relabel --critic`), without Ray.
 
-    table = assemble_critic(inp, per_side, answered, dims)   # one row per input row, row_id order
+    answered = with_lift_weight(one_result_per_video(answered, n_videos), dims)
+    table = assemble_critic(rows, per_side, answered, dims)   # one row per input row of a batch
 
 Columns added to the input's (the same `error` / `error_message` rule as VideoReward relabelling):
 - pointwise / videos: `rating_<DIM>` (Good / Normal / Bad), `reason_<DIM>`, `lift_weight` (SPEC §8: the mean over
@@ -11,45 +12,38 @@ An input column with one of these names (a pointwise manifest's human `reason_<D
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
-from raypipe.data.inputs import RelabelInput
 from raypipe.data.ratings import lift_weight
-from raypipe.reward.relabel import one_result_per_video, row_errors_of
+from raypipe.reward.relabel import with_result_columns
 
 
-def critic_columns(answered: pa.Table, vid, dims, side: str, weight_map=None) -> dict[str, pa.Array]:
-    """The rating, reason and LiFT weight columns of one side (`side` "" for pointwise) for video ids `vid`."""
+def critic_columns(answered: pa.Table, vid: np.ndarray, dims, side: str) -> dict[str, pa.Array]:
+    """The rating, reason and LiFT weight columns of one side (`side` "" for pointwise) for video ids `vid`;
+    `answered` is `with_lift_weight`'s table."""
     tag = f"_{side}" if side else ""
-    ids = vid.tolist()
+    take = pa.array(vid)
     cols: dict[str, pa.Array] = {}
-    ratings = {d: answered.column(f"rating_{d}").to_pylist() for d in dims}
     for d in dims:
-        reasons = answered.column(f"reason_{d}").to_pylist()
-        cols[f"rating{tag}_{d}"] = pa.array([ratings[d][v] for v in ids], pa.string())
-        cols[f"reason{tag}_{d}"] = pa.array([reasons[v] for v in ids], pa.string())
-    weights = [lift_weight({d: ratings[d][v] for d in dims}, weight_map) for v in ids]
-    cols[f"lift_weight{tag}"] = pa.array(weights, pa.float64())
+        cols[f"rating{tag}_{d}"] = answered.column(f"rating_{d}").take(take).combine_chunks()
+        cols[f"reason{tag}_{d}"] = answered.column(f"reason_{d}").take(take).combine_chunks()
+    cols[f"lift_weight{tag}"] = answered.column("lift_weight").take(take).combine_chunks()
     return cols
 
 
-def assemble_critic(inp: RelabelInput, per_side: dict, answered: pa.Table, dims, weight_map=None) -> pa.Table:
-    """One output row per input row (row_id order): the input columns, `error`, `error_message` and the critic's
-    columns of every side."""
-    answered = one_result_per_video(answered, per_side)
-    errors, messages = row_errors_of(answered, per_side, inp.table.num_rows)
+def with_lift_weight(answered: pa.Table, dims, weight_map=None) -> pa.Table:
+    """Each answered video's LiFT weight (SPEC §8), computed once per video rather than once per row."""
+    ratings = {d: answered.column(f"rating_{d}").to_pylist() for d in dims}
+    weights = [lift_weight({d: ratings[d][v] for d in dims}, weight_map) for v in range(answered.num_rows)]
+    return answered.append_column("lift_weight", pa.array(weights, pa.float64()))
+
+
+def assemble_critic(rows: pa.Table, per_side: dict, answered: pa.Table, dims) -> pa.Table:
+    """One output row per input row of `rows` (a batch): the input columns, `error`, `error_message` and the
+    critic's columns of every side. `answered`: `one_result_per_video` then `with_lift_weight`."""
     cols: dict[str, pa.Array] = {}
     for side, vid in per_side.items():
-        cols.update(critic_columns(answered, vid, dims, side, weight_map))
-    table = inp.table
-    for name in ("error", "error_message"):
-        if name in table.column_names:  # a re-relabelled output: the new result replaces the old column
-            table = table.drop_columns([name])
-    for name in cols:  # an input column of the same name (a human reason_<DIM>, an earlier run's rating) is kept
-        if name in table.column_names:
-            table = table.rename_columns([f"input_{c}" if c == name else c for c in table.column_names])
-    table = table.append_column("error", pa.array(errors, pa.string()))
-    table = table.append_column("error_message", pa.array(messages, pa.string()))
-    for name, arr in cols.items():
-        table = table.append_column(name, arr)
-    return table
+        cols.update(critic_columns(answered, vid, dims, side))
+    # an input column of the same name (a human reason_<DIM>, an earlier run's rating) is kept as input_<name>
+    return with_result_columns(rows, answered, per_side, cols, keep=True)

@@ -17,14 +17,14 @@ sidecar path matches a video by full URI, by path relative to the folder, or by 
 from __future__ import annotations
 
 import glob as globlib
-import hashlib
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from raypipe.config import ConfigError
-from raypipe.data.manifest import ManifestError, load_manifest, read_table
+from raypipe.data.manifest import ManifestError, iter_manifest, load_manifest, read_table, table_columns
 from raypipe.video.source import is_local, local_path, resolve_filesystem
 
 VIDEO_EXTENSIONS = (
@@ -50,7 +50,10 @@ _GLOB_CHARS = set("*?[")
 
 @dataclass
 class RelabelInput:
-    table: pa.Table
+    """Relabel's rows, walked a batch at a time (`batches()`: each call reads the input again, so a manifest larger
+    than memory is never held whole); `table` concatenates them (small inputs and tests)."""
+
+    read: Callable[[], Iterator[pa.Table]]  # a fresh walk over the validated rows, in row_id order
     kind: str  # "pairs" | "pointwise" | "videos" (folder or glob; scored like pointwise)
     source: str
     input_columns: list[str]
@@ -63,13 +66,12 @@ class RelabelInput:
     def uri_columns(self) -> list[str]:
         return ["uri_A", "uri_B"] if self.kind == "pairs" else ["uri"]
 
-    def fingerprint(self) -> str:
-        """Identifies the input's rows (kind, URIs, prompts): a restart must see the same one."""
-        h = hashlib.sha256(self.kind.encode())
-        for col in [*self.uri_columns(), "prompt"]:
-            for value in self.table.column(col).to_pylist():
-                h.update(b"\0" + (value or "").encode())
-        return h.hexdigest()[:16]
+    def batches(self) -> Iterator[pa.Table]:
+        return self.read()
+
+    @property
+    def table(self) -> pa.Table:
+        return pa.concat_tables(list(self.batches()))
 
 
 def _is_glob(source: str) -> bool:
@@ -187,39 +189,49 @@ def _videos_table(uris: list[str], root: str | None, prompts_source: str | None,
     )
 
 
-def resolve_input(source: str, dimensions, video_root: str | None = None, prompts: str | None = None) -> RelabelInput:
-    """Read INPUT (manifest, folder or glob) into rows; raises ManifestError/ConfigError before any Ray work."""
+def resolve_input(
+    source: str, dimensions=None, video_root: str | None = None, prompts: str | None = None, batch_rows: int = 65536
+) -> RelabelInput:
+    """INPUT (manifest, folder or glob) as rows to walk; the columns of a manifest and every listing are checked
+    here (ManifestError / ConfigError before any Ray work), each row's values as its batch is read. Label columns
+    are kept as written (relabel does not read them). `dimensions` is accepted for older callers and unused."""
     source = os.fspath(source)
     notes: list[str] = []
     if source.lower().endswith(MANIFEST_EXTENSIONS) and not _is_glob(source):
-        manifest = load_manifest(source, dimensions, video_root, require_labels=False)
-        table = manifest.table.drop_columns([c for c in manifest.table.column_names if c.startswith("y_")])
-        input_columns = [c for c in table.column_names if c != "row_id" and not c.startswith("uri")]
-        kind = manifest.kind
+        kind, _ = iter_manifest(source, video_root, batch_rows)  # the columns are checked here
+
+        def read() -> Iterator[pa.Table]:
+            return iter_manifest(source, video_root, batch_rows)[1]
+
+        input_columns = [c for c in table_columns(source) if not c.startswith("uri")]
+        return RelabelInput(read, kind, source, input_columns, notes)
+    if _is_glob(source):
+        uris, root = list_glob(source), None
+        if not uris:
+            raise ConfigError(f"input glob {source!r} matches no file")
     else:
-        if _is_glob(source):
-            uris, root = list_glob(source), None
+        if not _exists(source):
+            raise ConfigError(
+                f"input {source!r} does not exist (expected a manifest .parquet/.csv, a folder of videos, or a glob)"
+            )
+        is_dir = os.path.isdir(local_path(source)) if is_local(source) else True
+        if is_dir:
+            root = os.path.abspath(local_path(source)) if is_local(source) else source.rstrip("/")
+            uris, skipped = list_folder(root)
+            if skipped:
+                notes.append(f"{skipped} files in {source} without a video extension were not listed")
             if not uris:
-                raise ConfigError(f"input glob {source!r} matches no file")
+                raise ConfigError(f"folder {source!r} has no video files ({', '.join(VIDEO_EXTENSIONS)})")
         else:
-            if not _exists(source):
-                raise ConfigError(
-                    f"input {source!r} does not exist (expected a manifest .parquet/.csv, a folder "
-                    f"of videos, or a glob)"
-                )
-            is_dir = os.path.isdir(local_path(source)) if is_local(source) else True
-            if is_dir:
-                root = os.path.abspath(local_path(source)) if is_local(source) else source.rstrip("/")
-                uris, skipped = list_folder(root)
-                if skipped:
-                    notes.append(f"{skipped} files in {source} without a video extension were not listed")
-                if not uris:
-                    raise ConfigError(f"folder {source!r} has no video files ({', '.join(VIDEO_EXTENSIONS)})")
-            else:
-                uris, root = [source], None
-        table = _videos_table(uris, root, prompts, notes)
-        input_columns, kind = ["path", "prompt"], "videos"
-    return RelabelInput(table, kind, source, input_columns, notes)
+            uris, root = [source], None
+    table = _videos_table(uris, root, prompts, notes)
+    return RelabelInput(
+        lambda: (pa.Table.from_batches([b]) for b in table.to_batches(batch_rows)),
+        "videos",
+        source,
+        ["path", "prompt"],
+        notes,
+    )
 
 
 def read_pair_table(path: str, dims, video_root: str | None = None, relabelled: bool = False) -> pa.Table:

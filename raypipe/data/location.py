@@ -83,7 +83,7 @@ class Location:
         import pyarrow.fs as pafs
 
         target = self.path(name) if name else self.root
-        return self._call(lambda: self.fs.get_file_info(target).type != pafs.FileType.NotFound, name)
+        return self.call(lambda: self.fs.get_file_info(target).type != pafs.FileType.NotFound, name)
 
     def names(self, pattern: str = "*") -> list[str]:
         """Sorted names of the files directly in this folder that match the glob `pattern` (none: [])."""
@@ -93,20 +93,20 @@ class Location:
             selector = pafs.FileSelector(self.root, allow_not_found=True, recursive=False)
             return [i for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.File]
 
-        return sorted(n for n in (i.base_name for i in self._call(listing)) if fnmatch.fnmatchcase(n, pattern))
+        return sorted(n for n in (i.base_name for i in self.call(listing)) if fnmatch.fnmatchcase(n, pattern))
 
     def read_text(self, name: str) -> str:
         def read():
             with self.fs.open_input_stream(self.path(name)) as f:
                 return f.read().decode("utf-8")
 
-        return self._call(read, name)
+        return self.call(read, name)
 
     def read_parquet(self, name: str, columns: list[str] | None = None) -> pa.Table:
-        return self._call(lambda: pq.read_table(self.path(name), columns=columns, filesystem=self.fs), name)
+        return self.call(lambda: pq.read_table(self.path(name), columns=columns, filesystem=self.fs), name)
 
     def parquet_rows(self, name: str) -> int:
-        return self._call(lambda: pq.read_metadata(self.path(name), filesystem=self.fs).num_rows, name)
+        return self.call(lambda: pq.read_metadata(self.path(name), filesystem=self.fs).num_rows, name)
 
     # --- writing ---
     def mkdir(self) -> Location:
@@ -126,13 +126,13 @@ class Location:
     def parquet_writer(self, name: str, schema: pa.Schema) -> pq.ParquetWriter:
         """A streaming writer straight to `name` (for outputs too large to hold; an object store publishes the
         object when the writer is closed)."""
-        return self._call(lambda: pq.ParquetWriter(self.path(name), schema, filesystem=self.fs), name)
+        return self.call(lambda: pq.ParquetWriter(self.path(name), schema, filesystem=self.fs), name)
 
     def write_parquet(self, name: str, table: pa.Table) -> str:
         return self._write(name, lambda path: pq.write_table(table, path, filesystem=self.fs))
 
     def delete(self, name: str) -> None:
-        self._call(lambda: self.fs.delete_file(self.path(name)), name)
+        self.call(lambda: self.fs.delete_file(self.path(name)), name)
 
     # --- internals ---
     def _put(self, path: str, data: bytes) -> None:
@@ -142,11 +142,11 @@ class Location:
     def _write(self, name: str, write) -> str:
         final = self.path(name)
         if not self.local:  # an object appears only once its upload completes
-            self._call(lambda: write(final), name)
+            self.call(lambda: write(final), name)
             return self.uri_of(name)
         tmp = self.path(f".tmp-{uuid.uuid4().hex[:8]}-{name}")
         try:
-            self._call(lambda: write(tmp), name)
+            self.call(lambda: write(tmp), name)
             os.replace(tmp, final)
         finally:
             if os.path.exists(tmp):
@@ -157,11 +157,12 @@ class Location:
         import pyarrow.fs as pafs
 
         bucket = self.root.split("/", 1)[0]
-        info = self._call(lambda: self.fs.get_file_info(bucket))
+        info = self.call(lambda: self.fs.get_file_info(bucket))
         if info.type == pafs.FileType.NotFound:
             raise LocationError(f"{self.uri}: bucket {bucket!r} does not exist (create it first)")
 
-    def _call(self, fn, name: str = ""):
+    def call(self, fn, name: str = ""):
+        """fn(), with a store's or a full disk's OSError turned into a one-line LocationError naming the URI."""
         try:
             return fn()
         except FileNotFoundError:
@@ -175,10 +176,40 @@ class Location:
             raise LocationError(f"{where}: {one_line(e)}") from None
 
 
+_FULL_TEXTS = ("No space left on device", "Disk quota exceeded")
+
+
+def full_disk(error: BaseException, where: str) -> LocationError | None:
+    """A one-line LocationError when `error` (or anything in its chain, or a remote worker's error text, as Ray
+    Train reports it) is a full disk or an exceeded quota; else None."""
+    seen = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(t in str(e) for t in _FULL_TEXTS):
+            return LocationError(
+                f"{where}: no space left on the device (what was written before is kept: free space and rerun the "
+                f"same command to resume)"
+            )
+        e = e.__cause__ or e.__context__
+    return None
+
+
+_DENIED = ("ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH", "EXPIRED_TOKEN", "AccessDenied")
+CREDENTIALS_HINT = (
+    "the store refused the credentials: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and that "
+    "the key may read and write this bucket"
+)
+
+
 def one_line(error: BaseException) -> str:
-    """The first line of an error's message, without the request ids object stores append."""
+    """The first line of an error's message, without the request ids object stores append; a refused credential
+    says so in words."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text.split(" (Request ID")[0]
+    text = text.split(" (Request ID")[0]
+    if any(token in text for token in _DENIED):
+        text = f"{text} ({CREDENTIALS_HINT})"
+    return text
 
 
 class StagedOutput:
@@ -215,7 +246,7 @@ class StagedOutput:
         import pyarrow.fs as pafs
 
         if self.storage is not None:
-            self.location._call(
+            self.location.call(
                 lambda: pafs.copy_files(
                     str(self.dir),
                     self.location.root,

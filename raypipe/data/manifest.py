@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from raypipe.data.location import one_line
 from raypipe.video.source import is_local, join_uri, local_path, resolve_filesystem
 
 LABELS = {"a": 1, "b": -1, "same": 0, "tie": 0, "1": 1, "-1": -1, "0": 0}
@@ -84,49 +86,120 @@ def normalize_score(value) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _open(source: str):
+    """(filesystem or None for local, path) of a manifest; ManifestError when a local file is missing."""
+    fs, path = (None, local_path(source)) if is_local(source) else resolve_filesystem(source)
+    if fs is None and not os.path.exists(path):
+        raise ManifestError(source, "file not found")
+    return fs, path
+
+
+def _format(source: str, fs, path: str) -> str:
+    lower = path.lower()
+    if lower.endswith((".csv", ".csv.gz", ".tsv")):
+        return "csv"
+    if lower.endswith((".parquet", ".pq")) or (fs is not None and fs.get_file_info(path).type == 3):
+        return "parquet"
+    raise ManifestError(source, "unknown manifest format: use .parquet or .csv")
+
+
+def _csv_options(fs, path: str):
+    """CSV parse/convert options with every column as text (types are checked per column, with the row named)."""
+    import pyarrow.csv as pacsv
+
+    parse = pacsv.ParseOptions(delimiter="\t" if path.lower().endswith(".tsv") else ",")
+    with open(path, "rb") if fs is None else fs.open_input_stream(path) as f:
+        header = pacsv.open_csv(f, parse_options=parse).schema.names
+    return parse, pacsv.ConvertOptions(column_types={c: pa.string() for c in header}, strings_can_be_null=True)
+
+
+def _unreadable(source: str, e: Exception) -> ManifestError:
+    return ManifestError(source, f"unreadable: {one_line(e)}")
+
+
+_READ_ERRORS = (pa.ArrowInvalid, pa.ArrowIOError, OSError, UnicodeDecodeError)
+
+
 def read_table(source: str) -> pa.Table:
     """A .parquet or .csv/.tsv (every column as text) table from a local path or URI; ManifestError if not."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    fs, path = (None, local_path(source)) if is_local(source) else resolve_filesystem(source)
-    lower = path.lower()
     try:
-        if fs is None and not os.path.exists(path):
-            raise ManifestError(source, "file not found")
-        if lower.endswith((".csv", ".csv.gz", ".tsv")):
-            opener = open(path, "rb") if fs is None else fs.open_input_stream(path)
-            with opener as f:
-                # Everything as text first: types are checked per column below, with the row named.
-                parse = pacsv.ParseOptions(delimiter="\t" if lower.endswith(".tsv") else ",")
-                header = pacsv.open_csv(f, parse_options=parse).schema.names
-            opener = open(path, "rb") if fs is None else fs.open_input_stream(path)
-            with opener as f:
-                convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in header}, strings_can_be_null=True)
+        fs, path = _open(source)
+        if _format(source, fs, path) == "csv":
+            parse, convert = _csv_options(fs, path)
+            with open(path, "rb") if fs is None else fs.open_input_stream(path) as f:
                 return pacsv.read_csv(f, parse_options=parse, convert_options=convert)
-        if lower.endswith((".parquet", ".pq")) or (fs is not None and fs.get_file_info(path).type == 3):
-            return pq.read_table(path, filesystem=fs)
-        raise ManifestError(source, "unknown manifest format: use .parquet or .csv")
+        return pq.read_table(path, filesystem=fs)
     except ManifestError:
         raise
-    except (pa.ArrowInvalid, pa.ArrowIOError, OSError, UnicodeDecodeError) as e:
-        raise ManifestError(source, f"unreadable: {e}") from None
+    except _READ_ERRORS as e:
+        raise _unreadable(source, e) from None
 
 
-def _check_string_column(table: pa.Table, column: str, source: str, allow_empty: bool = False) -> pa.Array:
+def table_columns(source: str) -> list[str]:
+    """The column names of a manifest, read from its header or Parquet footer only."""
+    import pyarrow.parquet as pq
+
+    try:
+        fs, path = _open(source)
+        if _format(source, fs, path) == "csv":
+            return list(_csv_options(fs, path)[1].column_types)
+        return list(pq.read_schema(path, filesystem=fs).names)
+    except ManifestError:
+        raise
+    except _READ_ERRORS as e:
+        raise _unreadable(source, e) from None
+
+
+def iter_table(source: str, batch_rows: int = 65536) -> Iterator[pa.Table]:
+    """A manifest's rows in order, a batch at a time (Parquet: up to `batch_rows` rows; CSV: a block of the file),
+    so that a table larger than memory can be walked; ManifestError if it cannot be read."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    try:
+        fs, path = _open(source)
+        if _format(source, fs, path) == "csv":
+            parse, convert = _csv_options(fs, path)
+            with open(path, "rb") if fs is None else fs.open_input_stream(path) as f:
+                reader = pacsv.open_csv(
+                    f, parse_options=parse, convert_options=convert, read_options=pacsv.ReadOptions(block_size=8 << 20)
+                )
+                for batch in reader:
+                    yield pa.Table.from_batches([batch])
+            return
+        with open(path, "rb") if fs is None else fs.open_input_file(path) as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
+                yield pa.Table.from_batches([batch])
+    except ManifestError:
+        raise
+    except _READ_ERRORS as e:
+        raise _unreadable(source, e) from None
+
+
+def _first(mask: pa.Array | pa.ChunkedArray) -> int | None:
+    """Index of the first true value of a boolean array, or None."""
+    i = pc.index(mask, True).as_py()
+    return None if i is None or i < 0 else i
+
+
+def _check_string_column(table: pa.Table, column: str, source: str, allow_empty: bool = False, offset: int = 0):
     col = table.column(column)
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
         raise ManifestError(source, f"must hold strings, has type {col.type}", column)
-    values = col.to_pylist()
-    for i, v in enumerate(values):
-        if v is None:
-            raise ManifestError(source, "is null", column, i)
-        if not allow_empty and not v.strip():
-            raise ManifestError(source, "is an empty string", column, i)
+    row = _first(pc.is_null(col))
+    if row is not None:
+        raise ManifestError(source, "is null", column, offset + row)
+    if not allow_empty:
+        row = _first(pc.equal(pc.utf8_trim_whitespace(col), ""))
+        if row is not None:
+            raise ManifestError(source, "is an empty string", column, offset + row)
     return col
 
 
-def _cast_numeric(table: pa.Table, column: str, source: str) -> pa.Table:
+def _cast_numeric(table: pa.Table, column: str, source: str, offset: int = 0) -> pa.Table:
     col = table.column(column)
     if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
         return table
@@ -139,16 +212,25 @@ def _cast_numeric(table: pa.Table, column: str, source: str) -> pa.Table:
         try:
             out.append(float(v))
         except (TypeError, ValueError):
-            raise ManifestError(source, f"expected a number, got {v!r}", column, i) from None
+            raise ManifestError(source, f"expected a number, got {v!r}", column, offset + i) from None
     idx = table.schema.get_field_index(column)
     return table.set_column(idx, column, pa.array(out, pa.float64()))
+
+
+def map_distinct(column: pa.Array | pa.ChunkedArray, fn, type_: pa.DataType) -> pa.Array:
+    """`fn` applied to each distinct value of a column once (nulls included), spread back to every row: fast when
+    rows repeat few values (many pairs over the same videos, labels)."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    distinct = pc.unique(column)
+    mapped = pa.array([fn(v) for v in distinct.to_pylist()], type_)
+    return mapped.take(pc.index_in(column, value_set=distinct, skip_nulls=False))
 
 
 def _resolve_uris(table: pa.Table, columns: tuple[str, ...], root: str) -> pa.Table:
     """`path_A` -> `uri_A`, `path` -> `uri`: relative paths joined to the video root."""
     for col in columns:
-        uris = [join_uri(root, v) for v in table.column(col).to_pylist()]
-        table = table.append_column(col.replace("path", "uri", 1), pa.array(uris, pa.string()))
+        uris = map_distinct(table.column(col), lambda v: join_uri(root, v), pa.string())
+        table = table.append_column(col.replace("path", "uri", 1), uris)
     return table
 
 
@@ -156,6 +238,52 @@ def default_root(source: str) -> str:
     if is_local(source):
         return os.path.dirname(os.path.abspath(local_path(source)))
     return source.rsplit("/", 1)[0]
+
+
+def manifest_kind(source: str, names) -> str:
+    """ "pairs" or "pointwise" (a `path` column and no `path_A`); ManifestError when a required column is missing
+    or a reserved one is there."""
+    names = set(names)
+    kind = "pointwise" if "path" in names and "path_A" not in names else "pairs"
+    for column in POINTWISE_REQUIRED if kind == "pointwise" else PAIR_REQUIRED:
+        if column not in names:
+            raise ManifestError(source, f"required column is missing (have {sorted(names)})", column)
+    if "row_id" in names:
+        raise ManifestError(source, "is reserved (raypipe adds it)", "row_id")
+    return kind
+
+
+def validate_rows(table: pa.Table, source: str, kind: str, root: str, offset: int = 0) -> pa.Table:
+    """One batch of a manifest's rows (starting at row `offset`) checked and extended: required strings present,
+    numeric columns cast, `row_id` and the resolved `uri*` columns added. Labels are left as written."""
+    required = POINTWISE_REQUIRED if kind == "pointwise" else PAIR_REQUIRED
+    for column in required:
+        _check_string_column(table, column, source, allow_empty=(column == "prompt"), offset=offset)
+    for column in table.column_names:
+        if column.startswith(_NUMERIC_PREFIXES):
+            table = _cast_numeric(table, column, source, offset)
+    table = table.append_column("row_id", pa.array(range(offset, offset + table.num_rows), pa.int64()))
+    return _resolve_uris(table, ("path_A", "path_B") if kind == "pairs" else ("path",), root)
+
+
+def iter_manifest(
+    source: str, video_root: str | None = None, batch_rows: int = 65536
+) -> tuple[str, Iterator[pa.Table]]:
+    """(kind, the validated rows a batch at a time, as `validate_rows` makes them): a manifest walked without
+    holding it in memory. The columns are checked now; a bad row raises ManifestError when its batch is read."""
+    source = os.fspath(source)
+    kind = manifest_kind(source, table_columns(source))
+    root = video_root or default_root(source)
+
+    def batches() -> Iterator[pa.Table]:
+        offset = 0
+        for raw in iter_table(source, batch_rows):
+            yield validate_rows(raw, source, kind, root, offset)
+            offset += raw.num_rows
+        if offset == 0:
+            raise ManifestError(source, "has no rows")
+
+    return kind, batches()
 
 
 def load_manifest(
@@ -171,34 +299,20 @@ def load_manifest(
     names = set(table.column_names)
     if table.num_rows == 0:
         raise ManifestError(source, "has no rows")
-    kind = "pointwise" if "path" in names and "path_A" not in names else "pairs"
-    required = POINTWISE_REQUIRED if kind == "pointwise" else PAIR_REQUIRED
-    for column in required:
-        if column not in names:
-            raise ManifestError(source, f"required column is missing (have {sorted(names)})", column)
-    for column in required:
-        _check_string_column(table, column, source, allow_empty=(column == "prompt"))
-    for column in table.column_names:
-        if column.startswith(_NUMERIC_PREFIXES):
-            table = _cast_numeric(table, column, source)
-    if "row_id" in names:
-        raise ManifestError(source, "is reserved (raypipe adds it)", "row_id")
-    table = table.append_column("row_id", pa.array(range(table.num_rows), pa.int64()))
-    masked: dict[str, int] = {}
+    kind = manifest_kind(source, names)
     label_dims = [d for d in dimensions if d in names]
     if require_labels and not label_dims:
         raise ManifestError(source, f"no label column for any configured dimension {list(dimensions)}")
+    table = validate_rows(table.combine_chunks(), source, kind, video_root or default_root(source))
+    masked: dict[str, int] = {}
     for dim in label_dims:
-        raw = table.column(dim).to_pylist()
         if kind == "pairs":
-            values = [normalize_label(v) for v in raw]
-            arr = pa.array(values, pa.int8())
+            arr = map_distinct(table.column(dim), normalize_label, pa.int8())
         else:
-            values = [normalize_score(v) for v in raw]
-            arr = pa.array(values, pa.float64())
-        n_bad = sum(v is None for v in values)
-        if n_bad == len(values):
-            example = next((v for v in raw if v is not None), None)
+            arr = map_distinct(table.column(dim), normalize_score, pa.float64())
+        n_bad = arr.null_count
+        if n_bad == len(arr):
+            example = next((v for v in table.column(dim).to_pylist() if v is not None), None)
             allowed = "A/B/same/tie or 1/-1/0" if kind == "pairs" else "numbers or Good/Normal/Bad"
             raise ManifestError(
                 source,
@@ -208,8 +322,6 @@ def load_manifest(
             )
         masked[dim] = n_bad
         table = table.append_column(f"y_{dim}", arr)
-    root = video_root or default_root(source)
-    table = _resolve_uris(table, ("path_A", "path_B") if kind == "pairs" else ("path",), root)
     return Manifest(table, source, kind, list(dimensions), masked)
 
 

@@ -63,6 +63,7 @@ def fit_trainer(
     from ray.train.torch import TorchTrainer
 
     from raypipe.config import ConfigError
+    from raypipe.data.location import full_disk
 
     if t.placement_strategy not in PLACEMENT:
         raise ConfigError(f"train.placement_strategy must be one of {PLACEMENT}, got {t.placement_strategy!r}")
@@ -88,15 +89,22 @@ def fit_trainer(
         dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
     )
     start = time.perf_counter()
-    result = trainer.fit()
-    wall = time.perf_counter() - start
-    if result.error is not None:
-        raise result.error
-    with result.checkpoint.as_directory() as d:
-        progress = json.loads((Path(d) / "progress.json").read_text())
-        if (out / "final").exists():
-            shutil.rmtree(out / "final")
-        shutil.copytree(Path(d) / "final", out / "final")
+    where = storage or str(out)
+    try:
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        wall = time.perf_counter() - start
+        with result.checkpoint.as_directory() as d:
+            progress = json.loads((Path(d) / "progress.json").read_text())
+            if (out / "final").exists():
+                shutil.rmtree(out / "final")
+            shutil.copytree(Path(d) / "final", out / "final")
+    except Exception as e:  # a full disk anywhere in a worker's or our writes is one line, not a Ray traceback
+        full = full_disk(e, where)
+        if full is None:
+            raise
+        raise full from None
     return progress, wall
 
 

@@ -4,10 +4,12 @@ rate them with a LiFT critic.
     raypipe relabel --out relabeled reward=reward-out/final input=pairs.parquet [concurrency=2]
     raypipe relabel --out rated --critic critic-out/final input=pairs.parquet
 
-Pipeline: distinct (uri, prompt) videos -> Ray Data decode tasks (CPU) -> a pool of scoring actors (one model
-each, GPUs per actor on a cluster) -> the driver, which appends finished videos to `OUT/_progress/` every few
-seconds. Killed and started again with the same arguments, it skips every video already there; the final
-output is assembled from `_progress` only when every video is in, so each input row is written exactly once.
+Pipeline: a first walk over the input rows (a batch of `read_rows` at a time, before any Ray work: bad rows fail
+here) finds the distinct (uri, prompt) videos -> Ray Data decode tasks (CPU) -> a pool of scoring actors (one
+model each, GPUs per actor on a cluster) -> the driver, which appends finished videos to `OUT/_progress/` every
+few seconds. Killed and started again with the same arguments, it skips every video already there. When every
+video is in, a second walk joins each batch of rows to its videos' results and writes the parts, so each input
+row is written exactly once and the driver's memory grows with distinct videos, not with rows.
 
 Outputs in OUT:
 - `part-00000.parquet`, … in row_id order, one row per input row: the input columns, `row_id`, the resolved
@@ -39,7 +41,7 @@ import pyarrow.compute as pc
 
 from raypipe.config import ConfigError, SamplingConfig, config_yaml
 from raypipe.critic.model import critic_dimensions
-from raypipe.critic.relabel import assemble_critic
+from raypipe.critic.relabel import assemble_critic, with_lift_weight
 from raypipe.data.inputs import resolve_input
 from raypipe.data.location import output_location
 from raypipe.data.ratings import DEFAULT_WEIGHT_MAP, check_weight_map
@@ -47,12 +49,13 @@ from raypipe.distributed.cluster import configure_data_context, init_ray
 from raypipe.distributed.scoring import score_videos
 from raypipe.reward.relabel import (
     PROGRESS_DIR,
+    PartWriter,
     Progress,
     assemble,
+    one_result_per_video,
     parse_tie_epsilon,
+    scan,
     video_errors,
-    video_table,
-    write_parts,
 )
 from raypipe.reward.scoring import (
     TIE_EPSILON_FILE,
@@ -97,6 +100,7 @@ class RelabelConfig:
     tie_epsilon: float | dict[str, float] | None = None
     flush_every_s: float = 5.0  # how often finished videos are appended to OUT/_progress (what a kill can lose)
     rows_per_part: int = 100_000  # rows per output Parquet file
+    read_rows: int = 65_536  # input rows per batch of the two walks over the input (the driver holds one batch)
     address: str | None = None  # Ray cluster address; null: RAY_ADDRESS or a new local Ray
     progress: bool = True  # progress bars
 
@@ -129,7 +133,7 @@ def _prepare(cfg: RelabelConfig):
             )
     if norm_stats is None:
         notes.append("checkpoint has no norm_stats.json: no normalised scores / Overall")
-    inp = resolve_input(cfg.input, dimensions, cfg.video_root, cfg.prompts)
+    inp = resolve_input(cfg.input, dimensions, cfg.video_root, cfg.prompts, cfg.read_rows)
     return inp, dimensions, norm_stats, epsilon, notes
 
 
@@ -139,7 +143,7 @@ def _prepare_critic(cfg: RelabelConfig):
         check_weight_map(cfg.weight_map or DEFAULT_WEIGHT_MAP)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"critic: {e}") from None
-    inp = resolve_input(cfg.input, dimensions, cfg.video_root, cfg.prompts)
+    inp = resolve_input(cfg.input, dimensions, cfg.video_root, cfg.prompts, cfg.read_rows)
     return inp, dimensions, None, {}, []
 
 
@@ -211,13 +215,16 @@ def run(cfg: RelabelConfig) -> dict:
     sampling, sampling_source = resolve_sampling(checkpoint, cfg.sampling)
     out = output_location(cfg.out)  # a local folder or an object-store prefix (s3://bucket/relabeled)
     out.write_text(CONFIG_FILE, config_yaml(dataclasses.replace(cfg, sampling=sampling)))
-    videos, per_side = video_table(inp)
+    walk_t0 = time.perf_counter()
+    index, n_rows, fingerprint = scan(inp)  # first walk over the rows, before Ray: a bad row fails here
+    scan_s = time.perf_counter() - walk_t0
+    videos = index.table()
     state = Progress(
         out,
         {
-            "fingerprint": inp.fingerprint(),
+            "fingerprint": fingerprint,
             "checkpoint": os.path.abspath(checkpoint),
-            "rows": inp.table.num_rows,
+            "rows": n_rows,
             "videos": videos.num_rows,
             "kind": inp.kind,
         },
@@ -232,20 +239,22 @@ def run(cfg: RelabelConfig) -> dict:
         timing = _score_remaining(cfg, videos, done, dimensions, sampling, state, videos.num_rows)
     score_s = time.perf_counter() - score_t0
     results = state.read_all()
-    if cfg.critic:
-        table = assemble_critic(inp, per_side, results, dimensions, cfg.weight_map)
-    else:
-        table = assemble(inp, per_side, results, dimensions, norm_stats, epsilon)
-    parts = write_parts(table, out, cfg.rows_per_part)
+    write_t0 = time.perf_counter()
+    parts, outcomes = _write_rows(
+        cfg, inp, index, one_result_per_video(results, videos.num_rows), out, dimensions, norm_stats, epsilon
+    )
     summary = {
         "input": inp.source,
         "kind": inp.kind,
         "checkpoint": checkpoint,
         "model": "critic" if cfg.critic else "reward",
         "dimensions": dimensions,
-        **_row_outcomes(table),
+        **outcomes,
         **_video_outcomes(videos, results, timing, resumed, score_s, state.state["resumes"]),
         "wall_s": round(time.perf_counter() - t0, 2),
+        # the row side: the walk that finds the videos (before scoring) and the one that writes the parts
+        "rows_scan_s": round(scan_s, 2),
+        "rows_write_s": round(time.perf_counter() - write_t0, 2),
         "tie_epsilon": epsilon,
         "sampling": dataclasses.asdict(sampling),
         "sampling_from": sampling_source,
@@ -260,14 +269,37 @@ def run(cfg: RelabelConfig) -> dict:
     return summary
 
 
-def _row_outcomes(table) -> dict:
-    """Rows written, rows without an error, rows with an error by kind."""
-    row_errors = Counter(e for e in table.column("error").to_pylist() if e is not None)
-    return {
-        "rows": table.num_rows,
-        "rows_ok": table.num_rows - sum(row_errors.values()),
+def _write_rows(cfg, inp, index, scored, out, dimensions, norm_stats, epsilon) -> tuple[list[str], dict]:
+    """The second walk over the rows: each batch joined to its videos' results and appended to the parts, so the
+    driver holds one batch and one part, however many rows there are. (part names, rows by outcome)"""
+    from tqdm import tqdm
+
+    if cfg.critic:
+        scored = with_lift_weight(scored, dimensions, cfg.weight_map)
+    writer = PartWriter(out, cfg.rows_per_part)
+    rows, row_errors = 0, Counter()
+    bar = tqdm(unit="row", desc="write", disable=not cfg.progress, dynamic_ncols=True, leave=False)
+    for batch in inp.batches():
+        per_side = dict(zip(inp.sides, index.ids(batch, inp.uri_columns()).values()))
+        if cfg.critic:
+            table = assemble_critic(batch, per_side, scored, dimensions)
+        else:
+            table = assemble(batch, per_side, scored, dimensions, norm_stats, epsilon)
+        writer.append(table)
+        rows += table.num_rows
+        row_errors.update({k: v for k, v in _value_counts(table.column("error")).items() if k is not None})
+        bar.update(table.num_rows)
+    bar.close()
+    outcomes = {
+        "rows": rows,
+        "rows_ok": rows - sum(row_errors.values()),
         "rows_with_error": dict(sorted(row_errors.items())),
     }
+    return writer.close(), outcomes
+
+
+def _value_counts(column) -> dict:
+    return {c["values"]: c["counts"] for c in pc.value_counts(column).to_pylist()}
 
 
 def _video_outcomes(videos, results, timing: dict, resumed: int, score_s: float, resumes: int) -> dict:

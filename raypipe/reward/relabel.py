@@ -3,18 +3,20 @@ OUT/_progress, and the assembly of one output row per input row (`raypipe.recipe
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 
 from raypipe.config import ConfigError
 from raypipe.data.inputs import RelabelInput
 from raypipe.data.location import Location
 from raypipe.data.manifest import label_name
-from raypipe.reward.scoring import distinct_videos, normalize, overall
+from raypipe.reward.scoring import VideoIndex, normalize, overall
 
 PROGRESS_DIR = "_progress"
 STATE_FILE = "state.json"
@@ -42,22 +44,37 @@ def parse_tie_epsilon(value, dimensions) -> dict[str, float] | None:
     return out
 
 
-def model_labels(margins: np.ndarray, epsilon: float) -> list[str | None]:
+def model_labels(margins: np.ndarray, epsilon: float) -> pa.Array:
     """A when margin > ε, B when margin < −ε, same when |margin| ≤ ε or the scores are equal (so also with
-    ε = −1, "never a tie"); None for a missing (NaN) margin. The names are `label_name`'s (SPEC §2.1)."""
-    out: list[str | None] = []
-    for m in np.asarray(margins, dtype=np.float64):
-        if np.isnan(m):
-            out.append(None)
-        else:
-            out.append(label_name(0 if abs(m) <= epsilon or m == 0 else (1 if m > 0 else -1)))
-    return out
+    ε = −1, "never a tie"); null for a missing (NaN) margin. The names are `label_name`'s (SPEC §2.1)."""
+    m = np.asarray(margins, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        same = (np.abs(m) <= epsilon) | (m == 0)
+        names = np.where(same, label_name(0), np.where(m > 0, label_name(1), label_name(-1)))
+    return pa.array(names.astype(object), pa.string(), mask=np.isnan(m))
 
 
-def video_table(inp: RelabelInput) -> tuple[pa.Table, dict[str, np.ndarray]]:
-    """(distinct videos: video_id, uri, prompt; per side, the video_id of every input row)."""
-    videos, per_column = distinct_videos(inp.table, inp.uri_columns())
-    return videos, dict(zip(inp.sides, per_column.values()))
+def scan(inp: RelabelInput) -> tuple[VideoIndex, int, str]:
+    """The first walk over the input (before any Ray work, so a bad row fails fast): (the distinct videos, the
+    number of rows, the input's fingerprint). The fingerprint hashes the kind and every row's URIs and prompt, in
+    a form that does not depend on batch sizes; a restart must see the same one."""
+    index = VideoIndex()
+    columns = [*inp.uri_columns(), "prompt"]
+    hashes = {c: (hashlib.sha256(), hashlib.sha256()) for c in columns}  # per column: bytes, lengths
+    rows = 0
+    for batch in inp.batches():
+        index.ids(batch, inp.uri_columns())
+        for col in columns:
+            values = pc.cast(pc.fill_null(batch.column(col), ""), pa.large_string()).combine_chunks()
+            offsets = np.frombuffer(values.buffers()[1], np.int64)[values.offset : values.offset + len(values) + 1]
+            if len(values):
+                hashes[col][0].update(memoryview(values.buffers()[2])[offsets[0] : offsets[-1]])
+                hashes[col][1].update(np.diff(offsets).tobytes())
+        rows += batch.num_rows
+    whole = hashlib.sha256(inp.kind.encode())
+    for data, lengths in hashes.values():
+        whole.update(data.digest() + lengths.digest())
+    return index, rows, whole.hexdigest()[:16]
 
 
 # --- resume state ------------------------------------------------------------------------------------------
@@ -119,63 +136,79 @@ def _float_column(values: np.ndarray) -> pa.Array:
 
 
 def assemble(
-    inp: RelabelInput,
+    rows: pa.Table,
     per_side: dict[str, np.ndarray],
     scored: pa.Table,
     dimensions,
     norm_stats,
     epsilon: dict[str, float],
 ) -> pa.Table:
-    """One output row per input row, row_id order (see the module docstring for the columns)."""
-    scored = one_result_per_video(scored, per_side)
+    """One output row per input row of `rows` (a batch; see the module docstring for the columns). `scored` is
+    `one_result_per_video`'s table; `per_side` the video_id of every row per side ("" for pointwise)."""
     raw = np.stack(
         [scored.column(f"score_{d}").to_numpy(zero_copy_only=False).astype(np.float64) for d in dimensions], axis=1
     )
     sides = {side: raw[vid] for side, vid in per_side.items()}
-    row_errors, row_messages = row_errors_of(scored, per_side, inp.table.num_rows)
-    if inp.kind != "pairs":
+    if set(per_side) == {""}:
         cols = _pointwise_columns(sides[""], dimensions, norm_stats)
     else:
         cols = _pair_columns(sides["A"], sides["B"], dimensions, norm_stats, epsilon)
-    table = inp.table
-    for name in [*cols, "error", "error_message"]:
-        if name in table.column_names:  # a re-relabelled output: the new result replaces the old column
-            table = table.drop_columns([name])
-    table = table.append_column("error", pa.array(row_errors, pa.string()))
-    table = table.append_column("error_message", pa.array(row_messages, pa.string()))
+    return with_result_columns(rows, scored, per_side, cols)
+
+
+def with_result_columns(rows: pa.Table, scored: pa.Table, per_side, cols: dict[str, pa.Array], keep=False):
+    """`rows` + `error`, `error_message` + `cols`. An input column of a result's name (a re-relabelled output) is
+    replaced, or with `keep` kept as `input_<name>`."""
+    errors, messages = row_errors_of(scored, per_side, rows.num_rows)
+    for name in ("error", "error_message"):
+        if name in rows.column_names:
+            rows = rows.drop_columns([name])
+    for name in cols:
+        if name in rows.column_names:
+            if keep:
+                rows = rows.rename_columns([f"input_{c}" if c == name else c for c in rows.column_names])
+            else:
+                rows = rows.drop_columns([name])
+    rows = rows.append_column("error", errors).append_column("error_message", messages)
     for name, arr in cols.items():
-        table = table.append_column(name, arr)
-    return table
+        rows = rows.append_column(name, arr)
+    return rows
 
 
-def one_result_per_video(scored: pa.Table, per_side: dict[str, np.ndarray]) -> pa.Table:
-    """The scored videos in video_id order, one row each (a resumed run may hold a video twice); every video the
-    input needs must be there."""
-    ids = scored.column("video_id").to_numpy()
+def one_result_per_video(scored: pa.Table, n_videos: int) -> pa.Table:
+    """The scored videos in video_id order, one row each (a resumed run may hold a video twice); every one of the
+    `n_videos` videos must be there."""
+    ids = scored.column("video_id").to_numpy() if scored is not None else np.zeros(0, np.int64)
     order = np.argsort(ids, kind="stable")
     first = order[np.concatenate([[True], np.diff(ids[order]) != 0])] if len(ids) else order  # keep 1 per id
-    scored = scored.take(pa.array(first))
-    ids = scored.column("video_id").to_numpy()
-    n_videos = int(max(int(v.max()) for v in per_side.values()) + 1)
+    scored = scored.take(pa.array(first)) if scored is not None else None
+    ids = ids[first]
     if len(ids) != n_videos or (len(ids) and not np.array_equal(ids, np.arange(n_videos))):
         missing = sorted(set(range(n_videos)) - set(ids.tolist()))
         raise RuntimeError(f"{len(missing)} videos have no result (e.g. video_id {missing[:3]}); rerun to finish")
     return scored
 
 
-def row_errors_of(scored: pa.Table, per_side: dict[str, np.ndarray], n_rows: int) -> tuple[list, list]:
-    """Per input row: the first failing side's error kind, and every failing side's message."""
-    errors = scored.column("error").to_pylist()
-    messages = scored.column("error_message").to_pylist()
+def row_errors_of(scored: pa.Table, per_side: dict[str, np.ndarray], n_rows: int) -> tuple[pa.Array, pa.Array]:
+    """Per input row: the first failing side's error kind, and every failing side's message ("A: …| B: …")."""
+    failed = np.asarray(scored.column("error").is_valid()).astype(bool) if scored.num_rows else np.zeros(0, bool)
+    bad = np.zeros(n_rows, bool)
+    for vid in per_side.values():
+        bad |= failed[vid]
     row_errors: list[str | None] = [None] * n_rows
     row_messages: list[str | None] = [None] * n_rows
-    for side, vid in per_side.items():
-        for i, v in enumerate(vid.tolist()):
-            if errors[v] is not None:
-                row_errors[i] = row_errors[i] or errors[v]
-                text = f"{side}: {messages[v]}" if side else messages[v]
-                row_messages[i] = text if row_messages[i] is None else row_messages[i] + " | " + text
-    return row_errors, row_messages
+    rows = np.flatnonzero(bad)
+    if len(rows):  # error rows are few: only they are walked one by one
+        errors = scored.column("error").to_pylist()
+        messages = scored.column("error_message").to_pylist()
+        for i in rows.tolist():
+            for side, vid in per_side.items():
+                v = int(vid[i])
+                if errors[v] is not None:
+                    row_errors[i] = row_errors[i] or errors[v]
+                    text = f"{side}: {messages[v]}" if side else messages[v]
+                    row_messages[i] = text if row_messages[i] is None else row_messages[i] + " | " + text
+    return pa.array(row_errors, pa.string()), pa.array(row_messages, pa.string())
 
 
 def _pointwise_columns(s: np.ndarray, dimensions, norm_stats) -> dict[str, pa.Array]:
@@ -199,24 +232,50 @@ def _pair_columns(a: np.ndarray, b: np.ndarray, dimensions, norm_stats, epsilon)
         cols["overall_A"], cols["overall_B"] = _float_column(oa), _float_column(ob)
         margins["Overall"] = oa - ob
     cols.update({f"margin_{name}": _float_column(m) for name, m in margins.items()})
-    cols.update(
-        {f"model_{name}": pa.array(model_labels(m, epsilon.get(name, 0.0)), pa.string()) for name, m in margins.items()}
-    )
+    cols.update({f"model_{name}": model_labels(m, epsilon.get(name, 0.0)) for name, m in margins.items()})
     return cols
 
 
+class PartWriter:
+    """Output rows appended a batch at a time and written as row-ordered Parquet parts of `rows_per_part` rows,
+    each part whole (`Location`), so at most one part's rows are held. Parts of an earlier run are removed first."""
+
+    def __init__(self, out: Location, rows_per_part: int):
+        self.out, self.step = out, max(1, int(rows_per_part))
+        for old in out.names("part-*.parquet"):
+            out.delete(old)
+        self.pending: list[pa.Table] = []
+        self.held = 0
+        self.names: list[str] = []
+
+    def append(self, rows: pa.Table) -> None:
+        self.pending.append(rows)
+        self.held += rows.num_rows
+        while self.held >= self.step:
+            self._write(self.step)
+
+    def _write(self, n: int) -> None:
+        if not self.pending:
+            return
+        table = pa.concat_tables(self.pending, promote_options="default")
+        name = f"part-{len(self.names):05d}.parquet"
+        self.out.write_parquet(name, table.slice(0, n))
+        self.names.append(name)
+        rest = table.slice(n)
+        self.pending, self.held = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def close(self) -> list[str]:
+        """Write what is left (one part, even an empty one, so the output always has a schema); the part names."""
+        if self.held or not self.names:
+            self._write(self.held)
+        return self.names
+
+
 def write_parts(table: pa.Table, out: Location, rows_per_part: int) -> list[str]:
-    """Row-ordered Parquet parts (old parts removed first; each written whole)."""
-    for old in out.names("part-*.parquet"):
-        out.delete(old)
-    step = max(1, int(rows_per_part))
-    n = max(1, -(-table.num_rows // step))
-    names = []
-    for k in range(n):
-        name = f"part-{k:05d}.parquet"
-        out.write_parquet(name, table.slice(k * step, step))
-        names.append(name)
-    return names
+    """A whole table as row-ordered Parquet parts (old parts removed first; each written whole)."""
+    writer = PartWriter(out, rows_per_part)
+    writer.append(table)
+    return writer.close()
 
 
 def video_errors(scored: pa.Table) -> dict[str, int]:

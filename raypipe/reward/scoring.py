@@ -165,25 +165,63 @@ def resolve_sampling(checkpoint: str, override: SamplingConfig | None) -> tuple[
 
 
 # --- what to score ----------------------------------------------------------------------------------------
+class VideoIndex:
+    """Distinct (uri, prompt) videos numbered 0, 1, ... in the order a walk over the rows first meets them (row by
+    row; within a row, its URI columns in order), whatever size of batches the walk takes. A video shared by many
+    pairs is decoded and scored once. Memory grows with distinct videos only, never with rows."""
+
+    def __init__(self):
+        self._ids: dict[tuple[str, str], int] = {}
+        self._uris: list[str] = []
+        self._prompts: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self._uris)
+
+    def ids(self, table: pa.Table, uri_columns) -> dict[str, np.ndarray]:
+        """Per URI column, the video_id of every row of `table` (new videos get the next ids)."""
+        import pyarrow.compute as pc
+
+        n, k = table.num_rows, len(uri_columns)
+        prompts = pc.fill_null(table.column("prompt"), "").combine_chunks()
+        uris = pa.concat_arrays([pc.fill_null(table.column(c), "").combine_chunks() for c in uri_columns])
+        # row-major order (row 0's columns, row 1's, ...): the numbering does not depend on the batch size
+        order = pa.array((np.arange(k)[None, :] * n + np.arange(n)[:, None]).reshape(-1))
+        uris, prompts = uris.take(order), pa.concat_arrays([prompts] * k).take(order)
+        keys = pc.binary_join_element_wise(uris, prompts, "\0")
+        distinct = pc.unique(keys)
+        local = pc.index_in(keys, value_set=distinct).to_numpy()
+        first = np.full(len(distinct), -1, np.int64)
+        first[local[::-1]] = np.arange(len(local))[::-1]  # first row of each distinct key
+        firsts = first.tolist()
+        new_ids = []
+        for u, p in zip(uris.take(pa.array(firsts)).to_pylist(), prompts.take(pa.array(firsts)).to_pylist()):
+            vid = self._ids.get((u, p))
+            if vid is None:
+                vid = self._ids[(u, p)] = len(self._uris)
+                self._uris.append(u)
+                self._prompts.append(p)
+            new_ids.append(vid)
+        per_row = np.asarray(new_ids, np.int64)[local].reshape(n, k)
+        return {c: per_row[:, j] for j, c in enumerate(uri_columns)}
+
+    def table(self) -> pa.Table:
+        """`video_id`, `uri`, `prompt` of every video met so far."""
+        return pa.table(
+            {
+                "video_id": pa.array(range(len(self._uris)), pa.int64()),
+                "uri": pa.array(self._uris, pa.string()),
+                "prompt": pa.array(self._prompts, pa.string()),
+            }
+        )
+
+
 def distinct_videos(table: pa.Table, uri_columns) -> tuple[pa.Table, dict[str, np.ndarray]]:
     """Each distinct (uri, prompt) over the given URI columns once: (`video_id`, `uri`, `prompt` table; per URI
-    column, the video_id of every row). A video shared by many pairs is decoded and scored once."""
-    prompts = table.column("prompt").to_pylist()
-    ids: dict[tuple[str, str], int] = {}
-    per_column = {
-        col: np.array(
-            [ids.setdefault((u, p), len(ids)) for u, p in zip(table.column(col).to_pylist(), prompts)], dtype=np.int64
-        )
-        for col in uri_columns
-    }
-    videos = pa.table(
-        {
-            "video_id": pa.array(range(len(ids)), pa.int64()),
-            "uri": pa.array([k[0] for k in ids], pa.string()),
-            "prompt": pa.array([k[1] for k in ids], pa.string()),
-        }
-    )
-    return videos, per_column
+    column, the video_id of every row) — `VideoIndex` over one table."""
+    index = VideoIndex()
+    per_column = index.ids(table, list(uri_columns))
+    return index.table(), per_column
 
 
 # --- batching by cost (what a forward pass may hold) ---------------------------------------------------------
