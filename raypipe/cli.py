@@ -37,6 +37,11 @@ JOBS: dict[str, tuple[str, str, str]] = {
     ),
     "relabel": ("relabel", "RelabelConfig", "score videos / pairs with a reward checkpoint (Ray Data, resumable)"),
     "train-flow": ("train_flow", "FlowTrainConfig", "align the generator: pretrain / SFT / Flow-DPO / Flow-RWR (LoRA)"),
+    "train-online": (
+        "train_online",
+        "OnlineConfig",
+        "online alignment: rollout actors, a reward pool and a learner group (Flow-GRPO / online Flow-DPO)",
+    ),
     "pretrain-generator": (
         "pretrain_generator",
         "GeneratorPretrainConfig",

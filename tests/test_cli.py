@@ -158,3 +158,44 @@ def test_key_value_options_become_overrides():
         "--config",
         "c.yaml",
     ]
+
+
+def test_a_full_disk_is_one_line_wherever_it_is_met(tmp_path, monkeypatch, capsys):
+    """`full_disk` finds ENOSPC / EDQUOT through an exception's chain and in a remote worker's error text (how Ray
+    Train reports a worker's OSError); the CLI prints it as one `storage error` line, exit 1. Other errors are not
+    taken for it."""
+    import errno
+    import logging
+
+    from raypipe.data.location import LocationError, full_disk
+    from raypipe.distributed.cluster import _DropFullDisk
+    from raypipe.recipes import pairs
+
+    assert isinstance(full_disk(OSError(errno.ENOSPC, "No space left on device"), "/out"), LocationError)
+    assert isinstance(full_disk(OSError(errno.EDQUOT, "quota"), "/out"), LocationError)
+    remote = RuntimeError("Training failed due to worker errors:\n... OSError: [Errno 28] No space left on device")
+    assert "/out: no space left on the device" in str(full_disk(remote, "/out"))
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "full")
+        except OSError as inner:
+            raise RuntimeError("wrapped") from inner
+    except RuntimeError as outer:
+        assert full_disk(outer, "/out") is not None
+    assert full_disk(ValueError("bad value"), "/out") is None
+    assert full_disk(OSError(errno.ENOENT, "No such file"), "/out") is None
+
+    def fills_up(cfg):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "o" / "summary.json"))
+
+    monkeypatch.setattr(pairs, "run", fills_up)
+    assert main(["pairs", "--out", str(tmp_path / "o"), "data.manifest=m.parquet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("raypipe pairs: storage error: ")
+    assert "summary.json: no space left on the device" in err
+
+    keep = _DropFullDisk()  # the worker-side filter: the full-disk traceback goes, any other error stays
+    record = logging.LogRecord("ray.train", logging.ERROR, "", 0, "Error in training function:\n%s", ("x",), None)
+    assert keep.filter(record)
+    record.args = ("OSError: [Errno 28] No space left on device",)
+    assert not keep.filter(record)

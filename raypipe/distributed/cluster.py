@@ -18,21 +18,64 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local runs: no token prompt/warning
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = dict(ignore_reinit_error=True, include_dashboard=False, log_to_driver=not quiet)
+    quiet_logs()  # this process (the driver)
     if address:
         ray.init(address=address, **kwargs)
-    else:  # our own local Ray: its workers start with the framework's unactionable warnings silenced
-        ray.init(num_cpus=num_cpus, runtime_env={"worker_process_setup_hook": f"{__name__}.quiet_worker"}, **kwargs)
+    else:  # our own local Ray: its workers start with the framework's unactionable messages silenced
+        runtime_env = {"worker_process_setup_hook": f"{__name__}.quiet_worker", "env_vars": dict(QUIET_ENV)}
+        ray.init(num_cpus=num_cpus, runtime_env=runtime_env, **kwargs)
     return ray
 
 
-def quiet_worker() -> None:
-    """Run in every worker process of a local Ray: silences what a user can do nothing about. Ray Train's detached
-    placement-group cleaner warns whenever one state query times out (every busy second on a 2-core machine), and
-    DeepSpeed calls a torch collective that torch has deprecated (a FutureWarning on every step)."""
+# transformers' per-load bars and advice (weights loading, embedding resizing) in workers: nothing to act on
+QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
+def quiet_logs() -> None:
+    """Framework loggers at the level where a message asks something of the user. Ray Train's and Ray Data's INFO
+    narration (resources requested, worker group started, execution plans), Ray Data's notes that progress bars
+    are off (we turn them off) and that no CPU is free (training workers hold them while a dataset feeds them),
+    DeepSpeed's scheduler note at step 0, and Ray Train's detached placement-group cleaner (it warns whenever one
+    state query times out: every busy second on a 2-core machine). Errors still show. (Ray Train's own narration
+    is set by `fit_trainer` through its RunConfig's logging level.)"""
     import logging
+
+    import ray.data  # noqa: F401 - importing it configures the ray.data loggers, so adjust them after
+
+    levels = {
+        "ray.train": logging.WARNING,
+        "ray.data": logging.WARNING,
+        "ray.data._internal.progress": logging.ERROR,
+        "ray.data.dataset": logging.ERROR,
+        "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
+        "DeepSpeed": logging.ERROR,
+    }
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    # a worker's error that the driver reports in one line (a full disk) is not also shown as the worker's traceback
+    logging.getLogger("ray.train.v2._internal.util").addFilter(_DropFullDisk())
+    try:  # Ray Train's report narration ("Reporting training result ...") logs under its file's path
+        from ray.train.v2._internal.execution import context
+
+        logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    except ImportError:  # another Ray version: at worst one INFO line per checkpoint
+        pass
+
+
+class _DropFullDisk:
+    """A logging filter: drops records about a full disk (`fit_trainer` turns that error into one line)."""
+
+    def filter(self, record) -> bool:
+        text = record.getMessage()
+        return "No space left on device" not in text and "Disk quota exceeded" not in text
+
+
+def quiet_worker() -> None:
+    """Run in every worker process of a local Ray: `quiet_logs`, and DeepSpeed's call of a torch collective that
+    torch has deprecated (a FutureWarning on every step) silenced."""
     import warnings
 
-    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+    quiet_logs()
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated")
 
 

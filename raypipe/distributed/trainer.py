@@ -64,11 +64,12 @@ def fit_trainer(
 
     from raypipe.config import ConfigError
     from raypipe.data.location import full_disk
+    from raypipe.distributed.cluster import QUIET_ENV
 
     if t.placement_strategy not in PLACEMENT:
         raise ConfigError(f"train.placement_strategy must be one of {PLACEMENT}, got {t.placement_strategy!r}")
     out = Path(out)
-    env = {"DS_ACCELERATOR": "cuda" if t.use_gpu else "cpu", "RAY_AUTH_MODE": "disabled"}
+    env = {"DS_ACCELERATOR": "cuda" if t.use_gpu else "cpu", "RAY_AUTH_MODE": "disabled", **QUIET_ENV}
     trainer = TorchTrainer(
         train_loop_per_worker=loop,
         train_loop_config=loop_config,
@@ -84,6 +85,7 @@ def fit_trainer(
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
             worker_runtime_env={"env_vars": env},
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # not its INFO narration
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
@@ -170,12 +172,18 @@ def step_count(rows: int, t: TrainerSettings, batch: int, drop_last: bool) -> tu
 def deepspeed_engine(model, t: TrainerSettings, total_steps: int, bf16: bool):
     """This rank's DeepSpeed engine over `model`'s trainable parameters (NCCL with GPUs, gloo without), with
     `deepspeed_config`'s optimizer and schedule and `t.batch` rows per step; torch threads = OMP_NUM_THREADS."""
+    import logging
     import os
 
     import deepspeed
     import torch
 
+    from raypipe.distributed.cluster import quiet_logs
+
+    quiet_logs()  # again, now that Ray Train has configured this worker's loggers
+    logging.getLogger("DeepSpeed").setLevel(logging.ERROR)  # its import set it to INFO
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    _quiet_shm_build()
     deepspeed.init_distributed(dist_backend="nccl" if t.use_gpu else "gloo")
     engine, _, _, _ = deepspeed.initialize(
         model=model,
@@ -183,6 +191,31 @@ def deepspeed_engine(model, t: TrainerSettings, total_steps: int, bf16: bool):
         config=deepspeed_config(t, total_steps, bf16=bf16),
     )
     return engine
+
+
+def _quiet_shm_build() -> None:
+    """DeepSpeed prints "... deepspeed_shm_comm_op built successfully" whenever it sets up its CPU comm backend:
+    the build, with `print` (which Ray Train routes to its logger) muted for its duration."""
+    import builtins
+    import functools
+    import importlib
+
+    ds_torch = importlib.import_module("deepspeed.comm.torch")  # `deepspeed.comm.torch` as an attribute is torch
+    build = ds_torch.build_shm_op
+    if getattr(build, "_raypipe_quiet", False):
+        return
+
+    @functools.wraps(build)
+    def quiet_build():
+        shown = builtins.print
+        builtins.print = lambda *args, **kwargs: None
+        try:
+            return build()
+        finally:
+            builtins.print = shown
+
+    quiet_build._raypipe_quiet = True
+    ds_torch.build_shm_op = quiet_build
 
 
 def require_one_step(rows: int, t: TrainerSettings, what: str = "training rows", detail: str = "") -> None:

@@ -1,0 +1,233 @@
+"""Online alignment's Ray actors (SPEC §9): rollout actors that hold the generator with the current LoRA and sample
+from it, reward actors that score those samples, and the weight sync between the learner and the rollout pool.
+
+    rollout = [RolloutActor.options(num_cpus=0.5).remote(generator, lora, dtype, clip) for _ in range(2)]
+    rewards = [RewardActor.options(num_cpus=0.5).remote(reward, weights) for _ in range(1)]
+    state = ray.put(lora_state(engine.module))                  # the learner's adapters, once, in the object store
+    batch = collect_round(rollout, rewards, state, version, prompts, k, seed, sampling)   # rollout -> reward
+
+Weights travel as one object-store object per round (no files); every sample carries the policy `version` it was
+drawn with, and every actor reports the hash of the adapters it sampled with (`lora_hash`), so a test (or a
+suspicious user) can check that the pool samples with the learner's weights. A reward that fails for a sample is
+an error on that sample (`error`), never a default score: the learner does not train on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+import torch
+
+from raypipe.flow.lora import ADAPTER
+
+
+def lora_state(transformer) -> dict[str, torch.Tensor]:
+    """The adapters' weights as CPU tensors (what travels to the rollout actors)."""
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(transformer, adapter_name=ADAPTER)
+    return {k: v.detach().to("cpu", torch.float32).clone() for k, v in state.items()}
+
+
+def state_hash(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the sorted names and float32 bytes of a LoRA state (the same weights give the same hash)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class SamplingSettings:
+    """How a round samples (the learner recomputes GRPO transitions with the same grid)."""
+
+    steps: int
+    cfg_scale: float
+    shift: float
+    noise_level: float  # a: the SDE's noise (0: the ODE)
+    keep_states: bool  # GRPO: keep every state and transition log-probability
+
+
+@ray.remote
+class RolloutActor:
+    """The generator (with LoRA adapters) on this actor's device; `rollout` sets the weights it is given and samples."""
+
+    def __init__(self, generator: str, lora: dict, dtype: str, clip: dict, num_gpus: float = 0.0):
+        from raypipe.distributed.cluster import quiet_logs
+        from raypipe.flow.families import load_family
+        from raypipe.flow.lora import add_lora
+
+        quiet_logs()
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        self.gen = load_family(generator, dtype=dtype, device="cuda" if num_gpus > 0 else "cpu")
+        add_lora(self.gen.transformer, lora["r"], lora["alpha"], 0.0, self.gen.lora_targets)
+        self.gen.transformer.eval()
+        frames = self.gen.frames_for(clip["frames"])
+        self.latent_shape = self.gen.latent_shape(frames, clip["height"], clip["width"])
+        self.version, self.hash = None, None
+
+    def set_weights(self, version: int, state: dict) -> str:
+        from peft.utils import set_peft_model_state_dict
+
+        set_peft_model_state_dict(self.gen.transformer, state, adapter_name=ADAPTER)
+        self.version, self.hash = version, state_hash(lora_state(self.gen.transformer))
+        return self.hash
+
+    def rollout(self, version: int, state, prompts: list[str], seeds: list[int], sampling: SamplingSettings) -> dict:
+        """One sample per (prompt, seed) with the adapters of `version` (set from `state` when not already)."""
+        from raypipe.flow.grpo import sample_sde
+        from raypipe.flow.sampler import sample
+
+        if self.version != version:
+            self.set_weights(version, state)
+        t0 = time.perf_counter()
+        text = self.gen.encode_prompts(prompts)
+        uncond = self.gen.encode_prompts([""])
+        noise = torch.stack([torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        noise = noise.to(self.gen.device)
+        if sampling.keep_states:  # GRPO: the SDE, every state and transition log-probability kept
+            steps_gen = torch.Generator().manual_seed(int(seeds[0]) * 7919 + 17)
+            out = sample_sde(
+                self.gen.velocity,
+                text,
+                uncond,
+                noise,
+                sampling.steps,
+                sampling.noise_level,
+                cfg_scale=sampling.cfg_scale,
+                shift=sampling.shift,
+                generator=steps_gen,
+            )
+            latents = out.latents
+        else:  # online DPO: the ODE sampler of offline sampling
+            out = None
+            latents = sample(
+                self.gen.velocity,
+                text,
+                uncond,
+                noise.shape,
+                steps=sampling.steps,
+                cfg_scale=sampling.cfg_scale,
+                shift=sampling.shift,
+                noise=noise,
+            )
+        frames = self.gen.decode_latents(latents)
+        result = {
+            "latents": latents.cpu().numpy(),
+            "frames": frames,
+            "version": version,
+            "lora_hash": self.hash,
+            "seconds": time.perf_counter() - t0,
+        }
+        if sampling.keep_states:
+            result["states"] = out.states.cpu().numpy()
+            result["log_probs"] = out.log_probs.cpu().numpy()
+        return result
+
+
+@ray.remote
+class RewardActor:
+    """A VideoReward checkpoint scoring videos exactly as relabel sees them (written as mp4 at `fps`, decoded with
+    the checkpoint's sampling), plus the SynthPref oracle's verdict when asked."""
+
+    def __init__(self, reward: str, base: str | None = None, template_file: str | None = None, fps: float = 8.0):
+        from raypipe.distributed.cluster import quiet_logs
+        from raypipe.reward.model import VideoReward
+        from raypipe.reward.scoring import resolve_sampling, reward_options
+
+        quiet_logs()
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        self.model = VideoReward.from_pretrained(reward, **reward_options(reward, base, template_file))
+        self.sampling, _ = resolve_sampling(reward, None)
+        self.dimensions = list(self.model.dimensions)
+        self.fps = fps
+
+    def score(self, frames: np.ndarray, prompts: list[str], oracle: bool) -> dict:
+        """{"scores": [N, D] (NaN rows on error), "errors": [None | "kind: message"], "oracle": [dict] | None}."""
+        from raypipe.video.decode import VideoClip, decode_video
+        from raypipe.video.encode import write_mp4
+        from raypipe.video.oracle import judge
+
+        t0 = time.perf_counter()
+        scores = np.full((len(prompts), len(self.dimensions)), np.nan)
+        errors: list[str | None] = [None] * len(prompts)
+        clips, keep = [], []
+        with tempfile.TemporaryDirectory() as d:
+            for i, video in enumerate(frames):
+                path = os.path.join(d, f"{i:05d}.mp4")
+                try:
+                    write_mp4(video, path, self.fps)
+                    clip = decode_video(path, self.sampling)
+                except Exception as e:  # noqa: BLE001 - one sample's failure is its error, not the round's
+                    errors[i] = f"encode: {type(e).__name__}: {e}"
+                    continue
+                if isinstance(clip, VideoClip):
+                    clips.append(clip.frames)
+                    keep.append(i)
+                else:
+                    errors[i] = f"{clip.kind}: {clip.message}"
+        if keep:
+            with torch.no_grad():
+                got = self.model.score(clips, [prompts[i] for i in keep]).float().numpy()
+            for j, i in enumerate(keep):
+                if np.isfinite(got[j]).all():
+                    scores[i] = got[j]
+                else:
+                    errors[i] = "non_finite: the reward model returned a non-finite score"
+        verdicts = [judge(v, p) for v, p in zip(frames, prompts)] if oracle else None  # SynthPref prompts only
+        return {"scores": scores, "errors": errors, "oracle": verdicts, "seconds": time.perf_counter() - t0}
+
+
+def collect_round(
+    rollout: list,
+    rewards: list,
+    state_ref,
+    version: int,
+    prompts: list[str],
+    k: int,
+    seeds: list[int],
+    sampling: SamplingSettings,
+    oracle: bool = False,
+) -> dict:
+    """K samples per prompt from the rollout pool (prompts split over the actors), scored by the reward pool.
+    Returns numpy arrays over the P·K samples (sample i = prompt i // k): latents, frames, (states, log_probs),
+    scores [N, D], errors, oracle verdicts, group ids, versions, the actors' adapter hashes and the time split."""
+    n = len(prompts) * k
+    sample_prompts = [p for p in prompts for _ in range(k)]
+    groups = np.repeat(np.arange(len(prompts)), k)
+    chunks = [idx for idx in np.array_split(np.arange(n), len(rollout)) if len(idx)]
+    t0 = time.perf_counter()
+    futures = [
+        actor.rollout.remote(version, state_ref, [sample_prompts[i] for i in idx], [seeds[i] for i in idx], sampling)
+        for actor, idx in zip(rollout, chunks)
+    ]
+    parts = ray.get(futures)
+    rollout_s = time.perf_counter() - t0
+    merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0] if isinstance(parts[0][key], np.ndarray)}
+    t1 = time.perf_counter()
+    score_chunks = [idx for idx in np.array_split(np.arange(n), len(rewards)) if len(idx)]
+    scored = ray.get(
+        [
+            actor.score.remote(merged["frames"][idx], [sample_prompts[i] for i in idx], oracle)
+            for actor, idx in zip(rewards, score_chunks)
+        ]
+    )
+    reward_s = time.perf_counter() - t1
+    return {
+        **merged,
+        "prompts": sample_prompts,
+        "groups": groups,
+        "versions": np.concatenate([[p["version"]] * len(idx) for p, idx in zip(parts, chunks)]),
+        "lora_hashes": sorted({p["lora_hash"] for p in parts}),
+        "scores": np.concatenate([s["scores"] for s in scored]),
+        "errors": [e for s in scored for e in s["errors"]],
+        "oracle": [v for s in scored for v in (s["oracle"] or [])],
+        "seconds": {"rollout": rollout_s, "reward": reward_s},
+    }

@@ -1,0 +1,409 @@
+"""`raypipe train-online`: align the generator on its own fresh samples, round after round (SPEC §9).
+
+    raypipe train-online --config configs/online_tiny.yaml --out online-out reward=reward-out/final
+    raypipe train-online --config configs/online_tiny.yaml --out online-out reward=… train.algo=dpo
+
+Three pools on one Ray cluster: rollout actors (the generator with the current LoRA, `rollout.actors` of them,
+`rollout.num_gpus` each), reward actors (the VideoReward checkpoint, `reward_pool.actors`), and the learner —
+a Ray Train + DeepSpeed group whose rank 0 drives each round:
+1. the round's prompts (the next `train.prompts_per_round` of `prompts`, K seeds each, all from seed and round);
+2. rank 0 puts its adapters in the object store once (policy version = round) and the rollout pool samples with
+   them: the SDE of Flow-GRPO (noise level `train.noise_level`, every state and log-probability kept) or, for
+   online DPO, the ODE sampler;
+3. the reward pool scores every sample as relabel would (mp4 at `fps`, the checkpoint's sampling); r = Σ w_d·r_d
+   with `weights`; a sample whose reward failed is an error, counted and never trained on;
+4. every rank trains on its share: GRPO on a `train.train_fraction` of each sample's transitions (advantages within
+   each prompt's group, clipped ratio `train.clip_range`, KL to the adapters-disabled reference ×
+   `train.kl_beta`); online DPO on best vs worst per prompt (SPEC §5.1, reference = the base);
+5. a checkpoint per round; `OUT/rounds.jsonl` gets the round's line (reward mean/std per dimension, the oracle's
+   view, KL, loss, time split rollout / reward / train / sync, samples per second, the adapters' hashes).
+Killed at any moment, the same command resumes at the last finished round with the same prompts, seeds and policy
+version. Outputs: `OUT/final` (adapters, loadable with the pipeline's `load_lora_weights`), `OUT/rounds.jsonl`,
+`OUT/summary.json`, `OUT/config.yaml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raypipe.config import ClipConfig, ConfigError, build_config, save_config, to_dict
+from raypipe.data.location import StagedOutput
+from raypipe.data.prompts import read_prompts
+from raypipe.distributed.cluster import init_ray
+from raypipe.distributed.loop import resume, save_and_report, world_rank, zero_loss
+from raypipe.distributed.trainer import TrainerSettings, deepspeed_engine, fit_trainer
+from raypipe.flow.families import load_family, make_tiny_generator
+from raypipe.flow.family import TinyWanConfig
+from raypipe.flow.lora import add_lora, save_lora
+from raypipe.reward.scoring import checkpoint_dimensions
+
+ALGOS = ("grpo", "dpo")
+
+
+@dataclasses.dataclass
+class OnlineLoraSettings:
+    enabled: bool = True  # must be true: the reference of both algorithms is the model with adapters disabled
+    r: int = 8  # LoRA rank
+    alpha: int = 8  # LoRA alpha (scale alpha/r)
+    dropout: float = 0.0  # LoRA dropout
+
+
+@dataclasses.dataclass
+class OnlineTrainSettings(TrainerSettings):
+    """train-online's `train` section: the shared trainer fields + the round and the algorithm."""
+
+    algo: str = "grpo"  # grpo (Flow-GRPO) | dpo (online Flow-DPO: best vs worst of each prompt's K)
+    num_workers: int = 1  # learner ranks
+    cpus_per_worker: float = 0.5
+    rounds: int = 4  # rounds of rollout -> reward -> update
+    prompts_per_round: int = 4  # prompts sampled per round
+    k: int = 4  # samples per prompt (the GRPO group / the DPO candidates)
+    steps: int = 8  # sampling steps
+    cfg_scale: float = 4.0  # classifier-free guidance scale (sampling and GRPO's recomputed velocities)
+    noise_level: float = 0.7  # GRPO: a in σ_t = a·sqrt(t/(1−t))
+    train_fraction: float = 0.5  # GRPO: share of each sample's denoising steps trained on
+    clip_range: float = 0.2  # GRPO: ε of the clipped importance ratio
+    adv_clip: float = 5.0  # GRPO: advantages clipped to ±this
+    kl_beta: float = 0.04  # GRPO: weight of the KL to the reference (adapters disabled)
+    beta: float = 500.0  # online DPO: Flow-DPO β
+    beta_schedule: str = "constant"  # online DPO: constant | derived
+    updates: int = 1  # passes over a round's samples
+    batch: int = 4  # transitions (grpo) or pairs (dpo) per rank per optimizer step
+    lr: float = 1e-4
+    checkpoint_every: int = 1  # rounds between checkpoints (and rounds.jsonl lines on disk)
+
+
+@dataclasses.dataclass
+class PoolSettings:
+    actors: int = 1  # actors in the pool
+    cpus: float = 0.5  # CPUs per actor
+    num_gpus: float = 0.0  # GPUs per actor
+
+
+@dataclasses.dataclass
+class OnlineConfig:
+    generator: str | None = None  # a WanPipeline folder; None: a tiny random Wan (tiny, tiny_seed)
+    tiny: TinyWanConfig = dataclasses.field(default_factory=TinyWanConfig)  # the random Wan's shape
+    tiny_seed: int = 0  # seed of the tiny random generator
+    dtype: str = "float32"  # bfloat16 on GPUs
+    reward: str = ""  # VideoReward checkpoint (train-reward OUT/final, or the released VideoAlign layout)
+    base: str | None = None  # base model of a released-layout reward checkpoint
+    template_file: str | None = None  # the official prompt template for a released-layout checkpoint
+    # r = Σ_d w_d r_d, the reward each sample is trained towards
+    weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"VQ": 1.0})
+    prompts: str = "32"  # a number (seeded SynthPref prompts), a .txt / manifest, or prompts separated by "|"
+    oracle: bool = True  # the SynthPref oracle's view of every sample in rounds.jsonl (SynthPref prompts)
+    lora: OnlineLoraSettings = dataclasses.field(default_factory=OnlineLoraSettings)
+    clip: ClipConfig = dataclasses.field(default_factory=lambda: ClipConfig(frames=9, height=32, width=32))
+    fps: float = 8.0  # frame rate the samples are written at for the reward model
+    rollout: PoolSettings = dataclasses.field(default_factory=PoolSettings)  # the rollout pool
+    reward_pool: PoolSettings = dataclasses.field(default_factory=PoolSettings)  # the reward pool
+    train: OnlineTrainSettings = dataclasses.field(default_factory=OnlineTrainSettings)
+    seed: int = 0  # prompts, noise and transition choice
+    out: str = "online-out"  # output folder, or an object-store prefix (checkpoints kept there)
+    address: str | None = None  # Ray cluster address; null: RAY_ADDRESS or a new local Ray
+    progress: bool = True  # a line per round
+
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "online_tiny.yaml"
+
+
+# --- the job ---------------------------------------------------------------------------------------------------
+def _check(cfg: OnlineConfig) -> list[str]:
+    t = cfg.train
+    if t.algo not in ALGOS:
+        raise ConfigError(f"train.algo must be one of {ALGOS}, got {t.algo!r}")
+    if not cfg.lora.enabled:
+        raise ConfigError("train-online trains LoRA adapters (lora.enabled=true): its reference is the base model")
+    if t.k < 2:
+        raise ConfigError(f"train.k must be >= 2 (a group needs two samples), got {t.k}")
+    if t.rounds < 1 or t.prompts_per_round < 1 or t.steps < 1:
+        raise ConfigError("train.rounds, train.prompts_per_round and train.steps must be >= 1")
+    if not 0 < t.train_fraction <= 1:
+        raise ConfigError(f"train.train_fraction must be in (0, 1], got {t.train_fraction}")
+    if not cfg.reward:
+        raise ConfigError("reward=CHECKPOINT is required (a VideoReward checkpoint: train-reward OUT/final)")
+    try:
+        dims = checkpoint_dimensions(cfg.reward)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"reward: {e}") from None
+    unknown = [d for d in cfg.weights if d not in dims]
+    if unknown:
+        raise ConfigError(f"weights name {unknown}, which the reward model does not score ({dims})")
+    return dims
+
+
+def steps_per_round(cfg: OnlineConfig) -> int:
+    """Optimizer steps each rank takes per round (the same on every rank)."""
+    from raypipe.flow.online import per_rank_items
+
+    t = cfg.train
+    samples = t.prompts_per_round * t.k
+    items = (
+        samples * max(1, min(t.steps, round(t.train_fraction * t.steps))) if t.algo == "grpo" else t.prompts_per_round
+    )
+    return t.updates * -(-per_rank_items(items, t.num_workers) // t.batch)
+
+
+def run(cfg: OnlineConfig) -> dict:
+    import ray
+
+    from raypipe.distributed.online import RewardActor, RolloutActor
+
+    dims = _check(cfg)  # before any Ray work
+    t = cfg.train
+    stage = StagedOutput(cfg.out)
+    out = stage.dir
+    prompts = read_prompts(cfg.prompts, cfg.seed)
+    if not prompts:
+        raise ConfigError(f"prompts={cfg.prompts!r} gives no prompt")
+    if cfg.generator is None:
+        cfg = dataclasses.replace(
+            cfg, generator=str(make_tiny_generator("wan", out / "generator", cfg.tiny, cfg.tiny_seed))
+        )
+    save_config(cfg, out)
+    init_ray(cfg.address)
+    lora = {"r": cfg.lora.r, "alpha": cfg.lora.alpha}
+    clip = dataclasses.asdict(cfg.clip)
+    rollout = [
+        RolloutActor.options(num_cpus=cfg.rollout.cpus, num_gpus=cfg.rollout.num_gpus, max_restarts=2).remote(
+            cfg.generator, lora, cfg.dtype, clip, cfg.rollout.num_gpus
+        )
+        for _ in range(cfg.rollout.actors)
+    ]
+    rewards = [
+        RewardActor.options(num_cpus=cfg.reward_pool.cpus, num_gpus=cfg.reward_pool.num_gpus, max_restarts=2).remote(
+            cfg.reward, cfg.base, cfg.template_file, cfg.fps
+        )
+        for _ in range(cfg.reward_pool.actors)
+    ]
+    per_round = steps_per_round(cfg)
+    print(
+        f"train-online {t.algo}: {t.rounds} rounds x {t.prompts_per_round} prompts x {t.k} samples; "
+        f"{cfg.rollout.actors} rollout / {cfg.reward_pool.actors} reward actors, {t.num_workers} learner ranks x "
+        f"{per_round} steps per round",
+        flush=True,
+    )
+    loop_config = {
+        "cfg": to_dict(cfg),
+        "dims": dims,
+        "prompts": prompts,
+        "rollout": rollout,
+        "rewards": rewards,
+        "steps_per_round": per_round,
+        "rounds_file": str(out / "rounds.jsonl"),
+    }
+    progress, wall = fit_trainer(train_func, loop_config, t, out, f"train-online-{t.algo}", {}, stage.storage)
+    for actor in [*rollout, *rewards]:
+        ray.kill(actor)
+    write_rounds(progress["rounds"], out / "rounds.jsonl")
+    last = progress["rounds"][-1] if progress["rounds"] else {}
+    summary = {
+        "algo": t.algo,
+        "rounds": len(progress["rounds"]),
+        "resumes": progress["resumes"],
+        "wall_s": round(wall, 1),
+        "final": stage.uri_of("final"),
+        "first_round": progress["rounds"][0] if progress["rounds"] else None,
+        "last_round": last,
+        "generator": cfg.generator,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    stage.publish()
+    print(f"train-online {t.algo}: {summary['rounds']} rounds in {summary['wall_s']} s; adapters in {summary['final']}")
+    return summary
+
+
+def write_rounds(rounds: list[dict], path: Path) -> None:
+    """rounds.jsonl, whole (a resumed run rewrites it from the checkpoint's list: no round twice, none lost)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    tmp.replace(path)
+
+
+# --- the learner -------------------------------------------------------------------------------------------------
+def train_func(config: dict) -> None:
+    import ray
+    import torch.distributed as dist
+
+    from raypipe.distributed.online import SamplingSettings, collect_round, lora_state, state_hash
+    from raypipe.flow.online import round_prompts, round_record, weighted_rewards
+
+    cfg = build_config(OnlineConfig, config["cfg"])
+    t, dims = cfg.train, config["dims"]
+    torch.manual_seed(t.seed)
+    gen = load_family(cfg.generator, dtype=cfg.dtype, device="cuda" if t.use_gpu else "cpu")
+    add_lora(gen.transformer, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, gen.lora_targets)
+    per_round = config["steps_per_round"]
+    engine = deepspeed_engine(gen.transformer, t, t.rounds * per_round, bf16=t.use_gpu and cfg.dtype == "bfloat16")
+    progress = resume(engine)
+    progress.setdefault("round", 0)
+    progress.setdefault("rounds", [])
+    rank, world = world_rank(), dist.get_world_size()
+    sampling = SamplingSettings(t.steps, t.cfg_scale, gen.shift, t.noise_level, keep_states=t.algo == "grpo")
+    uncond = gen.encode_prompts([""])
+    for rnd in range(progress["round"], t.rounds):
+        t0 = time.perf_counter()
+        # --- rollout and reward, driven by rank 0; every rank gets the round through the object store
+        box = [None]
+        if rank == 0:
+            state = lora_state(engine.module)
+            learner_hash = state_hash(state)
+            prompts, seeds = round_prompts(config["prompts"], t.prompts_per_round, t.k, cfg.seed, rnd)
+            data = collect_round(
+                config["rollout"], config["rewards"], ray.put(state), rnd, prompts, t.k, seeds, sampling, cfg.oracle
+            )
+            data["learner_hash"] = learner_hash
+            box = [ray.put(data)]
+        dist.broadcast_object_list(box, src=0)
+        data = ray.get(box[0])
+        sync_s = time.perf_counter() - t0 - sum(data["seconds"].values())
+        r, ok = weighted_rewards(data["scores"], data["errors"], dims, cfg.weights)
+        # --- the update
+        t1 = time.perf_counter()
+        generator = torch.Generator().manual_seed(cfg.seed * 7_919 + rnd)
+        if t.algo == "grpo":
+            stats = _grpo_round(gen, engine, t, data, r, ok, uncond, generator, rank, world, per_round)
+        else:
+            stats = _dpo_round(gen, engine, t, data, r, ok, rank, world, per_round, generator)
+        train_s = time.perf_counter() - t1
+        n = len(data["errors"])
+        record = {
+            **round_record(rnd, data["scores"], data["errors"], dims, r, ok, data["oracle"]),
+            "version": int(data["versions"].max()),
+            **stats,
+            "time_s": {
+                "rollout": round(data["seconds"]["rollout"], 2),
+                "reward": round(data["seconds"]["reward"], 2),
+                "train": round(train_s, 2),
+                "sync": round(max(0.0, sync_s), 2),
+            },
+            "samples_per_s": {
+                "rollout": round(n / max(1e-9, data["seconds"]["rollout"]), 3),
+                "reward": round(n / max(1e-9, data["seconds"]["reward"]), 3),
+                "train": round(n / max(1e-9, train_s), 3),
+            },
+            "learner_hash": data["learner_hash"],
+            "actor_hashes": data["lora_hashes"],
+        }
+        progress["rounds"].append(record)
+        progress["round"] = rnd + 1
+        last = rnd + 1 == t.rounds
+        if rank == 0 and cfg.progress:
+            w = record["weighted_mean"]
+            print(f"round {rnd}: reward {w}, {record['samples_ok']}/{n} samples, {record['time_s']}", flush=True)
+        if (rnd + 1) % t.checkpoint_every == 0 or last:
+            final = (lambda d: save_lora(gen, d) if world_rank() == 0 else None) if last else None
+            save_and_report(engine, progress, {"round": rnd + 1, "reward": record["weighted_mean"]}, final)
+            if rank == 0:
+                try:  # the driver rewrites it at the end too; here it shows progress while the job runs
+                    write_rounds(progress["rounds"], Path(config["rounds_file"]))
+                except OSError:
+                    pass
+
+
+def _grpo_round(gen, engine, t, data, r, ok, uncond, generator, rank, world, per_round) -> dict:
+    from raypipe.flow.grpo import gaussian_kl, group_advantages, grpo_loss, sde_mean_std, step_log_prob
+    from raypipe.flow.lora import reference
+    from raypipe.flow.online import deal, grpo_items, per_rank_items
+    from raypipe.flow.sampler import time_grid
+
+    adv = torch.zeros(len(r))
+    if ok.any():
+        idx = np.flatnonzero(ok)
+        adv[idx] = group_advantages(torch.tensor(r[idx]), torch.tensor(data["groups"][idx]))
+    items = grpo_items(ok, t.steps, t.train_fraction, generator)
+    mine = deal(items, rank, world, per_rank_items(len(items), world) * t.updates)
+    grid = time_grid(t.steps, gen.shift)
+    t_cap = float(grid[1])
+    states = torch.from_numpy(data["states"])
+    old = torch.from_numpy(data["log_probs"])
+    text_cache: dict[str, torch.Tensor] = {}
+    losses, kls, clipped = [], [], []
+    for s in range(per_round):
+        batch = mine[s * t.batch : (s + 1) * t.batch]
+        engine.train()
+        if not batch:
+            loss = zero_loss(engine.module)
+        else:
+            i_s, j_s = [b[0] for b in batch], [b[1] for b in batch]
+            prompts = [data["prompts"][i] for i in i_s]
+            for p in set(prompts) - set(text_cache):
+                text_cache[p] = gen.encode_prompts([p])[0]
+            text = torch.stack([text_cache[p] for p in prompts]).to(gen.device)
+            x = states[i_s, j_s].to(gen.device)
+            x_next = states[i_s, [j + 1 for j in j_s]].to(gen.device)
+            tt, tn = grid[j_s], grid[[j + 1 for j in j_s]]
+            v = _guided(gen, engine, x, tt, text, uncond, t.cfg_scale)
+            mean, std = sde_mean_std(x, v, tt, tn, t.noise_level, t_cap)
+            log_p = step_log_prob(x_next, mean, std)
+            with reference(engine.module):
+                mean_ref, _ = sde_mean_std(
+                    x, _guided(gen, engine, x, tt, text, uncond, t.cfg_scale), tt, tn, t.noise_level, t_cap
+                )
+            kl = gaussian_kl(mean, mean_ref, std)
+            loss, st = grpo_loss(log_p, old[i_s, j_s], adv[i_s], t.clip_range, kl, t.kl_beta, t.adv_clip)
+            kls.append(st["kl"])
+            clipped.append(st["clip_fraction"])
+        engine.backward(loss)
+        engine.step()
+        losses.append(float(loss.detach()))
+    return {
+        "loss": round(float(np.mean(losses)), 6) if losses else None,
+        "kl": round(float(np.mean(kls)), 6) if kls else None,
+        "clip_fraction": round(float(np.mean(clipped)), 4) if clipped else None,
+        "trained_transitions": len(items),
+    }
+
+
+def _guided(gen, engine, x, tt, text, uncond, cfg_scale):
+    """The CFG velocity of the policy (engine) at (x, t) per sample."""
+    tt = tt.to(x.device).float()
+    if cfg_scale == 1.0:
+        return gen.velocity(x, tt, text, model=engine)
+    both = gen.velocity(
+        torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([text, uncond.to(x.device).expand_as(text)]), model=engine
+    )
+    v_c, v_u = both.chunk(2)
+    return v_u + cfg_scale * (v_c - v_u)
+
+
+def _dpo_round(gen, engine, t, data, r, ok, rank, world, per_round, generator) -> dict:
+    from raypipe.flow.grpo import best_worst
+    from raypipe.flow.online import deal, per_rank_items
+    from raypipe.flow.training import algo_loss
+
+    masked = np.where(ok, r, np.nan)
+    pairs = best_worst(masked, data["groups"])
+    mine = deal(pairs, rank, world, per_rank_items(len(pairs), world) * t.updates)
+    latents = torch.from_numpy(data["latents"])
+    losses, accs = [], []
+    for s in range(per_round):
+        batch = mine[s * t.batch : (s + 1) * t.batch]
+        engine.train()
+        if not batch:
+            loss = zero_loss(engine.module)
+        else:
+            w, lo = [b[0] for b in batch], [b[1] for b in batch]
+            tensors = {
+                "z_w": latents[w],
+                "z_l": latents[lo],
+                "text": gen.encode_prompts([data["prompts"][i] for i in w]),
+            }
+            loss, st = algo_loss(gen, engine, t, tensors, generator)
+            if "accuracy" in st:
+                accs.append(st["accuracy"])
+        engine.backward(loss)
+        engine.step()
+        losses.append(float(loss.detach()))
+    return {
+        "loss": round(float(np.mean(losses)), 6) if losses else None,
+        "pairs": len(pairs),
+        **({"dpo_accuracy": round(float(np.mean(accs)), 4)} if accs else {}),
+    }

@@ -1,0 +1,82 @@
+"""raypipe train-online end to end on a local Ray (tiny generator, tiny reward): rounds.jsonl has a line per round
+with its reward statistics and policy version; the rollout actors sample with exactly the learner's adapters
+(hashes) and the adapters move between rounds; a rerun with more rounds resumes at the last finished round with
+the same prompts and versions; online DPO trains on best-vs-worst pairs; bad settings fail before Ray."""
+
+import json
+
+import pytest
+
+from raypipe.config import ConfigError, load_config
+from raypipe.recipes.train_online import OnlineConfig
+from raypipe.recipes.train_online import run as run_online
+
+TINY = [
+    "train.prompts_per_round=2",
+    "train.k=2",
+    "train.steps=3",
+    "train.batch=2",
+    "train.train_fraction=0.5",
+    "clip.frames=5",
+    "clip.height=16",
+    "clip.width=16",
+    "prompts=4",
+    "progress=false",
+]
+
+
+def _rounds(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_grpo_rounds_sync_weights_and_resume(ray_local, reward_checkpoint, tmp_path):
+    out = tmp_path / "online"
+    args = [*TINY, f"reward={reward_checkpoint}", f"out={out}"]
+    first = run_online(load_config(OnlineConfig, "configs/online_tiny.yaml", [*args, "train.rounds=2"]))
+    rounds = _rounds(out)
+    assert [r["round"] for r in rounds] == [0, 1] and [r["version"] for r in rounds] == [0, 1]
+    for r in rounds:
+        assert r["samples"] == 4 and r["samples_ok"] + sum(r["errors"].values()) == 4
+        assert set(r["reward_mean"]) == {"VQ", "MQ", "TA"} and r["weighted_mean"] is not None
+        assert r["actor_hashes"] == [r["learner_hash"]]  # the pool sampled with the learner's adapters
+        assert r["trained_transitions"] == 2 * r["samples_ok"]  # 2 of 3 steps (round(0.5·3)) per sample
+        assert r["kl"] is not None and r["kl"] >= 0 and set(r["time_s"]) == {"rollout", "reward", "train", "sync"}
+        assert "oracle_mean" in r
+    assert rounds[0]["learner_hash"] != rounds[1]["learner_hash"]  # the update moved the adapters
+    assert rounds[0]["kl"] == pytest.approx(0.0, abs=1e-9)  # round 0: the policy is the reference (B = 0)
+    assert (out / "final" / "pytorch_lora_weights.safetensors").exists() and first["rounds"] == 2
+
+    again = run_online(load_config(OnlineConfig, "configs/online_tiny.yaml", [*args, "train.rounds=3"]))
+    resumed = _rounds(out)
+    assert [r["round"] for r in resumed] == [0, 1, 2] and resumed[:2] == rounds  # the finished rounds kept as they were
+    assert [r["at_step"] for r in again["resumes"]] and resumed[2]["version"] == 2
+    assert resumed[2]["actor_hashes"] == [resumed[2]["learner_hash"]] != [rounds[1]["learner_hash"]]
+
+
+@pytest.mark.slow
+def test_online_dpo_pairs_best_and_worst(ray_local, reward_checkpoint, tmp_path):
+    out = tmp_path / "dpo"
+    args = [*TINY, f"reward={reward_checkpoint}", f"out={out}", "train.algo=dpo", "train.rounds=1", "train.k=3"]
+    run_online(load_config(OnlineConfig, "configs/online_tiny.yaml", args))
+    (r,) = _rounds(out)
+    assert r["samples"] == 6 and r["pairs"] == 2 and r["loss"] is not None  # one pair per prompt
+    assert r["actor_hashes"] == [r["learner_hash"]]
+
+
+def test_bad_settings_fail_before_ray(reward_checkpoint, tmp_path, monkeypatch):
+    import raypipe.recipes.train_online as online
+
+    monkeypatch.setattr(online, "init_ray", lambda *a, **k: pytest.fail("Ray started"))
+    base = [f"out={tmp_path / 'o'}", f"reward={reward_checkpoint}"]
+    for bad, message in [
+        ("train.algo=ppo", "train.algo must be one of"),
+        ("train.k=1", "train.k must be >= 2"),
+        ("lora.enabled=false", "LoRA"),
+        ("weights={Style: 1}", "weights name"),
+        ("train.train_fraction=0", "train_fraction"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            run_online(load_config(OnlineConfig, "configs/online_tiny.yaml", [*base, bad]))
+    with pytest.raises(ConfigError, match="reward"):
+        run_online(load_config(OnlineConfig, "configs/online_tiny.yaml", [f"out={tmp_path / 'o'}", "reward="]))
