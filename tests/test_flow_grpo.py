@@ -116,3 +116,34 @@ def test_best_worst_pairs_per_prompt():
     groups = [7, 7, 7, 3, 3, 5, 5, 9, 9]
     assert best_worst(r, groups) == [(1, 0), (8, 7)]  # group 3 all equal, group 5 has a NaN: no pair
     assert best_worst([1.0], [0]) == []
+
+
+def test_round_bookkeeping_by_hand():
+    import numpy as np
+
+    from raypipe.flow.online import deal, grpo_items, round_prompts, round_record, weighted_rewards
+
+    prompts = ["a", "b", "c"]
+    p0, s0 = round_prompts(prompts, 2, 3, seed=5, round_index=0)
+    p1, s1 = round_prompts(prompts, 2, 3, seed=5, round_index=1)
+    assert p0 == ["a", "b"] and p1 == ["c", "a"]  # the next ones, wrapping around
+    assert len(s0) == 6 == len(set(s0) | set(s1)) - 6  # one seed per sample, new ones each round
+    assert round_prompts(prompts, 2, 3, seed=5, round_index=1) == (p1, s1)  # the same on a resume
+
+    scores = np.array([[1.0, 2.0], [3.0, np.nan], [0.5, 0.5], [2.0, 1.0]])
+    errors = [None, None, "corrupt: cut", None]
+    r, ok = weighted_rewards(scores, errors, ["VQ", "MQ"], {"VQ": 1.0, "MQ": 0.5})
+    assert r[[0, 3]].tolist() == [2.0, 2.5] and ok.tolist() == [True, False, False, True]  # NaN and error: out
+    with pytest.raises(ValueError, match="TA"):
+        weighted_rewards(scores, errors, ["VQ", "MQ"], {"TA": 1.0})
+
+    items = grpo_items(ok, steps=4, fraction=0.5, generator=torch.Generator().manual_seed(0))
+    assert [i for i, _ in items] == [0, 0, 3, 3] and all(0 <= j < 4 for _, j in items)
+    assert len({j for i, j in items if i == 0}) == 2  # two distinct steps per sample
+    shares = [deal(list(range(5)), rank, 2, 3) for rank in range(2)]
+    assert shares == [[0, 2, 4], [1, 3, 1]] and deal([], 0, 2, 3) == []
+
+    rec = round_record(0, scores, errors, ["VQ", "MQ"], r, ok, [{"VQ": 1.0, "MQ": 0.0}, {}, None, {"VQ": 0.0}])
+    assert rec["samples"] == 4 and rec["samples_ok"] == 2 and rec["errors"] == {"corrupt": 1}
+    assert rec["reward_mean"] == {"VQ": 1.5, "MQ": 1.5} and rec["weighted_mean"] == 2.25
+    assert rec["oracle_mean"] == {"VQ": 0.5, "MQ": 0.0}

@@ -305,3 +305,26 @@ def test_a_refused_key_is_one_clear_line_from_every_door(s3_checking_keys, rewar
         assert proc.returncode == 2, (what, proc.stderr[-2000:])
         assert len(lines) == 1 and "Traceback" not in proc.stderr, (what, proc.stderr[-2000:])
         assert "refused the credentials" in lines[0] and "s3://raypipe-test/" in lines[0], (what, lines[0])
+
+
+def test_every_other_job_writes_to_s3_or_says_why_not(s3, reward_checkpoint, tmp_path, monkeypatch):
+    """export-reward (like eval-flow and generate) stages its folder and publishes it to the store; the jobs whose
+    outputs name files by local path (sample-pairs, pretrain-generator, the demo) refuse an object-store OUT with
+    one line instead of writing a local folder named `s3:`."""
+    from raypipe.recipes.demo import DemoConfig
+    from raypipe.recipes.demo import run as run_demo
+    from raypipe.recipes.export_reward import ExportConfig
+    from raypipe.recipes.export_reward import run as run_export
+    from raypipe.recipes.sample_pairs import SamplePairsConfig
+    from raypipe.recipes.sample_pairs import run as run_sample_pairs
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAYPIPE_STAGING", str(tmp_path / "staging"))
+    out = s3("export")
+    summary = run_export(ExportConfig(reward=reward_checkpoint, format="raypipe", out=out))
+    assert summary["out"] == out and Location(out).exists("reward_config.json") and Location(out).exists("config.yaml")
+    with pytest.raises(ConfigError, match="object-store URI; this job writes a local folder"):
+        run_sample_pairs(SamplePairsConfig(generator="g", reward=reward_checkpoint, out=s3("pairs")))
+    with pytest.raises(ConfigError, match="object-store URI"):
+        run_demo(DemoConfig(out=s3("demo")))
+    assert not (tmp_path / "s3:").exists()

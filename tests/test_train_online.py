@@ -80,3 +80,24 @@ def test_bad_settings_fail_before_ray(reward_checkpoint, tmp_path, monkeypatch):
             run_online(load_config(OnlineConfig, "configs/online_tiny.yaml", [*base, bad]))
     with pytest.raises(ConfigError, match="reward"):
         run_online(load_config(OnlineConfig, "configs/online_tiny.yaml", [f"out={tmp_path / 'o'}", "reward="]))
+
+
+def test_a_killed_pool_actor_is_replaced_and_its_share_redone(ray_local, tmp_path):
+    """`_call_all` (how a round calls its rollout and reward pools): an actor that dies mid-call is restarted by
+    Ray and the same call (same seeds, same weights) sent again; the round gets every result."""
+    import os
+
+    from raypipe.distributed.online import _call_all
+
+    @ray_local.remote(max_restarts=1)
+    class Flaky:
+        def work(self, x, marker):
+            if not os.path.exists(marker):  # the first call kills the process, as an OOM kill would
+                open(marker, "w").close()
+                os._exit(1)
+            return x * 2
+
+    steady, flaky = Flaky.remote(), Flaky.remote()
+    (tmp_path / "steady").touch()
+    results = _call_all([(steady.work, (1, str(tmp_path / "steady"))), (flaky.work, (5, str(tmp_path / "flaky")))])
+    assert results == [2, 10]

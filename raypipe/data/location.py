@@ -43,6 +43,14 @@ def output_location(uri: str, key: str = "out") -> Location:
         raise ConfigError(f"{key}: {e}") from None
 
 
+def local_output(uri: str, why: str) -> None:
+    """ConfigError for an object-store OUT of a job whose outputs only work on a local folder (`why`)."""
+    from raypipe.config import ConfigError
+
+    if not is_local(str(uri)):
+        raise ConfigError(f"out: {uri} is an object-store URI; this job writes a local folder ({why})")
+
+
 class Location:
     def __init__(self, uri: str, _fs=None, _root: str | None = None):
         import pyarrow.fs as pafs

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -30,6 +31,13 @@ def world_rank() -> int:
     import ray.train
 
     return ray.train.get_context().get_world_rank()
+
+
+def say(line: str) -> None:
+    """One line from a training worker to the console. Not `print`: in a Ray Train worker print goes both to the
+    worker's stdout and to Ray Train's logger, so the driver would show it twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def new_progress() -> dict:
@@ -60,7 +68,7 @@ def resume(engine) -> dict:
                 "delete that folder to start over"
             )
         if skipped and world_rank() == 0:
-            print(f"resume: unreadable checkpoints skipped (cut mid-write?): {skipped}", flush=True)
+            say(f"resume: unreadable checkpoints skipped (cut mid-write?): {skipped}")
         progress["resumes"].append(
             {
                 "at_step": progress["step"],

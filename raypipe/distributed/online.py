@@ -204,18 +204,19 @@ def collect_round(
     groups = np.repeat(np.arange(len(prompts)), k)
     chunks = [idx for idx in np.array_split(np.arange(n), len(rollout)) if len(idx)]
     t0 = time.perf_counter()
-    futures = [
-        actor.rollout.remote(version, state_ref, [sample_prompts[i] for i in idx], [seeds[i] for i in idx], sampling)
-        for actor, idx in zip(rollout, chunks)
-    ]
-    parts = ray.get(futures)
+    parts = _call_all(
+        [
+            (actor.rollout, (version, state_ref, [sample_prompts[i] for i in idx], [seeds[i] for i in idx], sampling))
+            for actor, idx in zip(rollout, chunks)
+        ]
+    )
     rollout_s = time.perf_counter() - t0
     merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0] if isinstance(parts[0][key], np.ndarray)}
     t1 = time.perf_counter()
     score_chunks = [idx for idx in np.array_split(np.arange(n), len(rewards)) if len(idx)]
-    scored = ray.get(
+    scored = _call_all(
         [
-            actor.score.remote(merged["frames"][idx], [sample_prompts[i] for i in idx], oracle)
+            (actor.score, (merged["frames"][idx], [sample_prompts[i] for i in idx], oracle))
             for actor, idx in zip(rewards, score_chunks)
         ]
     )
@@ -231,3 +232,26 @@ def collect_round(
         "oracle": [v for s in scored for v in (s["oracle"] or [])],
         "seconds": {"rollout": rollout_s, "reward": reward_s},
     }
+
+
+def _call_all(calls: list, tries: int = 3) -> list:
+    """ray.get of every (actor method, args) call; a call whose actor died is sent again to the same handle, which
+    Ray restarts (`max_restarts`): a killed rollout or reward actor is replaced, its share redone, nothing lost.
+    The same seeds and weights go with the retry, so the redone samples are the ones the dead actor would have
+    made."""
+    results: list = [None] * len(calls)
+    pending = list(range(len(calls)))
+    for attempt in range(tries):
+        futures = {i: calls[i][0].remote(*calls[i][1]) for i in pending}
+        failed = []
+        for i, future in futures.items():
+            try:
+                results[i] = ray.get(future)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                if attempt == tries - 1:
+                    raise
+                failed.append(i)
+        if not failed:
+            break
+        pending = failed
+    return results

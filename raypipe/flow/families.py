@@ -40,7 +40,12 @@ def family_of(path: str | os.PathLike) -> str:
 
 
 def load_family(path: str | os.PathLike, dtype: str = "float32", device: str = "cpu"):
-    """The family object of a pipeline folder (nothing is fetched from a hub)."""
+    """The family object of a pipeline folder (nothing is fetched from a hub). Its component-loading bar follows
+    HF_HUB_DISABLE_PROGRESS_BARS (our Ray workers set it)."""
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").lower() in ("1", "true", "yes"):
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
     return FAMILIES[family_of(path)].load(path, dtype=dtype, device=device)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from raypipe.config import DataConfig, SamplingConfig, SynthConfig, load_config, repo_path, save_config
+from raypipe.data.location import local_output
 from raypipe.data.manifest import label_name, load_manifest, normalize_label
 from raypipe.demo_report import print_summary, write_report
 from raypipe.distributed.cluster import configure_data_context, init_ray
@@ -105,6 +106,7 @@ def _stage(name: str):
 
 
 def run(cfg: DemoConfig) -> dict:
+    local_output(cfg.out, "every stage reads the previous one's outputs back by local path")
     out = Path(cfg.out)
     save_config(cfg, out)
     t_start = time.perf_counter()

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import torch
 
 from raypipe.config import ClipConfig, ConfigError, save_config
+from raypipe.data.location import StagedOutput
 from raypipe.data.prompts import read_prompts
 from raypipe.flow.evaluation import compare, score_samples, write_grid_gif
 from raypipe.flow.sampler import sample_videos
@@ -35,7 +35,7 @@ class FlowEvalConfig:
     aligned: str = ""  # or a whole aligned pipeline folder (train-flow with lora.enabled=false)
     reward: str = ""  # a VideoReward checkpoint
     prompts: str = "64"  # a number (seeded SynthPref prompts), a .txt (one per line) or a manifest with `prompt`
-    out: str = "eval-flow-out"  # output folder
+    out: str = "eval-flow-out"  # output folder, or an object-store prefix (s3://bucket/eval)
     clip: ClipConfig = dataclasses.field(default_factory=lambda: ClipConfig(frames=9, height=32, width=32))
     steps: int = 20  # sampling steps (Euler)
     cfg_scale: float = 4.0  # classifier-free guidance scale
@@ -52,8 +52,8 @@ def run(cfg: FlowEvalConfig) -> dict:
     if bool(cfg.lora) == bool(cfg.aligned):
         raise ConfigError("one of lora=PATH (adapters on the generator) or aligned=PATH (a whole pipeline) is required")
     prompts = read_prompts(cfg.prompts, cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    stage = StagedOutput(cfg.out)  # a local folder, or staged locally and published to an object store
+    out = stage.dir
     save_config(cfg, out)
     samples = {}
     for name in ("base", "aligned"):
@@ -69,5 +69,6 @@ def run(cfg: FlowEvalConfig) -> dict:
     n = min(cfg.grid, len(prompts))
     write_grid_gif(samples["base"][:n], samples["aligned"][:n], out / "grid.gif")
     (out / "report.json").write_text(json.dumps(report, indent=2))
+    stage.publish()
     print(json.dumps({k: report[k] for k in ("reward_win_rate", "oracle_win_rate", "reward_hacking")}, indent=2))
     return report

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from raypipe.config import ConfigError, save_config
+from raypipe.data.location import StagedOutput
 from raypipe.reward.scoring import SAMPLING_FILE, resolve_sampling, reward_options
 
 FORMATS = ("videoalign", "raypipe")
@@ -27,7 +28,7 @@ FORMATS = ("videoalign", "raypipe")
 class ExportConfig:
     reward: str = ""  # the VideoReward checkpoint to export (--checkpoint): ours, or the released layout
     format: str = "videoalign"  # videoalign (the official layout) or raypipe (ours)
-    out: str = "export-out"  # output folder
+    out: str = "export-out"  # output folder, or an object-store prefix (s3://bucket/exported)
     base: str | None = None  # base model folder: written as model_name_or_path / read for a released checkpoint
     # the official prompt_template.py (or a text file) for the videoalign template; default $RAYPIPE_VIDEOALIGN_TEMPLATE
     template_file: str | None = None
@@ -46,7 +47,8 @@ def run(cfg: ExportConfig) -> dict:
     options = reward_options(cfg.reward, cfg.base if videoalign.is_videoalign(cfg.reward) else None, cfg.template_file)
     model = VideoReward.from_pretrained(cfg.reward, dtype=cfg.dtype, **options)
     sampling, _ = resolve_sampling(cfg.reward, None)
-    out = Path(cfg.out)
+    stage = StagedOutput(cfg.out)  # a local folder, or staged locally and published to an object store
+    out = stage.dir
     notes = []
     if cfg.format == "videoalign":
         base = cfg.base or model.cfg.name_or_path or str((Path(cfg.reward) / "backbone").resolve())
@@ -55,6 +57,7 @@ def run(cfg: ExportConfig) -> dict:
     else:
         model.save_pretrained(out, norm_stats=model.norm_stats, extra={SAMPLING_FILE: dataclasses.asdict(sampling)})
     save_config(cfg, out)
-    summary = {"out": str(out), "format": cfg.format, "dimensions": model.dimensions, "notes": notes}
+    stage.publish()
+    summary = {"out": str(stage.location), "format": cfg.format, "dimensions": model.dimensions, "notes": notes}
     print(json.dumps(summary, indent=2))
     return summary

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 
 from raypipe.config import ClipConfig, ConfigError, save_config
+from raypipe.data.location import StagedOutput
 from raypipe.data.prompts import read_prompts
 from raypipe.data.weights import scalarize, weight_vector
 from raypipe.nrg.model import LatentReward
@@ -41,7 +41,7 @@ class GenerateConfig:
     batch: int = 16  # videos per sampling batch
     device: str = "auto"  # auto (cuda when there is one) | cuda | cpu
     dtype: str = "float32"  # bfloat16 on GPUs
-    out: str = "generate-out"  # output folder
+    out: str = "generate-out"  # output folder, or an object-store prefix (s3://bucket/samples)
 
 
 def run(cfg: GenerateConfig) -> dict:
@@ -61,7 +61,8 @@ def run(cfg: GenerateConfig) -> dict:
         raise ConfigError(str(err)) from None
     prompts = read_prompts(cfg.prompts, cfg.seed)
     shape = gen.latent_shape(cfg.clip.frames, cfg.clip.height, cfg.clip.width, check=True)
-    out = Path(cfg.out)
+    stage = StagedOutput(cfg.out)  # a local folder, or staged locally and published to an object store
+    out = stage.dir
     (out / "videos").mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
     result = guided_samples(
@@ -71,7 +72,13 @@ def run(cfg: GenerateConfig) -> dict:
     for i, (prompt, video) in enumerate(zip(prompts, result["videos"])):
         path = out / "videos" / f"{i:04d}.mp4"
         write_mp4(video, path, cfg.fps)
-        row = {"index": i, "prompt": prompt, "seed": cfg.seed, "noise_index": i, "file": str(path)}
+        row = {
+            "index": i,
+            "prompt": prompt,
+            "seed": cfg.seed,
+            "noise_index": i,
+            "file": stage.uri_of(f"videos/{i:04d}.mp4"),
+        }
         if result["latent_rewards"] is not None:
             r = result["latent_rewards"][i]
             row["latent_rewards"] = {d: float(v) for d, v in zip(model.dims, r)}
@@ -86,9 +93,10 @@ def run(cfg: GenerateConfig) -> dict:
         "sample_s": round(result["sample_s"], 2),
     }
     (out / "samples.json").write_text(json.dumps(summary, indent=2))
+    stage.publish()
     print(
-        f"generate: {len(rows)} videos in {out / 'videos'} ({summary['sample_s']} s sampling); "
-        f"rewards in {out / 'samples.json'}",
+        f"generate: {len(rows)} videos in {stage.uri_of('videos')} ({summary['sample_s']} s sampling); "
+        f"rewards in {stage.uri_of('samples.json')}",
         flush=True,
     )
     if rows and "weighted_reward" in rows[0]:

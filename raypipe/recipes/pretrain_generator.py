@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from raypipe.config import ClipConfig, SynthConfig, load_config, save_config, to_dict
+from raypipe.data.location import local_output
 from raypipe.data.prompts import read_prompts
 from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
 from raypipe.flow.pairs import generator_clip, true_captions
@@ -54,6 +55,7 @@ class GeneratorPretrainConfig:
 
 
 def run(cfg: GeneratorPretrainConfig) -> dict:
+    local_output(cfg.out, "later stages read the generator and the clips back by local path")
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raypipe.config import ClipConfig, ConfigError, save_config
+from raypipe.data.location import local_output
 from raypipe.data.prompts import read_prompts
 from raypipe.data.weights import scalarize
 from raypipe.nrg.sampling import guided_samples, load_generator
@@ -120,6 +121,7 @@ def best_vs_worst(scored: pa.Table, dims: list[str], weights: dict[str, float]) 
 
 
 def run(cfg: SamplePairsConfig) -> dict:
+    local_output(cfg.out, "its pairs and manifests name the videos by local path; copy the folder up afterwards")
     if not cfg.reward:
         raise ConfigError("reward is required (reward=CHECKPOINT, a VideoReward checkpoint)")
     if cfg.k < 2:

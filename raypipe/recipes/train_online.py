@@ -36,7 +36,7 @@ from raypipe.config import ClipConfig, ConfigError, build_config, save_config, t
 from raypipe.data.location import StagedOutput
 from raypipe.data.prompts import read_prompts
 from raypipe.distributed.cluster import init_ray
-from raypipe.distributed.loop import resume, save_and_report, world_rank, zero_loss
+from raypipe.distributed.loop import resume, save_and_report, say, world_rank, zero_loss
 from raypipe.distributed.trainer import TrainerSettings, deepspeed_engine, fit_trainer
 from raypipe.flow.families import load_family, make_tiny_generator
 from raypipe.flow.family import TinyWanConfig
@@ -297,7 +297,7 @@ def train_func(config: dict) -> None:
         last = rnd + 1 == t.rounds
         if rank == 0 and cfg.progress:
             w = record["weighted_mean"]
-            print(f"round {rnd}: reward {w}, {record['samples_ok']}/{n} samples, {record['time_s']}", flush=True)
+            say(f"round {rnd}: reward {w}, {record['samples_ok']}/{n} samples, {record['time_s']}")
         if (rnd + 1) % t.checkpoint_every == 0 or last:
             final = (lambda d: save_lora(gen, d) if world_rank() == 0 else None) if last else None
             save_and_report(engine, progress, {"round": rnd + 1, "reward": record["weighted_mean"]}, final)
@@ -322,8 +322,8 @@ def _grpo_round(gen, engine, t, data, r, ok, uncond, generator, rank, world, per
     mine = deal(items, rank, world, per_rank_items(len(items), world) * t.updates)
     grid = time_grid(t.steps, gen.shift)
     t_cap = float(grid[1])
-    states = torch.from_numpy(data["states"])
-    old = torch.from_numpy(data["log_probs"])
+    states = torch.from_numpy(np.array(data["states"]))  # a copy: what ray.get gives is read-only
+    old = torch.from_numpy(np.array(data["log_probs"]))
     text_cache: dict[str, torch.Tensor] = {}
     losses, kls, clipped = [], [], []
     for s in range(per_round):
@@ -382,7 +382,7 @@ def _dpo_round(gen, engine, t, data, r, ok, rank, world, per_round, generator) -
     masked = np.where(ok, r, np.nan)
     pairs = best_worst(masked, data["groups"])
     mine = deal(pairs, rank, world, per_rank_items(len(pairs), world) * t.updates)
-    latents = torch.from_numpy(data["latents"])
+    latents = torch.from_numpy(np.array(data["latents"]))
     losses, accs = [], []
     for s in range(per_round):
         batch = mine[s * t.batch : (s + 1) * t.batch]

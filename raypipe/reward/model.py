@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -253,7 +254,9 @@ def with_lora(vlm: nn.Module, lora: LoraSettings) -> nn.Module:
     config = LoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=rf".*language_model.*\.({targets})"
     )
-    return get_peft_model(vlm, config)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing`: not ours to fix
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+        return get_peft_model(vlm, config)
 
 
 def checkpoint_config(path: str | os.PathLike, base: str | None = None) -> RewardModelConfig:
