@@ -147,3 +147,19 @@ def test_round_bookkeeping_by_hand():
     assert rec["samples"] == 4 and rec["samples_ok"] == 2 and rec["errors"] == {"corrupt": 1}
     assert rec["reward_mean"] == {"VQ": 1.5, "MQ": 1.5} and rec["weighted_mean"] == 2.25
     assert rec["oracle_mean"] == {"VQ": 0.5, "MQ": 0.0}
+
+
+def test_the_reward_hacking_guard_by_hand():
+    from raypipe.flow.online import best_round, hacking_detected, judge_value
+
+    verdicts = [{"VQ": 1.0, "MQ": 0.5}, {"VQ": 0.0, "MQ": 0.5}, None]
+    assert judge_value(verdicts, {"VQ": 1.0, "MQ": 2.0}) == pytest.approx(0.5 + 1.0)
+    assert judge_value([None, {}], {"VQ": 1.0}) is None
+    rewards = [0.1, 0.2, 0.3, 0.4]
+    judges = [0.9, 0.8, 0.85, 0.7]
+    assert not hacking_detected(rewards, judges, 2)  # the judge rose once in the last two changes
+    assert hacking_detected(rewards, judges, 1)  # the last change: reward up, judge down
+    assert hacking_detected([0.1, 0.2, 0.3], [0.9, 0.8, 0.7], 2)
+    assert not hacking_detected([0.1, 0.2, 0.2], [0.9, 0.8, 0.7], 2)  # the reward did not rise
+    assert not hacking_detected([0.1, 0.2], [0.9, 0.8], 2) and not hacking_detected(rewards, judges, 0)
+    assert best_round([0.3, None, 0.9, 0.9, 0.1]) == 2 and best_round([None]) is None

@@ -1,7 +1,9 @@
 """raypipe train-online end to end on a local Ray (tiny generator, tiny reward): rounds.jsonl has a line per round
 with its reward statistics and policy version; the rollout actors sample with exactly the learner's adapters
 (hashes) and the adapters move between rounds; a rerun with more rounds resumes at the last finished round with
-the same prompts and versions; online DPO trains on best-vs-worst pairs; bad settings fail before Ray."""
+the same prompts and versions (and scores through the Serve pool where the first run used reward actors); online
+DPO trains on best-vs-worst pairs; a dead pool actor is replaced; the guard's fallback adapters; bad settings fail
+before Ray."""
 
 import json
 
@@ -33,7 +35,10 @@ def _rounds(out) -> list[dict]:
 def test_grpo_rounds_sync_weights_and_resume(ray_local, reward_checkpoint, tmp_path):
     out = tmp_path / "online"
     args = [*TINY, f"reward={reward_checkpoint}", f"out={out}"]
-    first = run_online(load_config(OnlineConfig, "configs/online_tiny.yaml", [*args, "train.rounds=2"]))
+    # the first run scores with a pool of reward actors, the resumed one with the Serve deployment (the default)
+    first = run_online(
+        load_config(OnlineConfig, "configs/online_tiny.yaml", [*args, "train.rounds=2", "reward_pool.kind=actors"])
+    )
     rounds = _rounds(out)
     assert [r["round"] for r in rounds] == [0, 1] and [r["version"] for r in rounds] == [0, 1]
     for r in rounds:
@@ -42,7 +47,7 @@ def test_grpo_rounds_sync_weights_and_resume(ray_local, reward_checkpoint, tmp_p
         assert r["actor_hashes"] == [r["learner_hash"]]  # the pool sampled with the learner's adapters
         assert r["trained_transitions"] == 2 * r["samples_ok"]  # 2 of 3 steps (round(0.5·3)) per sample
         assert r["kl"] is not None and r["kl"] >= 0 and set(r["time_s"]) == {"rollout", "reward", "train", "sync"}
-        assert "oracle_mean" in r
+        assert "oracle_mean" in r and r["judge"] is not None  # the guard's judge: the oracle, every round
     assert rounds[0]["learner_hash"] != rounds[1]["learner_hash"]  # the update moved the adapters
     assert rounds[0]["kl"] == pytest.approx(0.0, abs=1e-9)  # round 0: the policy is the reference (B = 0)
     assert (out / "final" / "pytorch_lora_weights.safetensors").exists() and first["rounds"] == 2
@@ -58,9 +63,11 @@ def test_grpo_rounds_sync_weights_and_resume(ray_local, reward_checkpoint, tmp_p
 def test_online_dpo_pairs_best_and_worst(ray_local, reward_checkpoint, tmp_path):
     out = tmp_path / "dpo"
     args = [*TINY, f"reward={reward_checkpoint}", f"out={out}", "train.algo=dpo", "train.rounds=1", "train.k=3"]
+    args += ["reward_pool.kind=actors", "train.lambda_sft=0.5", "real_synth=2"]  # + flow matching on real videos
     run_online(load_config(OnlineConfig, "configs/online_tiny.yaml", args))
     (r,) = _rounds(out)
     assert r["samples"] == 6 and r["pairs"] == 2 and r["loss"] is not None  # one pair per prompt
+    assert r["sft_loss"] > 0 and (out / "real" / "manifest.parquet").exists()
     assert r["actor_hashes"] == [r["learner_hash"]]
 
 
@@ -75,6 +82,9 @@ def test_bad_settings_fail_before_ray(reward_checkpoint, tmp_path, monkeypatch):
         ("lora.enabled=false", "LoRA"),
         ("weights={Style: 1}", "weights name"),
         ("train.train_fraction=0", "train_fraction"),
+        ("reward_pool.kind=http", "reward_pool.kind"),
+        ("guard.judge=/nowhere", "guard.judge"),
+        ("train.lambda_sft=1", "real videos"),
     ]:
         with pytest.raises(ConfigError, match=message):
             run_online(load_config(OnlineConfig, "configs/online_tiny.yaml", [*base, bad]))
@@ -101,3 +111,29 @@ def test_a_killed_pool_actor_is_replaced_and_its_share_redone(ray_local, tmp_pat
     (tmp_path / "steady").touch()
     results = _call_all([(steady.work, (1, str(tmp_path / "steady"))), (flaky.work, (5, str(tmp_path / "flaky")))])
     assert results == [2, 10]
+
+
+def test_the_guard_keeps_the_best_rounds_adapters(tmp_path):
+    """Rank 0's bookkeeping for the guard: the adapters that sampled the round the judge liked best are kept in
+    OUT/best_round and put back into the policy when the guard stops training."""
+    import torch
+
+    from raypipe.distributed.online import lora_state, state_hash
+    from raypipe.flow.families import load_family, make_tiny_generator
+    from raypipe.flow.lora import add_lora
+    from raypipe.flow.online_training import keep_if_best, restore_best
+
+    gen = load_family(make_tiny_generator("wan", tmp_path / "gen"))
+    add_lora(gen.transformer, 4, 4, 0.0, gen.lora_targets)
+    progress, folder = {}, tmp_path / "best_round"
+    states = []
+    for rnd, judge in enumerate([0.2, 0.5, None, 0.4]):
+        with torch.no_grad():
+            for name, p in gen.transformer.named_parameters():
+                if "lora_B" in name:
+                    p.add_(0.01 * (rnd + 1))
+        states.append(lora_state(gen.transformer))
+        keep_if_best(progress, rnd, judge, states[-1], folder)
+    assert progress["best"] == {"round": 1, "judge": 0.5}
+    restore_best(gen.transformer, folder)
+    assert state_hash(lora_state(gen.transformer)) == state_hash(states[1]) != state_hash(states[3])

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from raypipe.flow.losses import zero_loss  # noqa: F401 - the steps of a worker loop are all named here
+
 
 def world_rank() -> int:
     import ray.train
@@ -150,11 +152,6 @@ def require_finite(loss: torch.Tensor, step: int, epoch: int, index: int) -> Non
             f"non-finite loss at step {step + 1} (epoch {epoch}, batch {index}); no checkpoint is "
             f"written. Lower train.lr or check the data."
         )
-
-
-def zero_loss(module: torch.nn.Module) -> torch.Tensor:
-    """The loss of a batch whose every row failed to decode: zero, with a graph, so the ranks stay in lockstep."""
-    return sum(p.sum() for p in module.parameters() if p.requires_grad) * 0.0
 
 
 class TrainClock:

@@ -149,45 +149,86 @@ class RewardActor:
         self.dimensions = list(self.model.dimensions)
         self.fps = fps
 
+    def dims(self) -> list[str]:
+        return self.dimensions
+
     def score(self, frames: np.ndarray, prompts: list[str], oracle: bool) -> dict:
         """{"scores": [N, D] (NaN rows on error), "errors": [None | "kind: message"], "oracle": [dict] | None}."""
-        from raypipe.video.decode import VideoClip, decode_video
-        from raypipe.video.encode import write_mp4
-        from raypipe.video.oracle import judge
-
         t0 = time.perf_counter()
+        prepared = reward_inputs(frames, prompts, self.sampling, self.fps, oracle)
         scores = np.full((len(prompts), len(self.dimensions)), np.nan)
-        errors: list[str | None] = [None] * len(prompts)
-        clips, keep = [], []
-        with tempfile.TemporaryDirectory() as d:
-            for i, video in enumerate(frames):
-                path = os.path.join(d, f"{i:05d}.mp4")
-                try:
-                    write_mp4(video, path, self.fps)
-                    clip = decode_video(path, self.sampling)
-                except Exception as e:  # noqa: BLE001 - one sample's failure is its error, not the round's
-                    errors[i] = f"encode: {type(e).__name__}: {e}"
-                    continue
-                if isinstance(clip, VideoClip):
-                    clips.append(clip.frames)
-                    keep.append(i)
-                else:
-                    errors[i] = f"{clip.kind}: {clip.message}"
+        errors = list(prepared["errors"])
+        keep = [i for i, c in enumerate(prepared["clips"]) if c is not None]
         if keep:
             with torch.no_grad():
-                got = self.model.score(clips, [prompts[i] for i in keep]).float().numpy()
-            for j, i in enumerate(keep):
-                if np.isfinite(got[j]).all():
-                    scores[i] = got[j]
-                else:
-                    errors[i] = "non_finite: the reward model returned a non-finite score"
-        verdicts = [judge(v, p) for v, p in zip(frames, prompts)] if oracle else None  # SynthPref prompts only
-        return {"scores": scores, "errors": errors, "oracle": verdicts, "seconds": time.perf_counter() - t0}
+                got = self.model.score([prepared["clips"][i] for i in keep], [prompts[i] for i in keep]).float().numpy()
+            fill_scores(scores, errors, keep, got)
+        return {"scores": scores, "errors": errors, "oracle": prepared["oracle"], "seconds": time.perf_counter() - t0}
+
+
+def reward_inputs(frames: np.ndarray, prompts: list[str], sampling, fps: float, oracle: bool) -> dict:
+    """What a reward model sees of each sample, exactly as relabel would: written as mp4 at `fps`, decoded with the
+    checkpoint's `sampling`. {"clips": [frames | None], "errors": [None | "kind: message"], "oracle": [dict] | None}
+    (the SynthPref oracle's verdict on the raw samples when `oracle`)."""
+    from raypipe.video.decode import VideoClip, decode_video
+    from raypipe.video.encode import write_mp4
+    from raypipe.video.oracle import judge
+
+    clips: list = [None] * len(prompts)
+    errors: list[str | None] = [None] * len(prompts)
+    with tempfile.TemporaryDirectory() as d:
+        for i, video in enumerate(frames):
+            path = os.path.join(d, f"{i:05d}.mp4")
+            try:
+                write_mp4(video, path, fps)
+                clip = decode_video(path, sampling)
+            except Exception as e:  # noqa: BLE001 - one sample's failure is its error, not the round's
+                errors[i] = f"encode: {type(e).__name__}: {e}"
+                continue
+            if isinstance(clip, VideoClip):
+                clips[i] = clip.frames
+            else:
+                errors[i] = f"{clip.kind}: {clip.message}"
+    verdicts = [judge(v, p) for v, p in zip(frames, prompts)] if oracle else None  # SynthPref prompts only
+    return {"clips": clips, "errors": errors, "oracle": verdicts}
+
+
+@ray.remote(num_cpus=0.5)
+def reward_inputs_task(frames, prompts, sampling, fps, oracle) -> dict:
+    return reward_inputs(frames, prompts, sampling, fps, oracle)
+
+
+def fill_scores(scores: np.ndarray, errors: list, keep: list[int], got) -> None:
+    """Scores of the samples in `keep` into their rows; a non-finite score is that sample's error."""
+    for j, i in enumerate(keep):
+        row = np.asarray(got[j], dtype=np.float64)
+        if np.isfinite(row).all():
+            scores[i] = row
+        elif errors[i] is None:
+            errors[i] = "non_finite: the reward model returned a non-finite score"
+
+
+def actor_scorer(rewards: list):
+    """`score(frames, prompts, oracle)` over a pool of RewardActors (samples split over them; a dead actor's share
+    redone)."""
+
+    def score(frames: np.ndarray, prompts: list[str], oracle: bool) -> dict:
+        chunks = [idx for idx in np.array_split(np.arange(len(prompts)), len(rewards)) if len(idx)]
+        parts = _call_all(
+            [(actor.score, (frames[idx], [prompts[i] for i in idx], oracle)) for actor, idx in zip(rewards, chunks)]
+        )
+        return {
+            "scores": np.concatenate([p["scores"] for p in parts]),
+            "errors": [e for p in parts for e in p["errors"]],
+            "oracle": [v for p in parts for v in (p["oracle"] or [])],
+        }
+
+    return score
 
 
 def collect_round(
     rollout: list,
-    rewards: list,
+    score,
     state_ref,
     version: int,
     prompts: list[str],
@@ -196,9 +237,10 @@ def collect_round(
     sampling: SamplingSettings,
     oracle: bool = False,
 ) -> dict:
-    """K samples per prompt from the rollout pool (prompts split over the actors), scored by the reward pool.
-    Returns numpy arrays over the P·K samples (sample i = prompt i // k): latents, frames, (states, log_probs),
-    scores [N, D], errors, oracle verdicts, group ids, versions, the actors' adapter hashes and the time split."""
+    """K samples per prompt from the rollout pool (prompts split over the actors), then `score(frames, prompts,
+    oracle)` (`actor_scorer`, or the Serve pool of `raypipe.serve.pool`). Returns numpy arrays over the P·K samples
+    (sample i = prompt i // k): latents, frames, (states, log_probs), scores [N, D], errors, oracle verdicts, group
+    ids, versions, the actors' adapter hashes and the time split."""
     n = len(prompts) * k
     sample_prompts = [p for p in prompts for _ in range(k)]
     groups = np.repeat(np.arange(len(prompts)), k)
@@ -213,13 +255,7 @@ def collect_round(
     rollout_s = time.perf_counter() - t0
     merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0] if isinstance(parts[0][key], np.ndarray)}
     t1 = time.perf_counter()
-    score_chunks = [idx for idx in np.array_split(np.arange(n), len(rewards)) if len(idx)]
-    scored = _call_all(
-        [
-            (actor.score, (merged["frames"][idx], [sample_prompts[i] for i in idx], oracle))
-            for actor, idx in zip(rewards, score_chunks)
-        ]
-    )
+    scored = score(merged["frames"], sample_prompts, oracle)
     reward_s = time.perf_counter() - t1
     return {
         **merged,
@@ -227,9 +263,9 @@ def collect_round(
         "groups": groups,
         "versions": np.concatenate([[p["version"]] * len(idx) for p, idx in zip(parts, chunks)]),
         "lora_hashes": sorted({p["lora_hash"] for p in parts}),
-        "scores": np.concatenate([s["scores"] for s in scored]),
-        "errors": [e for s in scored for e in s["errors"]],
-        "oracle": [v for s in scored for v in (s["oracle"] or [])],
+        "scores": scored["scores"],
+        "errors": scored["errors"],
+        "oracle": scored["oracle"] or [],
         "seconds": {"rollout": rollout_s, "reward": reward_s},
     }
 

@@ -36,6 +36,21 @@ def write_grid_gif(base: np.ndarray, aligned: np.ndarray, path: Path, scale: int
     return path
 
 
+def write_groups_gif(groups: list[np.ndarray], path: Path, scale: int = 4, fps: float = 8.0) -> Path:
+    """An animated GIF: one row per prompt, its samples side by side (each group uint8 [K, T, H, W, 3])."""
+    from PIL import Image
+
+    def row(videos):
+        gap = np.full_like(videos[0][:, :, :2], 255)
+        parts = [x for v in videos for x in (v, gap)][:-1]
+        return np.concatenate(parts, axis=2)
+
+    video = np.concatenate([row(list(g)) for g in groups], axis=1)
+    frames = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST) for f in video]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+    return path
+
+
 def score_samples(
     samples: dict[str, np.ndarray], prompts: list[str], reward_path: str, out: Path, fps: float = 8.0
 ) -> tuple[dict, dict, list[str]]:

@@ -19,6 +19,12 @@ import torch.nn.functional as F
 BETA_SCHEDULES = ("constant", "derived")
 
 
+def zero_loss(module: torch.nn.Module) -> torch.Tensor:
+    """The loss of a step with nothing to learn from (every row failed to decode, an empty share of a round): zero,
+    with a graph, so the ranks stay in lockstep."""
+    return sum(p.sum() for p in module.parameters() if p.requires_grad) * 0.0
+
+
 def sample_t(
     n: int, generator: torch.Generator | None = None, shift: float = 1.0, device: str | torch.device = "cpu"
 ) -> torch.Tensor:

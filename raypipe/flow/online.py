@@ -95,3 +95,33 @@ def round_record(
 
 def _round(x) -> float:
     return round(float(x), 5)
+
+
+def judge_value(verdicts: list, weights: dict) -> float | None:
+    """The held-out judge's view of a round: Σ_d w_d · (mean over samples of the judge's d score), over the
+    dimensions it scores; None when it scored nothing."""
+    verdicts = [v for v in verdicts if v]
+    total, seen = 0.0, False
+    for d, w in weights.items():
+        values = [float(v[d]) for v in verdicts if d in v and v[d] is not None and np.isfinite(float(v[d]))]
+        if values:
+            total += float(w) * float(np.mean(values))
+            seen = True
+    return total if seen else None
+
+
+def hacking_detected(rewards: list, judges: list, m: int) -> bool:
+    """The guard (SPEC §9's reward-hacking stop): True when over each of the last `m` round-to-round changes the
+    training reward rose while the held-out judge fell. Needs m + 1 rounds with both values; m ≤ 0: never."""
+    if m <= 0 or len(rewards) < m + 1 or len(judges) < m + 1:
+        return False
+    r, j = rewards[-(m + 1) :], judges[-(m + 1) :]
+    if any(x is None for x in (*r, *j)):
+        return False
+    return all(r[i + 1] > r[i] and j[i + 1] < j[i] for i in range(m))
+
+
+def best_round(judges: list) -> int | None:
+    """The round whose samples the judge liked best (the first of equals); None when it judged none."""
+    scored = [(j, -i) for i, j in enumerate(judges) if j is not None]
+    return -max(scored)[1] if scored else None

@@ -29,19 +29,35 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from raypipe.config import ClipConfig, ConfigError, build_config, save_config, to_dict
 from raypipe.data.location import StagedOutput
 from raypipe.data.prompts import read_prompts
 from raypipe.distributed.cluster import init_ray
-from raypipe.distributed.loop import resume, save_and_report, say, world_rank, zero_loss
+from raypipe.distributed.loop import (
+    log_scalars,
+    resume,
+    save_and_report,
+    say,
+    tensorboard_writer,
+    world_rank,
+)
 from raypipe.distributed.trainer import TrainerSettings, deepspeed_engine, fit_trainer
 from raypipe.flow.families import load_family, make_tiny_generator
 from raypipe.flow.family import TinyWanConfig
 from raypipe.flow.lora import add_lora, save_lora
+from raypipe.flow.online_training import (
+    dpo_round,
+    grpo_round,
+    keep_if_best,
+    numbers,
+    real_latents,
+    restore_best,
+    write_grid,
+)
 from raypipe.reward.scoring import checkpoint_dimensions
+from raypipe.serve.pool import deploy_reward_pool, serve_scorer, shutdown_reward_pool
 
 ALGOS = ("grpo", "dpo")
 
@@ -74,9 +90,23 @@ class OnlineTrainSettings(TrainerSettings):
     beta: float = 500.0  # online DPO: Flow-DPO β
     beta_schedule: str = "constant"  # online DPO: constant | derived
     updates: int = 1  # passes over a round's samples
+    # weight of plain flow matching on real videos (real_manifest / real_synth) added to every update (the paper's
+    # remedy for losing what the reward does not target); 0: off
+    lambda_sft: float = 0.0
     batch: int = 4  # transitions (grpo) or pairs (dpo) per rank per optimizer step
     lr: float = 1e-4
     checkpoint_every: int = 1  # rounds between checkpoints (and rounds.jsonl lines on disk)
+
+
+@dataclasses.dataclass
+class GuardSettings:
+    """The reward-hacking guard: a held-out judge scores every round's samples; when the training reward rose while
+    the judge fell over `rounds` round-to-round changes in a row, training stops and OUT/final gets the adapters of
+    the round the judge liked best."""
+
+    rounds: int = 3  # M (0: off)
+    judge: str = "oracle"  # oracle (SynthPref prompts) | a second VideoReward checkpoint (a held-out model)
+    weights: dict[str, float] | None = None  # the judge's Σ w_d; None: the training weights
 
 
 @dataclasses.dataclass
@@ -84,6 +114,15 @@ class PoolSettings:
     actors: int = 1  # actors in the pool
     cpus: float = 0.5  # CPUs per actor
     num_gpus: float = 0.0  # GPUs per actor
+
+
+@dataclasses.dataclass
+class RewardPoolSettings(PoolSettings):
+    # serve: the RewardModel deployment on its own autoscaled Serve pool, called by handle (dynamic batching);
+    # actors: a fixed pool of reward actors
+    kind: str = "serve"
+    max_replicas: int = 1  # serve: the most replicas the autoscaler may start (actors: the pool is `actors`)
+    batch: int = 8  # serve: most videos per batched forward pass
 
 
 @dataclasses.dataclass
@@ -99,16 +138,20 @@ class OnlineConfig:
     weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"VQ": 1.0})
     prompts: str = "32"  # a number (seeded SynthPref prompts), a .txt / manifest, or prompts separated by "|"
     oracle: bool = True  # the SynthPref oracle's view of every sample in rounds.jsonl (SynthPref prompts)
+    real_manifest: str | None = None  # train.lambda_sft: real videos (path, prompt)
+    real_synth: int = 0  # train.lambda_sft without real_manifest: this many clean SynthPref renders
     lora: OnlineLoraSettings = dataclasses.field(default_factory=OnlineLoraSettings)
     clip: ClipConfig = dataclasses.field(default_factory=lambda: ClipConfig(frames=9, height=32, width=32))
     fps: float = 8.0  # frame rate the samples are written at for the reward model
+    guard: GuardSettings = dataclasses.field(default_factory=GuardSettings)  # the reward-hacking stop
     rollout: PoolSettings = dataclasses.field(default_factory=PoolSettings)  # the rollout pool
-    reward_pool: PoolSettings = dataclasses.field(default_factory=PoolSettings)  # the reward pool
+    reward_pool: RewardPoolSettings = dataclasses.field(default_factory=RewardPoolSettings)  # the reward pool
     train: OnlineTrainSettings = dataclasses.field(default_factory=OnlineTrainSettings)
     seed: int = 0  # prompts, noise and transition choice
     out: str = "online-out"  # output folder, or an object-store prefix (checkpoints kept there)
     address: str | None = None  # Ray cluster address; null: RAY_ADDRESS or a new local Ray
     progress: bool = True  # a line per round
+    grid_every: int = 1  # rounds between sample grids (OUT/grids/round_NNNN.gif: a row per prompt); 0: none
 
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "online_tiny.yaml"
@@ -125,6 +168,10 @@ def _check(cfg: OnlineConfig) -> list[str]:
         raise ConfigError(f"train.k must be >= 2 (a group needs two samples), got {t.k}")
     if t.rounds < 1 or t.prompts_per_round < 1 or t.steps < 1:
         raise ConfigError("train.rounds, train.prompts_per_round and train.steps must be >= 1")
+    if t.lambda_sft < 0 or (t.lambda_sft > 0 and not (cfg.real_manifest or cfg.real_synth)):
+        raise ConfigError("train.lambda_sft needs real videos (real_manifest=PATH or real_synth=N) and must be >= 0")
+    if cfg.reward_pool.kind not in ("serve", "actors"):
+        raise ConfigError(f"reward_pool.kind must be serve or actors, got {cfg.reward_pool.kind!r}")
     if not 0 < t.train_fraction <= 1:
         raise ConfigError(f"train.train_fraction must be in (0, 1], got {t.train_fraction}")
     if not cfg.reward:
@@ -136,6 +183,15 @@ def _check(cfg: OnlineConfig) -> list[str]:
     unknown = [d for d in cfg.weights if d not in dims]
     if unknown:
         raise ConfigError(f"weights name {unknown}, which the reward model does not score ({dims})")
+    g = cfg.guard
+    if g.rounds > 0 and g.judge not in ("oracle", "none"):
+        try:
+            judge_dims = checkpoint_dimensions(g.judge)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"guard.judge: {e} (oracle, none, or a VideoReward checkpoint)") from None
+        missing = [d for d in (g.weights or cfg.weights) if d not in judge_dims]
+        if missing:
+            raise ConfigError(f"guard.judge does not score {missing} (it scores {judge_dims})")
     return dims
 
 
@@ -167,6 +223,7 @@ def run(cfg: OnlineConfig) -> dict:
         cfg = dataclasses.replace(
             cfg, generator=str(make_tiny_generator("wan", out / "generator", cfg.tiny, cfg.tiny_seed))
         )
+    real = _real_videos(cfg, out) if t.lambda_sft > 0 else None
     save_config(cfg, out)
     init_ray(cfg.address)
     lora = {"r": cfg.lora.r, "alpha": cfg.lora.alpha}
@@ -177,16 +234,36 @@ def run(cfg: OnlineConfig) -> dict:
         )
         for _ in range(cfg.rollout.actors)
     ]
-    rewards = [
-        RewardActor.options(num_cpus=cfg.reward_pool.cpus, num_gpus=cfg.reward_pool.num_gpus, max_restarts=2).remote(
-            cfg.reward, cfg.base, cfg.template_file, cfg.fps
+    pool = cfg.reward_pool
+    app, rewards = None, []
+    if pool.kind == "serve":
+        app = deploy_reward_pool(
+            cfg.reward,
+            pool.batch,
+            0.01,
+            pool.actors,
+            pool.max_replicas,
+            pool.cpus,
+            pool.num_gpus,
+            cfg.base,
+            cfg.template_file,
         )
-        for _ in range(cfg.reward_pool.actors)
-    ]
+    else:
+        rewards = [
+            RewardActor.options(num_cpus=pool.cpus, num_gpus=pool.num_gpus, max_restarts=2).remote(
+                cfg.reward, cfg.base, cfg.template_file, cfg.fps
+            )
+            for _ in range(pool.actors)
+        ]
+    judge = None
+    if cfg.guard.rounds > 0 and cfg.guard.judge not in ("oracle", "none"):
+        judge = RewardActor.options(num_cpus=cfg.reward_pool.cpus, num_gpus=cfg.reward_pool.num_gpus).remote(
+            cfg.guard.judge, None, None, cfg.fps
+        )
     per_round = steps_per_round(cfg)
     print(
         f"train-online {t.algo}: {t.rounds} rounds x {t.prompts_per_round} prompts x {t.k} samples; "
-        f"{cfg.rollout.actors} rollout / {cfg.reward_pool.actors} reward actors, {t.num_workers} learner ranks x "
+        f"{cfg.rollout.actors} rollout actors, reward on {_pool_text(pool)}, {t.num_workers} learner ranks x "
         f"{per_round} steps per round",
         flush=True,
     )
@@ -196,18 +273,25 @@ def run(cfg: OnlineConfig) -> dict:
         "prompts": prompts,
         "rollout": rollout,
         "rewards": rewards,
+        "reward_app": app,
+        "real": real,
+        "judge": judge,
         "steps_per_round": per_round,
         "rounds_file": str(out / "rounds.jsonl"),
+        "tensorboard_dir": str(out / "tensorboard"),
     }
     progress, wall = fit_trainer(train_func, loop_config, t, out, f"train-online-{t.algo}", {}, stage.storage)
-    for actor in [*rollout, *rewards]:
+    for actor in [*rollout, *rewards, *([judge] if judge is not None else [])]:
         ray.kill(actor)
+    if app is not None:
+        shutdown_reward_pool(app)
     write_rounds(progress["rounds"], out / "rounds.jsonl")
     last = progress["rounds"][-1] if progress["rounds"] else {}
     summary = {
         "algo": t.algo,
         "rounds": len(progress["rounds"]),
         "resumes": progress["resumes"],
+        "guard": progress.get("guard"),
         "wall_s": round(wall, 1),
         "final": stage.uri_of("final"),
         "first_round": progress["rounds"][0] if progress["rounds"] else None,
@@ -218,6 +302,39 @@ def run(cfg: OnlineConfig) -> dict:
     stage.publish()
     print(f"train-online {t.algo}: {summary['rounds']} rounds in {summary['wall_s']} s; adapters in {summary['final']}")
     return summary
+
+
+def _real_videos(cfg: OnlineConfig, out: Path) -> dict:
+    """{"uris", "prompts"} of the real videos for train.lambda_sft: real_manifest, or real_synth clean renders."""
+    from raypipe.data.manifest import default_root, read_table
+    from raypipe.video.source import join_uri
+    from raypipe.video.synth_real import make_real_synthpref
+
+    if cfg.real_manifest:
+        table, root = read_table(cfg.real_manifest), default_root(cfg.real_manifest)
+    else:
+        folder = out / "real"
+        if not (folder / "manifest.parquet").exists():
+            from raypipe.config import SynthConfig
+
+            synth = SynthConfig(seed=cfg.seed + 101, frames=cfg.clip.frames, size=f"{cfg.clip.height}x{cfg.clip.width}")
+            make_real_synthpref(folder, cfg.real_synth, synth)
+        import pyarrow.parquet as pq
+
+        table, root = pq.read_table(folder / "manifest.parquet"), str(folder)
+    missing = sorted({"path", "prompt"} - set(table.column_names))
+    if missing:
+        raise ConfigError(f"the real videos' manifest lacks columns {missing} (needs path, prompt)")
+    return {
+        "uris": [join_uri(root, p) for p in table.column("path").to_pylist()],
+        "prompts": [str(p) for p in table.column("prompt").to_pylist()],
+    }
+
+
+def _pool_text(pool: RewardPoolSettings) -> str:
+    if pool.kind == "serve":
+        return f"a Serve pool of {pool.actors}-{max(pool.actors, pool.max_replicas)} replicas"
+    return f"{pool.actors} reward actors"
 
 
 def write_rounds(rounds: list[dict], path: Path) -> None:
@@ -232,8 +349,8 @@ def train_func(config: dict) -> None:
     import ray
     import torch.distributed as dist
 
-    from raypipe.distributed.online import SamplingSettings, collect_round, lora_state, state_hash
-    from raypipe.flow.online import round_prompts, round_record, weighted_rewards
+    from raypipe.distributed.online import SamplingSettings, actor_scorer, collect_round, lora_state, state_hash
+    from raypipe.flow.online import best_round, hacking_detected, round_prompts, round_record, weighted_rewards
 
     cfg = build_config(OnlineConfig, config["cfg"])
     t, dims = cfg.train, config["dims"]
@@ -248,6 +365,12 @@ def train_func(config: dict) -> None:
     rank, world = world_rank(), dist.get_world_size()
     sampling = SamplingSettings(t.steps, t.cfg_scale, gen.shift, t.noise_level, keep_states=t.algo == "grpo")
     uncond = gen.encode_prompts([""])
+    real = real_latents(gen, cfg.clip, config.get("real")) if t.lambda_sft > 0 else None
+    writer = tensorboard_writer(config.get("tensorboard_dir"))
+    score = None
+    if rank == 0:  # rank 0 drives the rounds: the reward pool it calls
+        app = config.get("reward_app")
+        score = serve_scorer(app, cfg.reward, cfg.fps) if app else actor_scorer(config["rewards"])
     for rnd in range(progress["round"], t.rounds):
         t0 = time.perf_counter()
         # --- rollout and reward, driven by rank 0; every rank gets the round through the object store
@@ -256,10 +379,11 @@ def train_func(config: dict) -> None:
             state = lora_state(engine.module)
             learner_hash = state_hash(state)
             prompts, seeds = round_prompts(config["prompts"], t.prompts_per_round, t.k, cfg.seed, rnd)
-            data = collect_round(
-                config["rollout"], config["rewards"], ray.put(state), rnd, prompts, t.k, seeds, sampling, cfg.oracle
-            )
+            oracle = cfg.oracle or (cfg.guard.rounds > 0 and cfg.guard.judge == "oracle")
+            data = collect_round(config["rollout"], score, ray.put(state), rnd, prompts, t.k, seeds, sampling, oracle)
             data["learner_hash"] = learner_hash
+            data["judge"] = _judge(cfg, config.get("judge"), data, dims)
+            keep_if_best(progress, rnd, data["judge"], state, Path(config["rounds_file"]).parent / "best_round")
             box = [ray.put(data)]
         dist.broadcast_object_list(box, src=0)
         data = ray.get(box[0])
@@ -269,9 +393,9 @@ def train_func(config: dict) -> None:
         t1 = time.perf_counter()
         generator = torch.Generator().manual_seed(cfg.seed * 7_919 + rnd)
         if t.algo == "grpo":
-            stats = _grpo_round(gen, engine, t, data, r, ok, uncond, generator, rank, world, per_round)
+            stats = grpo_round(gen, engine, t, data, r, ok, uncond, generator, rank, world, per_round, real)
         else:
-            stats = _dpo_round(gen, engine, t, data, r, ok, rank, world, per_round, generator)
+            stats = dpo_round(gen, engine, t, data, r, ok, rank, world, per_round, generator, real)
         train_s = time.perf_counter() - t1
         n = len(data["errors"])
         record = {
@@ -291,10 +415,27 @@ def train_func(config: dict) -> None:
             },
             "learner_hash": data["learner_hash"],
             "actor_hashes": data["lora_hashes"],
+            "judge": data["judge"],
         }
         progress["rounds"].append(record)
         progress["round"] = rnd + 1
-        last = rnd + 1 == t.rounds
+        stop = hacking_detected(
+            [x["weighted_mean"] for x in progress["rounds"]],
+            [x.get("judge") for x in progress["rounds"]],
+            cfg.guard.rounds,
+        )
+        if stop:
+            best = best_round([x.get("judge") for x in progress["rounds"]])
+            progress["guard"] = {"stopped_after_round": rnd, "best_round": best}
+            if rank == 0:
+                m = cfg.guard.rounds
+                say(f"guard: the reward rose while the judge fell for {m} rounds; stopping, keeping round {best}")
+                restore_best(engine.module, Path(config["rounds_file"]).parent / "best_round")
+        last = rnd + 1 == t.rounds or stop
+        if rank == 0:
+            log_scalars(writer, {"step": rnd, **numbers(record)})
+            if cfg.grid_every and rnd % cfg.grid_every == 0:
+                write_grid(data, t.k, Path(config["rounds_file"]).parent / "grids" / f"round_{rnd:04d}.gif", cfg.fps)
         if rank == 0 and cfg.progress:
             w = record["weighted_mean"]
             say(f"round {rnd}: reward {w}, {record['samples_ok']}/{n} samples, {record['time_s']}")
@@ -306,104 +447,25 @@ def train_func(config: dict) -> None:
                     write_rounds(progress["rounds"], Path(config["rounds_file"]))
                 except OSError:
                     pass
+        if stop:
+            break
+    if writer is not None:
+        writer.close()
 
 
-def _grpo_round(gen, engine, t, data, r, ok, uncond, generator, rank, world, per_round) -> dict:
-    from raypipe.flow.grpo import gaussian_kl, group_advantages, grpo_loss, sde_mean_std, step_log_prob
-    from raypipe.flow.lora import reference
-    from raypipe.flow.online import deal, grpo_items, per_rank_items
-    from raypipe.flow.sampler import time_grid
+def _judge(cfg: OnlineConfig, judge_actor, data: dict, dims: list[str]) -> float | None:
+    """The held-out judge's value of a round's samples (None when the guard is off or nothing was judged)."""
+    import ray
 
-    adv = torch.zeros(len(r))
-    if ok.any():
-        idx = np.flatnonzero(ok)
-        adv[idx] = group_advantages(torch.tensor(r[idx]), torch.tensor(data["groups"][idx]))
-    items = grpo_items(ok, t.steps, t.train_fraction, generator)
-    mine = deal(items, rank, world, per_rank_items(len(items), world) * t.updates)
-    grid = time_grid(t.steps, gen.shift)
-    t_cap = float(grid[1])
-    states = torch.from_numpy(np.array(data["states"]))  # a copy: what ray.get gives is read-only
-    old = torch.from_numpy(np.array(data["log_probs"]))
-    text_cache: dict[str, torch.Tensor] = {}
-    losses, kls, clipped = [], [], []
-    for s in range(per_round):
-        batch = mine[s * t.batch : (s + 1) * t.batch]
-        engine.train()
-        if not batch:
-            loss = zero_loss(engine.module)
-        else:
-            i_s, j_s = [b[0] for b in batch], [b[1] for b in batch]
-            prompts = [data["prompts"][i] for i in i_s]
-            for p in set(prompts) - set(text_cache):
-                text_cache[p] = gen.encode_prompts([p])[0]
-            text = torch.stack([text_cache[p] for p in prompts]).to(gen.device)
-            x = states[i_s, j_s].to(gen.device)
-            x_next = states[i_s, [j + 1 for j in j_s]].to(gen.device)
-            tt, tn = grid[j_s], grid[[j + 1 for j in j_s]]
-            v = _guided(gen, engine, x, tt, text, uncond, t.cfg_scale)
-            mean, std = sde_mean_std(x, v, tt, tn, t.noise_level, t_cap)
-            log_p = step_log_prob(x_next, mean, std)
-            with reference(engine.module):
-                mean_ref, _ = sde_mean_std(
-                    x, _guided(gen, engine, x, tt, text, uncond, t.cfg_scale), tt, tn, t.noise_level, t_cap
-                )
-            kl = gaussian_kl(mean, mean_ref, std)
-            loss, st = grpo_loss(log_p, old[i_s, j_s], adv[i_s], t.clip_range, kl, t.kl_beta, t.adv_clip)
-            kls.append(st["kl"])
-            clipped.append(st["clip_fraction"])
-        engine.backward(loss)
-        engine.step()
-        losses.append(float(loss.detach()))
-    return {
-        "loss": round(float(np.mean(losses)), 6) if losses else None,
-        "kl": round(float(np.mean(kls)), 6) if kls else None,
-        "clip_fraction": round(float(np.mean(clipped)), 4) if clipped else None,
-        "trained_transitions": len(items),
-    }
+    from raypipe.flow.online import judge_value, weighted_rewards
 
-
-def _guided(gen, engine, x, tt, text, uncond, cfg_scale):
-    """The CFG velocity of the policy (engine) at (x, t) per sample."""
-    tt = tt.to(x.device).float()
-    if cfg_scale == 1.0:
-        return gen.velocity(x, tt, text, model=engine)
-    both = gen.velocity(
-        torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([text, uncond.to(x.device).expand_as(text)]), model=engine
-    )
-    v_c, v_u = both.chunk(2)
-    return v_u + cfg_scale * (v_c - v_u)
-
-
-def _dpo_round(gen, engine, t, data, r, ok, rank, world, per_round, generator) -> dict:
-    from raypipe.flow.grpo import best_worst
-    from raypipe.flow.online import deal, per_rank_items
-    from raypipe.flow.training import algo_loss
-
-    masked = np.where(ok, r, np.nan)
-    pairs = best_worst(masked, data["groups"])
-    mine = deal(pairs, rank, world, per_rank_items(len(pairs), world) * t.updates)
-    latents = torch.from_numpy(np.array(data["latents"]))
-    losses, accs = [], []
-    for s in range(per_round):
-        batch = mine[s * t.batch : (s + 1) * t.batch]
-        engine.train()
-        if not batch:
-            loss = zero_loss(engine.module)
-        else:
-            w, lo = [b[0] for b in batch], [b[1] for b in batch]
-            tensors = {
-                "z_w": latents[w],
-                "z_l": latents[lo],
-                "text": gen.encode_prompts([data["prompts"][i] for i in w]),
-            }
-            loss, st = algo_loss(gen, engine, t, tensors, generator)
-            if "accuracy" in st:
-                accs.append(st["accuracy"])
-        engine.backward(loss)
-        engine.step()
-        losses.append(float(loss.detach()))
-    return {
-        "loss": round(float(np.mean(losses)), 6) if losses else None,
-        "pairs": len(pairs),
-        **({"dpo_accuracy": round(float(np.mean(accs)), 4)} if accs else {}),
-    }
+    g = cfg.guard
+    weights = g.weights or cfg.weights
+    if g.rounds <= 0 or g.judge == "none":
+        return None
+    if g.judge == "oracle":
+        return judge_value(data["oracle"], weights)
+    scored = ray.get(judge_actor.score.remote(data["frames"], data["prompts"], False))
+    judge_dims = ray.get(judge_actor.dims.remote())
+    r, ok = weighted_rewards(scored["scores"], scored["errors"], judge_dims, weights)
+    return round(float(r[ok].mean()), 5) if ok.any() else None

@@ -1,0 +1,212 @@
+"""The learner's side of online training (SPEC §9), without Ray: one round's updates for Flow-GRPO (the recomputed
+SDE transitions of the round's samples, advantages within each prompt's group, the clipped ratio and the KL to the
+adapters-disabled reference) and online Flow-DPO (best vs worst per prompt), the λ_sft flow-matching term on real
+videos, and rank 0's bookkeeping (the guard's best adapters, the round's numbers for TensorBoard, sample grids).
+`raypipe.recipes.train_online` drives them inside its Ray Train loop.
+
+    stats = grpo_round(gen, engine, t, data, r, ok, uncond, generator, rank, world, steps)   # one round's steps
+    stats = dpo_round(gen, engine, t, data, r, ok, rank, world, steps, generator)
+
+`data` is the round as `raypipe.distributed.online.collect_round` returns it (states, log_probs, latents, frames,
+prompts, groups); `t` the job's `train` section; every rank takes exactly `steps` optimizer steps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raypipe.flow.losses import zero_loss
+
+
+def real_latents(gen, clip, real: dict | None):
+    """The real videos as the generator's latents (decoded to its clip, VAE-encoded once) with their prompts'
+    embeddings; None without train.lambda_sft. A video that cannot be decoded is left out (counted)."""
+    from raypipe.flow.pairs import generator_clip
+
+    if not real:
+        return None
+    clips, prompts = [], []
+    for uri, prompt in zip(real["uris"], real["prompts"]):
+        frames = generator_clip(uri, clip)
+        if isinstance(frames, np.ndarray):
+            clips.append(frames)
+            prompts.append(prompt)
+    if not clips:
+        raise RuntimeError("train.lambda_sft: none of the real videos could be decoded")
+    with torch.no_grad():
+        z = torch.cat([gen.encode_videos(np.stack(clips[i : i + 8])) for i in range(0, len(clips), 8)])
+        text = gen.encode_prompts(prompts)
+    return {"z": z.cpu(), "text": text.cpu(), "left_out": len(real["uris"]) - len(clips)}
+
+
+def sft_term(gen, engine, real, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """Plain flow matching (SPEC §5.3) on `batch` real videos drawn from `real` (the λ_sft term)."""
+    from raypipe.flow.losses import flow_error, noised, sample_t
+
+    idx = torch.randint(0, real["z"].shape[0], (batch,), generator=generator)
+    z, text = real["z"][idx].to(gen.device), real["text"][idx].to(gen.device)
+    t = sample_t(batch, generator, gen.shift)
+    eps = torch.randn(z.shape, generator=generator).to(gen.device)
+    x_t, v = noised(z, eps, t.to(gen.device))
+    return flow_error(gen.velocity(x_t, t.to(gen.device), text, model=engine), v).mean()
+
+
+def numbers(record: dict, prefix: str = "") -> dict:
+    """A round's line flattened to its numbers (`reward_mean/VQ`, `time_s/train`, ...) for TensorBoard."""
+    out = {}
+    for k, v in record.items():
+        if isinstance(v, dict):
+            out.update(numbers(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("round", "version"):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def write_grid(data: dict, k: int, path: Path, fps: float, prompts: int = 4) -> None:
+    """The round's samples of its first prompts as a GIF, a row per prompt (rank 0)."""
+    from raypipe.flow.evaluation import write_groups_gif
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = data["frames"]
+    groups = [frames[g * k : (g + 1) * k] for g in range(min(prompts, len(frames) // k))]
+    write_groups_gif(groups, path, fps=fps)
+
+
+def keep_if_best(progress: dict, rnd: int, judge: float | None, state: dict, folder: Path) -> None:
+    """Rank 0: the adapters that sampled round `rnd` are written to OUT/best_round when the judge likes this round
+    best so far (the guard's fallback)."""
+    from safetensors.torch import save_file
+
+    if judge is None:
+        return
+    best = progress.get("best")
+    if best is None or judge > best["judge"]:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "adapters.safetensors"))
+        progress["best"] = {"round": rnd, "judge": judge}
+
+
+def restore_best(transformer, folder: Path) -> None:
+    """Rank 0: the best round's adapters back into the policy (written as OUT/final)."""
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from raypipe.flow.lora import ADAPTER
+
+    path = folder / "adapters.safetensors"
+    if path.exists():
+        set_peft_model_state_dict(transformer, load_file(str(path)), adapter_name=ADAPTER)
+
+
+def grpo_round(gen, engine, t, data, r, ok, uncond, generator, rank, world, per_round, real=None) -> dict:
+    from raypipe.flow.grpo import gaussian_kl, group_advantages, grpo_loss, sde_mean_std, step_log_prob
+    from raypipe.flow.lora import reference
+    from raypipe.flow.online import deal, grpo_items, per_rank_items
+    from raypipe.flow.sampler import time_grid
+
+    adv = torch.zeros(len(r))
+    if ok.any():
+        idx = np.flatnonzero(ok)
+        adv[idx] = group_advantages(torch.tensor(r[idx]), torch.tensor(data["groups"][idx]))
+    items = grpo_items(ok, t.steps, t.train_fraction, generator)
+    mine = deal(items, rank, world, per_rank_items(len(items), world) * t.updates)
+    grid = time_grid(t.steps, gen.shift)
+    t_cap = float(grid[1])
+    states = torch.from_numpy(np.array(data["states"]))  # a copy: what ray.get gives is read-only
+    old = torch.from_numpy(np.array(data["log_probs"]))
+    text_cache: dict[str, torch.Tensor] = {}
+    losses, kls, clipped, sfts = [], [], [], []
+    for s in range(per_round):
+        batch = mine[s * t.batch : (s + 1) * t.batch]
+        engine.train()
+        if not batch:
+            loss = zero_loss(engine.module)
+        else:
+            i_s, j_s = [b[0] for b in batch], [b[1] for b in batch]
+            prompts = [data["prompts"][i] for i in i_s]
+            for p in set(prompts) - set(text_cache):
+                text_cache[p] = gen.encode_prompts([p])[0]
+            text = torch.stack([text_cache[p] for p in prompts]).to(gen.device)
+            x = states[i_s, j_s].to(gen.device)
+            x_next = states[i_s, [j + 1 for j in j_s]].to(gen.device)
+            tt, tn = grid[j_s], grid[[j + 1 for j in j_s]]
+            v = policy_velocity(gen, engine, x, tt, text, uncond, t.cfg_scale)
+            mean, std = sde_mean_std(x, v, tt, tn, t.noise_level, t_cap)
+            log_p = step_log_prob(x_next, mean, std)
+            with reference(engine.module):
+                mean_ref, _ = sde_mean_std(
+                    x, policy_velocity(gen, engine, x, tt, text, uncond, t.cfg_scale), tt, tn, t.noise_level, t_cap
+                )
+            kl = gaussian_kl(mean, mean_ref, std)
+            loss, st = grpo_loss(log_p, old[i_s, j_s], adv[i_s], t.clip_range, kl, t.kl_beta, t.adv_clip)
+            kls.append(st["kl"])
+            clipped.append(st["clip_fraction"])
+        if real is not None:  # plain flow matching on real videos in every update (λ_sft)
+            sft = sft_term(gen, engine, real, t.batch, generator)
+            sfts.append(float(sft.detach()))
+            loss = loss + t.lambda_sft * sft
+        engine.backward(loss)
+        engine.step()
+        losses.append(float(loss.detach()))
+    return {
+        "loss": round(float(np.mean(losses)), 6) if losses else None,
+        "kl": round(float(np.mean(kls)), 6) if kls else None,
+        "clip_fraction": round(float(np.mean(clipped)), 4) if clipped else None,
+        "trained_transitions": len(items),
+        **({"sft_loss": round(float(np.mean(sfts)), 6)} if sfts else {}),
+    }
+
+
+def policy_velocity(gen, engine, x, tt, text, uncond, cfg_scale):
+    """The CFG velocity of the policy (engine) at (x, t) per sample."""
+    tt = tt.to(x.device).float()
+    if cfg_scale == 1.0:
+        return gen.velocity(x, tt, text, model=engine)
+    both = gen.velocity(
+        torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([text, uncond.to(x.device).expand_as(text)]), model=engine
+    )
+    v_c, v_u = both.chunk(2)
+    return v_u + cfg_scale * (v_c - v_u)
+
+
+def dpo_round(gen, engine, t, data, r, ok, rank, world, per_round, generator, real=None) -> dict:
+    from raypipe.flow.grpo import best_worst
+    from raypipe.flow.online import deal, per_rank_items
+    from raypipe.flow.training import algo_loss
+
+    masked = np.where(ok, r, np.nan)
+    pairs = best_worst(masked, data["groups"])
+    mine = deal(pairs, rank, world, per_rank_items(len(pairs), world) * t.updates)
+    latents = torch.from_numpy(np.array(data["latents"]))
+    losses, accs, sfts = [], [], []
+    for s in range(per_round):
+        batch = mine[s * t.batch : (s + 1) * t.batch]
+        engine.train()
+        if not batch:
+            loss = zero_loss(engine.module)
+        else:
+            w, lo = [b[0] for b in batch], [b[1] for b in batch]
+            tensors = {
+                "z_w": latents[w],
+                "z_l": latents[lo],
+                "text": gen.encode_prompts([data["prompts"][i] for i in w]),
+            }
+            loss, st = algo_loss(gen, engine, t, tensors, generator)
+            if "accuracy" in st:
+                accs.append(st["accuracy"])
+        if real is not None:  # plain flow matching on real videos in every update (λ_sft)
+            sft = sft_term(gen, engine, real, t.batch, generator)
+            sfts.append(float(sft.detach()))
+            loss = loss + t.lambda_sft * sft
+        engine.backward(loss)
+        engine.step()
+        losses.append(float(loss.detach()))
+    return {
+        "loss": round(float(np.mean(losses)), 6) if losses else None,
+        "pairs": len(pairs),
+        **({"dpo_accuracy": round(float(np.mean(accs)), 4)} if accs else {}),
+        **({"sft_loss": round(float(np.mean(sfts)), 6)} if sfts else {}),
+    }

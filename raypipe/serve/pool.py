@@ -1,0 +1,94 @@
+"""The reward on its own Serve pool, for online training: the `RewardModel` deployment of the reward app (dynamic
+batching, autoscaled replicas) called through a deployment handle from inside the cluster — no HTTP.
+
+    app = deploy_reward_pool("reward-out/final", batch=8, max_replicas=2)     # the driver, before training
+    score = serve_scorer(app, "reward-out/final", fps=8.0)                      # rank 0 of the learner, per round
+    result = score(frames, prompts, oracle=True)   # {"scores": [N, D], "errors": [...], "oracle": [...]}
+
+Each sample is prepared as relabel would see it (mp4 at `fps`, decoded with the checkpoint's sampling) by small
+Ray tasks, then every clip is sent to the deployment at once: Serve batches them across replicas and scales the
+replicas with the queue (the "reward on its own pool" shape). A sample that cannot be prepared or scored is an
+error on that sample, never a default score.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+APP_NAME = "raypipe-online-reward"
+
+
+def deploy_reward_pool(
+    reward: str,
+    batch: int = 8,
+    batch_wait_s: float = 0.01,
+    min_replicas: int = 1,
+    max_replicas: int = 1,
+    cpus: float = 0.5,
+    num_gpus: float = 0.0,
+    base: str | None = None,
+    template_file: str | None = None,
+    name: str = APP_NAME,
+) -> str:
+    """Deploys `RewardModel` as its own Serve application (no route: handles only); returns the app name."""
+    from ray import serve
+
+    from raypipe.reward.scoring import reward_options
+    from raypipe.serve.reward import RewardModel
+
+    options = reward_options(reward, base, template_file)
+    deployment = RewardModel.options(
+        ray_actor_options={"num_cpus": cpus, "num_gpus": num_gpus},
+        autoscaling_config={
+            "min_replicas": min_replicas,
+            "max_replicas": max(min_replicas, max_replicas),
+            "target_ongoing_requests": max(1, batch),
+        },
+    )
+    serve.run(deployment.bind(reward, batch, batch_wait_s, None, options), name=name, route_prefix=None)
+    return name
+
+
+def shutdown_reward_pool(name: str = APP_NAME) -> None:
+    from ray import serve
+
+    serve.delete(name)
+
+
+def serve_scorer(app: str, reward: str, fps: float, chunk: int = 8):
+    """`score(frames, prompts, oracle)` through the deployed pool (see the module docstring)."""
+    import ray
+    from ray import serve
+
+    from raypipe.distributed.online import fill_scores, reward_inputs_task
+    from raypipe.reward.scoring import checkpoint_dimensions, resolve_sampling
+
+    sampling, _ = resolve_sampling(reward, None)
+    dims = checkpoint_dimensions(reward)
+    handle = serve.get_deployment_handle("RewardModel", app_name=app)
+
+    def score(frames: np.ndarray, prompts: list[str], oracle: bool) -> dict:
+        starts = range(0, len(prompts), chunk)
+        prepared = ray.get(
+            [
+                reward_inputs_task.remote(frames[s : s + chunk], prompts[s : s + chunk], sampling, fps, oracle)
+                for s in starts
+            ]
+        )
+        clips = [c for p in prepared for c in p["clips"]]
+        errors = [e for p in prepared for e in p["errors"]]
+        keep = [i for i, c in enumerate(clips) if c is not None]
+        responses = [handle.score.remote(clips[i], prompts[i]) for i in keep]  # all at once: Serve batches them
+        got = []
+        for i, response in zip(keep, responses):
+            try:
+                got.append(response.result())
+            except Exception as e:  # noqa: BLE001 - one sample's failed call is its error
+                got.append([np.nan] * len(dims))
+                errors[i] = f"reward_call: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        scores = np.full((len(prompts), len(dims)), np.nan)
+        fill_scores(scores, errors, keep, got)
+        oracle_verdicts = [v for p in prepared for v in (p["oracle"] or [])]
+        return {"scores": scores, "errors": errors, "oracle": oracle_verdicts}
+
+    return score
