@@ -85,6 +85,11 @@ def test_bad_settings_fail_before_ray(reward_checkpoint, tmp_path, monkeypatch):
         ("reward_pool.kind=http", "reward_pool.kind"),
         ("guard.judge=/nowhere", "guard.judge"),
         ("train.lambda_sft=1", "real videos"),
+        ("train.noise_level=0", "noise_level > 0"),
+        ("train.zero_stage=3", "ZeRO stage 0 or 2"),
+        ("train.batch=0", "train.batch must be >= 1"),
+        ("lora.dropout=0.1", "lora.dropout=0"),
+        ("rollout.actors=0", "actors must be >= 1"),
     ]:
         with pytest.raises(ConfigError, match=message):
             run_online(load_config(OnlineConfig, "configs/online_tiny.yaml", [*base, bad]))
@@ -135,5 +140,6 @@ def test_the_guard_keeps_the_best_rounds_adapters(tmp_path):
         states.append(lora_state(gen.transformer))
         keep_if_best(progress, rnd, judge, states[-1], folder)
     assert progress["best"] == {"round": 1, "judge": 0.5}
-    restore_best(gen.transformer, folder)
+    assert restore_best(gen.transformer, folder, progress["best"]["round"])
+    assert not restore_best(gen.transformer, folder, 3)  # a round never kept
     assert state_hash(lora_state(gen.transformer)) == state_hash(states[1]) != state_hash(states[3])

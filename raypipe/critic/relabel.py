@@ -26,9 +26,10 @@ def critic_columns(answered: pa.Table, vid: np.ndarray, dims, side: str) -> dict
     take = pa.array(vid)
     cols: dict[str, pa.Array] = {}
     for d in dims:
-        cols[f"rating{tag}_{d}"] = answered.column(f"rating_{d}").take(take).combine_chunks()
-        cols[f"reason{tag}_{d}"] = answered.column(f"reason_{d}").take(take).combine_chunks()
-    cols[f"lift_weight{tag}"] = answered.column("lift_weight").take(take).combine_chunks()
+        # typed: a run where every video failed has all-null columns, which must still read as strings
+        cols[f"rating{tag}_{d}"] = answered.column(f"rating_{d}").take(take).combine_chunks().cast(pa.string())
+        cols[f"reason{tag}_{d}"] = answered.column(f"reason_{d}").take(take).combine_chunks().cast(pa.string())
+    cols[f"lift_weight{tag}"] = answered.column("lift_weight").take(take).combine_chunks().cast(pa.float64())
     return cols
 
 

@@ -146,6 +146,8 @@ def table_columns(source: str) -> list[str]:
         fs, path = _open(source)
         if _format(source, fs, path) == "csv":
             return list(_csv_options(fs, path)[1].column_types)
+        if _is_folder(fs, path):  # a Parquet dataset folder (e.g. Spark's output)
+            return list(_dataset(fs, path).schema.names)
         return list(pq.read_schema(path, filesystem=fs).names)
     except ManifestError:
         raise
@@ -170,6 +172,10 @@ def iter_table(source: str, batch_rows: int = 65536) -> Iterator[pa.Table]:
                 for batch in reader:
                     yield pa.Table.from_batches([batch])
             return
+        if _is_folder(fs, path):  # its files in name order, each in order
+            for batch in _dataset(fs, path).to_batches(batch_size=batch_rows, use_threads=False):
+                yield pa.Table.from_batches([batch])
+            return
         with open(path, "rb") if fs is None else fs.open_input_file(path) as f:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
                 yield pa.Table.from_batches([batch])
@@ -177,6 +183,19 @@ def iter_table(source: str, batch_rows: int = 65536) -> Iterator[pa.Table]:
         raise
     except _READ_ERRORS as e:
         raise _unreadable(source, e) from None
+
+
+def _is_folder(fs, path: str) -> bool:
+    import pyarrow.fs as pafs
+
+    return os.path.isdir(path) if fs is None else fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def _dataset(fs, path: str):
+    """A Parquet dataset folder, its files sorted by name (the order `pq.read_table` reads them in)."""
+    import pyarrow.dataset as pads
+
+    return pads.dataset(path, filesystem=fs, format="parquet", exclude_invalid_files=False)
 
 
 def _first(mask: pa.Array | pa.ChunkedArray) -> int | None:
@@ -189,13 +208,12 @@ def _check_string_column(table: pa.Table, column: str, source: str, allow_empty:
     col = table.column(column)
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
         raise ManifestError(source, f"must hold strings, has type {col.type}", column)
-    row = _first(pc.is_null(col))
-    if row is not None:
-        raise ManifestError(source, "is null", column, offset + row)
-    if not allow_empty:
-        row = _first(pc.equal(pc.utf8_trim_whitespace(col), ""))
-        if row is not None:
-            raise ManifestError(source, "is an empty string", column, offset + row)
+    null = _first(pc.is_null(col))
+    empty = None if allow_empty else _first(pc.fill_null(pc.equal(pc.utf8_trim_whitespace(col), ""), False))
+    bad = [(row, why) for row, why in ((null, "is null"), (empty, "is an empty string")) if row is not None]
+    if bad:  # the first bad row, whichever way it is bad
+        row, why = min(bad)
+        raise ManifestError(source, why, column, offset + row)
     return col
 
 
@@ -221,9 +239,14 @@ def map_distinct(column: pa.Array | pa.ChunkedArray, fn, type_: pa.DataType) -> 
     """`fn` applied to each distinct value of a column once (nulls included), spread back to every row: fast when
     rows repeat few values (many pairs over the same videos, labels)."""
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    distinct = pc.unique(column)
-    mapped = pa.array([fn(v) for v in distinct.to_pylist()], type_)
-    return mapped.take(pc.index_in(column, value_set=distinct, skip_nulls=False))
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    try:
+        distinct = pc.unique(column)
+        mapped = pa.array([fn(v) for v in distinct.to_pylist()], type_)
+        return mapped.take(pc.index_in(column, value_set=distinct, skip_nulls=False))
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):  # lists, structs: row by row
+        return pa.array([fn(v) for v in column.to_pylist()], type_)
 
 
 def _resolve_uris(table: pa.Table, columns: tuple[str, ...], root: str) -> pa.Table:

@@ -90,10 +90,10 @@ class RolloutActor:
         t0 = time.perf_counter()
         text = self.gen.encode_prompts(prompts)
         uncond = self.gen.encode_prompts([""])
-        noise = torch.stack([torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        noise = torch.stack([torch.randn(self.latent_shape, generator=_seeded(s)) for s in seeds])
         noise = noise.to(self.gen.device)
         if sampling.keep_states:  # GRPO: the SDE, every state and transition log-probability kept
-            steps_gen = torch.Generator().manual_seed(int(seeds[0]) * 7919 + 17)
+            steps_gen = _seeded(int(seeds[0]) * 7919 + 17)
             out = sample_sde(
                 self.gen.velocity,
                 text,
@@ -132,12 +132,19 @@ class RolloutActor:
         return result
 
 
+def _seeded(seed: int) -> torch.Generator:
+    """A CPU generator from any integer seed (folded into torch's 64-bit range)."""
+    return torch.Generator().manual_seed(int(seed) % (2**63 - 1))
+
+
 @ray.remote
 class RewardActor:
     """A VideoReward checkpoint scoring videos exactly as relabel sees them (written as mp4 at `fps`, decoded with
     the checkpoint's sampling), plus the SynthPref oracle's verdict when asked."""
 
-    def __init__(self, reward: str, base: str | None = None, template_file: str | None = None, fps: float = 8.0):
+    def __init__(
+        self, reward: str, base: str | None = None, template_file: str | None = None, fps: float = 8.0, batch: int = 8
+    ):
         from raypipe.distributed.cluster import quiet_logs
         from raypipe.reward.model import VideoReward
         from raypipe.reward.scoring import resolve_sampling, reward_options
@@ -148,6 +155,7 @@ class RewardActor:
         self.sampling, _ = resolve_sampling(reward, None)
         self.dimensions = list(self.model.dimensions)
         self.fps = fps
+        self.batch = max(1, int(batch))
 
     def dims(self) -> list[str]:
         return self.dimensions
@@ -159,10 +167,11 @@ class RewardActor:
         scores = np.full((len(prompts), len(self.dimensions)), np.nan)
         errors = list(prepared["errors"])
         keep = [i for i, c in enumerate(prepared["clips"]) if c is not None]
-        if keep:
+        for start in range(0, len(keep), self.batch):  # forward passes of at most `batch` videos
+            part = keep[start : start + self.batch]
             with torch.no_grad():
-                got = self.model.score([prepared["clips"][i] for i in keep], [prompts[i] for i in keep]).float().numpy()
-            fill_scores(scores, errors, keep, got)
+                got = self.model.score([prepared["clips"][i] for i in part], [prompts[i] for i in part]).float().numpy()
+            fill_scores(scores, errors, part, got)
         return {"scores": scores, "errors": errors, "oracle": prepared["oracle"], "seconds": time.perf_counter() - t0}
 
 

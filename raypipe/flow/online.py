@@ -21,8 +21,9 @@ def round_prompts(prompts: list[str], per_round: int, k: int, seed: int, round_i
     any other), and one noise seed per sample (prompt i's k-th sample), all from (seed, r) alone."""
     start = (round_index * per_round) % len(prompts)
     chosen = [prompts[(start + i) % len(prompts)] for i in range(per_round)]
-    base = (int(seed) * 1_000_003 + int(round_index)) * 10_007
-    seeds = [base + i for i in range(per_round * k)]
+    n = per_round * k
+    base = (int(seed) * 1_000_003 + int(round_index)) * max(10_007, n)  # rounds never share a seed
+    seeds = [base + i for i in range(n)]
     return chosen, seeds
 
 

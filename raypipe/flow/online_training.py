@@ -76,8 +76,9 @@ def write_grid(data: dict, k: int, path: Path, fps: float, prompts: int = 4) -> 
 
 
 def keep_if_best(progress: dict, rnd: int, judge: float | None, state: dict, folder: Path) -> None:
-    """Rank 0: the adapters that sampled round `rnd` are written to OUT/best_round when the judge likes this round
-    best so far (the guard's fallback)."""
+    """Rank 0: the adapters that sampled round `rnd` are kept as OUT/best_round/round_NNNN.safetensors when the judge
+    likes this round best so far (the guard's fallback); `progress["best"]` names the round (a file of a round
+    lost to a kill is never named, so a resumed run cannot pick it up)."""
     from safetensors.torch import save_file
 
     if judge is None:
@@ -85,20 +86,22 @@ def keep_if_best(progress: dict, rnd: int, judge: float | None, state: dict, fol
     best = progress.get("best")
     if best is None or judge > best["judge"]:
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "adapters.safetensors"))
+        save_file({k: v.contiguous() for k, v in state.items()}, str(folder / f"round_{rnd:04d}.safetensors"))
         progress["best"] = {"round": rnd, "judge": judge}
 
 
-def restore_best(transformer, folder: Path) -> None:
-    """Rank 0: the best round's adapters back into the policy (written as OUT/final)."""
+def restore_best(transformer, folder: Path, rnd: int) -> bool:
+    """Rank 0: round `rnd`'s adapters back into the policy (written as OUT/final); False when its file is not here."""
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     from raypipe.flow.lora import ADAPTER
 
-    path = folder / "adapters.safetensors"
-    if path.exists():
-        set_peft_model_state_dict(transformer, load_file(str(path)), adapter_name=ADAPTER)
+    path = folder / f"round_{rnd:04d}.safetensors"
+    if not path.exists():
+        return False
+    set_peft_model_state_dict(transformer, load_file(str(path)), adapter_name=ADAPTER)
+    return True
 
 
 def grpo_round(gen, engine, t, data, r, ok, uncond, generator, rank, world, per_round, real=None) -> dict:
@@ -144,6 +147,10 @@ def grpo_round(gen, engine, t, data, r, ok, uncond, generator, rank, world, per_
             loss, st = grpo_loss(log_p, old[i_s, j_s], adv[i_s], t.clip_range, kl, t.kl_beta, t.adv_clip)
             kls.append(st["kl"])
             clipped.append(st["clip_fraction"])
+        if not torch.isfinite(loss.detach()):  # SPEC §7: a non-finite loss stops the step, no checkpoint
+            raise FloatingPointError(
+                f"non-finite loss {float(loss.detach())} at step {s} of the round: nothing written"
+            )
         if real is not None:  # plain flow matching on real videos in every update (λ_sft)
             sft = sft_term(gen, engine, real, t.batch, generator)
             sfts.append(float(sft.detach()))
@@ -197,6 +204,10 @@ def dpo_round(gen, engine, t, data, r, ok, rank, world, per_round, generator, re
             loss, st = algo_loss(gen, engine, t, tensors, generator)
             if "accuracy" in st:
                 accs.append(st["accuracy"])
+        if not torch.isfinite(loss.detach()):  # SPEC §7: a non-finite loss stops the step, no checkpoint
+            raise FloatingPointError(
+                f"non-finite loss {float(loss.detach())} at step {s} of the round: nothing written"
+            )
         if real is not None:  # plain flow matching on real videos in every update (λ_sft)
             sft = sft_term(gen, engine, real, t.batch, generator)
             sfts.append(float(sft.detach()))

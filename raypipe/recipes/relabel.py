@@ -240,9 +240,8 @@ def run(cfg: RelabelConfig) -> dict:
     score_s = time.perf_counter() - score_t0
     results = state.read_all()
     write_t0 = time.perf_counter()
-    parts, outcomes = _write_rows(
-        cfg, inp, index, one_result_per_video(results, videos.num_rows), out, dimensions, norm_stats, epsilon
-    )
+    scored = one_result_per_video(results, videos.num_rows)
+    parts, outcomes = _write_rows(cfg, inp, index, scored, out, dimensions, norm_stats, epsilon, n_rows)
     summary = {
         "input": inp.source,
         "kind": inp.kind,
@@ -269,7 +268,7 @@ def run(cfg: RelabelConfig) -> dict:
     return summary
 
 
-def _write_rows(cfg, inp, index, scored, out, dimensions, norm_stats, epsilon) -> tuple[list[str], dict]:
+def _write_rows(cfg, inp, index, scored, out, dimensions, norm_stats, epsilon, n_rows) -> tuple[list[str], dict]:
     """The second walk over the rows: each batch joined to its videos' results and appended to the parts, so the
     driver holds one batch and one part, however many rows there are. (part names, rows by outcome)"""
     from tqdm import tqdm
@@ -279,8 +278,11 @@ def _write_rows(cfg, inp, index, scored, out, dimensions, norm_stats, epsilon) -
     writer = PartWriter(out, cfg.rows_per_part)
     rows, row_errors = 0, Counter()
     bar = tqdm(unit="row", desc="write", disable=not cfg.progress, dynamic_ncols=True, leave=False)
+    n_videos = scored.num_rows
     for batch in inp.batches():
         per_side = dict(zip(inp.sides, index.ids(batch, inp.uri_columns()).values()))
+        if len(index) > n_videos:  # a row names a video the first walk did not see
+            raise ConfigError(f"{inp.source} changed while it was being relabelled (new videos); run again")
         if cfg.critic:
             table = assemble_critic(batch, per_side, scored, dimensions)
         else:
@@ -290,6 +292,8 @@ def _write_rows(cfg, inp, index, scored, out, dimensions, norm_stats, epsilon) -
         row_errors.update({k: v for k, v in _value_counts(table.column("error")).items() if k is not None})
         bar.update(table.num_rows)
     bar.close()
+    if rows != n_rows:
+        raise ConfigError(f"{inp.source} changed while it was being relabelled ({n_rows} rows, now {rows}); run again")
     outcomes = {
         "rows": rows,
         "rows_ok": rows - sum(row_errors.values()),

@@ -168,6 +168,17 @@ def _check(cfg: OnlineConfig) -> list[str]:
         raise ConfigError(f"train.k must be >= 2 (a group needs two samples), got {t.k}")
     if t.rounds < 1 or t.prompts_per_round < 1 or t.steps < 1:
         raise ConfigError("train.rounds, train.prompts_per_round and train.steps must be >= 1")
+    if t.algo == "grpo" and (t.noise_level <= 0 or t.steps < 2):
+        raise ConfigError("Flow-GRPO needs train.noise_level > 0 and train.steps >= 2 (its transitions must be random)")
+    if t.algo == "grpo" and cfg.lora.dropout > 0:
+        raise ConfigError("Flow-GRPO needs lora.dropout=0: the learner must recompute the rollout's exact transitions")
+    if t.zero_stage == 3:
+        raise ConfigError("train-online runs ZeRO stage 0 or 2 (rank 0 reads the whole adapters every round)")
+    for name, value in (("train.batch", t.batch), ("train.checkpoint_every", t.checkpoint_every)):
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    if cfg.rollout.actors < 1 or cfg.reward_pool.actors < 1:
+        raise ConfigError("rollout.actors and reward_pool.actors must be >= 1")
     if t.lambda_sft < 0 or (t.lambda_sft > 0 and not (cfg.real_manifest or cfg.real_synth)):
         raise ConfigError("train.lambda_sft needs real videos (real_manifest=PATH or real_synth=N) and must be >= 0")
     if cfg.reward_pool.kind not in ("serve", "actors"):
@@ -192,6 +203,10 @@ def _check(cfg: OnlineConfig) -> list[str]:
         missing = [d for d in (g.weights or cfg.weights) if d not in judge_dims]
         if missing:
             raise ConfigError(f"guard.judge does not score {missing} (it scores {judge_dims})")
+    if g.rounds > 0 and g.judge == "oracle":
+        missing = [d for d in (g.weights or cfg.weights) if d not in ("VQ", "MQ", "TA")]
+        if missing:
+            raise ConfigError(f"guard.judge=oracle scores VQ, MQ and TA only, not {missing} (set guard.weights)")
     return dims
 
 
@@ -251,7 +266,7 @@ def run(cfg: OnlineConfig) -> dict:
     else:
         rewards = [
             RewardActor.options(num_cpus=pool.cpus, num_gpus=pool.num_gpus, max_restarts=2).remote(
-                cfg.reward, cfg.base, cfg.template_file, cfg.fps
+                cfg.reward, cfg.base, cfg.template_file, cfg.fps, pool.batch
             )
             for _ in range(pool.actors)
         ]
@@ -280,11 +295,13 @@ def run(cfg: OnlineConfig) -> dict:
         "rounds_file": str(out / "rounds.jsonl"),
         "tensorboard_dir": str(out / "tensorboard"),
     }
-    progress, wall = fit_trainer(train_func, loop_config, t, out, f"train-online-{t.algo}", {}, stage.storage)
-    for actor in [*rollout, *rewards, *([judge] if judge is not None else [])]:
-        ray.kill(actor)
-    if app is not None:
-        shutdown_reward_pool(app)
+    try:
+        progress, wall = fit_trainer(train_func, loop_config, t, out, f"train-online-{t.algo}", {}, stage.storage)
+    finally:  # the pools hold the cluster's GPUs: give them back, also when training failed
+        for actor in [*rollout, *rewards, *([judge] if judge is not None else [])]:
+            ray.kill(actor)
+        if app is not None:
+            shutdown_reward_pool(app)
     write_rounds(progress["rounds"], out / "rounds.jsonl")
     last = progress["rounds"][-1] if progress["rounds"] else {}
     summary = {
@@ -371,6 +388,10 @@ def train_func(config: dict) -> None:
     if rank == 0:  # rank 0 drives the rounds: the reward pool it calls
         app = config.get("reward_app")
         score = serve_scorer(app, cfg.reward, cfg.fps) if app else actor_scorer(config["rewards"])
+    if progress.get("guard"):  # a rerun of a run the guard stopped: its final adapters stand
+        if rank == 0:
+            say(f"guard: this run was stopped after round {progress['guard']['stopped_after_round']}; nothing to do")
+        return
     for rnd in range(progress["round"], t.rounds):
         t0 = time.perf_counter()
         # --- rollout and reward, driven by rank 0; every rank gets the round through the object store
@@ -430,7 +451,10 @@ def train_func(config: dict) -> None:
             if rank == 0:
                 m = cfg.guard.rounds
                 say(f"guard: the reward rose while the judge fell for {m} rounds; stopping, keeping round {best}")
-                restore_best(engine.module, Path(config["rounds_file"]).parent / "best_round")
+                folder = Path(config["rounds_file"]).parent / "best_round"
+                progress["guard"]["best_restored"] = restore_best(engine.module, folder, best)
+                if not progress["guard"]["best_restored"]:
+                    say(f"guard: round {best}'s adapters are not in {folder} (another machine?): final = the last")
         last = rnd + 1 == t.rounds or stop
         if rank == 0:
             log_scalars(writer, {"step": rnd, **numbers(record)})

@@ -265,7 +265,7 @@ class PartWriter:
         self.pending, self.held = ([rest] if rest.num_rows else []), rest.num_rows
 
     def close(self) -> list[str]:
-        """Write what is left (one part, even an empty one, so the output always has a schema); the part names."""
+        """Write what is left as the last part; the part names (none when nothing was appended)."""
         if self.held or not self.names:
             self._write(self.held)
         return self.names
