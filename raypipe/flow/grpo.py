@@ -115,9 +115,10 @@ def sample_sde(
     return Rollout(x, torch.stack(states, dim=1), torch.stack(log_probs, dim=1), grid)
 
 
-def guided_velocity(velocity: Callable, x: torch.Tensor, t: float, text, uncond, cfg_scale: float) -> torch.Tensor:
-    """v̂ at (x, t): v_u + s·(v_c − v_u) when `cfg_scale` ≠ 1 and an unconditional embedding is given, else v_c."""
-    tt = torch.full((x.shape[0],), float(t), device=x.device)
+def guided_velocity(velocity: Callable, x: torch.Tensor, t, text, uncond, cfg_scale: float) -> torch.Tensor:
+    """v̂ at (x, t) (t: one time, or one per sample): v_u + s·(v_c − v_u) when `cfg_scale` ≠ 1 and an unconditional
+    embedding is given, else v_c."""
+    tt = t if torch.is_tensor(t) and t.dim() else torch.full((x.shape[0],), float(t), device=x.device)
     if cfg_scale != 1.0 and uncond is not None:
         both = velocity(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([text, uncond.expand_as(text)]))
         v_c, v_u = both.chunk(2)

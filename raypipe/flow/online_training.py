@@ -147,17 +147,7 @@ def grpo_round(gen, engine, t, data, r, ok, uncond, generator, rank, world, per_
             loss, st = grpo_loss(log_p, old[i_s, j_s], adv[i_s], t.clip_range, kl, t.kl_beta, t.adv_clip)
             kls.append(st["kl"])
             clipped.append(st["clip_fraction"])
-        if not torch.isfinite(loss.detach()):  # SPEC §7: a non-finite loss stops the step, no checkpoint
-            raise FloatingPointError(
-                f"non-finite loss {float(loss.detach())} at step {s} of the round: nothing written"
-            )
-        if real is not None:  # plain flow matching on real videos in every update (λ_sft)
-            sft = sft_term(gen, engine, real, t.batch, generator)
-            sfts.append(float(sft.detach()))
-            loss = loss + t.lambda_sft * sft
-        engine.backward(loss)
-        engine.step()
-        losses.append(float(loss.detach()))
+        update(gen, engine, t, loss, s, real, generator, losses, sfts)
     return {
         "loss": round(float(np.mean(losses)), 6) if losses else None,
         "kl": round(float(np.mean(kls)), 6) if kls else None,
@@ -167,16 +157,27 @@ def grpo_round(gen, engine, t, data, r, ok, uncond, generator, rank, world, per_
     }
 
 
+def update(gen, engine, t, loss, step: int, real, generator, losses: list, sfts: list) -> None:
+    """One optimizer step on `loss` (+ λ_sft · flow matching on real videos when `real`); a non-finite loss stops the
+    round before anything is written (SPEC §7). Appends the step's loss (and SFT term) to the round's lists."""
+    if not torch.isfinite(loss.detach()):
+        raise FloatingPointError(f"non-finite loss {float(loss.detach())} at step {step} of the round: nothing written")
+    if real is not None:  # plain flow matching on real videos in every update (λ_sft)
+        sft = sft_term(gen, engine, real, t.batch, generator)
+        sfts.append(float(sft.detach()))
+        loss = loss + t.lambda_sft * sft
+    engine.backward(loss)
+    engine.step()
+    losses.append(float(loss.detach()))
+
+
 def policy_velocity(gen, engine, x, tt, text, uncond, cfg_scale):
-    """The CFG velocity of the policy (engine) at (x, t) per sample."""
-    tt = tt.to(x.device).float()
-    if cfg_scale == 1.0:
-        return gen.velocity(x, tt, text, model=engine)
-    both = gen.velocity(
-        torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([text, uncond.to(x.device).expand_as(text)]), model=engine
+    """The CFG velocity of the policy (engine) at (x, t) per sample (`flow.grpo.guided_velocity` with the engine)."""
+    from raypipe.flow.grpo import guided_velocity
+
+    return guided_velocity(
+        lambda *a: gen.velocity(*a, model=engine), x, tt.to(x.device).float(), text, uncond, cfg_scale
     )
-    v_c, v_u = both.chunk(2)
-    return v_u + cfg_scale * (v_c - v_u)
 
 
 def dpo_round(gen, engine, t, data, r, ok, rank, world, per_round, generator, real=None) -> dict:
@@ -204,17 +205,7 @@ def dpo_round(gen, engine, t, data, r, ok, rank, world, per_round, generator, re
             loss, st = algo_loss(gen, engine, t, tensors, generator)
             if "accuracy" in st:
                 accs.append(st["accuracy"])
-        if not torch.isfinite(loss.detach()):  # SPEC §7: a non-finite loss stops the step, no checkpoint
-            raise FloatingPointError(
-                f"non-finite loss {float(loss.detach())} at step {s} of the round: nothing written"
-            )
-        if real is not None:  # plain flow matching on real videos in every update (λ_sft)
-            sft = sft_term(gen, engine, real, t.batch, generator)
-            sfts.append(float(sft.detach()))
-            loss = loss + t.lambda_sft * sft
-        engine.backward(loss)
-        engine.step()
-        losses.append(float(loss.detach()))
+        update(gen, engine, t, loss, s, real, generator, losses, sfts)
     return {
         "loss": round(float(np.mean(losses)), 6) if losses else None,
         "pairs": len(pairs),
