@@ -225,3 +225,19 @@ def test_real_size_configs_load():
     assert reward.model.dtype == flow.dtype == latent.dtype == "bfloat16"
     assert reward.train.gradient_checkpointing and flow.train.gradient_checkpointing
     assert latent.train.gradient_checkpointing
+
+
+def test_wan22_presets_load_and_fit_their_vaes():
+    from raypipe.config import load_config
+    from raypipe.flow.family import TinyWanConfig
+    from raypipe.recipes.train_flow import FlowTrainConfig
+
+    ti2v = load_config(FlowTrainConfig, REPO / "configs" / "flow_wan22_ti2v_5b.yaml")
+    a14b = load_config(FlowTrainConfig, REPO / "configs" / "flow_wan22_a14b.yaml")
+    assert a14b.lora.experts == "both" and ti2v.lora.experts == "both"
+    assert ti2v.dtype == a14b.dtype == "bfloat16" and ti2v.train.gradient_checkpointing
+    # the clips fit each model's VAE: 4k + 1 frames, sides multiples of 2 x its spatial factor (TI2V 16, A14B 8)
+    for cfg, shape in ((ti2v, TinyWanConfig.wan22_ti2v_5b()), (a14b, TinyWanConfig.wan22_a14b())):
+        spatial = 2 ** (len(shape.vae_dim_mult) - 1) * (shape.vae_patch_size or 1)
+        assert cfg.clip.frames % 4 == 1 and cfg.clip.height % (2 * spatial) == 0 == cfg.clip.width % (2 * spatial)
+    assert TinyWanConfig.wan22_a14b().experts == 2 and TinyWanConfig.wan22_ti2v_5b().z_dim == 48

@@ -74,3 +74,56 @@ def test_lora_reference_dpo_at_init_and_diffusers_loading(tiny_wan, tmp_path):
     with torch.no_grad():
         loaded = fresh.velocity(z, torch.full((4,), 0.5), text)
     torch.testing.assert_close(loaded, tuned, atol=1e-5, rtol=1e-4)
+
+
+def test_reference_of_other_adapters_matches_a_model_holding_them(tiny_wan):
+    """set_reference: `reference` runs the model with another LoRA state (online DPO's policy of N rounds ago). Its
+    velocity equals a second model loaded with those adapters, and a policy forward taken before the swap still
+    backpropagates to the same gradients as without any reference pass."""
+    from peft.utils import get_peft_model_state_dict
+
+    from raypipe.flow.lora import ADAPTER, set_reference
+
+    torch.manual_seed(0)
+    policy, other = WanFamily.load(tiny_wan), WanFamily.load(tiny_wan)
+    for gen in (policy, other):
+        add_lora(gen.transformer, r=4, alpha=8, targets=gen.lora_targets)
+    with torch.no_grad():
+        for p in lora_parameters(policy.transformer):
+            p.add_(0.05 * torch.randn_like(p))
+        for p in lora_parameters(other.transformer):
+            p.add_(0.05 * torch.randn_like(p))
+    old = {k: v.clone() for k, v in get_peft_model_state_dict(other.transformer, adapter_name=ADAPTER).items()}
+    z, text = _batch(policy, 2)
+    t = torch.tensor([0.3, 0.8])
+
+    def grads(with_reference: bool):
+        for p in lora_parameters(policy.transformer):
+            p.grad = None
+        v = policy.velocity(z, t, text)
+        ref = None
+        if with_reference:
+            with reference(policy.transformer):
+                ref = policy.velocity(z, t, text)
+        v.square().mean().backward()
+        return v.detach(), ref, [p.grad.clone() for p in lora_parameters(policy.transformer)]
+
+    v0, _, g0 = grads(False)
+    set_reference(policy.transformer, old)
+    v1, ref, g1 = grads(True)
+    with torch.no_grad():
+        expected = other.velocity(z, t, text)
+    torch.testing.assert_close(ref, expected, rtol=1e-5, atol=1e-6)  # the reference = the other adapters
+    assert (ref - v1).abs().max() > 1e-4  # ... which differ from the policy's
+    torch.testing.assert_close(v1, v0)
+    for a, b in zip(g0, g1):  # the policy's own weights were put back before its backward
+        torch.testing.assert_close(a, b)
+    set_reference(policy.transformer, None)
+    policy.transformer.disable_adapters()
+    with torch.no_grad():
+        base = policy.velocity(z, t, text)
+    policy.transformer.enable_adapters()
+    with reference(policy.transformer):
+        torch.testing.assert_close(policy.velocity(z, t, text), base)  # None: the base again
+    with pytest.raises(KeyError, match="lack"):
+        set_reference(policy.transformer, {k + "x": v for k, v in old.items()})

@@ -6,10 +6,17 @@ DPO trains on best-vs-worst pairs; a dead pool actor is replaced; the guard's fa
 before Ray."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from raypipe.config import ConfigError, load_config
+from raypipe.data.prompts import read_prompts
+from raypipe.flow.online import round_prompts
 from raypipe.recipes.train_online import OnlineConfig
 from raypipe.recipes.train_online import run as run_online
 
@@ -25,50 +32,92 @@ TINY = [
     "prompts=4",
     "progress=false",
 ]
+CONFIG = "configs/online_tiny.yaml"
 
 
 def _rounds(out) -> list[dict]:
     return [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
 
 
+TIMINGS = ("time_s", "samples_per_s")
+
+
+def _content(record: dict) -> dict:
+    """A round's line without its timings (what a redone round must reproduce exactly)."""
+    return {k: v for k, v in record.items() if k not in TIMINGS}
+
+
 @pytest.mark.slow
-def test_grpo_rounds_sync_weights_and_resume(ray_local, reward_checkpoint, tmp_path):
+def test_grpo_rounds_sync_weights_and_a_killed_driver_resumes(ray_local, reward_checkpoint, tmp_path):
     out = tmp_path / "online"
-    args = [*TINY, f"reward={reward_checkpoint}", f"out={out}"]
-    # the first run scores with a pool of reward actors, the resumed one with the Serve deployment (the default)
-    first = run_online(
-        load_config(OnlineConfig, "configs/online_tiny.yaml", [*args, "train.rounds=2", "reward_pool.kind=actors"])
+    args = [*TINY, f"reward={reward_checkpoint}", "train.rounds=5"]
+    # the first run: its own driver process on the shared cluster, scoring with reward actors, SIGKILLed as soon as
+    # two rounds are on disk, i.e. in the middle of round 2
+    address = ray_local.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "raypipe.cli", "train-online", "--config", CONFIG, "--out", str(out)]
+    driver = subprocess.Popen(
+        [*cmd, *args, "reward_pool.kind=actors", f"address={address}"],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
+    deadline = time.monotonic() + 300
+    while not (out / "rounds.jsonl").exists() or len((out / "rounds.jsonl").read_text().splitlines()) < 2:
+        assert driver.poll() is None and time.monotonic() < deadline, "the first run ended before round 1 was on disk"
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    before = _rounds(out)
+    assert [r["round"] for r in before] == list(range(len(before))) and 2 <= len(before) < 5
+
+    # the same command (in this process, through the Serve pool, rollouts overlapped with training) resumes at the
+    # last checkpoint Ray Train had committed: a round whose line was written but whose checkpoint was not is redone
+    # with the same prompts, seeds and version, so the same numbers (only its timings differ)
+    again = run_online(load_config(OnlineConfig, CONFIG, [*args, f"out={out}", "train.overlap=true"]))
     rounds = _rounds(out)
-    assert [r["round"] for r in rounds] == [0, 1] and [r["version"] for r in rounds] == [0, 1]
-    for r in rounds:
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3, 4] and again["rounds"] == 5
+    assert [_content(r) for r in rounds[: len(before)]] == [_content(r) for r in before]
+    resumed_at = again["resumes"][0]["at_round"]
+    assert 1 <= resumed_at <= len(before) and rounds[:resumed_at] == before[:resumed_at]  # committed: untouched
+    prompts = read_prompts("4", 0)
+    for r in rounds:  # the same prompts as an uninterrupted run: a function of (seed, round) only
+        assert r["prompts"] == round_prompts(prompts, 2, 2, 0, r["round"])[0]
         assert r["samples"] == 4 and r["samples_ok"] + sum(r["errors"].values()) == 4
         assert set(r["reward_mean"]) == {"VQ", "MQ", "TA"} and r["weighted_mean"] is not None
         assert r["actor_hashes"] == [r["learner_hash"]]  # the pool sampled with the learner's adapters
         assert r["trained_transitions"] == 2 * r["samples_ok"]  # 2 of 3 steps (round(0.5·3)) per sample
-        assert r["kl"] is not None and r["kl"] >= 0 and set(r["time_s"]) == {"rollout", "reward", "train", "sync"}
+        assert r["kl"] is not None and r["kl"] >= 0
+        assert set(r["time_s"]) == {"rollout", "reward", "train", "sync", "wait", "round"}
         assert "oracle_mean" in r and r["judge"] is not None  # the guard's judge: the oracle, every round
-    assert rounds[0]["learner_hash"] != rounds[1]["learner_hash"]  # the update moved the adapters
     assert rounds[0]["kl"] == pytest.approx(0.0, abs=1e-9)  # round 0: the policy is the reference (B = 0)
-    assert (out / "final" / "pytorch_lora_weights.safetensors").exists() and first["rounds"] == 2
-
-    again = run_online(load_config(OnlineConfig, "configs/online_tiny.yaml", [*args, "train.rounds=3"]))
-    resumed = _rounds(out)
-    assert [r["round"] for r in resumed] == [0, 1, 2] and resumed[:2] == rounds  # the finished rounds kept as they were
-    assert [r["at_step"] for r in again["resumes"]] and resumed[2]["version"] == 2
-    assert resumed[2]["actor_hashes"] == [resumed[2]["learner_hash"]] != [rounds[1]["learner_hash"]]
+    # up to the resume and at it, every round samples with the learner's current version; with overlap each later
+    # round samples with the version before (one round off-policy: the same adapters as the round before)
+    for r in rounds[: resumed_at + 1]:
+        assert r["version"] == r["learner_version"] == r["round"]
+    for r in rounds[resumed_at + 1 :]:
+        assert r["version"] == r["learner_version"] - 1
+    # a version names one set of adapters (the first overlapped round re-uses the resumed round's), and every update
+    # moved them
+    hashes = {(r["version"], r["learner_hash"]) for r in rounds}
+    assert len(hashes) == len({v for v, _ in hashes}) == len({h for _, h in hashes}) == 4
+    assert (out / "final" / "pytorch_lora_weights.safetensors").exists()
 
 
 @pytest.mark.slow
 def test_online_dpo_pairs_best_and_worst(ray_local, reward_checkpoint, tmp_path):
     out = tmp_path / "dpo"
-    args = [*TINY, f"reward={reward_checkpoint}", f"out={out}", "train.algo=dpo", "train.rounds=1", "train.k=3"]
+    args = [*TINY, f"reward={reward_checkpoint}", f"out={out}", "train.algo=dpo", "train.rounds=3", "train.k=3"]
     args += ["reward_pool.kind=actors", "train.lambda_sft=0.5", "real_synth=2"]  # + flow matching on real videos
+    args += ["train.ref_rounds=1"]  # the reference: the policy one round ago (round 0: the base)
     run_online(load_config(OnlineConfig, "configs/online_tiny.yaml", args))
-    (r,) = _rounds(out)
-    assert r["samples"] == 6 and r["pairs"] == 2 and r["loss"] is not None  # one pair per prompt
-    assert r["sft_loss"] > 0 and (out / "real" / "manifest.parquet").exists()
-    assert r["actor_hashes"] == [r["learner_hash"]]
+    rounds = _rounds(out)
+    for r in rounds:
+        assert r["samples"] == 6 and r["pairs"] == 2 and r["loss"] is not None  # one pair per prompt
+        assert r["sft_loss"] > 0 and r["actor_hashes"] == [r["learner_hash"]]
+    assert (out / "real" / "manifest.parquet").exists() and len(rounds) == 3
+    # each round's starting adapters kept while a later round may need them as its reference
+    kept = sorted(p.name for p in (out / "policy_rounds").iterdir())
+    assert kept == ["round_0001.safetensors", "round_0002.safetensors"]
 
 
 def test_bad_settings_fail_before_ray(reward_checkpoint, tmp_path, monkeypatch):

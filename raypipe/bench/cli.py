@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 
 from raypipe.bench.gpu import PARTS as GPU_PARTS
+from raypipe.bench.gpu_harness import FAMILIES as GPU_FAMILIES
 from raypipe.config import EPILOG_OVERRIDES
 
 Arg = tuple[tuple[str, ...], dict]  # one `add_argument` call: its flags and keyword arguments
@@ -226,6 +227,38 @@ BENCHES: dict[str, Bench] = {
             arg("--progress", action=argparse.BooleanOptionalAction, default=True, help="a progress bar over stages"),
         ),
     ),
+    "online": Bench(
+        "online",
+        "run_online_bench",
+        "offline Flow-DPO vs online Flow-DPO vs Flow-GRPO at an equal budget of reward calls, over seeds",
+        "Per seed: sample-pairs + train-flow DPO (offline), train-online dpo, train-online grpo (and, on the first "
+        "seed, grpo with overlap), each spending --samples scored samples; eval-flow of each against the pretrained "
+        "generator on held-out prompts: win rates by the reward model and the oracle with 95%% bootstrap intervals, "
+        "the claims online >= offline with verdicts, the guard's decisions, the time split per round and the "
+        "overlap speedup. Writes OUT/online.json and OUT/online.md. --budget small: about 25 min on 2 cores; full: "
+        "about 2 hours. Rerun the same command to resume.",
+        (
+            OUT_DIR,
+            arg("--budget", choices=["small", "full"], default="small", help="default sizes (default small)"),
+            arg("--seeds", default=None, help="comma list of seeds (default: small 0,1; full 0,1,2)"),
+            arg("--samples", type=int, default=None, help="scored samples per arm (default: small 256; full 1024)"),
+            arg(
+                "--prompts", type=int, default=None, help="held-out eval prompts per seed (default: small 32; full 128)"
+            ),
+            arg("--k", type=int, default=4, help="samples per prompt (default 4)"),
+            arg("--prompts-per-round", type=int, default=4, dest="prompts_per_round", help="online (default 4)"),
+            arg("--sampling-steps", type=int, default=20, dest="sampling_steps", help="every arm (default 20)"),
+            arg("--updates", type=int, default=2, help="DPO passes over each pair, offline and online (default 2)"),
+            arg("--batch", type=int, default=4, help="DPO pairs per optimizer step (default 4)"),
+            arg("--beta", type=float, default=500.0, help="Flow-DPO beta, offline and online (default 500)"),
+            arg("--checkpoint-every", type=int, default=8, dest="checkpoint_every", help="online rounds (default 8)"),
+            arg("--generator", default="assets/tiny-generator", help="the pretrained generator (default the asset)"),
+            arg("--reward", default=None, help="VideoReward judge (default: a tiny one trained once, as the demo)"),
+            arg("overrides", nargs="*", help="train-online key=value overrides for the online arms"),
+        ),
+        epilog=EPILOG_OVERRIDES,
+        print_json=True,
+    ),
     "serve": Bench(
         "serve",
         "run_serve_bench",
@@ -318,6 +351,13 @@ BENCHES: dict[str, Bench] = {
                 "otherwise)",
             ),
             arg("--parts", default=",".join(GPU_PARTS), help=f"comma list of {', '.join(GPU_PARTS)} (default: all)"),
+            arg(
+                "--family",
+                choices=list(GPU_FAMILIES),
+                default="wan21-1.3b",
+                help="the generator of the flow part (default wan21-1.3b; real shapes, or its tiny config with "
+                "--size tiny); nrg runs on wan21-1.3b",
+            ),
             arg("--steps", type=int, default=3, help="timed steps per setting, after --warmup (default 3)"),
             arg("--warmup", type=int, default=2, help="untimed steps first (default 2)"),
             arg(

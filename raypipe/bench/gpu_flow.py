@@ -1,35 +1,48 @@
 """`raypipe bench gpu`, part "flow": Flow-DPO / SFT / Flow-RWR steps (`raypipe.flow.training.algo_loss`, the
-function train-flow runs) on a Wan2.1-T2V-1.3B-shaped transformer with LoRA r=64, in a one-rank ZeRO-2 engine."""
+function train-flow runs) on the --family generator's transformer (default Wan2.1-T2V-1.3B-shaped; Wan2.2 A14B:
+both experts, LoRA on both, each step's t on either side of the boundary) with LoRA r=64, in a one-rank ZeRO-2
+engine."""
 
 from __future__ import annotations
 
 import time
 
-from raypipe.bench.gpu_harness import engine_for, param_counts, random_family, reset_peak, shapes, sweep, timed
+from raypipe.bench.gpu_harness import (
+    FAMILIES,
+    engine_for,
+    family_clip,
+    param_counts,
+    random_family,
+    reset_peak,
+    sweep,
+    timed,
+)
 
 
 def bench_flow(args, size: str, device, dtype: str) -> dict:
     from raypipe.flow.lora import add_lora
     from raypipe.recipes.train_flow import FlowTrainSettings
 
-    sh = shapes(size)
     t0 = time.perf_counter()
-    gen = random_family(size, device, dtype)
+    family = getattr(args, "family", "wan21-1.3b")
+    gen = random_family(size, device, dtype, family)
     build_s = time.perf_counter() - t0
     add_lora(gen.transformer, 64, 128, 0.0, gen.lora_targets)
     n_total, n_train = param_counts(gen.transformer)
     settings = FlowTrainSettings(algo="dpo", zero_stage=2, lr=5e-6, batch=4, beta=500.0)
     engine = engine_for(gen.transformer, settings, bf16=dtype == "bfloat16", micro_batch=4)
-    z_shape = gen.latent_shape(*sh["clip"], check=True)
-    rows = _train_sweep(args, gen, engine, sh["text_len"], z_shape, device)
+    clip = family_clip(size, family)
+    z_shape = gen.latent_shape(*clip, check=True)
+    rows = _train_sweep(args, gen, engine, z_shape, device)
     engine = gen = None
     reset_peak(device)
     return {
-        "model": "Wan2.1-T2V-1.3B transformer shapes + LoRA r=64" if size == "real" else "tiny Wan",
+        "family": family,
+        "model": f"{FAMILIES[family][4]} transformer shapes + LoRA r=64" if size == "real" else f"tiny {family}",
         "params": n_total,
         "trainable_params": n_train,
         "build_s": round(build_s, 1),
-        "clip": dict(zip(("frames", "height", "width"), sh["clip"])),
+        "clip": dict(zip(("frames", "height", "width"), clip)),
         "latent": list(z_shape),
         "tokens_per_video": int(z_shape[1] * (z_shape[2] // 2) * (z_shape[3] // 2)),
         "zero_stage": 2,
@@ -48,24 +61,24 @@ def _settings(batches: list[int]) -> list[dict]:
     return rows
 
 
-def _tensors(algo: str, n: int, text_len: int, text_dim: int, z_shape) -> dict:
+def _tensors(algo: str, n: int, text, z_shape) -> dict:
     """A training batch of `n` pairs: DPO's winner/loser latents, or 2n rewarded videos for SFT/RWR."""
     import torch
 
-    text = torch.randn((n, text_len, text_dim)) * 0.1
+    text = text.expand(n, *text.shape[1:]).clone()
     if algo == "dpo":
         return {"z_w": torch.randn((n, *z_shape)), "z_l": torch.randn((n, *z_shape)), "text": text}
     # the same number of videos through the policy as DPO's 2n, without the reference pass
     return {"z": torch.randn((2 * n, *z_shape)), "text": torch.cat([text, text]), "reward": torch.randn(2 * n)}
 
 
-def _train_sweep(args, gen, engine, text_len: int, z_shape, device) -> list[dict]:
+def _train_sweep(args, gen, engine, z_shape, device) -> list[dict]:
     import torch
 
     from raypipe.flow.training import algo_loss
     from raypipe.recipes.train_flow import FlowTrainSettings
 
-    text_dim = int(gen.transformer.config.text_dim)
+    prompt = gen.encode_prompts(["a red circle moving left"]).cpu()  # the family's own text input (packed or not)
     generator = torch.Generator().manual_seed(0)
 
     def run_one(s: dict) -> dict:
@@ -76,7 +89,7 @@ def _train_sweep(args, gen, engine, text_len: int, z_shape, device) -> list[dict
         engine.train()
         n = s["pairs"]
         t_cfg = FlowTrainSettings(algo=s["algo"], beta=500.0, tau=1.0)
-        tensors = _tensors(s["algo"], n, text_len, text_dim, z_shape)
+        tensors = _tensors(s["algo"], n, prompt, z_shape)
 
         def step():
             loss, _ = algo_loss(gen, engine, t_cfg, tensors, generator)

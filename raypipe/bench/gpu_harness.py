@@ -23,13 +23,38 @@ def shapes(size: str) -> dict:
     return {"reward_frames": (4, 56, 56), "score_batch": 4, "clip": (9, 32, 32), "text_len": 16, "k_blocks": 1}
 
 
-def random_family(size: str, device, dtype: str):
-    """A WanFamily with random weights: Wan2.1-T2V-1.3B's shapes (real) or the tiny Wan."""
+# --family: the generator at its real shapes (random weights) and the tiny config of the same classes (the
+# family's Tiny*Config classmethods); the clip the real one is trained on (frames, height, width)
+FAMILIES = {
+    "wan21-1.3b": ("wan", "wan21_1_3b", None, (33, 480, 832), "Wan2.1-T2V-1.3B"),
+    "wan22-ti2v-5b": ("wan", "wan22_ti2v_5b", "wan22_ti2v_tiny", (33, 704, 1280), "Wan2.2-TI2V-5B"),
+    "wan22-a14b": ("wan", "wan22_a14b", "wan22_a14b_tiny", (33, 480, 832), "Wan2.2-T2V-A14B (two experts)"),
+    "hunyuan-video": ("hunyuan", "hunyuan_video", None, (33, 544, 960), "HunyuanVideo 1.0 (13B)"),
+}
+
+
+def random_family(size: str, device, dtype: str, family: str = "wan21-1.3b"):
+    """The generator of `family` with random weights: its real shapes, or its tiny config of the same classes."""
+    kind, real, tiny, _, _ = FAMILIES[family]
+    if kind == "hunyuan":
+        from raypipe.flow.hunyuan import BARE_TEMPLATE, HunyuanFamily, TinyHunyuanConfig, build_random_hunyuan
+
+        cfg = getattr(TinyHunyuanConfig, real)() if size == "real" else TinyHunyuanConfig()
+        pipe = build_random_hunyuan(cfg, seed=0, dtype=dtype, device=str(device))
+        return HunyuanFamily(pipe, cfg.max_text_len, cfg.shift, cfg.guidance, prompt_template=BARE_TEMPLATE)
     from raypipe.flow.family import TinyWanConfig, WanFamily, build_random_wan
 
-    cfg = TinyWanConfig.wan21_1_3b() if size == "real" else TinyWanConfig()
+    cfg = (
+        getattr(TinyWanConfig, real)()
+        if size == "real"
+        else (getattr(TinyWanConfig, tiny)() if tiny else TinyWanConfig())
+    )
     pipe = build_random_wan(cfg, seed=0, dtype=dtype, device=str(device))
     return WanFamily(pipe, max_text_len=cfg.max_text_len, shift=cfg.shift)
+
+
+def family_clip(size: str, family: str) -> tuple[int, int, int]:
+    return FAMILIES[family][3] if size == "real" else shapes(size)["clip"]
 
 
 def param_counts(module) -> tuple[int, int]:

@@ -97,20 +97,14 @@ def run_paper_bench(args) -> dict:
 def _inputs(args, budget: dict, inp: Path, tables: list[str]) -> dict:
     """The shared inputs (each read back when it is already there): judge, pairs, latent rewards."""
     from raypipe.config import SynthConfig, load_config, repo_path
-    from raypipe.recipes import sample_pairs, train_latent_reward, train_reward
-    from raypipe.recipes.demo import DemoConfig
+    from raypipe.recipes import sample_pairs, train_latent_reward
     from raypipe.video.synth import make_synthpref
 
     inputs: dict = {"generator": str(Path(args.generator).resolve())}
     needs_judge = any(t != "reward" for t in tables)
     if not needs_judge:
         return inputs
-    judge = inp / "reward"
-    overrides = [*DemoConfig().reward_overrides, f"out={judge}", "progress=false"]
-    cfg = load_config(train_reward.RewardTrainConfig, repo_path("configs/reward_tiny.yaml"), overrides)
-    print("== inputs: the VideoReward judge (the demo's settings)", flush=True)
-    cell(judge / "summary.json", lambda: train_reward.run(cfg))
-    inputs["reward"] = str(judge / "final")
+    inputs["reward"] = judge_checkpoint(inp / "reward")
     if any(t.startswith("alignment") for t in tables):
         print("== inputs: pairs from the generator's own samples, judged", flush=True)
         pairs_cfg = sample_pairs.SamplePairsConfig(
@@ -151,6 +145,20 @@ def _inputs(args, budget: dict, inp: Path, tables: list[str]) -> dict:
             cell(lr_out / "summary.json", lambda lr_cfg=lr_cfg: train_latent_reward.run(lr_cfg))
             inputs[f"latent_reward_{noise}"] = str(lr_out / "final")
     return inputs
+
+
+def judge_checkpoint(folder: Path) -> str:
+    """The tiny VideoReward judge every alignment bench scores with (the demo's settings), trained once in
+    `folder` (read back when it is there); its checkpoint path."""
+    from raypipe.config import load_config, repo_path
+    from raypipe.recipes import train_reward
+    from raypipe.recipes.demo import DemoConfig
+
+    overrides = [*DemoConfig().reward_overrides, f"out={folder}", "progress=false"]
+    cfg = load_config(train_reward.RewardTrainConfig, repo_path("configs/reward_tiny.yaml"), overrides)
+    print("== inputs: the VideoReward judge (the demo's settings)", flush=True)
+    cell(folder / "summary.json", lambda: train_reward.run(cfg))
+    return str(folder / "final")
 
 
 def _rescalarised_pairs(sampled: Path, out: Path, weights: dict[str, float]) -> str:

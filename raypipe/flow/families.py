@@ -1,6 +1,6 @@
 """Which generator family a pipeline folder is, and loading it: the one door recipes use.
 
-    gen = load_family("gen/")                 # WanFamily or CogVideoXFamily, from the folder's own files
+    gen = load_family("gen/")                 # WanFamily, CogVideoXFamily or HunyuanFamily, from the folder's files
     path = make_tiny_generator("cogvideox", "/tmp/tiny-cog", seed=0)
 
 A folder names its family in `raypipe_family.json` (written by our tiny builders and `save_pretrained`), else by
@@ -15,10 +15,12 @@ from pathlib import Path
 
 from raypipe.flow.cogvideox import CogVideoXFamily, TinyCogVideoXConfig, make_tiny_cogvideox
 from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
+from raypipe.flow.hunyuan import HunyuanFamily, TinyHunyuanConfig, make_tiny_hunyuan
 
-FAMILIES = {"wan": WanFamily, "cogvideox": CogVideoXFamily}
-PIPELINE_CLASSES = {"WanPipeline": "wan", "CogVideoXPipeline": "cogvideox"}
-TINY_CONFIGS = {"wan": TinyWanConfig, "cogvideox": TinyCogVideoXConfig}
+FAMILIES = {"wan": WanFamily, "cogvideox": CogVideoXFamily, "hunyuan": HunyuanFamily}
+PIPELINE_CLASSES = {"WanPipeline": "wan", "CogVideoXPipeline": "cogvideox", "HunyuanVideoPipeline": "hunyuan"}
+TINY_CONFIGS = {"wan": TinyWanConfig, "cogvideox": TinyCogVideoXConfig, "hunyuan": TinyHunyuanConfig}
+BUILDERS = {"wan": make_tiny_wan, "cogvideox": make_tiny_cogvideox, "hunyuan": make_tiny_hunyuan}
 
 
 def family_of(path: str | os.PathLike) -> str:
@@ -53,5 +55,4 @@ def make_tiny_generator(family: str, path: str | os.PathLike, cfg=None, seed: in
     """Write a tiny random pipeline of `family` to `path` (`cfg`: its Tiny*Config, default shape)."""
     if family not in FAMILIES:
         raise ValueError(f"generator family must be one of {sorted(FAMILIES)}, got {family!r}")
-    build = make_tiny_wan if family == "wan" else make_tiny_cogvideox
-    return build(path, cfg or TINY_CONFIGS[family](), seed)
+    return BUILDERS[family](path, cfg or TINY_CONFIGS[family](), seed)

@@ -46,6 +46,47 @@ class TinyWanConfig:
     freq_dim: int = 32  # timestep embedding width
     rope_max_seq_len: int = 64  # RoPE table length (>= patched sizes)
     vae_num_res_blocks: int = 1  # VAE residual blocks per level
+    # Wan2.2: TI2V-5B's VAE (residual blocks, 2x2 pixel patches: spatial x16 at real size) and its per-token
+    # timesteps; A14B's two experts (a second transformer below `boundary_ratio`)
+    vae_is_residual: bool = False
+    vae_patch_size: int | None = None  # pixels folded into channels before the encoder (Wan2.2 TI2V: 2)
+    vae_decoder_base_dim: int | None = None  # None: vae_base_dim
+    experts: int = 1  # 2: Wan2.2 A14B (transformer: t >= boundary_ratio; transformer_2: below)
+    boundary_ratio: float = 0.875  # A14B T2V's switch (its I2V: 0.9)
+    expand_timesteps: bool = False  # Wan2.2 TI2V: a timestep per latent token
+
+    @classmethod
+    def wan22_ti2v_tiny(cls) -> TinyWanConfig:
+        """A tiny Wan2.2 TI2V: the residual, patchified VAE (spatial 4·2 = 8) and per-token timesteps."""
+        return cls(z_dim=6, vae_is_residual=True, vae_patch_size=2, vae_decoder_base_dim=12, expand_timesteps=True)
+
+    @classmethod
+    def wan22_a14b_tiny(cls) -> TinyWanConfig:
+        """A tiny Wan2.2 A14B: two experts switched at the boundary."""
+        return cls(experts=2)
+
+    @classmethod
+    def wan22_ti2v_5b(cls) -> TinyWanConfig:
+        """Wan2.2-TI2V-5B's transformer and VAE shapes (random weights; GPU benchmarks)."""
+        return dataclasses.replace(
+            cls.wan21_1_3b(),
+            vae_base_dim=160,
+            vae_decoder_base_dim=256,
+            z_dim=48,
+            vae_is_residual=True,
+            vae_patch_size=2,
+            num_attention_heads=24,
+            ffn_dim=14336,
+            shift=5.0,
+            expand_timesteps=True,
+        )
+
+    @classmethod
+    def wan22_a14b(cls) -> TinyWanConfig:
+        """Wan2.2-T2V-A14B's shapes: two 14B experts (40 blocks, 40 heads x 128, FFN 13824) and Wan2.1's VAE."""
+        return dataclasses.replace(
+            cls.wan21_1_3b(), num_attention_heads=40, num_layers=40, ffn_dim=13824, experts=2, shift=12.0
+        )
 
     @classmethod
     def wan21_1_3b(cls) -> TinyWanConfig:
@@ -111,39 +152,52 @@ def build_random_wan(cfg: TinyWanConfig | None = None, seed: int = 0, dtype: str
                 decoder_start_token_id=0,
             )
         )
-        spatial = 2 ** (len(cfg.vae_dim_mult) - 1)
+        patch = cfg.vae_patch_size or 1
+        spatial = 2 ** (len(cfg.vae_dim_mult) - 1) * patch
         temporal = 2 ** sum(bool(x) for x in cfg.vae_temporal_downsample)
         vae = AutoencoderKLWan(
             base_dim=cfg.vae_base_dim,
+            decoder_base_dim=cfg.vae_decoder_base_dim,
             z_dim=cfg.z_dim,
             dim_mult=list(cfg.vae_dim_mult),
             num_res_blocks=cfg.vae_num_res_blocks,
             temperal_downsample=list(cfg.vae_temporal_downsample),
             latents_mean=[0.0] * cfg.z_dim,
             latents_std=[1.0] * cfg.z_dim,
+            is_residual=cfg.vae_is_residual,
+            in_channels=3 * patch * patch,
+            out_channels=3 * patch * patch,
+            patch_size=cfg.vae_patch_size,
             scale_factor_temporal=temporal,
             scale_factor_spatial=spatial,
         )
-        transformer = WanTransformer3DModel(
-            patch_size=(1, 2, 2),
-            num_attention_heads=cfg.num_attention_heads,
-            attention_head_dim=cfg.attention_head_dim,
-            in_channels=cfg.z_dim,
-            out_channels=cfg.z_dim,
-            text_dim=cfg.text_dim,
-            freq_dim=cfg.freq_dim,
-            ffn_dim=cfg.ffn_dim,
-            num_layers=cfg.num_layers,
-            rope_max_seq_len=cfg.rope_max_seq_len,
-        )
+        transformers = [
+            WanTransformer3DModel(
+                patch_size=(1, 2, 2),
+                num_attention_heads=cfg.num_attention_heads,
+                attention_head_dim=cfg.attention_head_dim,
+                in_channels=cfg.z_dim,
+                out_channels=cfg.z_dim,
+                text_dim=cfg.text_dim,
+                freq_dim=cfg.freq_dim,
+                ffn_dim=cfg.ffn_dim,
+                num_layers=cfg.num_layers,
+                rope_max_seq_len=cfg.rope_max_seq_len,
+            )
+            for _ in range(cfg.experts)
+        ]
+    two = cfg.experts == 2
     pipe = WanPipeline(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
         vae=vae,
-        transformer=transformer,
+        transformer=transformers[0],
+        transformer_2=transformers[1] if two else None,
+        boundary_ratio=cfg.boundary_ratio if two else None,
+        expand_timesteps=cfg.expand_timesteps,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=cfg.shift),
     )
-    for model in (text_encoder, vae, transformer):
+    for model in (text_encoder, vae, *transformers):
         cast_like_pretrained(model, getattr(torch, dtype))
     return pipe
 
@@ -190,6 +244,11 @@ class WanFamily:
     def __init__(self, pipeline, max_text_len: int = 226, shift: float | None = None):
         self.pipeline = pipeline
         self.transformer = pipeline.transformer
+        boundary = pipeline.config.get("boundary_ratio")
+        if getattr(pipeline, "transformer_2", None) is not None and boundary is not None:  # Wan2.2 A14B
+            from raypipe.flow.wan22 import WanExperts
+
+            self.transformer = WanExperts(pipeline.transformer, pipeline.transformer_2, boundary)
         self.max_text_len = max_text_len
         self.shift = float(shift if shift is not None else pipeline.scheduler.config.get("shift", 1.0))
         for module in (pipeline.text_encoder, pipeline.vae):

@@ -26,14 +26,36 @@ def zero_loss(module: torch.nn.Module) -> torch.Tensor:
 
 
 def sample_t(
-    n: int, generator: torch.Generator | None = None, shift: float = 1.0, device: str | torch.device = "cpu"
+    n: int,
+    generator: torch.Generator | None = None,
+    shift: float = 1.0,
+    device: str | torch.device = "cpu",
+    t_range: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """Logit-normal training timesteps t = sigmoid(n), n ~ N(0, 1), then the family's shift
-    t' = shift·t / (1 + (shift - 1)·t) (identity for shift 1), as in SD3 / Wan."""
-    t = torch.sigmoid(torch.randn(n, generator=generator, device=device))
+    t' = shift·t / (1 + (shift - 1)·t) (identity for shift 1), as in SD3 / Wan. With `t_range` = (lo, hi) (Wan2.2
+    A14B training one expert): the same distribution conditioned on lo ≤ t' < hi — n drawn from the normal
+    truncated to the matching interval by its inverse CDF (t' is monotone in n)."""
+    if t_range is None:
+        t = torch.sigmoid(torch.randn(n, generator=generator, device=device))
+    else:
+        lo, hi = (_unshift(float(x), shift) for x in t_range)
+        a, b = (torch.special.ndtr(torch.logit(torch.tensor(x, dtype=torch.float64))) for x in (lo, hi))
+        u = a + (b - a) * torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+        t = torch.sigmoid(torch.special.ndtri(u)).float()
     if shift != 1.0:
         t = shift * t / (1 + (shift - 1) * t)
     return t
+
+
+def gen_t_range(gen) -> tuple[float, float] | None:
+    """The flow times a family's trainable transformer handles (Wan2.2 A14B with one expert trained), else None."""
+    return getattr(gen.transformer, "t_range", None)
+
+
+def _unshift(t: float, shift: float) -> float:
+    """The t before the shift that gives `t` after it (the inverse of shift·t / (1 + (shift − 1)·t))."""
+    return t / (shift - (shift - 1) * t)
 
 
 def _expand(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

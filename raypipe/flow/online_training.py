@@ -44,11 +44,11 @@ def real_latents(gen, clip, real: dict | None):
 
 def sft_term(gen, engine, real, batch: int, generator: torch.Generator) -> torch.Tensor:
     """Plain flow matching (SPEC §5.3) on `batch` real videos drawn from `real` (the λ_sft term)."""
-    from raypipe.flow.losses import flow_error, noised, sample_t
+    from raypipe.flow.losses import flow_error, gen_t_range, noised, sample_t
 
     idx = torch.randint(0, real["z"].shape[0], (batch,), generator=generator)
     z, text = real["z"][idx].to(gen.device), real["text"][idx].to(gen.device)
-    t = sample_t(batch, generator, gen.shift)
+    t = sample_t(batch, generator, gen.shift, t_range=gen_t_range(gen))
     eps = torch.randn(z.shape, generator=generator).to(gen.device)
     x_t, v = noised(z, eps, t.to(gen.device))
     return flow_error(gen.velocity(x_t, t.to(gen.device), text, model=engine), v).mean()

@@ -77,14 +77,24 @@ def algo_loss(gen, engine, t_cfg, tensors: dict, generator: torch.Generator) -> 
     Noise and t are drawn on the CPU from `generator` (the same on any device), then everything moves to the
     transformer's device."""
     from raypipe.flow.lora import reference
-    from raypipe.flow.losses import beta_t, dpo_loss, dpo_sft_loss, flow_error, noised, rwr_loss, sample_t, sft_loss
+    from raypipe.flow.losses import (
+        beta_t,
+        dpo_loss,
+        dpo_sft_loss,
+        flow_error,
+        gen_t_range,
+        noised,
+        rwr_loss,
+        sample_t,
+        sft_loss,
+    )
 
     algo, device = t_cfg.algo, gen.device
     if algo == "dpo":
         z_w, z_l = tensors["z_w"].to(device), tensors["z_l"].to(device)
         text = tensors["text"].to(device)
         n = z_w.shape[0]
-        t = sample_t(n, generator, gen.shift)
+        t = sample_t(n, generator, gen.shift, t_range=gen_t_range(gen))
         eps = torch.randn(z_w.shape, generator=generator).to(device)  # ONE eps and ONE t per pair, for w and l
         t = t.to(device)
         xt_w, v_w = noised(z_w, eps, t)
@@ -100,7 +110,7 @@ def algo_loss(gen, engine, t_cfg, tensors: dict, generator: torch.Generator) -> 
     z, text = tensors["z"].to(device), tensors["text"].to(device)
     if algo == "lift":
         return lift_step_loss(gen, engine, z, text, tensors, generator)
-    t = sample_t(z.shape[0], generator, gen.shift)
+    t = sample_t(z.shape[0], generator, gen.shift, t_range=gen_t_range(gen))
     eps = torch.randn(z.shape, generator=generator).to(device)
     xt, v = noised(z, eps, t.to(device))
     err = flow_error(gen.velocity(xt, t, text, model=engine), v)
@@ -118,6 +128,7 @@ def lift_step_loss(gen, engine, z, text, tensors: dict, generator: torch.Generat
     (Wan) draws t as for the other algorithms and takes mean_i w_i·e_i."""
     from raypipe.flow.losses import (
         flow_error,
+        gen_t_range,
         lift_flow_loss,
         lift_v_loss,
         noised,
@@ -136,7 +147,7 @@ def lift_step_loss(gen, engine, z, text, tensors: dict, generator: torch.Generat
         x0_hat = x0_from_v(x_t, gen.predict_v(x_t, tau.float(), text, model=engine), alpha_bar)
         loss = lift_v_loss(x0_hat, z, alpha_bar, weight)
     else:
-        t = sample_t(z.shape[0], generator, gen.shift)
+        t = sample_t(z.shape[0], generator, gen.shift, t_range=gen_t_range(gen))
         eps = torch.randn(z.shape, generator=generator).to(device)
         xt, v = noised(z, eps, t.to(device))
         loss = lift_flow_loss(flow_error(gen.velocity(xt, t, text, model=engine), v), weight)

@@ -9,6 +9,7 @@ import torch
 
 from raypipe.config import ConfigError
 from raypipe.flow.families import load_family
+from raypipe.flow.lora import load_lora
 from raypipe.flow.sampler import sample
 from raypipe.nrg.guidance import RewardGuidance
 
@@ -86,6 +87,6 @@ def load_generator(path: str, lora: str | None = None, device: str = "auto", dty
         )
     gen = load_family(path, dtype=dtype, device=resolve_device(device))
     if lora:
-        gen.pipeline.load_lora_weights(lora)
+        load_lora(gen.pipeline, lora)
     gen.transformer.eval().requires_grad_(False)
     return gen

@@ -75,6 +75,7 @@ class FlowLoraSettings:
     r: int = 64  # LoRA rank
     alpha: int = 128  # LoRA alpha (scale alpha/r)
     dropout: float = 0.0  # LoRA dropout
+    experts: str = "both"  # Wan2.2 A14B: both | high | low (the expert(s) that get adapters)
 
 
 @dataclasses.dataclass
@@ -387,7 +388,7 @@ def trainable(gen, cfg: FlowTrainConfig) -> None:
         gen.transformer.enable_gradient_checkpointing()
     if t.algo != "pretrain" and cfg.lora.enabled:
         lora = cfg.lora
-        add_lora(gen.transformer, lora.r, lora.alpha, lora.dropout, gen.lora_targets)
+        add_lora(gen.transformer, lora.r, lora.alpha, lora.dropout, gen.lora_targets, lora.experts)
     else:  # pretrain (run() refuses Flow-DPO without LoRA: its reference is the model with adapters disabled)
         gen.transformer.requires_grad_(True)
 

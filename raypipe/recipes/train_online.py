@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -46,7 +47,7 @@ from raypipe.distributed.loop import (
 from raypipe.distributed.trainer import TrainerSettings, deepspeed_engine, fit_trainer
 from raypipe.flow.families import load_family, make_tiny_generator
 from raypipe.flow.family import TinyWanConfig
-from raypipe.flow.lora import add_lora, save_lora
+from raypipe.flow.lora import add_lora, save_lora, set_reference
 from raypipe.flow.online_training import (
     dpo_round,
     grpo_round,
@@ -68,6 +69,7 @@ class OnlineLoraSettings:
     r: int = 8  # LoRA rank
     alpha: int = 8  # LoRA alpha (scale alpha/r)
     dropout: float = 0.0  # LoRA dropout
+    experts: str = "both"  # Wan2.2 A14B: both | high | low (the expert(s) that get adapters)
 
 
 @dataclasses.dataclass
@@ -89,6 +91,10 @@ class OnlineTrainSettings(TrainerSettings):
     kl_beta: float = 0.04  # GRPO: weight of the KL to the reference (adapters disabled)
     beta: float = 500.0  # online DPO: Flow-DPO β
     beta_schedule: str = "constant"  # online DPO: constant | derived
+    ref_rounds: int = 0  # online DPO: the reference is the base (0) or the policy of this many rounds ago
+    # round k+1's rollouts and rewards run while round k trains: samples one policy version old (GRPO's ratio uses
+    # the behaviour policy's stored log-probabilities); a resumed run samples its first round with the current one
+    overlap: bool = False
     updates: int = 1  # passes over a round's samples
     # weight of plain flow matching on real videos (real_manifest / real_synth) added to every update (the paper's
     # remedy for losing what the reward does not target); 0: off
@@ -172,6 +178,8 @@ def _check(cfg: OnlineConfig) -> list[str]:
         raise ConfigError("Flow-GRPO needs train.noise_level > 0 and train.steps >= 2 (its transitions must be random)")
     if t.algo == "grpo" and cfg.lora.dropout > 0:
         raise ConfigError("Flow-GRPO needs lora.dropout=0: the learner must recompute the rollout's exact transitions")
+    if t.ref_rounds < 0 or (t.ref_rounds > 0 and t.algo != "dpo"):
+        raise ConfigError("train.ref_rounds (>= 0) is online DPO's reference; Flow-GRPO's KL is to the base")
     if t.zero_stage == 3:
         raise ConfigError("train-online runs ZeRO stage 0 or 2 (rank 0 reads the whole adapters every round)")
     for name, value in (("train.batch", t.batch), ("train.checkpoint_every", t.checkpoint_every)):
@@ -241,7 +249,7 @@ def run(cfg: OnlineConfig) -> dict:
     real = _real_videos(cfg, out) if t.lambda_sft > 0 else None
     save_config(cfg, out)
     init_ray(cfg.address)
-    lora = {"r": cfg.lora.r, "alpha": cfg.lora.alpha}
+    lora = {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "experts": cfg.lora.experts}
     clip = dataclasses.asdict(cfg.clip)
     rollout = [
         RolloutActor.options(num_cpus=cfg.rollout.cpus, num_gpus=cfg.rollout.num_gpus, max_restarts=2).remote(
@@ -366,19 +374,21 @@ def train_func(config: dict) -> None:
     import ray
     import torch.distributed as dist
 
-    from raypipe.distributed.online import SamplingSettings, actor_scorer, collect_round, lora_state, state_hash
-    from raypipe.flow.online import best_round, hacking_detected, round_prompts, round_record, weighted_rewards
+    from raypipe.distributed.online import SamplingSettings, actor_scorer, lora_state
+    from raypipe.flow.online import best_round, hacking_detected, round_record, weighted_rewards
 
     cfg = build_config(OnlineConfig, config["cfg"])
     t, dims = cfg.train, config["dims"]
     torch.manual_seed(t.seed)
     gen = load_family(cfg.generator, dtype=cfg.dtype, device="cuda" if t.use_gpu else "cpu")
-    add_lora(gen.transformer, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, gen.lora_targets)
+    add_lora(gen.transformer, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, gen.lora_targets, cfg.lora.experts)
     per_round = config["steps_per_round"]
     engine = deepspeed_engine(gen.transformer, t, t.rounds * per_round, bf16=t.use_gpu and cfg.dtype == "bfloat16")
     progress = resume(engine)
     progress.setdefault("round", 0)
     progress.setdefault("rounds", [])
+    if progress["resumes"] and "at_round" not in progress["resumes"][-1]:
+        progress["resumes"][-1]["at_round"] = progress["round"]  # the first round this attempt runs
     rank, world = world_rank(), dist.get_world_size()
     sampling = SamplingSettings(t.steps, t.cfg_scale, gen.shift, t.noise_level, keep_states=t.algo == "grpo")
     uncond = gen.encode_prompts([""])
@@ -392,23 +402,31 @@ def train_func(config: dict) -> None:
         if rank == 0:
             say(f"guard: this run was stopped after round {progress['guard']['stopped_after_round']}; nothing to do")
         return
+    folder = Path(config["rounds_file"]).parent
+    collect = _collector(cfg, config, score, dims, sampling) if rank == 0 else None
+    ahead = ThreadPoolExecutor(1) if t.overlap and rank == 0 else None  # the next round's rollout, while training
+    pending = None
     for rnd in range(progress["round"], t.rounds):
         t0 = time.perf_counter()
         # --- rollout and reward, driven by rank 0; every rank gets the round through the object store
         box = [None]
         if rank == 0:
-            state = lora_state(engine.module)
-            learner_hash = state_hash(state)
-            prompts, seeds = round_prompts(config["prompts"], t.prompts_per_round, t.k, cfg.seed, rnd)
-            oracle = cfg.oracle or (cfg.guard.rounds > 0 and cfg.guard.judge == "oracle")
-            data = collect_round(config["rollout"], score, ray.put(state), rnd, prompts, t.k, seeds, sampling, oracle)
-            data["learner_hash"] = learner_hash
-            data["judge"] = _judge(cfg, config.get("judge"), data, dims)
-            keep_if_best(progress, rnd, data["judge"], state, Path(config["rounds_file"]).parent / "best_round")
+            state = lora_state(engine.module)  # the learner's adapters now: policy version `rnd`
+            data = pending.result() if pending is not None else collect(rnd, rnd, state)
+            pending = None
+            if ahead is not None and rnd + 1 < t.rounds:  # round rnd+1 samples with version rnd while rnd trains
+                pending = ahead.submit(collect, rnd + 1, rnd, state)
+            keep_if_best(progress, rnd, data["judge"], data.pop("state"), folder / "best_round")
+            if t.ref_rounds:
+                data["ref_state"] = policy_rounds_ago(folder / "policy_rounds", state, rnd, t.ref_rounds)
+            data["wait_s"] = time.perf_counter() - t0
             box = [ray.put(data)]
         dist.broadcast_object_list(box, src=0)
         data = ray.get(box[0])
-        sync_s = time.perf_counter() - t0 - sum(data["seconds"].values())
+        if t.ref_rounds:
+            set_reference(engine.module, data["ref_state"])  # None: the base (fewer than N rounds so far)
+        waited = data["wait_s"] if t.overlap else sum(data["seconds"].values())
+        sync_s = time.perf_counter() - t0 - waited
         r, ok = weighted_rewards(data["scores"], data["errors"], dims, cfg.weights)
         # --- the update
         t1 = time.perf_counter()
@@ -428,12 +446,16 @@ def train_func(config: dict) -> None:
                 "reward": round(data["seconds"]["reward"], 2),
                 "train": round(train_s, 2),
                 "sync": round(max(0.0, sync_s), 2),
+                "wait": round(data["wait_s"], 2),  # the learner waiting for the round's samples
+                "round": round(time.perf_counter() - t0, 2),  # the whole round before its checkpoint
             },
             "samples_per_s": {
                 "rollout": round(n / max(1e-9, data["seconds"]["rollout"]), 3),
                 "reward": round(n / max(1e-9, data["seconds"]["reward"]), 3),
                 "train": round(n / max(1e-9, train_s), 3),
             },
+            "learner_version": rnd,
+            "prompts": data["round_prompts"],
             "learner_hash": data["learner_hash"],
             "actor_hashes": data["lora_hashes"],
             "judge": data["judge"],
@@ -473,8 +495,53 @@ def train_func(config: dict) -> None:
                     pass
         if stop:
             break
+    if ahead is not None:
+        ahead.shutdown(wait=True, cancel_futures=True)
     if writer is not None:
         writer.close()
+
+
+def _collector(cfg: OnlineConfig, config: dict, score, dims: list[str], sampling):
+    """Rank 0's `collect(round, version, state)`: round `round`'s samples from the rollout pool with the adapters
+    `state` (policy version `version`), scored, judged (the guard), with the state's hash."""
+    import ray
+
+    from raypipe.distributed.online import collect_round, state_hash
+    from raypipe.flow.online import round_prompts
+
+    t = cfg.train
+    oracle = cfg.oracle or (cfg.guard.rounds > 0 and cfg.guard.judge == "oracle")
+
+    def collect(rnd: int, version: int, state: dict) -> dict:
+        prompts, seeds = round_prompts(config["prompts"], t.prompts_per_round, t.k, cfg.seed, rnd)
+        data = collect_round(config["rollout"], score, ray.put(state), version, prompts, t.k, seeds, sampling, oracle)
+        data["learner_hash"] = state_hash(state)
+        data["round_prompts"] = prompts
+        data["judge"] = _judge(cfg, config.get("judge"), data, dims)
+        data["state"] = state
+        return data
+
+    return collect
+
+
+def policy_rounds_ago(folder: Path, state: dict, rnd: int, n: int) -> dict | None:
+    """Rank 0, online DPO with train.ref_rounds = n: keeps round `rnd`'s starting adapters (`state`) in `folder` and
+    returns those of round rnd − n (None before round n: round 0's adapters are the base, B = 0). Files no later
+    round needs are removed. A resumed run whose file is gone (another machine) falls back to the base, saying so."""
+    from safetensors.torch import load_file, save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / f"round_{rnd:04d}.safetensors"))
+    for old in folder.glob("round_*.safetensors"):
+        if int(old.stem.split("_")[1]) < rnd - n:
+            old.unlink(missing_ok=True)
+    if rnd < n:
+        return None
+    path = folder / f"round_{rnd - n:04d}.safetensors"
+    if not path.exists():
+        say(f"round {rnd}: the policy of round {rnd - n} is not in {folder}; the reference is the base this round")
+        return None
+    return load_file(str(path))
 
 
 def _judge(cfg: OnlineConfig, judge_actor, data: dict, dims: list[str]) -> float | None:
