@@ -178,12 +178,12 @@ def test_bench_gpu_tiny_runs_every_part_on_cpu(tmp_path):
     assert "guided/unguided" in proc.stdout
 
 
-@pytest.mark.parametrize("family", ["wan22-ti2v-5b", "wan22-a14b", "hunyuan-video"])
-def test_bench_gpu_flow_runs_for_every_family(family, tmp_path):
+def test_bench_gpu_flow_runs_for_every_family(tmp_path):
     """`bench gpu --family` at tiny shapes: the same DPO/SFT/RWR steps through each family's classes (A14B: both
-    experts with LoRA, so twice the adapters of one)."""
+    experts with LoRA, so twice the adapters of one), one family after the other in one process."""
     out = tmp_path / "gpu.json"
-    argv = ["--out", str(out), "--size", "tiny", "--parts", "flow", "--family", family, "--steps", "1"]
+    families = ["wan22-ti2v-5b", "wan22-a14b", "hunyuan-video"]
+    argv = ["--out", str(out), "--size", "tiny", "--parts", "flow", "--family", ",".join(families), "--steps", "1"]
     proc = subprocess.run(
         [sys.executable, "-m", "raypipe.bench.gpu", *argv, "--warmup", "0", "--flow-batches", "1"],
         capture_output=True,
@@ -191,9 +191,14 @@ def test_bench_gpu_flow_runs_for_every_family(family, tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    flow = json.loads(out.read_text())["flow"]
-    assert flow["family"] == family and all(r["s_per_step"] > 0 for r in flow["train"])
-    assert len(flow["train"]) == 4
+    report = json.loads(out.read_text())
+    assert set(report) >= {"flow", "flow:wan22-a14b", "flow:hunyuan-video"}
     # LoRA r=64 on 32 -> 32 projections (64·64 each): Wan's 16 (x2 experts for A14B); HunyuanVideo's 11 (q/k/v/o of
     # the dual-stream block and the text refiner, q/k/v of the single-stream block)
-    assert flow["trainable_params"] == 64 * 64 * {"wan22-ti2v-5b": 16, "wan22-a14b": 32, "hunyuan-video": 11}[family]
+    lora = {"wan22-ti2v-5b": 16, "wan22-a14b": 32, "hunyuan-video": 11}
+    for family in families:
+        flow = report["flow" if family == families[0] else f"flow:{family}"]
+        assert flow["family"] == family and len(flow["train"]) == 4
+        assert all(r["s_per_step"] > 0 for r in flow["train"])
+        assert flow["trainable_params"] == 64 * 64 * lora[family]
+    assert "flow:hunyuan-video" in proc.stdout  # the table prints every family

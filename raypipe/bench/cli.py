@@ -353,10 +353,10 @@ BENCHES: dict[str, Bench] = {
             arg("--parts", default=",".join(GPU_PARTS), help=f"comma list of {', '.join(GPU_PARTS)} (default: all)"),
             arg(
                 "--family",
-                choices=list(GPU_FAMILIES),
                 default="wan21-1.3b",
-                help="the generator of the flow part (default wan21-1.3b; real shapes, or its tiny config with "
-                "--size tiny); nrg runs on wan21-1.3b",
+                help=f"comma list of generators for the flow part, each run in turn: {', '.join(GPU_FAMILIES)} "
+                "(default wan21-1.3b; real shapes, or each one's tiny config with --size tiny); nrg runs on "
+                "wan21-1.3b",
             ),
             arg("--steps", type=int, default=3, help="timed steps per setting, after --warmup (default 3)"),
             arg("--warmup", type=int, default=2, help="untimed steps first (default 2)"),

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from raypipe.bench.gpu_flow import bench_flow
-from raypipe.bench.gpu_harness import init_single_rank
+from raypipe.bench.gpu_harness import FAMILIES, init_single_rank
 from raypipe.bench.gpu_nrg import bench_nrg
 from raypipe.bench.gpu_reward import bench_reward
 
@@ -48,6 +48,10 @@ def run(args) -> dict:
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise SystemExit(f"--parts: unknown {unknown} (choose from {', '.join(PARTS)})")
+    families = [f.strip() for f in args.family.split(",") if f.strip()]
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown or not families:
+        raise SystemExit(f"--family: unknown {unknown} (choose from {', '.join(FAMILIES)})")
     cuda = device.type == "cuda"
     init_single_rank("nccl" if cuda else "gloo")  # imports deepspeed: after _device set DS_ACCELERATOR
     import deepspeed
@@ -66,11 +70,14 @@ def run(args) -> dict:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for part in parts:
-        print(f"bench gpu: {part} ({size}, {dtype}, {report['device']})", flush=True)
+    # the flow part once per --family: "flow" for the first, "flow:NAME" for the others
+    runs = [(p, f) for p in parts for f in (families if p == "flow" else [None])]
+    for part, family in runs:
+        key = part if family in (None, families[0]) else f"{part}:{family}"
+        print(f"bench gpu: {key} ({size}, {dtype}, {report['device']})", flush=True)
         t0 = time.perf_counter()
-        report[part] = BENCH_PARTS[part](args, size, device, dtype)
-        report[part]["part_s"] = round(time.perf_counter() - t0, 1)
+        report[key] = BENCH_PARTS[part](argparse.Namespace(**{**vars(args), "family": family}), size, device, dtype)
+        report[key]["part_s"] = round(time.perf_counter() - t0, 1)
         out.write_text(json.dumps(report, indent=2))
     print_table(report)
     return report
@@ -97,7 +104,7 @@ def print_table(report: dict) -> None:
         f"deepspeed {report['deepspeed']}",
         flush=True,
     )
-    for part in ("reward", "flow"):
+    for part in ("reward", "flow", *sorted(k for k in report if k.startswith("flow:"))):
         if part not in report:
             continue
         r = report[part]
