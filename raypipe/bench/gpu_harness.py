@@ -30,12 +30,19 @@ FAMILIES = {
     "wan22-ti2v-5b": ("wan", "wan22_ti2v_5b", "wan22_ti2v_tiny", (33, 704, 1280), "Wan2.2-TI2V-5B"),
     "wan22-a14b": ("wan", "wan22_a14b", "wan22_a14b_tiny", (33, 480, 832), "Wan2.2-T2V-A14B (two experts)"),
     "hunyuan-video": ("hunyuan", "hunyuan_video", None, (33, 544, 960), "HunyuanVideo 1.0 (13B)"),
+    "ltx-video": ("ltx", "ltx_video", None, (33, 480, 704), "LTX-Video 0.9 (2B)"),
 }
 
 
 def random_family(size: str, device, dtype: str, family: str = "wan21-1.3b"):
     """The generator of `family` with random weights: its real shapes, or its tiny config of the same classes."""
     kind, real, tiny, _, _ = FAMILIES[family]
+    if kind == "ltx":
+        from raypipe.flow.ltx import LTXFamily, TinyLTXConfig, build_random_ltx
+
+        cfg = getattr(TinyLTXConfig, real)() if size == "real" else TinyLTXConfig()
+        pipe = build_random_ltx(cfg, seed=0, dtype=dtype, device=str(device))
+        return LTXFamily(pipe, cfg.max_text_len, cfg.shift, cfg.frame_rate)
     if kind == "hunyuan":
         from raypipe.flow.hunyuan import BARE_TEMPLATE, HunyuanFamily, TinyHunyuanConfig, build_random_hunyuan
 

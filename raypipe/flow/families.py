@@ -1,6 +1,6 @@
 """Which generator family a pipeline folder is, and loading it: the one door recipes use.
 
-    gen = load_family("gen/")                 # WanFamily, CogVideoXFamily or HunyuanFamily, from the folder's files
+    gen = load_family("gen/")                 # WanFamily, CogVideoXFamily, HunyuanFamily or LTXFamily
     path = make_tiny_generator("cogvideox", "/tmp/tiny-cog", seed=0)
 
 A folder names its family in `raypipe_family.json` (written by our tiny builders and `save_pretrained`), else by
@@ -16,11 +16,22 @@ from pathlib import Path
 from raypipe.flow.cogvideox import CogVideoXFamily, TinyCogVideoXConfig, make_tiny_cogvideox
 from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
 from raypipe.flow.hunyuan import HunyuanFamily, TinyHunyuanConfig, make_tiny_hunyuan
+from raypipe.flow.ltx import LTXFamily, TinyLTXConfig, make_tiny_ltx
 
-FAMILIES = {"wan": WanFamily, "cogvideox": CogVideoXFamily, "hunyuan": HunyuanFamily}
-PIPELINE_CLASSES = {"WanPipeline": "wan", "CogVideoXPipeline": "cogvideox", "HunyuanVideoPipeline": "hunyuan"}
-TINY_CONFIGS = {"wan": TinyWanConfig, "cogvideox": TinyCogVideoXConfig, "hunyuan": TinyHunyuanConfig}
-BUILDERS = {"wan": make_tiny_wan, "cogvideox": make_tiny_cogvideox, "hunyuan": make_tiny_hunyuan}
+FAMILIES = {"wan": WanFamily, "cogvideox": CogVideoXFamily, "hunyuan": HunyuanFamily, "ltx": LTXFamily}
+PIPELINE_CLASSES = {
+    "WanPipeline": "wan",
+    "CogVideoXPipeline": "cogvideox",
+    "HunyuanVideoPipeline": "hunyuan",
+    "LTXPipeline": "ltx",
+}
+TINY_CONFIGS = {
+    "wan": TinyWanConfig,
+    "cogvideox": TinyCogVideoXConfig,
+    "hunyuan": TinyHunyuanConfig,
+    "ltx": TinyLTXConfig,
+}
+BUILDERS = {"wan": make_tiny_wan, "cogvideox": make_tiny_cogvideox, "hunyuan": make_tiny_hunyuan, "ltx": make_tiny_ltx}
 
 
 def family_of(path: str | os.PathLike) -> str:

@@ -126,7 +126,7 @@ class FlowTrainSettings(TrainerSettings):
 @dataclasses.dataclass
 class FlowTrainConfig:
     generator: str | None = None  # a WanPipeline or CogVideoXPipeline folder (local copy); None: a tiny random one
-    family: str = "wan"  # wan | cogvideox: the tiny random generator built when generator is null
+    family: str = "wan"  # wan | cogvideox | hunyuan | ltx: the tiny random generator built when generator is null
     tiny: TinyWanConfig = dataclasses.field(default_factory=TinyWanConfig)  # the random Wan's shape
     tiny_cogvideox: TinyCogVideoXConfig = dataclasses.field(default_factory=TinyCogVideoXConfig)  # the random CogVideoX
     tiny_seed: int = 0  # seed of the tiny random model built when no path is given
@@ -147,7 +147,7 @@ def _prepare(cfg: FlowTrainConfig, out: Path) -> tuple[FlowTrainConfig, str]:
     if cfg.generator is None:
         if cfg.family not in FAMILIES:
             raise ConfigError(f"family must be one of {sorted(FAMILIES)}, got {cfg.family!r}")
-        tiny = cfg.tiny if cfg.family == "wan" else cfg.tiny_cogvideox
+        tiny = {"wan": cfg.tiny, "cogvideox": cfg.tiny_cogvideox}.get(cfg.family)  # others: their default tiny
         path = make_tiny_generator(cfg.family, out / f"tiny_{cfg.family}", tiny, cfg.tiny_seed)
         cfg = dataclasses.replace(cfg, generator=str(path))
     else:  # absolute for the workers; a repo asset (assets/tiny-generator) resolves from any working directory

@@ -1,0 +1,284 @@
+"""LTX-Video behind the generator interface of `raypipe.flow.family` (the video model; LTX-2's audio is out of scope).
+
+    make_tiny_ltx("/tmp/tiny-ltx", TinyLTXConfig(), seed=0)     # offline: an LTXPipeline folder
+    gen = LTXFamily.load("/tmp/tiny-ltx")                       # same call as for Lightricks/LTX-Video
+    v_hat = gen.velocity(z_t, t, text)                           # flow matching, t in [0, 1]
+
+LTX-Video is a flow model (x_t = (1 − t)·x0 + t·ε, the transformer predicts ε − x0 at timestep 1000·t) whose
+transformer takes the latents as a token sequence: `velocity` packs [B, C, T', H', W'] into [B, T'·H'·W', C]
+(its patch sizes, 1 x 1 x 1 for LTX-Video 0.9) and unpacks the answer, passing the latent grid and the RoPE
+interpolation scale (temporal ratio / frame rate, spatial ratio) as `LTXPipeline` does. Its T5 prompt needs its
+attention mask: `encode_prompts` returns [B, L, D + 1] with the mask as the last channel. Latents are normalised
+per channel with the VAE's `latents_mean` / `latents_std` × `scaling_factor` (`LTXPipeline._normalize_latents`).
+The scheduler shifts its times dynamically with the sequence length; the family's one training `shift` is
+exp(mu) at a reference clip (33 x 480 x 704 at real size), or what `raypipe_family.json` says.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raypipe.flow.family import build_word_tokenizer, cast_like_pretrained, compute_dtype_device
+
+FAMILY_FILE = "raypipe_family.json"
+REFERENCE_CLIP = (33, 480, 704)  # the clip the scalar training shift is taken at (LTX-Video's default size)
+
+
+@dataclasses.dataclass
+class TinyLTXConfig:
+    """A tiny random LTX-Video (the same diffusers/transformers classes as the real one)."""
+
+    vae_channels: list[int] = dataclasses.field(default_factory=lambda: [8, 16])  # one space-time downsample
+    latent_channels: int = 8  # VAE latent channels
+    vae_patch: int = 4  # pixels folded into channels first (spatial 4 x 2 = 8, temporal 2)
+    num_attention_heads: int = 2  # transformer heads
+    attention_head_dim: int = 16  # per-head width
+    num_layers: int = 2  # transformer blocks
+    text_dim: int = 32  # T5 width
+    text_layers: int = 1  # T5 layers
+    text_heads: int = 2  # T5 heads
+    text_ff: int = 64  # T5 feed-forward width
+    max_text_len: int = 16  # prompt tokens kept
+    shift: float = 3.0  # the training / sampling time shift
+    frame_rate: float = 25.0  # the RoPE temporal scale's frame rate (LTXPipeline's default)
+
+    @classmethod
+    def ltx_video(cls) -> TinyLTXConfig:
+        """LTX-Video 0.9's transformer (28 blocks, 32 heads x 64, T5-XXL captions) and VAE (128 latent channels,
+        spatial 32, temporal 8) shapes, random weights (GPU benchmarks); a one-layer T5 stand-in of width 4096."""
+        return cls(
+            vae_channels=[128, 256, 512, 512],
+            latent_channels=128,
+            num_attention_heads=32,
+            attention_head_dim=64,
+            num_layers=28,
+            text_dim=4096,
+            text_layers=1,
+            text_heads=32,
+            text_ff=256,
+            max_text_len=128,
+        )
+
+
+def build_random_ltx(cfg: TinyLTXConfig | None = None, seed: int = 0, dtype: str = "float32", device: str = "cpu"):
+    """An LTXPipeline (T5 encoder, VAE, transformer, flow scheduler), random weights."""
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXPipeline,
+        LTXVideoTransformer3DModel,
+    )
+    from transformers import T5Config, T5EncoderModel
+
+    cfg = cfg or TinyLTXConfig()
+    torch.manual_seed(seed)
+    tokenizer = build_word_tokenizer()
+    levels = len(cfg.vae_channels)
+    scaling = tuple([True] * (levels - 1) + [False])  # every level but the last downsamples space and time
+    with torch.device(device):
+        text_encoder = T5EncoderModel(
+            T5Config(
+                vocab_size=len(tokenizer),
+                d_model=cfg.text_dim,
+                d_kv=cfg.text_dim // cfg.text_heads,
+                d_ff=cfg.text_ff,
+                num_layers=cfg.text_layers,
+                num_heads=cfg.text_heads,
+                pad_token_id=0,
+                eos_token_id=1,
+                decoder_start_token_id=0,
+            )
+        )
+        vae = AutoencoderKLLTXVideo(
+            latent_channels=cfg.latent_channels,
+            block_out_channels=tuple(cfg.vae_channels),
+            down_block_types=("LTXVideoDownBlock3D",) * levels,
+            decoder_block_out_channels=tuple(cfg.vae_channels),
+            layers_per_block=(1,) * (levels + 1),
+            decoder_layers_per_block=(1,) * (levels + 1),
+            spatio_temporal_scaling=scaling,
+            decoder_spatio_temporal_scaling=scaling,
+            decoder_inject_noise=(False,) * (levels + 1),
+            downsample_type=("conv",) * levels,
+            upsample_residual=(False,) * levels,
+            upsample_factor=(1,) * levels,
+            patch_size=cfg.vae_patch,
+            patch_size_t=1,
+        )
+        transformer = LTXVideoTransformer3DModel(
+            in_channels=cfg.latent_channels,
+            out_channels=cfg.latent_channels,
+            num_attention_heads=cfg.num_attention_heads,
+            attention_head_dim=cfg.attention_head_dim,
+            cross_attention_dim=cfg.num_attention_heads * cfg.attention_head_dim,
+            num_layers=cfg.num_layers,
+            caption_channels=cfg.text_dim,
+        )
+    pipe = LTXPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=cfg.shift),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+    for model in (text_encoder, vae, transformer):
+        cast_like_pretrained(model, getattr(torch, dtype))
+    return pipe
+
+
+def make_tiny_ltx(path: str | os.PathLike, cfg: TinyLTXConfig | None = None, seed: int = 0) -> Path:
+    """Write a tiny random LTXPipeline folder to `path`."""
+    cfg = cfg or TinyLTXConfig()
+    path = Path(path)
+    build_random_ltx(cfg, seed).save_pretrained(path)
+    family = {"family": "ltx", "max_text_len": cfg.max_text_len, "shift": cfg.shift, "frame_rate": cfg.frame_rate}
+    (path / FAMILY_FILE).write_text(json.dumps(family))
+    return path
+
+
+def reference_shift(scheduler_config, spatial: int, temporal: int) -> float:
+    """The scheduler's own shift: fixed, or with dynamic shifting exp(mu) at REFERENCE_CLIP's token count (mu linear
+    in the sequence length between base_shift and max_shift, as LTXPipeline computes it)."""
+    if not scheduler_config.get("use_dynamic_shifting", False):
+        return float(scheduler_config.get("shift", 1.0))
+    frames, height, width = REFERENCE_CLIP
+    seq = (1 + (frames - 1) // temporal) * (height // spatial) * (width // spatial)
+    lo, hi = scheduler_config["base_image_seq_len"], scheduler_config["max_image_seq_len"]
+    a, b = scheduler_config["base_shift"], scheduler_config["max_shift"]
+    mu = a + (b - a) * (seq - lo) / (hi - lo)
+    return math.exp(mu)
+
+
+class LTXFamily:
+    """LTX-Video through diffusers' LTXPipeline components. Text encoder and VAE are frozen."""
+
+    name = "ltx"
+    prediction = "flow"
+    lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
+
+    def __init__(self, pipeline, max_text_len: int = 128, shift: float | None = None, frame_rate: float = 25.0):
+        self.pipeline = pipeline
+        self.transformer = pipeline.transformer
+        self.max_text_len = int(max_text_len)
+        vae = pipeline.vae
+        self.spatial = int(vae.spatial_compression_ratio)
+        self.temporal = int(vae.temporal_compression_ratio)
+        self.shift = (
+            float(shift)
+            if shift is not None
+            else reference_shift(pipeline.scheduler.config, self.spatial, self.temporal)
+        )
+        self.frame_rate = float(frame_rate)
+        for module in (pipeline.text_encoder, vae):
+            module.requires_grad_(False).eval()
+        self._mean = vae.latents_mean.float().view(1, -1, 1, 1, 1).clone()
+        self._std = vae.latents_std.float().view(1, -1, 1, 1, 1).clone()
+        self.scaling = float(vae.config.scaling_factor)
+        self.text_dim = int(pipeline.transformer.config.caption_channels)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, dtype: str = "float32", device: str = "cpu") -> LTXFamily:
+        """Load an LTXPipeline folder (a local Lightricks/LTX-Video copy or `make_tiny_ltx` output)."""
+        from diffusers import LTXPipeline
+
+        path = Path(path)
+        if not (path / "model_index.json").exists():
+            raise FileNotFoundError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
+        pipe = LTXPipeline.from_pretrained(str(path), dtype=getattr(torch, dtype), local_files_only=True)
+        extra = json.loads((path / FAMILY_FILE).read_text()) if (path / FAMILY_FILE).exists() else {}
+        return cls(
+            pipe.to(device),
+            max_text_len=int(extra.get("max_text_len", 128)),
+            shift=extra.get("shift"),
+            frame_rate=float(extra.get("frame_rate", 25.0)),
+        )
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        self.pipeline.save_pretrained(path)
+        family = {"family": self.name, "max_text_len": self.max_text_len, "shift": self.shift}
+        (path / FAMILY_FILE).write_text(json.dumps({**family, "frame_rate": self.frame_rate}))
+        return path
+
+    @property
+    def device(self) -> torch.device:
+        return compute_dtype_device(self.transformer)[1]
+
+    # --- shapes ------------------------------------------------------------------------------------------
+    def frames_for(self, n: int) -> int:
+        """The largest frame count ≤ n the VAE takes (1 + k·temporal)."""
+        if n < 1:
+            raise ValueError("need at least one frame")
+        return 1 + ((n - 1) // self.temporal) * self.temporal
+
+    def latent_shape(self, frames: int, height: int, width: int, check: bool = False) -> tuple[int, int, int, int]:
+        """(C, T', H', W'); with `check`, a clip the VAE cannot take is a ConfigError."""
+        if check and ((frames - 1) % self.temporal or height % self.spatial or width % self.spatial):
+            from raypipe.config import ConfigError
+
+            raise ConfigError(
+                f"LTX-Video: frames must be 1 + k·{self.temporal} and height/width multiples of {self.spatial}, "
+                f"got {frames}x{height}x{width}"
+            )
+        c = int(self.pipeline.vae.config.latent_channels)
+        return c, 1 + (frames - 1) // self.temporal, height // self.spatial, width // self.spatial
+
+    # --- frozen encoders ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """[B, L, D + 1]: the T5 states with the attention mask as the last channel."""
+        embeds, mask, _, _ = self.pipeline.encode_prompt(
+            list(prompts), do_classifier_free_guidance=False, max_sequence_length=self.max_text_len, device=self.device
+        )
+        return torch.cat([embeds.float(), mask.to(embeds.device, torch.float32)[..., None]], dim=-1)
+
+    @torch.no_grad()
+    def encode_videos(self, frames: np.ndarray | torch.Tensor, sample: bool = False) -> torch.Tensor:
+        """uint8 [B, T, H, W, 3] -> normalised latents [B, C, T', H', W'] (the mode unless `sample`)."""
+        vae = self.pipeline.vae
+        x = torch.as_tensor(np.asarray(frames)).to(self.device)
+        x = x.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+        dist = vae.encode(x.to(vae.dtype)).latent_dist
+        z = (dist.sample() if sample else dist.mode()).float()
+        return (z - self._mean.to(z.device)) * self.scaling / self._std.to(z.device)
+
+    @torch.no_grad()
+    def decode_latents(self, z: torch.Tensor) -> np.ndarray:
+        vae = self.pipeline.vae
+        z = z.float() * self._std.to(z.device) / self.scaling + self._mean.to(z.device)
+        timestep = torch.zeros(z.shape[0], device=z.device) if vae.config.timestep_conditioning else None
+        x = vae.decode(z.to(vae.dtype), timestep, return_dict=False)[0].float()
+        x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return x.permute(0, 2, 3, 4, 1).cpu().numpy()
+
+    # --- the trainable part ------------------------------------------------------------------------------
+    def velocity(self, z_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, model=None) -> torch.Tensor:
+        """v̂(z_t, t, c) at timestep 1000·t (float32): latents packed into tokens and back, as LTXPipeline does."""
+        model = model if model is not None else self.transformer
+        dtype, device = compute_dtype_device(model)
+        config = self.transformer.config
+        p, pt = int(config.patch_size), int(config.patch_size_t)
+        b, _, frames, height, width = z_t.shape
+        if text.dim() != 3 or text.shape[2] != self.text_dim + 1:
+            raise ValueError(f"LTX text must be [B, L, {self.text_dim + 1}] (encode_prompts), got {tuple(text.shape)}")
+        text = text.to(device)
+        packed = self.pipeline._pack_latents(z_t.to(device, dtype), p, pt)
+        out = model(
+            hidden_states=packed,
+            encoder_hidden_states=text[..., : self.text_dim].to(dtype),
+            timestep=(1000.0 * t).to(device, torch.float32),
+            encoder_attention_mask=text[..., self.text_dim].round().long(),
+            num_frames=frames // pt,
+            height=height // p,
+            width=width // p,
+            rope_interpolation_scale=(self.temporal / self.frame_rate, self.spatial, self.spatial),
+            return_dict=False,
+        )[0]
+        return self.pipeline._unpack_latents(out, frames // pt, height // p, width // p, p, pt).float()
