@@ -241,3 +241,13 @@ def test_wan22_presets_load_and_fit_their_vaes():
         spatial = 2 ** (len(shape.vae_dim_mult) - 1) * (shape.vae_patch_size or 1)
         assert cfg.clip.frames % 4 == 1 and cfg.clip.height % (2 * spatial) == 0 == cfg.clip.width % (2 * spatial)
     assert TinyWanConfig.wan22_a14b().experts == 2 and TinyWanConfig.wan22_ti2v_5b().z_dim == 48
+
+
+@pytest.mark.parametrize("name, spatial, temporal", [("flow_hunyuan_video", 16, 4), ("flow_ltx_video", 32, 8)])
+def test_hunyuan_and_ltx_presets_load_and_fit_their_vaes(name, spatial, temporal):
+    from raypipe.config import load_config
+    from raypipe.recipes.train_flow import FlowTrainConfig
+
+    cfg = load_config(FlowTrainConfig, REPO / "configs" / f"{name}.yaml")
+    assert cfg.dtype == "bfloat16" and cfg.train.gradient_checkpointing and cfg.lora.enabled
+    assert cfg.clip.frames % temporal == 1 and cfg.clip.height % spatial == 0 == cfg.clip.width % spatial

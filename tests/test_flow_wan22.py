@@ -141,3 +141,22 @@ def test_flow_target_matches_the_schedulers_euler_step(fixture, request):
     stepped = scheduler.step(v, scheduler.timesteps[i], x_t, return_dict=False)[0]
     x_next, _ = noised(x0, eps, torch.tensor([sigma_next]))
     torch.testing.assert_close(stepped, x_next, rtol=1e-5, atol=1e-5)
+
+
+def test_grpo_trains_only_the_steps_of_the_trained_expert(a14b):
+    from raypipe.flow.online import grpo_items
+    from raypipe.flow.sampler import time_grid
+    from raypipe.flow.wan22 import trained_steps
+
+    gen = WanFamily.load(a14b)
+    grid = time_grid(8, gen.shift)[:-1]  # the times the 8 transitions start at
+    assert trained_steps(gen.transformer, grid) is None  # both experts trained: every step
+    gen.transformer.select(("low",))
+    low = trained_steps(gen.transformer, grid)
+    assert low == [j for j in range(8) if float(grid[j]) < 0.875] and 0 < len(low) < 8
+    gen.transformer.select(("high",))
+    assert trained_steps(gen.transformer, grid) == [j for j in range(8) if j not in low]
+    ok = np.array([True, False, True])
+    items = grpo_items(ok, 8, 0.5, torch.Generator().manual_seed(0), allowed=low)
+    assert {i for i, _ in items} == {0, 2} and all(j in low for _, j in items)
+    assert len(items) == 2 * min(4, len(low))  # four steps per sample, at most the allowed ones

@@ -41,13 +41,19 @@ def weighted_rewards(scores: np.ndarray, errors: list, dims: list[str], weights:
     return r, ok
 
 
-def grpo_items(ok: np.ndarray, steps: int, fraction: float, generator: torch.Generator) -> list[tuple[int, int]]:
+def grpo_items(
+    ok: np.ndarray, steps: int, fraction: float, generator: torch.Generator, allowed: list[int] | None = None
+) -> list[tuple[int, int]]:
     """The transitions GRPO trains on: for each sample that counts, max(1, round(fraction·steps)) of its denoising
-    steps drawn without replacement (Flow-GRPO's timestep fraction)."""
+    steps drawn without replacement (Flow-GRPO's timestep fraction). `allowed`: only these steps may be drawn (Wan2.2
+    A14B with one expert trained: the steps whose time that expert handles), at most all of them."""
     per = max(1, min(steps, round(fraction * steps)))
+    pool = torch.arange(steps) if allowed is None else torch.tensor(sorted(allowed), dtype=torch.long)
     items = []
     for i in np.flatnonzero(ok).tolist():
-        chosen = torch.randperm(steps, generator=generator)[:per].sort().values.tolist()
+        if len(pool) == 0:
+            break
+        chosen = pool[torch.randperm(len(pool), generator=generator)[:per]].sort().values.tolist()
         items += [(i, j) for j in chosen]
     return items
 

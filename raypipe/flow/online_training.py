@@ -109,14 +109,15 @@ def grpo_round(gen, engine, t, data, r, ok, uncond, generator, rank, world, per_
     from raypipe.flow.lora import reference
     from raypipe.flow.online import deal, grpo_items, per_rank_items
     from raypipe.flow.sampler import time_grid
+    from raypipe.flow.wan22 import trained_steps
 
     adv = torch.zeros(len(r))
     if ok.any():
         idx = np.flatnonzero(ok)
         adv[idx] = group_advantages(torch.tensor(r[idx]), torch.tensor(data["groups"][idx]))
-    items = grpo_items(ok, t.steps, t.train_fraction, generator)
-    mine = deal(items, rank, world, per_rank_items(len(items), world) * t.updates)
     grid = time_grid(t.steps, gen.shift)
+    items = grpo_items(ok, t.steps, t.train_fraction, generator, trained_steps(gen.transformer, grid[:-1]))
+    mine = deal(items, rank, world, per_rank_items(len(items), world) * t.updates)
     t_cap = float(grid[1])
     states = torch.from_numpy(np.array(data["states"]))  # a copy: what ray.get gives is read-only
     old = torch.from_numpy(np.array(data["log_probs"]))

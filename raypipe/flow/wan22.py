@@ -121,3 +121,13 @@ def split_state(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Ten
             raise KeyError(f"{key} belongs to neither expert")
         out.setdefault(expert, {})[rest] = value
     return out
+
+
+def trained_steps(transformer, times: torch.Tensor) -> list[int] | None:
+    """The indices of sampling steps (starting at `times`) whose expert has adapters (GRPO trains only those);
+    None when every step does (one transformer, or both experts trained)."""
+    if not isinstance(transformer, WanExperts) or len(transformer.trained) == 2:
+        return None
+    high = transformer.expert_of(1000.0 * torch.as_tensor(times, dtype=torch.float32))
+    want = transformer.trained == ("high",)
+    return [j for j, h in enumerate(high.tolist()) if h == want]
