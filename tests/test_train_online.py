@@ -109,11 +109,18 @@ def test_online_dpo_pairs_best_and_worst(ray_local, reward_checkpoint, tmp_path)
     args = [*TINY, f"reward={reward_checkpoint}", f"out={out}", "train.algo=dpo", "train.rounds=3", "train.k=3"]
     args += ["reward_pool.kind=actors", "train.lambda_sft=0.5", "real_synth=2"]  # + flow matching on real videos
     args += ["train.ref_rounds=1"]  # the reference: the policy one round ago (round 0: the base)
+    # a second reward beside the first (here the same checkpoint, so its scores must equal the first's), weighted in
+    args += [f"extra_rewards={{again: {reward_checkpoint}}}", "weights={VQ: 1.0, again.MQ: 0.5}"]
+    args += ["reward_pool.cpus=0.25", "guard.weights={VQ: 1.0}"]
     run_online(load_config(OnlineConfig, "configs/online_tiny.yaml", args))
     rounds = _rounds(out)
     for r in rounds:
         assert r["samples"] == 6 and r["pairs"] == 2 and r["loss"] is not None  # one pair per prompt
         assert r["sft_loss"] > 0 and r["actor_hashes"] == [r["learner_hash"]]
+        mean = r["reward_mean"]
+        assert set(mean) == {"VQ", "MQ", "TA", "again.VQ", "again.MQ", "again.TA"}
+        assert all(mean[f"again.{d}"] == pytest.approx(mean[d], abs=1e-5) for d in ("VQ", "MQ", "TA"))
+        assert r["weighted_mean"] == pytest.approx(mean["VQ"] + 0.5 * mean["again.MQ"], abs=2e-5)
     assert (out / "real" / "manifest.parquet").exists() and len(rounds) == 3
     # each round's starting adapters kept while a later round may need them as its reference
     kept = sorted(p.name for p in (out / "policy_rounds").iterdir())

@@ -236,6 +236,24 @@ def actor_scorer(rewards: list):
     return score
 
 
+def combined_scorer(scorers: list):
+    """`score(frames, prompts, oracle)` of several rewards side by side: their score columns concatenated in order
+    (the training reward's first), a sample's error the first any reward gave, the oracle asked once."""
+
+    def score(frames: np.ndarray, prompts: list[str], oracle: bool) -> dict:
+        parts = [one(frames, prompts, oracle and i == 0) for i, one in enumerate(scorers)]
+        errors = [
+            next((p["errors"][i] for p in parts if p["errors"][i] is not None), None) for i in range(len(prompts))
+        ]
+        return {
+            "scores": np.concatenate([np.asarray(p["scores"], dtype=np.float64) for p in parts], axis=1),
+            "errors": errors,
+            "oracle": parts[0]["oracle"],
+        }
+
+    return score
+
+
 def collect_round(
     rollout: list,
     score,

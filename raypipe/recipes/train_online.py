@@ -58,7 +58,7 @@ from raypipe.flow.online_training import (
     write_grid,
 )
 from raypipe.reward.scoring import checkpoint_dimensions
-from raypipe.serve.pool import deploy_reward_pool, serve_scorer, shutdown_reward_pool
+from raypipe.serve.pool import APP_NAME, deploy_reward_pool, serve_scorer, shutdown_reward_pool
 
 ALGOS = ("grpo", "dpo")
 
@@ -140,6 +140,9 @@ class OnlineConfig:
     reward: str = ""  # VideoReward checkpoint (train-reward OUT/final, or the released VideoAlign layout)
     base: str | None = None  # base model of a released-layout reward checkpoint
     template_file: str | None = None  # the official prompt template for a released-layout checkpoint
+    # more VideoReward checkpoints scored beside `reward`, by name (each on its own pool); their dimensions are
+    # NAME.DIM in `weights` and rounds.jsonl, e.g. extra_rewards={judge2: path} weights={VQ: 1, judge2.MQ: 0.5}
+    extra_rewards: dict[str, str] = dataclasses.field(default_factory=dict)
     # r = Σ_d w_d r_d, the reward each sample is trained towards
     weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"VQ": 1.0})
     prompts: str = "32"  # a number (seeded SynthPref prompts), a .txt / manifest, or prompts separated by "|"
@@ -199,6 +202,13 @@ def _check(cfg: OnlineConfig) -> list[str]:
         dims = checkpoint_dimensions(cfg.reward)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"reward: {e}") from None
+    for name, path in cfg.extra_rewards.items():
+        if not name or "." in name:
+            raise ConfigError(f"extra_rewards: a name must be non-empty without '.', got {name!r}")
+        try:
+            dims = [*dims, *(f"{name}.{d}" for d in checkpoint_dimensions(path))]
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"extra_rewards.{name}: {e}") from None
     unknown = [d for d in cfg.weights if d not in dims]
     if unknown:
         raise ConfigError(f"weights name {unknown}, which the reward model does not score ({dims})")
@@ -258,26 +268,36 @@ def run(cfg: OnlineConfig) -> dict:
         for _ in range(cfg.rollout.actors)
     ]
     pool = cfg.reward_pool
-    app, rewards = None, []
-    if pool.kind == "serve":
-        app = deploy_reward_pool(
-            cfg.reward,
-            pool.batch,
-            0.01,
-            pool.actors,
-            pool.max_replicas,
-            pool.cpus,
-            pool.num_gpus,
-            cfg.base,
-            cfg.template_file,
-        )
-    else:
-        rewards = [
-            RewardActor.options(num_cpus=pool.cpus, num_gpus=pool.num_gpus, max_restarts=2).remote(
-                cfg.reward, cfg.base, cfg.template_file, cfg.fps, pool.batch
+    # the training reward first, then each extra one: a Serve app or a list of reward actors per reward
+    checkpoints = [("", cfg.reward, cfg.base, cfg.template_file)]
+    checkpoints += [(name, path, None, None) for name, path in cfg.extra_rewards.items()]
+    apps, rewards = [], []
+    for name, path, base, template in checkpoints:
+        if pool.kind == "serve":
+            app_name = f"{APP_NAME}-{name}" if name else APP_NAME
+            apps.append(
+                deploy_reward_pool(
+                    path,
+                    pool.batch,
+                    0.01,
+                    pool.actors,
+                    pool.max_replicas,
+                    pool.cpus,
+                    pool.num_gpus,
+                    base,
+                    template,
+                    app_name,
+                )
             )
-            for _ in range(pool.actors)
-        ]
+        else:
+            rewards.append(
+                [
+                    RewardActor.options(num_cpus=pool.cpus, num_gpus=pool.num_gpus, max_restarts=2).remote(
+                        path, base, template, cfg.fps, pool.batch
+                    )
+                    for _ in range(pool.actors)
+                ]
+            )
     judge = None
     if cfg.guard.rounds > 0 and cfg.guard.judge not in ("oracle", "none"):
         judge = RewardActor.options(num_cpus=cfg.reward_pool.cpus, num_gpus=cfg.reward_pool.num_gpus).remote(
@@ -296,7 +316,7 @@ def run(cfg: OnlineConfig) -> dict:
         "prompts": prompts,
         "rollout": rollout,
         "rewards": rewards,
-        "reward_app": app,
+        "reward_apps": apps,
         "real": real,
         "judge": judge,
         "steps_per_round": per_round,
@@ -306,9 +326,9 @@ def run(cfg: OnlineConfig) -> dict:
     try:
         progress, wall = fit_trainer(train_func, loop_config, t, out, f"train-online-{t.algo}", {}, stage.storage)
     finally:  # the pools hold the cluster's GPUs: give them back, also when training failed
-        for actor in [*rollout, *rewards, *([judge] if judge is not None else [])]:
+        for actor in [*rollout, *(a for group in rewards for a in group), *([judge] if judge is not None else [])]:
             ray.kill(actor)
-        if app is not None:
+        for app in apps:
             shutdown_reward_pool(app)
     write_rounds(progress["rounds"], out / "rounds.jsonl")
     last = progress["rounds"][-1] if progress["rounds"] else {}
@@ -374,7 +394,7 @@ def train_func(config: dict) -> None:
     import ray
     import torch.distributed as dist
 
-    from raypipe.distributed.online import SamplingSettings, actor_scorer, lora_state
+    from raypipe.distributed.online import SamplingSettings, actor_scorer, combined_scorer, lora_state
     from raypipe.flow.online import best_round, hacking_detected, round_record, weighted_rewards
 
     cfg = build_config(OnlineConfig, config["cfg"])
@@ -396,8 +416,14 @@ def train_func(config: dict) -> None:
     writer = tensorboard_writer(config.get("tensorboard_dir"))
     score = None
     if rank == 0:  # rank 0 drives the rounds: the reward pool it calls
-        app = config.get("reward_app")
-        score = serve_scorer(app, cfg.reward, cfg.fps) if app else actor_scorer(config["rewards"])
+        paths = [cfg.reward, *cfg.extra_rewards.values()]
+        apps = config.get("reward_apps") or []
+        scorers = (
+            [serve_scorer(app, path, cfg.fps) for app, path in zip(apps, paths)]
+            if apps
+            else [actor_scorer(group) for group in config["rewards"]]
+        )
+        score = scorers[0] if len(scorers) == 1 else combined_scorer(scorers)
     if progress.get("guard"):  # a rerun of a run the guard stopped: its final adapters stand
         if rank == 0:
             say(f"guard: this run was stopped after round {progress['guard']['stopped_after_round']}; nothing to do")
