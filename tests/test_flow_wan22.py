@@ -160,3 +160,37 @@ def test_grpo_trains_only_the_steps_of_the_trained_expert(a14b):
     items = grpo_items(ok, 8, 0.5, torch.Generator().manual_seed(0), allowed=low)
     assert {i for i, _ in items} == {0, 2} and all(j in low for _, j in items)
     assert len(items) == 2 * min(4, len(low))  # four steps per sample, at most the allowed ones
+
+
+def test_training_both_experts_every_step_reaches_both():
+    """With both experts trained, a batch wholly on one side still runs the other expert (on one sample, times 0):
+    the output is the one expert's, and every LoRA parameter of both gets a gradient (zeros for the idle one) — the
+    same gradients in the same order on every rank, as ZeRO-2's bucketed reduction needs."""
+    from raypipe.flow.family import build_random_wan
+
+    cfg = TinyWanConfig.wan22_a14b_tiny()
+    gen = WanFamily(build_random_wan(cfg, seed=0), max_text_len=cfg.max_text_len, shift=cfg.shift)
+    z, text = _inputs(gen, 2)
+    t = torch.tensor([0.95, 0.9])  # both high-noise
+    with torch.no_grad():
+        expected = gen.pipeline.transformer(z, 1000 * t, text, return_dict=False)[0]
+    add_lora(gen.transformer, r=4, alpha=8, targets=gen.lora_targets)
+    out = gen.velocity(z, t, text)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    out.square().mean().backward()
+    high, low = lora_parameters(gen.pipeline.transformer), lora_parameters(gen.pipeline.transformer_2)
+    assert all(p.grad is not None for p in high + low)
+    assert all(float(p.grad.abs().max()) == 0.0 for p in low)
+    assert any(float(p.grad.abs().max()) > 0.0 for p in high)
+
+
+def test_the_shift_of_wan_ais_own_scheduler_config():
+    """Wan-AI's Diffusers folders ship UniPCMultistepScheduler with `flow_shift` (no `shift`): that is the shift."""
+    from diffusers import UniPCMultistepScheduler
+
+    from raypipe.flow.family import build_random_wan, scheduler_shift
+
+    pipe = build_random_wan(TinyWanConfig(), seed=0)
+    pipe.scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
+    assert WanFamily(pipe).shift == 5.0
+    assert scheduler_shift({"shift": 3.0}) == 3.0 and scheduler_shift({}) == 1.0

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from raypipe.config import ConfigError, SamplingConfig, SynthConfig
 from raypipe.data.location import Location, LocationError
@@ -152,8 +153,8 @@ def test_pairs_and_eval_reward_write_to_s3(ray_local, reward_checkpoint, synth_o
 
 @pytest.mark.slow
 def test_train_reward_to_s3_resumes_from_the_store_on_a_fresh_machine(ray_local, s3, tmp_path, monkeypatch):
-    """--out s3://…: checkpoints live in the store (Ray Train's storage), the outputs are published there at the
-    end. The newest checkpoint is then cut mid-write (every object halved) and a rerun with an empty local
+    """--out s3://…, with ZeRO-3: checkpoints live in the store (Ray Train's storage), the outputs are published
+    there at the end. The newest checkpoint is then cut mid-write (every object halved) and a rerun with an empty local
     staging folder (another machine) resumes from the one before it, says which it skipped, and trains on."""
     from raypipe.config import load_config
     from raypipe.recipes.train_reward import RewardTrainConfig
@@ -164,7 +165,7 @@ def test_train_reward_to_s3_resumes_from_the_store_on_a_fresh_machine(ray_local,
     out = s3("reward")
     monkeypatch.setenv("RAYPIPE_STAGING", str(tmp_path / "machine-1"))
     common = [*TINY, f"out={out}", "train.checkpoint_every=2", "train.eval_every=2", "train.max_failures=0"]
-    common += ["train.keep_checkpoints=3"]
+    common += ["train.keep_checkpoints=3", "train.zero_stage=3"]  # ZeRO-3: sharded checkpoints, gathered final
     first = run_train_reward(load_config(RewardTrainConfig, "configs/reward_tiny.yaml", [*common, "train.max_steps=4"]))
     assert first["steps"] == 4 and first["final_checkpoint"] == f"{out}/final"
     loc = Location(out)
@@ -189,7 +190,9 @@ def test_train_reward_to_s3_resumes_from_the_store_on_a_fresh_machine(ray_local,
     local = tmp_path / "final"
     fs, path = pafs.FileSystem.from_uri(f"{out}/final")
     pafs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-    VideoReward.from_pretrained(local)  # what was published loads
+    model = VideoReward.from_pretrained(local)  # what was published loads: ZeRO-3's shards gathered, LoRA merged
+    lora_merged = model.backbone.model.language_model.layers[0].self_attn.q_proj.weight
+    assert lora_merged.numel() > 0 and torch.isfinite(lora_merged).all()  # not size-0 shards
 
 
 def _dirs(loc: Location) -> list[str]:

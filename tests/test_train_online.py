@@ -42,6 +42,19 @@ def _rounds(out) -> list[dict]:
 TIMINGS = ("time_s", "samples_per_s")
 
 
+def _wait_for_the_dead_jobs_workers(timeout: float = 60.0) -> None:
+    """Until no Ray Train worker is alive on the shared cluster (Ray removes a dead driver's actors shortly after)."""
+    from ray._private import state  # the GCS's actor table (the state API needs the dashboard, off in tests)
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        actors = state.actors().values()
+        if not any(a.get("State") == "ALIVE" and "RayTrainWorker" in (a.get("ActorClassName") or "") for a in actors):
+            return
+        time.sleep(0.5)
+    raise AssertionError("the killed run's Ray Train workers are still alive")
+
+
 def _content(record: dict) -> dict:
     """A round's line without its timings (what a redone round must reproduce exactly)."""
     return {k: v for k, v in record.items() if k not in TIMINGS}
@@ -67,6 +80,7 @@ def test_grpo_rounds_sync_weights_and_a_killed_driver_resumes(ray_local, reward_
         time.sleep(0.05)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
+    _wait_for_the_dead_jobs_workers()  # its Ray Train workers could otherwise still write a line
     before = _rounds(out)
     assert [r["round"] for r in before] == list(range(len(before))) and 2 <= len(before) < 5
 
@@ -76,9 +90,11 @@ def test_grpo_rounds_sync_weights_and_a_killed_driver_resumes(ray_local, reward_
     again = run_online(load_config(OnlineConfig, CONFIG, [*args, f"out={out}", "train.overlap=true"]))
     rounds = _rounds(out)
     assert [r["round"] for r in rounds] == [0, 1, 2, 3, 4] and again["rounds"] == 5
-    assert [_content(r) for r in rounds[: len(before)]] == [_content(r) for r in before]
     resumed_at = again["resumes"][0]["at_round"]
     assert 1 <= resumed_at <= len(before) and rounds[:resumed_at] == before[:resumed_at]  # committed: untouched
+    # the round the resume starts with is sampled as before (synchronously, the same version): the same numbers
+    redone = min(len(before), resumed_at + 1)
+    assert [_content(r) for r in rounds[:redone]] == [_content(r) for r in before[:redone]]
     prompts = read_prompts("4", 0)
     for r in rounds:  # the same prompts as an uninterrupted run: a function of (seed, round) only
         assert r["prompts"] == round_prompts(prompts, 2, 2, 0, r["round"])[0]
@@ -122,6 +138,8 @@ def test_online_dpo_pairs_best_and_worst(ray_local, reward_checkpoint, tmp_path)
         assert all(mean[f"again.{d}"] == pytest.approx(mean[d], abs=1e-5) for d in ("VQ", "MQ", "TA"))
         assert r["weighted_mean"] == pytest.approx(mean["VQ"] + 0.5 * mean["again.MQ"], abs=2e-5)
     assert (out / "real" / "manifest.parquet").exists() and len(rounds) == 3
+    # the reference of round r is the policy round r − 1 started from (round 0: the base)
+    assert [r["reference_hash"] for r in rounds] == ["base", rounds[0]["learner_hash"], rounds[1]["learner_hash"]]
     # each round's starting adapters kept while a later round may need them as its reference
     kept = sorted(p.name for p in (out / "policy_rounds").iterdir())
     assert kept == ["round_0001.safetensors", "round_0002.safetensors"]

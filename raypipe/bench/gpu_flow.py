@@ -44,7 +44,7 @@ def bench_flow(args, size: str, device, dtype: str) -> dict:
         "build_s": round(build_s, 1),
         "clip": dict(zip(("frames", "height", "width"), clip)),
         "latent": list(z_shape),
-        "tokens_per_video": int(z_shape[1] * (z_shape[2] // 2) * (z_shape[3] // 2)),
+        "tokens_per_video": tokens_per_video(gen, z_shape),
         "zero_stage": 2,
         "train": rows,
     }
@@ -104,3 +104,12 @@ def _train_sweep(args, gen, engine, z_shape, device) -> list[dict]:
     for r in rows:
         r["group"] = list(r["group"])
     return rows
+
+
+def tokens_per_video(gen, z_shape) -> int:
+    """The transformer's sequence length for latents (C, T', H', W'): its patch sizes (Wan (1, 2, 2), HunyuanVideo
+    2 x 2, LTX 1 x 1)."""
+    config = gen.transformer.config
+    patch = config.patch_size
+    pt, ph, pw = patch if isinstance(patch, (list, tuple)) else (config.get("patch_size_t", 1) or 1, patch, patch)
+    return int((z_shape[1] // pt) * (z_shape[2] // ph) * (z_shape[3] // pw))

@@ -11,14 +11,16 @@ OUT/inputs, or --reward). Per seed, every arm spends the same number of scored s
   online_dpo    `train-online train.algo=dpo`: rounds of prompts_per_round × k fresh samples, best vs worst;
   grpo          `train-online train.algo=grpo` (Flow-GRPO, the SDE sampler, group advantages, clipped ratio, KL);
   grpo_overlap  (first seed only) the same with train.overlap=true: round k+1's rollouts while round k trains.
-The online arms take the same optimizer steps per pair as the offline one (online DPO: `updates` passes of a
-round's pairs; offline: samples/k pairs × updates / batch steps). Each arm's adapters are then judged by
-`eval-flow` against the pretrained generator on --prompts held-out prompts (the eval seed's prompts and noise,
-the same for every arm): per-dimension win rates by the reward model and by the SynthPref oracle, ties ½,
-two-level bootstrap over seeds and prompts. Claims tested on paired per-prompt differences: online DPO ≥ offline
-DPO on VQ by the oracle (the issue's goal), GRPO ≥ offline DPO; the untargeted MQ/TA are reported beside. The
-guard's decisions (stopped? best round?), the time split per round (rollout / reward / train / sync / wait) and
-the overlap speedup in rounds per hour (median round time, rounds after the first) are in the report.
+Every arm trains the same LoRA (rank, alpha) with the same learning rate (configs/flow_tiny.yaml's), and the online
+DPO arm takes the same optimizer steps per pair as the offline one (online DPO: `updates` passes of a round's pairs;
+offline: samples/k pairs × updates / batch steps). Trailing key=value overrides reach the online arms only.
+Each arm's adapters are then judged by `eval-flow` against the pretrained generator on --prompts held-out prompts
+(the eval seed's prompts and noise, the same for every arm): per-dimension win rates by the reward model and by the
+SynthPref oracle, ties ½, two-level bootstrap over seeds and prompts. Claims tested on paired per-prompt
+differences: online DPO ≥ offline DPO on VQ by the oracle (the issue's goal), GRPO ≥ offline DPO; the untargeted
+MQ/TA are reported beside. The guard's decisions (stopped? best round?), the time split per round (rollout / reward
+/ train / sync / wait) and the overlap speedup in rounds per hour (median round time, rounds after the first) are in
+the report.
 Writes OUT/online.json and OUT/online.md; a killed run continues with the cells it has not finished.
 """
 
@@ -101,12 +103,17 @@ def _train(arm: str, args, reward: str, samples: int, seed: int, run_dir: Path) 
     if arm == "offline_dpo":
         return _offline(args, reward, samples, seed, run_dir, pairs)
     from raypipe.config import load_config, repo_path
+    from raypipe.recipes.train_flow import FlowTrainConfig
     from raypipe.recipes.train_online import OnlineConfig
     from raypipe.recipes.train_online import run as run_online
 
+    offline = load_config(FlowTrainConfig, repo_path("configs/flow_tiny.yaml"))  # the same adapters as offline
     overrides = [
         f"generator={Path(args.generator).resolve()}",
         f"reward={reward}",
+        f"lora.r={offline.lora.r}",
+        f"lora.alpha={offline.lora.alpha}",
+        f"train.lr={offline.train.lr}",
         f"prompts={pairs}",
         f"seed={TRAIN_SEED + seed}",
         f"train.algo={'dpo' if arm == 'online_dpo' else 'grpo'}",

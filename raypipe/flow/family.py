@@ -222,6 +222,14 @@ def compute_dtype_device(model) -> tuple[torch.dtype, torch.device]:
     return weight.dtype, weight.device
 
 
+def scheduler_shift(config) -> float:
+    """The flow time shift a pipeline folder's scheduler samples with: `shift` (FlowMatchEulerDiscreteScheduler) or
+    `flow_shift` (the UniPCMultistepScheduler that Wan-AI's Diffusers folders ship, with use_flow_sigmas)."""
+    if config.get("flow_shift") is not None and (config.get("use_flow_sigmas") or "shift" not in config):
+        return float(config["flow_shift"])
+    return float(config.get("shift", 1.0))
+
+
 def make_tiny_wan(path: str | os.PathLike, cfg: TinyWanConfig | None = None, seed: int = 0) -> Path:
     """Write a tiny random WanPipeline (tokenizer, UMT5 encoder, VAE, transformer, scheduler) to `path`."""
     cfg = cfg or TinyWanConfig()
@@ -250,7 +258,7 @@ class WanFamily:
 
             self.transformer = WanExperts(pipeline.transformer, pipeline.transformer_2, boundary)
         self.max_text_len = max_text_len
-        self.shift = float(shift if shift is not None else pipeline.scheduler.config.get("shift", 1.0))
+        self.shift = float(shift if shift is not None else scheduler_shift(pipeline.scheduler.config))
         for module in (pipeline.text_encoder, pipeline.vae):
             module.requires_grad_(False).eval()
         vae = pipeline.vae

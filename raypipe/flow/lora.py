@@ -65,7 +65,7 @@ def reference(transformer):
     params = dict(transformer.named_parameters())
     saved = {name: params[name].data.clone() for name in swap}
     for name, value in swap.items():
-        params[name].data.copy_(value.to(params[name].device, params[name].dtype))
+        params[name].data.copy_(value)
     try:
         with torch.no_grad():
             yield transformer
@@ -85,12 +85,12 @@ def set_reference(transformer, state: dict[str, torch.Tensor] | None) -> None:
             delattr(transformer, _REFERENCE_ATTR)
         return
     swap = {}
-    for name, _ in transformer.named_parameters():
+    for name, param in transformer.named_parameters():
         if "lora_" in name and f".{ADAPTER}." in name:
             key = name.replace(f".{ADAPTER}.", ".")
             if key not in state:
                 raise KeyError(f"the reference adapters lack {key}")
-            swap[name] = state[key]
+            swap[name] = state[key].detach().to(param.device, param.dtype)  # once, where the swap copies it
     if len(swap) != len(state):
         raise KeyError(f"the reference adapters have {len(state)} tensors, the model {len(swap)}")
     object.__setattr__(transformer, _REFERENCE_ATTR, swap)

@@ -123,7 +123,7 @@ def grpo_round(gen, engine, t, data, r, ok, uncond, generator, rank, world, per_
     old = torch.from_numpy(np.array(data["log_probs"]))
     text_cache: dict[str, torch.Tensor] = {}
     losses, kls, clipped, sfts = [], [], [], []
-    for s in range(per_round):
+    for s in range(planned_steps(len(items), world, t, per_round)):
         batch = mine[s * t.batch : (s + 1) * t.batch]
         engine.train()
         if not batch:
@@ -156,6 +156,18 @@ def grpo_round(gen, engine, t, data, r, ok, uncond, generator, rank, world, per_
         "trained_transitions": len(items),
         **({"sft_loss": round(float(np.mean(sfts)), 6)} if sfts else {}),
     }
+
+
+def planned_steps(items: int, world: int, t, per_round: int) -> int:
+    """The optimizer steps every rank takes this round: enough for a rank's share of `items` (`deal` gives every
+    rank with a share exactly per_rank_items·updates of them), at most the `per_round` the learning-rate schedule was
+    planned with; computed from the round's item count alone, so every rank agrees. Fewer items than planned
+    (failed samples, Wan2.2 A14B's one trained expert) mean fewer steps, none when nothing can be trained on —
+    not steps on empty batches that would still move the adapters through Adam's momentum."""
+    from raypipe.flow.online import per_rank_items
+
+    share = per_rank_items(items, world) * t.updates if items else 0
+    return min(per_round, -(-share // t.batch))
 
 
 def update(gen, engine, t, loss, step: int, real, generator, losses: list, sfts: list) -> None:
@@ -191,7 +203,7 @@ def dpo_round(gen, engine, t, data, r, ok, rank, world, per_round, generator, re
     mine = deal(pairs, rank, world, per_rank_items(len(pairs), world) * t.updates)
     latents = torch.from_numpy(np.array(data["latents"]))
     losses, accs, sfts = [], [], []
-    for s in range(per_round):
+    for s in range(planned_steps(len(pairs), world, t, per_round)):
         batch = mine[s * t.batch : (s + 1) * t.batch]
         engine.train()
         if not batch:

@@ -53,17 +53,30 @@ class WanExperts(torch.nn.Module):
 
     def forward(self, hidden_states, timestep, encoder_hidden_states, return_dict: bool = False, **kwargs):
         high = self.expert_of(timestep)
-        if bool(high.all()) or bool((~high).all()):
+        # Training both experts, every rank runs both, in the same order, every step (an expert without samples runs
+        # on one sample and adds 0 x its output): each rank then reduces the same gradients in the same order, which
+        # ZeRO-2's bucketed reduction needs when ranks draw their timesteps apart.
+        both = torch.is_grad_enabled() and len(self.trained) == 2 and any(p.requires_grad for p in self.parameters())
+        if not both and (bool(high.all()) or bool((~high).all())):
             expert = self.high if bool(high.all()) else self.low
             return expert(hidden_states, timestep, encoder_hidden_states, return_dict=False, **kwargs)
-        out = None
+        out, idle = None, []
         for mask, expert in ((high, self.high), (~high, self.low)):
+            if not bool(mask.any()):
+                if both:
+                    first = torch.zeros_like(mask)
+                    first[0] = True
+                    x, ts, enc = hidden_states[first], timestep[first], encoder_hidden_states[first]
+                    idle.append(expert(x, ts, enc, return_dict=False, **kwargs)[0].sum() * 0.0)
+                continue
             part = expert(
                 hidden_states[mask], timestep[mask], encoder_hidden_states[mask], return_dict=False, **kwargs
             )[0]
             if out is None:
-                out = part.new_empty((hidden_states.shape[0], *part.shape[1:]))
-            out[mask] = part
+                out = part.new_zeros((hidden_states.shape[0], *part.shape[1:]))
+            out = out.index_put((mask,), part)
+        for zero in idle:
+            out = out + zero
         return (out,)
 
     # --- what the training code asks of a diffusers transformer ------------------------------------------------

@@ -208,6 +208,8 @@ def run(cfg: FlowTrainConfig) -> dict:
         raise ConfigError(f"train.algo must be one of {ALGOS}, got {t.algo!r}")
     if t.algo == "dpo" and not cfg.lora.enabled:
         raise ConfigError("Flow-DPO needs LoRA (lora.enabled=true): its reference is the model with adapters disabled")
+    if cfg.lora.experts not in ("both", "high", "low"):
+        raise ConfigError(f"lora.experts must be both, high or low (Wan2.2 A14B), got {cfg.lora.experts!r}")
     stage = StagedOutput(cfg.out)  # a local folder, or staged locally and published to an object store
     out = stage.dir
     cfg, manifest_path = _prepare(cfg, out)

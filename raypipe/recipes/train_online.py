@@ -183,6 +183,10 @@ def _check(cfg: OnlineConfig) -> list[str]:
         raise ConfigError("Flow-GRPO needs lora.dropout=0: the learner must recompute the rollout's exact transitions")
     if t.ref_rounds < 0 or (t.ref_rounds > 0 and t.algo != "dpo"):
         raise ConfigError("train.ref_rounds (>= 0) is online DPO's reference; Flow-GRPO's KL is to the base")
+    if t.ref_rounds > 0 and cfg.lora.dropout > 0:
+        raise ConfigError("train.ref_rounds needs lora.dropout=0 (the reference pass runs the adapters in train mode)")
+    if cfg.lora.experts not in ("both", "high", "low"):
+        raise ConfigError(f"lora.experts must be both, high or low (Wan2.2 A14B), got {cfg.lora.experts!r}")
     if t.zero_stage == 3:
         raise ConfigError("train-online runs ZeRO stage 0 or 2 (rank 0 reads the whole adapters every round)")
     for name, value in (("train.batch", t.batch), ("train.checkpoint_every", t.checkpoint_every)):
@@ -394,7 +398,7 @@ def train_func(config: dict) -> None:
     import ray
     import torch.distributed as dist
 
-    from raypipe.distributed.online import SamplingSettings, actor_scorer, combined_scorer, lora_state
+    from raypipe.distributed.online import SamplingSettings, actor_scorer, combined_scorer, lora_state, state_hash
     from raypipe.flow.online import best_round, hacking_detected, round_record, weighted_rewards
 
     cfg = build_config(OnlineConfig, config["cfg"])
@@ -432,97 +436,102 @@ def train_func(config: dict) -> None:
     collect = _collector(cfg, config, score, dims, sampling) if rank == 0 else None
     ahead = ThreadPoolExecutor(1) if t.overlap and rank == 0 else None  # the next round's rollout, while training
     pending = None
-    for rnd in range(progress["round"], t.rounds):
-        t0 = time.perf_counter()
-        # --- rollout and reward, driven by rank 0; every rank gets the round through the object store
-        box = [None]
-        if rank == 0:
-            state = lora_state(engine.module)  # the learner's adapters now: policy version `rnd`
-            data = pending.result() if pending is not None else collect(rnd, rnd, state)
-            pending = None
-            if ahead is not None and rnd + 1 < t.rounds:  # round rnd+1 samples with version rnd while rnd trains
-                pending = ahead.submit(collect, rnd + 1, rnd, state)
-            keep_if_best(progress, rnd, data["judge"], data.pop("state"), folder / "best_round")
+    try:
+        for rnd in range(progress["round"], t.rounds):
+            t0 = time.perf_counter()
+            # --- rollout and reward, driven by rank 0; every rank gets the round through the object store
+            box = [None]
+            if rank == 0:
+                state = lora_state(engine.module)  # the learner's adapters now: policy version `rnd`
+                data = pending.result() if pending is not None else collect(rnd, rnd, state)
+                pending = None
+                if ahead is not None and rnd + 1 < t.rounds:  # round rnd+1 samples with version rnd while rnd trains
+                    pending = ahead.submit(collect, rnd + 1, rnd, state)
+                keep_if_best(progress, rnd, data["judge"], data.pop("state"), folder / "best_round")
+                if t.ref_rounds:
+                    data["ref_state"] = policy_rounds_ago(folder / "policy_rounds", state, rnd, t.ref_rounds)
+                    ref = data["ref_state"]
+                    data["reference_hash"] = state_hash(ref) if ref is not None else "base"
+                data["wait_s"] = time.perf_counter() - t0
+                box = [ray.put(data)]
+            dist.broadcast_object_list(box, src=0)
+            data = ray.get(box[0])
             if t.ref_rounds:
-                data["ref_state"] = policy_rounds_ago(folder / "policy_rounds", state, rnd, t.ref_rounds)
-            data["wait_s"] = time.perf_counter() - t0
-            box = [ray.put(data)]
-        dist.broadcast_object_list(box, src=0)
-        data = ray.get(box[0])
-        if t.ref_rounds:
-            set_reference(engine.module, data["ref_state"])  # None: the base (fewer than N rounds so far)
-        waited = data["wait_s"] if t.overlap else sum(data["seconds"].values())
-        sync_s = time.perf_counter() - t0 - waited
-        r, ok = weighted_rewards(data["scores"], data["errors"], dims, cfg.weights)
-        # --- the update
-        t1 = time.perf_counter()
-        generator = torch.Generator().manual_seed(cfg.seed * 7_919 + rnd)
-        if t.algo == "grpo":
-            stats = grpo_round(gen, engine, t, data, r, ok, uncond, generator, rank, world, per_round, real)
-        else:
-            stats = dpo_round(gen, engine, t, data, r, ok, rank, world, per_round, generator, real)
-        train_s = time.perf_counter() - t1
-        n = len(data["errors"])
-        record = {
-            **round_record(rnd, data["scores"], data["errors"], dims, r, ok, data["oracle"]),
-            "version": int(data["versions"].max()),
-            **stats,
-            "time_s": {
-                "rollout": round(data["seconds"]["rollout"], 2),
-                "reward": round(data["seconds"]["reward"], 2),
-                "train": round(train_s, 2),
-                "sync": round(max(0.0, sync_s), 2),
-                "wait": round(data["wait_s"], 2),  # the learner waiting for the round's samples
-                "round": round(time.perf_counter() - t0, 2),  # the whole round before its checkpoint
-            },
-            "samples_per_s": {
-                "rollout": round(n / max(1e-9, data["seconds"]["rollout"]), 3),
-                "reward": round(n / max(1e-9, data["seconds"]["reward"]), 3),
-                "train": round(n / max(1e-9, train_s), 3),
-            },
-            "learner_version": rnd,
-            "prompts": data["round_prompts"],
-            "learner_hash": data["learner_hash"],
-            "actor_hashes": data["lora_hashes"],
-            "judge": data["judge"],
-        }
-        progress["rounds"].append(record)
-        progress["round"] = rnd + 1
-        stop = hacking_detected(
-            [x["weighted_mean"] for x in progress["rounds"]],
-            [x.get("judge") for x in progress["rounds"]],
-            cfg.guard.rounds,
-        )
-        if stop:
-            best = best_round([x.get("judge") for x in progress["rounds"]])
-            progress["guard"] = {"stopped_after_round": rnd, "best_round": best}
+                set_reference(engine.module, data["ref_state"])  # None: the base (fewer than N rounds so far)
+            waited = data["wait_s"] if t.overlap else sum(data["seconds"].values())
+            sync_s = time.perf_counter() - t0 - waited
+            r, ok = weighted_rewards(data["scores"], data["errors"], dims, cfg.weights)
+            # --- the update
+            t1 = time.perf_counter()
+            generator = torch.Generator().manual_seed(cfg.seed * 7_919 + rnd)
+            if t.algo == "grpo":
+                stats = grpo_round(gen, engine, t, data, r, ok, uncond, generator, rank, world, per_round, real)
+            else:
+                stats = dpo_round(gen, engine, t, data, r, ok, rank, world, per_round, generator, real)
+            train_s = time.perf_counter() - t1
+            n = len(data["errors"])
+            record = {
+                **round_record(rnd, data["scores"], data["errors"], dims, r, ok, data["oracle"]),
+                "version": int(data["versions"].max()),
+                **stats,
+                "time_s": {
+                    "rollout": round(data["seconds"]["rollout"], 2),
+                    "reward": round(data["seconds"]["reward"], 2),
+                    "train": round(train_s, 2),
+                    "sync": round(max(0.0, sync_s), 2),
+                    "wait": round(data["wait_s"], 2),  # the learner waiting for the round's samples
+                    "round": round(time.perf_counter() - t0, 2),  # the whole round before its checkpoint
+                },
+                "samples_per_s": {
+                    "rollout": round(n / max(1e-9, data["seconds"]["rollout"]), 3),
+                    "reward": round(n / max(1e-9, data["seconds"]["reward"]), 3),
+                    "train": round(n / max(1e-9, train_s), 3),
+                },
+                "learner_version": rnd,
+                **({"reference_hash": data["reference_hash"]} if t.ref_rounds else {}),
+                "prompts": data["round_prompts"],
+                "learner_hash": data["learner_hash"],
+                "actor_hashes": data["lora_hashes"],
+                "judge": data["judge"],
+            }
+            progress["rounds"].append(record)
+            progress["round"] = rnd + 1
+            stop = hacking_detected(
+                [x["weighted_mean"] for x in progress["rounds"]],
+                [x.get("judge") for x in progress["rounds"]],
+                cfg.guard.rounds,
+            )
+            if stop:
+                best = best_round([x.get("judge") for x in progress["rounds"]])
+                progress["guard"] = {"stopped_after_round": rnd, "best_round": best}
+                if rank == 0:
+                    m = cfg.guard.rounds
+                    say(f"guard: the reward rose while the judge fell for {m} rounds; stopping, keeping round {best}")
+                    folder = Path(config["rounds_file"]).parent / "best_round"
+                    progress["guard"]["best_restored"] = restore_best(engine.module, folder, best)
+                    if not progress["guard"]["best_restored"]:
+                        say(f"guard: round {best}'s adapters are not in {folder} (another machine?): final = the last")
+            last = rnd + 1 == t.rounds or stop
             if rank == 0:
-                m = cfg.guard.rounds
-                say(f"guard: the reward rose while the judge fell for {m} rounds; stopping, keeping round {best}")
-                folder = Path(config["rounds_file"]).parent / "best_round"
-                progress["guard"]["best_restored"] = restore_best(engine.module, folder, best)
-                if not progress["guard"]["best_restored"]:
-                    say(f"guard: round {best}'s adapters are not in {folder} (another machine?): final = the last")
-        last = rnd + 1 == t.rounds or stop
-        if rank == 0:
-            log_scalars(writer, {"step": rnd, **numbers(record)})
-            if cfg.grid_every and rnd % cfg.grid_every == 0:
-                write_grid(data, t.k, Path(config["rounds_file"]).parent / "grids" / f"round_{rnd:04d}.gif", cfg.fps)
-        if rank == 0 and cfg.progress:
-            w = record["weighted_mean"]
-            say(f"round {rnd}: reward {w}, {record['samples_ok']}/{n} samples, {record['time_s']}")
-        if (rnd + 1) % t.checkpoint_every == 0 or last:
-            final = (lambda d: save_lora(gen, d) if world_rank() == 0 else None) if last else None
-            save_and_report(engine, progress, {"round": rnd + 1, "reward": record["weighted_mean"]}, final)
-            if rank == 0:
-                try:  # the driver rewrites it at the end too; here it shows progress while the job runs
-                    write_rounds(progress["rounds"], Path(config["rounds_file"]))
-                except OSError:
-                    pass
-        if stop:
-            break
-    if ahead is not None:
-        ahead.shutdown(wait=True, cancel_futures=True)
+                log_scalars(writer, {"step": rnd, **numbers(record)})
+                if cfg.grid_every and rnd % cfg.grid_every == 0:
+                    write_grid(data, t.k, folder / "grids" / f"round_{rnd:04d}.gif", cfg.fps)
+            if rank == 0 and cfg.progress:
+                w = record["weighted_mean"]
+                say(f"round {rnd}: reward {w}, {record['samples_ok']}/{n} samples, {record['time_s']}")
+            if (rnd + 1) % t.checkpoint_every == 0 or last:
+                final = (lambda d: save_lora(gen, d) if world_rank() == 0 else None) if last else None
+                save_and_report(engine, progress, {"round": rnd + 1, "reward": record["weighted_mean"]}, final)
+                if rank == 0:
+                    try:  # the driver rewrites it at the end too; here it shows progress while the job runs
+                        write_rounds(progress["rounds"], Path(config["rounds_file"]))
+                    except OSError:
+                        pass
+            if stop:
+                break
+    finally:  # a round being collected ahead is not waited for: the driver removes the pools when this returns
+        if ahead is not None:
+            ahead.shutdown(wait=False, cancel_futures=True)
     if writer is not None:
         writer.close()
 
