@@ -68,15 +68,19 @@ def test_grpo_rounds_sync_weights_and_a_killed_driver_resumes(ray_local, reward_
     # two rounds are on disk, i.e. in the middle of round 2
     address = ray_local.get_runtime_context().gcs_address
     cmd = [sys.executable, "-m", "raypipe.cli", "train-online", "--config", CONFIG, "--out", str(out)]
-    driver = subprocess.Popen(
-        [*cmd, *args, "reward_pool.kind=actors", f"address={address}"],
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 300
+    log = tmp_path / "first-run.log"
+    with open(log, "wb") as sink:
+        driver = subprocess.Popen(
+            [*cmd, *args, "reward_pool.kind=actors", f"address={address}"],
+            start_new_session=True,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 600
     while not (out / "rounds.jsonl").exists() or len((out / "rounds.jsonl").read_text().splitlines()) < 2:
-        assert driver.poll() is None and time.monotonic() < deadline, "the first run ended before round 1 was on disk"
+        if driver.poll() is not None or time.monotonic() > deadline:
+            os.killpg(driver.pid, signal.SIGKILL)
+            raise AssertionError(f"the first run never got round 1 on disk:\n{log.read_text()[-3000:]}")
         time.sleep(0.05)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()

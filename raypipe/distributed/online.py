@@ -298,6 +298,43 @@ def collect_round(
     }
 
 
+def round_collector(
+    rollout: list,
+    score,
+    prompt_list: list[str],
+    per_round: int,
+    k: int,
+    seed: int,
+    sampling: SamplingSettings,
+    oracle: bool,
+    judge,
+    judge_weights: dict,
+):
+    """Rank 0's `collect(round, version, state)`: the round's prompts and seeds (a function of seed and round),
+    K samples each from the rollout pool with the adapters `state` (policy version `version`), scored, with the
+    guard's `judge` value — None (off), "oracle" (SynthPref prompts) or a RewardActor holding a held-out checkpoint,
+    each Σ judge_weights — and the state's hash. The state is returned with the round (the guard keeps the best)."""
+    from raypipe.flow.online import judge_value, round_prompts, weighted_rewards
+
+    def judged(data: dict):
+        if judge is None:
+            return None
+        if judge == "oracle":
+            return judge_value(data["oracle"], judge_weights)
+        scored = ray.get(judge.score.remote(data["frames"], data["prompts"], False))
+        r, ok = weighted_rewards(scored["scores"], scored["errors"], ray.get(judge.dims.remote()), judge_weights)
+        return round(float(r[ok].mean()), 5) if ok.any() else None
+
+    def collect(rnd: int, version: int, state: dict) -> dict:
+        prompts, seeds = round_prompts(prompt_list, per_round, k, seed, rnd)
+        data = collect_round(rollout, score, ray.put(state), version, prompts, k, seeds, sampling, oracle)
+        data.update(learner_hash=state_hash(state), round_prompts=prompts, state=state)
+        data["judge"] = judged(data)
+        return data
+
+    return collect
+
+
 def _call_all(calls: list, tries: int = 3) -> list:
     """ray.get of every (actor method, args) call; a call whose actor died is sent again to the same handle, which
     Ray restarts (`max_restarts`): a killed rollout or reward actor is replaced, its share redone, nothing lost.

@@ -225,3 +225,23 @@ def dpo_round(gen, engine, t, data, r, ok, rank, world, per_round, generator, re
         **({"dpo_accuracy": round(float(np.mean(accs)), 4)} if accs else {}),
         **({"sft_loss": round(float(np.mean(sfts)), 6)} if sfts else {}),
     }
+
+
+def policy_rounds_ago(folder: Path, state: dict, rnd: int, n: int) -> tuple[dict | None, bool]:
+    """Rank 0, online DPO with train.ref_rounds = n: keeps round `rnd`'s starting adapters (`state`) in `folder` and
+    returns (those of round rnd − n, missing): None before round n (round 0's adapters are the base, B = 0); files
+    no later round needs are removed. A resumed run whose file is gone (another machine) gets None and
+    missing=True: the base this round."""
+    from safetensors.torch import load_file, save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / f"round_{rnd:04d}.safetensors"))
+    for old in folder.glob("round_*.safetensors"):
+        if int(old.stem.split("_")[1]) < rnd - n:
+            old.unlink(missing_ok=True)
+    if rnd < n:
+        return None, False
+    path = folder / f"round_{rnd - n:04d}.safetensors"
+    if not path.exists():
+        return None, True
+    return load_file(str(path)), False

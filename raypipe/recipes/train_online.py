@@ -53,6 +53,7 @@ from raypipe.flow.online_training import (
     grpo_round,
     keep_if_best,
     numbers,
+    policy_rounds_ago,
     real_latents,
     restore_best,
     write_grid,
@@ -398,7 +399,14 @@ def train_func(config: dict) -> None:
     import ray
     import torch.distributed as dist
 
-    from raypipe.distributed.online import SamplingSettings, actor_scorer, combined_scorer, lora_state, state_hash
+    from raypipe.distributed.online import (
+        SamplingSettings,
+        actor_scorer,
+        combined_scorer,
+        lora_state,
+        round_collector,
+        state_hash,
+    )
     from raypipe.flow.online import best_round, hacking_detected, round_record, weighted_rewards
 
     cfg = build_config(OnlineConfig, config["cfg"])
@@ -433,7 +441,23 @@ def train_func(config: dict) -> None:
             say(f"guard: this run was stopped after round {progress['guard']['stopped_after_round']}; nothing to do")
         return
     folder = Path(config["rounds_file"]).parent
-    collect = _collector(cfg, config, score, dims, sampling) if rank == 0 else None
+    collect = None
+    if rank == 0:  # rank 0's collect(round, version, adapters): rollout, reward, the guard's judge
+        g = cfg.guard
+        judge = None if g.rounds <= 0 or g.judge == "none" else ("oracle" if g.judge == "oracle" else config["judge"])
+        oracle = cfg.oracle or judge == "oracle"
+        collect = round_collector(
+            config["rollout"],
+            score,
+            config["prompts"],
+            t.prompts_per_round,
+            t.k,
+            cfg.seed,
+            sampling,
+            oracle,
+            judge,
+            g.weights or cfg.weights,
+        )
     ahead = ThreadPoolExecutor(1) if t.overlap and rank == 0 else None  # the next round's rollout, while training
     pending = None
     try:
@@ -449,8 +473,10 @@ def train_func(config: dict) -> None:
                     pending = ahead.submit(collect, rnd + 1, rnd, state)
                 keep_if_best(progress, rnd, data["judge"], data.pop("state"), folder / "best_round")
                 if t.ref_rounds:
-                    data["ref_state"] = policy_rounds_ago(folder / "policy_rounds", state, rnd, t.ref_rounds)
-                    ref = data["ref_state"]
+                    ref, missing = policy_rounds_ago(folder / "policy_rounds", state, rnd, t.ref_rounds)
+                    if missing:
+                        say(f"round {rnd}: round {rnd - t.ref_rounds}'s policy is not here; the reference is the base")
+                    data["ref_state"] = ref
                     data["reference_hash"] = state_hash(ref) if ref is not None else "base"
                 data["wait_s"] = time.perf_counter() - t0
                 box = [ray.put(data)]
@@ -534,64 +560,3 @@ def train_func(config: dict) -> None:
             ahead.shutdown(wait=False, cancel_futures=True)
     if writer is not None:
         writer.close()
-
-
-def _collector(cfg: OnlineConfig, config: dict, score, dims: list[str], sampling):
-    """Rank 0's `collect(round, version, state)`: round `round`'s samples from the rollout pool with the adapters
-    `state` (policy version `version`), scored, judged (the guard), with the state's hash."""
-    import ray
-
-    from raypipe.distributed.online import collect_round, state_hash
-    from raypipe.flow.online import round_prompts
-
-    t = cfg.train
-    oracle = cfg.oracle or (cfg.guard.rounds > 0 and cfg.guard.judge == "oracle")
-
-    def collect(rnd: int, version: int, state: dict) -> dict:
-        prompts, seeds = round_prompts(config["prompts"], t.prompts_per_round, t.k, cfg.seed, rnd)
-        data = collect_round(config["rollout"], score, ray.put(state), version, prompts, t.k, seeds, sampling, oracle)
-        data["learner_hash"] = state_hash(state)
-        data["round_prompts"] = prompts
-        data["judge"] = _judge(cfg, config.get("judge"), data, dims)
-        data["state"] = state
-        return data
-
-    return collect
-
-
-def policy_rounds_ago(folder: Path, state: dict, rnd: int, n: int) -> dict | None:
-    """Rank 0, online DPO with train.ref_rounds = n: keeps round `rnd`'s starting adapters (`state`) in `folder` and
-    returns those of round rnd − n (None before round n: round 0's adapters are the base, B = 0). Files no later
-    round needs are removed. A resumed run whose file is gone (another machine) falls back to the base, saying so."""
-    from safetensors.torch import load_file, save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / f"round_{rnd:04d}.safetensors"))
-    for old in folder.glob("round_*.safetensors"):
-        if int(old.stem.split("_")[1]) < rnd - n:
-            old.unlink(missing_ok=True)
-    if rnd < n:
-        return None
-    path = folder / f"round_{rnd - n:04d}.safetensors"
-    if not path.exists():
-        say(f"round {rnd}: the policy of round {rnd - n} is not in {folder}; the reference is the base this round")
-        return None
-    return load_file(str(path))
-
-
-def _judge(cfg: OnlineConfig, judge_actor, data: dict, dims: list[str]) -> float | None:
-    """The held-out judge's value of a round's samples (None when the guard is off or nothing was judged)."""
-    import ray
-
-    from raypipe.flow.online import judge_value, weighted_rewards
-
-    g = cfg.guard
-    weights = g.weights or cfg.weights
-    if g.rounds <= 0 or g.judge == "none":
-        return None
-    if g.judge == "oracle":
-        return judge_value(data["oracle"], weights)
-    scored = ray.get(judge_actor.score.remote(data["frames"], data["prompts"], False))
-    judge_dims = ray.get(judge_actor.dims.remote())
-    r, ok = weighted_rewards(scored["scores"], scored["errors"], judge_dims, weights)
-    return round(float(r[ok].mean()), 5) if ok.any() else None
