@@ -76,6 +76,9 @@ def init_single_rank(backend: str) -> None:
 
     if dist.is_initialized():
         return
+    from raypipe.distributed.trainer import no_shm_op_build
+
+    no_shm_op_build()  # no JIT build (and its file lock) of DeepSpeed's CPU shared-memory op
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -183,7 +183,7 @@ def deepspeed_engine(model, t: TrainerSettings, total_steps: int, bf16: bool):
     quiet_logs()  # again, now that Ray Train has configured this worker's loggers
     logging.getLogger("DeepSpeed").setLevel(logging.ERROR)  # its import set it to INFO
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-    _quiet_shm_build()
+    no_shm_op_build()
     deepspeed.init_distributed(dist_backend="nccl" if t.use_gpu else "gloo")
     engine, _, _, _ = deepspeed.initialize(
         model=model,
@@ -193,29 +193,24 @@ def deepspeed_engine(model, t: TrainerSettings, total_steps: int, bf16: bool):
     return engine
 
 
-def _quiet_shm_build() -> None:
-    """DeepSpeed prints "... deepspeed_shm_comm_op built successfully" whenever it sets up its CPU comm backend:
-    the build, with `print` (which Ray Train routes to its logger) muted for its duration."""
-    import builtins
-    import functools
+def no_shm_op_build() -> None:
+    """DeepSpeed's CPU communication backend JIT-compiles a shared-memory all-reduce op (`build_shm_op`) in every
+    process it sets up, under a file lock in ~/.cache/torch_extensions: a process killed while holding that lock
+    (a killed job, a preempted worker) leaves it behind and every later DeepSpeed start on the machine waits on it
+    forever. The op is only a CPU fast path (GPU ranks use NCCL; without it DeepSpeed all-reduces through
+    torch.distributed, the same numbers), so it is not built at all: no compile, no lock, no "built successfully"
+    line."""
     import importlib
 
     ds_torch = importlib.import_module("deepspeed.comm.torch")  # `deepspeed.comm.torch` as an attribute is torch
-    build = ds_torch.build_shm_op
-    if getattr(build, "_raypipe_quiet", False):
+    if getattr(ds_torch.build_shm_op, "_raypipe_off", False):
         return
 
-    @functools.wraps(build)
-    def quiet_build():
-        shown = builtins.print
-        builtins.print = lambda *args, **kwargs: None
-        try:
-            return build()
-        finally:
-            builtins.print = shown
+    def no_shm_op():
+        return None
 
-    quiet_build._raypipe_quiet = True
-    ds_torch.build_shm_op = quiet_build
+    no_shm_op._raypipe_off = True
+    ds_torch.build_shm_op = no_shm_op
 
 
 def require_one_step(rows: int, t: TrainerSettings, what: str = "training rows", detail: str = "") -> None:
