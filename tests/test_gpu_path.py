@@ -202,4 +202,6 @@ def test_bench_gpu_flow_runs_for_every_family(tmp_path):
         assert flow["family"] == family and len(flow["train"]) == 4
         assert all(r["s_per_step"] > 0 for r in flow["train"])
         assert flow["trainable_params"] == 64 * 64 * lora[family]
+        c, t, h, w = flow["latent"]  # 9 x 32 x 32 clips; LTX's transformer takes 1 x 1 patches, the others 2 x 2
+        assert flow["tokens_per_video"] == t * h * w // (1 if family == "ltx-video" else 4)
     assert "flow:hunyuan-video" in proc.stdout  # the table prints every family

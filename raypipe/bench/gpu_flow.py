@@ -34,6 +34,7 @@ def bench_flow(args, size: str, device, dtype: str) -> dict:
     clip = family_clip(size, family)
     z_shape = gen.latent_shape(*clip, check=True)
     rows = _train_sweep(args, gen, engine, z_shape, device)
+    tokens = tokens_per_video(gen, z_shape)
     engine = gen = None
     reset_peak(device)
     return {
@@ -44,7 +45,7 @@ def bench_flow(args, size: str, device, dtype: str) -> dict:
         "build_s": round(build_s, 1),
         "clip": dict(zip(("frames", "height", "width"), clip)),
         "latent": list(z_shape),
-        "tokens_per_video": tokens_per_video(gen, z_shape),
+        "tokens_per_video": tokens,
         "zero_stage": 2,
         "train": rows,
     }

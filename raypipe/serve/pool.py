@@ -30,15 +30,25 @@ def deploy_reward_pool(
     template_file: str | None = None,
     name: str = APP_NAME,
 ) -> str:
-    """Deploys `RewardModel` as its own Serve application (no route: handles only); returns the app name."""
+    """Deploys `RewardModel` as its own Serve application (no route: handles only); returns the app name. Serve is
+    started here without HTTP proxies when it is not running yet (and shut down again by `shutdown_reward_pool`):
+    a training job must not leave a proxy listening on the cluster's port."""
     from ray import serve
 
     from raypipe.reward.scoring import reward_options
     from raypipe.serve.reward import RewardModel
 
+    if not _serve_running():
+        serve.start(proxy_location="Disabled")
+        _OURS["started"] = True
+    if _OURS["started"]:
+        _OURS["apps"].add(name)
+
     options = reward_options(reward, base, template_file)
     deployment = RewardModel.options(
         ray_actor_options={"num_cpus": cpus, "num_gpus": num_gpus},
+        # a training job's console is no access log: one line per scored sample would drown the round lines
+        logging_config={"enable_access_log": False, "log_level": "WARNING"},
         autoscaling_config={
             "min_replicas": min_replicas,
             "max_replicas": max(min_replicas, max_replicas),
@@ -50,9 +60,30 @@ def deploy_reward_pool(
 
 
 def shutdown_reward_pool(name: str = APP_NAME) -> None:
+    """Removes the app; Serve itself too when `deploy_reward_pool` started it and no other app of ours is left."""
     from ray import serve
 
     serve.delete(name)
+    if name in _OURS["apps"]:
+        _OURS["apps"].discard(name)
+        if not _OURS["apps"]:
+            serve.shutdown()
+            _OURS["started"] = False
+
+
+_OURS: dict = {"started": False, "apps": set()}  # whether this process started Serve, and its apps on it
+
+
+def _serve_running() -> bool:
+    """Whether a Serve controller already runs on the cluster (a user's Serve, or one of our earlier pools)."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return False
+    return True
 
 
 def serve_scorer(app: str, reward: str, fps: float, chunk: int = 8):
