@@ -146,7 +146,7 @@ def test_flow_training_survives_a_killed_worker(ray_local, tmp_path):
         FlowTrainConfig,
         "configs/flow_tiny.yaml",
         [
-            "synth.pairs=16",
+            "synth.pairs=32",
             "data.weights={VQ: 1.0}",
             "train.batch=2",
             "train.epochs=2",

@@ -116,10 +116,11 @@ def test_grpo_rounds_sync_weights_and_a_killed_driver_resumes(ray_local, reward_
         assert r["version"] == r["learner_version"] == r["round"]
     for r in rounds[resumed_at + 1 :]:
         assert r["version"] == r["learner_version"] - 1
-    # a version names one set of adapters (the first overlapped round re-uses the resumed round's), and every update
-    # moved them
+    # a version names one set of adapters (an overlapped round re-uses the version before), and every update moved
+    # them (the killed run's workers can outlive its driver by a round or two: then fewer rounds are overlapped)
     hashes = {(r["version"], r["learner_hash"]) for r in rounds}
-    assert len(hashes) == len({v for v, _ in hashes}) == len({h for _, h in hashes}) == 4
+    overlapped = len(rounds) - (resumed_at + 1)
+    assert len(hashes) == len({v for v, _ in hashes}) == len({h for _, h in hashes}) == 5 - min(1, overlapped)
     assert (out / "final" / "pytorch_lora_weights.safetensors").exists()
 
 
