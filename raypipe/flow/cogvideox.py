@@ -24,7 +24,14 @@ import numpy as np
 import torch
 
 from raypipe.flow.diffusion import flow_velocity_of_v, timestep_of, vp_of_flow_time
-from raypipe.flow.family import build_word_tokenizer, cast_like_pretrained, compute_dtype_device
+from raypipe.flow.family import (
+    build_word_tokenizer,
+    cast_like_pretrained,
+    compute_dtype_device,
+    frames_up_to,
+    uint8_frames,
+    vae_pixels,
+)
 
 FAMILY_FILE = "raypipe_family.json"
 
@@ -211,10 +218,7 @@ class CogVideoXFamily:
     # --- shapes ------------------------------------------------------------------------------------------
     def frames_for(self, n: int) -> int:
         """The largest frame count ≤ n with an odd number of latent frames (1 + 2k·temporal)."""
-        if n < 1:
-            raise ValueError("need at least one frame")
-        step = 2 * self.temporal
-        return 1 + ((n - 1) // step) * step
+        return frames_up_to(n, 2 * self.temporal)
 
     def latent_shape(self, frames: int, height: int, width: int, check: bool = False) -> tuple[int, int, int, int]:
         """(C, T', H', W'); with `check`, a clip the VAE and the 2x2 patches cannot take is a ConfigError."""
@@ -241,8 +245,7 @@ class CogVideoXFamily:
     def encode_videos(self, frames: np.ndarray | torch.Tensor, sample: bool = False) -> torch.Tensor:
         """uint8 [B, T, H, W, 3] -> scaled latents [B, C, T', H', W'] (the distribution's mode unless `sample`)."""
         vae = self.pipeline.vae
-        x = torch.as_tensor(np.asarray(frames)).to(self.device)
-        x = x.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+        x = vae_pixels(frames, self.device)
         dist = vae.encode(x.to(vae.dtype)).latent_dist
         z = dist.sample() if sample else dist.mode()
         return z.float() * self.scaling
@@ -251,8 +254,7 @@ class CogVideoXFamily:
     def decode_latents(self, z: torch.Tensor) -> np.ndarray:
         vae = self.pipeline.vae
         x = vae.decode((z.float() / self.scaling).to(vae.dtype)).sample.float()
-        x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return x.permute(0, 2, 3, 4, 1).cpu().numpy()
+        return uint8_frames(x)
 
     # --- the trainable part ------------------------------------------------------------------------------
     def predict_v(self, x_t: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, model=None) -> torch.Tensor:

@@ -230,6 +230,25 @@ def scheduler_shift(config) -> float:
     return float(config.get("shift", 1.0))
 
 
+def vae_pixels(frames, device) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] -> the VAE's input [B, 3, T, H, W] in [-1, 1] on `device` (every family's VAE)."""
+    x = torch.as_tensor(np.asarray(frames)).to(device)
+    return x.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+
+
+def uint8_frames(x: torch.Tensor) -> np.ndarray:
+    """A VAE's output [B, 3, T, H, W] in [-1, 1] -> uint8 [B, T, H, W, 3] on the CPU."""
+    x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 4, 1).cpu().numpy()
+
+
+def frames_up_to(n: int, step: int) -> int:
+    """The largest frame count ≤ n of the form 1 + k·step (what a causal video VAE takes)."""
+    if n < 1:
+        raise ValueError("need at least one frame")
+    return 1 + ((n - 1) // step) * step
+
+
 def make_tiny_wan(path: str | os.PathLike, cfg: TinyWanConfig | None = None, seed: int = 0) -> Path:
     """Write a tiny random WanPipeline (tokenizer, UMT5 encoder, VAE, transformer, scheduler) to `path`."""
     cfg = cfg or TinyWanConfig()
@@ -299,9 +318,7 @@ class WanFamily:
     # --- shapes ------------------------------------------------------------------------------------------
     def frames_for(self, n: int) -> int:
         """The largest frame count ≤ n the VAE takes (1 + k·temporal factor)."""
-        if n < 1:
-            raise ValueError("need at least one frame")
-        return 1 + ((n - 1) // self.temporal) * self.temporal
+        return frames_up_to(n, self.temporal)
 
     def latent_shape(self, frames: int, height: int, width: int, check: bool = False) -> tuple[int, int, int, int]:
         """(C, T', H', W') of the latents of a `frames`x`height`x`width` clip. With `check`, a clip the VAE and
@@ -336,8 +353,7 @@ class WanFamily:
     @torch.no_grad()
     def encode_videos(self, frames: np.ndarray | torch.Tensor, sample: bool = False) -> torch.Tensor:
         """uint8 [B, T, H, W, 3] (T = 1 + k·temporal, H, W multiples of spatial·2) -> normalised latents."""
-        x = torch.as_tensor(np.asarray(frames)).to(self.transformer.device)
-        x = x.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+        x = vae_pixels(frames, self.transformer.device)
         dist = self.pipeline.vae.encode(x.to(self.pipeline.vae.dtype)).latent_dist
         z = dist.sample() if sample else dist.mode()
         return (z.float() - self._mean.to(z.device)) / self._std.to(z.device)
@@ -347,8 +363,7 @@ class WanFamily:
         """Normalised latents -> uint8 [B, T, H, W, 3]."""
         z = z.float() * self._std.to(z.device) + self._mean.to(z.device)
         x = self.pipeline.vae.decode(z.to(self.pipeline.vae.dtype)).sample.float()
-        x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return x.permute(0, 2, 3, 4, 1).cpu().numpy()
+        return uint8_frames(x)
 
     # --- the trainable part ------------------------------------------------------------------------------
     def velocity(self, z_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, model=None) -> torch.Tensor:

@@ -25,7 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raypipe.flow.family import build_word_tokenizer, cast_like_pretrained, compute_dtype_device
+from raypipe.flow.family import (
+    build_word_tokenizer,
+    cast_like_pretrained,
+    compute_dtype_device,
+    frames_up_to,
+    uint8_frames,
+    vae_pixels,
+)
 
 FAMILY_FILE = "raypipe_family.json"
 REFERENCE_CLIP = (33, 480, 704)  # the clip the scalar training shift is taken at (LTX-Video's default size)
@@ -214,9 +221,7 @@ class LTXFamily:
     # --- shapes ------------------------------------------------------------------------------------------
     def frames_for(self, n: int) -> int:
         """The largest frame count ≤ n the VAE takes (1 + k·temporal)."""
-        if n < 1:
-            raise ValueError("need at least one frame")
-        return 1 + ((n - 1) // self.temporal) * self.temporal
+        return frames_up_to(n, self.temporal)
 
     def latent_shape(self, frames: int, height: int, width: int, check: bool = False) -> tuple[int, int, int, int]:
         """(C, T', H', W'); with `check`, a clip the VAE cannot take is a ConfigError."""
@@ -243,8 +248,7 @@ class LTXFamily:
     def encode_videos(self, frames: np.ndarray | torch.Tensor, sample: bool = False) -> torch.Tensor:
         """uint8 [B, T, H, W, 3] -> normalised latents [B, C, T', H', W'] (the mode unless `sample`)."""
         vae = self.pipeline.vae
-        x = torch.as_tensor(np.asarray(frames)).to(self.device)
-        x = x.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+        x = vae_pixels(frames, self.device)
         dist = vae.encode(x.to(vae.dtype)).latent_dist
         z = (dist.sample() if sample else dist.mode()).float()
         return (z - self._mean.to(z.device)) * self.scaling / self._std.to(z.device)
@@ -255,8 +259,7 @@ class LTXFamily:
         z = z.float() * self._std.to(z.device) / self.scaling + self._mean.to(z.device)
         timestep = torch.zeros(z.shape[0], device=z.device) if vae.config.timestep_conditioning else None
         x = vae.decode(z.to(vae.dtype), timestep, return_dict=False)[0].float()
-        x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return x.permute(0, 2, 3, 4, 1).cpu().numpy()
+        return uint8_frames(x)
 
     # --- the trainable part ------------------------------------------------------------------------------
     def velocity(self, z_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, model=None) -> torch.Tensor:
