@@ -22,6 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from raypipe.flow.conditioning import (
+    condition_first_frame,
+    first_frame_velocity,
+    per_token_times,
+    split_image,
+    with_image,
+)
+
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 
 
@@ -339,16 +347,24 @@ class WanFamily:
         )
 
     # --- frozen encoders ---------------------------------------------------------------------------------
+    @property
+    def takes_image(self) -> bool:
+        """Whether a conditioning image may come with the prompt: Wan2.2 TI2V (per-token timesteps, the first
+        latent frame replaced by the image's). Wan2.1 I2V and Wan2.2 I2V-A14B (channel-concatenated image
+        latents) are not supported yet."""
+        return bool(self.pipeline.config.get("expand_timesteps", False))
+
     @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """UMT5 embeddings [B, max_text_len, text_dim] (padding zeroed, as WanPipeline does)."""
+    def encode_prompts(self, prompts: list[str], images=None) -> torch.Tensor:
+        """UMT5 embeddings [B, max_text_len, text_dim] (padding zeroed, as WanPipeline does); with `images`
+        (uint8 [B, H, W, 3], image-to-video) each one's latent packed in (`raypipe.flow.conditioning`)."""
         embeds, _ = self.pipeline.encode_prompt(
             list(prompts),
             do_classifier_free_guidance=False,
             max_sequence_length=self.max_text_len,
             device=self.transformer.device,
         )
-        return embeds
+        return with_image(self, embeds, images)
 
     @torch.no_grad()
     def encode_videos(self, frames: np.ndarray | torch.Tensor, sample: bool = False) -> torch.Tensor:
@@ -371,12 +387,19 @@ class WanFamily:
         (pass a peft-wrapped one for LoRA)."""
         model = model if model is not None else self.transformer
         dtype, device = compute_dtype_device(model)
+        text, image = split_image(text, self.max_text_len)
         # The timestep stays float32: diffusers embeds it sinusoidally first and casts afterwards, whereas 1000·t
         # in bf16 would be rounded to steps of up to 4 (t off by 0.4 %).
+        timestep = (1000.0 * t).to(device, torch.float32)
+        hidden = z_t
+        if image is not None:  # Wan2.2 TI2V image-to-video: frame 0 is the image, clean (WanImageToVideoPipeline)
+            _, ph, pw = self.transformer.config.patch_size
+            hidden = condition_first_frame(z_t, image)
+            timestep = per_token_times(timestep, z_t.shape[2], (z_t.shape[3] // ph) * (z_t.shape[4] // pw))
         out = model(
-            hidden_states=z_t.to(device, dtype),
-            timestep=(1000.0 * t).to(device, torch.float32),
+            hidden_states=hidden.to(device, dtype),
+            timestep=timestep,
             encoder_hidden_states=text.to(device, dtype),
             return_dict=False,
-        )[0]
-        return out.float()
+        )[0].float()
+        return out if image is None else first_frame_velocity(out, z_t, t, image)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from raypipe.flow.conditioning import empty_prompt_like
 from raypipe.flow.sampler import time_grid
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -120,7 +121,7 @@ def guided_velocity(velocity: Callable, x: torch.Tensor, t, text, uncond, cfg_sc
     embedding is given, else v_c."""
     tt = t if torch.is_tensor(t) and t.dim() else torch.full((x.shape[0],), float(t), device=x.device)
     if cfg_scale != 1.0 and uncond is not None:
-        both = velocity(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([text, uncond.expand_as(text)]))
+        both = velocity(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([text, empty_prompt_like(uncond, text)]))
         v_c, v_u = both.chunk(2)
         return v_u + cfg_scale * (v_c - v_u)
     return velocity(x, tt, text)

@@ -25,6 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from raypipe.flow.conditioning import (
+    condition_first_frame,
+    first_frame_velocity,
+    per_token_times,
+    split_image,
+    with_image,
+)
 from raypipe.flow.family import (
     build_word_tokenizer,
     cast_like_pretrained,
@@ -236,13 +243,21 @@ class LTXFamily:
         return c, 1 + (frames - 1) // self.temporal, height // self.spatial, width // self.spatial
 
     # --- frozen encoders ---------------------------------------------------------------------------------
+    @property
+    def takes_image(self) -> bool:
+        """LTX-Video conditions on a first frame with the same transformer (LTXImageToVideoPipeline: the first
+        latent frame replaced by the image's, its tokens at timestep 0); needs one latent frame per token."""
+        return int(self.transformer.config.patch_size_t) == 1
+
     @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """[B, L, D + 1]: the T5 states with the attention mask as the last channel."""
+    def encode_prompts(self, prompts: list[str], images=None) -> torch.Tensor:
+        """[B, L, D + 1]: the T5 states with the attention mask as the last channel; with `images` (uint8
+        [B, H, W, 3], image-to-video) each one's latent packed in (`raypipe.flow.conditioning`)."""
         embeds, mask, _, _ = self.pipeline.encode_prompt(
             list(prompts), do_classifier_free_guidance=False, max_sequence_length=self.max_text_len, device=self.device
         )
-        return torch.cat([embeds.float(), mask.to(embeds.device, torch.float32)[..., None]], dim=-1)
+        text = torch.cat([embeds.float(), mask.to(embeds.device, torch.float32)[..., None]], dim=-1)
+        return with_image(self, text, images)
 
     @torch.no_grad()
     def encode_videos(self, frames: np.ndarray | torch.Tensor, sample: bool = False) -> torch.Tensor:
@@ -271,12 +286,17 @@ class LTXFamily:
         b, _, frames, height, width = z_t.shape
         if text.dim() != 3 or text.shape[2] != self.text_dim + 1:
             raise ValueError(f"LTX text must be [B, L, {self.text_dim + 1}] (encode_prompts), got {tuple(text.shape)}")
-        text = text.to(device)
-        packed = self.pipeline._pack_latents(z_t.to(device, dtype), p, pt)
+        text, image = split_image(text.to(device), self.max_text_len)
+        timestep = (1000.0 * t).to(device, torch.float32)
+        hidden = z_t
+        if image is not None:  # image-to-video: frame 0 is the image, clean (LTXImageToVideoPipeline)
+            hidden = condition_first_frame(z_t, image)
+            timestep = per_token_times(timestep, frames, (height // p) * (width // p))
+        packed = self.pipeline._pack_latents(hidden.to(device, dtype), p, pt)
         out = model(
             hidden_states=packed,
             encoder_hidden_states=text[..., : self.text_dim].to(dtype),
-            timestep=(1000.0 * t).to(device, torch.float32),
+            timestep=timestep,
             encoder_attention_mask=text[..., self.text_dim].round().long(),
             num_frames=frames // pt,
             height=height // p,
@@ -284,4 +304,5 @@ class LTXFamily:
             rope_interpolation_scale=(self.temporal / self.frame_rate, self.spatial, self.spatial),
             return_dict=False,
         )[0]
-        return self.pipeline._unpack_latents(out, frames // pt, height // p, width // p, p, pt).float()
+        v = self.pipeline._unpack_latents(out, frames // pt, height // p, width // p, p, pt).float()
+        return v if image is None else first_frame_velocity(v, z_t, t, image)

@@ -3,8 +3,9 @@
     z0 = sample(velocity, text, uncond, shape=(2, 4, 5, 14, 14), steps=20, cfg_scale=5.0, shift=3.0, generator=g)
 
 Integrates from t = 1 (noise) to t = 0: x_{t-Δ} = x_t − Δ·v, with v = v_u + s·(v_c − v_u) when `cfg_scale` ≠ 1
-(`uncond` = the empty prompt's embedding). The time grid is uniform in the unshifted time and mapped through the
-family's shift t' = shift·t / (1 + (shift−1)·t), as the diffusers FlowMatchEulerDiscreteScheduler does.
+(`uncond` = the empty prompt's embedding; an image-to-video prompt keeps its image there). The time grid is
+uniform in the unshifted time and mapped through the family's shift t' = shift·t / (1 + (shift−1)·t), as the
+diffusers FlowMatchEulerDiscreteScheduler does.
 `velocity(x, t, text)` is any callable (the family's `velocity`, a LoRA policy, or a test's exact field);
 `guidance(x, t, v) -> v` (optional) lets Flow-NRG adjust the velocity at each step.
 """
@@ -15,6 +16,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+
+from raypipe.flow.conditioning import empty_prompt_like
 
 
 def time_grid(steps: int, shift: float = 1.0) -> torch.Tensor:
@@ -47,7 +50,7 @@ def sample(
         t_now, t_next = float(grid[i]), float(grid[i + 1])
         t = torch.full((x.shape[0],), t_now, device=x.device)
         if use_cfg:
-            both = velocity(torch.cat([x, x]), torch.cat([t, t]), torch.cat([text, uncond.expand_as(text)]))
+            both = velocity(torch.cat([x, x]), torch.cat([t, t]), torch.cat([text, empty_prompt_like(uncond, text)]))
             v_c, v_u = both.chunk(2)
             v = v_u + cfg_scale * (v_c - v_u)
         else:
@@ -61,10 +64,10 @@ def sample(
 
 
 def sample_videos(
-    gen, prompts: list[str], latent_shape: tuple[int, ...], steps: int, cfg_scale: float, seed: int
+    gen, prompts: list[str], latent_shape: tuple[int, ...], steps: int, cfg_scale: float, seed: int, images=None
 ) -> np.ndarray:
-    """CFG samples (uint8 [N, T, H, W, 3]) with seeded initial noise."""
-    text = gen.encode_prompts(prompts)
+    """CFG samples (uint8 [N, T, H, W, 3]) with seeded initial noise (`images`: first frames, image-to-video)."""
+    text = gen.encode_prompts(prompts, images=images) if images is not None else gen.encode_prompts(prompts)
     uncond = gen.encode_prompts([""])
     noise = torch.randn((len(prompts), *latent_shape), generator=torch.Generator().manual_seed(seed))
     z = sample(gen.velocity, text, uncond, noise.shape, steps=steps, cfg_scale=cfg_scale, shift=gen.shift, noise=noise)

@@ -31,7 +31,7 @@ def text_of(gen, batch, prompts: list[str], dropout: float, generator: torch.Gen
     if dropped:
         if not hasattr(gen, "_uncond"):
             gen._uncond = gen.encode_prompts([""]).float()
-        text[dropped] = gen._uncond[0]
+        text[dropped, : gen._uncond.shape[1]] = gen._uncond[0]  # an image-to-video prompt keeps its image
     return text
 
 

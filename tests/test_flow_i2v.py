@@ -1,0 +1,155 @@
+"""Image-to-video through the prompt tensor (raypipe.flow.conditioning) for Wan2.2 TI2V and LTX-Video: the packing,
+the image's latent as the pipelines make it, the transformer called as their image-to-video pipelines call it, the
+conditioning reaching the velocity, a nil loss and an exact landing on the given first frame, DPO at init."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from raypipe.flow.conditioning import empty_prompt_like, pack_image, split_image
+from raypipe.flow.families import load_family, make_tiny_generator
+from raypipe.flow.family import TinyWanConfig, make_tiny_wan
+from raypipe.flow.lora import add_lora, reference
+from raypipe.flow.losses import LOG2, beta_t, dpo_loss, flow_error, noised, sample_t
+from raypipe.flow.sampler import sample
+from tests.conftest import moving_square_frames
+
+PROMPTS = ["a red square moving right", "a blue circle moving up"]
+
+
+@pytest.fixture(scope="module")
+def generators(tmp_path_factory):
+    root = tmp_path_factory.mktemp("i2v")
+    return {
+        "ti2v": make_tiny_wan(root / "ti2v", TinyWanConfig.wan22_ti2v_tiny(), seed=0),
+        "ltx": make_tiny_generator("ltx", root / "ltx", seed=0),
+    }
+
+
+def _videos(n=2, t=9):
+    return np.stack([moving_square_frames(t=t, h=32, w=32, seed=i) for i in range(n)])
+
+
+def test_packing_round_trips_and_refuses_what_it_cannot_read():
+    g = torch.Generator().manual_seed(0)
+    text, latent = torch.randn(2, 7, 8, generator=g), torch.randn(2, 3, 1, 4, 5, generator=g)
+    packed = pack_image(text, latent)
+    assert packed.shape == (2, 7 + 1 + 8, 8)  # 60 values in rows of 8 -> 8 rows (4 zeros of padding)
+    back_text, back_latent = split_image(packed, 7)
+    torch.testing.assert_close(back_text, text)
+    torch.testing.assert_close(back_latent, latent)
+    assert split_image(text, 7)[1] is None  # exactly the prompt's rows: no image
+    with pytest.raises(ValueError, match="header"):
+        split_image(packed[:, :-1], 7)
+    with pytest.raises(ValueError, match=r"\[B=2, C, 1, H, W\]"):
+        pack_image(text, latent[:, :, :1].expand(2, 3, 2, 4, 5))
+    # CFG's unconditional input: the empty prompt's rows, each sample's image rows kept
+    uncond = torch.full((1, 7, 8), -1.0)
+    both = empty_prompt_like(uncond, packed)
+    assert torch.equal(both[:, :7], uncond.expand(2, 7, 8)) and torch.equal(both[:, 7:], packed[:, 7:])
+    assert torch.equal(empty_prompt_like(uncond, text), uncond.expand(2, 7, 8))
+
+
+def test_a_text_to_video_generator_refuses_an_image(tmp_path):
+    gen = load_family(make_tiny_wan(tmp_path / "wan21", TinyWanConfig(), seed=0))
+    assert not gen.takes_image
+    with pytest.raises(ValueError, match="text-to-video only"):
+        gen.encode_prompts(PROMPTS, images=_videos()[:, 0])
+
+
+@pytest.mark.parametrize("name", ["ti2v", "ltx"])
+def test_the_image_latent_is_the_videos_first_latent_frame(name, generators):
+    gen = load_family(generators[name])
+    videos = _videos()
+    z = gen.encode_videos(videos)
+    text, image = split_image(gen.encode_prompts(PROMPTS, images=videos[:, 0]), gen.encode_prompts(PROMPTS).shape[1])
+    assert image.shape == (2, z.shape[1], 1, *z.shape[3:])
+    # causal VAEs: the first latent frame depends on the first frame only
+    torch.testing.assert_close(image, z[:, :, :1], rtol=1e-4, atol=1e-4)
+
+
+def test_ti2v_image_latent_is_the_pipelines_condition(generators):
+    """WanImageToVideoPipeline(expand_timesteps=True).prepare_latents encodes the same latent."""
+    from diffusers import WanImageToVideoPipeline
+
+    gen = load_family(generators["ti2v"])
+    p = gen.pipeline
+    i2v = WanImageToVideoPipeline(
+        tokenizer=p.tokenizer, text_encoder=p.text_encoder, vae=p.vae, scheduler=p.scheduler,
+        transformer=p.transformer, expand_timesteps=True,
+    )  # fmt: skip
+    first = _videos()[:, 0]
+    pixels = torch.from_numpy(first).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    conditions = [
+        i2v.prepare_latents(pixels[k : k + 1], 1, 6, 32, 32, 9, torch.float32, torch.device("cpu"))[1]
+        for k in range(2)
+    ]
+    _, image = split_image(gen.encode_prompts(PROMPTS, images=first), gen.max_text_len)
+    torch.testing.assert_close(image, torch.cat(conditions), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ti2v", "ltx"])
+def test_velocity_calls_the_transformer_as_the_i2v_pipelines_do(name, generators):
+    gen = load_family(generators[name])
+    videos = _videos()
+    z = gen.encode_videos(videos)
+    text = gen.encode_prompts(PROMPTS, images=videos[:, 0])
+    words, image = split_image(text, gen.encode_prompts(PROMPTS).shape[1])
+    t = torch.tensor([0.3, 0.8])
+    x_t = torch.randn(z.shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        v = gen.velocity(x_t, t, text)
+        mask = torch.ones(1, 1, *z.shape[2:])
+        mask[:, :, 0] = 0  # 1 where the latents are noisy
+        hidden = (1 - mask) * image + mask * x_t  # both pipelines' latent_model_input
+        if name == "ti2v":
+            ts = (mask[0][0][:, ::2, ::2] * 1000).flatten()[None] * t[:, None]  # WanImageToVideoPipeline's temp_ts
+            out = gen.transformer(hidden, ts, words, return_dict=False)[0]
+        else:
+            tokens = lambda x: gen.pipeline._pack_latents(x, 1, 1)  # noqa: E731
+            ts = (1000 * t)[:, None] * tokens(mask).squeeze(-1)  # LTXImageToVideoPipeline: t·(1 − conditioning)
+            out = gen.transformer(
+                hidden_states=tokens(hidden), encoder_hidden_states=words[..., :-1], timestep=ts,
+                encoder_attention_mask=words[..., -1].long(), num_frames=z.shape[2], height=z.shape[3],
+                width=z.shape[4], rope_interpolation_scale=(gen.temporal / gen.frame_rate, gen.spatial, gen.spatial),
+                return_dict=False,
+            )[0]  # fmt: skip
+            out = gen.pipeline._unpack_latents(out, *z.shape[2:], 1, 1)
+        torch.testing.assert_close(v[:, :, 1:], out[:, :, 1:], rtol=1e-4, atol=1e-5)
+        # frame 0: the straight path's velocity to the image, so a video that starts on the image has no error there
+        eps = torch.randn(z.shape, generator=torch.Generator().manual_seed(2))
+        x0 = torch.cat([image, z[:, :, 1:]], dim=2)
+        xt, target = noised(x0, eps, t)
+        err = (gen.velocity(xt, t, text) - target)[:, :, :1]
+        assert err.abs().max() < 1e-4
+        # the image reaches the transformer: another first frame, another velocity on the frames it generates
+        other = gen.encode_prompts(PROMPTS, images=255 - videos[:, 0])
+        assert (gen.velocity(x_t, t, other) - v)[:, :, 1:].abs().mean() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["ti2v", "ltx"])
+def test_sampling_with_cfg_lands_on_the_image_and_dpo_is_log2_at_init(name, generators):
+    gen = load_family(generators[name])
+    videos = _videos()
+    text = gen.encode_prompts(PROMPTS, images=videos[:, 0])
+    _, image = split_image(text, gen.encode_prompts([""]).shape[1])
+    shape = (2, *gen.latent_shape(9, 32, 32))
+    z0 = sample(gen.velocity, text, gen.encode_prompts([""]), shape, steps=4, cfg_scale=4.0, shift=gen.shift,
+                generator=torch.Generator().manual_seed(0))  # fmt: skip
+    torch.testing.assert_close(z0[:, :, :1], image, rtol=0, atol=1e-4)
+    add_lora(gen.transformer, r=4, alpha=8, targets=gen.lora_targets)
+    g = torch.Generator().manual_seed(0)
+    tt = sample_t(2, g, shift=gen.shift)
+    z = gen.encode_videos(np.concatenate([videos, _videos(4)[2:]]))
+    errs = {}
+    for side, x0 in (("w", z[:2]), ("l", z[2:])):
+        xt, v = noised(x0, torch.randn(x0.shape, generator=g), tt)
+        errs[side] = flow_error(gen.velocity(xt, tt, text), v)
+        with reference(gen.transformer):
+            errs["ref_" + side] = flow_error(gen.velocity(xt, tt, text), v)
+    loss, _ = dpo_loss(errs["w"], errs["ref_w"], errs["l"], errs["ref_l"], beta_t(500, tt))
+    assert loss.item() == pytest.approx(LOG2, abs=1e-6)
+    loss.backward()  # gradients reach the adapters through the conditioned forward
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in gen.transformer.parameters() if p.requires_grad)
