@@ -106,6 +106,9 @@ class SynthConfig:
     ta_tie_share: float | None = None  # TA tie probability; None: the natural ~30% of independent draws
     # ratings.parquet (LiFT-style Good/Normal/Bad + reasons per video): probability a rating is replaced by another
     rating_noise: float = 0.0
+    # image-to-video: both videos of a pair start on one image (the prompt's object, clean) and share its position;
+    # the labels judge the rest
+    i2v: bool = False
 
 
 def _type_name(tp: Any) -> str:

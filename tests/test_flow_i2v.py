@@ -83,8 +83,7 @@ def test_ti2v_image_latent_is_the_pipelines_condition(generators):
     first = _videos()[:, 0]
     pixels = torch.from_numpy(first).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     conditions = [
-        i2v.prepare_latents(pixels[k : k + 1], 1, 6, 32, 32, 9, torch.float32, torch.device("cpu"))[1]
-        for k in range(2)
+        i2v.prepare_latents(pixels[k : k + 1], 1, 6, 32, 32, 9, torch.float32, torch.device("cpu"))[1] for k in range(2)
     ]
     _, image = split_image(gen.encode_prompts(PROMPTS, images=first), gen.max_text_len)
     torch.testing.assert_close(image, torch.cat(conditions), rtol=1e-5, atol=1e-5)

@@ -178,3 +178,22 @@ def test_bad_configs_are_refused(tmp_path):
     for bad in (dict(size="55x56"), dict(frames=1), dict(label_noise=1.5), dict(ta_tie_share=-0.1)):
         with pytest.raises(ValueError):
             make_synthpref(tmp_path, dataclasses.replace(_small(0), **bad))
+
+
+def test_i2v_pairs_share_a_clean_first_frame_and_continue_from_it():
+    from raypipe.video.synth import COLOR_RGB, object_track, render_pair, sample_pair
+
+    cfg = SynthConfig(pairs=6, seed=4, i2v=True)
+    for i in range(6):
+        pair = sample_pair(cfg, i)
+        a, b = render_pair(cfg, i, pair)
+        assert np.array_equal(a[0], b[0])
+        # clean: only background and the prompt's colour (anti-aliased edge in between), no noise
+        bright = a[0].reshape(-1, 3)[a[0].reshape(-1, 3).max(1) > 128]
+        target = np.round(np.asarray(COLOR_RGB[pair.prompt_attrs[0]]) * 255)
+        assert len(bright) > 50 and np.abs(np.median(bright, axis=0) - target).max() <= 1
+        # the labels (ground truth of the rest) are those of the text-to-video pair
+        assert sample_pair(dataclasses.replace(cfg, i2v=False), i) == pair
+    # a given start is the path's first centre; the object then stops at the edge instead of leaving
+    centres, _ = object_track("left", 1.0, np.random.default_rng(0), 30, (56, 56), 7.0, 1.5, 6.0, start=(20.0, 30.0))
+    assert tuple(centres[0]) == (20.0, 30.0) and centres[:, 0].min() == pytest.approx(8.0)

@@ -228,3 +228,67 @@ def test_lambda_sft_needs_real_videos(tmp_path):
     )
     with pytest.raises(ConfigError, match="lambda_sft needs real videos"):
         run_train_flow(cfg)
+
+
+@pytest.mark.slow
+def test_image_to_video_dpo_from_first_frames(ray_local, tmp_path):
+    """synth.i2v: both videos of a pair start on one image; data.image=first_frame packs it into every cached prompt
+    (equal to the winner's first frame's latent) and Flow-DPO trains on LTX-Video conditioned on it."""
+    import pyarrow.parquet as pq
+
+    from raypipe.data.tables import tensor_of
+    from raypipe.flow.conditioning import split_image
+    from raypipe.flow.families import load_family
+    from raypipe.flow.pairs import generator_clip
+
+    common = ["synth.pairs=24", "synth.i2v=true", "clip.frames=5", "clip.height=32", "clip.width=32"]
+    common += ["data.image=first_frame", "family=ltx", f"out={tmp_path / 'flow'}", "progress=false"]
+    summary = run_train_flow(
+        load_config(
+            FlowTrainConfig,
+            "configs/flow_tiny.yaml",
+            common + ["train.batch=2", "train.max_steps=2", "train.log_every=1", "data.latent_cache=cache"],
+        )
+    )
+    assert summary["steps"] == 2 and summary["error_rows"] == 0
+    curve = json.loads((tmp_path / "flow" / "curve.json").read_text())
+    assert curve[0]["loss"] == pytest.approx(np.log(2), abs=1e-4)
+    cache = pq.read_table(tmp_path / "flow" / "cache")
+    gen = load_family(summary["generator"])
+    from raypipe.config import ClipConfig
+
+    clip = ClipConfig(frames=5, height=32, width=32)
+    for k in (0, cache.num_rows - 1):
+        row = cache.slice(k, 1)
+        text, image = split_image(torch.from_numpy(tensor_of(row, "text")), gen.max_text_len)
+        w, lose = (generator_clip(row.column(c)[0].as_py(), clip) for c in ("uri_w", "uri_l"))
+        assert np.abs(w[0].astype(int) - lose[0]).mean() < 2  # the pair shares its first frame (up to H.264)
+        torch.testing.assert_close(image, gen.encode_videos(w[None, :1]), rtol=1e-4, atol=1e-4)
+    # A text-to-video generator is refused before anything starts.
+    with pytest.raises(ConfigError, match="text-to-video only"):
+        run_train_flow(load_config(FlowTrainConfig, "configs/flow_tiny.yaml", common[:-3] + ["data.image=first_frame",
+                       f"out={tmp_path / 'wan'}", "progress=false"]))  # fmt: skip
+
+
+def test_decoded_clips_carry_the_conditioning_image(tmp_path):
+    """Without a latent cache the decode stage adds an `image` column (the winner's first frames) and the worker's
+    text_of packs it, as the cache does."""
+    from raypipe.config import ClipConfig, SynthConfig
+    from raypipe.distributed.decode import decode_clips_block
+    from raypipe.flow.conditioning import split_image
+    from raypipe.flow.families import load_family, make_tiny_generator
+    from raypipe.flow.training import text_of
+    from raypipe.video.synth import make_synthpref
+
+    table = make_synthpref(tmp_path / "synth", SynthConfig(pairs=2, seed=3, i2v=True, frames=6, size="32x32"))
+    uris = [str(tmp_path / "synth" / p) for p in table.column("path_A").to_pylist()]
+    rows = pa.table({"uri_w": uris, "uri_l": uris[::-1], "prompt": table.column("prompt")})
+    clip = ClipConfig(frames=5, height=32, width=32)
+    batch = decode_clips_block(rows, clip, {"uri_w": "frames_w", "uri_l": "frames_l"}, image_from="frames_w")
+    gen = load_family(make_tiny_generator("ltx", tmp_path / "ltx"))
+    text = text_of(gen, batch, rows.column("prompt").to_pylist(), 0.0, torch.Generator())
+    words, image = split_image(text, gen.max_text_len)
+    torch.testing.assert_close(words, gen.encode_prompts(rows.column("prompt").to_pylist()))
+    from raypipe.data.tables import clips_of
+
+    torch.testing.assert_close(image, gen.encode_videos(clips_of(batch, "frames_w")[:, :1]), rtol=1e-4, atol=1e-4)

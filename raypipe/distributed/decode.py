@@ -22,7 +22,7 @@ import pyarrow as pa
 from raypipe.config import DataConfig, SamplingConfig
 from raypipe.data.manifest import Manifest
 from raypipe.data.tables import SIDES, replace_column
-from raypipe.distributed.arrow import frames_column
+from raypipe.distributed.arrow import frames_column, tensor_column
 from raypipe.video.decode import VideoClip, VideoError, decode_video
 
 _NO_FRAMES = np.zeros((0, 0, 0, 3), np.uint8)
@@ -118,9 +118,10 @@ def decode_videos_block(batch: pa.Table, sampling: SamplingConfig) -> pa.Table:
     return replace_column(batch, "error_message", pa.array(messages, pa.string()))
 
 
-def decode_clips_block(batch: pa.Table, clip, columns: dict[str, str]) -> pa.Table:
+def decode_clips_block(batch: pa.Table, clip, columns: dict[str, str], image_from: str | None = None) -> pa.Table:
     """Each `uri` column -> a fixed-shape generator clip column (`columns` maps uri column -> frames column);
-    `error` holds the first failure's kind (the worker skips and counts such rows)."""
+    `error` holds the first failure's kind (the worker skips and counts such rows). `image_from` (a frames column):
+    its first frames also become the `image` column (uint8 [H, W, 3]), image-to-video's conditioning image."""
     from raypipe.flow.pairs import generator_clip
 
     errors: list[str | None] = [None] * batch.num_rows
@@ -135,6 +136,8 @@ def decode_clips_block(batch: pa.Table, clip, columns: dict[str, str]) -> pa.Tab
             else:
                 frames.append(result)
         batch = batch.append_column(frames_col, frames_column(frames))
+        if frames_col == image_from:
+            batch = batch.append_column("image", tensor_column(np.stack([f[0] for f in frames])))
     return batch.append_column("error", pa.array(errors, pa.string()))
 
 

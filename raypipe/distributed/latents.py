@@ -7,7 +7,8 @@ latents.
 Pipeline: Ray Data CPU tasks decode fixed-shape clips -> a pool of actors holding the frozen VAE and text encoder
 (`LatentEncoder`) -> rows with `latents<suffix>` (float32 [C, T', H', W']; `latents_w`/`latents_l` for pairs) and
 `text` ([L, D]) tensors; every other column passes through. Rows whose video failed keep their `error` kind and
-zero latents (the training loop skips and counts them), so the cache has one row per training row.
+zero latents (the training loop skips and counts them), so the cache has one row per training row. Image-to-video:
+the first frames of one clip key (`image_from`) are the conditioning images, packed into `text`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from raypipe.data.tables import clips_of, suffix
+from raypipe.data.tables import clips_of, suffix, tensor_of
 from raypipe.distributed.arrow import tensor_column
 from raypipe.distributed.decode import decode_clips_block, decode_stage
 
@@ -42,8 +43,13 @@ class LatentEncoder:
             if ok.any():
                 z[ok] = self.gen.encode_videos(frames[ok]).cpu().numpy()
             batch = batch.drop_columns([f"frames{sfx}"]).append_column(f"latents{sfx}", tensor_column(z))
-        text = self.gen.encode_prompts(batch.column("prompt").to_pylist()).float().cpu().numpy()
-        return batch.append_column("text", tensor_column(text))
+        prompts = batch.column("prompt").to_pylist()
+        if "image" in batch.column_names:  # image-to-video: the conditioning image is packed into the prompt
+            text = self.gen.encode_prompts(prompts, images=tensor_of(batch, "image"))
+            batch = batch.drop_columns(["image"])
+        else:
+            text = self.gen.encode_prompts(prompts)
+        return batch.append_column("text", tensor_column(text.float().cpu().numpy()))
 
 
 def latent_dataset(
@@ -51,18 +57,26 @@ def latent_dataset(
     family_path: str,
     clip,
     keys: dict[str, str],
+    image_from: str | None = None,
     concurrency: int = 1,
     batch_size: int = 8,
     rows_per_block: int = 8,
     num_gpus: float = 0.0,
     actor_cpus: float = 0.5,
 ):
-    """Lazy Ray Dataset of encoded rows (`keys` maps a uri column to its latent key, e.g. {"uri": ""})."""
+    """Lazy Ray Dataset of encoded rows (`keys` maps a uri column to its latent key, e.g. {"uri": ""};
+    `image_from`: the key whose first frames condition an image-to-video generator, packed into `text`)."""
     import ray.data
 
     frames_cols = {uri: f"frames{suffix(key)}" for uri, key in keys.items()}
+    image = None if image_from is None else f"frames{suffix(image_from)}"
     decoded = decode_stage(
-        rows, decode_clips_block, {"clip": clip, "columns": frames_cols}, rows_per_block, num_cpus=0.75, max_retries=3
+        rows,
+        decode_clips_block,
+        {"clip": clip, "columns": frames_cols, "image_from": image},
+        rows_per_block,
+        num_cpus=0.75,
+        max_retries=3,
     )
     return decoded.map_batches(
         LatentEncoder,
@@ -79,7 +93,9 @@ def latent_dataset(
     )
 
 
-def cached_latents(rows: pa.Table, family_path: str, clip, keys: dict[str, str], path, stamp_key: dict):
+def cached_latents(
+    rows: pa.Table, family_path: str, clip, keys: dict[str, str], path, stamp_key: dict, image_from: str | None = None
+):
     """The latent cache of `rows` as a Ray Dataset: read back when `path` was built for `stamp_key`, else encoded
     once (Ray Data decode tasks + encoder actors) and written there with the key stamped beside it. A folder
     built for another key is refused rather than silently reused."""
@@ -102,7 +118,7 @@ def cached_latents(rows: pa.Table, family_path: str, clip, keys: dict[str, str],
         if path.exists():  # an interrupted build: start over
             shutil.rmtree(path)
         t0 = time.perf_counter()
-        latent_dataset(rows, family_path, clip, keys).write_parquet(str(path))
+        latent_dataset(rows, family_path, clip, keys, image_from).write_parquet(str(path))
         stamp.write_text(json.dumps(stamp_key))
         print(f"latent cache: {rows.num_rows} rows encoded into {path} in {time.perf_counter() - t0:.1f} s", flush=True)
     return read_cache(path)

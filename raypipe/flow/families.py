@@ -67,3 +67,15 @@ def make_tiny_generator(family: str, path: str | os.PathLike, cfg=None, seed: in
     if family not in FAMILIES:
         raise ValueError(f"generator family must be one of {sorted(FAMILIES)}, got {family!r}")
     return BUILDERS[family](path, cfg or TINY_CONFIGS[family](), seed)
+
+
+def takes_image(path: str | os.PathLike) -> bool:
+    """Whether the pipeline folder's generator takes a conditioning image (image-to-video), read from its configs
+    without loading weights: Wan2.2 TI2V (`expand_timesteps`), LTX-Video (one latent frame per token)."""
+    path = Path(path)
+    family = family_of(path)
+    if family == "wan":
+        return bool(json.loads((path / "model_index.json").read_text()).get("expand_timesteps", False))
+    if family == "ltx":
+        return int(json.loads((path / "transformer" / "config.json").read_text()).get("patch_size_t", 1)) == 1
+    return False

@@ -21,10 +21,12 @@ def latents_of(gen, batch, key: str) -> torch.Tensor:
 
 
 def text_of(gen, batch, prompts: list[str], dropout: float, generator: torch.Generator) -> torch.Tensor:
-    """Prompt embeddings (cached `text` column or the text encoder), a `dropout` share replaced by the empty
-    prompt's embedding (classifier-free guidance)."""
+    """Prompt embeddings (cached `text` column or the text encoder, with the `image` column's conditioning images
+    for image-to-video), a `dropout` share replaced by the empty prompt's embedding (classifier-free guidance)."""
     kept = drop_prompts(prompts, dropout, generator)
     if "text" not in batch.column_names:
+        if "image" in batch.column_names:  # image-to-video (decoded clips): the conditioning images, uint8 [B, H, W, 3]
+            return gen.encode_prompts(kept, images=tensor_of(batch, "image"))
         return gen.encode_prompts(kept)
     text = torch.from_numpy(tensor_of(batch, "text")).float()
     dropped = [i for i, p in enumerate(kept) if p == "" and prompts[i] != ""]

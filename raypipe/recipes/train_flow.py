@@ -38,6 +38,7 @@ import torch
 from raypipe.config import ClipConfig, ConfigError, SynthConfig, build_config, repo_path, save_config, to_dict
 from raypipe.data.inputs import read_pair_table
 from raypipe.data.location import StagedOutput
+from raypipe.data.tables import suffix
 from raypipe.distributed.cluster import configure_data_context, init_ray
 from raypipe.distributed.decode import decode_clips_block, decode_stage
 from raypipe.distributed.latents import cached_latents
@@ -59,7 +60,7 @@ from raypipe.distributed.loop import (
 )
 from raypipe.distributed.trainer import TrainerSettings, deepspeed_engine, fit_trainer, require_one_step, step_count
 from raypipe.flow.cogvideox import TinyCogVideoXConfig
-from raypipe.flow.families import FAMILIES, load_family, make_tiny_generator
+from raypipe.flow.families import FAMILIES, load_family, make_tiny_generator, takes_image
 from raypipe.flow.family import TinyWanConfig
 from raypipe.flow.lora import add_lora, save_lora
 from raypipe.flow.pairs import ALGOS, training_rows, with_real_pairs
@@ -101,6 +102,9 @@ class FlowDataConfig:
     video_root: str | None = None  # relative video paths resolve against this (default: the manifest folder)
     rows_per_block: int = 4  # rows per Ray Data decode task
     latent_cache: str | None = None  # a folder: VAE latents + text embeddings written once (built if missing)
+    # image-to-video (Wan2.2 TI2V, LTX-Video): none | first_frame = each row's video's first frame conditions the
+    # generator (a pair's winner's; SynthPref with synth.i2v=true gives both videos of a pair that first frame)
+    image: str = "none"
     decode_cpus: float = 1.0  # CPUs per decode task
 
 
@@ -170,7 +174,16 @@ def _latent_cache(cfg: FlowTrainConfig, rows: pa.Table, out: Path):
         "digest": rows_digest(rows),
     }
     keys = {"uri_w": "w", "uri_l": "l"} if cfg.train.algo == "dpo" else {"uri": ""}
-    return cached_latents(rows, cfg.generator, cfg.clip, keys, path, key)
+    if cfg.data.image == "first_frame":
+        key["image"] = "first_frame"
+    return cached_latents(rows, cfg.generator, cfg.clip, keys, path, key, image_key(cfg))
+
+
+def image_key(cfg: FlowTrainConfig) -> str | None:
+    """The clip key whose first frames condition an image-to-video generator (None: text-to-video)."""
+    if cfg.data.image == "none":
+        return None
+    return "w" if cfg.train.algo == "dpo" else ""
 
 
 def rows_digest(rows: pa.Table) -> str:
@@ -210,9 +223,16 @@ def run(cfg: FlowTrainConfig) -> dict:
         raise ConfigError("Flow-DPO needs LoRA (lora.enabled=true): its reference is the model with adapters disabled")
     if cfg.lora.experts not in ("both", "high", "low"):
         raise ConfigError(f"lora.experts must be both, high or low (Wan2.2 A14B), got {cfg.lora.experts!r}")
+    if cfg.data.image not in ("none", "first_frame"):
+        raise ConfigError(f"data.image must be none or first_frame (image-to-video), got {cfg.data.image!r}")
     stage = StagedOutput(cfg.out)  # a local folder, or staged locally and published to an object store
     out = stage.dir
     cfg, manifest_path = _prepare(cfg, out)
+    if cfg.data.image != "none" and not takes_image(cfg.generator):
+        raise ConfigError(
+            f"data.image={cfg.data.image} needs an image-to-video generator (Wan2.2 TI2V, LTX-Video); "
+            f"{cfg.generator} is text-to-video only"
+        )
     if t.algo == "lift":
         rows, counts = lift_rows(cfg, manifest_path, out)
     else:
@@ -325,9 +345,9 @@ def real_videos(cfg: FlowTrainConfig, out: Path) -> pa.Table:
 def _decoded_clips(cfg: FlowTrainConfig, rows: pa.Table):
     """The training rows with their clips decoded by the Ray Data decode stage (the VAE runs on the workers)."""
     columns = {"uri_w": "frames_w", "uri_l": "frames_l"} if cfg.train.algo == "dpo" else {"uri": "frames"}
-    return decode_stage(
-        rows, decode_clips_block, {"clip": cfg.clip, "columns": columns}, cfg.data.rows_per_block, cfg.data.decode_cpus
-    )
+    image = image_key(cfg)
+    kwargs = {"clip": cfg.clip, "columns": columns, "image_from": None if image is None else f"frames{suffix(image)}"}
+    return decode_stage(rows, decode_clips_block, kwargs, cfg.data.rows_per_block, cfg.data.decode_cpus)
 
 
 # --- the worker loop -----------------------------------------------------------------------------------------

@@ -182,9 +182,11 @@ def object_track(
     radius: float,
     speed: float,
     max_jitter: float,
+    start: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Centres [T, 2] (x, y) on a constant-velocity path plus jitter of (1 - mq) * max_jitter px in a random
-    direction per frame, and the frozen frames [T] bool. The start is drawn so the whole path stays inside."""
+    direction per frame, and the frozen frames [T] bool. The start is drawn so the whole path stays inside; a
+    given `start` (x, y) is kept, and the object then stops at the frame's edge."""
     h, w = size
     jitter = (1.0 - mq) * max_jitter
     vx, vy = DIRECTION_VECTORS[direction]
@@ -193,13 +195,17 @@ def object_track(
     room = min(w, h) - 2 * margin
     speed = min(speed, max(room, 0.0) / max(frames - 1, 1))
     travel = speed * (frames - 1)
-    start = []
-    for extent, v in ((w, vx), (h, vy)):
-        lo, hi = margin, extent - margin - abs(v) * travel  # range of the path's low end on this axis
-        low_end = rng.uniform(lo, hi) if hi > lo else (extent - abs(v) * travel) / 2
-        start.append(low_end + (travel if v < 0 else 0.0))
     t = np.arange(frames)
-    centres = np.stack([start[0] + vx * speed * t, start[1] + vy * speed * t], axis=1)
+    if start is not None:
+        centres = np.stack([start[0] + vx * speed * t, start[1] + vy * speed * t], axis=1)
+        centres = np.clip(centres, margin, np.maximum([w - margin, h - margin], margin))
+    else:
+        start = []
+        for extent, v in ((w, vx), (h, vy)):
+            lo, hi = margin, extent - margin - abs(v) * travel  # range of the path's low end on this axis
+            low_end = rng.uniform(lo, hi) if hi > lo else (extent - abs(v) * travel) / 2
+            start.append(low_end + (travel if v < 0 else 0.0))
+        centres = np.stack([start[0] + vx * speed * t, start[1] + vy * speed * t], axis=1)
     angle = rng.uniform(0, 2 * np.pi, size=frames)
     centres += jitter * np.stack([np.cos(angle), np.sin(angle)], axis=1)
     n_frozen = min(int(round((1.0 - mq) * MAX_FROZEN)), max(frames - 2, 0))
@@ -219,6 +225,7 @@ def render_video(
     size: tuple[int, int] = (56, 56),
     radius: float | None = None,
     speed: float | None = None,
+    start: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """uint8 [T, H, W, 3]: an anti-aliased `color` `shape` moving `direction` on a dark background, degraded by
     blur sigma (1 - vq) * 1.5 and noise sigma (1 - vq) * 0.25 (VQ), per-frame jitter and frozen frames (MQ).
@@ -228,7 +235,7 @@ def render_video(
     scale = min(h, w) / REFERENCE_SIZE
     radius = RADIUS * scale if radius is None else radius
     speed = SPEED * scale if speed is None else speed
-    centres, frozen = object_track(direction, mq, rng, frames, size, radius, speed, MAX_JITTER * scale)
+    centres, frozen = object_track(direction, mq, rng, frames, size, radius, speed, MAX_JITTER * scale, start)
     shown = np.arange(frames)
     for t in range(1, frames):
         if frozen[t]:
@@ -253,13 +260,31 @@ def render_pair(cfg: SynthConfig, i: int, pair: PairSpec | None = None) -> tuple
     """The two videos of pair i, each from its own generator stream (independent of the label draws)."""
     pair = sample_pair(cfg, i) if pair is None else pair
     size = parse_size(cfg.size)
+    start = image = None
+    if cfg.i2v:
+        start, image = first_frame(cfg, i, pair, size)
     out = []
     for k, spec in enumerate((pair.a, pair.b), start=1):
         rng = np.random.default_rng([cfg.seed, i, k])
-        out.append(
-            render_video(spec.color, spec.shape, spec.direction, spec.vq, spec.mq, rng, frames=cfg.frames, size=size)
+        video = render_video(
+            spec.color, spec.shape, spec.direction, spec.vq, spec.mq, rng, frames=cfg.frames, size=size, start=start
         )
+        if image is not None:
+            video[0] = image
+        out.append(video)
     return out[0], out[1]
+
+
+def first_frame(cfg: SynthConfig, i: int, pair: PairSpec, size: tuple[int, int]):
+    """Image-to-video mode: the start (x, y) both videos of pair i share, drawn so the prompt's path stays inside,
+    and their common first frame, the prompt's object drawn clean there (from the pair's own stream 3)."""
+    rng = np.random.default_rng([cfg.seed, i, 3])
+    scale = min(size) / REFERENCE_SIZE
+    color, shape, direction = pair.prompt_attrs
+    path, _ = object_track(direction, 1.0, rng, cfg.frames, size, RADIUS * scale, SPEED * scale, MAX_JITTER * scale)
+    start = (float(path[0, 0]), float(path[0, 1]))
+    image = render_video(color, shape, direction, 1.0, 1.0, rng, frames=1, size=size, start=start)[0]
+    return start, image
 
 
 # Manifest schema: SPEC §2.1 columns, then the ground truth (levels and the attributes actually rendered).
