@@ -152,3 +152,34 @@ def test_sampling_with_cfg_lands_on_the_image_and_dpo_is_log2_at_init(name, gene
     assert loss.item() == pytest.approx(LOG2, abs=1e-6)
     loss.backward()  # gradients reach the adapters through the conditioned forward
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in gen.transformer.parameters() if p.requires_grad)
+
+
+def test_latent_reward_conditions_on_the_image_as_the_generator_does_and_guidance_keeps_it(generators, tmp_path):
+    """A trunk of all the generator's blocks pools exactly the generator's own last-block tokens for an
+    image-to-video prompt; it round-trips with its prompt rows; NRG-guided samples still start on the image."""
+    from raypipe.nrg.model import LatentReward
+    from raypipe.nrg.sampling import guided_samples
+
+    gen = load_family(generators["ti2v"])
+    videos = _videos()
+    text = gen.encode_prompts(PROMPTS, images=videos[:, 0])
+    n = len(gen.transformer.blocks)
+    lr = LatentReward.from_generator(gen.transformer, ("VQ", "MQ"), k_blocks=n, text_rows=gen.max_text_len)
+    seen = {}
+    hook = gen.transformer.blocks[-1].register_forward_hook(lambda m, i, o: seen.update(h=o))
+    x_t, t = torch.randn(2, *gen.latent_shape(9, 32, 32), generator=torch.Generator().manual_seed(3)), torch.rand(2)
+    with torch.no_grad():
+        gen.velocity(x_t, t, text)
+        hook.remove()
+        torch.testing.assert_close(lr.features(x_t, t, text), seen["h"].float().mean(dim=1), rtol=1e-5, atol=1e-5)
+        other = gen.encode_prompts(PROMPTS, images=255 - videos[:, 0])
+        assert (lr(x_t, t, other) - lr(x_t, t, text)).abs().max() > 1e-4  # the image reaches the reward
+    back = LatentReward.from_pretrained(lr.save_pretrained(tmp_path / "lr"))
+    assert back.text_rows == gen.max_text_len
+    out = guided_samples(gen, back, PROMPTS, {"VQ": 1.0}, 4.0, 0, 4, 1.0, (2, *gen.latent_shape(9, 32, 32))[1:],
+                         decode=False, images=videos[:, 0])  # fmt: skip
+    plain = guided_samples(gen, back, PROMPTS, {"VQ": 0.0}, 0.0, 0, 4, 1.0, gen.latent_shape(9, 32, 32),
+                           decode=False, images=videos[:, 0])  # fmt: skip
+    _, image = split_image(text, gen.max_text_len)
+    torch.testing.assert_close(out["z0"][:, :, :1], image, rtol=0, atol=1e-4)
+    assert (out["z0"] - plain["z0"])[:, :, 1:].abs().max() > 1e-5  # guidance moved the generated frames

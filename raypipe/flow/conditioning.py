@@ -53,9 +53,11 @@ def split_image(text: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tens
 def empty_prompt_like(uncond: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """The unconditional input of every sample of `text` for classifier-free guidance: `uncond` (the empty prompt,
     [1, R, D]) with each sample's image rows kept (image-to-video CFG drops the words only)."""
+    uncond = uncond.to(text.device, text.dtype)
+    if uncond.shape[1:] == text.shape[1:]:
+        return uncond.expand_as(text)
     rows = uncond.shape[1]
-    words = uncond.to(text.device, text.dtype).expand(text.shape[0], rows, text.shape[2])
-    return words if text.shape[1] == rows else torch.cat([words, text[:, rows:]], dim=1)
+    return torch.cat([uncond.expand(text.shape[0], rows, text.shape[2]), text[:, rows:]], dim=1)
 
 
 def with_image(gen, text: torch.Tensor, images) -> torch.Tensor:

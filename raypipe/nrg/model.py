@@ -4,11 +4,12 @@
     r = lr(x_t, t, text)                      # [B, D]; x_t normalised latents, t in [0, 1], text [B, L, D_text]
     lr.save_pretrained(dir); LatentReward.from_pretrained(dir)
 
-The trunk is a real `WanTransformer3DModel` with `num_layers = K`, initialised from the generator's patch
-embedding, time/text conditioning and first K blocks (the same keys, copied); the rest of the generator is not
-kept. Tokens after block K are mean-pooled, layer-normed, and one linear head per dimension (the rows of one
-`nn.Linear(hidden, D)`) gives the rewards. `trainable` picks what learns: "all" (trunk + heads), "blocks" (the K
-blocks + heads; patch embedding and conditioning frozen) or "heads".
+The trunk is a real `WanTransformer3DModel` with `num_layers = K`, initialised from the generator's patch embedding,
+time/text conditioning and first K blocks (the same keys, copied); the rest of the generator is not kept. Tokens
+after block K are mean-pooled, layer-normed, and one linear head per dimension (the rows of one `nn.Linear(hidden,
+D)`) gives the rewards. An image-to-video prompt (`raypipe.flow.conditioning`) conditions frame 0 on its image as
+Wan2.2 TI2V does (the rows beyond `text_rows`, the generator's prompt rows). `trainable` picks what learns: "all"
+(trunk + heads), "blocks" (the K blocks + heads; patch embedding and conditioning frozen) or "heads".
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from raypipe.flow.conditioning import condition_first_frame, per_token_times, split_image
 from raypipe.flow.family import cast_like_pretrained, compute_dtype_device
 
 TRAINABLE = ("all", "blocks", "heads")
@@ -27,8 +29,9 @@ _CONFIG = "latent_reward.json"
 
 
 class LatentReward(nn.Module):
-    def __init__(self, trunk, dims: tuple[str, ...], trainable: str = "all"):
+    def __init__(self, trunk, dims: tuple[str, ...], trainable: str = "all", text_rows: int | None = None):
         super().__init__()
+        self.text_rows = text_rows  # the generator's prompt rows; more rows carry an image (image-to-video)
         if trainable not in TRAINABLE:
             raise ValueError(f"trainable must be one of {TRAINABLE}, got {trainable!r}")
         if not dims:
@@ -57,8 +60,11 @@ class LatentReward(nn.Module):
         self.heads.requires_grad_(True)
 
     @classmethod
-    def from_generator(cls, transformer, dims, k_blocks: int = 2, trainable: str = "all") -> LatentReward:
-        """Copy the generator transformer's embedding, conditioning and first `k_blocks` blocks into a trunk."""
+    def from_generator(
+        cls, transformer, dims, k_blocks: int = 2, trainable: str = "all", text_rows: int | None = None
+    ) -> LatentReward:
+        """Copy the generator transformer's embedding, conditioning and first `k_blocks` blocks into a trunk
+        (`text_rows`: the family's prompt rows, so an image-to-video prompt's image can be told apart)."""
         from diffusers import WanTransformer3DModel
 
         n = len(transformer.blocks)
@@ -77,18 +83,28 @@ class LatentReward(nn.Module):
             raise RuntimeError(f"could not copy the generator's first {k_blocks} blocks: missing {left}")
         dtype, device = compute_dtype_device(transformer)
         cast_like_pretrained(trunk, dtype)
-        return cls(trunk, tuple(dims), trainable).to(device)
+        return cls(trunk, tuple(dims), trainable, text_rows).to(device)
 
     def features(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Pooled [B, hidden] features of the first K blocks (the generator's own conditioning of t and c)."""
         tr = self.trunk
         dtype, device = compute_dtype_device(tr)
+        image = None
+        if self.text_rows is not None:
+            text, image = split_image(text, self.text_rows)
         x_t, text = x_t.to(device, dtype), text.to(device, dtype)
+        # float32 timestep, as in WanFamily.velocity (diffusers casts after the sinusoidal embedding)
+        timestep, seq_len = (1000.0 * t).to(device, torch.float32), None
+        if image is not None:  # image-to-video (Wan2.2 TI2V): frame 0 is the image, its tokens at timestep 0
+            _, ph, pw = tr.config.patch_size
+            x_t = condition_first_frame(x_t, image)
+            timestep = per_token_times(timestep, x_t.shape[2], (x_t.shape[3] // ph) * (x_t.shape[4] // pw))
+            seq_len = timestep.shape[1]
+            timestep = timestep.flatten()
         rotary = tr.rope(x_t)
         h = tr.patch_embedding(x_t).flatten(2).transpose(1, 2).contiguous()
-        # float32 timestep, as in WanFamily.velocity (diffusers casts after the sinusoidal embedding)
-        _, timestep_proj, enc, _ = tr.condition_embedder((1000.0 * t).to(device, torch.float32), text, None)
-        timestep_proj = timestep_proj.unflatten(1, (6, -1))
+        _, timestep_proj, enc, _ = tr.condition_embedder(timestep, text, None, timestep_seq_len=seq_len)
+        timestep_proj = timestep_proj.unflatten(1 if seq_len is None else 2, (6, -1))
         for block in tr.blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 h = torch.utils.checkpoint.checkpoint(block, h, enc, timestep_proj, rotary, use_reentrant=False)
@@ -116,7 +132,13 @@ class LatentReward(nn.Module):
         )
         (path / _CONFIG).write_text(
             json.dumps(
-                {"dims": list(self.dims), "k_blocks": self.k_blocks, "trainable": self.trainable, **(extra or {})},
+                {
+                    "dims": list(self.dims),
+                    "k_blocks": self.k_blocks,
+                    "trainable": self.trainable,
+                    "text_rows": self.text_rows,
+                    **(extra or {}),
+                },
                 indent=2,
             )
         )
@@ -134,7 +156,7 @@ class LatentReward(nn.Module):
             )
         meta = json.loads((path / _CONFIG).read_text())
         trunk = WanTransformer3DModel.from_pretrained(path / "trunk", dtype=getattr(torch, dtype))
-        model = cls(trunk, tuple(meta["dims"]), meta.get("trainable", "all"))
+        model = cls(trunk, tuple(meta["dims"]), meta.get("trainable", "all"), meta.get("text_rows"))
         state = load_file(str(path / "heads.safetensors"))
         model.norm.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("norm.")})
         model.heads.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("heads.")})

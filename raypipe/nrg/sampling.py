@@ -28,10 +28,12 @@ def guided_samples(
     shape: tuple[int, ...],
     batch: int = 16,
     decode: bool = True,
+    images=None,
 ) -> dict:
     """Samples for `prompts` (noise from `seed`: identical for any weights/strength), guided when `reward_model`
-    is given and λ·w ≠ 0. Returns {"z0", "videos" (uint8 [N, T, H, W, 3] if decode), "latent_rewards" [N, D] at
-    t = 0 (None without a reward model), "trace" (per batch, per step), "sample_s"}."""
+    is given and λ·w ≠ 0; `images` (uint8 [N, H, W, 3]): image-to-video first frames. Returns {"z0", "videos"
+    (uint8 [N, T, H, W, 3] if decode), "latent_rewards" [N, D] at t = 0 (None without a reward model), "trace"
+    (per batch, per step), "sample_s"}."""
     if not 1 <= steps <= MAX_STEPS:
         raise ConfigError(f"steps must be in [1, {MAX_STEPS}], got {steps}")
     noise = torch.randn((len(prompts), *shape), generator=torch.Generator().manual_seed(seed))
@@ -40,7 +42,10 @@ def guided_samples(
     t0 = time.perf_counter()
     for start in range(0, len(prompts), batch):
         part = prompts[start : start + batch]
-        text = gen.encode_prompts(part)
+        if images is None:
+            text = gen.encode_prompts(part)
+        else:  # image-to-video: each prompt's first frame
+            text = gen.encode_prompts(part, images=images[start : start + len(part)])
         guide = RewardGuidance(reward_model, text, weights, strength) if reward_model is not None else None
         z = sample(
             gen.velocity,

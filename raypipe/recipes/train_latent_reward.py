@@ -48,6 +48,7 @@ from raypipe.distributed.loop import (
     zero_loss,
 )
 from raypipe.distributed.trainer import TrainerSettings, deepspeed_engine, fit_trainer, require_one_step, step_count
+from raypipe.flow.families import takes_image
 from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
 from raypipe.nrg.model import TRAINABLE, LatentReward
 from raypipe.nrg.training import NOISE, batch_pair_loss, bucket_accuracy, pair_labels, split_rows
@@ -78,6 +79,9 @@ class LatentDataConfig:
     video_root: str | None = None  # relative video paths resolve against this (default: the manifest's folder)
     val_fraction: float = 0.15  # share of pairs held out (by row_id)
     latent_cache: str = "latents"  # folder of the latent cache, relative to OUT unless absolute
+    # image-to-video (Wan2.2 TI2V): none | first_frame = video A's first frame conditions both videos of a pair
+    # (SynthPref with synth.i2v=true: both start on it)
+    image: str = "none"
 
 
 @dataclasses.dataclass
@@ -106,7 +110,9 @@ def train_func(config: dict) -> None:
     t, total_steps = cfg.train, config["total_steps"]
     torch.manual_seed(t.seed)
     gen = WanFamily.load(cfg.generator, dtype=cfg.dtype)
-    model = LatentReward.from_generator(gen.transformer, tuple(cfg.dims), cfg.k_blocks, cfg.trainable)
+    model = LatentReward.from_generator(
+        gen.transformer, tuple(cfg.dims), cfg.k_blocks, cfg.trainable, text_rows=gen.max_text_len
+    )
     model.gradient_checkpointing = t.gradient_checkpointing
     del gen
     engine = deepspeed_engine(model, t, total_steps, bf16=t.use_gpu and cfg.dtype == "bfloat16")
@@ -186,7 +192,10 @@ def plot_bucket_accuracy(metrics: dict, dims: list[str], path: Path) -> None:
 # --- the job -------------------------------------------------------------------------------------------------------
 def _cached(rows: pa.Table, cfg: LatentRewardConfig, path: Path, key: dict):
     """Latents of both videos of every pair (the shared latent cache, keys A and B)."""
-    return cached_latents(rows, cfg.generator, cfg.clip, {"uri_A": "A", "uri_B": "B"}, path, key)
+    image = "A" if cfg.data.image == "first_frame" else None
+    if image:
+        key = {**key, "image": cfg.data.image}
+    return cached_latents(rows, cfg.generator, cfg.clip, {"uri_A": "A", "uri_B": "B"}, path, key, image)
 
 
 def run(cfg: LatentRewardConfig) -> dict:
@@ -197,6 +206,11 @@ def run(cfg: LatentRewardConfig) -> dict:
     manifest = manifest_or_synthpref(cfg.data.manifest, out / "data", cfg.synth, "data.manifest", cfg.progress)
     if cfg.generator is None:
         cfg = dataclasses.replace(cfg, generator=str(make_tiny_wan(out / "tiny_wan", cfg.tiny, 0)))
+    if cfg.data.image != "none" and not takes_image(cfg.generator):
+        raise ConfigError(
+            f"data.image={cfg.data.image} needs an image-to-video generator (Wan2.2 TI2V); "
+            f"{cfg.generator} is text-to-video only"
+        )
     rows, source = pair_labels(
         read_pair_table(manifest, cfg.dims, cfg.data.video_root), list(cfg.dims), cfg.data.labels
     )
@@ -275,6 +289,8 @@ def _check(cfg: LatentRewardConfig) -> None:
         raise ConfigError(f"trainable must be one of {TRAINABLE}, got {cfg.trainable!r}")
     if t.loss not in ("bt", "btt"):
         raise ConfigError(f"train.loss must be bt or btt, got {t.loss!r}")
+    if cfg.data.image not in ("none", "first_frame"):
+        raise ConfigError(f"data.image must be none or first_frame (image-to-video), got {cfg.data.image!r}")
 
 
 def _held_out_accuracy(cfg: LatentRewardConfig, out: Path, val_cache: Path) -> dict:
