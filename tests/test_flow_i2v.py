@@ -183,3 +183,32 @@ def test_latent_reward_conditions_on_the_image_as_the_generator_does_and_guidanc
     _, image = split_image(text, gen.max_text_len)
     torch.testing.assert_close(out["z0"][:, :, :1], image, rtol=0, atol=1e-4)
     assert (out["z0"] - plain["z0"])[:, :, 1:].abs().max() > 1e-5  # guidance moved the generated frames
+
+
+def test_generate_starts_every_sample_on_the_given_picture(generators, tmp_path, make_mp4):
+    from PIL import Image
+
+    from raypipe.config import ClipConfig, ConfigError
+    from raypipe.recipes.generate import GenerateConfig
+    from raypipe.recipes.generate import run as run_generate
+    from raypipe.video.decode import VideoError, read_all_frames, read_image, resize_frames
+
+    picture = moving_square_frames(t=1, h=48, w=40, seed=5)[0]
+    Image.fromarray(picture).save(tmp_path / "first.png")
+    assert np.array_equal(read_image(str(tmp_path / "first.png"), 32, 32), resize_frames(picture[None], 32, 32)[0])
+    video = make_mp4("v.mp4", t=6, h=40, w=48)
+    first = read_all_frames(video)[0]
+    assert np.array_equal(read_image(video, 32, 32), resize_frames(first[None], 32, 32)[0])
+    (tmp_path / "junk.png").write_bytes(b"not an image at all")
+    assert isinstance(read_image(str(tmp_path / "junk.png"), 32, 32), VideoError)
+
+    base = dict(generator=str(generators["ti2v"]), prompts="a red square moving right|a blue circle moving up",
+                steps=3, clip=ClipConfig(frames=9, height=32, width=32), image=str(tmp_path / "first.png"))  # fmt: skip
+    out = run_generate(GenerateConfig(**base, out=str(tmp_path / "g")))
+    a, b = (read_all_frames(r["file"]).astype(int) for r in out["samples"])
+    assert np.abs(a[0] - b[0]).mean() < 2 < np.abs(a[-1] - b[-1]).mean()  # one first frame, two videos
+    with pytest.raises(ConfigError, match="image="):
+        run_generate(GenerateConfig(**{**base, "image": str(tmp_path / "junk.png")}, out=str(tmp_path / "j")))
+    wan21 = make_tiny_wan(tmp_path / "wan21", TinyWanConfig(), seed=0)
+    with pytest.raises(ConfigError, match="image-to-video generator"):
+        run_generate(GenerateConfig(**{**base, "generator": str(wan21)}, out=str(tmp_path / "t")))

@@ -99,8 +99,12 @@ def test_bucket_accuracy_matches_a_hand_count():
 
 @pytest.mark.slow
 def test_train_latent_reward_end_to_end(ray_local, tmp_path):
+    """Image-to-video on a tiny Wan2.2 TI2V (the demo runs the text-to-video case): SynthPref pairs sharing a first
+    frame, which conditions the reward (packed into the cached prompts)."""
     from raypipe.config import load_config
     from raypipe.nrg.model import LatentReward
+
+    ti2v = ["tiny.z_dim=6", "tiny.vae_is_residual=true", "tiny.vae_patch_size=2", "tiny.vae_decoder_base_dim=12"]
 
     cfg = load_config(
         LatentRewardConfig,
@@ -120,6 +124,10 @@ def test_train_latent_reward_end_to_end(ray_local, tmp_path):
             "data.val_fraction=0.2",
             "eval_draws=1",
             "progress=false",
+            *ti2v,
+            "tiny.expand_timesteps=true",
+            "synth.i2v=true",
+            "data.image=first_frame",
         ],
     )
     summary = run_train_latent_reward(cfg)
@@ -131,5 +139,11 @@ def test_train_latent_reward_end_to_end(ray_local, tmp_path):
     assert all(v is None or 0.0 <= v <= 1.0 for d in DIMS for v in metrics[d].values())
     model = LatentReward.from_pretrained(tmp_path / "lr" / "final")
     assert model.dims == tuple(DIMS) and model.k_blocks == 1 and model.meta["noise"] == "uniform"
+    assert model.text_rows == 16  # the tiny generator's prompt rows: the cached prompts carry an image beyond them
+    import pyarrow.parquet as pq
+
+    from raypipe.data.tables import tensor_of
+
+    assert tensor_of(pq.read_table(tmp_path / "lr" / "latents" / "train"), "text").shape[1] > 16
     assert (tmp_path / "lr" / "accuracy_by_t.png").exists()
     assert list((tmp_path / "lr" / "tensorboard").iterdir())

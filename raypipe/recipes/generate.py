@@ -5,8 +5,9 @@
 
 Writes OUT/videos/NNNN.mp4 and OUT/samples.json (per sample: prompt, seed, file, the latent reward model's rewards
 of the final clean latents per dimension, and their weighted sum). With strength=0 or all-zero weights the
-samples are bit-for-bit the unguided ones for the same seed. The sampler is `raypipe.nrg.sampling.guided_samples`,
-the one the NRG benchmark, sample-pairs and the Serve /generate endpoint call.
+samples are bit-for-bit the unguided ones for the same seed. `image=PATH` (image-to-video generators) starts every
+sample on that picture. The sampler is `raypipe.nrg.sampling.guided_samples`, the one the NRG benchmark,
+sample-pairs and the Serve /generate endpoint call.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from raypipe.data.prompts import read_prompts
 from raypipe.data.weights import scalarize, weight_vector
 from raypipe.nrg.model import LatentReward
 from raypipe.nrg.sampling import guided_samples, load_generator
+from raypipe.video.decode import VideoError, read_image
 from raypipe.video.encode import write_mp4
 
 
@@ -31,6 +33,8 @@ class GenerateConfig:
     lora: str | None = None  # optional adapters from train-flow (OUT/final)
     latent_reward: str | None = None  # a train-latent-reward model (OUT/final); needed when guiding
     prompts: str = "8"  # a number (seeded SynthPref prompts), a .txt / manifest, or prompts separated by "|"
+    image: str | None = None  # image-to-video (Wan2.2 TI2V, LTX-Video): the first frame of every sample (a picture
+    # or a video's first frame), resized to the clip
     weights: dict[str, float] = dataclasses.field(default_factory=dict)  # e.g. {VQ: 0.1, TA: 0.8}; missing: 0
     strength: float = 0.0  # λ
     seed: int = 0  # noise seed: the same seed gives the same initial noise, guided or not
@@ -61,12 +65,20 @@ def run(cfg: GenerateConfig) -> dict:
         raise ConfigError(str(err)) from None
     prompts = read_prompts(cfg.prompts, cfg.seed)
     shape = gen.latent_shape(cfg.clip.frames, cfg.clip.height, cfg.clip.width, check=True)
+    images = None
+    if cfg.image:
+        if not getattr(gen, "takes_image", False):
+            raise ConfigError(f"image= needs an image-to-video generator (Wan2.2 TI2V, LTX-Video), not {cfg.generator}")
+        image = read_image(cfg.image, cfg.clip.height, cfg.clip.width)
+        if isinstance(image, VideoError):
+            raise ConfigError(f"image={cfg.image}: {image.message}")
+        images = np.repeat(image[None], len(prompts), axis=0)
     stage = StagedOutput(cfg.out)  # a local folder, or staged locally and published to an object store
     out = stage.dir
     (out / "videos").mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
     result = guided_samples(
-        gen, model, prompts, weights, cfg.strength, cfg.seed, cfg.steps, cfg.cfg_scale, shape, cfg.batch
+        gen, model, prompts, weights, cfg.strength, cfg.seed, cfg.steps, cfg.cfg_scale, shape, cfg.batch, images=images
     )
     rows = []
     for i, (prompt, video) in enumerate(zip(prompts, result["videos"])):

@@ -358,3 +358,24 @@ def read_all_frames(uri: str, filesystem=None, max_frames: int = 10_000) -> np.n
     sampling = SamplingConfig(all_frames=True, min_frames=2, max_frames=max_frames)
     clip = decode_video(uri, sampling, filesystem, native=True)
     return clip if isinstance(clip, VideoError) else clip.frames
+
+
+def read_image(uri: str, height: int, width: int, filesystem=None) -> np.ndarray | VideoError:
+    """An image-to-video conditioning image, uint8 [height, width, 3]: a still (PNG, JPEG, WebP, ...) or the first
+    frame of a video, resized as generator clips are. A VideoError (never raised) for anything unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    opened = _open(uri, filesystem)
+    if isinstance(opened, VideoError):
+        return opened
+    src, _ = opened
+    try:
+        with Image.open(src if isinstance(src, str) else io.BytesIO(src)) as image:
+            if int(getattr(image, "n_frames", 1)) <= 1:
+                return resize_frames(np.asarray(image.convert("RGB"))[None], height, width)[0]
+    except (UnidentifiedImageError, OSError):
+        pass  # not a picture: a video's first frame
+    frames = read_all_frames(uri, filesystem)
+    if isinstance(frames, VideoError):
+        return frames
+    return resize_frames(frames[:1], height, width)[0]
