@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from raypipe.flow.conditioning import empty_prompt_like, pack_image, split_image
+from raypipe.flow.conditioning import empty_prompt_like, pack_image, split_conditions, split_image
 from raypipe.flow.families import load_family, make_tiny_generator
 from raypipe.flow.family import TinyWanConfig, make_tiny_wan
 from raypipe.flow.lora import add_lora, reference
@@ -25,6 +25,8 @@ def generators(tmp_path_factory):
     return {
         "ti2v": make_tiny_wan(root / "ti2v", TinyWanConfig.wan22_ti2v_tiny(), seed=0),
         "ltx": make_tiny_generator("ltx", root / "ltx", seed=0),
+        "wan21_i2v": make_tiny_wan(root / "wan21_i2v", TinyWanConfig.wan21_i2v_tiny(), seed=0),
+        "a14b_i2v": make_tiny_wan(root / "a14b_i2v", TinyWanConfig.wan22_i2v_a14b_tiny(), seed=0),
     }
 
 
@@ -43,8 +45,14 @@ def test_packing_round_trips_and_refuses_what_it_cannot_read():
     assert split_image(text, 7)[1] is None  # exactly the prompt's rows: no image
     with pytest.raises(ValueError, match="header"):
         split_image(packed[:, :-1], 7)
-    with pytest.raises(ValueError, match=r"\[B=2, C, 1, H, W\]"):
-        pack_image(text, latent[:, :, :1].expand(2, 3, 2, 4, 5))
+    with pytest.raises(ValueError, match=r"\[B=2, C, T, H, W\]"):
+        pack_image(text, latent[:1])
+    # a whole conditioning video and image-encoder states (Wan2.1 I2V) round trip too
+    video, states = torch.randn(2, 3, 4, 2, 2, generator=g), torch.randn(2, 5, 3, generator=g)
+    packed2 = pack_image(text, video, states)
+    assert packed2.shape == (2, 7 + 1 + 6 + 2, 8)  # 48 values -> 6 rows; 15 -> 2 rows
+    words, back_video, back_states = split_conditions(packed2, 7)
+    assert torch.equal(words, text) and torch.equal(back_video, video) and torch.equal(back_states, states)
     # CFG's unconditional input: the empty prompt's rows, each sample's image rows kept
     uncond = torch.full((1, 7, 8), -1.0)
     both = empty_prompt_like(uncond, packed)
@@ -154,15 +162,17 @@ def test_sampling_with_cfg_lands_on_the_image_and_dpo_is_log2_at_init(name, gene
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in gen.transformer.parameters() if p.requires_grad)
 
 
-def test_latent_reward_conditions_on_the_image_as_the_generator_does_and_guidance_keeps_it(generators, tmp_path):
+@pytest.mark.parametrize("name", ["ti2v", "wan21_i2v"])
+def test_latent_reward_conditions_on_the_image_as_the_generator_does_and_guidance_keeps_it(name, generators, tmp_path):
     """A trunk of all the generator's blocks pools exactly the generator's own last-block tokens for an
-    image-to-video prompt; it round-trips with its prompt rows; NRG-guided samples still start on the image."""
+    image-to-video prompt (TI2V's replaced frame; Wan2.1 I2V's channels and CLIP states); it round-trips with its
+    prompt rows; NRG guidance moves the samples, and TI2V's still start on the image."""
     from raypipe.nrg.model import LatentReward
     from raypipe.nrg.sampling import guided_samples
 
-    gen = load_family(generators["ti2v"])
+    gen = load_family(generators[name])
     videos = _videos()
-    text = gen.encode_prompts(PROMPTS, images=videos[:, 0])
+    text = gen.encode_prompts(PROMPTS, images=videos[:, 0], frames=9)
     n = len(gen.transformer.blocks)
     lr = LatentReward.from_generator(gen.transformer, ("VQ", "MQ"), k_blocks=n, text_rows=gen.max_text_len)
     seen = {}
@@ -172,7 +182,7 @@ def test_latent_reward_conditions_on_the_image_as_the_generator_does_and_guidanc
         gen.velocity(x_t, t, text)
         hook.remove()
         torch.testing.assert_close(lr.features(x_t, t, text), seen["h"].float().mean(dim=1), rtol=1e-5, atol=1e-5)
-        other = gen.encode_prompts(PROMPTS, images=255 - videos[:, 0])
+        other = gen.encode_prompts(PROMPTS, images=255 - videos[:, 0], frames=9)
         assert (lr(x_t, t, other) - lr(x_t, t, text)).abs().max() > 1e-4  # the image reaches the reward
     back = LatentReward.from_pretrained(lr.save_pretrained(tmp_path / "lr"))
     assert back.text_rows == gen.max_text_len
@@ -180,8 +190,9 @@ def test_latent_reward_conditions_on_the_image_as_the_generator_does_and_guidanc
                          decode=False, images=videos[:, 0])  # fmt: skip
     plain = guided_samples(gen, back, PROMPTS, {"VQ": 0.0}, 0.0, 0, 4, 1.0, gen.latent_shape(9, 32, 32),
                            decode=False, images=videos[:, 0])  # fmt: skip
-    _, image = split_image(text, gen.max_text_len)
-    torch.testing.assert_close(out["z0"][:, :, :1], image, rtol=0, atol=1e-4)
+    if name == "ti2v":
+        _, image = split_image(text, gen.max_text_len)
+        torch.testing.assert_close(out["z0"][:, :, :1], image, rtol=0, atol=1e-4)
     assert (out["z0"] - plain["z0"])[:, :, 1:].abs().max() > 1e-5  # guidance moved the generated frames
 
 
@@ -212,3 +223,59 @@ def test_generate_starts_every_sample_on_the_given_picture(generators, tmp_path,
     wan21 = make_tiny_wan(tmp_path / "wan21", TinyWanConfig(), seed=0)
     with pytest.raises(ConfigError, match="image-to-video generator"):
         run_generate(GenerateConfig(**{**base, "generator": str(wan21)}, out=str(tmp_path / "t")))
+
+
+@pytest.mark.parametrize("name", ["wan21_i2v", "a14b_i2v"])
+def test_wan_i2v_by_channels_is_the_pipelines_conditioning(name, generators):
+    """Wan2.1 I2V (CLIP states) and Wan2.2 I2V-A14B (two experts, no CLIP): the packed conditioning equals
+    WanImageToVideoPipeline's prepare_latents condition (mask + latent of the image and black frames) and encode_image
+    states; the velocity is the pipeline's transformer (the expert of each t) on [x_t, condition]; DPO is log 2."""
+    from PIL import Image
+
+    from raypipe.flow.conditioning import concat_condition
+
+    gen = load_family(generators[name])
+    pipe, videos = gen.pipeline, _videos()
+    first = videos[:, 0]
+    text = gen.encode_prompts(PROMPTS, images=first, frames=9)
+    words, latent, states = split_conditions(text, gen.max_text_len)
+    pixels = torch.from_numpy(first).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    z_dim = pipe.vae.config.z_dim
+    cond = torch.cat(
+        [pipe.prepare_latents(pixels[k : k + 1], 1, z_dim, 32, 32, 9, torch.float32, torch.device("cpu"))[1]
+         for k in range(2)]
+    )  # fmt: skip
+    x_t = torch.randn(2, *gen.latent_shape(9, 32, 32), generator=torch.Generator().manual_seed(1))
+    ours = concat_condition(x_t, latent, pipe.transformer.config.in_channels)
+    torch.testing.assert_close(ours[:, z_dim:], cond, rtol=1e-5, atol=1e-5)
+    if name == "wan21_i2v":
+        clip = pipe.encode_image([Image.fromarray(f) for f in first], device=torch.device("cpu"))
+        torch.testing.assert_close(states, clip)
+    else:
+        assert states is None
+    t = torch.tensor([0.95, 0.3])  # A14B I2V: the high-noise expert above 0.9, the low-noise one below
+    with torch.no_grad():
+        v = gen.velocity(x_t, t, text)
+        for k in range(2):
+            expert = pipe.transformer if name == "wan21_i2v" or t[k] >= 0.9 else pipe.transformer_2
+            extra = {"encoder_hidden_states_image": clip[k : k + 1]} if name == "wan21_i2v" else {}
+            hand = expert(torch.cat([x_t, cond], 1)[k : k + 1], 1000 * t[k : k + 1], words[k : k + 1],
+                          return_dict=False, **extra)[0]  # fmt: skip
+            torch.testing.assert_close(v[k : k + 1], hand, rtol=1e-4, atol=1e-5)
+        other = gen.encode_prompts(PROMPTS, images=255 - first, frames=9)
+        assert (gen.velocity(x_t, t, other) - v).abs().mean() > 1e-3  # the image reaches every frame
+    with pytest.raises(ValueError, match="needs a conditioning image"):
+        gen.velocity(x_t, t, gen.encode_prompts(PROMPTS))
+    with pytest.raises(ValueError, match="frames must be"):
+        gen.encode_prompts(PROMPTS, images=first)
+    add_lora(gen.transformer, r=4, alpha=8, targets=gen.lora_targets)
+    z = gen.encode_videos(np.concatenate([videos, _videos(4)[2:]]))
+    g = torch.Generator().manual_seed(0)
+    errs = {}
+    for side, x0 in (("w", z[:2]), ("l", z[2:])):
+        xt, target = noised(x0, torch.randn(x0.shape, generator=g), t)
+        errs[side] = flow_error(gen.velocity(xt, t, text), target)
+        with reference(gen.transformer):
+            errs["ref_" + side] = flow_error(gen.velocity(xt, t, text), target)
+    loss, _ = dpo_loss(errs["w"], errs["ref_w"], errs["l"], errs["ref_l"], beta_t(500, t))
+    assert loss.item() == pytest.approx(LOG2, abs=1e-6)

@@ -285,10 +285,16 @@ def test_decoded_clips_carry_the_conditioning_image(tmp_path):
     rows = pa.table({"uri_w": uris, "uri_l": uris[::-1], "prompt": table.column("prompt")})
     clip = ClipConfig(frames=5, height=32, width=32)
     batch = decode_clips_block(rows, clip, {"uri_w": "frames_w", "uri_l": "frames_l"}, image_from="frames_w")
-    gen = load_family(make_tiny_generator("ltx", tmp_path / "ltx"))
-    text = text_of(gen, batch, rows.column("prompt").to_pylist(), 0.0, torch.Generator())
-    words, image = split_image(text, gen.max_text_len)
-    torch.testing.assert_close(words, gen.encode_prompts(rows.column("prompt").to_pylist()))
     from raypipe.data.tables import clips_of
+    from raypipe.flow.family import TinyWanConfig
 
-    torch.testing.assert_close(image, gen.encode_videos(clips_of(batch, "frames_w")[:, :1]), rtol=1e-4, atol=1e-4)
+    prompts, first = rows.column("prompt").to_pylist(), clips_of(batch, "frames_w")[:, 0]
+    gen = load_family(make_tiny_generator("ltx", tmp_path / "ltx"))
+    words, image = split_image(text_of(gen, batch, prompts, 0.0, torch.Generator()), gen.max_text_len)
+    torch.testing.assert_close(words, gen.encode_prompts(prompts))
+    torch.testing.assert_close(image, gen.encode_videos(first[:, None]), rtol=1e-4, atol=1e-4)
+    # Wan2.1 I2V conditions on the whole clip: the clip's frame count reaches its encoder
+    wan = load_family(make_tiny_generator("wan", tmp_path / "wan21_i2v", TinyWanConfig.wan21_i2v_tiny()))
+    torch.testing.assert_close(
+        text_of(wan, batch, prompts, 0.0, torch.Generator()), wan.encode_prompts(prompts, images=first, frames=5)
+    )

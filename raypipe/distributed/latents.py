@@ -36,16 +36,20 @@ class LatentEncoder:
             if "error" in batch.column_names
             else np.ones(batch.num_rows, bool)
         )
+        frames_count = None
         for key in self.keys:
             sfx = suffix(key)
             frames = clips_of(batch, f"frames{sfx}")
+            frames_count = frames.shape[1]
             z = np.zeros((batch.num_rows, *self.gen.latent_shape(*frames.shape[1:4])), np.float32)
             if ok.any():
                 z[ok] = self.gen.encode_videos(frames[ok]).cpu().numpy()
             batch = batch.drop_columns([f"frames{sfx}"]).append_column(f"latents{sfx}", tensor_column(z))
         prompts = batch.column("prompt").to_pylist()
         if "image" in batch.column_names:  # image-to-video: the conditioning image is packed into the prompt
-            text = self.gen.encode_prompts(prompts, images=tensor_of(batch, "image"))
+            from raypipe.flow.conditioning import encode_with_images
+
+            text = encode_with_images(self.gen, prompts, tensor_of(batch, "image"), frames_count)
             batch = batch.drop_columns(["image"])
         else:
             text = self.gen.encode_prompts(prompts)

@@ -6,12 +6,17 @@ that pass a family's prompt along never see it.
     uncond = empty_prompt_like(gen.encode_prompts([""]), text)   # CFG drops the words, keeps the image
 
 Layout: a family's prompt tensor [B, R, D] (R rows: Wan's max_text_len; HunyuanVideo's 1 + L; ...) gets one header
-row (C, 1, H', W', rows that follow) and then the normalised image latent [C, 1, H', W'] flattened into rows of width
-D (zero padded). A tensor with exactly R rows has no image. The image is the first frame of the video (the VAEs
-are causal: the first latent frame depends on the first frame only), as Wan2.2 TI2V and LTX-Video condition:
-the first latent frame is replaced by the image's latent, its tokens get timestep 0, and the loss there is nil —
-`first_frame_velocity` returns the velocity of the straight path from z_t to the image, so Euler sampling ends
-on the image exactly and the flow error on that frame is zero whatever the transformer says.
+row (C, T, H', W', K, N, E, K2) and then the normalised image latent [C, T, H', W'] flattened into K rows of width D
+(zero padded), then optional image-encoder states [N, E] in K2 rows. A tensor with exactly R rows has no image.
+
+Two ways of conditioning, as the diffusers image-to-video pipelines do:
+- replace (Wan2.2 TI2V, LTX-Video): T = 1, the image's latent. The VAEs are causal (the first latent frame depends
+  on the first frame only), so the first latent frame is replaced by it and its tokens get timestep 0; the loss
+  there is nil — `first_frame_velocity` returns the velocity of the straight path from z_t to the image, so Euler
+  sampling ends on the image exactly and the flow error on that frame is zero whatever the transformer says.
+- concat (Wan2.1 I2V, Wan2.2 I2V-A14B): T = the video's latent frames, the latent of the image followed by black
+  frames; the transformer takes [z_t, first-frame mask, that latent] along channels (`concat_condition`) and,
+  for Wan2.1, the CLIP image encoder's states as N x E. Every frame is generated and trained.
 """
 
 from __future__ import annotations
@@ -22,32 +27,50 @@ import torch
 T_MIN = 1e-4  # the known frame's velocity (z_t - c) / t is taken at t >= T_MIN
 
 
-def pack_image(text: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-    """[B, R, D] prompt + [B, C, 1, H', W'] image latent -> [B, R + 1 + K, D] (float32)."""
+def pack_image(text: torch.Tensor, latent: torch.Tensor, embeds: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, R, D] prompt + image latent [B, C, T, H', W'] (+ image-encoder states [B, N, E], Wan2.1 I2V's CLIP) ->
+    [B, R + 1 + K + K2, D] float32: a header row (C, T, H', W', K, N, E, K2), then each tensor flattened into rows."""
     b, _, d = text.shape
-    if latent.dim() != 5 or latent.shape[0] != b or latent.shape[2] != 1:
-        raise ValueError(f"image latent must be [B={b}, C, 1, H, W], got {tuple(latent.shape)}")
-    if d < 5:
+    if latent.dim() != 5 or latent.shape[0] != b:
+        raise ValueError(f"image latent must be [B={b}, C, T, H, W], got {tuple(latent.shape)}")
+    if embeds is not None and (embeds.dim() != 3 or embeds.shape[0] != b):
+        raise ValueError(f"image embeddings must be [B={b}, N, E], got {tuple(embeds.shape)}")
+    if d < 8:
         raise ValueError(f"prompt width {d} is too narrow to carry an image header")
-    flat = latent.reshape(b, -1).float().to(text.device)
-    k = -(-flat.shape[1] // d)
+
+    def rows(x):
+        flat = x.reshape(b, -1).float().to(text.device)
+        k = -(-flat.shape[1] // d)
+        return k, torch.nn.functional.pad(flat, (0, k * d - flat.shape[1])).view(b, k, d)
+
+    k, body = rows(latent)
+    n, e, k2, extra = 0, 0, 0, body[:, :0]
+    if embeds is not None:
+        (n, e), (k2, extra) = embeds.shape[1:], rows(embeds)
     header = torch.zeros(b, 1, d, device=text.device)
-    header[:, 0, :5] = torch.tensor([float(latent.shape[1]), 1.0, *map(float, latent.shape[3:]), float(k)])
-    body = torch.nn.functional.pad(flat, (0, k * d - flat.shape[1])).view(b, k, d)
-    return torch.cat([text.float(), header, body], dim=1)
+    header[:, 0, :8] = torch.tensor([float(v) for v in (*latent.shape[1:], k, n, e, k2)])
+    return torch.cat([text.float(), header, body, extra], dim=1)
+
+
+def split_conditions(text: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(prompt [B, rows, D], image latent [B, C, T, H', W'] or None, image-encoder states [B, N, E] or None)."""
+    if text.shape[1] == rows:
+        return text, None, None
+    if text.shape[1] < rows + 2:
+        raise ValueError(f"a prompt tensor has {rows} rows, or more with an image; got {tuple(text.shape)}")
+    c, t, h, w, k, n, e, k2 = (int(v) for v in text[0, rows, :8].round().tolist())
+    b, d = text.shape[0], text.shape[2]
+    if min(c, t, h, w, k) < 1 or text.shape[1] != rows + 1 + k + k2 or c * t * h * w > k * d or n * e > k2 * d:
+        raise ValueError(f"malformed image header {text[0, rows, :8].tolist()} for a prompt of {tuple(text.shape)}")
+    latent = text[:, rows + 1 : rows + 1 + k].reshape(b, -1)[:, : c * t * h * w].reshape(b, c, t, h, w)
+    embeds = text[:, rows + 1 + k :].reshape(b, -1)[:, : n * e].reshape(b, n, e) if k2 else None
+    return text[:, :rows], latent, embeds
 
 
 def split_image(text: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(prompt [B, rows, D], image latent [B, C, 1, H', W'] or None) of a packed prompt tensor."""
-    if text.shape[1] == rows:
-        return text, None
-    if text.shape[1] < rows + 2:
-        raise ValueError(f"a prompt tensor has {rows} rows, or more with an image; got {tuple(text.shape)}")
-    c, one, h, w, k = (int(v) for v in text[0, rows, :5].round().tolist())
-    if one != 1 or text.shape[1] != rows + 1 + k or c * h * w > k * text.shape[2]:
-        raise ValueError(f"malformed image header {text[0, rows, :5].tolist()} for a prompt of {tuple(text.shape)}")
-    latent = text[:, rows + 1 :].reshape(text.shape[0], -1)[:, : c * h * w].reshape(-1, c, 1, h, w)
-    return text[:, :rows], latent
+    """(prompt [B, rows, D], image latent or None) of a packed prompt tensor."""
+    words, latent, _ = split_conditions(text, rows)
+    return words, latent
 
 
 def empty_prompt_like(uncond: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -67,7 +90,7 @@ def with_image(gen, text: torch.Tensor, images) -> torch.Tensor:
     if not getattr(gen, "takes_image", False):
         raise ValueError(
             f"this {gen.name} generator is text-to-video only: it takes no conditioning image "
-            "(image-to-video: Wan2.2 TI2V-5B or LTX-Video)"
+            "(image-to-video: Wan2.1 I2V, Wan2.2 TI2V-5B / I2V-A14B, LTX-Video)"
         )
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[0] != text.shape[0] or images.shape[-1] != 3:
@@ -95,3 +118,32 @@ def first_frame_velocity(v_hat: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor
     t = t.to(z_t.device, torch.float32).clamp_min(T_MIN).view(-1, 1, 1, 1, 1)
     known = (z_t[:, :, :1].float() - cond.to(z_t.device).float()) / t
     return torch.cat([known.to(v_hat.device), v_hat[:, :, 1:]], dim=2)
+
+
+def concat_condition(z_t: torch.Tensor, cond: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Wan2.1 I2V / Wan2.2 I2V-A14B's transformer input [z_t, mask, cond] along channels (WanImageToVideoPipeline):
+    `cond` is the latent of the image followed by black frames, the mask (in_channels − 2·C channels, the VAE's
+    temporal factor) is 1 on the first latent frame and 0 after it."""
+    b, c, t, h, w = z_t.shape
+    if cond.shape != z_t.shape:
+        raise ValueError(f"conditioning latent {tuple(cond.shape)} does not fit latents {tuple(z_t.shape)}")
+    mask = z_t.new_zeros(b, in_channels - 2 * c, t, h, w)
+    mask[:, :, 0] = 1.0
+    return torch.cat([z_t, mask, cond.to(z_t.device, z_t.dtype)], dim=1)
+
+
+def encode_with_images(gen, prompts: list[str], images=None, frames: int | None = None) -> torch.Tensor:
+    """`gen.encode_prompts(prompts)`, with each prompt's conditioning image (uint8 [B, H, W, 3]) when given; a
+    family that conditions on the whole clip (Wan2.1 I2V) also gets the clip's pixel `frames`."""
+    if images is None:
+        return gen.encode_prompts(prompts)
+    if not getattr(gen, "takes_image", False):
+        return with_image(gen, gen.encode_prompts(prompts), images)  # the clear "text-to-video only" error
+    if getattr(gen, "image_mode", "replace") == "concat":
+        return gen.encode_prompts(prompts, images=images, frames=frames)
+    return gen.encode_prompts(prompts, images=images)
+
+
+def pixel_frames(gen, latent_frames: int) -> int:
+    """The clip length whose latents have `latent_frames` frames (1 + (T' − 1)·temporal factor)."""
+    return 1 + (latent_frames - 1) * int(getattr(gen, "temporal", 1))

@@ -21,6 +21,7 @@ from raypipe.flow.ltx import LTXFamily, TinyLTXConfig, make_tiny_ltx
 FAMILIES = {"wan": WanFamily, "cogvideox": CogVideoXFamily, "hunyuan": HunyuanFamily, "ltx": LTXFamily}
 PIPELINE_CLASSES = {
     "WanPipeline": "wan",
+    "WanImageToVideoPipeline": "wan",
     "CogVideoXPipeline": "cogvideox",
     "HunyuanVideoPipeline": "hunyuan",
     "LTXPipeline": "ltx",
@@ -71,11 +72,13 @@ def make_tiny_generator(family: str, path: str | os.PathLike, cfg=None, seed: in
 
 def takes_image(path: str | os.PathLike) -> bool:
     """Whether the pipeline folder's generator takes a conditioning image (image-to-video), read from its configs
-    without loading weights: Wan2.2 TI2V (`expand_timesteps`), LTX-Video (one latent frame per token)."""
+    without loading weights: Wan2.2 TI2V (`expand_timesteps`), Wan2.1 I2V / Wan2.2 I2V-A14B
+    (`WanImageToVideoPipeline`), LTX-Video (one latent frame per token)."""
     path = Path(path)
     family = family_of(path)
     if family == "wan":
-        return bool(json.loads((path / "model_index.json").read_text()).get("expand_timesteps", False))
+        index = json.loads((path / "model_index.json").read_text())
+        return bool(index.get("expand_timesteps")) or index.get("_class_name") == "WanImageToVideoPipeline"
     if family == "ltx":
         return int(json.loads((path / "transformer" / "config.json").read_text()).get("patch_size_t", 1)) == 1
     return False

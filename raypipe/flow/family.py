@@ -23,10 +23,12 @@ import numpy as np
 import torch
 
 from raypipe.flow.conditioning import (
+    concat_condition,
     condition_first_frame,
     first_frame_velocity,
+    pack_image,
     per_token_times,
-    split_image,
+    split_conditions,
     with_image,
 )
 
@@ -62,6 +64,11 @@ class TinyWanConfig:
     experts: int = 1  # 2: Wan2.2 A14B (transformer: t >= boundary_ratio; transformer_2: below)
     boundary_ratio: float = 0.875  # A14B T2V's switch (its I2V: 0.9)
     expand_timesteps: bool = False  # Wan2.2 TI2V: a timestep per latent token
+    # image-to-video by channels (WanImageToVideoPipeline: Wan2.1 I2V, Wan2.2 I2V-A14B): the transformer takes
+    # [latents, first-frame mask, conditioning latents]; image_dim: the CLIP image encoder's width (Wan2.1 only)
+    i2v: bool = False
+    image_dim: int | None = None
+    image_size: int = 32  # the tiny CLIP image encoder's input size
 
     @classmethod
     def wan22_ti2v_tiny(cls) -> TinyWanConfig:
@@ -72,6 +79,16 @@ class TinyWanConfig:
     def wan22_a14b_tiny(cls) -> TinyWanConfig:
         """A tiny Wan2.2 A14B: two experts switched at the boundary."""
         return cls(experts=2)
+
+    @classmethod
+    def wan21_i2v_tiny(cls) -> TinyWanConfig:
+        """A tiny Wan2.1 I2V: channel-concatenated image latents and a CLIP image encoder."""
+        return cls(i2v=True, image_dim=16)
+
+    @classmethod
+    def wan22_i2v_a14b_tiny(cls) -> TinyWanConfig:
+        """A tiny Wan2.2 I2V-A14B: two experts (boundary 0.9) with channel-concatenated image latents, no CLIP."""
+        return cls(i2v=True, experts=2, boundary_ratio=0.9)
 
     @classmethod
     def wan22_ti2v_5b(cls) -> TinyWanConfig:
@@ -143,6 +160,8 @@ def build_random_wan(cfg: TinyWanConfig | None = None, seed: int = 0, dtype: str
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
+    WanImageToVideoPipeline = i2v_pipeline_class()
+
     cfg = cfg or TinyWanConfig()
     torch.manual_seed(seed)
     tokenizer = build_word_tokenizer()
@@ -179,13 +198,16 @@ def build_random_wan(cfg: TinyWanConfig | None = None, seed: int = 0, dtype: str
             scale_factor_temporal=temporal,
             scale_factor_spatial=spatial,
         )
+        inner = cfg.num_attention_heads * cfg.attention_head_dim
         transformers = [
             WanTransformer3DModel(
                 patch_size=(1, 2, 2),
                 num_attention_heads=cfg.num_attention_heads,
                 attention_head_dim=cfg.attention_head_dim,
-                in_channels=cfg.z_dim,
+                in_channels=2 * cfg.z_dim + temporal if cfg.i2v else cfg.z_dim,
                 out_channels=cfg.z_dim,
+                image_dim=cfg.image_dim if cfg.i2v else None,
+                added_kv_proj_dim=inner if cfg.i2v and cfg.image_dim else None,
                 text_dim=cfg.text_dim,
                 freq_dim=cfg.freq_dim,
                 ffn_dim=cfg.ffn_dim,
@@ -194,20 +216,60 @@ def build_random_wan(cfg: TinyWanConfig | None = None, seed: int = 0, dtype: str
             )
             for _ in range(cfg.experts)
         ]
+        image_encoder = image_processor = None
+        if cfg.i2v and cfg.image_dim:
+            from transformers import CLIPVisionConfig, CLIPVisionModel
+
+            try:  # the PIL-backed processor (the default one wants torchvision and says so on every load)
+                from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+            except ImportError:
+                from transformers import CLIPImageProcessor
+
+            image_encoder = CLIPVisionModel(
+                CLIPVisionConfig(
+                    hidden_size=cfg.image_dim,
+                    intermediate_size=2 * cfg.image_dim,
+                    num_hidden_layers=2,
+                    num_attention_heads=2,
+                    image_size=cfg.image_size,
+                    patch_size=cfg.image_size // 2,
+                )
+            )
+            side = {"height": cfg.image_size, "width": cfg.image_size}
+            image_processor = CLIPImageProcessor(size={"shortest_edge": cfg.image_size}, crop_size=side)
     two = cfg.experts == 2
-    pipe = WanPipeline(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        vae=vae,
-        transformer=transformers[0],
-        transformer_2=transformers[1] if two else None,
-        boundary_ratio=cfg.boundary_ratio if two else None,
-        expand_timesteps=cfg.expand_timesteps,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=cfg.shift),
-    )
-    for model in (text_encoder, vae, *transformers):
+    common = {
+        "tokenizer": tokenizer,
+        "text_encoder": text_encoder,
+        "vae": vae,
+        "transformer": transformers[0],
+        "transformer_2": transformers[1] if two else None,
+        "boundary_ratio": cfg.boundary_ratio if two else None,
+        "expand_timesteps": cfg.expand_timesteps,
+        "scheduler": FlowMatchEulerDiscreteScheduler(shift=cfg.shift),
+    }
+    if cfg.i2v:
+        pipe = WanImageToVideoPipeline(**common, image_encoder=image_encoder, image_processor=image_processor)
+    else:
+        pipe = WanPipeline(**common)
+    for model in (text_encoder, vae, *transformers, *([image_encoder] if image_encoder is not None else [])):
         cast_like_pretrained(model, getattr(torch, dtype))
     return pipe
+
+
+def i2v_pipeline_class():
+    """diffusers' WanImageToVideoPipeline, imported without transformers' notice that its CLIP image processor falls
+    back to the PIL one when torchvision is absent (the same preprocessing; nothing for a user to do)."""
+    from transformers.utils import logging as transformers_logging
+
+    level = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        from diffusers import WanImageToVideoPipeline
+
+        return WanImageToVideoPipeline
+    finally:
+        transformers_logging.set_verbosity(level)
 
 
 def cast_like_pretrained(model, dtype: torch.dtype):
@@ -304,7 +366,9 @@ class WanFamily:
         path = Path(path)
         if not (path / "model_index.json").exists():
             raise FileNotFoundError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
-        pipe = WanPipeline.from_pretrained(str(path), dtype=getattr(torch, dtype), local_files_only=True)
+        i2v = json.loads((path / "model_index.json").read_text()).get("_class_name") == "WanImageToVideoPipeline"
+        pipeline_class = i2v_pipeline_class() if i2v else WanPipeline
+        pipe = pipeline_class.from_pretrained(str(path), dtype=getattr(torch, dtype), local_files_only=True)
         extra = (
             json.loads((path / "raypipe_family.json").read_text()) if (path / "raypipe_family.json").exists() else {}
         )
@@ -348,23 +412,54 @@ class WanFamily:
 
     # --- frozen encoders ---------------------------------------------------------------------------------
     @property
+    def image_mode(self) -> str | None:
+        """How a conditioning image enters (`raypipe.flow.conditioning`): "replace" (Wan2.2 TI2V: the first latent
+        frame, per-token timesteps), "concat" (Wan2.1 I2V, Wan2.2 I2V-A14B: channels), None (text-to-video)."""
+        if self.pipeline.config.get("expand_timesteps", False):
+            return "replace"
+        if int(self.transformer.config.in_channels) > int(self.pipeline.vae.config.z_dim):
+            return "concat"
+        return None
+
+    @property
     def takes_image(self) -> bool:
-        """Whether a conditioning image may come with the prompt: Wan2.2 TI2V (per-token timesteps, the first
-        latent frame replaced by the image's). Wan2.1 I2V and Wan2.2 I2V-A14B (channel-concatenated image
-        latents) are not supported yet."""
-        return bool(self.pipeline.config.get("expand_timesteps", False))
+        return self.image_mode is not None
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: list[str], images=None) -> torch.Tensor:
+    def encode_prompts(self, prompts: list[str], images=None, frames: int | None = None) -> torch.Tensor:
         """UMT5 embeddings [B, max_text_len, text_dim] (padding zeroed, as WanPipeline does); with `images`
-        (uint8 [B, H, W, 3], image-to-video) each one's latent packed in (`raypipe.flow.conditioning`)."""
+        (uint8 [B, H, W, 3], image-to-video) each one's conditioning packed in (`raypipe.flow.conditioning`);
+        Wan2.1 I2V / Wan2.2 I2V-A14B encode the image followed by black frames, so they need the clip's `frames`."""
         embeds, _ = self.pipeline.encode_prompt(
             list(prompts),
             do_classifier_free_guidance=False,
             max_sequence_length=self.max_text_len,
             device=self.transformer.device,
         )
-        return with_image(self, embeds, images)
+        if images is None or self.image_mode != "concat":
+            return with_image(self, embeds, images)
+        return pack_image(embeds, *self._concat_condition(np.asarray(images), frames))
+
+    def _concat_condition(self, images: np.ndarray, frames: int | None):
+        """WanImageToVideoPipeline's conditioning latent (the image then frames − 1 black frames, VAE argmax,
+        normalised) and, with an image encoder, its CLIP states (the penultimate layer)."""
+        if frames is None or (frames - 1) % self.temporal:
+            raise ValueError(f"this I2V generator conditions on the whole clip: frames must be 1 + k·{self.temporal}")
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be uint8 [B, H, W, 3], got {images.shape}")
+        clip = np.zeros((len(images), frames, *images.shape[1:]), np.uint8)
+        clip[:, 0] = images
+        x = vae_pixels(clip, self.device)
+        x[:, :, 1:] = 0.0  # black frames are 0 in [-1, 1], as the pipeline pads
+        z = self.pipeline.vae.encode(x.to(self.pipeline.vae.dtype)).latent_dist.mode()
+        cond = (z.float() - self._mean.to(z.device)) / self._std.to(z.device)
+        states = None
+        if getattr(self.pipeline, "image_encoder", None) is not None:
+            from PIL import Image
+
+            pictures = [Image.fromarray(i) for i in images]
+            states = self.pipeline.encode_image(pictures, device=self.device).float()
+        return cond, states
 
     @torch.no_grad()
     def encode_videos(self, frames: np.ndarray | torch.Tensor, sample: bool = False) -> torch.Tensor:
@@ -387,19 +482,30 @@ class WanFamily:
         (pass a peft-wrapped one for LoRA)."""
         model = model if model is not None else self.transformer
         dtype, device = compute_dtype_device(model)
-        text, image = split_image(text, self.max_text_len)
+        text, image, states = split_conditions(text, self.max_text_len)
         # The timestep stays float32: diffusers embeds it sinusoidally first and casts afterwards, whereas 1000·t
         # in bf16 would be rounded to steps of up to 4 (t off by 0.4 %).
         timestep = (1000.0 * t).to(device, torch.float32)
-        hidden = z_t
-        if image is not None:  # Wan2.2 TI2V image-to-video: frame 0 is the image, clean (WanImageToVideoPipeline)
+        hidden, extra, mode = z_t, {}, self.image_mode
+        if image is not None and mode == "replace":  # Wan2.2 TI2V: frame 0 is the image, clean
             _, ph, pw = self.transformer.config.patch_size
             hidden = condition_first_frame(z_t, image)
             timestep = per_token_times(timestep, z_t.shape[2], (z_t.shape[3] // ph) * (z_t.shape[4] // pw))
+        elif image is not None and mode == "concat":  # Wan2.1 I2V / Wan2.2 I2V-A14B: channels [z_t, mask, cond]
+            hidden = concat_condition(z_t.to(device), image.to(device), int(self.transformer.config.in_channels))
+            if states is not None:
+                extra["encoder_hidden_states_image"] = states.to(device, dtype)
+        elif mode == "concat":
+            raise ValueError("this Wan I2V generator needs a conditioning image: encode_prompts(prompts, images=...)")
+        elif image is not None:
+            raise ValueError("this Wan generator is text-to-video only: its prompts carry no image")
         out = model(
             hidden_states=hidden.to(device, dtype),
             timestep=timestep,
             encoder_hidden_states=text.to(device, dtype),
             return_dict=False,
+            **extra,
         )[0].float()
-        return out if image is None else first_frame_velocity(out, z_t, t, image)
+        if image is None or self.image_mode != "replace":
+            return out
+        return first_frame_velocity(out, z_t, t, image)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from raypipe.flow.conditioning import empty_prompt_like
+from raypipe.flow.conditioning import empty_prompt_like, encode_with_images, pixel_frames
 
 
 def time_grid(steps: int, shift: float = 1.0) -> torch.Tensor:
@@ -67,7 +67,7 @@ def sample_videos(
     gen, prompts: list[str], latent_shape: tuple[int, ...], steps: int, cfg_scale: float, seed: int, images=None
 ) -> np.ndarray:
     """CFG samples (uint8 [N, T, H, W, 3]) with seeded initial noise (`images`: first frames, image-to-video)."""
-    text = gen.encode_prompts(prompts, images=images) if images is not None else gen.encode_prompts(prompts)
+    text = encode_with_images(gen, prompts, images, pixel_frames(gen, latent_shape[1]))
     uncond = gen.encode_prompts([""])
     noise = torch.randn((len(prompts), *latent_shape), generator=torch.Generator().manual_seed(seed))
     z = sample(gen.velocity, text, uncond, noise.shape, steps=steps, cfg_scale=cfg_scale, shift=gen.shift, noise=noise)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from raypipe.data.tables import clips_of, suffix, tensor_of
+from raypipe.flow.conditioning import encode_with_images
 
 
 def latents_of(gen, batch, key: str) -> torch.Tensor:
@@ -26,7 +27,8 @@ def text_of(gen, batch, prompts: list[str], dropout: float, generator: torch.Gen
     kept = drop_prompts(prompts, dropout, generator)
     if "text" not in batch.column_names:
         if "image" in batch.column_names:  # image-to-video (decoded clips): the conditioning images, uint8 [B, H, W, 3]
-            return gen.encode_prompts(kept, images=tensor_of(batch, "image"))
+            frames = next(clips_of(batch, c).shape[1] for c in ("frames_w", "frames") if c in batch.column_names)
+            return encode_with_images(gen, kept, tensor_of(batch, "image"), frames)
         return gen.encode_prompts(kept)
     text = torch.from_numpy(tensor_of(batch, "text")).float()
     dropped = [i for i, p in enumerate(kept) if p == "" and prompts[i] != ""]

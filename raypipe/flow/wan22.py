@@ -61,16 +61,21 @@ class WanExperts(torch.nn.Module):
             expert = self.high if bool(high.all()) else self.low
             return expert(hidden_states, timestep, encoder_hidden_states, return_dict=False, **kwargs)
         out, idle = None, []
+        n = hidden_states.shape[0]
+
+        def rows(rows_mask):  # per-sample keyword tensors (an image encoder's states) follow their samples
+            return {k: v[rows_mask] if torch.is_tensor(v) and v.shape[:1] == (n,) else v for k, v in kwargs.items()}
+
         for mask, expert in ((high, self.high), (~high, self.low)):
             if not bool(mask.any()):
                 if both:
                     first = torch.zeros_like(mask)
                     first[0] = True
                     x, ts, enc = hidden_states[first], timestep[first], encoder_hidden_states[first]
-                    idle.append(expert(x, ts, enc, return_dict=False, **kwargs)[0].sum() * 0.0)
+                    idle.append(expert(x, ts, enc, return_dict=False, **rows(first))[0].sum() * 0.0)
                 continue
             part = expert(
-                hidden_states[mask], timestep[mask], encoder_hidden_states[mask], return_dict=False, **kwargs
+                hidden_states[mask], timestep[mask], encoder_hidden_states[mask], return_dict=False, **rows(mask)
             )[0]
             if out is None:
                 out = part.new_zeros((hidden_states.shape[0], *part.shape[1:]))

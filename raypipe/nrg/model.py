@@ -7,8 +7,8 @@
 The trunk is a real `WanTransformer3DModel` with `num_layers = K`, initialised from the generator's patch embedding,
 time/text conditioning and first K blocks (the same keys, copied); the rest of the generator is not kept. Tokens
 after block K are mean-pooled, layer-normed, and one linear head per dimension (the rows of one `nn.Linear(hidden,
-D)`) gives the rewards. An image-to-video prompt (`raypipe.flow.conditioning`) conditions frame 0 on its image as
-Wan2.2 TI2V does (the rows beyond `text_rows`, the generator's prompt rows). `trainable` picks what learns: "all"
+D)`) gives the rewards. An image-to-video prompt (`raypipe.flow.conditioning`: the rows beyond `text_rows`, the
+generator's prompt rows) conditions the trunk as it conditions the generator. `trainable` picks what learns: "all"
 (trunk + heads), "blocks" (the K blocks + heads; patch embedding and conditioning frozen) or "heads".
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from raypipe.flow.conditioning import condition_first_frame, per_token_times, split_image
+from raypipe.flow.conditioning import concat_condition, condition_first_frame, per_token_times, split_conditions
 from raypipe.flow.family import cast_like_pretrained, compute_dtype_device
 
 TRAINABLE = ("all", "blocks", "heads")
@@ -89,21 +89,27 @@ class LatentReward(nn.Module):
         """Pooled [B, hidden] features of the first K blocks (the generator's own conditioning of t and c)."""
         tr = self.trunk
         dtype, device = compute_dtype_device(tr)
-        image = None
+        image = states = None
         if self.text_rows is not None:
-            text, image = split_image(text, self.text_rows)
+            text, image, states = split_conditions(text, self.text_rows)
         x_t, text = x_t.to(device, dtype), text.to(device, dtype)
         # float32 timestep, as in WanFamily.velocity (diffusers casts after the sinusoidal embedding)
         timestep, seq_len = (1000.0 * t).to(device, torch.float32), None
-        if image is not None:  # image-to-video (Wan2.2 TI2V): frame 0 is the image, its tokens at timestep 0
+        in_channels = int(tr.config.in_channels)
+        if image is not None and in_channels == x_t.shape[1]:  # Wan2.2 TI2V: frame 0 is the image, timestep 0
             _, ph, pw = tr.config.patch_size
             x_t = condition_first_frame(x_t, image)
             timestep = per_token_times(timestep, x_t.shape[2], (x_t.shape[3] // ph) * (x_t.shape[4] // pw))
             seq_len = timestep.shape[1]
             timestep = timestep.flatten()
+        elif image is not None:  # Wan2.1 I2V / Wan2.2 I2V-A14B: channels [x_t, mask, condition]
+            x_t = concat_condition(x_t, image.to(device, dtype), in_channels)
         rotary = tr.rope(x_t)
         h = tr.patch_embedding(x_t).flatten(2).transpose(1, 2).contiguous()
-        _, timestep_proj, enc, _ = tr.condition_embedder(timestep, text, None, timestep_seq_len=seq_len)
+        states = None if states is None else states.to(device, dtype)
+        _, timestep_proj, enc, enc_image = tr.condition_embedder(timestep, text, states, timestep_seq_len=seq_len)
+        if enc_image is not None:  # Wan2.1 I2V: the CLIP states go first, as in the transformer's forward
+            enc = torch.cat([enc_image, enc], dim=1)
         timestep_proj = timestep_proj.unflatten(1 if seq_len is None else 2, (6, -1))
         for block in tr.blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():

@@ -8,6 +8,7 @@ import time
 import torch
 
 from raypipe.config import ConfigError
+from raypipe.flow.conditioning import encode_with_images, pixel_frames
 from raypipe.flow.families import load_family
 from raypipe.flow.lora import load_lora
 from raypipe.flow.sampler import sample
@@ -42,10 +43,8 @@ def guided_samples(
     t0 = time.perf_counter()
     for start in range(0, len(prompts), batch):
         part = prompts[start : start + batch]
-        if images is None:
-            text = gen.encode_prompts(part)
-        else:  # image-to-video: each prompt's first frame
-            text = gen.encode_prompts(part, images=images[start : start + len(part)])
+        part_images = None if images is None else images[start : start + len(part)]  # image-to-video
+        text = encode_with_images(gen, part, part_images, pixel_frames(gen, shape[1]))
         guide = RewardGuidance(reward_model, text, weights, strength) if reward_model is not None else None
         z = sample(
             gen.velocity,

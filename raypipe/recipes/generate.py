@@ -33,7 +33,7 @@ class GenerateConfig:
     lora: str | None = None  # optional adapters from train-flow (OUT/final)
     latent_reward: str | None = None  # a train-latent-reward model (OUT/final); needed when guiding
     prompts: str = "8"  # a number (seeded SynthPref prompts), a .txt / manifest, or prompts separated by "|"
-    image: str | None = None  # image-to-video (Wan2.2 TI2V, LTX-Video): the first frame of every sample (a picture
+    image: str | None = None  # image-to-video (Wan I2V / TI2V, LTX-Video): the first frame of every sample (a picture
     # or a video's first frame), resized to the clip
     weights: dict[str, float] = dataclasses.field(default_factory=dict)  # e.g. {VQ: 0.1, TA: 0.8}; missing: 0
     strength: float = 0.0  # λ
@@ -68,7 +68,9 @@ def run(cfg: GenerateConfig) -> dict:
     images = None
     if cfg.image:
         if not getattr(gen, "takes_image", False):
-            raise ConfigError(f"image= needs an image-to-video generator (Wan2.2 TI2V, LTX-Video), not {cfg.generator}")
+            raise ConfigError(
+                f"image= needs an image-to-video generator (Wan I2V / TI2V, LTX-Video), not {cfg.generator}"
+            )
         image = read_image(cfg.image, cfg.clip.height, cfg.clip.width)
         if isinstance(image, VideoError):
             raise ConfigError(f"image={cfg.image}: {image.message}")

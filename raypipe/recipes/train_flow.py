@@ -102,8 +102,8 @@ class FlowDataConfig:
     video_root: str | None = None  # relative video paths resolve against this (default: the manifest folder)
     rows_per_block: int = 4  # rows per Ray Data decode task
     latent_cache: str | None = None  # a folder: VAE latents + text embeddings written once (built if missing)
-    # image-to-video (Wan2.2 TI2V, LTX-Video): none | first_frame = each row's video's first frame conditions the
-    # generator (a pair's winner's; SynthPref with synth.i2v=true gives both videos of a pair that first frame)
+    # image-to-video (Wan2.1 I2V, Wan2.2 TI2V / I2V-A14B, LTX-Video): none | first_frame = each row's video's first
+    # frame conditions the generator (a pair's winner's; SynthPref with synth.i2v=true gives both videos that frame)
     image: str = "none"
     decode_cpus: float = 1.0  # CPUs per decode task
 
@@ -230,7 +230,7 @@ def run(cfg: FlowTrainConfig) -> dict:
     cfg, manifest_path = _prepare(cfg, out)
     if cfg.data.image != "none" and not takes_image(cfg.generator):
         raise ConfigError(
-            f"data.image={cfg.data.image} needs an image-to-video generator (Wan2.2 TI2V, LTX-Video); "
+            f"data.image={cfg.data.image} needs an image-to-video generator (Wan I2V / TI2V, LTX-Video); "
             f"{cfg.generator} is text-to-video only"
         )
     if t.algo == "lift":

@@ -79,8 +79,8 @@ class LatentDataConfig:
     video_root: str | None = None  # relative video paths resolve against this (default: the manifest's folder)
     val_fraction: float = 0.15  # share of pairs held out (by row_id)
     latent_cache: str = "latents"  # folder of the latent cache, relative to OUT unless absolute
-    # image-to-video (Wan2.2 TI2V): none | first_frame = video A's first frame conditions both videos of a pair
-    # (SynthPref with synth.i2v=true: both start on it)
+    # image-to-video (Wan2.1 I2V, Wan2.2 TI2V / I2V-A14B): none | first_frame = video A's first frame conditions
+    # both videos of a pair (SynthPref with synth.i2v=true: both start on it)
     image: str = "none"
 
 
@@ -208,7 +208,7 @@ def run(cfg: LatentRewardConfig) -> dict:
         cfg = dataclasses.replace(cfg, generator=str(make_tiny_wan(out / "tiny_wan", cfg.tiny, 0)))
     if cfg.data.image != "none" and not takes_image(cfg.generator):
         raise ConfigError(
-            f"data.image={cfg.data.image} needs an image-to-video generator (Wan2.2 TI2V); "
+            f"data.image={cfg.data.image} needs an image-to-video generator (Wan I2V / TI2V); "
             f"{cfg.generator} is text-to-video only"
         )
     rows, source = pair_labels(
