@@ -241,6 +241,10 @@ def test_wan22_presets_load_and_fit_their_vaes():
         spatial = 2 ** (len(shape.vae_dim_mult) - 1) * (shape.vae_patch_size or 1)
         assert cfg.clip.frames % 4 == 1 and cfg.clip.height % (2 * spatial) == 0 == cfg.clip.width % (2 * spatial)
     assert TinyWanConfig.wan22_a14b().experts == 2 and TinyWanConfig.wan22_ti2v_5b().z_dim == 48
+    i2v = load_config(FlowTrainConfig, REPO / "configs" / "flow_wan21_i2v_14b.yaml")
+    assert i2v.data.image == "first_frame" and i2v.dtype == "bfloat16" and i2v.clip.frames % 4 == 1
+    real = TinyWanConfig.wan21_i2v_14b()  # 36 input channels = 16 latent + 4 mask + 16 condition; 257 CLIP states
+    assert real.i2v and 2 * real.z_dim + 4 == 36 and (real.image_size // real.image_patch) ** 2 + 1 == 257
 
 
 @pytest.mark.parametrize("name, spatial, temporal", [("flow_hunyuan_video", 16, 4), ("flow_ltx_video", 32, 8)])

@@ -182,7 +182,7 @@ def test_bench_gpu_flow_runs_for_every_family(tmp_path):
     """`bench gpu --family` at tiny shapes: the same DPO/SFT/RWR steps through each family's classes (A14B: both
     experts with LoRA, so twice the adapters of one), one family after the other in one process."""
     out = tmp_path / "gpu.json"
-    families = ["wan22-ti2v-5b", "wan22-a14b", "hunyuan-video", "ltx-video"]
+    families = ["wan22-ti2v-5b", "wan22-a14b", "hunyuan-video", "ltx-video", "wan21-i2v-14b", "wan22-i2v-a14b"]
     argv = ["--out", str(out), "--size", "tiny", "--parts", "flow", "--family", ",".join(families), "--steps", "1"]
     proc = subprocess.run(
         [sys.executable, "-m", "raypipe.bench.gpu", *argv, "--warmup", "0", "--flow-batches", "1"],
@@ -192,11 +192,12 @@ def test_bench_gpu_flow_runs_for_every_family(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert set(report) >= {"flow", "flow:wan22-a14b", "flow:hunyuan-video", "flow:ltx-video"}
+    assert set(report) >= {"flow", *(f"flow:{f}" for f in families[1:])}
     # LoRA r=64 on 32 -> 32 projections (64·64 each): Wan's 16 (x2 experts for A14B); HunyuanVideo's 11 (q/k/v/o of
     # the dual-stream block and the text refiner, q/k/v of the single-stream block); LTX's 16 (2 blocks x 2
     # attentions x q/k/v/o)
     lora = {"wan22-ti2v-5b": 16, "wan22-a14b": 32, "hunyuan-video": 11, "ltx-video": 16}
+    lora |= {"wan21-i2v-14b": 16, "wan22-i2v-a14b": 32}  # I2V: the same projections (image attention's not targeted)
     for family in families:
         flow = report["flow" if family == families[0] else f"flow:{family}"]
         assert flow["family"] == family and len(flow["train"]) == 4

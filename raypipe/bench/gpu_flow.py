@@ -33,7 +33,7 @@ def bench_flow(args, size: str, device, dtype: str) -> dict:
     engine = engine_for(gen.transformer, settings, bf16=dtype == "bfloat16", micro_batch=4)
     clip = family_clip(size, family)
     z_shape = gen.latent_shape(*clip, check=True)
-    rows = _train_sweep(args, gen, engine, z_shape, device)
+    rows = _train_sweep(args, gen, engine, z_shape, clip, device)
     tokens = tokens_per_video(gen, z_shape)
     engine = gen = None
     reset_peak(device)
@@ -73,13 +73,17 @@ def _tensors(algo: str, n: int, text, z_shape) -> dict:
     return {"z": torch.randn((2 * n, *z_shape)), "text": torch.cat([text, text]), "reward": torch.randn(2 * n)}
 
 
-def _train_sweep(args, gen, engine, z_shape, device) -> list[dict]:
+def _train_sweep(args, gen, engine, z_shape, clip, device) -> list[dict]:
+    import numpy as np
     import torch
 
+    from raypipe.flow.conditioning import encode_with_images
     from raypipe.flow.training import algo_loss
     from raypipe.recipes.train_flow import FlowTrainSettings
 
-    prompt = gen.encode_prompts(["a red circle moving left"]).cpu()  # the family's own text input (packed or not)
+    # the family's own text input (packed or not); image-to-video families (Wan I2V) get a grey first frame
+    image = np.full((1, clip[1], clip[2], 3), 128, np.uint8) if getattr(gen, "image_mode", None) == "concat" else None
+    prompt = encode_with_images(gen, ["a red circle moving left"], image, clip[0]).cpu()
     generator = torch.Generator().manual_seed(0)
 
     def run_one(s: dict) -> dict:

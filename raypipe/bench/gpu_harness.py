@@ -29,6 +29,8 @@ FAMILIES = {
     "wan21-1.3b": ("wan", "wan21_1_3b", None, (33, 480, 832), "Wan2.1-T2V-1.3B"),
     "wan22-ti2v-5b": ("wan", "wan22_ti2v_5b", "wan22_ti2v_tiny", (33, 704, 1280), "Wan2.2-TI2V-5B"),
     "wan22-a14b": ("wan", "wan22_a14b", "wan22_a14b_tiny", (33, 480, 832), "Wan2.2-T2V-A14B (two experts)"),
+    "wan21-i2v-14b": ("wan", "wan21_i2v_14b", "wan21_i2v_tiny", (33, 480, 832), "Wan2.1-I2V-14B-480P"),
+    "wan22-i2v-a14b": ("wan", "wan22_i2v_a14b", "wan22_i2v_a14b_tiny", (33, 480, 832), "Wan2.2-I2V-A14B"),
     "hunyuan-video": ("hunyuan", "hunyuan_video", None, (33, 544, 960), "HunyuanVideo 1.0 (13B)"),
     "ltx-video": ("ltx", "ltx_video", None, (33, 480, 704), "LTX-Video 0.9 (2B)"),
 }

@@ -68,7 +68,8 @@ class TinyWanConfig:
     # [latents, first-frame mask, conditioning latents]; image_dim: the CLIP image encoder's width (Wan2.1 only)
     i2v: bool = False
     image_dim: int | None = None
-    image_size: int = 32  # the tiny CLIP image encoder's input size
+    image_size: int = 32  # the CLIP image encoder's input size (a two-layer stand-in of its width and tokens)
+    image_patch: int = 16  # its patch size: (image_size / image_patch)² + 1 states (Wan2.1 I2V's ViT-H/14: 257)
 
     @classmethod
     def wan22_ti2v_tiny(cls) -> TinyWanConfig:
@@ -105,6 +106,26 @@ class TinyWanConfig:
             shift=5.0,
             expand_timesteps=True,
         )
+
+    @classmethod
+    def wan21_i2v_14b(cls) -> TinyWanConfig:
+        """Wan2.1-I2V-14B's shapes: 40 blocks, 40 heads x 128, FFN 13824, 36 input channels, image attention over
+        257 CLIP ViT-H states of width 1280 (the image encoder a two-layer stand-in with that output)."""
+        return dataclasses.replace(
+            cls.wan21_1_3b(),
+            num_attention_heads=40,
+            num_layers=40,
+            ffn_dim=13824,
+            i2v=True,
+            image_dim=1280,
+            image_size=224,
+            image_patch=14,
+        )
+
+    @classmethod
+    def wan22_i2v_a14b(cls) -> TinyWanConfig:
+        """Wan2.2-I2V-A14B's shapes: A14B's two experts with 36 input channels (no image encoder), boundary 0.9."""
+        return dataclasses.replace(cls.wan22_a14b(), i2v=True, boundary_ratio=0.9)
 
     @classmethod
     def wan22_a14b(cls) -> TinyWanConfig:
@@ -232,7 +253,7 @@ def build_random_wan(cfg: TinyWanConfig | None = None, seed: int = 0, dtype: str
                     num_hidden_layers=2,
                     num_attention_heads=2,
                     image_size=cfg.image_size,
-                    patch_size=cfg.image_size // 2,
+                    patch_size=cfg.image_patch,
                 )
             )
             side = {"height": cfg.image_size, "width": cfg.image_size}
