@@ -102,3 +102,28 @@ def test_dpo_at_init_and_lora_round_trip(tiny_ltx, tmp_path):
     load_lora(fresh.pipeline, tmp_path / "lora")  # diffusers' LTXPipeline.load_lora_weights
     with torch.no_grad():
         torch.testing.assert_close(fresh.velocity(z[:2], t, text), tuned, rtol=1e-5, atol=1e-6)
+
+
+def test_latent_reward_trunk_runs_the_generators_own_blocks(tiny_ltx, tmp_path):
+    """A latent reward on LTX-Video: with every block, its pooled features are the generator's last-block tokens
+    (text-to-video and image-to-video prompts); it saves and loads with its geometry; gradients reach the trunk."""
+    from raypipe.nrg.model import LatentReward
+
+    gen = load_family(tiny_ltx)
+    videos = _frames(2)
+    lr = LatentReward.for_family(gen, ("VQ", "MQ"), k_blocks=len(gen.transformer.transformer_blocks))
+    x_t, t = torch.randn(2, *gen.latent_shape(9, 32, 32), generator=torch.Generator().manual_seed(3)), torch.rand(2)
+    for text in (gen.encode_prompts(["a red square", "a blue circle"]),
+                 gen.encode_prompts(["a red square", "a blue circle"], images=videos[:, 0])):  # fmt: skip
+        seen = {}
+        hook = gen.transformer.transformer_blocks[-1].register_forward_hook(lambda m, i, o, s=seen: s.update(h=o))
+        with torch.no_grad():
+            gen.velocity(x_t, t, text)
+            hook.remove()
+            torch.testing.assert_close(lr.features(x_t, t, text), seen["h"].float().mean(1), rtol=1e-5, atol=1e-5)
+    back = LatentReward.from_pretrained(lr.save_pretrained(tmp_path / "lr"))
+    with torch.no_grad():
+        torch.testing.assert_close(back(x_t, t, text), lr(x_t, t, text))
+    one = LatentReward.for_family(gen, ("VQ",), k_blocks=1)
+    one(x_t, t, text).sum().backward()
+    assert one.trunk.transformer_blocks[0].attn1.to_q.weight.grad.abs().sum() > 0

@@ -147,3 +147,19 @@ def test_train_latent_reward_end_to_end(ray_local, tmp_path):
     assert tensor_of(pq.read_table(tmp_path / "lr" / "latents" / "train"), "text").shape[1] > 16
     assert (tmp_path / "lr" / "accuracy_by_t.png").exists()
     assert list((tmp_path / "lr" / "tensorboard").iterdir())
+
+
+def test_generators_without_a_trunk_are_refused_up_front(tmp_path):
+    from raypipe.config import ConfigError, load_config
+    from raypipe.flow.families import make_tiny_generator
+    from raypipe.flow.family import TinyWanConfig, make_tiny_wan
+
+    a14b = make_tiny_wan(tmp_path / "a14b", TinyWanConfig.wan22_a14b_tiny())
+    hunyuan = make_tiny_generator("hunyuan", tmp_path / "hy")
+    for generator in (a14b, hunyuan):
+        cfg = load_config(LatentRewardConfig, None, [f"out={tmp_path / 'lr'}", f"generator={generator}",
+                                                     "synth.pairs=4", "progress=false"])  # fmt: skip
+        with pytest.raises(ConfigError, match="trunk is a Wan"):
+            run_train_latent_reward(cfg)
+    with pytest.raises(ConfigError, match="family must be wan or ltx"):
+        run_train_latent_reward(load_config(LatentRewardConfig, None, [f"out={tmp_path}", "family=hunyuan"]))

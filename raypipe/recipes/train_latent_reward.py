@@ -48,8 +48,8 @@ from raypipe.distributed.loop import (
     zero_loss,
 )
 from raypipe.distributed.trainer import TrainerSettings, deepspeed_engine, fit_trainer, require_one_step, step_count
-from raypipe.flow.families import takes_image
-from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
+from raypipe.flow.families import family_of, load_family, make_tiny_generator, takes_image
+from raypipe.flow.family import TinyWanConfig
 from raypipe.nrg.model import TRAINABLE, LatentReward
 from raypipe.nrg.training import NOISE, batch_pair_loss, bucket_accuracy, pair_labels, split_rows
 from raypipe.video.synth import manifest_or_synthpref
@@ -86,8 +86,9 @@ class LatentDataConfig:
 
 @dataclasses.dataclass
 class LatentRewardConfig:
-    generator: str | None = None  # a WanPipeline folder (the generator the guidance will steer); None: tiny random
-    tiny: TinyWanConfig = dataclasses.field(default_factory=TinyWanConfig)
+    generator: str | None = None  # a Wan or LTX-Video pipeline folder (the generator guidance steers); None: tiny
+    family: str = "wan"  # wan | ltx: the tiny random generator built when generator is null
+    tiny: TinyWanConfig = dataclasses.field(default_factory=TinyWanConfig)  # the tiny Wan's shape
     dims: list[str] = dataclasses.field(default_factory=lambda: ["VQ", "MQ", "TA"])  # reward dimensions (heads)
     k_blocks: int = 2  # generator transformer blocks in the trunk
     trainable: str = "all"  # all | blocks | heads
@@ -109,10 +110,8 @@ def train_func(config: dict) -> None:
     cfg = build_config(LatentRewardConfig, config["cfg"])
     t, total_steps = cfg.train, config["total_steps"]
     torch.manual_seed(t.seed)
-    gen = WanFamily.load(cfg.generator, dtype=cfg.dtype)
-    model = LatentReward.from_generator(
-        gen.transformer, tuple(cfg.dims), cfg.k_blocks, cfg.trainable, text_rows=gen.max_text_len
-    )
+    gen = load_family(cfg.generator, dtype=cfg.dtype)
+    model = LatentReward.for_family(gen, tuple(cfg.dims), cfg.k_blocks, cfg.trainable)
     model.gradient_checkpointing = t.gradient_checkpointing
     del gen
     engine = deepspeed_engine(model, t, total_steps, bf16=t.use_gpu and cfg.dtype == "bfloat16")
@@ -205,7 +204,14 @@ def run(cfg: LatentRewardConfig) -> dict:
     out = stage.dir
     manifest = manifest_or_synthpref(cfg.data.manifest, out / "data", cfg.synth, "data.manifest", cfg.progress)
     if cfg.generator is None:
-        cfg = dataclasses.replace(cfg, generator=str(make_tiny_wan(out / "tiny_wan", cfg.tiny, 0)))
+        tiny = cfg.tiny if cfg.family == "wan" else None
+        path = make_tiny_generator(cfg.family, out / f"tiny_{cfg.family}", tiny, 0)
+        cfg = dataclasses.replace(cfg, generator=str(path))
+    index = json.loads((Path(cfg.generator) / "model_index.json").read_text())
+    if family_of(cfg.generator) not in ("wan", "ltx") or (index.get("transformer_2") or [None])[0] is not None:
+        raise ConfigError(
+            f"{cfg.generator}: the latent reward's trunk is a Wan (one transformer) or LTX-Video generator's"
+        )
     if cfg.data.image != "none" and not takes_image(cfg.generator):
         raise ConfigError(
             f"data.image={cfg.data.image} needs an image-to-video generator (Wan I2V / TI2V); "
@@ -289,6 +295,8 @@ def _check(cfg: LatentRewardConfig) -> None:
         raise ConfigError(f"trainable must be one of {TRAINABLE}, got {cfg.trainable!r}")
     if t.loss not in ("bt", "btt"):
         raise ConfigError(f"train.loss must be bt or btt, got {t.loss!r}")
+    if cfg.family not in ("wan", "ltx"):
+        raise ConfigError(f"family must be wan or ltx (the latent reward's trunks), got {cfg.family!r}")
     if cfg.data.image not in ("none", "first_frame"):
         raise ConfigError(f"data.image must be none or first_frame (image-to-video), got {cfg.data.image!r}")
 
