@@ -126,8 +126,15 @@ def test_grpo_rounds_sync_weights_and_a_killed_driver_resumes(ray_local, reward_
 
 @pytest.mark.slow
 def test_online_dpo_pairs_best_and_worst(ray_local, reward_checkpoint, tmp_path):
+    from raypipe.flow.families import load_family, make_tiny_generator
+    from raypipe.nrg.model import LatentReward
+
     out = tmp_path / "dpo"
+    generator = make_tiny_generator("wan", tmp_path / "generator")  # what the run would build, made here first
+    latent = LatentReward.for_family(load_family(generator), ("VQ", "MQ"), k_blocks=1)
+    latent.save_pretrained(tmp_path / "latent")
     args = [*TINY, f"reward={reward_checkpoint}", f"out={out}", "train.algo=dpo", "train.rounds=3", "train.k=3"]
+    args += [f"generator={generator}", f"latent_rewards={{lat: {tmp_path / 'latent'}}}"]  # scored on the latents
     args += ["reward_pool.kind=actors", "train.lambda_sft=0.5", "real_synth=2"]  # + flow matching on real videos
     args += ["train.ref_rounds=1"]  # the reference: the policy one round ago (round 0: the base)
     # a second reward beside the first (here the same checkpoint, so its scores must equal the first's), weighted in
@@ -139,9 +146,10 @@ def test_online_dpo_pairs_best_and_worst(ray_local, reward_checkpoint, tmp_path)
         assert r["samples"] == 6 and r["pairs"] == 2 and r["loss"] is not None  # one pair per prompt
         assert r["sft_loss"] > 0 and r["actor_hashes"] == [r["learner_hash"]]
         mean = r["reward_mean"]
-        assert set(mean) == {"VQ", "MQ", "TA", "again.VQ", "again.MQ", "again.TA"}
+        assert set(mean) == {"VQ", "MQ", "TA", "again.VQ", "again.MQ", "again.TA", "lat.VQ", "lat.MQ"}
         assert all(mean[f"again.{d}"] == pytest.approx(mean[d], abs=1e-5) for d in ("VQ", "MQ", "TA"))
         assert r["weighted_mean"] == pytest.approx(mean["VQ"] + 0.5 * mean["again.MQ"], abs=2e-5)
+        assert mean["lat.VQ"] != mean["lat.MQ"]  # two heads of the latent reward, each its own column
     assert (out / "real" / "manifest.parquet").exists() and len(rounds) == 3
     # the reference of round r is the policy round r − 1 started from (round 0: the base)
     assert [r["reference_hash"] for r in rounds] == ["base", rounds[0]["learner_hash"], rounds[1]["learner_hash"]]
@@ -169,6 +177,8 @@ def test_bad_settings_fail_before_ray(reward_checkpoint, tmp_path, monkeypatch):
         ("train.batch=0", "train.batch must be >= 1"),
         ("lora.dropout=0.1", "lora.dropout=0"),
         ("rollout.actors=0", "actors must be >= 1"),
+        ("latent_rewards={lat: /nowhere}", "not a latent reward"),
+        ("latent_rewards={a.b: /nowhere}", "latent_rewards: a name"),
     ]:
         with pytest.raises(ConfigError, match=message):
             run_online(load_config(OnlineConfig, "configs/online_tiny.yaml", [*base, bad]))
@@ -222,3 +232,27 @@ def test_the_guard_keeps_the_best_rounds_adapters(tmp_path):
     assert restore_best(gen.transformer, folder, progress["best"]["round"])
     assert not restore_best(gen.transformer, folder, 3)  # a round never kept
     assert state_hash(lora_state(gen.transformer)) == state_hash(states[1]) != state_hash(states[3])
+
+
+def test_latent_scores_are_appended_after_the_reward_models_and_their_failures_are_errors(tmp_path):
+    import numpy as np
+    import torch
+
+    from raypipe.distributed.online import latent_scores, with_latent_scores
+    from raypipe.flow.families import load_family, make_tiny_generator
+    from raypipe.nrg.model import LatentReward
+
+    gen = load_family(make_tiny_generator("wan", tmp_path / "wan"))
+    models = [LatentReward.for_family(gen, dims, k_blocks=1) for dims in (("VQ",), ("MQ", "TA"))]
+    z = torch.randn(3, *gen.latent_shape(5, 16, 16), generator=torch.Generator().manual_seed(0))
+    text = gen.encode_prompts(["a red circle", "a blue square", "a white triangle"])
+    got = latent_scores(models, z, text)["latent_scores"]
+    with torch.no_grad():  # each model at t = 0, side by side
+        expected = torch.cat([m(z, torch.zeros(3), text) for m in models], dim=1).double().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert latent_scores([], z, text) == {}
+    scored = {"scores": np.ones((3, 2)), "errors": [None, "decode: bad", None], "oracle": None}
+    got[2, 1] = np.nan
+    merged = with_latent_scores(scored, got)
+    assert merged["scores"].shape == (3, 5) and np.array_equal(merged["scores"][:, :2], np.ones((3, 2)))
+    assert merged["errors"] == [None, "decode: bad", "non_finite: a latent reward returned a non-finite score"]

@@ -59,10 +59,19 @@ class SamplingSettings:
 class RolloutActor:
     """The generator (with LoRA adapters) on this actor's device; `rollout` sets the weights it is given and samples."""
 
-    def __init__(self, generator: str, lora: dict, dtype: str, clip: dict, num_gpus: float = 0.0):
+    def __init__(
+        self,
+        generator: str,
+        lora: dict,
+        dtype: str,
+        clip: dict,
+        num_gpus: float = 0.0,
+        latent_rewards: dict[str, str] | None = None,
+    ):
         from raypipe.distributed.cluster import quiet_logs
         from raypipe.flow.families import load_family
         from raypipe.flow.lora import add_lora
+        from raypipe.nrg.model import LatentReward
 
         quiet_logs()
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
@@ -73,6 +82,9 @@ class RolloutActor:
         frames = self.gen.frames_for(clip["frames"])
         self.latent_shape = self.gen.latent_shape(frames, clip["height"], clip["width"])
         self.version, self.hash = None, None
+        # latent rewards score the clean latents here, where they and the prompt embeddings already are
+        device = str(self.gen.device)
+        self.latent_rewards = [LatentReward.from_pretrained(p, dtype, device) for p in (latent_rewards or {}).values()]
 
     def set_weights(self, version: int, state: dict) -> str:
         from peft.utils import set_peft_model_state_dict
@@ -122,6 +134,7 @@ class RolloutActor:
         frames = self.gen.decode_latents(latents)
         result = {
             "latents": latents.cpu().numpy(),
+            **latent_scores(self.latent_rewards, latents, text),
             "frames": frames,
             "version": version,
             "lora_hash": self.hash,
@@ -131,6 +144,27 @@ class RolloutActor:
             result["states"] = out.states.cpu().numpy()
             result["log_probs"] = out.log_probs.cpu().numpy()
         return result
+
+
+def latent_scores(models: list, latents: torch.Tensor, text: torch.Tensor) -> dict:
+    """{"latent_scores": [N, ΣD]}: each latent reward's scores of the clean latents (t = 0), side by side in order
+    (nothing without latent rewards)."""
+    if not models:
+        return {}
+    t = torch.zeros(latents.shape[0], device=latents.device)
+    with torch.no_grad():
+        scores = [m(latents, t, text).double().cpu().numpy() for m in models]
+    return {"latent_scores": np.concatenate(scores, axis=1)}
+
+
+def with_latent_scores(scored: dict, latent: np.ndarray) -> dict:
+    """The scorer's result with the latent rewards' columns appended; a sample whose latent score is not finite gets
+    that error (unless it already has one)."""
+    errors = list(scored["errors"])
+    for i in np.flatnonzero(~np.isfinite(latent).all(axis=1)):
+        errors[i] = errors[i] or "non_finite: a latent reward returned a non-finite score"
+    scores = np.concatenate([np.asarray(scored["scores"], dtype=np.float64), latent], axis=1)
+    return {**scored, "scores": scores, "errors": errors}
 
 
 def _seeded(seed: int) -> torch.Generator:
@@ -284,6 +318,8 @@ def collect_round(
     merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0] if isinstance(parts[0][key], np.ndarray)}
     t1 = time.perf_counter()
     scored = score(merged["frames"], sample_prompts, oracle)
+    if "latent_scores" in merged:  # latent rewards, scored by the rollout actors: their columns come last
+        scored = with_latent_scores(scored, merged.pop("latent_scores"))
     reward_s = time.perf_counter() - t1
     return {
         **merged,

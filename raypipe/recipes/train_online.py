@@ -144,6 +144,9 @@ class OnlineConfig:
     # more VideoReward checkpoints scored beside `reward`, by name (each on its own pool); their dimensions are
     # NAME.DIM in `weights` and rounds.jsonl, e.g. extra_rewards={judge2: path} weights={VQ: 1, judge2.MQ: 0.5}
     extra_rewards: dict[str, str] = dataclasses.field(default_factory=dict)
+    # latent rewards (train-latent-reward OUT/final, on this generator's latents) by name, scored by the rollout
+    # actors on the clean latents they sample; their dimensions are NAME.DIM too, after every VideoReward's
+    latent_rewards: dict[str, str] = dataclasses.field(default_factory=dict)
     # r = Σ_d w_d r_d, the reward each sample is trained towards
     weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"VQ": 1.0})
     prompts: str = "32"  # a number (seeded SynthPref prompts), a .txt / manifest, or prompts separated by "|"
@@ -214,6 +217,15 @@ def _check(cfg: OnlineConfig) -> list[str]:
             dims = [*dims, *(f"{name}.{d}" for d in checkpoint_dimensions(path))]
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"extra_rewards.{name}: {e}") from None
+    for name, path in cfg.latent_rewards.items():
+        if not name or "." in name or name in cfg.extra_rewards:
+            raise ConfigError(
+                f"latent_rewards: a name must be non-empty, without '.' and not an extra reward's: {name!r}"
+            )
+        meta = Path(path) / "latent_reward.json"
+        if not meta.exists():
+            raise ConfigError(f"latent_rewards.{name}: {path} is not a latent reward (train-latent-reward OUT/final)")
+        dims = [*dims, *(f"{name}.{d}" for d in json.loads(meta.read_text())["dims"])]
     unknown = [d for d in cfg.weights if d not in dims]
     if unknown:
         raise ConfigError(f"weights name {unknown}, which the reward model does not score ({dims})")
@@ -268,7 +280,7 @@ def run(cfg: OnlineConfig) -> dict:
     clip = dataclasses.asdict(cfg.clip)
     rollout = [
         RolloutActor.options(num_cpus=cfg.rollout.cpus, num_gpus=cfg.rollout.num_gpus, max_restarts=2).remote(
-            cfg.generator, lora, cfg.dtype, clip, cfg.rollout.num_gpus
+            cfg.generator, lora, cfg.dtype, clip, cfg.rollout.num_gpus, cfg.latent_rewards
         )
         for _ in range(cfg.rollout.actors)
     ]
