@@ -125,7 +125,7 @@ def test_grpo_rounds_sync_weights_and_a_killed_driver_resumes(ray_local, reward_
 
 
 @pytest.mark.slow
-def test_online_dpo_pairs_best_and_worst(ray_local, reward_checkpoint, tmp_path):
+def test_online_dpo_pairs_best_and_worst(ray_local, reward_checkpoint, critic_checkpoint, tmp_path):
     from raypipe.flow.families import load_family, make_tiny_generator
     from raypipe.nrg.model import LatentReward
 
@@ -135,6 +135,7 @@ def test_online_dpo_pairs_best_and_worst(ray_local, reward_checkpoint, tmp_path)
     latent.save_pretrained(tmp_path / "latent")
     args = [*TINY, f"reward={reward_checkpoint}", f"out={out}", "train.algo=dpo", "train.rounds=3", "train.k=3"]
     args += [f"generator={generator}", f"latent_rewards={{lat: {tmp_path / 'latent'}}}"]  # scored on the latents
+    args += [f"critics={{crit: {critic_checkpoint}}}"]  # a LiFT critic that answers VQ Good, MQ Bad, TA Normal
     args += ["reward_pool.kind=actors", "train.lambda_sft=0.5", "real_synth=2"]  # + flow matching on real videos
     args += ["train.ref_rounds=1"]  # the reference: the policy one round ago (round 0: the base)
     # a second reward beside the first (here the same checkpoint, so its scores must equal the first's), weighted in
@@ -146,7 +147,9 @@ def test_online_dpo_pairs_best_and_worst(ray_local, reward_checkpoint, tmp_path)
         assert r["samples"] == 6 and r["pairs"] == 2 and r["loss"] is not None  # one pair per prompt
         assert r["sft_loss"] > 0 and r["actor_hashes"] == [r["learner_hash"]]
         mean = r["reward_mean"]
-        assert set(mean) == {"VQ", "MQ", "TA", "again.VQ", "again.MQ", "again.TA", "lat.VQ", "lat.MQ"}
+        assert set(mean) == {"VQ", "MQ", "TA", "again.VQ", "again.MQ", "again.TA", "lat.VQ", "lat.MQ"} | {
+            "crit.VQ", "crit.MQ", "crit.TA"}  # fmt: skip
+        assert (mean["crit.VQ"], mean["crit.MQ"], mean["crit.TA"]) == pytest.approx((0.9, 0.05, 0.2))  # SPEC §8
         assert all(mean[f"again.{d}"] == pytest.approx(mean[d], abs=1e-5) for d in ("VQ", "MQ", "TA"))
         assert r["weighted_mean"] == pytest.approx(mean["VQ"] + 0.5 * mean["again.MQ"], abs=2e-5)
         assert mean["lat.VQ"] != mean["lat.MQ"]  # two heads of the latent reward, each its own column
@@ -179,6 +182,7 @@ def test_bad_settings_fail_before_ray(reward_checkpoint, tmp_path, monkeypatch):
         ("rollout.actors=0", "actors must be >= 1"),
         ("latent_rewards={lat: /nowhere}", "not a latent reward"),
         ("latent_rewards={a.b: /nowhere}", "latent_rewards: a name"),
+        ("critics={crit: /nowhere}", "critics.crit"),
     ]:
         with pytest.raises(ConfigError, match=message):
             run_online(load_config(OnlineConfig, "configs/online_tiny.yaml", [*base, bad]))

@@ -210,6 +210,56 @@ class RewardActor:
         return {"scores": scores, "errors": errors, "oracle": prepared["oracle"], "seconds": time.perf_counter() - t0}
 
 
+@ray.remote
+class CriticActor:
+    """A LiFT critic scoring samples as relabel --critic sees them: per dimension its answer's rating mapped to a
+    weight (SPEC §8: Good 0.9, Normal 0.2, Bad 0.05 unless `weight_map`); an answer that does not start with a
+    rating is that sample's error (never a silent Good)."""
+
+    def __init__(self, critic: str, fps: float = 8.0, batch: int = 8, weight_map: dict | None = None, seed: int = 0):
+        from raypipe.critic.model import Critic
+        from raypipe.data.ratings import DEFAULT_WEIGHT_MAP, check_weight_map
+        from raypipe.distributed.cluster import quiet_logs
+        from raypipe.reward.scoring import resolve_sampling
+
+        quiet_logs()
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        self.model = Critic.from_pretrained(critic)
+        self.sampling, _ = resolve_sampling(critic, None)
+        self.dimensions = list(self.model.dimensions)
+        self.weights = check_weight_map(weight_map or DEFAULT_WEIGHT_MAP)
+        self.fps, self.batch = fps, max(1, int(batch))
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def dims(self) -> list[str]:
+        return self.dimensions
+
+    def score(self, frames: np.ndarray, prompts: list[str], oracle: bool) -> dict:
+        """As RewardActor.score: [N, D] rating weights (NaN rows on error), errors, oracle verdicts."""
+        from raypipe.data.ratings import AnswerError, parse_rating
+
+        t0 = time.perf_counter()
+        prepared = reward_inputs(frames, prompts, self.sampling, self.fps, oracle)
+        scores = np.full((len(prompts), len(self.dimensions)), np.nan)
+        errors = list(prepared["errors"])
+        keep = [i for i, c in enumerate(prepared["clips"]) if c is not None]
+        for start in range(0, len(keep), self.batch):
+            part = keep[start : start + self.batch]
+            for j, dim in enumerate(self.dimensions):
+                answers = self.model.answer(
+                    [prepared["clips"][i] for i in part], [prompts[i] for i in part], [dim] * len(part), self.generator
+                )
+                for i, text in zip(part, answers):
+                    try:
+                        scores[i, j] = self.weights[parse_rating(text)]
+                    except AnswerError as e:
+                        errors[i] = errors[i] or f"{AnswerError.kind}: {dim}: {e}"
+        for i, e in enumerate(errors):
+            if e is not None:
+                scores[i] = np.nan
+        return {"scores": scores, "errors": errors, "oracle": prepared["oracle"], "seconds": time.perf_counter() - t0}
+
+
 def reward_inputs(frames: np.ndarray, prompts: list[str], sampling, fps: float, oracle: bool) -> dict:
     """What a reward model sees of each sample, exactly as relabel would: written as mp4 at `fps`, decoded with the
     checkpoint's `sampling`. {"clips": [frames | None], "errors": [None | "kind: message"], "oracle": [dict] | None}

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from raypipe.config import ClipConfig, ConfigError, build_config, save_config, to_dict
+from raypipe.critic.model import critic_dimensions
 from raypipe.data.location import StagedOutput
 from raypipe.data.prompts import read_prompts
 from raypipe.distributed.cluster import init_ray
@@ -144,6 +145,10 @@ class OnlineConfig:
     # more VideoReward checkpoints scored beside `reward`, by name (each on its own pool); their dimensions are
     # NAME.DIM in `weights` and rounds.jsonl, e.g. extra_rewards={judge2: path} weights={VQ: 1, judge2.MQ: 0.5}
     extra_rewards: dict[str, str] = dataclasses.field(default_factory=dict)
+    # LiFT critics (train-critic OUT/final) by name, each on a pool of reward_pool.actors actors: per dimension the
+    # rating's weight (Good 0.9, Normal 0.2, Bad 0.05), NAME.DIM after the VideoRewards'; an unparsable answer is an
+    # error
+    critics: dict[str, str] = dataclasses.field(default_factory=dict)
     # latent rewards (train-latent-reward OUT/final, on this generator's latents) by name, scored by the rollout
     # actors on the clean latents they sample; their dimensions are NAME.DIM too, after every VideoReward's
     latent_rewards: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -217,8 +222,15 @@ def _check(cfg: OnlineConfig) -> list[str]:
             dims = [*dims, *(f"{name}.{d}" for d in checkpoint_dimensions(path))]
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"extra_rewards.{name}: {e}") from None
-    for name, path in cfg.latent_rewards.items():
+    for name, path in cfg.critics.items():
         if not name or "." in name or name in cfg.extra_rewards:
+            raise ConfigError(f"critics: a name must be non-empty, without '.', unlike extra_rewards': {name!r}")
+        try:
+            dims = [*dims, *(f"{name}.{d}" for d in critic_dimensions(path))]
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"critics.{name}: {e}") from None
+    for name, path in cfg.latent_rewards.items():
+        if not name or "." in name or name in cfg.extra_rewards or name in cfg.critics:
             raise ConfigError(
                 f"latent_rewards: a name must be non-empty, without '.' and not an extra reward's: {name!r}"
             )
@@ -260,7 +272,7 @@ def steps_per_round(cfg: OnlineConfig) -> int:
 def run(cfg: OnlineConfig) -> dict:
     import ray
 
-    from raypipe.distributed.online import RewardActor, RolloutActor
+    from raypipe.distributed.online import CriticActor, RewardActor, RolloutActor
 
     dims = _check(cfg)  # before any Ray work
     t = cfg.train
@@ -315,6 +327,15 @@ def run(cfg: OnlineConfig) -> dict:
                     for _ in range(pool.actors)
                 ]
             )
+    critics = [
+        [
+            CriticActor.options(num_cpus=pool.cpus, num_gpus=pool.num_gpus, max_restarts=2).remote(
+                path, cfg.fps, pool.batch, None, cfg.seed
+            )
+            for _ in range(pool.actors)
+        ]
+        for path in cfg.critics.values()
+    ]
     judge = None
     if cfg.guard.rounds > 0 and cfg.guard.judge not in ("oracle", "none"):
         judge = RewardActor.options(num_cpus=cfg.reward_pool.cpus, num_gpus=cfg.reward_pool.num_gpus).remote(
@@ -333,6 +354,7 @@ def run(cfg: OnlineConfig) -> dict:
         "prompts": prompts,
         "rollout": rollout,
         "rewards": rewards,
+        "critics": critics,
         "reward_apps": apps,
         "real": real,
         "judge": judge,
@@ -343,7 +365,8 @@ def run(cfg: OnlineConfig) -> dict:
     try:
         progress, wall = fit_trainer(train_func, loop_config, t, out, f"train-online-{t.algo}", {}, stage.storage)
     finally:  # the pools hold the cluster's GPUs: give them back, also when training failed
-        for actor in [*rollout, *(a for group in rewards for a in group), *([judge] if judge is not None else [])]:
+        pools = [*rewards, *critics, *([[judge]] if judge is not None else [])]
+        for actor in [*rollout, *(a for group in pools for a in group)]:
             ray.kill(actor)
         for app in apps:
             shutdown_reward_pool(app)
@@ -447,6 +470,7 @@ def train_func(config: dict) -> None:
             if apps
             else [actor_scorer(group) for group in config["rewards"]]
         )
+        scorers += [actor_scorer(group) for group in config.get("critics") or []]  # LiFT critics after them
         score = scorers[0] if len(scorers) == 1 else combined_scorer(scorers)
     if progress.get("guard"):  # a rerun of a run the guard stopped: its final adapters stand
         if rank == 0:
