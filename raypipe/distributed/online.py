@@ -197,17 +197,13 @@ class RewardActor:
 
     def score(self, frames: np.ndarray, prompts: list[str], oracle: bool) -> dict:
         """{"scores": [N, D] (NaN rows on error), "errors": [None | "kind: message"], "oracle": [dict] | None}."""
-        t0 = time.perf_counter()
-        prepared = reward_inputs(frames, prompts, self.sampling, self.fps, oracle)
-        scores = np.full((len(prompts), len(self.dimensions)), np.nan)
-        errors = list(prepared["errors"])
-        keep = [i for i, c in enumerate(prepared["clips"]) if c is not None]
-        for start in range(0, len(keep), self.batch):  # forward passes of at most `batch` videos
-            part = keep[start : start + self.batch]
+
+        def fill(clips, part, scores, errors):  # one forward pass of at most `batch` videos
             with torch.no_grad():
-                got = self.model.score([prepared["clips"][i] for i in part], [prompts[i] for i in part]).float().numpy()
+                got = self.model.score(clips, [prompts[i] for i in part]).float().numpy()
             fill_scores(scores, errors, part, got)
-        return {"scores": scores, "errors": errors, "oracle": prepared["oracle"], "seconds": time.perf_counter() - t0}
+
+        return scored_in_batches(self, frames, prompts, oracle, fill)
 
 
 @ray.remote
@@ -238,26 +234,33 @@ class CriticActor:
         """As RewardActor.score: [N, D] rating weights (NaN rows on error), errors, oracle verdicts."""
         from raypipe.data.ratings import AnswerError, parse_rating
 
-        t0 = time.perf_counter()
-        prepared = reward_inputs(frames, prompts, self.sampling, self.fps, oracle)
-        scores = np.full((len(prompts), len(self.dimensions)), np.nan)
-        errors = list(prepared["errors"])
-        keep = [i for i, c in enumerate(prepared["clips"]) if c is not None]
-        for start in range(0, len(keep), self.batch):
-            part = keep[start : start + self.batch]
+        def fill(clips, part, scores, errors):  # one generation per dimension for at most `batch` videos
             for j, dim in enumerate(self.dimensions):
-                answers = self.model.answer(
-                    [prepared["clips"][i] for i in part], [prompts[i] for i in part], [dim] * len(part), self.generator
-                )
+                answers = self.model.answer(clips, [prompts[i] for i in part], [dim] * len(part), self.generator)
                 for i, text in zip(part, answers):
                     try:
                         scores[i, j] = self.weights[parse_rating(text)]
                     except AnswerError as e:
                         errors[i] = errors[i] or f"{AnswerError.kind}: {dim}: {e}"
-        for i, e in enumerate(errors):
-            if e is not None:
-                scores[i] = np.nan
-        return {"scores": scores, "errors": errors, "oracle": prepared["oracle"], "seconds": time.perf_counter() - t0}
+
+        out = scored_in_batches(self, frames, prompts, oracle, fill)
+        out["scores"][[e is not None for e in out["errors"]]] = np.nan
+        return out
+
+
+def scored_in_batches(actor, frames: np.ndarray, prompts: list[str], oracle: bool, fill) -> dict:
+    """A reward or critic actor's `score`: the samples as relabel sees them (`reward_inputs` with the actor's
+    sampling and fps), then `fill(clips, rows, scores, errors)` over batches of at most `actor.batch` decodable
+    samples. {"scores": [N, D] (NaN where not filled), "errors", "oracle", "seconds"}."""
+    t0 = time.perf_counter()
+    prepared = reward_inputs(frames, prompts, actor.sampling, actor.fps, oracle)
+    scores = np.full((len(prompts), len(actor.dimensions)), np.nan)
+    errors = list(prepared["errors"])
+    keep = [i for i, c in enumerate(prepared["clips"]) if c is not None]
+    for start in range(0, len(keep), actor.batch):
+        part = keep[start : start + actor.batch]
+        fill([prepared["clips"][i] for i in part], part, scores, errors)
+    return {"scores": scores, "errors": errors, "oracle": prepared["oracle"], "seconds": time.perf_counter() - t0}
 
 
 def reward_inputs(frames: np.ndarray, prompts: list[str], sampling, fps: float, oracle: bool) -> dict:

@@ -176,6 +176,33 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "online_tiny.
 
 
 # --- the job ---------------------------------------------------------------------------------------------------
+def latent_reward_dimensions(path: str) -> list[str]:
+    meta = Path(path) / "latent_reward.json"
+    if not meta.exists():
+        raise FileNotFoundError(f"{path} is not a latent reward (train-latent-reward OUT/final)")
+    return list(json.loads(meta.read_text())["dims"])
+
+
+def _named_dimensions(cfg) -> list[str]:
+    """NAME.DIM of every extra VideoReward, LiFT critic and latent reward, in the order their scores come; names
+    must be distinct and free of '.'."""
+    dims, seen = [], set()
+    for section, rewards, dimensions in (
+        ("extra_rewards", cfg.extra_rewards, checkpoint_dimensions),
+        ("critics", cfg.critics, critic_dimensions),
+        ("latent_rewards", cfg.latent_rewards, latent_reward_dimensions),
+    ):
+        for name, path in rewards.items():
+            if not name or "." in name or name in seen:
+                raise ConfigError(f"{section}: a name must be non-empty, without '.' and not used twice: {name!r}")
+            seen.add(name)
+            try:
+                dims += [f"{name}.{d}" for d in dimensions(path)]
+            except (FileNotFoundError, ValueError) as e:
+                raise ConfigError(f"{section}.{name}: {e}") from None
+    return dims
+
+
 def _check(cfg: OnlineConfig) -> list[str]:
     t = cfg.train
     if t.algo not in ALGOS:
@@ -215,29 +242,7 @@ def _check(cfg: OnlineConfig) -> list[str]:
         dims = checkpoint_dimensions(cfg.reward)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"reward: {e}") from None
-    for name, path in cfg.extra_rewards.items():
-        if not name or "." in name:
-            raise ConfigError(f"extra_rewards: a name must be non-empty without '.', got {name!r}")
-        try:
-            dims = [*dims, *(f"{name}.{d}" for d in checkpoint_dimensions(path))]
-        except (FileNotFoundError, ValueError) as e:
-            raise ConfigError(f"extra_rewards.{name}: {e}") from None
-    for name, path in cfg.critics.items():
-        if not name or "." in name or name in cfg.extra_rewards:
-            raise ConfigError(f"critics: a name must be non-empty, without '.', unlike extra_rewards': {name!r}")
-        try:
-            dims = [*dims, *(f"{name}.{d}" for d in critic_dimensions(path))]
-        except (FileNotFoundError, ValueError) as e:
-            raise ConfigError(f"critics.{name}: {e}") from None
-    for name, path in cfg.latent_rewards.items():
-        if not name or "." in name or name in cfg.extra_rewards or name in cfg.critics:
-            raise ConfigError(
-                f"latent_rewards: a name must be non-empty, without '.' and not an extra reward's: {name!r}"
-            )
-        meta = Path(path) / "latent_reward.json"
-        if not meta.exists():
-            raise ConfigError(f"latent_rewards.{name}: {path} is not a latent reward (train-latent-reward OUT/final)")
-        dims = [*dims, *(f"{name}.{d}" for d in json.loads(meta.read_text())["dims"])]
+    dims = [*dims, *_named_dimensions(cfg)]
     unknown = [d for d in cfg.weights if d not in dims]
     if unknown:
         raise ConfigError(f"weights name {unknown}, which the reward model does not score ({dims})")
