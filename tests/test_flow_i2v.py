@@ -279,3 +279,30 @@ def test_wan_i2v_by_channels_is_the_pipelines_conditioning(name, generators):
             errs["ref_" + side] = flow_error(gen.velocity(xt, t, text), target)
     loss, _ = dpo_loss(errs["w"], errs["ref_w"], errs["l"], errs["ref_l"], beta_t(500, t))
     assert loss.item() == pytest.approx(LOG2, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ti2v", "ltx", "wan21_i2v"])
+def test_training_latents_start_on_the_image(name, generators):
+    """A loser whose first frame differs from the image (H.264) trains as if it started on it (replace families);
+    the flow error of that frame is then nil at any t, small t included. Channel-conditioned Wan I2V generates the
+    first frame: its latents stay as they are."""
+    from raypipe.flow.conditioning import start_on_image
+
+    gen = load_family(generators[name])
+    videos = _videos()
+    text = gen.encode_prompts(PROMPTS, images=videos[:, 0], frames=9) if name == "wan21_i2v" else None
+    text = text if text is not None else gen.encode_prompts(PROMPTS, images=videos[:, 0])
+    loser = videos.copy()
+    loser[:, 0] = np.clip(loser[:, 0].astype(int) + 9, 0, 255).astype(np.uint8)  # a slightly different first frame
+    z = gen.encode_videos(loser)
+    started = start_on_image(gen, z, text)
+    assert torch.equal(start_on_image(gen, z, gen.encode_prompts(PROMPTS)), z)  # no image: unchanged
+    if name == "wan21_i2v":
+        assert torch.equal(started, z)
+        return
+    _, image = split_image(text, gen.max_text_len)
+    assert torch.equal(started[:, :, :1], image) and torch.equal(started[:, :, 1:], z[:, :, 1:])
+    t = torch.tensor([1e-3, 0.5])
+    xt, target = noised(started, torch.randn(z.shape, generator=torch.Generator().manual_seed(4)), t)
+    with torch.no_grad():
+        assert (gen.velocity(xt, t, text) - target)[:, :, :1].abs().max() < 1e-3

@@ -147,3 +147,14 @@ def encode_with_images(gen, prompts: list[str], images=None, frames: int | None 
 def pixel_frames(gen, latent_frames: int) -> int:
     """The clip length whose latents have `latent_frames` frames (1 + (T' − 1)·temporal factor)."""
     return 1 + (latent_frames - 1) * int(getattr(gen, "temporal", 1))
+
+
+def start_on_image(gen, z: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Training latents of a family that conditions by replacing the first frame (Wan2.2 TI2V, LTX-Video): the first
+    latent frame set to the prompt's image latent, as the generator's own samples start. A pair's loser was
+    conditioned on the same image but its first frame can differ a little (H.264): left as it is, its flow error
+    there would grow as 1/t. Other families and text-only prompts: `z` unchanged."""
+    if getattr(gen, "image_mode", None) != "replace":
+        return z
+    _, image = split_image(text, gen.max_text_len)
+    return z if image is None else condition_first_frame(z, image)

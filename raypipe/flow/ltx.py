@@ -244,6 +244,11 @@ class LTXFamily:
 
     # --- frozen encoders ---------------------------------------------------------------------------------
     @property
+    def image_mode(self) -> str | None:
+        """How an image conditions (`raypipe.flow.conditioning`): "replace", the first latent frame is the image's."""
+        return "replace" if self.takes_image else None
+
+    @property
     def takes_image(self) -> bool:
         """LTX-Video conditions on a first frame with the same transformer (LTXImageToVideoPipeline: the first
         latent frame replaced by the image's, its tokens at timestep 0); needs one latent frame per token."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from raypipe.data.tables import clips_of, suffix, tensor_of
-from raypipe.flow.conditioning import encode_with_images
+from raypipe.flow.conditioning import encode_with_images, start_on_image
 
 
 def latents_of(gen, batch, key: str) -> torch.Tensor:
@@ -95,8 +95,8 @@ def algo_loss(gen, engine, t_cfg, tensors: dict, generator: torch.Generator) -> 
 
     algo, device = t_cfg.algo, gen.device
     if algo == "dpo":
-        z_w, z_l = tensors["z_w"].to(device), tensors["z_l"].to(device)
         text = tensors["text"].to(device)
+        z_w, z_l = (start_on_image(gen, tensors[k].to(device), text) for k in ("z_w", "z_l"))
         n = z_w.shape[0]
         t = sample_t(n, generator, gen.shift, t_range=gen_t_range(gen))
         eps = torch.randn(z_w.shape, generator=generator).to(device)  # ONE eps and ONE t per pair, for w and l
@@ -111,7 +111,8 @@ def algo_loss(gen, engine, t_cfg, tensors: dict, generator: torch.Generator) -> 
         if "is_real" in tensors:  # real videos mixed in (train.lambda_sft)
             return dpo_sft_loss(err[:n], err_ref[:n], err[n:], err_ref[n:], beta, tensors["is_real"], t_cfg.lambda_sft)
         return dpo_loss(err[:n], err_ref[:n], err[n:], err_ref[n:], beta)
-    z, text = tensors["z"].to(device), tensors["text"].to(device)
+    text = tensors["text"].to(device)
+    z = start_on_image(gen, tensors["z"].to(device), text)
     if algo == "lift":
         return lift_step_loss(gen, engine, z, text, tensors, generator)
     t = sample_t(z.shape[0], generator, gen.shift, t_range=gen_t_range(gen))
