@@ -247,7 +247,10 @@ def test_wan22_presets_load_and_fit_their_vaes():
     assert real.i2v and 2 * real.z_dim + 4 == 36 and (real.image_size // real.image_patch) ** 2 + 1 == 257
 
 
-@pytest.mark.parametrize("name, spatial, temporal", [("flow_hunyuan_video", 16, 4), ("flow_ltx_video", 32, 8)])
+@pytest.mark.parametrize(
+    "name, spatial, temporal",
+    [("flow_hunyuan_video", 16, 4), ("flow_hunyuan_video_15", 16, 4), ("flow_ltx_video", 32, 8)],
+)
 def test_hunyuan_and_ltx_presets_load_and_fit_their_vaes(name, spatial, temporal):
     from raypipe.config import load_config
     from raypipe.recipes.train_flow import FlowTrainConfig

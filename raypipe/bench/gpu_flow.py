@@ -113,7 +113,7 @@ def _train_sweep(args, gen, engine, z_shape, clip, device) -> list[dict]:
 
 def tokens_per_video(gen, z_shape) -> int:
     """The transformer's sequence length for latents (C, T', H', W'): its patch sizes (Wan (1, 2, 2), HunyuanVideo
-    2 x 2, LTX 1 x 1)."""
+    2 x 2, HunyuanVideo 1.5 and LTX 1 x 1); the video tokens only (not the text tokens they attend to)."""
     config = gen.transformer.config
     patch = config.patch_size
     pt, ph, pw = patch if isinstance(patch, (list, tuple)) else (config.get("patch_size_t", 1) or 1, patch, patch)

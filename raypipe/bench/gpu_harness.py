@@ -32,6 +32,7 @@ FAMILIES = {
     "wan21-i2v-14b": ("wan", "wan21_i2v_14b", "wan21_i2v_tiny", (33, 480, 832), "Wan2.1-I2V-14B-480P"),
     "wan22-i2v-a14b": ("wan", "wan22_i2v_a14b", "wan22_i2v_a14b_tiny", (33, 480, 832), "Wan2.2-I2V-A14B"),
     "hunyuan-video": ("hunyuan", "hunyuan_video", None, (33, 544, 960), "HunyuanVideo 1.0 (13B)"),
+    "hunyuan-video-15": ("hunyuan15", "hunyuan_video_15", None, (33, 480, 848), "HunyuanVideo 1.5 T2V (8.3B)"),
     "ltx-video": ("ltx", "ltx_video", None, (33, 480, 704), "LTX-Video 0.9 (2B)"),
 }
 
@@ -45,6 +46,12 @@ def random_family(size: str, device, dtype: str, family: str = "wan21-1.3b"):
         cfg = getattr(TinyLTXConfig, real)() if size == "real" else TinyLTXConfig()
         pipe = build_random_ltx(cfg, seed=0, dtype=dtype, device=str(device))
         return LTXFamily(pipe, cfg.max_text_len, cfg.shift, cfg.frame_rate)
+    if kind == "hunyuan15":
+        from raypipe.flow.hunyuan15 import Hunyuan15Family, TinyHunyuan15Config, build_random_hunyuan15
+
+        cfg = getattr(TinyHunyuan15Config, real)() if size == "real" else TinyHunyuan15Config()
+        pipe = build_random_hunyuan15(cfg, seed=0, dtype=dtype, device=str(device))
+        return Hunyuan15Family(pipe, cfg.max_text_len, cfg.max_glyph_len, cfg.shift, crop_start=0)  # bare template
     if kind == "hunyuan":
         from raypipe.flow.hunyuan import BARE_TEMPLATE, HunyuanFamily, TinyHunyuanConfig, build_random_hunyuan
 

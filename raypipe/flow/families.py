@@ -1,6 +1,6 @@
 """Which generator family a pipeline folder is, and loading it: the one door recipes use.
 
-    gen = load_family("gen/")                 # WanFamily, CogVideoXFamily, HunyuanFamily or LTXFamily
+    gen = load_family("gen/")                 # WanFamily, CogVideoXFamily, HunyuanFamily, Hunyuan15Family, LTXFamily
     path = make_tiny_generator("cogvideox", "/tmp/tiny-cog", seed=0)
 
 A folder names its family in `raypipe_family.json` (written by our tiny builders and `save_pretrained`), else by
@@ -16,23 +16,38 @@ from pathlib import Path
 from raypipe.flow.cogvideox import CogVideoXFamily, TinyCogVideoXConfig, make_tiny_cogvideox
 from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
 from raypipe.flow.hunyuan import HunyuanFamily, TinyHunyuanConfig, make_tiny_hunyuan
+from raypipe.flow.hunyuan15 import Hunyuan15Family, TinyHunyuan15Config, make_tiny_hunyuan15
 from raypipe.flow.ltx import LTXFamily, TinyLTXConfig, make_tiny_ltx
 
-FAMILIES = {"wan": WanFamily, "cogvideox": CogVideoXFamily, "hunyuan": HunyuanFamily, "ltx": LTXFamily}
+FAMILIES = {
+    "wan": WanFamily,
+    "cogvideox": CogVideoXFamily,
+    "hunyuan": HunyuanFamily,
+    "hunyuan15": Hunyuan15Family,
+    "ltx": LTXFamily,
+}
 PIPELINE_CLASSES = {
     "WanPipeline": "wan",
     "WanImageToVideoPipeline": "wan",
     "CogVideoXPipeline": "cogvideox",
     "HunyuanVideoPipeline": "hunyuan",
+    "HunyuanVideo15Pipeline": "hunyuan15",
     "LTXPipeline": "ltx",
 }
 TINY_CONFIGS = {
     "wan": TinyWanConfig,
     "cogvideox": TinyCogVideoXConfig,
     "hunyuan": TinyHunyuanConfig,
+    "hunyuan15": TinyHunyuan15Config,
     "ltx": TinyLTXConfig,
 }
-BUILDERS = {"wan": make_tiny_wan, "cogvideox": make_tiny_cogvideox, "hunyuan": make_tiny_hunyuan, "ltx": make_tiny_ltx}
+BUILDERS = {
+    "wan": make_tiny_wan,
+    "cogvideox": make_tiny_cogvideox,
+    "hunyuan": make_tiny_hunyuan,
+    "hunyuan15": make_tiny_hunyuan15,
+    "ltx": make_tiny_ltx,
+}
 
 
 def family_of(path: str | os.PathLike) -> str:

@@ -1,5 +1,7 @@
 """LoRA on the generator's transformer (peft through diffusers' adapter API), the reference model without a copy,
-and adapters saved in the format the family's pipeline (`WanPipeline` / `CogVideoXPipeline`) `load_lora_weights` reads.
+and adapters saved in the format the family's pipeline (`WanPipeline` / `CogVideoXPipeline`) `load_lora_weights` reads
+(a pipeline without a diffusers LoRA loader, HunyuanVideo 1.5: the same transformer-only file, read by the
+transformer's `load_lora_adapter`).
 
     add_lora(gen.transformer, r=64, alpha=128, targets=gen.lora_targets)   # only adapter weights train
     with reference(gen.transformer):                                        # adapters off, no_grad: the base model
@@ -113,6 +115,9 @@ def save_lora(family, path: str | os.PathLike) -> Path:
     parts = {"high": state}
     if isinstance(family.transformer, WanExperts):
         parts = split_state(state)
+    if not hasattr(type(family.pipeline), "save_lora_weights"):  # no diffusers LoRA loader (HunyuanVideo 1.5)
+        _save_transformer_lora(path, state, config)
+        return path
     for expert, layers in parts.items():
         type(family.pipeline).save_lora_weights(
             str(path),
@@ -124,12 +129,31 @@ def save_lora(family, path: str | os.PathLike) -> Path:
     return path
 
 
+def _save_transformer_lora(path: Path, state: dict, config: dict) -> None:
+    """A pipeline diffusers gives no LoRA loader: the file its transformer-only loaders write (diffusers' shared
+    `LoraBaseMixin._save_lora_weights`: `transformer.`-prefixed keys, the adapter config as metadata), which the
+    transformer's own `load_lora_adapter(prefix="transformer")` reads (`load_lora`)."""
+    from diffusers.loaders.lora_base import LoraBaseMixin
+
+    LoraBaseMixin._save_lora_weights(
+        str(path),
+        lora_layers={"transformer": state},
+        lora_metadata={"transformer": config},
+        safe_serialization=True,
+    )
+
+
 def load_lora(pipeline, path: str | os.PathLike, adapter_name: str | None = None) -> None:
     """Adapters written by `save_lora` into a pipeline (both Wan2.2 A14B experts when both files are there)."""
     from raypipe.flow.wan22 import LOW_NOISE_WEIGHTS
 
     path = Path(path)
     high = path / "pytorch_lora_weights.safetensors"
+    if not hasattr(pipeline, "load_lora_weights"):  # no diffusers LoRA loader (HunyuanVideo 1.5): the model's own
+        pipeline.transformer.load_lora_adapter(
+            str(path), prefix="transformer", weight_name=high.name, adapter_name=adapter_name, local_files_only=True
+        )
+        return
     if high.exists() or not (path / LOW_NOISE_WEIGHTS).exists():
         pipeline.load_lora_weights(str(path), adapter_name=adapter_name)
     if (path / LOW_NOISE_WEIGHTS).exists():
