@@ -249,7 +249,7 @@ def test_wan22_presets_load_and_fit_their_vaes():
 
 @pytest.mark.parametrize(
     "name, spatial, temporal",
-    [("flow_hunyuan_video", 16, 4), ("flow_hunyuan_video_15", 16, 4), ("flow_ltx_video", 32, 8)],
+    [("flow_hunyuan_video", 16, 4), ("flow_hunyuan_video_15", 16, 4), ("flow_ltx_video", 32, 8), ("flow_ltx2", 32, 8)],
 )
 def test_hunyuan_and_ltx_presets_load_and_fit_their_vaes(name, spatial, temporal):
     from raypipe.config import load_config

@@ -183,7 +183,7 @@ def test_bench_gpu_flow_runs_for_every_family(tmp_path):
     experts with LoRA, so twice the adapters of one), one family after the other in one process."""
     out = tmp_path / "gpu.json"
     families = ["wan22-ti2v-5b", "wan22-a14b", "hunyuan-video", "ltx-video", "wan21-i2v-14b", "wan22-i2v-a14b"]
-    families.append("hunyuan-video-15")
+    families += ["hunyuan-video-15", "ltx-2"]
     argv = ["--out", str(out), "--size", "tiny", "--parts", "flow", "--family", ",".join(families), "--steps", "1"]
     proc = subprocess.run(
         [sys.executable, "-m", "raypipe.bench.gpu", *argv, "--warmup", "0", "--flow-batches", "1"],
@@ -196,14 +196,19 @@ def test_bench_gpu_flow_runs_for_every_family(tmp_path):
     assert set(report) >= {"flow", *(f"flow:{f}" for f in families[1:])}
     # LoRA r=64 on 32 -> 32 projections (64·64 each): Wan's 16 (x2 experts for A14B); HunyuanVideo's 11 (q/k/v/o of
     # the dual-stream block and the text refiner, q/k/v of the single-stream block); LTX's 16 (2 blocks x 2
-    # attentions x q/k/v/o); HunyuanVideo 1.5's 8 (q/k/v/o of its one dual-stream block and of the text refiner)
+    # attentions x q/k/v/o); HunyuanVideo 1.5's 8 (q/k/v/o of its one dual-stream block and of the text refiner);
+    # LTX-2's 16 (2 blocks x the video stream's self- and text-attention x q/k/v/o; none of the audio stream's)
     lora = {"wan22-ti2v-5b": 16, "wan22-a14b": 32, "hunyuan-video": 11, "ltx-video": 16, "hunyuan-video-15": 8}
+    lora["ltx-2"] = 16
     lora |= {"wan21-i2v-14b": 16, "wan22-i2v-a14b": 32}  # I2V: the same projections (image attention's not targeted)
     for family in families:
         flow = report["flow" if family == families[0] else f"flow:{family}"]
         assert flow["family"] == family and len(flow["train"]) == 4
         assert all(r["s_per_step"] > 0 for r in flow["train"])
         assert flow["trainable_params"] == 64 * 64 * lora[family]
-        c, t, h, w = flow["latent"]  # 9 x 32 x 32 clips; LTX's and HunyuanVideo 1.5's transformers take 1 x 1
-        assert flow["tokens_per_video"] == t * h * w // (1 if family in ("ltx-video", "hunyuan-video-15") else 4)
+        c, t, h, w = flow["latent"]  # 9 x 32 x 32 clips; LTX's, LTX-2's and HunyuanVideo 1.5's transformers take 1 x 1
+        assert flow["tokens_per_video"] == t * h * w // (
+            1 if family in ("ltx-video", "hunyuan-video-15", "ltx-2") else 4
+        )
     assert "flow:hunyuan-video" in proc.stdout and "flow:hunyuan-video-15" in proc.stdout  # every family is printed
+    assert report["flow:ltx-2"]["latent"] == [8, 5, 4, 4]  # the tiny LTX-2: 8 channels, spatial 8, temporal 2

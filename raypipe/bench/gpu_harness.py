@@ -34,6 +34,7 @@ FAMILIES = {
     "hunyuan-video": ("hunyuan", "hunyuan_video", None, (33, 544, 960), "HunyuanVideo 1.0 (13B)"),
     "hunyuan-video-15": ("hunyuan15", "hunyuan_video_15", None, (33, 480, 848), "HunyuanVideo 1.5 T2V (8.3B)"),
     "ltx-video": ("ltx", "ltx_video", None, (33, 480, 704), "LTX-Video 0.9 (2B)"),
+    "ltx-2": ("ltx2", "ltx2", None, (33, 512, 768), "LTX-2 (19B, its video stream)"),
 }
 
 
@@ -46,6 +47,12 @@ def random_family(size: str, device, dtype: str, family: str = "wan21-1.3b"):
         cfg = getattr(TinyLTXConfig, real)() if size == "real" else TinyLTXConfig()
         pipe = build_random_ltx(cfg, seed=0, dtype=dtype, device=str(device))
         return LTXFamily(pipe, cfg.max_text_len, cfg.shift, cfg.frame_rate)
+    if kind == "ltx2":
+        from raypipe.flow.ltx2 import LTX2Family, TinyLTX2Config, build_random_ltx2
+
+        cfg = getattr(TinyLTX2Config, real)() if size == "real" else TinyLTX2Config()
+        pipe = build_random_ltx2(cfg, seed=0, dtype=dtype, device=str(device))
+        return LTX2Family(pipe, cfg.max_text_len, None if cfg.dynamic_shift else cfg.shift, cfg.frame_rate)
     if kind == "hunyuan15":
         from raypipe.flow.hunyuan15 import Hunyuan15Family, TinyHunyuan15Config, build_random_hunyuan15
 

@@ -1,6 +1,6 @@
 """Which generator family a pipeline folder is, and loading it: the one door recipes use.
 
-    gen = load_family("gen/")                 # WanFamily, CogVideoXFamily, HunyuanFamily, Hunyuan15Family, LTXFamily
+    gen = load_family("gen/")     # WanFamily, CogVideoXFamily, HunyuanFamily, Hunyuan15Family, LTXFamily, LTX2Family
     path = make_tiny_generator("cogvideox", "/tmp/tiny-cog", seed=0)
 
 A folder names its family in `raypipe_family.json` (written by our tiny builders and `save_pretrained`), else by
@@ -18,6 +18,7 @@ from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
 from raypipe.flow.hunyuan import HunyuanFamily, TinyHunyuanConfig, make_tiny_hunyuan
 from raypipe.flow.hunyuan15 import Hunyuan15Family, TinyHunyuan15Config, make_tiny_hunyuan15
 from raypipe.flow.ltx import LTXFamily, TinyLTXConfig, make_tiny_ltx
+from raypipe.flow.ltx2 import LTX2Family, TinyLTX2Config, make_tiny_ltx2
 
 FAMILIES = {
     "wan": WanFamily,
@@ -25,6 +26,7 @@ FAMILIES = {
     "hunyuan": HunyuanFamily,
     "hunyuan15": Hunyuan15Family,
     "ltx": LTXFamily,
+    "ltx2": LTX2Family,
 }
 PIPELINE_CLASSES = {
     "WanPipeline": "wan",
@@ -33,6 +35,7 @@ PIPELINE_CLASSES = {
     "HunyuanVideoPipeline": "hunyuan",
     "HunyuanVideo15Pipeline": "hunyuan15",
     "LTXPipeline": "ltx",
+    "LTX2Pipeline": "ltx2",
 }
 TINY_CONFIGS = {
     "wan": TinyWanConfig,
@@ -40,6 +43,7 @@ TINY_CONFIGS = {
     "hunyuan": TinyHunyuanConfig,
     "hunyuan15": TinyHunyuan15Config,
     "ltx": TinyLTXConfig,
+    "ltx2": TinyLTX2Config,
 }
 BUILDERS = {
     "wan": make_tiny_wan,
@@ -47,6 +51,7 @@ BUILDERS = {
     "hunyuan": make_tiny_hunyuan,
     "hunyuan15": make_tiny_hunyuan15,
     "ltx": make_tiny_ltx,
+    "ltx2": make_tiny_ltx2,
 }
 
 
@@ -88,7 +93,7 @@ def make_tiny_generator(family: str, path: str | os.PathLike, cfg=None, seed: in
 def takes_image(path: str | os.PathLike) -> bool:
     """Whether the pipeline folder's generator takes a conditioning image (image-to-video), read from its configs
     without loading weights: Wan2.2 TI2V (`expand_timesteps`), Wan2.1 I2V / Wan2.2 I2V-A14B
-    (`WanImageToVideoPipeline`), LTX-Video (one latent frame per token)."""
+    (`WanImageToVideoPipeline`), LTX-Video (one latent frame per token). LTX-2 here is text-to-video."""
     path = Path(path)
     family = family_of(path)
     if family == "wan":

@@ -157,12 +157,15 @@ def make_tiny_ltx(path: str | os.PathLike, cfg: TinyLTXConfig | None = None, see
     return path
 
 
-def reference_shift(scheduler_config, spatial: int, temporal: int) -> float:
-    """The scheduler's own shift: fixed, or with dynamic shifting exp(mu) at REFERENCE_CLIP's token count (mu linear
-    in the sequence length between base_shift and max_shift, as LTXPipeline computes it)."""
+def reference_shift(
+    scheduler_config, spatial: int, temporal: int, clip: tuple[int, int, int] = REFERENCE_CLIP
+) -> float:
+    """The scheduler's own shift: fixed, or with dynamic shifting exp(mu) at the token count of `clip` (frames,
+    height, width; REFERENCE_CLIP for LTX-Video) — mu linear in the sequence length between base_shift and max_shift,
+    as LTXPipeline and LTX2Pipeline compute it."""
     if not scheduler_config.get("use_dynamic_shifting", False):
         return float(scheduler_config.get("shift", 1.0))
-    frames, height, width = REFERENCE_CLIP
+    frames, height, width = clip
     seq = (1 + (frames - 1) // temporal) * (height // spatial) * (width // spatial)
     lo, hi = scheduler_config["base_image_seq_len"], scheduler_config["max_image_seq_len"]
     a, b = scheduler_config["base_shift"], scheduler_config["max_shift"]

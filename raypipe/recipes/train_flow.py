@@ -130,7 +130,7 @@ class FlowTrainSettings(TrainerSettings):
 @dataclasses.dataclass
 class FlowTrainConfig:
     generator: str | None = None  # a WanPipeline or CogVideoXPipeline folder (local copy); None: a tiny random one
-    family: str = "wan"  # wan | cogvideox | hunyuan | hunyuan15 | ltx: the tiny random one built when generator is null
+    family: str = "wan"  # wan | cogvideox | hunyuan | hunyuan15 | ltx | ltx2: the tiny random one (generator null)
     tiny: TinyWanConfig = dataclasses.field(default_factory=TinyWanConfig)  # the random Wan's shape
     tiny_cogvideox: TinyCogVideoXConfig = dataclasses.field(default_factory=TinyCogVideoXConfig)  # the random CogVideoX
     tiny_seed: int = 0  # seed of the tiny random model built when no path is given
