@@ -65,9 +65,9 @@ class TinyWanConfig:
     boundary_ratio: float = 0.875  # A14B T2V's switch (its I2V: 0.9)
     expand_timesteps: bool = False  # Wan2.2 TI2V: a timestep per latent token
     # image-to-video by channels (WanImageToVideoPipeline: Wan2.1 I2V, Wan2.2 I2V-A14B): the transformer takes
-    # [latents, first-frame mask, conditioning latents]; image_dim: the CLIP image encoder's width (Wan2.1 only)
-    i2v: bool = False
-    image_dim: int | None = None
+    # [latents, first-frame mask, conditioning latents]
+    i2v: bool = False  # WanImageToVideoPipeline with 2·z_dim + temporal input channels
+    image_dim: int | None = None  # the CLIP image encoder's width (Wan2.1 I2V; None: no image encoder)
     image_size: int = 32  # the CLIP image encoder's input size (a two-layer stand-in of its width and tokens)
     image_patch: int = 16  # its patch size: (image_size / image_patch)² + 1 states (Wan2.1 I2V's ViT-H/14: 257)
 
