@@ -27,7 +27,8 @@ def text_of(gen, batch, prompts: list[str], dropout: float, generator: torch.Gen
     kept = drop_prompts(prompts, dropout, generator)
     if "text" not in batch.column_names:
         if "image" in batch.column_names:  # image-to-video (decoded clips): the conditioning images, uint8 [B, H, W, 3]
-            frames = next(clips_of(batch, c).shape[1] for c in ("frames_w", "frames") if c in batch.column_names)
+            column = "frames_w" if "frames_w" in batch.column_names else "frames"
+            frames = clips_of(batch.slice(0, 1), column).shape[1]  # the clip length, from one row
             return encode_with_images(gen, kept, tensor_of(batch, "image"), frames)
         return gen.encode_prompts(kept)
     text = torch.from_numpy(tensor_of(batch, "text")).float()
