@@ -158,3 +158,21 @@ def start_on_image(gen, z: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return z
     _, image = split_image(text, gen.max_text_len)
     return z if image is None else condition_first_frame(z, image)
+
+
+def wan_inputs(z_t: torch.Tensor, t: torch.Tensor, image, config, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Wan transformer's (hidden states, float32 timesteps 1000·t) on `device` for latents z_t and a prompt's
+    image latent (None: text only). By the transformer's input channels: as many as the latents — Wan2.2 TI2V, frame 0
+    replaced and its tokens at timestep 0 ([B, tokens] timesteps); more — Wan2.1 I2V / Wan2.2 I2V-A14B,
+    [z_t, mask, condition] along channels. The timestep stays float32: diffusers embeds it sinusoidally before
+    casting, whereas 1000·t in bf16 would be rounded to steps of up to 4."""
+    z_t = z_t.to(device)
+    timestep = (1000.0 * t).to(device, torch.float32)
+    if image is None:
+        return z_t, timestep
+    image, in_channels = image.to(device), int(config.in_channels)
+    if in_channels > z_t.shape[1]:
+        return concat_condition(z_t, image, in_channels), timestep
+    _, ph, pw = config.patch_size
+    hidden = condition_first_frame(z_t, image)
+    return hidden, per_token_times(timestep, z_t.shape[2], (z_t.shape[3] // ph) * (z_t.shape[4] // pw))

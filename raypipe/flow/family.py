@@ -23,12 +23,10 @@ import numpy as np
 import torch
 
 from raypipe.flow.conditioning import (
-    concat_condition,
-    condition_first_frame,
     first_frame_velocity,
     pack_image,
-    per_token_times,
     split_conditions,
+    wan_inputs,
     with_image,
 )
 
@@ -504,22 +502,12 @@ class WanFamily:
         model = model if model is not None else self.transformer
         dtype, device = compute_dtype_device(model)
         text, image, states = split_conditions(text, self.max_text_len)
-        # The timestep stays float32: diffusers embeds it sinusoidally first and casts afterwards, whereas 1000·t
-        # in bf16 would be rounded to steps of up to 4 (t off by 0.4 %).
-        timestep = (1000.0 * t).to(device, torch.float32)
-        hidden, extra, mode = z_t, {}, self.image_mode
-        if image is not None and mode == "replace":  # Wan2.2 TI2V: frame 0 is the image, clean
-            _, ph, pw = self.transformer.config.patch_size
-            hidden = condition_first_frame(z_t, image)
-            timestep = per_token_times(timestep, z_t.shape[2], (z_t.shape[3] // ph) * (z_t.shape[4] // pw))
-        elif image is not None and mode == "concat":  # Wan2.1 I2V / Wan2.2 I2V-A14B: channels [z_t, mask, cond]
-            hidden = concat_condition(z_t.to(device), image.to(device), int(self.transformer.config.in_channels))
-            if states is not None:
-                extra["encoder_hidden_states_image"] = states.to(device, dtype)
-        elif mode == "concat":
+        if image is None and self.image_mode == "concat":
             raise ValueError("this Wan I2V generator needs a conditioning image: encode_prompts(prompts, images=...)")
-        elif image is not None:
+        if image is not None and self.image_mode is None:
             raise ValueError("this Wan generator is text-to-video only: its prompts carry no image")
+        hidden, timestep = wan_inputs(z_t, t, image, self.transformer.config, device)
+        extra = {} if states is None else {"encoder_hidden_states_image": states.to(device, dtype)}
         out = model(
             hidden_states=hidden.to(device, dtype),
             timestep=timestep,

@@ -23,11 +23,11 @@ import torch
 from torch import nn
 
 from raypipe.flow.conditioning import (
-    concat_condition,
     condition_first_frame,
     per_token_times,
     split_conditions,
     split_image,
+    wan_inputs,
 )
 from raypipe.flow.family import cast_like_pretrained, compute_dtype_device
 
@@ -140,18 +140,10 @@ class LatentReward(nn.Module):
         image = states = None
         if self.text_rows is not None:
             text, image, states = split_conditions(text, self.text_rows)
-        x_t, text = x_t.to(device, dtype), text.to(device, dtype)
-        # float32 timestep, as in WanFamily.velocity (diffusers casts after the sinusoidal embedding)
-        timestep, seq_len = (1000.0 * t).to(device, torch.float32), None
-        in_channels = int(tr.config.in_channels)
-        if image is not None and in_channels == x_t.shape[1]:  # Wan2.2 TI2V: frame 0 is the image, timestep 0
-            _, ph, pw = tr.config.patch_size
-            x_t = condition_first_frame(x_t, image)
-            timestep = per_token_times(timestep, x_t.shape[2], (x_t.shape[3] // ph) * (x_t.shape[4] // pw))
-            seq_len = timestep.shape[1]
-            timestep = timestep.flatten()
-        elif image is not None:  # Wan2.1 I2V / Wan2.2 I2V-A14B: channels [x_t, mask, condition]
-            x_t = concat_condition(x_t, image.to(device, dtype), in_channels)
+        x_t, timestep = wan_inputs(x_t, t, image, tr.config, device)  # as WanFamily.velocity conditions
+        x_t, text, seq_len = x_t.to(dtype), text.to(device, dtype), None
+        if timestep.dim() == 2:  # per-token timesteps (Wan2.2 TI2V's image frame at 0)
+            seq_len, timestep = timestep.shape[1], timestep.flatten()
         rotary = tr.rope(x_t)
         h = tr.patch_embedding(x_t).flatten(2).transpose(1, 2).contiguous()
         states = None if states is None else states.to(device, dtype)
