@@ -149,17 +149,17 @@ def test_train_latent_reward_end_to_end(ray_local, tmp_path):
     assert list((tmp_path / "lr" / "tensorboard").iterdir())
 
 
-def test_generators_without_a_trunk_are_refused_up_front(tmp_path):
+def test_refusals_before_any_work(tmp_path):
+    """An unknown tiny family, and a conditioning image for a text-to-video generator (HunyuanVideo here; every
+    family has a trunk: tests/test_latent_reward_families.py)."""
     from raypipe.config import ConfigError, load_config
     from raypipe.flow.families import make_tiny_generator
-    from raypipe.flow.family import TinyWanConfig, make_tiny_wan
 
-    a14b = make_tiny_wan(tmp_path / "a14b", TinyWanConfig.wan22_a14b_tiny())
     hunyuan = make_tiny_generator("hunyuan", tmp_path / "hy")
-    for generator in (a14b, hunyuan):
-        cfg = load_config(LatentRewardConfig, None, [f"out={tmp_path / 'lr'}", f"generator={generator}",
-                                                     "synth.pairs=4", "progress=false"])  # fmt: skip
-        with pytest.raises(ConfigError, match="trunk is a Wan"):
-            run_train_latent_reward(cfg)
-    with pytest.raises(ConfigError, match="family must be wan or ltx"):
-        run_train_latent_reward(load_config(LatentRewardConfig, None, [f"out={tmp_path}", "family=hunyuan"]))
+    cfg = load_config(LatentRewardConfig, None, [f"out={tmp_path / 'lr'}", f"generator={hunyuan}",
+                                                 "data.image=first_frame", "synth.pairs=4", "progress=false"])  # fmt: skip
+    with pytest.raises(ConfigError, match="text-to-video only"):
+        run_train_latent_reward(cfg)
+    assert not (tmp_path / "lr" / "data").exists()
+    with pytest.raises(ConfigError, match="family must be one of"):
+        run_train_latent_reward(load_config(LatentRewardConfig, None, [f"out={tmp_path}", "family=sora"]))

@@ -87,8 +87,8 @@ def _one_seed(args, seed: int, strengths: list[float], out: Path, with_cost: boo
     torch.manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
     gen = load_generator(args.generator)
-    noisy = LatentReward.from_pretrained(args.latent_reward)
-    clean = LatentReward.from_pretrained(args.clean_latent_reward) if args.clean_latent_reward else None
+    noisy = LatentReward.from_pretrained(args.latent_reward, generator=gen)
+    clean = LatentReward.from_pretrained(args.clean_latent_reward, generator=gen) if args.clean_latent_reward else None
     prompts = read_prompts(str(args.prompts), seed)
     shape = gen.latent_shape(args.frames, args.height, args.width, check=True)
     common = dict(seed=seed, steps=args.steps, cfg_scale=args.cfg_scale, shape=shape)

@@ -84,7 +84,9 @@ class RolloutActor:
         self.version, self.hash = None, None
         # latent rewards score the clean latents here, where they and the prompt embeddings already are
         device = str(self.gen.device)
-        self.latent_rewards = [LatentReward.from_pretrained(p, dtype, device) for p in (latent_rewards or {}).values()]
+        self.latent_rewards = [
+            LatentReward.from_pretrained(p, dtype, device, generator=self.gen) for p in (latent_rewards or {}).values()
+        ]
 
     def set_weights(self, version: int, state: dict) -> str:
         from peft.utils import set_peft_model_state_dict

@@ -1,16 +1,23 @@
 """The latent, noise-aware reward model of Flow-NRG (SPEC §6.1): r_φ(x_t, t, c) ∈ R^D on the generator's latents.
 
-    lr = LatentReward.for_family(gen, dims=("VQ", "MQ", "TA"), k_blocks=2)   # gen: a Wan or LTX-Video family
-    r = lr(x_t, t, text)                      # [B, D]; x_t normalised latents, t in [0, 1], text [B, L, D_text]
-    lr.save_pretrained(dir); LatentReward.from_pretrained(dir)
+    lr = LatentReward.for_family(gen, dims=("VQ", "MQ", "TA"), k_blocks=2)   # gen: any loaded generator family
+    r = lr(x_t, t, text)                      # [B, D]; x_t normalised latents, t in [0, 1], text: the prompt tensor
+    lr.save_pretrained(dir); LatentReward.from_pretrained(dir, generator=gen)
 
-The trunk is a real `WanTransformer3DModel` (or `LTXVideoTransformer3DModel`) with `num_layers = K`, initialised
-from the generator's patch embedding, time/text conditioning and first K blocks (the same keys, copied); the rest of
-the generator is not kept. Tokens after block K are mean-pooled, layer-normed, and one linear head per dimension
-(the rows of one `nn.Linear(hidden, D)`) gives the rewards. An image-to-video prompt (`raypipe.flow.conditioning`:
-the rows beyond `text_rows`, the generator's prompt rows) conditions the trunk as it conditions the generator.
-`trainable` picks what learns: "all" (trunk + heads), "blocks" (the K blocks + heads; patch embedding and
-conditioning frozen) or "heads".
+The trunk is the generator's own transformer class with its first K blocks (`num_layers = K`; HunyuanVideo: its first
+K double-stream blocks and no single-stream ones), initialised from the generator's embeddings, time/text
+conditioning and those blocks (the same keys, copied); the rest of the generator is not kept. The tokens out of
+block K (the video stream) are mean-pooled, layer-normed, and one linear head per dimension (the rows of one
+`nn.Linear(hidden, D)`) gives the rewards. How the trunk is run:
+  - Wan2.1/2.2 and LTX-Video: block by block here, standalone (scoring needs no generator); an image-to-video
+    prompt (`raypipe.flow.conditioning`: the rows beyond `text_rows`, the generator's prompt rows) conditions the
+    trunk as it conditions the generator. Wan2.2 A14B: one trunk per expert, each sample through the expert the
+    generator uses at its timestep (t ≥ boundary: the high-noise one), both saved (trunk/, trunk_2/).
+  - HunyuanVideo 1.0/1.5, LTX-2, CogVideoX: through the family's own `velocity(x_t, t, text, model=trunk)`, stopped
+    after block K by a forward hook that keeps its video tokens; loading one needs the generator family
+    (`from_pretrained(..., generator=gen)`; every recipe that scores latents has it loaded).
+`trainable` picks what learns: "all" (trunk + heads), "blocks" (the K blocks + heads; embeddings and conditioning
+frozen) or "heads".
 """
 
 from __future__ import annotations
@@ -34,14 +41,48 @@ from raypipe.flow.family import cast_like_pretrained, compute_dtype_device
 TRAINABLE = ("all", "blocks", "heads")
 _CONFIG = "latent_reward.json"
 
-
-TRUNKS = ("WanTransformer3DModel", "LTXVideoTransformer3DModel")
+STANDALONE = ("WanTransformer3DModel", "LTXVideoTransformer3DModel")  # run block by block here
+VIA_FAMILY = (  # run through their family's velocity, stopped after block K
+    "HunyuanVideoTransformer3DModel",
+    "HunyuanVideo15Transformer3DModel",
+    "LTX2VideoTransformer3DModel",
+    "CogVideoXTransformer3DModel",
+)
+TRUNKS = STANDALONE + VIA_FAMILY
 
 
 def _blocks(transformer):
-    """A trunk's (or generator transformer's) block list: Wan's `blocks`, LTX's `transformer_blocks`."""
+    """A trunk's (or generator transformer's) block list: Wan's `blocks`, the others' `transformer_blocks`
+    (HunyuanVideo: the double-stream ones)."""
     blocks = getattr(transformer, "blocks", None)
     return blocks if blocks is not None else transformer.transformer_blocks
+
+
+def _truncated(transformer, k_blocks: int):
+    """The transformer's class with its first `k_blocks` blocks, their weights and every embedding copied."""
+    n = len(_blocks(transformer))
+    if not 1 <= k_blocks <= n:
+        raise ValueError(f"k_blocks must be in [1, {n}] (the generator has {n} blocks), got {k_blocks}")
+    config = dict(transformer.config)
+    config["num_layers"] = k_blocks
+    if "num_single_layers" in config:  # HunyuanVideo: the trunk stops after its double-stream blocks
+        config["num_single_layers"] = 0
+    trunk = type(transformer).from_config(config)
+    source = transformer.state_dict()
+    missing, unexpected = trunk.load_state_dict({k: v for k, v in source.items() if k in trunk.state_dict()}, False)
+    if missing or unexpected:
+        raise RuntimeError(f"could not copy the generator's first {k_blocks} blocks: missing {missing}")
+    return cast_like_pretrained(trunk, compute_dtype_device(transformer)[0])
+
+
+def needs_generator(path: str | os.PathLike) -> bool:
+    """Whether a saved latent reward's trunk runs through its generator family (from_pretrained's `generator`)."""
+    config = Path(path) / "trunk" / "config.json"
+    return config.exists() and json.loads(config.read_text()).get("_class_name") in VIA_FAMILY
+
+
+class _Pooled(Exception):
+    """Raised by the hook after block K: the rest of the family's forward is not needed."""
 
 
 class LatentReward(nn.Module):
@@ -52,10 +93,18 @@ class LatentReward(nn.Module):
         trainable: str = "all",
         text_rows: int | None = None,
         geometry: dict | None = None,
+        family=None,
     ):
         super().__init__()
-        if type(trunk).__name__ not in TRUNKS:
-            raise ValueError(f"a latent reward trunk is one of {TRUNKS}, got {type(trunk).__name__}")
+        name = type(trunk).__name__
+        if name != "WanExperts" and name not in TRUNKS:
+            raise ValueError(f"a latent reward trunk is one of {TRUNKS}, got {name}")
+        if name in VIA_FAMILY and family is None:
+            raise ValueError(
+                f"a {name} trunk runs through its generator family's velocity: pass the loaded generator "
+                "(LatentReward.from_pretrained(path, generator=load_family(GENERATOR)))"
+            )
+        self.family = family if name in VIA_FAMILY else None  # a plain attribute: not saved, not a submodule
         self.text_rows = text_rows  # the generator's prompt rows; more rows carry an image (image-to-video)
         # LTX: what its velocity needs beyond the transformer (text width, frame rate, VAE factors for the RoPE scale)
         self.geometry = dict(geometry or {})
@@ -67,39 +116,41 @@ class LatentReward(nn.Module):
         self.dims = tuple(dims)
         self.trainable = trainable
         self.gradient_checkpointing = False  # recompute each block's activations in backward (GPU memory)
-        hidden = trunk.config.num_attention_heads * trunk.config.attention_head_dim
+        config = trunk.config
+        hidden = config.num_attention_heads * config.attention_head_dim
         self.norm = nn.LayerNorm(hidden)
         self.heads = nn.Linear(hidden, len(self.dims))
         nn.init.normal_(self.heads.weight, std=hidden**-0.5)
         nn.init.zeros_(self.heads.bias)
         self.set_trainable(trainable)
 
+    def _trunks(self) -> list:
+        """The trunk, or A14B's two (high-noise, low-noise)."""
+        return [self.trunk.high, self.trunk.low] if type(self.trunk).__name__ == "WanExperts" else [self.trunk]
+
     @property
     def k_blocks(self) -> int:
-        return len(_blocks(self.trunk))
+        return len(_blocks(self._trunks()[0]))
 
     def set_trainable(self, trainable: str) -> None:
         self.trainable = trainable
         self.trunk.requires_grad_(trainable == "all")
         if trainable == "blocks":
-            _blocks(self.trunk).requires_grad_(True)
+            for trunk in self._trunks():
+                _blocks(trunk).requires_grad_(True)
         self.norm.requires_grad_(True)
         self.heads.requires_grad_(True)
 
     @classmethod
     def for_family(cls, gen, dims, k_blocks: int = 2, trainable: str = "all") -> LatentReward:
-        """The latent reward of a loaded generator family (Wan2.1/2.2 incl. image-to-video, LTX-Video): its
-        transformer's first `k_blocks` blocks and what the family's prompts and latents need."""
-        transformer = gen.transformer
-        if type(transformer).__name__ == "WanExperts":
-            raise ValueError("a latent reward on Wan2.2 A14B's two experts is not supported yet")
-        if type(transformer).__name__ not in TRUNKS:
-            raise ValueError(f"a latent reward needs a Wan or LTX-Video generator, got the {gen.name} family")
+        """The latent reward of a loaded generator family: its transformer's first `k_blocks` blocks (both experts'
+        for Wan2.2 A14B) and what the family's prompts and latents need."""
         geometry = None
         if gen.name == "ltx":
             geometry = {"text_dim": gen.text_dim, "frame_rate": gen.frame_rate, "temporal": gen.temporal}
             geometry["spatial"] = gen.spatial
-        return cls.from_generator(transformer, dims, k_blocks, trainable, gen.max_text_len, geometry)
+        text_rows = gen.max_text_len if gen.name in ("wan", "ltx") else None
+        return cls.from_generator(gen.transformer, dims, k_blocks, trainable, text_rows, geometry, gen)
 
     @classmethod
     def from_generator(
@@ -110,32 +161,36 @@ class LatentReward(nn.Module):
         trainable: str = "all",
         text_rows: int | None = None,
         geometry: dict | None = None,
+        family=None,
     ) -> LatentReward:
         """Copy the generator transformer's embedding, conditioning and first `k_blocks` blocks into a trunk
-        (`text_rows`: the family's prompt rows, so an image-to-video prompt's image can be told apart)."""
-        n = len(_blocks(transformer))
-        if not 1 <= k_blocks <= n:
-            raise ValueError(f"k_blocks must be in [1, {n}] (the generator has {n} blocks), got {k_blocks}")
-        config = dict(transformer.config)
-        config["num_layers"] = k_blocks
-        trunk = type(transformer).from_config(config)
-        source = transformer.state_dict()
-        missing, unexpected = trunk.load_state_dict(
-            {k: v for k, v in source.items() if k in trunk.state_dict()}, strict=False
-        )
-        # Only the output head of the trunk (unused here) may stay at its random initialisation.
-        left = [k for k in missing if not k.startswith(("proj_out", "scale_shift_table", "norm_out"))]
-        if left or unexpected:
-            raise RuntimeError(f"could not copy the generator's first {k_blocks} blocks: missing {left}")
-        dtype, device = compute_dtype_device(transformer)
-        cast_like_pretrained(trunk, dtype)
-        return cls(trunk, tuple(dims), trainable, text_rows, geometry).to(device)
+        (`text_rows`: the family's prompt rows, so an image-to-video prompt's image can be told apart; `family`:
+        the loaded generator, which Hunyuan/LTX-2/CogVideoX trunks run through)."""
+        from raypipe.flow.wan22 import WanExperts
+
+        if type(transformer).__name__ == "WanExperts":
+            trunk = WanExperts(
+                _truncated(transformer.high, k_blocks), _truncated(transformer.low, k_blocks), transformer.boundary
+            )
+        elif type(transformer).__name__ in TRUNKS:
+            trunk = _truncated(transformer, k_blocks)
+        else:
+            raise ValueError(f"no latent reward trunk for a {type(transformer).__name__} (known: {TRUNKS})")
+        device = compute_dtype_device(transformer)[1]
+        return cls(trunk, tuple(dims), trainable, text_rows, geometry, family).to(device)
 
     def features(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Pooled [B, hidden] features of the first K blocks (the generator's own conditioning of t and c)."""
-        if type(self.trunk).__name__ == "LTXVideoTransformer3DModel":
+        name = type(self.trunk).__name__
+        if name == "WanExperts":
+            return self._experts_features(x_t, t, text)
+        if name == "WanTransformer3DModel":
+            return self._wan_features(self.trunk, x_t, t, text)
+        if name == "LTXVideoTransformer3DModel":
             return self._ltx_features(x_t, t, text)
-        tr = self.trunk
+        return self._family_features(x_t, t, text)
+
+    def _wan_features(self, tr, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         dtype, device = compute_dtype_device(tr)
         image = states = None
         if self.text_rows is not None:
@@ -154,6 +209,49 @@ class LatentReward(nn.Module):
         for block in tr.blocks:
             h = self._block(block, h, enc, timestep_proj, rotary)
         return h.float().mean(dim=1)
+
+    def _experts_features(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Wan2.2 A14B: each sample through the trunk of the expert its timestep belongs to (WanExperts' rule). When
+        training, an expert without samples runs on one and adds 0 x its features: every rank then reduces the same
+        gradients (as WanExperts.forward does for the generator)."""
+        experts = self.trunk
+        high = experts.expert_of(1000.0 * t.float().reshape(-1))
+        training = torch.is_grad_enabled() and any(p.requires_grad for p in experts.parameters())
+        out, idle = None, []
+        for mask, expert in ((high, experts.high), (~high, experts.low)):
+            mask = mask.to(x_t.device)
+            if not bool(mask.any()):
+                if training:
+                    idle.append(self._wan_features(expert, x_t[:1], t[:1], text[:1]).sum() * 0.0)
+                continue
+            part = self._wan_features(expert, x_t[mask], t[mask.to(t.device)], text[mask.to(text.device)])
+            out = part.new_zeros((x_t.shape[0], part.shape[1])) if out is None else out
+            out = out.index_put((mask.to(out.device),), part)
+        for zero in idle:
+            out = out + zero
+        return out
+
+    def _family_features(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Hunyuan/LTX-2/CogVideoX: the family's own velocity with the trunk as its model, stopped by a hook after
+        block K, whose video tokens (a block's first output) are pooled."""
+        trunk, seen = self.trunk, {}
+        if self.gradient_checkpointing and not trunk.is_gradient_checkpointing:
+            trunk.enable_gradient_checkpointing()
+        elif trunk.is_gradient_checkpointing and not self.gradient_checkpointing:
+            trunk.disable_gradient_checkpointing()
+
+        def keep(module, args, output):
+            seen["h"] = output[0] if isinstance(output, tuple) else output
+            raise _Pooled
+
+        handle = _blocks(trunk)[-1].register_forward_hook(keep)
+        try:
+            self.family.velocity(x_t, t, text, model=trunk)
+        except _Pooled:
+            pass
+        finally:
+            handle.remove()
+        return seen["h"].float().mean(dim=1)
 
     def _block(self, block, *args):
         if self.gradient_checkpointing and torch.is_grad_enabled():
@@ -202,7 +300,10 @@ class LatentReward(nn.Module):
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.trunk.save_pretrained(path / "trunk")
+        trunks = self._trunks()
+        for folder, trunk in zip(("trunk", "trunk_2"), trunks):  # A14B: the low-noise expert's trunk in trunk_2
+            trunk.save_pretrained(path / folder)
+        experts = {"boundary": self.trunk.boundary} if len(trunks) == 2 else {}
         save_file(
             {f"norm.{k}": v.contiguous() for k, v in self.norm.state_dict().items()}
             | {f"heads.{k}": v.contiguous() for k, v in self.heads.state_dict().items()},
@@ -216,6 +317,7 @@ class LatentReward(nn.Module):
                     "trainable": self.trainable,
                     "text_rows": self.text_rows,
                     "geometry": self.geometry,
+                    **experts,
                     **(extra or {}),
                 },
                 indent=2,
@@ -224,9 +326,15 @@ class LatentReward(nn.Module):
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype: str = "float32", device: str = "cpu") -> LatentReward:
+    def from_pretrained(
+        cls, path: str | os.PathLike, dtype: str = "float32", device: str = "cpu", generator=None
+    ) -> LatentReward:
+        """A saved latent reward; `generator` (the loaded family) is needed by Hunyuan/LTX-2/CogVideoX trunks,
+        ignored by the others."""
         import diffusers
         from safetensors.torch import load_file
+
+        from raypipe.flow.wan22 import WanExperts
 
         path = Path(path)
         if not (path / _CONFIG).exists():
@@ -234,12 +342,22 @@ class LatentReward(nn.Module):
                 f"{path} is not a latent reward model (no {_CONFIG}); train one with `raypipe train-latent-reward`"
             )
         meta = json.loads((path / _CONFIG).read_text())
-        trunk_class = json.loads((path / "trunk" / "config.json").read_text()).get("_class_name")
-        if trunk_class not in TRUNKS:
-            raise ValueError(f"{path}: unknown latent reward trunk {trunk_class!r} (known: {TRUNKS})")
-        trunk = getattr(diffusers, trunk_class).from_pretrained(path / "trunk", dtype=getattr(torch, dtype))
+        trunks = []
+        for folder in ("trunk", "trunk_2"):
+            if not (path / folder).exists():
+                continue
+            trunk_class = json.loads((path / folder / "config.json").read_text()).get("_class_name")
+            if trunk_class not in TRUNKS:
+                raise ValueError(f"{path}: unknown latent reward trunk {trunk_class!r} (known: {TRUNKS})")
+            trunks.append(getattr(diffusers, trunk_class).from_pretrained(path / folder, dtype=getattr(torch, dtype)))
+        trunk = WanExperts(*trunks, boundary=meta["boundary"]) if len(trunks) == 2 else trunks[0]
         model = cls(
-            trunk, tuple(meta["dims"]), meta.get("trainable", "all"), meta.get("text_rows"), meta.get("geometry")
+            trunk,
+            tuple(meta["dims"]),
+            meta.get("trainable", "all"),
+            meta.get("text_rows"),
+            meta.get("geometry"),
+            generator,
         )
         state = load_file(str(path / "heads.safetensors"))
         model.norm.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("norm.")})

@@ -51,7 +51,7 @@ class GenerateConfig:
 def run(cfg: GenerateConfig) -> dict:
     gen = load_generator(cfg.generator, cfg.lora, cfg.device, cfg.dtype)
     model = (
-        LatentReward.from_pretrained(cfg.latent_reward, dtype=cfg.dtype, device=str(gen.device))
+        LatentReward.from_pretrained(cfg.latent_reward, cfg.dtype, str(gen.device), generator=gen)
         if cfg.latent_reward
         else None
     )

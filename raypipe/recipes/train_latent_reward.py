@@ -48,9 +48,9 @@ from raypipe.distributed.loop import (
     zero_loss,
 )
 from raypipe.distributed.trainer import TrainerSettings, deepspeed_engine, fit_trainer, require_one_step, step_count
-from raypipe.flow.families import family_of, load_family, make_tiny_generator, takes_image
+from raypipe.flow.families import FAMILIES, load_family, make_tiny_generator, takes_image
 from raypipe.flow.family import TinyWanConfig
-from raypipe.nrg.model import TRAINABLE, LatentReward
+from raypipe.nrg.model import TRAINABLE, LatentReward, needs_generator
 from raypipe.nrg.training import NOISE, batch_pair_loss, bucket_accuracy, pair_labels, split_rows
 from raypipe.video.synth import manifest_or_synthpref
 
@@ -86,8 +86,8 @@ class LatentDataConfig:
 
 @dataclasses.dataclass
 class LatentRewardConfig:
-    generator: str | None = None  # a Wan or LTX-Video pipeline folder (the generator guidance steers); None: tiny
-    family: str = "wan"  # wan | ltx: the tiny random generator built when generator is null
+    generator: str | None = None  # the pipeline folder of the generator guidance steers (any family); None: tiny
+    family: str = "wan"  # the tiny random generator's family when generator is null (wan, ltx, hunyuan, ...)
     tiny: TinyWanConfig = dataclasses.field(default_factory=TinyWanConfig)  # the tiny Wan's shape
     dims: list[str] = dataclasses.field(default_factory=lambda: ["VQ", "MQ", "TA"])  # reward dimensions (heads)
     k_blocks: int = 2  # generator transformer blocks in the trunk
@@ -202,21 +202,16 @@ def run(cfg: LatentRewardConfig) -> dict:
     _check(cfg)
     stage = StagedOutput(cfg.out)  # a local folder, or staged locally and published to an object store
     out = stage.dir
-    manifest = manifest_or_synthpref(cfg.data.manifest, out / "data", cfg.synth, "data.manifest", cfg.progress)
     if cfg.generator is None:
         tiny = cfg.tiny if cfg.family == "wan" else None
         path = make_tiny_generator(cfg.family, out / f"tiny_{cfg.family}", tiny, 0)
         cfg = dataclasses.replace(cfg, generator=str(path))
-    index = json.loads((Path(cfg.generator) / "model_index.json").read_text())
-    if family_of(cfg.generator) not in ("wan", "ltx") or (index.get("transformer_2") or [None])[0] is not None:
-        raise ConfigError(
-            f"{cfg.generator}: the latent reward's trunk is a Wan (one transformer) or LTX-Video generator's"
-        )
     if cfg.data.image != "none" and not takes_image(cfg.generator):
         raise ConfigError(
-            f"data.image={cfg.data.image} needs an image-to-video generator (Wan I2V / TI2V); "
+            f"data.image={cfg.data.image} needs an image-to-video generator (Wan I2V / TI2V, LTX-Video); "
             f"{cfg.generator} is text-to-video only"
         )
+    manifest = manifest_or_synthpref(cfg.data.manifest, out / "data", cfg.synth, "data.manifest", cfg.progress)
     rows, source = pair_labels(
         read_pair_table(manifest, cfg.dims, cfg.data.video_root), list(cfg.dims), cfg.data.labels
     )
@@ -295,8 +290,8 @@ def _check(cfg: LatentRewardConfig) -> None:
         raise ConfigError(f"trainable must be one of {TRAINABLE}, got {cfg.trainable!r}")
     if t.loss not in ("bt", "btt"):
         raise ConfigError(f"train.loss must be bt or btt, got {t.loss!r}")
-    if cfg.family not in ("wan", "ltx"):
-        raise ConfigError(f"family must be wan or ltx (the latent reward's trunks), got {cfg.family!r}")
+    if cfg.family not in FAMILIES:
+        raise ConfigError(f"family must be one of {sorted(FAMILIES)} (the tiny generator's), got {cfg.family!r}")
     if cfg.data.image not in ("none", "first_frame"):
         raise ConfigError(f"data.image must be none or first_frame (image-to-video), got {cfg.data.image!r}")
 
@@ -305,7 +300,10 @@ def _held_out_accuracy(cfg: LatentRewardConfig, out: Path, val_cache: Path) -> d
     """Accuracy per dimension per t bucket of OUT/final on the held-out latents (+ OUT/accuracy_by_t.png)."""
     import pyarrow.parquet as pq
 
-    model = LatentReward.from_pretrained(out / "final")
+    final = out / "final"
+    model = LatentReward.from_pretrained(
+        final, generator=load_family(cfg.generator) if needs_generator(final) else None
+    )
     metrics = bucket_accuracy(
         model, pq.read_table(str(val_cache)), list(cfg.dims), cfg.eval_draws, seed=cfg.train.seed + 1
     )

@@ -48,7 +48,9 @@ class GenerateAPI(Ingress):
 
         self.generator = load_generator(cfg.generator, cfg.lora, cfg.device, cfg.dtype)
         self.latent_reward = (
-            LatentReward.from_pretrained(cfg.latent_reward, dtype=cfg.dtype, device=str(self.generator.device))
+            LatentReward.from_pretrained(
+                cfg.latent_reward, cfg.dtype, str(self.generator.device), generator=self.generator
+            )
             if cfg.latent_reward
             else None
         )
