@@ -16,10 +16,11 @@ import torch
 from raypipe.flow.conditioning import empty_prompt_like, encode_with_images
 from raypipe.flow.families import family_of, load_family, make_tiny_generator, takes_image
 from raypipe.flow.hunyuan15 import Hunyuan15Family, TinyHunyuan15Config, pack_text, unpack_text
-from raypipe.flow.lora import add_lora, load_lora, lora_parameters, reference, save_lora
-from raypipe.flow.losses import LOG2, beta_t, dpo_loss, flow_error, noised, sample_t
+from raypipe.flow.lora import add_lora, lora_parameters
+from raypipe.flow.losses import noised
 from raypipe.flow.sampler import sample
 from tests.conftest import moving_square_frames
+from tests.family_checks import dpo_at_init, lora_round_trip
 
 PROMPTS = ["a red square moving right", 'a sign that says "stop"']  # the second quotes a glyph text for ByT5
 ROWS, WIDTH = 16 + 16, 32 + 1  # Qwen tokens + ByT5 bytes; Qwen width + the mask channel
@@ -190,34 +191,14 @@ def test_dpo_at_init_and_lora_round_trip_through_the_transformer_loader(tiny_hy1
     add_lora(gen.transformer, r=4, alpha=8, targets=gen.lora_targets)
     # q/k/v/out of the one dual-stream block and of the one refiner block: 8 projections, A and B each
     assert len(lora_parameters(gen.transformer)) == 2 * 8
-    g = torch.Generator().manual_seed(0)
-    t = sample_t(2, g, shift=gen.shift)
-    eps = torch.randn(z[:2].shape, generator=g)
-    errs = {}
-    for side, x0 in (("w", z[:2]), ("l", z[2:])):
-        xt, v = noised(x0, eps, t)
-        errs[side] = flow_error(gen.velocity(xt, t, text), v)
-        with reference(gen.transformer):
-            errs["ref_" + side] = flow_error(gen.velocity(xt, t, text), v)
-    loss, _ = dpo_loss(errs["w"], errs["ref_w"], errs["l"], errs["ref_l"], beta_t(500, t))
-    assert loss.item() == pytest.approx(LOG2, abs=1e-6)  # policy == reference at init (LoRA B = 0)
-    with torch.no_grad():
-        for p in lora_parameters(gen.transformer):
-            p.add_(0.05 * torch.randn_like(p))
-        tuned = gen.velocity(z[:2], t, text)
-        with reference(gen.transformer):
-            base = gen.velocity(z[:2], t, text)
-    assert (tuned - base).abs().max() > 1e-4
-    save_lora(gen, tmp_path / "lora")
+    t, errs = dpo_at_init(gen, z, text)
+    # the transformer's PeftAdapterMixin.load_lora_adapter
+    lora_round_trip(gen, Hunyuan15Family.load(tiny_hy15), tmp_path / "lora", z[:2], t, text)
     from safetensors import safe_open
 
     with safe_open(str(tmp_path / "lora" / "pytorch_lora_weights.safetensors"), "pt") as f:
         assert len(list(f.keys())) == 16 and all(k.startswith("transformer.") for k in f.keys())
         assert json.loads(f.metadata()["lora_adapter_metadata"])["transformer.lora_alpha"] == 8
-    fresh = Hunyuan15Family.load(tiny_hy15)
-    load_lora(fresh.pipeline, tmp_path / "lora")  # the transformer's PeftAdapterMixin.load_lora_adapter
-    with torch.no_grad():
-        torch.testing.assert_close(fresh.velocity(z[:2], t, text), tuned, rtol=1e-5, atol=1e-6)
 
 
 def test_flow_target_matches_the_schedulers_euler_step(tiny_hy15):

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from raypipe.flow.families import family_of, load_family
-from raypipe.flow.lora import add_lora, load_lora, lora_parameters, reference, save_lora
-from raypipe.flow.losses import LOG2, beta_t, dpo_loss, flow_error, noised, sample_t
+from raypipe.flow.lora import add_lora
 from raypipe.flow.ltx import LTXFamily, TinyLTXConfig, build_random_ltx, make_tiny_ltx, reference_shift
 from tests.conftest import moving_square_frames
+from tests.family_checks import dpo_at_init, lora_round_trip
 
 
 @pytest.fixture(scope="module")
@@ -82,26 +82,9 @@ def test_dpo_at_init_and_lora_round_trip(tiny_ltx, tmp_path):
     z = gen.encode_videos(_frames(4))
     text = gen.encode_prompts(["a red square moving right"] * 2)
     add_lora(gen.transformer, r=4, alpha=8, targets=gen.lora_targets)
-    g = torch.Generator().manual_seed(0)
-    t = sample_t(2, g, shift=gen.shift)
-    eps = torch.randn(z[:2].shape, generator=g)
-    errs = {}
-    for side, x0 in (("w", z[:2]), ("l", z[2:])):
-        xt, v = noised(x0, eps, t)
-        errs[side] = flow_error(gen.velocity(xt, t, text), v)
-        with reference(gen.transformer):
-            errs["ref_" + side] = flow_error(gen.velocity(xt, t, text), v)
-    loss, _ = dpo_loss(errs["w"], errs["ref_w"], errs["l"], errs["ref_l"], beta_t(500, t))
-    assert loss.item() == pytest.approx(LOG2, abs=1e-6)  # policy == reference at init (LoRA B = 0)
-    with torch.no_grad():
-        for p in lora_parameters(gen.transformer):
-            p.add_(0.05 * torch.randn_like(p))
-        tuned = gen.velocity(z[:2], t, text)
-    save_lora(gen, tmp_path / "lora")
-    fresh = LTXFamily.load(tiny_ltx)
-    load_lora(fresh.pipeline, tmp_path / "lora")  # diffusers' LTXPipeline.load_lora_weights
-    with torch.no_grad():
-        torch.testing.assert_close(fresh.velocity(z[:2], t, text), tuned, rtol=1e-5, atol=1e-6)
+    t, errs = dpo_at_init(gen, z, text)
+    # diffusers' LTXPipeline.load_lora_weights
+    lora_round_trip(gen, LTXFamily.load(tiny_ltx), tmp_path / "lora", z[:2], t, text)
 
 
 def test_latent_reward_trunk_runs_the_generators_own_blocks(tiny_ltx, tmp_path):

@@ -18,8 +18,8 @@ import torch
 
 from raypipe.flow.conditioning import empty_prompt_like, encode_with_images
 from raypipe.flow.families import family_of, load_family, make_tiny_generator, takes_image
-from raypipe.flow.lora import add_lora, load_lora, lora_parameters, reference, save_lora
-from raypipe.flow.losses import LOG2, beta_t, dpo_loss, flow_error, noised, sample_t
+from raypipe.flow.lora import add_lora
+from raypipe.flow.losses import noised
 from raypipe.flow.ltx import reference_shift
 from raypipe.flow.ltx2 import (
     REFERENCE_CLIP,
@@ -32,6 +32,7 @@ from raypipe.flow.ltx2 import (
 )
 from raypipe.flow.sampler import sample
 from tests.conftest import moving_square_frames
+from tests.family_checks import dpo_at_init, lora_round_trip
 
 PROMPTS = ["a red square moving right", "a blue circle"]
 C, T, H, W = 8, 5, 4, 4  # latents of a 9 x 32 x 32 clip (spatial 8, temporal 2)
@@ -243,39 +244,19 @@ def test_dpo_at_init_and_lora_round_trip_through_the_pipelines_loader(tiny_ltx2,
     # the video stream's self- and text-attention q/k/v/out in 2 blocks: 16 projections, A and B each
     assert len(names) == 2 * 16 and not any("audio" in n for n in names)
     assert {n.split(".")[2] for n in names} == {"attn1", "attn2"}
-    g = torch.Generator().manual_seed(0)
-    t = sample_t(2, g, shift=gen.shift)
-    eps = torch.randn(z[:2].shape, generator=g)
-    errs = {}
-    for side, x0 in (("w", z[:2]), ("l", z[2:])):
-        xt, v = noised(x0, eps, t)
-        errs[side] = flow_error(gen.velocity(xt, t, text), v)
-        with reference(gen.transformer):
-            errs["ref_" + side] = flow_error(gen.velocity(xt, t, text), v)
-    loss, _ = dpo_loss(errs["w"], errs["ref_w"], errs["l"], errs["ref_l"], beta_t(500, t))
-    assert loss.item() == pytest.approx(LOG2, abs=1e-6)  # policy == reference at init (LoRA B = 0)
+    t, errs = dpo_at_init(gen, z, text)
     loss_w = errs["w"].sum()
     loss_w.backward()
     grads = [p.grad for n, p in gen.transformer.named_parameters() if "lora_A" in n]
     assert all(g is None or not g.any() for g in grads)  # B = 0: A gets no gradient yet ...
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in gen.transformer.named_parameters()
                if "lora_B" in n)  # fmt: skip  # ... every B does (both attentions of every block are used)
-    with torch.no_grad():
-        for p in lora_parameters(gen.transformer):
-            p.add_(0.05 * torch.randn_like(p))
-        tuned = gen.velocity(z[:2], t, text)
-        with reference(gen.transformer):
-            base = gen.velocity(z[:2], t, text)
-    assert (tuned - base).abs().max() > 1e-4
-    save_lora(gen, tmp_path / "lora")
+    # diffusers' LTX2Pipeline.load_lora_weights
+    lora_round_trip(gen, LTX2Family.load(tiny_ltx2), tmp_path / "lora", z[:2], t, text)
     from safetensors import safe_open
 
     with safe_open(str(tmp_path / "lora" / "pytorch_lora_weights.safetensors"), "pt") as f:
         assert len(list(f.keys())) == 32 and all(k.startswith("transformer.") for k in f.keys())
-    fresh = LTX2Family.load(tiny_ltx2)
-    load_lora(fresh.pipeline, tmp_path / "lora")  # diffusers' LTX2Pipeline.load_lora_weights
-    with torch.no_grad():
-        torch.testing.assert_close(fresh.velocity(z[:2], t, text), tuned, rtol=1e-5, atol=1e-6)
 
 
 def test_flow_target_matches_the_scheduler_and_the_released_dynamic_shift(tiny_ltx2):

@@ -156,8 +156,8 @@ def test_refusals_before_any_work(tmp_path):
     from raypipe.flow.families import make_tiny_generator
 
     hunyuan = make_tiny_generator("hunyuan", tmp_path / "hy")
-    cfg = load_config(LatentRewardConfig, None, [f"out={tmp_path / 'lr'}", f"generator={hunyuan}",
-                                                 "data.image=first_frame", "synth.pairs=4", "progress=false"])  # fmt: skip
+    overrides = [f"out={tmp_path / 'lr'}", f"generator={hunyuan}", "data.image=first_frame", "synth.pairs=4"]
+    cfg = load_config(LatentRewardConfig, None, [*overrides, "progress=false"])
     with pytest.raises(ConfigError, match="text-to-video only"):
         run_train_latent_reward(cfg)
     assert not (tmp_path / "lr" / "data").exists()

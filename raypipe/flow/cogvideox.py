@@ -28,12 +28,10 @@ from raypipe.flow.family import (
     build_word_tokenizer,
     cast_like_pretrained,
     compute_dtype_device,
-    frames_up_to,
     uint8_frames,
     vae_pixels,
 )
-
-FAMILY_FILE = "raypipe_family.json"
+from raypipe.flow.pipeline_family import FAMILY_FILE, PipelineFamily
 
 
 @dataclasses.dataclass
@@ -171,10 +169,15 @@ def make_tiny_cogvideox(path: str | os.PathLike, cfg: TinyCogVideoXConfig | None
     return path
 
 
-class CogVideoXFamily:
+class CogVideoXFamily(PipelineFamily):
     """CogVideoX through diffusers' CogVideoXPipeline components. Text encoder and VAE are frozen."""
 
     name = "cogvideox"
+    title = "CogVideoX"
+    pipeline_class = "CogVideoXPipeline"
+    saved = ("max_text_len",)
+    frame_factor = 2
+    patch_factor = 2
     prediction = "v"
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -192,45 +195,6 @@ class CogVideoXFamily:
         self.scaling = float(vae.config.scaling_factor)
         self.alphas_cumprod = pipeline.scheduler.alphas_cumprod.float().clone()
         self.num_train_timesteps = int(pipeline.scheduler.config.num_train_timesteps)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, dtype: str = "float32", device: str = "cpu") -> CogVideoXFamily:
-        """Load a CogVideoXPipeline folder (a local CogVideoX-2b copy or `make_tiny_cogvideox` output)."""
-        from diffusers import CogVideoXPipeline
-
-        path = Path(path)
-        if not (path / "model_index.json").exists():
-            raise FileNotFoundError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
-        pipe = CogVideoXPipeline.from_pretrained(str(path), dtype=getattr(torch, dtype), local_files_only=True)
-        extra = json.loads((path / FAMILY_FILE).read_text()) if (path / FAMILY_FILE).exists() else {}
-        return cls(pipe.to(device), max_text_len=extra.get("max_text_len"))
-
-    def save_pretrained(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        self.pipeline.save_pretrained(path)
-        (path / FAMILY_FILE).write_text(json.dumps({"family": self.name, "max_text_len": self.max_text_len}))
-        return path
-
-    @property
-    def device(self) -> torch.device:
-        return compute_dtype_device(self.transformer)[1]
-
-    # --- shapes ------------------------------------------------------------------------------------------
-    def frames_for(self, n: int) -> int:
-        """The largest frame count ≤ n with an odd number of latent frames (1 + 2k·temporal)."""
-        return frames_up_to(n, 2 * self.temporal)
-
-    def latent_shape(self, frames: int, height: int, width: int, check: bool = False) -> tuple[int, int, int, int]:
-        """(C, T', H', W'); with `check`, a clip the VAE and the 2x2 patches cannot take is a ConfigError."""
-        if check and ((frames - 1) % (2 * self.temporal) or height % (2 * self.spatial) or width % (2 * self.spatial)):
-            from raypipe.config import ConfigError
-
-            raise ConfigError(
-                f"CogVideoX: frames must be 1 + k·{2 * self.temporal} and height/width multiples of "
-                f"{2 * self.spatial}, got {frames}x{height}x{width}"
-            )
-        c = int(self.pipeline.vae.config.latent_channels)
-        return c, 1 + (frames - 1) // self.temporal, height // self.spatial, width // self.spatial
 
     # --- frozen encoders ---------------------------------------------------------------------------------
     @torch.no_grad()

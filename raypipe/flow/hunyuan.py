@@ -33,12 +33,11 @@ from raypipe.flow.family import (
     build_word_tokenizer,
     cast_like_pretrained,
     compute_dtype_device,
-    frames_up_to,
     uint8_frames,
     vae_pixels,
 )
+from raypipe.flow.pipeline_family import FAMILY_FILE, PipelineFamily
 
-FAMILY_FILE = "raypipe_family.json"
 BARE_TEMPLATE = {"template": "{}", "crop_start": 0}  # tiny models: the prompt itself
 
 
@@ -187,10 +186,14 @@ def make_tiny_hunyuan(path: str | os.PathLike, cfg: TinyHunyuanConfig | None = N
     return path
 
 
-class HunyuanFamily:
+class HunyuanFamily(PipelineFamily):
     """HunyuanVideo 1.0 through diffusers' HunyuanVideoPipeline components. Text encoders and VAE are frozen."""
 
     name = "hunyuan"
+    title = "HunyuanVideo"
+    pipeline_class = "HunyuanVideoPipeline"
+    saved = ("max_text_len", "shift", "guidance", "prompt_template")
+    patch_factor = 2
     prediction = "flow"
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -216,58 +219,6 @@ class HunyuanFamily:
         self.scaling = float(vae.config.scaling_factor)
         self.text_dim = int(pipeline.transformer.config.text_embed_dim)
         self.pooled_dim = int(pipeline.transformer.config.pooled_projection_dim)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, dtype: str = "float32", device: str = "cpu") -> HunyuanFamily:
-        """Load a HunyuanVideoPipeline folder (hunyuanvideo-community/HunyuanVideo or `make_tiny_hunyuan`)."""
-        from diffusers import HunyuanVideoPipeline
-
-        path = Path(path)
-        if not (path / "model_index.json").exists():
-            raise FileNotFoundError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
-        pipe = HunyuanVideoPipeline.from_pretrained(str(path), dtype=getattr(torch, dtype), local_files_only=True)
-        extra = json.loads((path / FAMILY_FILE).read_text()) if (path / FAMILY_FILE).exists() else {}
-        return cls(
-            pipe.to(device),
-            max_text_len=int(extra.get("max_text_len", 256)),
-            shift=extra.get("shift"),
-            guidance=float(extra.get("guidance", 6.0)),
-            prompt_template=extra.get("prompt_template"),
-        )
-
-    def save_pretrained(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        self.pipeline.save_pretrained(path)
-        family = {
-            "family": self.name,
-            "max_text_len": self.max_text_len,
-            "shift": self.shift,
-            "guidance": self.guidance,
-            "prompt_template": self.prompt_template,
-        }
-        (path / FAMILY_FILE).write_text(json.dumps(family))
-        return path
-
-    @property
-    def device(self) -> torch.device:
-        return compute_dtype_device(self.transformer)[1]
-
-    # --- shapes ------------------------------------------------------------------------------------------
-    def frames_for(self, n: int) -> int:
-        """The largest frame count ≤ n the VAE takes (1 + k·temporal)."""
-        return frames_up_to(n, self.temporal)
-
-    def latent_shape(self, frames: int, height: int, width: int, check: bool = False) -> tuple[int, int, int, int]:
-        """(C, T', H', W'); with `check`, a clip the VAE and the 2x2 patches cannot take is a ConfigError."""
-        if check and ((frames - 1) % self.temporal or height % (2 * self.spatial) or width % (2 * self.spatial)):
-            from raypipe.config import ConfigError
-
-            raise ConfigError(
-                f"HunyuanVideo: frames must be 1 + k·{self.temporal} and height/width multiples of "
-                f"{2 * self.spatial}, got {frames}x{height}x{width}"
-            )
-        c = int(self.pipeline.vae.config.latent_channels)
-        return c, 1 + (frames - 1) // self.temporal, height // self.spatial, width // self.spatial
 
     # --- frozen encoders ---------------------------------------------------------------------------------
     @torch.no_grad()

@@ -44,13 +44,12 @@ from raypipe.flow.family import (
     build_word_tokenizer,
     cast_like_pretrained,
     compute_dtype_device,
-    frames_up_to,
     scheduler_shift,
     uint8_frames,
     vae_pixels,
 )
+from raypipe.flow.pipeline_family import FAMILY_FILE, PipelineFamily
 
-FAMILY_FILE = "raypipe_family.json"
 # tiny models: the chat template renders the user's prompt alone (then EOS, as the word tokenizer ends every text)
 BARE_CHAT_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] == 'user' %}{{ message['content'] }}{% endif %}"
@@ -228,10 +227,13 @@ def make_tiny_hunyuan15(path: str | os.PathLike, cfg: TinyHunyuan15Config | None
     return path
 
 
-class Hunyuan15Family:
+class Hunyuan15Family(PipelineFamily):
     """HunyuanVideo 1.5 T2V through diffusers' HunyuanVideo15Pipeline components. Text encoders and VAE are frozen."""
 
     name = "hunyuan15"
+    title = "HunyuanVideo 1.5"
+    pipeline_class = "HunyuanVideo15Pipeline"
+    saved = ("max_text_len", "max_glyph_len", "shift", "crop_start")
     prediction = "flow"
     # the dual-stream blocks' and the text refiner's attention (diffusers has no LoRA loader for this pipeline: the
     # projections HunyuanVideo 1.0's family adapts)
@@ -284,63 +286,14 @@ class Hunyuan15Family:
         return int(self.pipeline.vision_num_semantic_tokens)
 
     @property
+    def side(self) -> int:
+        """Height and width are multiples of the VAE's compression x the transformer's patch."""
+        return self.spatial * self.patch
+
+    @property
     def text_rows(self) -> int:
         """The packed prompt's rows: the Qwen tokens then the ByT5 bytes."""
         return self.max_text_len + self.max_glyph_len
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, dtype: str = "float32", device: str = "cpu") -> Hunyuan15Family:
-        """Load a HunyuanVideo15Pipeline folder (hunyuanvideo-community/HunyuanVideo-1.5-*_t2v or
-        `make_tiny_hunyuan15`)."""
-        from diffusers import HunyuanVideo15Pipeline
-
-        path = Path(path)
-        if not (path / "model_index.json").exists():
-            raise FileNotFoundError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
-        pipe = HunyuanVideo15Pipeline.from_pretrained(str(path), dtype=getattr(torch, dtype), local_files_only=True)
-        extra = json.loads((path / FAMILY_FILE).read_text()) if (path / FAMILY_FILE).exists() else {}
-        return cls(
-            pipe.to(device),
-            max_text_len=extra.get("max_text_len"),
-            max_glyph_len=extra.get("max_glyph_len"),
-            shift=extra.get("shift"),
-            crop_start=extra.get("crop_start"),
-        )
-
-    def save_pretrained(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        self.pipeline.save_pretrained(path)
-        family = {
-            "family": self.name,
-            "max_text_len": self.max_text_len,
-            "max_glyph_len": self.max_glyph_len,
-            "shift": self.shift,
-            "crop_start": self.crop_start,
-        }
-        (path / FAMILY_FILE).write_text(json.dumps(family))
-        return path
-
-    @property
-    def device(self) -> torch.device:
-        return compute_dtype_device(self.transformer)[1]
-
-    # --- shapes ------------------------------------------------------------------------------------------
-    def frames_for(self, n: int) -> int:
-        """The largest frame count ≤ n the VAE takes (1 + k·temporal)."""
-        return frames_up_to(n, self.temporal)
-
-    def latent_shape(self, frames: int, height: int, width: int, check: bool = False) -> tuple[int, int, int, int]:
-        """(C, T', H', W'); with `check`, a clip the VAE and the patches cannot take is a ConfigError."""
-        side = self.spatial * self.patch
-        if check and ((frames - 1) % self.temporal or height % side or width % side):
-            from raypipe.config import ConfigError
-
-            raise ConfigError(
-                f"HunyuanVideo 1.5: frames must be 1 + k·{self.temporal} and height/width multiples of {side}, "
-                f"got {frames}x{height}x{width}"
-            )
-        c = int(self.pipeline.vae.config.latent_channels)
-        return c, 1 + (frames - 1) // self.temporal, height // self.spatial, width // self.spatial
 
     # --- frozen encoders ---------------------------------------------------------------------------------
     @torch.no_grad()

@@ -36,12 +36,11 @@ from raypipe.flow.family import (
     build_word_tokenizer,
     cast_like_pretrained,
     compute_dtype_device,
-    frames_up_to,
     uint8_frames,
     vae_pixels,
 )
+from raypipe.flow.pipeline_family import FAMILY_FILE, PipelineFamily
 
-FAMILY_FILE = "raypipe_family.json"
 REFERENCE_CLIP = (33, 480, 704)  # the clip the scalar training shift is taken at (LTX-Video's default size)
 
 
@@ -173,10 +172,13 @@ def reference_shift(
     return math.exp(mu)
 
 
-class LTXFamily:
+class LTXFamily(PipelineFamily):
     """LTX-Video through diffusers' LTXPipeline components. Text encoder and VAE are frozen."""
 
     name = "ltx"
+    title = "LTX-Video"
+    pipeline_class = "LTXPipeline"
+    saved = ("max_text_len", "shift", "frame_rate")
     prediction = "flow"
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -199,51 +201,6 @@ class LTXFamily:
         self._std = vae.latents_std.float().view(1, -1, 1, 1, 1).clone()
         self.scaling = float(vae.config.scaling_factor)
         self.text_dim = int(pipeline.transformer.config.caption_channels)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, dtype: str = "float32", device: str = "cpu") -> LTXFamily:
-        """Load an LTXPipeline folder (a local Lightricks/LTX-Video copy or `make_tiny_ltx` output)."""
-        from diffusers import LTXPipeline
-
-        path = Path(path)
-        if not (path / "model_index.json").exists():
-            raise FileNotFoundError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
-        pipe = LTXPipeline.from_pretrained(str(path), dtype=getattr(torch, dtype), local_files_only=True)
-        extra = json.loads((path / FAMILY_FILE).read_text()) if (path / FAMILY_FILE).exists() else {}
-        return cls(
-            pipe.to(device),
-            max_text_len=int(extra.get("max_text_len", 128)),
-            shift=extra.get("shift"),
-            frame_rate=float(extra.get("frame_rate", 25.0)),
-        )
-
-    def save_pretrained(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        self.pipeline.save_pretrained(path)
-        family = {"family": self.name, "max_text_len": self.max_text_len, "shift": self.shift}
-        (path / FAMILY_FILE).write_text(json.dumps({**family, "frame_rate": self.frame_rate}))
-        return path
-
-    @property
-    def device(self) -> torch.device:
-        return compute_dtype_device(self.transformer)[1]
-
-    # --- shapes ------------------------------------------------------------------------------------------
-    def frames_for(self, n: int) -> int:
-        """The largest frame count ≤ n the VAE takes (1 + k·temporal)."""
-        return frames_up_to(n, self.temporal)
-
-    def latent_shape(self, frames: int, height: int, width: int, check: bool = False) -> tuple[int, int, int, int]:
-        """(C, T', H', W'); with `check`, a clip the VAE cannot take is a ConfigError."""
-        if check and ((frames - 1) % self.temporal or height % self.spatial or width % self.spatial):
-            from raypipe.config import ConfigError
-
-            raise ConfigError(
-                f"LTX-Video: frames must be 1 + k·{self.temporal} and height/width multiples of {self.spatial}, "
-                f"got {frames}x{height}x{width}"
-            )
-        c = int(self.pipeline.vae.config.latent_channels)
-        return c, 1 + (frames - 1) // self.temporal, height // self.spatial, width // self.spatial
 
     # --- frozen encoders ---------------------------------------------------------------------------------
     @property

@@ -64,13 +64,12 @@ from raypipe.flow.family import (
     build_word_tokenizer,
     cast_like_pretrained,
     compute_dtype_device,
-    frames_up_to,
     uint8_frames,
     vae_pixels,
 )
 from raypipe.flow.ltx import reference_shift
+from raypipe.flow.pipeline_family import FAMILY_FILE, PipelineFamily
 
-FAMILY_FILE = "raypipe_family.json"
 REFERENCE_CLIP = (33, 512, 768)  # the clip the scalar training shift is taken at (LTX-2's default size, 33 frames)
 AUDIO_TOKENS = 1  # the dummy audio sequence the (isolated) audio stream runs on
 
@@ -325,11 +324,14 @@ def unpack_text(text: torch.Tensor, text_dim: int, rows: int) -> tuple[torch.Ten
     return text[..., :text_dim], text[..., text_dim].round().long()
 
 
-class LTX2Family:
+class LTX2Family(PipelineFamily):
     """LTX-2's video through diffusers' LTX2Pipeline components (see the module docstring for the audio). Text
     encoder, connectors and VAEs are frozen."""
 
     name = "ltx2"
+    title = "LTX-2"
+    pipeline_class = "LTX2Pipeline"
+    saved = ("max_text_len", "shift", "frame_rate")
     prediction = "flow"
     # the video stream's self-attention (attn1) and text attention (attn2); ".attn1.to_q" does not match the audio
     # stream's audio_attn1, and the cross-modal attentions are off in `velocity`
@@ -371,52 +373,6 @@ class LTX2Family:
             raise ValueError(
                 f"max_text_len {self.max_text_len} must be a multiple of the connectors' {registers} registers"
             )
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, dtype: str = "float32", device: str = "cpu") -> LTX2Family:
-        """Load an LTX2Pipeline folder (a local Lightricks/LTX-2 Diffusers copy or `make_tiny_ltx2` output)."""
-        from diffusers import LTX2Pipeline
-
-        path = Path(path)
-        if not (path / "model_index.json").exists():
-            raise FileNotFoundError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
-        pipe = LTX2Pipeline.from_pretrained(str(path), dtype=getattr(torch, dtype), local_files_only=True)
-        extra = json.loads((path / FAMILY_FILE).read_text()) if (path / FAMILY_FILE).exists() else {}
-        return cls(
-            pipe.to(device),
-            max_text_len=int(extra.get("max_text_len", 1024)),
-            shift=extra.get("shift"),
-            frame_rate=float(extra.get("frame_rate", 24.0)),
-        )
-
-    def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """The pipeline folder plus raypipe_family.json (prompt length, time shift, frame rate), which `load` reads."""
-        path = Path(path)
-        self.pipeline.save_pretrained(path)
-        family = {"family": self.name, "max_text_len": self.max_text_len, "shift": self.shift}
-        (path / FAMILY_FILE).write_text(json.dumps({**family, "frame_rate": self.frame_rate}))
-        return path
-
-    @property
-    def device(self) -> torch.device:
-        return compute_dtype_device(self.transformer)[1]
-
-    # --- shapes ------------------------------------------------------------------------------------------
-    def frames_for(self, n: int) -> int:
-        """The largest frame count ≤ n the VAE takes (1 + k·temporal)."""
-        return frames_up_to(n, self.temporal)
-
-    def latent_shape(self, frames: int, height: int, width: int, check: bool = False) -> tuple[int, int, int, int]:
-        """(C, T', H', W'); with `check`, a clip the VAE cannot take is a ConfigError."""
-        if check and ((frames - 1) % self.temporal or height % self.spatial or width % self.spatial):
-            from raypipe.config import ConfigError
-
-            raise ConfigError(
-                f"LTX-2: frames must be 1 + k·{self.temporal} and height/width multiples of {self.spatial}, "
-                f"got {frames}x{height}x{width}"
-            )
-        c = int(self.pipeline.vae.config.latent_channels)
-        return c, 1 + (frames - 1) // self.temporal, height // self.spatial, width // self.spatial
 
     # --- frozen encoders ---------------------------------------------------------------------------------
     @torch.no_grad()
