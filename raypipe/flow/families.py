@@ -73,13 +73,15 @@ def family_of(path: str | os.PathLike) -> str:
     return PIPELINE_CLASSES[cls]
 
 
-def load_family(path: str | os.PathLike, dtype: str = "float32", device: str = "cpu"):
-    """The family object of a pipeline folder (nothing is fetched from a hub). Its component-loading bar follows
-    HF_HUB_DISABLE_PROGRESS_BARS (our Ray workers set it)."""
-    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").lower() in ("1", "true", "yes"):
+def load_family(path: str | os.PathLike, dtype: str = "float32", device: str = "cpu", quiet: bool = False):
+    """The family object of a pipeline folder (nothing is fetched from a hub). Its loading bars follow
+    HF_HUB_DISABLE_PROGRESS_BARS (our Ray workers set it); `quiet` turns them off here too (a job with progress off)."""
+    if quiet or os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").lower() in ("1", "true", "yes"):
         from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
 
         diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
     return FAMILIES[family_of(path)].load(path, dtype=dtype, device=device)
 
 

@@ -302,7 +302,7 @@ def _held_out_accuracy(cfg: LatentRewardConfig, out: Path, val_cache: Path) -> d
 
     final = out / "final"
     model = LatentReward.from_pretrained(
-        final, generator=load_family(cfg.generator) if needs_generator(final) else None
+        final, generator=load_family(cfg.generator, quiet=not cfg.progress) if needs_generator(final) else None
     )
     metrics = bucket_accuracy(
         model, pq.read_table(str(val_cache)), list(cfg.dims), cfg.eval_draws, seed=cfg.train.seed + 1
