@@ -12,6 +12,9 @@ import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Ray Train's controller polls its workers every 2 s by default, so every tiny training run ends up to 2 s after its
+# last step; the suite starts some 30 of them (the subprocess drivers and test clusters inherit this)
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 def _free_port() -> int:

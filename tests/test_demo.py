@@ -14,8 +14,8 @@ from raypipe.recipes.demo import run as run_demo
 @pytest.mark.slow
 def test_demo_runs_end_to_end(ray_local, critic_checkpoint, tmp_path, capsys):
     small = (
-        '["synth_train.pairs=32", "synth_val.pairs=16", "train.max_steps=4", "train.eval_every=2", '
-        '"train.checkpoint_every=4", "train.batch=4", "train.cpus_per_worker=0.5", '
+        '["synth_train.pairs=32", "synth_val.pairs=16", "train.max_steps=2", "train.eval_every=2", '
+        '"train.checkpoint_every=2", "train.batch=4", "train.cpus_per_worker=0.5", '
         '"data.sampling.min_pixels=3136"]'
     )
     cfg = load_config(
@@ -46,7 +46,7 @@ def test_demo_runs_end_to_end(ray_local, critic_checkpoint, tmp_path, capsys):
     assert sum(s["labels"]["VQ"][k] for k in ("A", "B", "tie")) == 12
     assert json.loads((tmp_path / "demo" / "demo_summary.json").read_text())["pairs"]["rows"] == 12
     assert (tmp_path / "demo" / "config.yaml").exists()
-    assert report["reward"]["steps"] == 4
+    assert report["reward"]["steps"] == 2
     assert report["eval"]["n_rows"] == 16 and set(report["eval"]) >= {"VQ", "MQ", "TA", "errors"}
     assert (tmp_path / "demo" / "eval" / "accuracy_vs_epsilon.png").exists()
     assert report["relabel"]["rows"] == 12 and report["relabel"]["rows_ok"] == 12

@@ -111,7 +111,7 @@ def test_train_latent_reward_end_to_end(ray_local, tmp_path):
         None,
         [
             f"out={tmp_path / 'lr'}",
-            "synth.pairs=40",
+            "synth.pairs=20",
             "synth.seed=5",
             "clip.frames=5",
             "clip.height=16",
@@ -131,8 +131,8 @@ def test_train_latent_reward_end_to_end(ray_local, tmp_path):
         ],
     )
     summary = run_train_latent_reward(cfg)
-    assert summary["train_pairs"] == 32 and summary["val_pairs"] == 8
-    assert summary["steps"] == 2 * (32 // 8)
+    assert summary["train_pairs"] == 16 and summary["val_pairs"] == 4
+    assert summary["steps"] == 2 * (16 // 8)
     assert summary["error_rows"] == 0
     metrics = json.loads((tmp_path / "lr" / "metrics.json").read_text())
     assert set(metrics["TA"]) == {"[0,0.25)", "[0.25,0.5)", "[0.5,0.75)", "[0.75,1)"}

@@ -85,7 +85,7 @@ def _env() -> dict:
 
 # --- (a) + fault 1: training spread over nodes, a worker killed ----------------------------------------------
 TINY_REWARD = [
-    "synth_train.pairs=32",
+    "synth_train.pairs=24",
     "synth_val.pairs=16",
     "train.batch=2",
     "train.epochs=2",
@@ -132,7 +132,7 @@ def test_reward_training_on_two_nodes_survives_a_killed_worker(cluster, tmp_path
     assert len(nodes) == 2 and len(set(nodes)) == 2, nodes
     assert set(nodes) == {w.node_id for w in cluster["workers"]}
 
-    steps = 2 * (32 // 2 // 2)  # epochs x (pairs per worker / batch)
+    steps = 2 * (24 // 2 // 2)  # epochs x (pairs per worker / batch)
     assert summary["steps"] == steps
     assert len(summary["resumes"]) == 1
     resume = summary["resumes"][0]
@@ -144,7 +144,7 @@ def test_reward_training_on_two_nodes_survives_a_killed_worker(cluster, tmp_path
     ckpts = sorted(p for p in (out / "ray_results" / "train-reward").glob("checkpoint_*") if p.is_dir())
     rows_by_epoch = json.loads((ckpts[-1] / "progress.json").read_text())["rows"]
     for epoch, rows in rows_by_epoch.items():  # data position: nothing consumed twice, nothing skipped
-        assert len(rows) == len(set(rows)) == 32 // 2, (epoch, sorted(rows))
+        assert len(rows) == len(set(rows)) == 24 // 2, (epoch, sorted(rows))
     model = VideoReward.from_pretrained(out / "final")  # loads without Ray, with SPEC 3.3 norm stats
     assert set(model.norm_stats["mean"]) == {"VQ", "MQ", "TA"}
 

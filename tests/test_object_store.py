@@ -164,16 +164,16 @@ def test_train_reward_to_s3_resumes_from_the_store_on_a_fresh_machine(ray_local,
 
     out = s3("reward")
     monkeypatch.setenv("RAYPIPE_STAGING", str(tmp_path / "machine-1"))
-    common = [*TINY, f"out={out}", "train.checkpoint_every=2", "train.eval_every=2", "train.max_failures=0"]
+    common = [*TINY, f"out={out}", "train.checkpoint_every=1", "train.eval_every=2", "train.max_failures=0"]
     common += ["train.keep_checkpoints=3", "train.zero_stage=3"]  # ZeRO-3: sharded checkpoints, gathered final
-    first = run_train_reward(load_config(RewardTrainConfig, "configs/reward_tiny.yaml", [*common, "train.max_steps=4"]))
-    assert first["steps"] == 4 and first["final_checkpoint"] == f"{out}/final"
+    first = run_train_reward(load_config(RewardTrainConfig, "configs/reward_tiny.yaml", [*common, "train.max_steps=2"]))
+    assert first["steps"] == 2 and first["final_checkpoint"] == f"{out}/final"
     loc = Location(out)
     assert {"summary.json", "learning_curve.json", "learning_curve.png", "config.yaml"} <= set(loc.names())
     assert loc.child("final").exists("reward_config.json")
     runs = loc.child("ray_results").child("train-reward")
     ckpts = sorted(n for n in _dirs(runs) if n.startswith("checkpoint_"))
-    assert len(ckpts) == 2, ckpts  # steps 2 and 4, in the store
+    assert len(ckpts) == 2, ckpts  # steps 1 and 2, in the store
     torn = runs.child(ckpts[-1])
     for info in torn.fs.get_file_info(pafs.FileSelector(torn.root, recursive=True)):
         if info.type == pafs.FileType.File:
@@ -183,10 +183,10 @@ def test_train_reward_to_s3_resumes_from_the_store_on_a_fresh_machine(ray_local,
                 f.write(data[: len(data) // 2])
 
     monkeypatch.setenv("RAYPIPE_STAGING", str(tmp_path / "machine-2"))  # nothing local: only the store
-    again = run_train_reward(load_config(RewardTrainConfig, "configs/reward_tiny.yaml", [*common, "train.max_steps=6"]))
-    assert again["steps"] == 6
-    assert [(r["at_step"], r.get("skipped")) for r in again["resumes"]] == [(2, [ckpts[-1]])]
-    assert json.loads(loc.read_text("summary.json"))["steps"] == 6
+    again = run_train_reward(load_config(RewardTrainConfig, "configs/reward_tiny.yaml", [*common, "train.max_steps=3"]))
+    assert again["steps"] == 3
+    assert [(r["at_step"], r.get("skipped")) for r in again["resumes"]] == [(1, [ckpts[-1]])]
+    assert json.loads(loc.read_text("summary.json"))["steps"] == 3
     local = tmp_path / "final"
     fs, path = pafs.FileSystem.from_uri(f"{out}/final")
     pafs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())

@@ -1,5 +1,6 @@
-"""train-flow: training rows per algorithm by hand; a tiny Flow-DPO run on Ray Train + DeepSpeed whose LoRA
-loads with WanPipeline.load_lora_weights and whose curve reaches TensorBoard."""
+"""train-flow: training rows per algorithm by hand; a tiny Flow-DPO run on Ray Train + DeepSpeed from a latent cache
+through a killed worker, whose LoRA loads with WanPipeline.load_lora_weights and whose curve reaches TensorBoard;
+image-to-video DPO on LTX-Video."""
 
 import glob
 import json
@@ -57,110 +58,27 @@ def test_training_rows_per_algo():
 
 
 @pytest.mark.slow
-def test_tiny_flow_dpo_end_to_end(ray_local, tmp_path):
-    from raypipe.flow.family import WanFamily
+def test_flow_dpo_from_a_latent_cache_survives_a_killed_worker(ray_local, tmp_path):
+    """Flow-DPO on the tiny Wan from a latent cache (built once, equal to encoding on the fly; a mismatched reuse is
+    refused), a worker SIGKILLed after the first checkpoint: the group restarts from it with the optimizer step and
+    the data position restored (no row of an epoch consumed twice or skipped); the curve reaches TensorBoard and the
+    LoRA result loads with WanPipeline.load_lora_weights. (Step 1's loss = log 2: the image-to-video test below.)"""
+    import threading
 
-    cfg = load_config(
-        FlowTrainConfig,
-        "configs/flow_tiny.yaml",
-        [
-            "synth.pairs=24",
-            "train.batch=2",
-            "train.epochs=10",
-            "train.max_steps=4",
-            "train.checkpoint_every=2",
-            "train.log_every=1",
-            "clip.frames=5",
-            "clip.height=32",
-            "clip.width=32",
-            f"out={tmp_path / 'flow'}",
-            "progress=false",
-        ],
-    )
-    summary = run_train_flow(cfg)
-    assert summary["steps"] == 4 and summary["error_rows"] == 0
-    curve = json.loads((tmp_path / "flow" / "curve.json").read_text())
-    assert [p["step"] for p in curve] == [1, 2, 3, 4]
-    assert all({"loss", "implicit_acc", "reward_margin"} <= set(p) for p in curve)
-    assert curve[0]["loss"] == pytest.approx(np.log(2), abs=1e-4)  # step 1: policy == reference
-    assert glob.glob(str(tmp_path / "flow" / "tensorboard" / "events.out.tfevents.*"))
-    # The LoRA result loads into the pipeline with diffusers' own loader and changes the velocity.
-    gen = WanFamily.load(summary["generator"])
-    z = torch.randn(1, 4, 3, 8, 8)
-    text = gen.encode_prompts(["a red circle moving left"])
-    base = gen.velocity(z, torch.tensor([0.5]), text)
-    gen.pipeline.load_lora_weights(str(tmp_path / "flow" / "final"))
-    tuned = gen.velocity(z, torch.tensor([0.5]), text)
-    assert (tuned - base).abs().max() > 0
+    import pyarrow.parquet as pq
 
-
-@pytest.mark.slow
-def test_latent_cache_built_once_then_streamed(ray_local, tmp_path):
-    """Way (b): SFT from a latent cache; the cache equals encoding on the fly; a mismatched reuse is refused."""
     from raypipe.config import ClipConfig
     from raypipe.data.tables import tensor_of
     from raypipe.flow.family import WanFamily
     from raypipe.flow.pairs import generator_clip
-
-    common = [
-        "synth.pairs=16",
-        "train.algo=sft",
-        "train.batch=2",
-        "train.epochs=10",
-        "train.max_steps=2",
-        "train.checkpoint_every=2",
-        "train.log_every=1",
-        "clip.frames=5",
-        "clip.height=32",
-        "clip.width=32",
-        "data.latent_cache=cache",
-        f"out={tmp_path / 'flow'}",
-        "progress=false",
-    ]
-    summary = run_train_flow(load_config(FlowTrainConfig, "configs/flow_tiny.yaml", common))
-    assert summary["steps"] == 2
-    import pyarrow.parquet as pq
-
-    cache = pq.read_table(tmp_path / "flow" / "cache")
-    assert cache.num_rows == summary["rows"] and {"latents", "text", "uri", "prompt"} <= set(cache.column_names)
-    row = cache.slice(0, 1)
-    gen = WanFamily.load(summary["generator"])
-    clip = generator_clip(row.column("uri")[0].as_py(), ClipConfig(frames=5, height=32, width=32))
-    direct = gen.encode_videos(clip[None]).numpy()
-    np.testing.assert_allclose(tensor_of(row, "latents"), direct, atol=1e-5)
-    # Same folder, different rows: refused.
-    with pytest.raises(ConfigError, match="latent cache"):
-        run_train_flow(load_config(FlowTrainConfig, "configs/flow_tiny.yaml", common + ["train.algo=pretrain"]))
-
-
-@pytest.mark.slow
-def test_flow_training_survives_a_killed_worker(ray_local, tmp_path):
-    """A worker SIGKILLed after the first checkpoint: the group restarts from it with the optimizer step and the
-    data position restored (no row of an epoch consumed twice or skipped)."""
-    import threading
-
     from tests.conftest import kill_a_train_worker_after_first_checkpoint
 
     out = tmp_path / "flow"
-    cfg = load_config(
-        FlowTrainConfig,
-        "configs/flow_tiny.yaml",
-        [
-            "synth.pairs=32",
-            "data.weights={VQ: 1.0}",
-            "train.batch=2",
-            "train.epochs=2",
-            "train.checkpoint_every=2",
-            "train.log_every=2",
-            "train.max_failures=1",
-            "train.record_rows=true",
-            "clip.frames=5",
-            "clip.height=32",
-            "clip.width=32",
-            f"out={out}",
-            "progress=false",
-        ],
-    )
+    common = ["synth.pairs=32", "data.weights={VQ: 1.0}", "clip.frames=5", "clip.height=32", "clip.width=32"]
+    common += ["data.latent_cache=cache", f"out={out}", "progress=false"]
+    train = ["train.batch=2", "train.epochs=2", "train.checkpoint_every=2", "train.log_every=2"]
+    train += ["train.max_failures=1", "train.record_rows=true"]
+    cfg = load_config(FlowTrainConfig, "configs/flow_tiny.yaml", common + train)
     killed: list = []
     killer = threading.Thread(
         target=kill_a_train_worker_after_first_checkpoint, args=(out / "ray_results" / "train-flow-dpo", killed, 900)
@@ -178,6 +96,24 @@ def test_flow_training_survives_a_killed_worker(ray_local, tmp_path):
     rows = json.loads((ckpts[-1] / "progress.json").read_text())["rows"]
     for epoch, consumed in rows.items():
         assert len(consumed) == len(set(consumed)) == per_worker // 2 * 2, (epoch, consumed)
+    curve = json.loads((out / "curve.json").read_text())
+    assert curve and all({"loss", "implicit_acc", "reward_margin"} <= set(p) for p in curve)
+    assert glob.glob(str(out / "tensorboard" / "events.out.tfevents.*"))
+    # the cache: built once, the rows' latents as encoding on the fly gives them
+    cache = pq.read_table(out / "cache")
+    assert cache.num_rows == summary["rows"] and {"latents_w", "latents_l", "text", "uri_w"} <= set(cache.column_names)
+    gen = WanFamily.load(summary["generator"])
+    row = cache.slice(0, 1)
+    clip = generator_clip(row.column("uri_w")[0].as_py(), ClipConfig(frames=5, height=32, width=32))
+    np.testing.assert_allclose(tensor_of(row, "latents_w"), gen.encode_videos(clip[None]).numpy(), atol=1e-5)
+    # the LoRA result loads with diffusers' own loader and changes the velocity
+    z, text = torch.randn(1, 4, 3, 8, 8), gen.encode_prompts(["a red circle moving left"])
+    base = gen.velocity(z, torch.tensor([0.5]), text)
+    gen.pipeline.load_lora_weights(str(out / "final"))
+    assert (gen.velocity(z, torch.tensor([0.5]), text) - base).abs().max() > 0
+    # same cache folder, other rows (another algorithm's): refused
+    with pytest.raises(ConfigError, match="latent cache"):
+        run_train_flow(load_config(FlowTrainConfig, "configs/flow_tiny.yaml", common + ["train.algo=pretrain"]))
 
 
 def test_dpo_step_with_real_videos_mixed_in(tmp_path):

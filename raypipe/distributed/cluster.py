@@ -29,11 +29,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
 
 # transformers' per-load bars and advice (weights loading, embedding resizing) in workers: nothing to act on. Our
 # own local Ray has no node that can be preempted: no preemption watcher actor in Ray Train (it warns on every run
-# that its restart needs its arguments in the object store; on a cluster it stays on)
+# that its restart needs its arguments in the object store; on a cluster it stays on).
 QUIET_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    # a Serve handle asks a replica its queue length within 0.1 s and warns when a busy small machine is slower
+    "RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S": "1.0",
 }
 
 

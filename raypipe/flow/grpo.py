@@ -27,6 +27,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from raypipe.flow.conditioning import empty_prompt_like
@@ -175,7 +176,7 @@ def best_worst(rewards, groups) -> list[tuple[int, int]]:
     equals), in group order of first appearance; a group whose rewards are all equal (or of one sample, or with a
     NaN reward) gives no pair."""
     rewards = torch.as_tensor(rewards, dtype=torch.float64)
-    groups = list(torch.as_tensor(groups).tolist())
+    groups = torch.as_tensor(np.array(groups)).tolist()  # a copy: an Arrow-backed array is read-only
     pairs = []
     for g in dict.fromkeys(groups):
         idx = [i for i, x in enumerate(groups) if x == g]

@@ -27,6 +27,12 @@ def _with_options(deployment, options: dict | None):
     return deployment.options(**options) if options else deployment
 
 
+def _batched(options: dict | None, batch: int) -> dict:
+    """A batching replica takes at least two batches of requests at once (one scored, one filling) unless told
+    otherwise: Serve's default of 5 would never fill a batch of 8, and says so on every start."""
+    return {"max_ongoing_requests": max(5, 2 * int(batch)), **(options or {})}
+
+
 def reward_app(args: dict):
     """Builder for `serve run` / `serve deploy` (import path raypipe.serve.apps:reward_app); `args` are the
     fields of `RewardAppConfig` (reward, batch, batch_wait_s, ..., deployment_options)."""
@@ -35,12 +41,12 @@ def reward_app(args: dict):
     cfg = reward_app_config(args)
     options = cfg.deployment_options
     load = reward_options(cfg.reward, cfg.base, cfg.template_file)  # fails here, not in a replica, when unreadable
-    model = _with_options(RewardModel, options.get("RewardModel")).bind(
+    model = _with_options(RewardModel, _batched(options.get("RewardModel"), cfg.batch)).bind(
         cfg.reward, cfg.batch, cfg.batch_wait_s, cfg.dtype, load
     )
     critic = None
     if cfg.critic:
-        critic = _with_options(CriticModel, options.get("CriticModel")).bind(
+        critic = _with_options(CriticModel, _batched(options.get("CriticModel"), cfg.batch)).bind(
             cfg.critic, cfg.batch, cfg.batch_wait_s, cfg.dtype
         )
     return _with_options(RewardAPI, options.get("RewardAPI")).bind(model, cfg, critic)

@@ -54,6 +54,7 @@ def deploy_reward_pool(
             "max_replicas": max(min_replicas, max_replicas),
             "target_ongoing_requests": max(1, batch),
         },
+        max_ongoing_requests=max(5, 2 * batch),  # one batch scored, one filling (Serve's 5 never fills 8)
     )
     serve.run(deployment.bind(reward, batch, batch_wait_s, None, options), name=name, route_prefix=None)
     return name
