@@ -194,3 +194,31 @@ def test_the_shift_of_wan_ais_own_scheduler_config():
     pipe.scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
     assert WanFamily(pipe).shift == 5.0
     assert scheduler_shift({"shift": 3.0}) == 3.0 and scheduler_shift({}) == 1.0
+
+
+def test_under_zero3_every_forward_runs_both_experts(a14b):
+    """ZeRO-3 gathers each expert's partitioned weights with collectives every rank must join, so a forward whose
+    samples all belong to one expert (the reference pass under no_grad included) still runs the other on one sample
+    and adds 0 x its output (a two-expert train-flow with train.zero_stage=3 hung in gloo without it)."""
+    gen = WanFamily.load(a14b)
+    experts = gen.transformer
+    z, text = _inputs(gen, 2)
+    t = torch.full((2,), 0.95)  # both samples: the high-noise expert's
+    calls = []
+    hooks = [
+        expert.register_forward_hook(lambda m, i, o, name=name: calls.append(name))
+        for name, expert in (("high", experts.high), ("low", experts.low))
+    ]
+    with torch.no_grad():
+        plain = gen.velocity(z, t, text)
+        assert calls == ["high"]
+        next(experts.high.parameters()).ds_id = 0  # what DeepSpeed's ZeRO-3 marks a partitioned parameter with
+        try:
+            calls.clear()
+            assert experts.partitioned()
+            torch.testing.assert_close(gen.velocity(z, t, text), plain)
+            assert sorted(calls) == ["high", "low"]
+        finally:
+            del next(experts.high.parameters()).ds_id
+    for h in hooks:
+        h.remove()

@@ -79,12 +79,13 @@ class _DropFullDisk:
 
 
 def quiet_worker() -> None:
-    """Run in every worker process of a local Ray: `quiet_logs`, and DeepSpeed's call of a torch collective that
-    torch has deprecated (a FutureWarning on every step) silenced."""
+    """Run in every worker process of a local Ray: `quiet_logs`, and DeepSpeed's calls of torch collectives that
+    torch has deprecated (a FutureWarning on every step; ZeRO-3's reduce-scatter too) silenced."""
     import warnings
 
     quiet_logs()
-    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated")
+    for collective in ("all_gather_into_tensor", "reduce_scatter_tensor"):
+        warnings.filterwarnings("ignore", message=rf"`torch\.distributed\.{collective}` is deprecated")
 
 
 def configure_data_context(progress: bool = True, object_store_limit_mb: int | None = None) -> None:

@@ -55,8 +55,12 @@ class WanExperts(torch.nn.Module):
         high = self.expert_of(timestep)
         # Training both experts, every rank runs both, in the same order, every step (an expert without samples runs
         # on one sample and adds 0 x its output): each rank then reduces the same gradients in the same order, which
-        # ZeRO-2's bucketed reduction needs when ranks draw their timesteps apart.
-        both = torch.is_grad_enabled() and len(self.trained) == 2 and any(p.requires_grad for p in self.parameters())
+        # ZeRO-2's bucketed reduction needs when ranks draw their timesteps apart. Under ZeRO-3 every forward (the
+        # reference pass too) gathers each expert's partitioned weights with collectives all ranks must join: both
+        # experts always run.
+        both = self.partitioned() or (
+            torch.is_grad_enabled() and len(self.trained) == 2 and any(p.requires_grad for p in self.parameters())
+        )
         if not both and (bool(high.all()) or bool((~high).all())):
             expert = self.high if bool(high.all()) else self.low
             return expert(hidden_states, timestep, encoder_hidden_states, return_dict=False, **kwargs)
@@ -83,6 +87,10 @@ class WanExperts(torch.nn.Module):
         for zero in idle:
             out = out + zero
         return (out,)
+
+    def partitioned(self) -> bool:
+        """Whether DeepSpeed ZeRO-3 has partitioned the experts' weights across ranks."""
+        return hasattr(next(self.high.parameters()), "ds_id")
 
     # --- what the training code asks of a diffusers transformer ------------------------------------------------
     def experts(self, trained_only: bool = False):
