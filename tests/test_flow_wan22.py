@@ -199,7 +199,8 @@ def test_the_shift_of_wan_ais_own_scheduler_config():
 def test_under_zero3_every_forward_runs_both_experts(a14b):
     """ZeRO-3 gathers each expert's partitioned weights with collectives every rank must join, so a forward whose
     samples all belong to one expert (the reference pass under no_grad included) still runs the other on one sample
-    and adds 0 x its output (a two-expert train-flow with train.zero_stage=3 hung in gloo without it)."""
+    and adds 0 x its output (without it a two-expert train-flow with train.zero_stage=3 aborted in gloo: a
+    collective mismatch)."""
     gen = WanFamily.load(a14b)
     experts = gen.transformer
     z, text = _inputs(gen, 2)

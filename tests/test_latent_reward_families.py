@@ -1,8 +1,8 @@
 """The latent reward on every generator family beyond Wan/LTX-Video (tests/test_nrg.py, tests/test_flow_ltx.py):
 HunyuanVideo 1.0/1.5, LTX-2 and CogVideoX trunks run through the family's own velocity and stop after block K;
 Wan2.2 A14B has one trunk per expert and scores each sample with the expert its timestep belongs to. Checked
-against the generator itself (its hooked block-K tokens), with gradients to the trunk and the latents (guidance),
-gradient checkpointing, and the save/load round trip."""
+against the generator itself (its hooked block-K tokens); for the family-run trunks also gradients to the trunk and
+the latents (guidance) and gradient checkpointing; save/load round trips."""
 
 import pytest
 import torch
@@ -41,6 +41,9 @@ def test_trunk_is_the_generators_first_blocks_run_by_its_own_velocity(family, si
     torch.testing.assert_close(features, _pooled_after(blocks[-1], lambda: gen.velocity(x, t, text)))
 
     one = LatentReward.for_family(gen, ("VQ",), k_blocks=1)
+    # the reward keeps a view of its family for velocity, not the generator: no encoders, no VAE, the trunk inside
+    assert one.family.transformer is one.trunk and one.family.pipeline.vae is None
+    assert gen.pipeline.vae is not None and gen.transformer is not one.trunk  # the generator itself untouched
     assert len(one.trunk.transformer_blocks) == 1 and not len(getattr(one.trunk, "single_transformer_blocks", []))
     torch.testing.assert_close(
         one.features(x, t, text).detach(), _pooled_after(blocks[0], lambda: gen.velocity(x, t, text))
@@ -51,6 +54,8 @@ def test_trunk_is_the_generators_first_blocks_run_by_its_own_velocity(family, si
         one.gradient_checkpointing = checkpointing
         x_t = x.clone().requires_grad_(True)
         one(x_t, t, text).sum().backward()
+        assert one.trunk.is_gradient_checkpointing == checkpointing  # the trunk's own recomputation was on
+        assert not one.trunk.transformer_blocks[-1]._forward_hooks  # the pooling hook is gone after each call
         block = one.trunk.transformer_blocks[0]
         grads.append((x_t.grad, torch.cat([p.grad.flatten() for p in block.parameters() if p.grad is not None])))
     assert grads[0][0].abs().sum() > 0 and grads[0][1].abs().sum() > 0  # reward guidance needs d r / d x_t
@@ -60,6 +65,9 @@ def test_trunk_is_the_generators_first_blocks_run_by_its_own_velocity(family, si
     path = one.save_pretrained(tmp_path / "lr")
     with pytest.raises(ValueError, match="pass the loaded generator"):
         LatentReward.from_pretrained(path)
+    if family != "cogvideox":  # another family's generator is refused
+        with pytest.raises(ValueError, match="the generator given is the"):
+            LatentReward.from_pretrained(path, generator=load_family(make_tiny_generator("cogvideox", tmp_path / "c")))
     back = LatentReward.from_pretrained(path, generator=gen)
     with torch.no_grad():
         torch.testing.assert_close(back(x, t, text), one(x, t, text))

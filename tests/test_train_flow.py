@@ -59,10 +59,10 @@ def test_training_rows_per_algo():
 
 @pytest.mark.slow
 def test_flow_dpo_from_a_latent_cache_survives_a_killed_worker(ray_local, tmp_path):
-    """Flow-DPO on the tiny Wan from a latent cache (built once, equal to encoding on the fly; a mismatched reuse is
-    refused), a worker SIGKILLed after the first checkpoint: the group restarts from it with the optimizer step and
-    the data position restored (no row of an epoch consumed twice or skipped); the curve reaches TensorBoard and the
-    LoRA result loads with WanPipeline.load_lora_weights. (Step 1's loss = log 2: the image-to-video test below.)"""
+    """Flow-DPO on the tiny Wan from a latent cache (equal to encoding on the fly; a mismatched reuse is refused),
+    a worker SIGKILLed after the first checkpoint: the group restarts from it with the optimizer step and the data
+    position restored (no row of an epoch consumed twice or skipped); the curve reaches TensorBoard and the LoRA
+    result loads with WanPipeline.load_lora_weights. (Step 1's loss = log 2: the image-to-video test below.)"""
     import threading
 
     import pyarrow.parquet as pq

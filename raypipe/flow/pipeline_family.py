@@ -12,6 +12,7 @@ __init__) and the patches: frames 1 + k·(frame_factor·temporal), height and wi
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -21,6 +22,11 @@ import torch
 from raypipe.flow.family import compute_dtype_device, frames_up_to
 
 FAMILY_FILE = "raypipe_family.json"
+# pipeline components a family's `velocity` never reads (they encode prompts and videos, or decode)
+_NOT_FOR_VELOCITY = (
+    "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae", "audio_vae", "vocoder", "connectors",
+    "image_encoder", "image_processor", "feature_extractor",
+)  # fmt: skip
 
 
 class PipelineFamily:
@@ -60,6 +66,18 @@ class PipelineFamily:
     @property
     def device(self) -> torch.device:
         return compute_dtype_device(self.transformer)[1]
+
+    def velocity_view(self, transformer):
+        """A copy of this family that keeps only what `velocity` reads, with `transformer` in place of the
+        generator's (a latent reward's trunk): the pipeline's encoders, VAEs and tokenizers are left out, so holding
+        the view does not hold the generator. The family itself is untouched."""
+        view, pipe = copy.copy(self), copy.copy(self.pipeline)
+        for name in _NOT_FOR_VELOCITY:
+            if name in pipe.__dict__:
+                pipe.__dict__[name] = None  # not setattr: a pipeline's __setattr__ would rewrite the shared config
+        pipe.__dict__["transformer"] = transformer
+        view.pipeline, view.transformer = pipe, transformer
+        return view
 
     # --- shapes ------------------------------------------------------------------------------------------
     @property

@@ -6,7 +6,8 @@
 
 The trunk is the generator's own transformer class with its first K blocks (`num_layers = K`; HunyuanVideo: its first
 K double-stream blocks and no single-stream ones), initialised from the generator's embeddings, time/text
-conditioning and those blocks (the same keys, copied); the rest of the generator is not kept. The tokens out of
+conditioning and those blocks (the same keys, copied); the rest of the generator is not kept (a family-run trunk
+keeps a `velocity_view` of its family: no encoders, no VAE, the trunk as its transformer). The tokens out of
 block K (the video stream) are mean-pooled, layer-normed, and one linear head per dimension (the rows of one
 `nn.Linear(hidden, D)`) gives the rewards. How the trunk is run:
   - Wan2.1/2.2 and LTX-Video: block by block here, standalone (scoring needs no generator); an image-to-video
@@ -104,6 +105,12 @@ class LatentReward(nn.Module):
                 f"a {name} trunk runs through its generator family's velocity: pass the loaded generator "
                 "(LatentReward.from_pretrained(path, generator=load_family(GENERATOR)))"
             )
+        if name in VIA_FAMILY:
+            if type(family.transformer).__name__ != name:
+                raise ValueError(
+                    f"this latent reward's trunk is a {name}; the generator given is the {family.name} family"
+                )
+            family = family.velocity_view(trunk)  # what velocity reads, not the whole generator
         self.family = family if name in VIA_FAMILY else None  # a plain attribute: not saved, not a submodule
         self.text_rows = text_rows  # the generator's prompt rows; more rows carry an image (image-to-video)
         # LTX: what its velocity needs beyond the transformer (text width, frame rate, VAE factors for the RoPE scale)
@@ -216,7 +223,9 @@ class LatentReward(nn.Module):
         gradients (as WanExperts.forward does for the generator)."""
         experts = self.trunk
         high = experts.expert_of(1000.0 * t.float().reshape(-1))
-        training = torch.is_grad_enabled() and any(p.requires_grad for p in experts.parameters())
+        training = experts.partitioned() or (  # ZeRO-3: every rank gathers both experts' weights
+            torch.is_grad_enabled() and any(p.requires_grad for p in experts.parameters())
+        )
         out, idle = None, []
         for mask, expert in ((high, experts.high), (~high, experts.low)):
             mask = mask.to(x_t.device)
@@ -233,16 +242,20 @@ class LatentReward(nn.Module):
 
     def _family_features(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Hunyuan/LTX-2/CogVideoX: the family's own velocity with the trunk as its model, stopped by a hook after
-        block K, whose video tokens (a block's first output) are pooled."""
+        block K, whose video tokens (a block's first output) are pooled (under ZeRO-3 the forward runs to its end:
+        DeepSpeed's own hooks after each module re-partition its weights)."""
         trunk, seen = self.trunk, {}
         if self.gradient_checkpointing and not trunk.is_gradient_checkpointing:
             trunk.enable_gradient_checkpointing()
         elif trunk.is_gradient_checkpointing and not self.gradient_checkpointing:
             trunk.disable_gradient_checkpointing()
 
+        partitioned = hasattr(next(trunk.parameters()), "ds_id")  # ZeRO-3 re-partitions in post-forward hooks
+
         def keep(module, args, output):
             seen["h"] = output[0] if isinstance(output, tuple) else output
-            raise _Pooled
+            if not partitioned:  # the rest of the forward is not needed
+                raise _Pooled
 
         handle = _blocks(trunk)[-1].register_forward_hook(keep)
         try:
