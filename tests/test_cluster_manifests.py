@@ -229,7 +229,7 @@ def test_real_size_configs_load():
 
 def test_wan22_presets_load_and_fit_their_vaes():
     from raypipe.config import load_config
-    from raypipe.flow.family import TinyWanConfig
+    from raypipe.flow.wan_build import TinyWanConfig
     from raypipe.recipes.train_flow import FlowTrainConfig
 
     ti2v = load_config(FlowTrainConfig, REPO / "configs" / "flow_wan22_ti2v_5b.yaml")

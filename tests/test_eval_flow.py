@@ -36,8 +36,9 @@ def test_prompts_given_as_text_and_a_missing_file(tmp_path):
 
 
 def test_tiny_base_vs_lora(reward_checkpoint, tmp_path):
-    from raypipe.flow.family import WanFamily, make_tiny_wan
+    from raypipe.flow.family import WanFamily
     from raypipe.flow.lora import add_lora, lora_parameters, save_lora
+    from raypipe.flow.wan_build import make_tiny_wan
 
     base = make_tiny_wan(tmp_path / "wan")
     gen = WanFamily.load(base)

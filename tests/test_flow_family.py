@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
+from raypipe.flow.family import WanFamily
 from raypipe.flow.lora import add_lora, lora_parameters, reference, save_lora
 from raypipe.flow.losses import LOG2, beta_t, dpo_loss, flow_error, noised, sample_t
+from raypipe.flow.wan_build import TinyWanConfig, make_tiny_wan
 from tests.conftest import moving_square_frames
 
 

@@ -10,10 +10,10 @@ import torch
 
 from raypipe.flow.conditioning import empty_prompt_like, pack_image, split_conditions, split_image
 from raypipe.flow.families import load_family, make_tiny_generator
-from raypipe.flow.family import TinyWanConfig, make_tiny_wan
 from raypipe.flow.lora import add_lora, reference
 from raypipe.flow.losses import LOG2, beta_t, dpo_loss, flow_error, noised, sample_t
 from raypipe.flow.sampler import sample
+from raypipe.flow.wan_build import TinyWanConfig, make_tiny_wan
 from tests.conftest import moving_square_frames
 
 PROMPTS = ["a red square moving right", "a blue circle moving up"]

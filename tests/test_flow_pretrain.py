@@ -4,8 +4,9 @@ report reads colour/shape/direction agreement."""
 import numpy as np
 import torch
 
-from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
+from raypipe.flow.family import WanFamily
 from raypipe.flow.pretrain import fit_vae, oracle_report, reconstruction_mse, set_latent_stats
+from raypipe.flow.wan_build import TinyWanConfig, make_tiny_wan
 from raypipe.video.synth import render_video
 
 

@@ -65,7 +65,8 @@ def test_guidance_hook_is_applied():
 
 
 def test_tiny_wan_samples(tmp_path):
-    from raypipe.flow.family import WanFamily, make_tiny_wan
+    from raypipe.flow.family import WanFamily
+    from raypipe.flow.wan_build import make_tiny_wan
 
     gen = WanFamily.load(make_tiny_wan(tmp_path / "wan"))
     text = gen.encode_prompts(["a red circle moving left", "a blue square moving up"])

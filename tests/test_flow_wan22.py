@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
+from raypipe.flow.family import WanFamily
 from raypipe.flow.lora import add_lora, load_lora, lora_parameters, reference, save_lora
 from raypipe.flow.losses import LOG2, beta_t, dpo_loss, flow_error, noised, sample_t
 from raypipe.flow.wan22 import LOW_NOISE_WEIGHTS, WanExperts
+from raypipe.flow.wan_build import TinyWanConfig, make_tiny_wan
 from tests.conftest import moving_square_frames
 
 
@@ -166,7 +167,7 @@ def test_training_both_experts_every_step_reaches_both():
     """With both experts trained, a batch wholly on one side still runs the other expert (on one sample, times 0):
     the output is the one expert's, and every LoRA parameter of both gets a gradient (zeros for the idle one) — the
     same gradients in the same order on every rank, as ZeRO-2's bucketed reduction needs."""
-    from raypipe.flow.family import build_random_wan
+    from raypipe.flow.wan_build import build_random_wan
 
     cfg = TinyWanConfig.wan22_a14b_tiny()
     gen = WanFamily(build_random_wan(cfg, seed=0), max_text_len=cfg.max_text_len, shift=cfg.shift)
@@ -188,7 +189,8 @@ def test_the_shift_of_wan_ais_own_scheduler_config():
     """Wan-AI's Diffusers folders ship UniPCMultistepScheduler with `flow_shift` (no `shift`): that is the shift."""
     from diffusers import UniPCMultistepScheduler
 
-    from raypipe.flow.family import build_random_wan, scheduler_shift
+    from raypipe.flow.common import scheduler_shift
+    from raypipe.flow.wan_build import build_random_wan
 
     pipe = build_random_wan(TinyWanConfig(), seed=0)
     pipe.scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)

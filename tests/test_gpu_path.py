@@ -11,7 +11,8 @@ import sys
 import pytest
 import torch
 
-from raypipe.flow.family import TinyWanConfig, WanFamily, build_random_wan
+from raypipe.flow.family import WanFamily
+from raypipe.flow.wan_build import TinyWanConfig, build_random_wan
 
 
 def _family(dtype: str) -> WanFamily:

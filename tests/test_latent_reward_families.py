@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from raypipe.flow.families import load_family, make_tiny_generator
-from raypipe.flow.family import TinyWanConfig, make_tiny_wan
+from raypipe.flow.wan_build import TinyWanConfig, make_tiny_wan
 from raypipe.nrg.model import LatentReward
 
 PROMPTS = ["a red square moving left", "a blue circle moving up"]

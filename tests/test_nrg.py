@@ -9,8 +9,9 @@ import torch
 
 from raypipe.config import ClipConfig
 from raypipe.data.weights import weight_vector as parse_weights
-from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
+from raypipe.flow.family import WanFamily
 from raypipe.flow.sampler import sample, time_grid
+from raypipe.flow.wan_build import TinyWanConfig, make_tiny_wan
 from raypipe.nrg.guidance import RewardGuidance, guidance_scale
 from raypipe.nrg.model import LatentReward
 

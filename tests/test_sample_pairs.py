@@ -50,8 +50,8 @@ def test_best_vs_worst_by_hand():
 
 @pytest.mark.slow
 def test_sample_pairs_end_to_end(ray_local, tmp_path, reward_checkpoint):
-    from raypipe.flow.family import TinyWanConfig, make_tiny_wan
     from raypipe.flow.pairs import training_rows
+    from raypipe.flow.wan_build import TinyWanConfig, make_tiny_wan
 
     wan = make_tiny_wan(tmp_path / "wan", TinyWanConfig(), seed=0)
     cfg = SamplePairsConfig(

@@ -32,7 +32,8 @@ def _free_port() -> int:
 def server(ray_local, reward_checkpoint, tmp_path_factory):
     from ray import serve
 
-    from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
+    from raypipe.flow.family import WanFamily
+    from raypipe.flow.wan_build import TinyWanConfig, make_tiny_wan
     from raypipe.nrg.model import LatentReward
     from raypipe.serve.apps import generate_app, reward_app
     from raypipe.serve.run import start

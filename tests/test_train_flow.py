@@ -222,7 +222,7 @@ def test_decoded_clips_carry_the_conditioning_image(tmp_path):
     clip = ClipConfig(frames=5, height=32, width=32)
     batch = decode_clips_block(rows, clip, {"uri_w": "frames_w", "uri_l": "frames_l"}, image_from="frames_w")
     from raypipe.data.tables import clips_of
-    from raypipe.flow.family import TinyWanConfig
+    from raypipe.flow.wan_build import TinyWanConfig
 
     prompts, first = rows.column("prompt").to_pylist(), clips_of(batch, "frames_w")[:, 0]
     gen = load_family(make_tiny_generator("ltx", tmp_path / "ltx"))

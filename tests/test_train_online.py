@@ -191,11 +191,11 @@ def test_bad_settings_fail_before_ray(reward_checkpoint, tmp_path, monkeypatch):
 
 
 def test_a_killed_pool_actor_is_replaced_and_its_share_redone(ray_local, tmp_path):
-    """`_call_all` (how a round calls its rollout and reward pools): an actor that dies mid-call is restarted by
+    """`call_all` (how a round calls its rollout and reward pools): an actor that dies mid-call is restarted by
     Ray and the same call (same seeds, same weights) sent again; the round gets every result."""
     import os
 
-    from raypipe.distributed.online import _call_all
+    from raypipe.distributed.online import call_all
 
     @ray_local.remote(max_restarts=1)
     class Flaky:
@@ -207,7 +207,7 @@ def test_a_killed_pool_actor_is_replaced_and_its_share_redone(ray_local, tmp_pat
 
     steady, flaky = Flaky.remote(), Flaky.remote()
     (tmp_path / "steady").touch()
-    results = _call_all([(steady.work, (1, str(tmp_path / "steady"))), (flaky.work, (5, str(tmp_path / "flaky")))])
+    results = call_all([(steady.work, (1, str(tmp_path / "steady"))), (flaky.work, (5, str(tmp_path / "flaky")))])
     assert results == [2, 10]
 
 

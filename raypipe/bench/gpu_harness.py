@@ -65,7 +65,8 @@ def random_family(size: str, device, dtype: str, family: str = "wan21-1.3b"):
         cfg = getattr(TinyHunyuanConfig, real)() if size == "real" else TinyHunyuanConfig()
         pipe = build_random_hunyuan(cfg, seed=0, dtype=dtype, device=str(device))
         return HunyuanFamily(pipe, cfg.max_text_len, cfg.shift, cfg.guidance, prompt_template=BARE_TEMPLATE)
-    from raypipe.flow.family import TinyWanConfig, WanFamily, build_random_wan
+    from raypipe.flow.family import WanFamily
+    from raypipe.flow.wan_build import TinyWanConfig, build_random_wan
 
     cfg = (
         getattr(TinyWanConfig, real)()

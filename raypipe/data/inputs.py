@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from raypipe.config import ConfigError
-from raypipe.data.manifest import ManifestError, iter_manifest, load_manifest, read_table, table_columns
+from raypipe.data.manifest import ManifestError, default_root, iter_manifest, load_manifest, read_table, table_columns
 from raypipe.video.source import is_local, local_path, resolve_filesystem
 
 VIDEO_EXTENSIONS = (
@@ -250,3 +250,31 @@ def read_pair_table(path: str, dims, video_root: str | None = None, relabelled: 
     if manifest.kind != "pairs":
         raise ConfigError(f"expected a preference manifest or relabel output; {path} is pointwise")
     return manifest.table
+
+
+def real_videos(manifest: str | None, synth: int, folder, seed: int, clip) -> dict:
+    """{"uris", "prompts"} of real videos (train-online's λ_sft term): a manifest with path and prompt columns, or
+    else `synth` clean SynthPref renders of `clip`'s shape made in `folder` (once; a resumed run reuses them)."""
+    from pathlib import Path
+
+    from raypipe.video.source import join_uri
+
+    if manifest:
+        table, root = read_table(manifest), default_root(manifest)
+    else:
+        folder = Path(folder)
+        if not (folder / "manifest.parquet").exists():
+            from raypipe.config import SynthConfig
+            from raypipe.video.synth_real import make_real_synthpref
+
+            make_real_synthpref(
+                folder, synth, SynthConfig(seed=seed, frames=clip.frames, size=f"{clip.height}x{clip.width}")
+            )
+        table, root = read_table(str(folder / "manifest.parquet")), str(folder)
+    missing = sorted({"path", "prompt"} - set(table.column_names))
+    if missing:
+        raise ConfigError(f"the real videos' manifest lacks columns {missing} (needs path, prompt)")
+    return {
+        "uris": [join_uri(root, p) for p in table.column("path").to_pylist()],
+        "prompts": [str(p) for p in table.column("prompt").to_pylist()],
+    }

@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raypipe.flow.diffusion import flow_velocity_of_v, timestep_of, vp_of_flow_time
-from raypipe.flow.family import (
+from raypipe.flow.common import (
     build_word_tokenizer,
     cast_like_pretrained,
     compute_dtype_device,
     uint8_frames,
     vae_pixels,
 )
+from raypipe.flow.diffusion import flow_velocity_of_v, timestep_of, vp_of_flow_time
 from raypipe.flow.pipeline_family import FAMILY_FILE, PipelineFamily
 
 

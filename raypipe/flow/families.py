@@ -14,11 +14,12 @@ import os
 from pathlib import Path
 
 from raypipe.flow.cogvideox import CogVideoXFamily, TinyCogVideoXConfig, make_tiny_cogvideox
-from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
+from raypipe.flow.family import WanFamily
 from raypipe.flow.hunyuan import HunyuanFamily, TinyHunyuanConfig, make_tiny_hunyuan
 from raypipe.flow.hunyuan15 import Hunyuan15Family, TinyHunyuan15Config, make_tiny_hunyuan15
 from raypipe.flow.ltx import LTXFamily, TinyLTXConfig, make_tiny_ltx
 from raypipe.flow.ltx2 import LTX2Family, TinyLTX2Config, make_tiny_ltx2
+from raypipe.flow.wan_build import TinyWanConfig, make_tiny_wan
 
 FAMILIES = {
     "wan": WanFamily,

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raypipe.flow.family import (
+from raypipe.flow.common import (
     build_word_tokenizer,
     cast_like_pretrained,
     compute_dtype_device,

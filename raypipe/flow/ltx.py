@@ -25,19 +25,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from raypipe.flow.common import (
+    build_word_tokenizer,
+    cast_like_pretrained,
+    compute_dtype_device,
+    uint8_frames,
+    vae_pixels,
+)
 from raypipe.flow.conditioning import (
     condition_first_frame,
     first_frame_velocity,
     per_token_times,
     split_image,
     with_image,
-)
-from raypipe.flow.family import (
-    build_word_tokenizer,
-    cast_like_pretrained,
-    compute_dtype_device,
-    uint8_frames,
-    vae_pixels,
 )
 from raypipe.flow.pipeline_family import FAMILY_FILE, PipelineFamily
 

@@ -2,7 +2,7 @@
 SDE transitions of the round's samples, advantages within each prompt's group, the clipped ratio and the KL to the
 adapters-disabled reference) and online Flow-DPO (best vs worst per prompt), the λ_sft flow-matching term on real
 videos, and rank 0's bookkeeping (the guard's best adapters, the round's numbers for TensorBoard, sample grids).
-`raypipe.recipes.train_online` drives them inside its Ray Train loop.
+`raypipe.recipes.online_learner` drives them inside its Ray Train loop.
 
     stats = grpo_round(gen, engine, t, data, r, ok, uncond, generator, rank, world, steps)   # one round's steps
     stats = dpo_round(gen, engine, t, data, r, ok, rank, world, steps, generator)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from raypipe.flow.family import compute_dtype_device, frames_up_to
+from raypipe.flow.common import compute_dtype_device, frames_up_to
 
 FAMILY_FILE = "raypipe_family.json"
 # pipeline components a family's `velocity` never reads (they encode prompts and videos, or decode)

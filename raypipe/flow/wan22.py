@@ -64,29 +64,35 @@ class WanExperts(torch.nn.Module):
         if not both and (bool(high.all()) or bool((~high).all())):
             expert = self.high if bool(high.all()) else self.low
             return expert(hidden_states, timestep, encoder_hidden_states, return_dict=False, **kwargs)
-        out, idle = None, []
         n = hidden_states.shape[0]
 
-        def rows(rows_mask):  # per-sample keyword tensors (an image encoder's states) follow their samples
-            return {k: v[rows_mask] if torch.is_tensor(v) and v.shape[:1] == (n,) else v for k, v in kwargs.items()}
+        def run(expert, rows_mask):  # per-sample keyword tensors (an image encoder's states) follow their samples
+            rows = {k: v[rows_mask] if torch.is_tensor(v) and v.shape[:1] == (n,) else v for k, v in kwargs.items()}
+            x, ts, enc = hidden_states[rows_mask], timestep[rows_mask], encoder_hidden_states[rows_mask]
+            return expert(x, ts, enc, return_dict=False, **rows)[0]
 
+        return (self.route(high, run, both),)
+
+    def route(self, high: torch.Tensor, run, both: bool) -> torch.Tensor:
+        """Each sample through its expert: `run(expert, rows)` gives an expert's outputs for the rows of a boolean
+        mask, `high` marks the high-noise expert's rows. With `both`, an expert without rows runs on the first one and
+        adds 0 x its output, so both experts take part in every forward and backward (the generator's forward and
+        the latent reward's trunks route alike)."""
+        out, idle = None, []
         for mask, expert in ((high, self.high), (~high, self.low)):
             if not bool(mask.any()):
                 if both:
                     first = torch.zeros_like(mask)
                     first[0] = True
-                    x, ts, enc = hidden_states[first], timestep[first], encoder_hidden_states[first]
-                    idle.append(expert(x, ts, enc, return_dict=False, **rows(first))[0].sum() * 0.0)
+                    idle.append(run(expert, first).sum() * 0.0)
                 continue
-            part = expert(
-                hidden_states[mask], timestep[mask], encoder_hidden_states[mask], return_dict=False, **rows(mask)
-            )[0]
+            part = run(expert, mask)
             if out is None:
-                out = part.new_zeros((hidden_states.shape[0], *part.shape[1:]))
-            out = out.index_put((mask,), part)
+                out = part.new_zeros((mask.shape[0], *part.shape[1:]))
+            out = out.index_put((mask.to(out.device),), part)
         for zero in idle:
             out = out + zero
-        return (out,)
+        return out
 
     def partitioned(self) -> bool:
         """Whether DeepSpeed ZeRO-3 has partitioned the experts' weights across ranks."""

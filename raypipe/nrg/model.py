@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from raypipe.flow.common import cast_like_pretrained, compute_dtype_device
 from raypipe.flow.conditioning import (
     condition_first_frame,
     per_token_times,
@@ -37,7 +38,6 @@ from raypipe.flow.conditioning import (
     split_image,
     wan_inputs,
 )
-from raypipe.flow.family import cast_like_pretrained, compute_dtype_device
 
 TRAINABLE = ("all", "blocks", "heads")
 _CONFIG = "latent_reward.json"
@@ -50,6 +50,14 @@ VIA_FAMILY = (  # run through their family's velocity, stopped after block K
     "CogVideoXTransformer3DModel",
 )
 TRUNKS = STANDALONE + VIA_FAMILY
+
+
+def latent_reward_dimensions(path: str) -> list[str]:
+    """The dimensions a latent reward checkpoint scores, read from its config without loading weights."""
+    meta = Path(path) / _CONFIG
+    if not meta.exists():
+        raise FileNotFoundError(f"{path} is not a latent reward (train-latent-reward OUT/final)")
+    return list(json.loads(meta.read_text())["dims"])
 
 
 def _blocks(transformer):
@@ -226,19 +234,12 @@ class LatentReward(nn.Module):
         training = experts.partitioned() or (  # ZeRO-3: every rank gathers both experts' weights
             torch.is_grad_enabled() and any(p.requires_grad for p in experts.parameters())
         )
-        out, idle = None, []
-        for mask, expert in ((high, experts.high), (~high, experts.low)):
-            mask = mask.to(x_t.device)
-            if not bool(mask.any()):
-                if training:
-                    idle.append(self._wan_features(expert, x_t[:1], t[:1], text[:1]).sum() * 0.0)
-                continue
-            part = self._wan_features(expert, x_t[mask], t[mask.to(t.device)], text[mask.to(text.device)])
-            out = part.new_zeros((x_t.shape[0], part.shape[1])) if out is None else out
-            out = out.index_put((mask.to(out.device),), part)
-        for zero in idle:
-            out = out + zero
-        return out
+
+        def run(expert, rows):
+            on = rows.to(x_t.device)
+            return self._wan_features(expert, x_t[on], t[rows.to(t.device)], text[rows.to(text.device)])
+
+        return experts.route(high, run, training)
 
     def _family_features(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Hunyuan/LTX-2/CogVideoX: the family's own velocity with the trunk as its model, stopped by a hook after

@@ -25,10 +25,11 @@ import torch
 from raypipe.config import ClipConfig, SynthConfig, load_config, save_config, to_dict
 from raypipe.data.location import local_output
 from raypipe.data.prompts import read_prompts
-from raypipe.flow.family import TinyWanConfig, WanFamily, make_tiny_wan
+from raypipe.flow.family import WanFamily
 from raypipe.flow.pairs import generator_clip, true_captions
 from raypipe.flow.pretrain import fit_vae, oracle_report, set_latent_stats
 from raypipe.flow.sampler import sample_videos
+from raypipe.flow.wan_build import TinyWanConfig, make_tiny_wan
 from raypipe.recipes import train_flow
 from raypipe.video.synth import make_synthpref
 

@@ -61,10 +61,10 @@ from raypipe.distributed.loop import (
 from raypipe.distributed.trainer import TrainerSettings, deepspeed_engine, fit_trainer, require_one_step, step_count
 from raypipe.flow.cogvideox import TinyCogVideoXConfig
 from raypipe.flow.families import FAMILIES, load_family, make_tiny_generator, takes_image
-from raypipe.flow.family import TinyWanConfig
 from raypipe.flow.lora import add_lora, save_lora
 from raypipe.flow.pairs import ALGOS, training_rows, with_real_pairs
 from raypipe.flow.training import step_loss
+from raypipe.flow.wan_build import TinyWanConfig
 from raypipe.video.synth import manifest_or_synthpref
 
 # --- config ----------------------------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ from raypipe.distributed.loop import (
 )
 from raypipe.distributed.trainer import TrainerSettings, deepspeed_engine, fit_trainer, require_one_step, step_count
 from raypipe.flow.families import FAMILIES, load_family, make_tiny_generator, takes_image
-from raypipe.flow.family import TinyWanConfig
+from raypipe.flow.wan_build import TinyWanConfig
 from raypipe.nrg.model import TRAINABLE, LatentReward, needs_generator
 from raypipe.nrg.training import NOISE, batch_pair_loss, bucket_accuracy, pair_labels, split_rows
 from raypipe.video.synth import manifest_or_synthpref

@@ -5,7 +5,7 @@
 
 Three pools on one Ray cluster: rollout actors (the generator with the current LoRA, `rollout.actors` of them,
 `rollout.num_gpus` each), reward actors (the VideoReward checkpoint, `reward_pool.actors`), and the learner —
-a Ray Train + DeepSpeed group whose rank 0 drives each round:
+a Ray Train + DeepSpeed group (`recipes/online_learner.py`) whose rank 0 drives each round:
 1. the round's prompts (the next `train.prompts_per_round` of `prompts`, K seeds each, all from seed and round);
 2. rank 0 puts its adapters in the object store once (policy version = round) and the rollout pool samples with
    them: the SDE of Flow-GRPO (noise level `train.noise_level`, every state and log-probability kept) or, for
@@ -26,41 +26,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import torch
-
-from raypipe.config import ClipConfig, ConfigError, build_config, save_config, to_dict
+from raypipe.config import ClipConfig, ConfigError, save_config, to_dict
 from raypipe.critic.model import critic_dimensions
+from raypipe.data.inputs import real_videos
 from raypipe.data.location import StagedOutput
 from raypipe.data.prompts import read_prompts
 from raypipe.distributed.cluster import init_ray
-from raypipe.distributed.loop import (
-    log_scalars,
-    resume,
-    save_and_report,
-    say,
-    tensorboard_writer,
-    world_rank,
-)
-from raypipe.distributed.trainer import TrainerSettings, deepspeed_engine, fit_trainer
-from raypipe.flow.families import load_family, make_tiny_generator
-from raypipe.flow.family import TinyWanConfig
-from raypipe.flow.lora import add_lora, save_lora, set_reference
-from raypipe.flow.online_training import (
-    dpo_round,
-    grpo_round,
-    keep_if_best,
-    numbers,
-    policy_rounds_ago,
-    real_latents,
-    restore_best,
-    write_grid,
-)
+from raypipe.distributed.trainer import TrainerSettings, fit_trainer
+from raypipe.flow.families import make_tiny_generator
+from raypipe.flow.wan_build import TinyWanConfig
+from raypipe.nrg.model import latent_reward_dimensions
 from raypipe.reward.scoring import checkpoint_dimensions
-from raypipe.serve.pool import APP_NAME, deploy_reward_pool, serve_scorer, shutdown_reward_pool
+from raypipe.serve.pool import RewardPools
 
 ALGOS = ("grpo", "dpo")
 
@@ -176,13 +155,6 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "online_tiny.
 
 
 # --- the job ---------------------------------------------------------------------------------------------------
-def latent_reward_dimensions(path: str) -> list[str]:
-    meta = Path(path) / "latent_reward.json"
-    if not meta.exists():
-        raise FileNotFoundError(f"{path} is not a latent reward (train-latent-reward OUT/final)")
-    return list(json.loads(meta.read_text())["dims"])
-
-
 def _named_dimensions(cfg) -> list[str]:
     """NAME.DIM of every extra VideoReward, LiFT critic and latent reward, in the order their scores come; names
     must be distinct and free of '.'."""
@@ -277,7 +249,8 @@ def steps_per_round(cfg: OnlineConfig) -> int:
 def run(cfg: OnlineConfig) -> dict:
     import ray
 
-    from raypipe.distributed.online import CriticActor, RewardActor, RolloutActor
+    from raypipe.distributed.online import RolloutActor
+    from raypipe.recipes.online_learner import train_func
 
     dims = _check(cfg)  # before any Ray work
     t = cfg.train
@@ -290,7 +263,9 @@ def run(cfg: OnlineConfig) -> dict:
         cfg = dataclasses.replace(
             cfg, generator=str(make_tiny_generator("wan", out / "generator", cfg.tiny, cfg.tiny_seed))
         )
-    real = _real_videos(cfg, out) if t.lambda_sft > 0 else None
+    real = None
+    if t.lambda_sft > 0:  # the real videos' paths and prompts: a manifest, or clean SynthPref renders made here
+        real = real_videos(cfg.real_manifest, cfg.real_synth, out / "real", cfg.seed + 101, cfg.clip)
     save_config(cfg, out)
     init_ray(cfg.address)
     lora = {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "experts": cfg.lora.experts}
@@ -301,55 +276,17 @@ def run(cfg: OnlineConfig) -> dict:
         )
         for _ in range(cfg.rollout.actors)
     ]
-    pool = cfg.reward_pool
     # the training reward first, then each extra one: a Serve app or a list of reward actors per reward
     checkpoints = [("", cfg.reward, cfg.base, cfg.template_file)]
     checkpoints += [(name, path, None, None) for name, path in cfg.extra_rewards.items()]
-    apps, rewards = [], []
-    for name, path, base, template in checkpoints:
-        if pool.kind == "serve":
-            app_name = f"{APP_NAME}-{name}" if name else APP_NAME
-            apps.append(
-                deploy_reward_pool(
-                    path,
-                    pool.batch,
-                    0.01,
-                    pool.actors,
-                    pool.max_replicas,
-                    pool.cpus,
-                    pool.num_gpus,
-                    base,
-                    template,
-                    app_name,
-                )
-            )
-        else:
-            rewards.append(
-                [
-                    RewardActor.options(num_cpus=pool.cpus, num_gpus=pool.num_gpus, max_restarts=2).remote(
-                        path, base, template, cfg.fps, pool.batch
-                    )
-                    for _ in range(pool.actors)
-                ]
-            )
-    critics = [
-        [
-            CriticActor.options(num_cpus=pool.cpus, num_gpus=pool.num_gpus, max_restarts=2).remote(
-                path, cfg.fps, pool.batch, None, cfg.seed
-            )
-            for _ in range(pool.actors)
-        ]
-        for path in cfg.critics.values()
-    ]
-    judge = None
-    if cfg.guard.rounds > 0 and cfg.guard.judge not in ("oracle", "none"):
-        judge = RewardActor.options(num_cpus=cfg.reward_pool.cpus, num_gpus=cfg.reward_pool.num_gpus).remote(
-            cfg.guard.judge, None, None, cfg.fps
-        )
+    g = cfg.guard
+    judge = g.judge if g.rounds > 0 and g.judge not in ("oracle", "none") else None
+    pools = RewardPools.start(cfg.reward_pool, checkpoints, list(cfg.critics.values()), judge, cfg.fps, cfg.seed)
     per_round = steps_per_round(cfg)
     print(
         f"train-online {t.algo}: {t.rounds} rounds x {t.prompts_per_round} prompts x {t.k} samples; "
-        f"{cfg.rollout.actors} rollout actors, reward on {_pool_text(pool)}, {t.num_workers} learner ranks x "
+        f"{cfg.rollout.actors} rollout actors, reward on {RewardPools.describe(cfg.reward_pool)}, "
+        f"{t.num_workers} learner ranks x "
         f"{per_round} steps per round",
         flush=True,
     )
@@ -358,11 +295,8 @@ def run(cfg: OnlineConfig) -> dict:
         "dims": dims,
         "prompts": prompts,
         "rollout": rollout,
-        "rewards": rewards,
-        "critics": critics,
-        "reward_apps": apps,
+        "pools": pools,
         "real": real,
-        "judge": judge,
         "steps_per_round": per_round,
         "rounds_file": str(out / "rounds.jsonl"),
         "tensorboard_dir": str(out / "tensorboard"),
@@ -370,11 +304,9 @@ def run(cfg: OnlineConfig) -> dict:
     try:
         progress, wall = fit_trainer(train_func, loop_config, t, out, f"train-online-{t.algo}", {}, stage.storage)
     finally:  # the pools hold the cluster's GPUs: give them back, also when training failed
-        pools = [*rewards, *critics, *([[judge]] if judge is not None else [])]
-        for actor in [*rollout, *(a for group in pools for a in group)]:
+        for actor in rollout:
             ray.kill(actor)
-        for app in apps:
-            shutdown_reward_pool(app)
+        pools.stop()
     write_rounds(progress["rounds"], out / "rounds.jsonl")
     last = progress["rounds"][-1] if progress["rounds"] else {}
     summary = {
@@ -394,210 +326,8 @@ def run(cfg: OnlineConfig) -> dict:
     return summary
 
 
-def _real_videos(cfg: OnlineConfig, out: Path) -> dict:
-    """{"uris", "prompts"} of the real videos for train.lambda_sft: real_manifest, or real_synth clean renders."""
-    from raypipe.data.manifest import default_root, read_table
-    from raypipe.video.source import join_uri
-    from raypipe.video.synth_real import make_real_synthpref
-
-    if cfg.real_manifest:
-        table, root = read_table(cfg.real_manifest), default_root(cfg.real_manifest)
-    else:
-        folder = out / "real"
-        if not (folder / "manifest.parquet").exists():
-            from raypipe.config import SynthConfig
-
-            synth = SynthConfig(seed=cfg.seed + 101, frames=cfg.clip.frames, size=f"{cfg.clip.height}x{cfg.clip.width}")
-            make_real_synthpref(folder, cfg.real_synth, synth)
-        import pyarrow.parquet as pq
-
-        table, root = pq.read_table(folder / "manifest.parquet"), str(folder)
-    missing = sorted({"path", "prompt"} - set(table.column_names))
-    if missing:
-        raise ConfigError(f"the real videos' manifest lacks columns {missing} (needs path, prompt)")
-    return {
-        "uris": [join_uri(root, p) for p in table.column("path").to_pylist()],
-        "prompts": [str(p) for p in table.column("prompt").to_pylist()],
-    }
-
-
-def _pool_text(pool: RewardPoolSettings) -> str:
-    if pool.kind == "serve":
-        return f"a Serve pool of {pool.actors}-{max(pool.actors, pool.max_replicas)} replicas"
-    return f"{pool.actors} reward actors"
-
-
 def write_rounds(rounds: list[dict], path: Path) -> None:
     """rounds.jsonl, whole (a resumed run rewrites it from the checkpoint's list: no round twice, none lost)."""
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rounds))
     tmp.replace(path)
-
-
-# --- the learner -------------------------------------------------------------------------------------------------
-def train_func(config: dict) -> None:
-    import ray
-    import torch.distributed as dist
-
-    from raypipe.distributed.online import (
-        SamplingSettings,
-        actor_scorer,
-        combined_scorer,
-        lora_state,
-        round_collector,
-        state_hash,
-    )
-    from raypipe.flow.online import best_round, hacking_detected, round_record, weighted_rewards
-
-    cfg = build_config(OnlineConfig, config["cfg"])
-    t, dims = cfg.train, config["dims"]
-    torch.manual_seed(t.seed)
-    gen = load_family(cfg.generator, dtype=cfg.dtype, device="cuda" if t.use_gpu else "cpu")
-    add_lora(gen.transformer, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, gen.lora_targets, cfg.lora.experts)
-    per_round = config["steps_per_round"]
-    engine = deepspeed_engine(gen.transformer, t, t.rounds * per_round, bf16=t.use_gpu and cfg.dtype == "bfloat16")
-    progress = resume(engine)
-    progress.setdefault("round", 0)
-    progress.setdefault("rounds", [])
-    if progress["resumes"] and "at_round" not in progress["resumes"][-1]:
-        progress["resumes"][-1]["at_round"] = progress["round"]  # the first round this attempt runs
-    rank, world = world_rank(), dist.get_world_size()
-    sampling = SamplingSettings(t.steps, t.cfg_scale, gen.shift, t.noise_level, keep_states=t.algo == "grpo")
-    uncond = gen.encode_prompts([""])
-    real = real_latents(gen, cfg.clip, config.get("real")) if t.lambda_sft > 0 else None
-    writer = tensorboard_writer(config.get("tensorboard_dir"))
-    score = None
-    if rank == 0:  # rank 0 drives the rounds: the reward pool it calls
-        paths = [cfg.reward, *cfg.extra_rewards.values()]
-        apps = config.get("reward_apps") or []
-        scorers = (
-            [serve_scorer(app, path, cfg.fps) for app, path in zip(apps, paths)]
-            if apps
-            else [actor_scorer(group) for group in config["rewards"]]
-        )
-        scorers += [actor_scorer(group) for group in config.get("critics") or []]  # LiFT critics after them
-        score = scorers[0] if len(scorers) == 1 else combined_scorer(scorers)
-    if progress.get("guard"):  # a rerun of a run the guard stopped: its final adapters stand
-        if rank == 0:
-            say(f"guard: this run was stopped after round {progress['guard']['stopped_after_round']}; nothing to do")
-        return
-    folder = Path(config["rounds_file"]).parent
-    collect = None
-    if rank == 0:  # rank 0's collect(round, version, adapters): rollout, reward, the guard's judge
-        g = cfg.guard
-        judge = None if g.rounds <= 0 or g.judge == "none" else ("oracle" if g.judge == "oracle" else config["judge"])
-        oracle = cfg.oracle or judge == "oracle"
-        collect = round_collector(
-            config["rollout"],
-            score,
-            config["prompts"],
-            t.prompts_per_round,
-            t.k,
-            cfg.seed,
-            sampling,
-            oracle,
-            judge,
-            g.weights or cfg.weights,
-        )
-    ahead = ThreadPoolExecutor(1) if t.overlap and rank == 0 else None  # the next round's rollout, while training
-    pending = None
-    try:
-        for rnd in range(progress["round"], t.rounds):
-            t0 = time.perf_counter()
-            # --- rollout and reward, driven by rank 0; every rank gets the round through the object store
-            box = [None]
-            if rank == 0:
-                state = lora_state(engine.module)  # the learner's adapters now: policy version `rnd`
-                data = pending.result() if pending is not None else collect(rnd, rnd, state)
-                pending = None
-                if ahead is not None and rnd + 1 < t.rounds:  # round rnd+1 samples with version rnd while rnd trains
-                    pending = ahead.submit(collect, rnd + 1, rnd, state)
-                keep_if_best(progress, rnd, data["judge"], data.pop("state"), folder / "best_round")
-                if t.ref_rounds:
-                    ref, missing = policy_rounds_ago(folder / "policy_rounds", state, rnd, t.ref_rounds)
-                    if missing:
-                        say(f"round {rnd}: round {rnd - t.ref_rounds}'s policy is not here; the reference is the base")
-                    data["ref_state"] = ref
-                    data["reference_hash"] = state_hash(ref) if ref is not None else "base"
-                data["wait_s"] = time.perf_counter() - t0
-                box = [ray.put(data)]
-            dist.broadcast_object_list(box, src=0)
-            data = ray.get(box[0])
-            if t.ref_rounds:
-                set_reference(engine.module, data["ref_state"])  # None: the base (fewer than N rounds so far)
-            waited = data["wait_s"] if t.overlap else sum(data["seconds"].values())
-            sync_s = time.perf_counter() - t0 - waited
-            r, ok = weighted_rewards(data["scores"], data["errors"], dims, cfg.weights)
-            # --- the update
-            t1 = time.perf_counter()
-            generator = torch.Generator().manual_seed(cfg.seed * 7_919 + rnd)
-            if t.algo == "grpo":
-                stats = grpo_round(gen, engine, t, data, r, ok, uncond, generator, rank, world, per_round, real)
-            else:
-                stats = dpo_round(gen, engine, t, data, r, ok, rank, world, per_round, generator, real)
-            train_s = time.perf_counter() - t1
-            n = len(data["errors"])
-            record = {
-                **round_record(rnd, data["scores"], data["errors"], dims, r, ok, data["oracle"]),
-                "version": int(data["versions"].max()),
-                **stats,
-                "time_s": {
-                    "rollout": round(data["seconds"]["rollout"], 2),
-                    "reward": round(data["seconds"]["reward"], 2),
-                    "train": round(train_s, 2),
-                    "sync": round(max(0.0, sync_s), 2),
-                    "wait": round(data["wait_s"], 2),  # the learner waiting for the round's samples
-                    "round": round(time.perf_counter() - t0, 2),  # the whole round before its checkpoint
-                },
-                "samples_per_s": {
-                    "rollout": round(n / max(1e-9, data["seconds"]["rollout"]), 3),
-                    "reward": round(n / max(1e-9, data["seconds"]["reward"]), 3),
-                    "train": round(n / max(1e-9, train_s), 3),
-                },
-                "learner_version": rnd,
-                **({"reference_hash": data["reference_hash"]} if t.ref_rounds else {}),
-                "prompts": data["round_prompts"],
-                "learner_hash": data["learner_hash"],
-                "actor_hashes": data["lora_hashes"],
-                "judge": data["judge"],
-            }
-            progress["rounds"].append(record)
-            progress["round"] = rnd + 1
-            stop = hacking_detected(
-                [x["weighted_mean"] for x in progress["rounds"]],
-                [x.get("judge") for x in progress["rounds"]],
-                cfg.guard.rounds,
-            )
-            if stop:
-                best = best_round([x.get("judge") for x in progress["rounds"]])
-                progress["guard"] = {"stopped_after_round": rnd, "best_round": best}
-                if rank == 0:
-                    m = cfg.guard.rounds
-                    say(f"guard: the reward rose while the judge fell for {m} rounds; stopping, keeping round {best}")
-                    folder = Path(config["rounds_file"]).parent / "best_round"
-                    progress["guard"]["best_restored"] = restore_best(engine.module, folder, best)
-                    if not progress["guard"]["best_restored"]:
-                        say(f"guard: round {best}'s adapters are not in {folder} (another machine?): final = the last")
-            last = rnd + 1 == t.rounds or stop
-            if rank == 0:
-                log_scalars(writer, {"step": rnd, **numbers(record)})
-                if cfg.grid_every and rnd % cfg.grid_every == 0:
-                    write_grid(data, t.k, folder / "grids" / f"round_{rnd:04d}.gif", cfg.fps)
-            if rank == 0 and cfg.progress:
-                w = record["weighted_mean"]
-                say(f"round {rnd}: reward {w}, {record['samples_ok']}/{n} samples, {record['time_s']}")
-            if (rnd + 1) % t.checkpoint_every == 0 or last:
-                final = (lambda d: save_lora(gen, d) if world_rank() == 0 else None) if last else None
-                save_and_report(engine, progress, {"round": rnd + 1, "reward": record["weighted_mean"]}, final)
-                if rank == 0:
-                    try:  # the driver rewrites it at the end too; here it shows progress while the job runs
-                        write_rounds(progress["rounds"], Path(config["rounds_file"]))
-                    except OSError:
-                        pass
-            if stop:
-                break
-    finally:  # a round being collected ahead is not waited for: the driver removes the pools when this returns
-        if ahead is not None:
-            ahead.shutdown(wait=False, cancel_futures=True)
-    if writer is not None:
-        writer.close()

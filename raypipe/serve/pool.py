@@ -13,6 +13,8 @@ error on that sample, never a default score.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 APP_NAME = "raypipe-online-reward"
@@ -38,8 +40,9 @@ def deploy_reward_pool(
     from raypipe.reward.scoring import reward_options
     from raypipe.serve.reward import RewardModel
 
-    if not _serve_running():
-        serve.start(proxy_location="Disabled")
+    _quiet_serve_logs()
+    if not _serve_running():  # our own Serve: its controller logs warnings only (deploy steps are not news)
+        serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING"})
         _OURS["started"] = True
     if _OURS["started"]:
         _OURS["apps"].add(name)
@@ -75,6 +78,14 @@ def shutdown_reward_pool(name: str = APP_NAME) -> None:
 _OURS: dict = {"started": False, "apps": set()}  # whether this process started Serve, and its apps on it
 
 
+def _quiet_serve_logs() -> None:
+    """Serve's client-side INFO lines (started, connected, app ready, a handle's router started) in this process
+    say nothing a training job's user can act on; its warnings and errors still show."""
+    import logging
+
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+
+
 def _serve_running() -> bool:
     """Whether a Serve controller already runs on the cluster (a user's Serve, or one of our earlier pools)."""
     import ray
@@ -92,11 +103,12 @@ def serve_scorer(app: str, reward: str, fps: float, chunk: int = 8):
     import ray
     from ray import serve
 
-    from raypipe.distributed.online import fill_scores, reward_inputs_task
+    from raypipe.distributed.online_reward import fill_scores, reward_inputs_task
     from raypipe.reward.scoring import checkpoint_dimensions, resolve_sampling
 
     sampling, _ = resolve_sampling(reward, None)
     dims = checkpoint_dimensions(reward)
+    _quiet_serve_logs()  # the learner's rank 0 holds the handle
     handle = serve.get_deployment_handle("RewardModel", app_name=app)
 
     def score(frames: np.ndarray, prompts: list[str], oracle: bool) -> dict:
@@ -124,3 +136,76 @@ def serve_scorer(app: str, reward: str, fps: float, chunk: int = 8):
         return {"scores": scores, "errors": errors, "oracle": oracle_verdicts}
 
     return score
+
+
+@dataclasses.dataclass
+class RewardPools:
+    """Every reward of an online run on its own pool, started by the driver and handed to the learner: the
+    VideoRewards (a Serve app each, or a list of `RewardActor`s each), the LiFT critics (a list of `CriticActor`s
+    each) and the guard's judge (one `RewardActor`, or None). Actor handles and app names travel to the learner
+    inside its loop config; `stop` gives the pools' resources back."""
+
+    checkpoints: list[str]  # the VideoReward paths, the training reward first
+    apps: list[str]
+    rewards: list[list]
+    critics: list[list]
+    judge: object | None
+    fps: float
+
+    @classmethod
+    def start(cls, pool, checkpoints: list[tuple], critics: list[str], judge: str | None, fps: float, seed: int):
+        """`pool`: the run's reward_pool settings (kind, actors, max_replicas, cpus, num_gpus, batch);
+        `checkpoints`: (app suffix, path, base, template_file) per VideoReward; `judge`: a VideoReward path or None."""
+        from raypipe.distributed.online_reward import CriticActor, RewardActor
+
+        resources = {"num_cpus": pool.cpus, "num_gpus": pool.num_gpus}
+        apps, rewards = [], []
+        for name, path, base, template in checkpoints:
+            if pool.kind == "serve":
+                app_name = f"{APP_NAME}-{name}" if name else APP_NAME
+                sizes = {"min_replicas": pool.actors, "max_replicas": pool.max_replicas, "cpus": pool.cpus}
+                more = {"num_gpus": pool.num_gpus, "base": base, "template_file": template, "name": app_name}
+                apps.append(deploy_reward_pool(path, pool.batch, 0.01, **sizes, **more))
+            else:
+                rewards.append(
+                    [
+                        RewardActor.options(**resources, max_restarts=2).remote(path, base, template, fps, pool.batch)
+                        for _ in range(pool.actors)
+                    ]
+                )
+        critic_actors = [
+            [
+                CriticActor.options(**resources, max_restarts=2).remote(path, fps, pool.batch, None, seed)
+                for _ in range(pool.actors)
+            ]
+            for path in critics
+        ]
+        judge_actor = None if judge is None else RewardActor.options(**resources).remote(judge, None, None, fps)
+        return cls([c[1] for c in checkpoints], apps, rewards, critic_actors, judge_actor, fps)
+
+    @staticmethod
+    def describe(pool) -> str:
+        if pool.kind == "serve":
+            return f"a Serve pool of {pool.actors}-{max(pool.actors, pool.max_replicas)} replicas"
+        return f"{pool.actors} reward actors"
+
+    def scorer(self):
+        """`score(frames, prompts, oracle)` of every VideoReward then every critic, their columns side by side."""
+        from raypipe.distributed.online_reward import actor_scorer, combined_scorer
+
+        if self.apps:
+            scorers = [serve_scorer(app, path, self.fps) for app, path in zip(self.apps, self.checkpoints)]
+        else:
+            scorers = [actor_scorer(group) for group in self.rewards]
+        scorers += [actor_scorer(group) for group in self.critics]  # LiFT critics after them
+        return scorers[0] if len(scorers) == 1 else combined_scorer(scorers)
+
+    def stop(self) -> None:
+        """Kills the actors and removes the Serve apps (also after a failed run: the pools hold the cluster's GPUs)."""
+        import ray
+
+        groups = [*self.rewards, *self.critics, *([[self.judge]] if self.judge is not None else [])]
+        for actor in (a for group in groups for a in group):
+            ray.kill(actor)
+        for app in self.apps:
+            shutdown_reward_pool(app)
