@@ -56,3 +56,23 @@ def test_cli_parses():
     args = bench_args("online", ["--out", "x", "--budget", "full", "--seeds", "3,4", "train.lr=1e-5"])
     assert args.budget == "full" and args.seeds == "3,4" and args.overrides == ["train.lr=1e-5"]
     assert args.k == 4 and args.samples is None and args.prompts_per_round == 4
+
+
+def test_arms_and_grpo_lr(tmp_path):
+    from raypipe.bench.online import run_online_bench
+
+    args = bench_args("online", ["--out", str(tmp_path), "--arms", "offline_dpo,grpo", "--grpo-lr", "1e-3"])
+    assert args.arms == "offline_dpo,grpo" and args.grpo_lr == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="--arms must name some of"):  # before any training or Ray
+        run_online_bench(bench_args("online", ["--out", str(tmp_path), "--arms", "grpo,ppo"]))
+    md = markdown(
+        {
+            "samples": 16,
+            "seeds": [0],
+            "eval_prompts": 32,
+            "runs": {},
+            "lr": {"dpo": 1e-4, "grpo": 1e-3},
+            "overlap": None,
+        }
+    )
+    assert "Learning rates: DPO arms 0.0001, GRPO arms 0.001." in md

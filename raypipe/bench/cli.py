@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 from dataclasses import dataclass
 
 from raypipe.bench.gpu import PARTS as GPU_PARTS
 from raypipe.bench.gpu_harness import FAMILIES as GPU_FAMILIES
+from raypipe.bench.online import ARMS as ONLINE_ARMS
 from raypipe.config import EPILOG_OVERRIDES
 
 Arg = tuple[tuple[str, ...], dict]  # one `add_argument` call: its flags and keyword arguments
@@ -252,6 +254,8 @@ BENCHES: dict[str, Bench] = {
             arg("--batch", type=int, default=4, help="DPO pairs per optimizer step (default 4)"),
             arg("--beta", type=float, default=500.0, help="Flow-DPO beta, offline and online (default 500)"),
             arg("--checkpoint-every", type=int, default=8, dest="checkpoint_every", help="online rounds (default 8)"),
+            arg("--grpo-lr", type=float, default=None, dest="grpo_lr", help="GRPO arms' lr (default: DPO's)"),
+            arg("--arms", default=None, help="comma list of arms to run (default all: " + ", ".join(ONLINE_ARMS) + ")"),
             arg("--generator", default="assets/tiny-generator", help="the pretrained generator (default the asset)"),
             arg("--reward", default=None, help="VideoReward judge (default: a tiny one trained once, as the demo)"),
             arg("overrides", nargs="*", help="train-online key=value overrides for the online arms"),
@@ -413,6 +417,8 @@ def _runner(bench: Bench):
     """A handler that imports raypipe.bench.<module> only when that benchmark runs (and prints its JSON)."""
 
     def run(args) -> int:
+        # a benchmark's log is read afterwards: loading bars for each model it loads say nothing there
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         result = getattr(importlib.import_module(f"raypipe.bench.{bench.module}"), bench.function)(args)
         if bench.print_json:
             print(json.dumps(result, indent=2, default=str))

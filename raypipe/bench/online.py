@@ -11,9 +11,10 @@ OUT/inputs, or --reward). Per seed, every arm spends the same number of scored s
   online_dpo    `train-online train.algo=dpo`: rounds of prompts_per_round × k fresh samples, best vs worst;
   grpo          `train-online train.algo=grpo` (Flow-GRPO, the SDE sampler, group advantages, clipped ratio, KL);
   grpo_overlap  (first seed only) the same with train.overlap=true: round k+1's rollouts while round k trains.
-Every arm trains the same LoRA (rank, alpha) with the same learning rate (configs/flow_tiny.yaml's), and the online
-DPO arm takes the same optimizer steps per pair as the offline one (online DPO: `updates` passes of a round's pairs;
-offline: samples/k pairs × updates / batch steps). Trailing key=value overrides reach the online arms only.
+Every arm trains the same LoRA (rank, alpha) with the same learning rate (configs/flow_tiny.yaml's; --grpo-lr sets
+the GRPO arms' own), and the online DPO arm takes the same optimizer steps per pair as the offline one (online DPO:
+`updates` passes of a round's pairs; offline: samples/k pairs × updates / batch steps). Trailing key=value
+overrides reach the online arms only; --arms runs some arms (the others' finished cells in OUT still count).
 Each arm's adapters are then judged by `eval-flow` against the pretrained generator on --prompts held-out prompts
 (the eval seed's prompts and noise, the same for every arm): per-dimension win rates by the reward model and by the
 SynthPref oracle, ties ½, two-level bootstrap over seeds and prompts. Claims tested on paired per-prompt
@@ -58,6 +59,10 @@ def run_online_bench(args) -> dict:
     k, per_round = args.k, args.prompts_per_round
     if samples % (k * per_round):
         raise ValueError(f"--samples ({samples}) must be a multiple of k x prompts-per-round ({k * per_round})")
+    arms = [a.strip() for a in (getattr(args, "arms", None) or ",".join(ARMS)).split(",") if a.strip()]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown or not arms:
+        raise ValueError(f"--arms must name some of {', '.join(ARMS)}, got {unknown or arms}")
     print(f"bench online, budget {args.budget} ({budget['estimate']}), seeds {seeds}, {samples} scored samples per arm")
     reward = args.reward or judge_checkpoint(out / "inputs" / "reward")
     report = {
@@ -70,6 +75,7 @@ def run_online_bench(args) -> dict:
         "eval_prompts": prompts,
         "generator": args.generator,
         "reward": reward,
+        "lr": {"dpo": _offline_lr(), "grpo": getattr(args, "grpo_lr", None) or _offline_lr()},
         "runs": {},
     }
     for seed in seeds:
@@ -77,6 +83,8 @@ def run_online_bench(args) -> dict:
             if arm == "grpo_overlap" and seed != seeds[0]:
                 continue
             run_dir = out / f"{arm}_s{seed}"
+            if arm not in arms and not (run_dir / "eval" / "report.json").exists():
+                continue  # not asked for, and not finished before
             print(f"== {arm}, seed {seed}", flush=True)
             t0 = time.perf_counter()
             train = _train(arm, args, reward, samples, seed, run_dir)
@@ -108,12 +116,13 @@ def _train(arm: str, args, reward: str, samples: int, seed: int, run_dir: Path) 
     from raypipe.recipes.train_online import run as run_online
 
     offline = load_config(FlowTrainConfig, repo_path("configs/flow_tiny.yaml"))  # the same adapters as offline
+    grpo_lr = getattr(args, "grpo_lr", None)
     overrides = [
         f"generator={Path(args.generator).resolve()}",
         f"reward={reward}",
         f"lora.r={offline.lora.r}",
         f"lora.alpha={offline.lora.alpha}",
-        f"train.lr={offline.train.lr}",
+        f"train.lr={grpo_lr if grpo_lr and arm != 'online_dpo' else offline.train.lr}",
         f"prompts={pairs}",
         f"seed={TRAIN_SEED + seed}",
         f"train.algo={'dpo' if arm == 'online_dpo' else 'grpo'}",
@@ -148,6 +157,14 @@ def _train(arm: str, args, reward: str, samples: int, seed: int, run_dir: Path) 
         "judge_first_last": [rounds[0].get("judge"), rounds[-1].get("judge")],
         "wall_s": summary["wall_s"],
     }
+
+
+def _offline_lr() -> float:
+    """The offline arm's learning rate (configs/flow_tiny.yaml's), which the DPO arms share."""
+    from raypipe.config import load_config, repo_path
+    from raypipe.recipes.train_flow import FlowTrainConfig
+
+    return load_config(FlowTrainConfig, repo_path("configs/flow_tiny.yaml")).train.lr
 
 
 def _offline(args, reward: str, samples: int, seed: int, run_dir: Path, pairs: int) -> dict:
@@ -274,7 +291,12 @@ def markdown(report: dict) -> str:
         f"{len(report['seeds'])} seeds {report['seeds']}, {report['eval_prompts']} held-out prompts each)",
         "",
         "Win rate over the pretrained generator, mean [95% interval], reward model / oracle; the pairs and the "
-        "online reward target VQ.",
+        "online reward target VQ."
+        + (
+            f" Learning rates: DPO arms {report['lr']['dpo']}, GRPO arms {report['lr']['grpo']}."
+            if report.get("lr")
+            else ""
+        ),
         "",
         "| arm | " + " | ".join(f"{d} reward / oracle" for d in DIMS) + " | seeds |",
         "|---" * 5 + "|",

@@ -252,9 +252,9 @@ def read_pair_table(path: str, dims, video_root: str | None = None, relabelled: 
     return manifest.table
 
 
-def real_videos(manifest: str | None, synth: int, folder, seed: int, clip) -> dict:
-    """{"uris", "prompts"} of real videos (train-online's λ_sft term): a manifest with path and prompt columns, or
-    else `synth` clean SynthPref renders of `clip`'s shape made in `folder` (once; a resumed run reuses them)."""
+def real_videos(manifest: str | None, count: int, folder, synth) -> pa.Table:
+    """Real videos (`uri`, `prompt`) for a λ_sft / LiFT real term: a manifest with path and prompt columns, or else
+    `count` clean SynthPref renders drawn with `synth` (a SynthConfig) in `folder` (made once; a rerun reuses them)."""
     from pathlib import Path
 
     from raypipe.video.source import join_uri
@@ -264,17 +264,12 @@ def real_videos(manifest: str | None, synth: int, folder, seed: int, clip) -> di
     else:
         folder = Path(folder)
         if not (folder / "manifest.parquet").exists():
-            from raypipe.config import SynthConfig
             from raypipe.video.synth_real import make_real_synthpref
 
-            make_real_synthpref(
-                folder, synth, SynthConfig(seed=seed, frames=clip.frames, size=f"{clip.height}x{clip.width}")
-            )
+            make_real_synthpref(folder, count, synth)
         table, root = read_table(str(folder / "manifest.parquet")), str(folder)
     missing = sorted({"path", "prompt"} - set(table.column_names))
     if missing:
         raise ConfigError(f"the real videos' manifest lacks columns {missing} (needs path, prompt)")
-    return {
-        "uris": [join_uri(root, p) for p in table.column("path").to_pylist()],
-        "prompts": [str(p) for p in table.column("prompt").to_pylist()],
-    }
+    uris = [join_uri(root, p) for p in table.column("path").to_pylist()]
+    return pa.table({"uri": pa.array(uris, pa.string()), "prompt": table.column("prompt").cast(pa.string())})

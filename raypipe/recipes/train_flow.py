@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 import torch
 
 from raypipe.config import ClipConfig, ConfigError, SynthConfig, build_config, repo_path, save_config, to_dict
-from raypipe.data.inputs import read_pair_table
+from raypipe.data.inputs import read_pair_table, real_videos
 from raypipe.data.location import StagedOutput
 from raypipe.data.tables import suffix
 from raypipe.distributed.cluster import configure_data_context, init_ray
@@ -242,7 +242,7 @@ def run(cfg: FlowTrainConfig) -> dict:
         if t.algo == "dpo" and t.lambda_sft:
             if not (cfg.data.real_manifest or cfg.data.real_synth):
                 raise ConfigError("train.lambda_sft needs real videos: data.real_manifest=PATH or data.real_synth=N")
-            rows, counts = with_real_pairs(rows, counts, real_videos(cfg, out))
+            rows, counts = with_real_pairs(rows, counts, _real_videos(cfg, out))
     if "is_real" in rows.column_names:  # real rows were appended last: spread them over every worker's shard
         rows = rows.take(pa.array(np.random.default_rng(t.seed).permutation(rows.num_rows)))
     require_one_step(rows.num_rows, t, "training rows", f" ({counts})")
@@ -317,29 +317,14 @@ def lift_rows(cfg: FlowTrainConfig, manifest_path: str, out: Path) -> tuple[pa.T
         rows, counts = weight_rows(table, d.weight_column, d.weight_transform)
     counts["source"] = source
     if d.real_manifest or d.real_synth:
-        rows, counts = with_real(rows, counts, real_videos(cfg, out), cfg.train.real_weight)
+        rows, counts = with_real(rows, counts, _real_videos(cfg, out), cfg.train.real_weight)
     return rows, counts
 
 
-def real_videos(cfg: FlowTrainConfig, out: Path) -> pa.Table:
-    """The real videos (`uri`, `prompt`): data.real_manifest (path, prompt), else data.real_synth clean renders."""
-    from raypipe.data.manifest import default_root, read_table
-    from raypipe.video.source import join_uri
-    from raypipe.video.synth_real import make_real_synthpref
-
-    d = cfg.data
-    if d.real_manifest:
-        real, root = read_table(d.real_manifest), default_root(d.real_manifest)
-    else:
-        folder = out / "real"
-        if not (folder / "manifest.parquet").exists():
-            make_real_synthpref(folder, d.real_synth, dataclasses.replace(cfg.synth, seed=cfg.synth.seed + 1))
-        real, root = pq.read_table(folder / "manifest.parquet"), str(folder)
-    missing = sorted({"path", "prompt"} - set(real.column_names))
-    if missing:
-        raise ConfigError(f"the real videos' manifest lacks columns {missing} (needs path, prompt)")
-    uris = [join_uri(root, p) for p in real.column("path").to_pylist()]
-    return pa.table({"uri": uris, "prompt": real.column("prompt")})
+def _real_videos(cfg: FlowTrainConfig, out: Path) -> pa.Table:
+    """The real videos (`uri`, `prompt`): data.real_manifest, else data.real_synth clean renders in OUT/real."""
+    d, synth = cfg.data, dataclasses.replace(cfg.synth, seed=cfg.synth.seed + 1)
+    return real_videos(d.real_manifest, d.real_synth, out / "real", synth)
 
 
 def _decoded_clips(cfg: FlowTrainConfig, rows: pa.Table):

@@ -28,7 +28,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from raypipe.config import ClipConfig, ConfigError, save_config, to_dict
+from raypipe.config import ClipConfig, ConfigError, SynthConfig, save_config, to_dict
 from raypipe.critic.model import critic_dimensions
 from raypipe.data.inputs import real_videos
 from raypipe.data.location import StagedOutput
@@ -264,8 +264,10 @@ def run(cfg: OnlineConfig) -> dict:
             cfg, generator=str(make_tiny_generator("wan", out / "generator", cfg.tiny, cfg.tiny_seed))
         )
     real = None
-    if t.lambda_sft > 0:  # the real videos' paths and prompts: a manifest, or clean SynthPref renders made here
-        real = real_videos(cfg.real_manifest, cfg.real_synth, out / "real", cfg.seed + 101, cfg.clip)
+    if t.lambda_sft > 0:  # the real videos' uris and prompts: a manifest, or clean SynthPref renders made here
+        shape = {"frames": cfg.clip.frames, "size": f"{cfg.clip.height}x{cfg.clip.width}"}
+        table = real_videos(cfg.real_manifest, cfg.real_synth, out / "real", SynthConfig(seed=cfg.seed + 101, **shape))
+        real = {"uris": table.column("uri").to_pylist(), "prompts": table.column("prompt").to_pylist()}
     save_config(cfg, out)
     init_ray(cfg.address)
     lora = {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "experts": cfg.lora.experts}
