@@ -71,8 +71,24 @@ def test_arms_and_grpo_lr(tmp_path):
             "seeds": [0],
             "eval_prompts": 32,
             "runs": {},
-            "lr": {"dpo": 1e-4, "grpo": 1e-3},
+            "lr": {"online_dpo": [1e-4], "grpo": [1e-3, 2e-3]},
             "overlap": None,
         }
     )
-    assert "Learning rates: DPO arms 0.0001, GRPO arms 0.001." in md
+    assert "Learning rates: online_dpo 0.0001, grpo 0.001/0.002." in md
+
+
+def test_a_run_folder_at_another_lr_is_refused_and_unasked_arms_are_only_read(tmp_path):
+    from raypipe.bench.online import _finished, _same_lr
+
+    _same_lr(tmp_path / "config.yaml", 1e-3)  # nothing there yet: a new run
+    (tmp_path / "config.yaml").write_text("train:\n  lr: 0.0001\n")
+    _same_lr(tmp_path / "config.yaml", 1e-4)
+    with pytest.raises(ValueError, match=r"trained at train.lr=0.0001, this run asks 0.001"):
+        _same_lr(tmp_path / "config.yaml", 1e-3)
+    for f in ["summary.json", "rounds.jsonl"]:
+        (tmp_path / f).write_text("{}")
+    assert not _finished("grpo", tmp_path)  # trained but not evaluated: not read as finished
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "report.json").write_text("{}")
+    assert _finished("grpo", tmp_path) and not _finished("offline_dpo", tmp_path)

@@ -19,6 +19,9 @@ def test_a_manifest_s_paths_join_its_folder(tmp_path):
     pq.write_table(pa.table({"path": ["a.mp4"]}), tmp_path / "bad.parquet")
     with pytest.raises(ConfigError, match=r"lacks columns \['prompt'\]"):
         real_videos(str(tmp_path / "bad.parquet"), 0, tmp_path, None)
+    pq.write_table(pa.table({"path": ["a.mp4", "b.mp4"], "prompt": ["one", None]}), tmp_path / "null.parquet")
+    with pytest.raises(ConfigError, match=r"without a path or a prompt: rows \[1\]"):
+        real_videos(str(tmp_path / "null.parquet"), 0, tmp_path, None)
 
 
 def test_synthpref_renders_are_made_once(tmp_path):

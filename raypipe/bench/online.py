@@ -75,7 +75,6 @@ def run_online_bench(args) -> dict:
         "eval_prompts": prompts,
         "generator": args.generator,
         "reward": reward,
-        "lr": {"dpo": _offline_lr(), "grpo": getattr(args, "grpo_lr", None) or _offline_lr()},
         "runs": {},
     }
     for seed in seeds:
@@ -83,8 +82,8 @@ def run_online_bench(args) -> dict:
             if arm == "grpo_overlap" and seed != seeds[0]:
                 continue
             run_dir = out / f"{arm}_s{seed}"
-            if arm not in arms and not (run_dir / "eval" / "report.json").exists():
-                continue  # not asked for, and not finished before
+            if arm not in arms and not _finished(arm, run_dir):
+                continue  # not asked for, and not finished before: nothing of it is trained here
             print(f"== {arm}, seed {seed}", flush=True)
             t0 = time.perf_counter()
             train = _train(arm, args, reward, samples, seed, run_dir)
@@ -96,6 +95,7 @@ def run_online_bench(args) -> dict:
                 "wall_s": round(time.perf_counter() - t0, 1),
             }
             (out / "online.json").write_text(json.dumps(report, indent=2, default=str))
+    report["lr"] = {arm: sorted({r["train"]["lr"] for r in per.values()}) for arm, per in report["runs"].items()}
     report.update(online_intervals(report["runs"]))
     report["overlap"] = overlap_speedup(report["runs"], seeds[0])
     (out / "online.json").write_text(json.dumps(report, indent=2, default=str))
@@ -145,6 +145,7 @@ def _train(arm: str, args, reward: str, samples: int, seed: int, run_dir: Path) 
         *(args.overrides or []),
     ]
     cfg = load_config(OnlineConfig, repo_path("configs/online_tiny.yaml"), overrides)
+    _same_lr(run_dir / "config.yaml", cfg.train.lr)
     summary = cell(run_dir / "summary.json", lambda: run_online(cfg))
     rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
     return {
@@ -156,15 +157,24 @@ def _train(arm: str, args, reward: str, samples: int, seed: int, run_dir: Path) 
         "reward_first_last": [rounds[0]["weighted_mean"], rounds[-1]["weighted_mean"]],
         "judge_first_last": [rounds[0].get("judge"), rounds[-1].get("judge")],
         "wall_s": summary["wall_s"],
+        "lr": cfg.train.lr,
     }
 
 
-def _offline_lr() -> float:
-    """The offline arm's learning rate (configs/flow_tiny.yaml's), which the DPO arms share."""
-    from raypipe.config import load_config, repo_path
-    from raypipe.recipes.train_flow import FlowTrainConfig
+def _finished(arm: str, run_dir: Path) -> bool:
+    """Whether an arm's run in `run_dir` is finished: trained and evaluated (read back, never redone)."""
+    trained = ["pairs/summary.json", "train/summary.json"] if arm == "offline_dpo" else ["summary.json", "rounds.jsonl"]
+    return all((run_dir / f).exists() for f in [*trained, "eval/report.json"])
 
-    return load_config(FlowTrainConfig, repo_path("configs/flow_tiny.yaml")).train.lr
+
+def _same_lr(config: Path, lr: float) -> None:
+    """A run folder trained (or started) at another learning rate is not this arm's run: refused, not read back."""
+    import yaml
+
+    if config.exists():
+        done = float(((yaml.safe_load(config.read_text()) or {}).get("train") or {}).get("lr", lr))
+        if not np.isclose(done, lr, rtol=1e-9, atol=0.0):
+            raise ValueError(f"{config.parent} was trained at train.lr={done}, this run asks {lr}: use another --out")
 
 
 def _offline(args, reward: str, samples: int, seed: int, run_dir: Path, pairs: int) -> dict:
@@ -200,8 +210,14 @@ def _offline(args, reward: str, samples: int, seed: int, run_dir: Path, pairs: i
     )
     overrides = _train_overrides(shared, {"VQ": 1.0}, run_dir / "train", "dpo", seed)
     cfg = load_config(FlowTrainConfig, repo_path("configs/flow_tiny.yaml"), overrides)
+    _same_lr(run_dir / "train" / "config.yaml", cfg.train.lr)
     train = cell(run_dir / "train" / "summary.json", lambda: run_train_flow(cfg))
-    return {"scored_samples": sampled["samples"], "pairs": sampled["pairs"], "steps": train["steps"]}
+    return {
+        "scored_samples": sampled["samples"],
+        "pairs": sampled["pairs"],
+        "steps": train["steps"],
+        "lr": cfg.train.lr,
+    }
 
 
 def _eval(args, reward: str, prompts: int, run_dir: Path, seed: int) -> dict:
@@ -293,7 +309,9 @@ def markdown(report: dict) -> str:
         "Win rate over the pretrained generator, mean [95% interval], reward model / oracle; the pairs and the "
         "online reward target VQ."
         + (
-            f" Learning rates: DPO arms {report['lr']['dpo']}, GRPO arms {report['lr']['grpo']}."
+            " Learning rates: "
+            + ", ".join(f"{arm} {'/'.join(map(str, lrs))}" for arm, lrs in report["lr"].items())
+            + "."
             if report.get("lr")
             else ""
         ),

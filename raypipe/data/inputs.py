@@ -271,5 +271,12 @@ def real_videos(manifest: str | None, count: int, folder, synth) -> pa.Table:
     missing = sorted({"path", "prompt"} - set(table.column_names))
     if missing:
         raise ConfigError(f"the real videos' manifest lacks columns {missing} (needs path, prompt)")
+    empty = [
+        i
+        for i, (p, q) in enumerate(zip(table.column("path").to_pylist(), table.column("prompt").to_pylist()))
+        if not p or q is None
+    ]
+    if empty:
+        raise ConfigError(f"the real videos' manifest has rows without a path or a prompt: rows {empty[:10]}")
     uris = [join_uri(root, p) for p in table.column("path").to_pylist()]
     return pa.table({"uri": pa.array(uris, pa.string()), "prompt": table.column("prompt").cast(pa.string())})

@@ -272,43 +272,45 @@ def run(cfg: OnlineConfig) -> dict:
     init_ray(cfg.address)
     lora = {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "experts": cfg.lora.experts}
     clip = dataclasses.asdict(cfg.clip)
-    rollout = [
-        RolloutActor.options(num_cpus=cfg.rollout.cpus, num_gpus=cfg.rollout.num_gpus, max_restarts=2).remote(
-            cfg.generator, lora, cfg.dtype, clip, cfg.rollout.num_gpus, cfg.latent_rewards
-        )
-        for _ in range(cfg.rollout.actors)
-    ]
     # the training reward first, then each extra one: a Serve app or a list of reward actors per reward
     checkpoints = [("", cfg.reward, cfg.base, cfg.template_file)]
     checkpoints += [(name, path, None, None) for name, path in cfg.extra_rewards.items()]
     g = cfg.guard
     judge = g.judge if g.rounds > 0 and g.judge not in ("oracle", "none") else None
-    pools = RewardPools.start(cfg.reward_pool, checkpoints, list(cfg.critics.values()), judge, cfg.fps, cfg.seed)
     per_round = steps_per_round(cfg)
-    print(
-        f"train-online {t.algo}: {t.rounds} rounds x {t.prompts_per_round} prompts x {t.k} samples; "
-        f"{cfg.rollout.actors} rollout actors, reward on {RewardPools.describe(cfg.reward_pool)}, "
-        f"{t.num_workers} learner ranks x "
-        f"{per_round} steps per round",
-        flush=True,
-    )
-    loop_config = {
-        "cfg": to_dict(cfg),
-        "dims": dims,
-        "prompts": prompts,
-        "rollout": rollout,
-        "pools": pools,
-        "real": real,
-        "steps_per_round": per_round,
-        "rounds_file": str(out / "rounds.jsonl"),
-        "tensorboard_dir": str(out / "tensorboard"),
-    }
-    try:
+    rollout, pools = [], None
+    try:  # the pools hold the cluster's GPUs: given back at the end, also when starting them or training failed
+        for _ in range(cfg.rollout.actors):
+            options = {"num_cpus": cfg.rollout.cpus, "num_gpus": cfg.rollout.num_gpus, "max_restarts": 2}
+            rollout.append(
+                RolloutActor.options(**options).remote(
+                    cfg.generator, lora, cfg.dtype, clip, cfg.rollout.num_gpus, cfg.latent_rewards
+                )
+            )
+        pools = RewardPools.start(cfg.reward_pool, checkpoints, list(cfg.critics.values()), judge, cfg.fps, cfg.seed)
+        print(
+            f"train-online {t.algo}: {t.rounds} rounds x {t.prompts_per_round} prompts x {t.k} samples; "
+            f"{cfg.rollout.actors} rollout actors, reward on {RewardPools.describe(cfg.reward_pool)}, "
+            f"{t.num_workers} learner ranks x {per_round} steps per round",
+            flush=True,
+        )
+        loop_config = {
+            "cfg": to_dict(cfg),
+            "dims": dims,
+            "prompts": prompts,
+            "rollout": rollout,
+            "pools": pools,
+            "real": real,
+            "steps_per_round": per_round,
+            "rounds_file": str(out / "rounds.jsonl"),
+            "tensorboard_dir": str(out / "tensorboard"),
+        }
         progress, wall = fit_trainer(train_func, loop_config, t, out, f"train-online-{t.algo}", {}, stage.storage)
-    finally:  # the pools hold the cluster's GPUs: give them back, also when training failed
+    finally:
         for actor in rollout:
             ray.kill(actor)
-        pools.stop()
+        if pools is not None:
+            pools.stop()
     write_rounds(progress["rounds"], out / "rounds.jsonl")
     last = progress["rounds"][-1] if progress["rounds"] else {}
     summary = {

@@ -159,29 +159,30 @@ class RewardPools:
         from raypipe.distributed.online_reward import CriticActor, RewardActor
 
         resources = {"num_cpus": pool.cpus, "num_gpus": pool.num_gpus}
-        apps, rewards = [], []
-        for name, path, base, template in checkpoints:
-            if pool.kind == "serve":
-                app_name = f"{APP_NAME}-{name}" if name else APP_NAME
-                sizes = {"min_replicas": pool.actors, "max_replicas": pool.max_replicas, "cpus": pool.cpus}
-                more = {"num_gpus": pool.num_gpus, "base": base, "template_file": template, "name": app_name}
-                apps.append(deploy_reward_pool(path, pool.batch, 0.01, **sizes, **more))
-            else:
-                rewards.append(
-                    [
-                        RewardActor.options(**resources, max_restarts=2).remote(path, base, template, fps, pool.batch)
-                        for _ in range(pool.actors)
-                    ]
-                )
-        critic_actors = [
-            [
-                CriticActor.options(**resources, max_restarts=2).remote(path, fps, pool.batch, None, seed)
-                for _ in range(pool.actors)
-            ]
-            for path in critics
-        ]
-        judge_actor = None if judge is None else RewardActor.options(**resources).remote(judge, None, None, fps)
-        return cls([c[1] for c in checkpoints], apps, rewards, critic_actors, judge_actor, fps)
+        pools = cls([c[1] for c in checkpoints], [], [], [], None, fps)
+        try:  # filled as started: what a failure leaves behind is stopped again
+            for name, path, base, template in checkpoints:
+                if pool.kind == "serve":
+                    app_name = f"{APP_NAME}-{name}" if name else APP_NAME
+                    sizes = {"min_replicas": pool.actors, "max_replicas": pool.max_replicas, "cpus": pool.cpus}
+                    more = {"num_gpus": pool.num_gpus, "base": base, "template_file": template, "name": app_name}
+                    pools.apps.append(deploy_reward_pool(path, pool.batch, 0.01, **sizes, **more))
+                else:
+                    pools.rewards.append([])
+                    for _ in range(pool.actors):
+                        actor = RewardActor.options(**resources, max_restarts=2)
+                        pools.rewards[-1].append(actor.remote(path, base, template, fps, pool.batch))
+            for path in critics:
+                pools.critics.append([])
+                for _ in range(pool.actors):
+                    actor = CriticActor.options(**resources, max_restarts=2)
+                    pools.critics[-1].append(actor.remote(path, fps, pool.batch, None, seed))
+            if judge is not None:
+                pools.judge = RewardActor.options(**resources).remote(judge, None, None, fps)
+        except BaseException:
+            pools.stop()
+            raise
+        return pools
 
     @staticmethod
     def describe(pool) -> str:
