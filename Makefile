@@ -26,7 +26,7 @@ lint: setup
 	$(BIN)/ruff format --check raypipe tests jobs
 
 test: lint
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow" tests

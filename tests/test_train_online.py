@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -114,6 +115,8 @@ def test_grpo_rounds_sync_weights_and_a_killed_driver_resumes(ray_local, reward_
     # round samples with the version before (one round off-policy: the same adapters as the round before)
     for r in rounds[: resumed_at + 1]:
         assert r["version"] == r["learner_version"] == r["round"]
+        # the learner recomputes the rollout's transitions exactly: ρ = 1 before the round's first update
+        assert r["ratio_first"] == pytest.approx(1.0, abs=1e-4)
     for r in rounds[resumed_at + 1 :]:
         assert r["version"] == r["learner_version"] - 1
     # a version names one set of adapters (an overlapped round re-uses the version before), and every update moved
@@ -260,3 +263,19 @@ def test_latent_scores_are_appended_after_the_reward_models_and_their_failures_a
     merged = with_latent_scores(scored, got)
     assert merged["scores"].shape == (3, 5) and np.array_equal(merged["scores"][:, :2], np.ones((3, 2)))
     assert merged["errors"] == [None, "decode: bad", "non_finite: a latent reward returned a non-finite score"]
+
+
+def test_local_paths_reach_the_workers_absolute(tmp_path, monkeypatch):
+    """The learner's Ray Train workers run in their own folders: a relative reward (as a user types it) failed there
+    after the pools had started. Local paths become absolute; URIs, hub names and the oracle stay."""
+    from raypipe.recipes.train_online import _absolute_paths
+
+    (tmp_path / "rm").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = OnlineConfig(reward="rm", generator="assets/tiny-generator", base="Qwen/Qwen2-VL-2B-Instruct",
+                       critics={"c": "s3://bucket/critic"}, extra_rewards={"j": "rm"})  # fmt: skip
+    out = _absolute_paths(cfg)
+    assert out.reward == out.extra_rewards["j"] == str(tmp_path / "rm")
+    assert Path(out.generator).is_absolute() and (Path(out.generator) / "model_index.json").exists()  # repo asset
+    assert out.base == "Qwen/Qwen2-VL-2B-Instruct" and out.critics == {"c": "s3://bucket/critic"}
+    assert out.guard.judge == "oracle"

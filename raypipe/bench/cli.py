@@ -238,7 +238,7 @@ BENCHES: dict[str, Bench] = {
         "generator on held-out prompts: win rates by the reward model and the oracle with 95%% bootstrap intervals, "
         "the claims online >= offline with verdicts, the guard's decisions, the time split per round and the "
         "overlap speedup. Writes OUT/online.json and OUT/online.md. --budget small: about 25 min on 2 cores; full: "
-        "about 2 hours. Rerun the same command to resume.",
+        "about 2.5 hours (3 seeds). Rerun the same command to resume.",
         (
             OUT_DIR,
             arg("--budget", choices=["small", "full"], default="small", help="default sizes (default small)"),

@@ -2,7 +2,7 @@
 over seeds, with 95% intervals (issue "online alignment").
 
     raypipe bench online --out bench-out/online --budget small    # ~25 min on 2 cores
-    raypipe bench online --out bench-out/online --budget full     # ~2 hours on 2 cores
+    raypipe bench online --out bench-out/online --budget full     # ~2.5 hours on 2 cores (3 seeds)
 
 One pretrained tiny generator (the asset) and one VideoReward judge (the demo's settings, trained once in
 OUT/inputs, or --reward). Per seed, every arm spends the same number of scored samples (--samples):
@@ -39,7 +39,7 @@ from raypipe.bench.stats import bootstrap_ci, fmt, paired_differences, verdict, 
 
 BUDGETS = {
     "small": {"estimate": "about 25 minutes on 2 cores", "seeds": "0,1", "samples": 256, "prompts": 32},
-    "full": {"estimate": "about 2 hours on 2 cores", "seeds": "0,1,2", "samples": 1024, "prompts": 128},
+    "full": {"estimate": "about 2.5 hours on 2 cores", "seeds": "0,1,2", "samples": 1024, "prompts": 128},
 }
 ARMS = ("offline_dpo", "online_dpo", "grpo", "grpo_overlap")
 DIMS = ("VQ", "MQ", "TA")

@@ -122,7 +122,7 @@ def grpo_round(gen, engine, t, data, r, ok, uncond, generator, rank, world, per_
     states = torch.from_numpy(np.array(data["states"]))  # a copy: what ray.get gives is read-only
     old = torch.from_numpy(np.array(data["log_probs"]))
     text_cache: dict[str, torch.Tensor] = {}
-    losses, kls, clipped, sfts = [], [], [], []
+    losses, kls, clipped, sfts, ratios = [], [], [], [], []
     for s in range(planned_steps(len(items), world, t, per_round)):
         batch = mine[s * t.batch : (s + 1) * t.batch]
         engine.train()
@@ -148,11 +148,15 @@ def grpo_round(gen, engine, t, data, r, ok, uncond, generator, rank, world, per_
             loss, st = grpo_loss(log_p, old[i_s, j_s], adv[i_s], t.clip_range, kl, t.kl_beta, t.adv_clip)
             kls.append(st["kl"])
             clipped.append(st["clip_fraction"])
+            ratios.append(st["ratio_mean"])
         update(gen, engine, t, loss, s, real, generator, losses, sfts)
     return {
         "loss": round(float(np.mean(losses)), 6) if losses else None,
         "kl": round(float(np.mean(kls)), 6) if kls else None,
         "clip_fraction": round(float(np.mean(clipped)), 4) if clipped else None,
+        # mean ρ of the round's first step, before any update: 1 when the learner recomputes the rollout's exact
+        # transitions (the behaviour policy is the learner's), off 1 by the policy's move when overlapped
+        "ratio_first": round(float(ratios[0]), 6) if ratios else None,
         "trained_transitions": len(items),
         **({"sft_loss": round(float(np.mean(sfts)), 6)} if sfts else {}),
     }

@@ -28,7 +28,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from raypipe.config import ClipConfig, ConfigError, SynthConfig, save_config, to_dict
+from raypipe.config import ClipConfig, ConfigError, SynthConfig, repo_path, save_config, to_dict
 from raypipe.critic.model import critic_dimensions
 from raypipe.data.inputs import real_videos
 from raypipe.data.location import StagedOutput
@@ -263,6 +263,7 @@ def run(cfg: OnlineConfig) -> dict:
         cfg = dataclasses.replace(
             cfg, generator=str(make_tiny_generator("wan", out / "generator", cfg.tiny, cfg.tiny_seed))
         )
+    cfg = _absolute_paths(cfg)  # the learner's workers run in their own folders: relative paths would not resolve
     real = None
     if t.lambda_sft > 0:  # the real videos' uris and prompts: a manifest, or clean SynthPref renders made here
         shape = {"frames": cfg.clip.frames, "size": f"{cfg.clip.height}x{cfg.clip.width}"}
@@ -328,6 +329,34 @@ def run(cfg: OnlineConfig) -> dict:
     stage.publish()
     print(f"train-online {t.algo}: {summary['rounds']} rounds in {summary['wall_s']} s; adapters in {summary['final']}")
     return summary
+
+
+def _absolute_paths(cfg: OnlineConfig) -> OnlineConfig:
+    """Every local path of the config made absolute (as given from this folder, or a repo asset such as
+    assets/tiny-generator); URIs and names that are not local paths (a hub base model) stay as they are."""
+
+    def local(p):
+        if not p or "://" in str(p) or p in ("oracle", "none"):
+            return p
+        if Path(p).exists():
+            return str(Path(p).resolve())
+        return str(repo_path(p)) if repo_path(p).exists() else p
+
+    def each(d: dict) -> dict:
+        return {name: local(path) for name, path in d.items()}
+
+    return dataclasses.replace(
+        cfg,
+        generator=local(cfg.generator),
+        reward=local(cfg.reward),
+        base=local(cfg.base),
+        template_file=local(cfg.template_file),
+        extra_rewards=each(cfg.extra_rewards),
+        critics=each(cfg.critics),
+        latent_rewards=each(cfg.latent_rewards),
+        real_manifest=local(cfg.real_manifest),
+        guard=dataclasses.replace(cfg.guard, judge=local(cfg.guard.judge)),
+    )
 
 
 def write_rounds(rounds: list[dict], path: Path) -> None:
