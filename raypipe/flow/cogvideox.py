@@ -27,6 +27,7 @@ from raypipe.flow.common import (
     build_word_tokenizer,
     cast_like_pretrained,
     compute_dtype_device,
+    tiny_t5_encoder,
     uint8_frames,
     vae_pixels,
 )
@@ -101,19 +102,7 @@ def build_random_cogvideox(
     levels = len(cfg.vae_channels)
     spatial = 2 ** (levels - 1)
     with torch.device(device):
-        text_encoder = T5EncoderModel(
-            T5Config(
-                vocab_size=len(tokenizer),
-                d_model=cfg.text_dim,
-                d_kv=cfg.text_dim // cfg.text_heads,
-                d_ff=cfg.text_ff,
-                num_layers=cfg.text_layers,
-                num_heads=cfg.text_heads,
-                pad_token_id=0,
-                eos_token_id=1,
-                decoder_start_token_id=0,
-            )
-        )
+        text_encoder = tiny_t5_encoder(T5EncoderModel, T5Config, tokenizer, cfg)
         vae = AutoencoderKLCogVideoX(
             down_block_types=("CogVideoXDownBlock3D",) * levels,
             up_block_types=("CogVideoXUpBlock3D",) * levels,

@@ -25,6 +25,23 @@ def build_word_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK)
 
 
+def tiny_t5_encoder(model_class, config_class, tokenizer, cfg):
+    """A random T5-style text encoder (T5EncoderModel / UMT5EncoderModel with its config class) for a tiny pipeline:
+    the word tokenizer's vocabulary, T5's special ids, and cfg's text_dim, text_heads, text_ff, text_layers."""
+    config = config_class(
+        vocab_size=len(tokenizer),
+        d_model=cfg.text_dim,
+        d_kv=cfg.text_dim // cfg.text_heads,
+        d_ff=cfg.text_ff,
+        num_layers=cfg.text_layers,
+        num_heads=cfg.text_heads,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    return model_class(config)
+
+
 def cast_like_pretrained(model, dtype: torch.dtype):
     """Cast as `from_pretrained(torch_dtype=dtype)` does: what the class marks as float32-only (Wan: rope, time
     embedder, norms, scale_shift_table) stays float32."""

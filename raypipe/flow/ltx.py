@@ -29,6 +29,7 @@ from raypipe.flow.common import (
     build_word_tokenizer,
     cast_like_pretrained,
     compute_dtype_device,
+    tiny_t5_encoder,
     uint8_frames,
     vae_pixels,
 )
@@ -96,19 +97,7 @@ def build_random_ltx(cfg: TinyLTXConfig | None = None, seed: int = 0, dtype: str
     levels = len(cfg.vae_channels)
     scaling = tuple([True] * (levels - 1) + [False])  # every level but the last downsamples space and time
     with torch.device(device):
-        text_encoder = T5EncoderModel(
-            T5Config(
-                vocab_size=len(tokenizer),
-                d_model=cfg.text_dim,
-                d_kv=cfg.text_dim // cfg.text_heads,
-                d_ff=cfg.text_ff,
-                num_layers=cfg.text_layers,
-                num_heads=cfg.text_heads,
-                pad_token_id=0,
-                eos_token_id=1,
-                decoder_start_token_id=0,
-            )
-        )
+        text_encoder = tiny_t5_encoder(T5EncoderModel, T5Config, tokenizer, cfg)
         vae = AutoencoderKLLTXVideo(
             latent_channels=cfg.latent_channels,
             block_out_channels=tuple(cfg.vae_channels),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from raypipe.flow.common import build_word_tokenizer, cast_like_pretrained
+from raypipe.flow.common import build_word_tokenizer, cast_like_pretrained, tiny_t5_encoder
 
 
 @dataclasses.dataclass
@@ -153,19 +153,7 @@ def build_random_wan(cfg: TinyWanConfig | None = None, seed: int = 0, dtype: str
     torch.manual_seed(seed)
     tokenizer = build_word_tokenizer()
     with torch.device(device):
-        text_encoder = UMT5EncoderModel(
-            UMT5Config(
-                vocab_size=len(tokenizer),
-                d_model=cfg.text_dim,
-                d_kv=cfg.text_dim // cfg.text_heads,
-                d_ff=cfg.text_ff,
-                num_layers=cfg.text_layers,
-                num_heads=cfg.text_heads,
-                pad_token_id=0,
-                eos_token_id=1,
-                decoder_start_token_id=0,
-            )
-        )
+        text_encoder = tiny_t5_encoder(UMT5EncoderModel, UMT5Config, tokenizer, cfg)
         patch = cfg.vae_patch_size or 1
         spatial = 2 ** (len(cfg.vae_dim_mult) - 1) * patch
         temporal = 2 ** sum(bool(x) for x in cfg.vae_temporal_downsample)
